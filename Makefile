@@ -1,0 +1,63 @@
+# XMedGPT Workstation — set-up, run, test, benchmarks.
+# `make run` and `make test` work from nothing on a fresh Debian machine.
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.installed
+SAMPLE := resources/sample/ct-demo
+OUTPUT := test-output
+
+# Debian packages: Qt runtime (offscreen + xcb), audio (PortAudio, espeak-ng, sox),
+# PDF to PNG (poppler), Xvfb for real windows.
+APT_PACKAGES := libgl1 libegl1 libxkbcommon0 libxkbcommon-x11-0 libfontconfig1 libdbus-1-3 \
+	libglib2.0-0 libxcb-cursor0 libxcb-icccm4 libxcb-keysyms1 libxcb-shape0 libxcb-xinerama0 \
+	libxcb-randr0 libxcb-render-util0 libxcb-image0 xvfb libportaudio2 espeak-ng sox poppler-utils
+
+.PHONY: run test system-deps venv benchmarks clean help
+
+help:
+	@echo "make run         set up and open the viewer on the bundled sample study"
+	@echo "make test        set up and run the whole test suite"
+	@echo "make benchmarks  run the speed/memory benchmarks (tables for the README)"
+
+run: $(STAMP)
+	$(VENV)/bin/xmedgpt view $(SAMPLE)
+
+test: $(STAMP)
+	mkdir -p $(OUTPUT)
+	$(VENV)/bin/lint-imports
+	QT_QPA_PLATFORM=offscreen $(PY) -m pytest $(PYTEST_ARGS)
+
+benchmarks: $(STAMP)
+	QT_QPA_PLATFORM=offscreen $(PY) benchmarks/open_series.py
+
+system-deps:
+	@missing=""; for p in $(APT_PACKAGES); do \
+		dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+		echo "Installing Debian packages:$$missing"; \
+		SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+venv: $(STAMP)
+
+# torch first: the CPU wheel unless an NVIDIA driver is present (then the default CUDA build).
+$(STAMP): pyproject.toml
+	$(MAKE) system-deps
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then \
+		$(PIP) install -q "torch>=2.4,<=2.14.1"; \
+	else \
+		$(PIP) install -q torch==2.13.0; \
+	fi
+	$(PIP) install -q -e ".[test]"
+	touch $(STAMP)
+
+clean:
+	rm -rf $(VENV) $(OUTPUT) build *.egg-info

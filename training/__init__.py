@@ -1,0 +1,1 @@
+"""Training launch scripts and data tools (SFT, reasoning SFT, DPO, audio post-training)."""
