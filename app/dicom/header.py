@@ -1,0 +1,451 @@
+"""Read one file's header (no pixels) into a :class:`DicomInstance` or a reason it cannot open.
+
+Everything a later pixel load needs is captured here so that loading never
+re-parses the header of a plain single-frame file: pixel encoding, the offset
+of native pixel data (for the fast path), rescale, windows, per-frame
+geometry of enhanced multi-frame objects.
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+from pydicom.uid import UID
+
+from app.dicom.model import FileProblem, Instance, Window
+
+log = logging.getLogger(__name__)
+
+#: One instance larger than this (decoded) is refused instead of exhausting memory.
+MAX_INSTANCE_BYTES = 4 * 1024**3
+
+NATIVE_SYNTAXES = {
+    "1.2.840.10008.1.2",  # implicit VR little endian
+    "1.2.840.10008.1.2.1",  # explicit VR little endian
+    "1.2.840.10008.1.2.2",  # explicit VR big endian
+    "1.2.840.10008.1.2.1.99",  # deflated explicit VR little endian
+}
+#: Native little-endian syntaxes whose pixel bytes sit verbatim in the file.
+DEFLATED = "1.2.840.10008.1.2.1.99"
+RAW_LE_SYNTAXES = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1"}
+_PIXEL_TAGS = {0x7FE00010: "PixelData", 0x7FE00008: "FloatPixelData", 0x7FE00009: "DoubleFloatPixelData"}
+_LONG_VRS = {b"OB", b"OW", b"OF", b"OD", b"OL", b"OV", b"UN", b"SQ", b"UT", b"UC", b"UR"}
+
+
+@dataclass
+class DicomInstance(Instance):
+    """An :class:`Instance` plus what the loader and the series grouping need."""
+
+    bits_allocated: int = 16
+    bits_stored: int = 16
+    pixel_representation: int = 0
+    samples_per_pixel: int = 1
+    planar_configuration: int = 0
+    rescale_slope: float = 1.0
+    rescale_intercept: float = 0.0
+    has_modality_lut: bool = False
+    windows: tuple[Window, ...] = ()
+    voi_function: str = "LINEAR"
+    has_voi_lut: bool = False
+    pixel_tag: str = "PixelData"
+    pixel_offset: int | None = None  # file offset of native little-endian pixel bytes
+    pixel_length: int | None = None
+    assumed_syntax: bool = False  # file meta lacked a transfer syntax; guessed from encoding
+    is_localizer: bool = False
+    # enhanced / multi-frame: per-frame values, in stored frame order
+    frame_positions: tuple[tuple[float, float, float], ...] | None = None
+    frame_orientations: tuple[tuple[float, ...], ...] | None = None
+    frame_rescale: tuple[tuple[float, float], ...] | None = None
+    frame_order: tuple[int, ...] | None = None  # display order of stored frames
+    # grouping keys (not part of the viewer's contract)
+    patient_id: str = ""
+    patient_name: str = ""
+    birth_date: str = ""
+    sex: str = ""
+    study_uid: str = ""
+    study_date: str = ""
+    study_time: str = ""
+    study_description: str = ""
+    accession: str = ""
+    series_uid: str = ""
+    series_number: int | None = None
+    series_description: str = ""
+    modality: str = ""
+    body_part: str = ""
+
+    @property
+    def frame_bytes(self) -> int:
+        return self.rows * self.columns * self.samples_per_pixel * self.bits_allocated // 8
+
+
+def describe_syntax(uid: str) -> str:
+    try:
+        name = UID(uid).name
+    except Exception:  # noqa: BLE001
+        name = ""
+    return name if name and name != uid else f"transfer syntax {uid}"
+
+
+def _num(ds: Dataset, keyword: str, cast=float, default: Any = None, index: int | None = None) -> Any:
+    try:
+        value = ds.get(keyword)
+        if value is None or value == "":
+            return default
+        if index is not None:
+            value = value[index] if hasattr(value, "__getitem__") and not isinstance(value, str) else value
+        return cast(value)
+    except Exception:  # noqa: BLE001 - a damaged value is treated as absent
+        return default
+
+
+def _floats(ds: Dataset, keyword: str, n: int) -> tuple[float, ...] | None:
+    try:
+        value = ds.get(keyword)
+        if value is None:
+            return None
+        out = tuple(float(v) for v in (value if hasattr(value, "__len__") and not isinstance(value, str) else [value]))
+        return out if len(out) == n else None
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def _text(ds: Dataset, keyword: str) -> str:
+    try:
+        value = ds.get(keyword)
+        return "" if value is None else str(value).strip()
+    except Exception:  # noqa: BLE001
+        return ""
+
+
+def _windows(ds: Dataset) -> tuple[Window, ...]:
+    try:
+        centers = ds.get("WindowCenter")
+        widths = ds.get("WindowWidth")
+        if centers is None or widths is None:
+            return ()
+        centers = list(centers) if isinstance(centers, pydicom.multival.MultiValue) else [centers]
+        widths = list(widths) if isinstance(widths, pydicom.multival.MultiValue) else [widths]
+        names = ds.get("WindowCenterWidthExplanation") or []
+        names = list(names) if isinstance(names, pydicom.multival.MultiValue) else [names]
+        out = []
+        for i, (c, w) in enumerate(zip(centers, widths)):
+            w = float(w)
+            if w <= 0:
+                continue
+            name = str(names[i]) if i < len(names) and names[i] else f"header {i + 1}"
+            out.append(Window(width=w, center=float(c), name=name))
+        return tuple(out)
+    except Exception:  # noqa: BLE001
+        return ()
+
+
+def _element_header(fp, implicit: bool, little: bool) -> tuple[str, int, int] | None:
+    """Parse the pixel data element header at the current position: (keyword, value offset, length)."""
+    start = fp.tell()
+    head = fp.read(8)
+    if len(head) < 8:
+        return None
+    endian = "<" if little else ">"
+    group, elem = struct.unpack(endian + "HH", head[:4])
+    tag = group << 16 | elem
+    if tag not in _PIXEL_TAGS:
+        return None
+    if implicit:
+        (length,) = struct.unpack(endian + "L", head[4:8])
+        offset = start + 8
+    elif head[4:6] in _LONG_VRS:
+        more = fp.read(4)
+        if len(more) < 4:
+            return None
+        (length,) = struct.unpack(endian + "L", more)
+        offset = start + 12
+    else:
+        (length,) = struct.unpack(endian + "H", head[6:8])
+        offset = start + 8
+    return _PIXEL_TAGS[tag], offset, length
+
+
+def read_header(path: Path) -> DicomInstance | FileProblem:
+    """The instance described by ``path``'s header, or the reason it cannot be shown."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return _read_header(path)
+
+
+def _read_header(path: Path) -> DicomInstance | FileProblem:
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        return FileProblem(path, f"cannot be read ({exc.strerror or exc})")
+    if size == 0:
+        return FileProblem(path, "empty file (0 bytes)")
+    try:
+        with open(path, "rb") as fp:
+            ds, _forced = _read(fp)
+            if ds is None:
+                return FileProblem(path, "not a DICOM file")
+            implicit, little = _encoding(ds)
+            if _syntax(ds) == DEFLATED:
+                pixel = _deflated_pixel(path)
+            else:
+                try:
+                    pixel = _element_header(fp, implicit, little)
+                except (OSError, struct.error):
+                    pixel = None
+    except (EOFError, struct.error, OSError, ValueError, TypeError, KeyError, IndexError, NotImplementedError) as exc:
+        log.debug("header of %s unreadable: %r", path, exc)
+        return FileProblem(path, "file is truncated or damaged (header unreadable)")
+    except Exception as exc:  # noqa: BLE001 - pydicom raises many types on bad input
+        log.debug("header of %s unreadable: %r", path, exc)
+        return FileProblem(path, "file is damaged (header unreadable)")
+    try:
+        return _instance(path, ds, pixel, size)
+    except Exception as exc:  # noqa: BLE001 - a damaged header value must not stop the scan
+        log.debug("header of %s damaged: %r", path, exc)
+        return FileProblem(path, "image header is damaged (unreadable values)")
+
+
+def _deflated_pixel(path: Path) -> tuple[str, int, int] | None:
+    # The data set is zlib-compressed after the meta header: no file offsets to record.
+    ds = pydicom.dcmread(path)
+    for keyword in _PIXEL_TAGS.values():
+        if keyword in ds:
+            return keyword, -1, len(ds[keyword].value)
+    return None
+
+
+def _read(fp) -> tuple[Dataset | None, bool]:
+    try:
+        return pydicom.dcmread(fp, stop_before_pixels=True), False
+    except InvalidDicomError:
+        pass
+    fp.seek(0)
+    try:
+        ds = pydicom.dcmread(fp, stop_before_pixels=True, force=True)
+    except Exception:  # noqa: BLE001
+        return None, True
+    # Without the 'DICM' marker only accept what clearly is a DICOM data set.
+    try:
+        plausible = any(k in ds for k in ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID")) or (
+            "Rows" in ds and "Columns" in ds
+        )
+    except Exception:  # noqa: BLE001
+        plausible = False
+    return (ds, True) if plausible else (None, True)
+
+
+def _encoding(ds: Dataset) -> tuple[bool, bool]:
+    enc = getattr(ds, "original_encoding", None)
+    if enc and enc[0] is not None:
+        return bool(enc[0]), bool(enc[1])
+    ts = _syntax(ds)
+    return ts == "1.2.840.10008.1.2", ts != "1.2.840.10008.1.2.2"
+
+
+def _syntax(ds: Dataset) -> str:
+    meta = getattr(ds, "file_meta", None)
+    ts = meta.get("TransferSyntaxUID") if meta is not None else None
+    return str(ts) if ts else ""
+
+
+def _instance(path: Path, ds: Dataset, pixel: tuple[str, int, int] | None, size: int) -> DicomInstance | FileProblem:
+    sop_class = _text(ds, "SOPClassUID")
+    if pixel is None:
+        kind = describe_syntax(sop_class) if sop_class else "unknown object"
+        if kind.startswith("transfer syntax"):
+            kind = f"SOP class {sop_class}"
+        if "Image" in kind or "Rows" in ds:
+            return FileProblem(path, f"{kind} without pixel data: nothing to display")
+        return FileProblem(path, f"not an image ({kind}): nothing to display")
+    keyword, offset, length = pixel
+
+    ts = _syntax(ds)
+    assumed = False
+    if not ts:
+        if length == 0xFFFFFFFF:
+            return FileProblem(path, "compressed image whose file does not say how (transfer syntax missing)")
+        implicit, little = _encoding(ds)
+        ts = "1.2.840.10008.1.2" if implicit else ("1.2.840.10008.1.2.1" if little else "1.2.840.10008.1.2.2")
+        assumed = True
+    if ts not in NATIVE_SYNTAXES:
+        problem = _codec_problem(ts)
+        if problem:
+            return FileProblem(path, problem)
+
+    rows = _num(ds, "Rows", int)
+    cols = _num(ds, "Columns", int)
+    bits = _num(ds, "BitsAllocated", int)
+    for label, value in (("Rows", rows), ("Columns", cols), ("Bits Allocated", bits)):
+        if value is None:
+            return FileProblem(path, f"image header incomplete: {label} is missing or unreadable")
+    if rows <= 0 or cols <= 0:
+        return FileProblem(path, f"image has no size ({rows}×{cols} pixels)")
+    if bits not in (1, 8, 16, 32, 64):
+        return FileProblem(path, f"unsupported Bits Allocated ({bits})")
+    samples = _num(ds, "SamplesPerPixel", int, 1)
+    frames = _num(ds, "NumberOfFrames", int, 1) or 1
+    if samples not in (1, 3) or frames < 1:
+        return FileProblem(path, f"unsupported image layout ({samples} samples per pixel, {frames} frames)")
+    decoded = rows * cols * samples * frames * max(bits, 8) // 8
+    if decoded > MAX_INSTANCE_BYTES:
+        return FileProblem(
+            path,
+            f"image too large to open ({cols}×{rows} pixels × {frames} frames = {decoded / 1024**3:.1f} GiB)",
+        )
+    photometric = _text(ds, "PhotometricInterpretation").upper() or ("RGB" if samples == 3 else "MONOCHROME2")
+
+    pixel_offset = None
+    if ts in NATIVE_SYNTAXES and length != 0xFFFFFFFF:
+        per_pixel = 2 if photometric == "YBR_FULL_422" and samples == 3 else samples
+        expected = (rows * cols * per_pixel * frames * bits + 7) // 8
+        if length < expected:
+            return FileProblem(
+                path, f"pixel data is shorter than the image needs ({length} of {expected} bytes): file damaged"
+            )
+        if ts in RAW_LE_SYNTAXES:
+            if offset + expected > size:
+                return FileProblem(path, "file is truncated: the image data ends early")
+            pixel_offset = offset
+
+    inst = DicomInstance(
+        path=path,
+        sop_instance_uid=_text(ds, "SOPInstanceUID") or f"file:{path}",
+        sop_class_uid=sop_class,
+        rows=rows,
+        columns=cols,
+        number_of_frames=frames,
+        instance_number=_num(ds, "InstanceNumber", int),
+        image_position=_floats(ds, "ImagePositionPatient", 3),
+        image_orientation=_floats(ds, "ImageOrientationPatient", 6),
+        pixel_spacing=_floats(ds, "PixelSpacing", 2) or _floats(ds, "ImagerPixelSpacing", 2),
+        slice_thickness=_num(ds, "SliceThickness", float),
+        transfer_syntax_uid=ts,
+        photometric=photometric,
+        image_type=tuple(str(v).upper() for v in (ds.get("ImageType") or ())) if _safe_has(ds, "ImageType") else (),
+        acquisition_number=_num(ds, "AcquisitionNumber", int),
+        bits_allocated=bits,
+        bits_stored=_num(ds, "BitsStored", int, bits),
+        pixel_representation=_num(ds, "PixelRepresentation", int, 0),
+        samples_per_pixel=samples,
+        planar_configuration=_num(ds, "PlanarConfiguration", int, 0),
+        rescale_slope=_num(ds, "RescaleSlope", float, 1.0) or 1.0,
+        rescale_intercept=_num(ds, "RescaleIntercept", float, 0.0),
+        has_modality_lut="ModalityLUTSequence" in ds,
+        windows=_windows(ds),
+        voi_function=(_text(ds, "VOILUTFunction").upper() or "LINEAR"),
+        has_voi_lut="VOILUTSequence" in ds,
+        pixel_tag=keyword,
+        pixel_offset=pixel_offset,
+        pixel_length=length,
+        assumed_syntax=assumed,
+        patient_id=_text(ds, "PatientID"),
+        patient_name=_text(ds, "PatientName"),
+        birth_date=_text(ds, "PatientBirthDate"),
+        sex=_text(ds, "PatientSex"),
+        study_uid=_text(ds, "StudyInstanceUID"),
+        study_date=_text(ds, "StudyDate"),
+        study_time=_text(ds, "StudyTime"),
+        study_description=_text(ds, "StudyDescription"),
+        accession=_text(ds, "AccessionNumber"),
+        series_uid=_text(ds, "SeriesInstanceUID"),
+        series_number=_num(ds, "SeriesNumber", int),
+        series_description=_text(ds, "SeriesDescription"),
+        modality=_text(ds, "Modality").upper(),
+        body_part=_text(ds, "BodyPartExamined"),
+    )
+    inst.is_localizer = "LOCALIZER" in inst.image_type
+    if frames > 1:
+        _functional_groups(ds, inst)
+    return inst
+
+
+def _safe_has(ds: Dataset, keyword: str) -> bool:
+    try:
+        return keyword in ds and ds.get(keyword) is not None
+    except Exception:  # noqa: BLE001
+        return False
+
+
+def _codec_problem(ts: str) -> str | None:
+    from pydicom.pixels import get_decoder
+
+    name = describe_syntax(ts)
+    try:
+        decoder = get_decoder(ts)
+    except NotImplementedError:
+        return f"compressed as {name}, which this workstation cannot decode"
+    except Exception:  # noqa: BLE001
+        return f"unknown compression ({name})"
+    if not decoder.is_available:
+        return f"compressed as {name}; the decoder for it is not installed"
+    return None
+
+
+def _item(seq_owner: Dataset | None, keyword: str) -> Dataset | None:
+    if seq_owner is None:
+        return None
+    try:
+        seq = seq_owner.get(keyword)
+        return seq[0] if seq else None
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def _functional_groups(ds: Dataset, inst: DicomInstance) -> None:
+    """Per-frame position, orientation and rescale of an enhanced multi-frame object."""
+    shared = _item(ds, "SharedFunctionalGroupsSequence")
+    try:
+        per_frame = ds.get("PerFrameFunctionalGroupsSequence") or []
+    except Exception:  # noqa: BLE001
+        per_frame = []
+    if shared is None and not per_frame:
+        return
+    n = inst.number_of_frames
+    positions: list[tuple[float, float, float] | None] = []
+    orientations: list[tuple[float, ...] | None] = []
+    rescale: list[tuple[float, float]] = []
+    spacing = None
+    for i in range(n):
+        frame = per_frame[i] if i < len(per_frame) else None
+
+        def group(keyword: str) -> Dataset | None:
+            return _item(frame, keyword) or _item(shared, keyword)
+
+        pos = group("PlanePositionSequence")
+        positions.append(_floats(pos, "ImagePositionPatient", 3) if pos is not None else None)
+        ori = group("PlaneOrientationSequence")
+        orientations.append(_floats(ori, "ImageOrientationPatient", 6) if ori is not None else None)
+        pvt = group("PixelValueTransformationSequence")
+        if pvt is not None:
+            rescale.append((_num(pvt, "RescaleSlope", float, 1.0) or 1.0, _num(pvt, "RescaleIntercept", float, 0.0)))
+        else:
+            rescale.append((inst.rescale_slope, inst.rescale_intercept))
+        if spacing is None:
+            pm = group("PixelMeasuresSequence")
+            if pm is not None:
+                spacing = _floats(pm, "PixelSpacing", 2)
+                inst.slice_thickness = inst.slice_thickness or _num(pm, "SliceThickness", float)
+        if i == 0 and not inst.windows:
+            voi = group("FrameVOILUTSequence")
+            if voi is not None:
+                inst.windows = _windows(voi)
+                inst.voi_function = _text(voi, "VOILUTFunction").upper() or inst.voi_function
+    if all(p is not None for p in positions):
+        inst.frame_positions = tuple(positions)  # type: ignore[arg-type]
+        inst.image_position = positions[0]
+    if all(o is not None for o in orientations):
+        inst.frame_orientations = tuple(orientations)  # type: ignore[arg-type]
+        inst.image_orientation = orientations[0]  # type: ignore[assignment]
+    inst.frame_rescale = tuple(rescale)
+    if spacing:
+        inst.pixel_spacing = spacing  # type: ignore[assignment]
+    if rescale:
+        inst.rescale_slope, inst.rescale_intercept = rescale[0]
