@@ -12,7 +12,6 @@ from functools import lru_cache
 
 import numpy as np
 
-from app.dicom.luts import apply_lut, lut_output_max
 from app.dicom.model import Volume, Window
 
 #: Pass as ``window`` to apply the header's VOI LUT sequence instead of a window.
@@ -42,10 +41,10 @@ def to_uint8(unit: np.ndarray) -> np.ndarray:
     return np.rint(np.clip(unit, 0.0, 1.0) * 255.0).astype(np.uint8)
 
 
-def voi_lut_to_unit(values: np.ndarray, item) -> np.ndarray:
-    """Apply a VOI LUT sequence item and scale its output to 0…1."""
-    out = apply_lut(np.rint(values).astype(np.int64), item).astype(np.float64)
-    return out / max(lut_output_max(item), 1.0)
+def voi_lut_to_unit(values: np.ndarray, lut) -> np.ndarray:
+    """Apply a VOI LUT (:class:`~app.dicom.luts.Lut`) and scale its output to 0…1."""
+    out = lut.apply(np.rint(values).astype(np.int64)).astype(np.float64)
+    return out / max(lut.output_max, 1.0)
 
 
 def _flip(volume: Volume, invert: bool) -> bool:
@@ -71,21 +70,11 @@ def _lut16(signed: bool, slope: float, intercept: float, width: float, center: f
 
 
 @lru_cache(maxsize=8)
-def _lut16_voi(signed: bool, slope: float, intercept: float, item_id: int, flip: bool, item_ref) -> np.ndarray:
+def _lut16_voi(signed: bool, slope: float, intercept: float, lut, flip: bool) -> np.ndarray:
     raw = np.arange(65536, dtype=np.uint16)
     stored = raw.view(np.int16).astype(np.float64) if signed else raw.astype(np.float64)
-    out = to_uint8(voi_lut_to_unit(stored * slope + intercept, item_ref[0]))
+    out = to_uint8(voi_lut_to_unit(stored * slope + intercept, lut))
     return 255 - out if flip else out
-
-
-class _Ref(tuple):
-    """Hashable by identity wrapper so a pydicom item can key the LUT cache."""
-
-    def __hash__(self) -> int:  # type: ignore[override]
-        return id(self[0])
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, tuple) and len(other) == 1 and other[0] is self[0]
 
 
 def render(volume: Volume, k: int, window: Window | None = None, invert: bool = False) -> np.ndarray:
@@ -109,7 +98,7 @@ def render(volume: Volume, k: int, window: Window | None = None, invert: bool = 
     if frame.dtype in (np.int16, np.uint16):
         signed = frame.dtype == np.int16
         if use_lut:
-            lut = _lut16_voi(signed, slope, intercept, id(volume.voi_lut), flip, _Ref((volume.voi_lut,)))
+            lut = _lut16_voi(signed, slope, intercept, volume.voi_lut, flip)
         else:
             lut = _lut16(signed, slope, intercept, float(window.width), float(window.center),
                          _function_for(volume, window), flip)

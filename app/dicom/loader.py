@@ -27,7 +27,7 @@ import pydicom
 from app.dicom import geometry as geo
 from app.dicom.header import DicomInstance, describe_syntax
 from app.dicom.display import auto_window_for
-from app.dicom.luts import apply_lut
+from app.dicom.luts import Lut
 from app.dicom.model import Series, Volume, Window
 from app.errors import XMedError
 
@@ -154,7 +154,21 @@ def new_volume(series: Series) -> tuple[LoadedVolume, list[_Frame]]:
         voi_function=first.voi_function,
         bits_stored=first.bits_stored,
     )
+    if getattr(first, "has_voi_lut", False) and not color:
+        vol.voi_lut = _header_voi_lut(first)
     return vol, plan
+
+
+def _header_voi_lut(inst: DicomInstance) -> Lut | None:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ds = pydicom.dcmread(inst.path, stop_before_pixels=True, force=True)
+        return Lut.from_item(ds.VOILUTSequence[0], ds.original_encoding[1] is not False,
+                             inst.pixel_representation == 1)
+    except Exception as exc:  # noqa: BLE001 - a damaged LUT just means windows are used instead
+        log.debug("VOI LUT of %s unreadable: %r", inst.path, exc)
+        return None
 
 
 def _check_memory(nbytes: int) -> None:
@@ -326,13 +340,15 @@ def _decode_pydicom(vol: LoadedVolume, plan: list[_Frame], ks: list[int], landed
     ds = read_dataset(inst.path)
     by_index = {plan[k].index: k for k in ks}
     indices = sorted(by_index)
-    if vol.voi_lut is None and "VOILUTSequence" in ds and ds.VOILUTSequence:
-        vol.voi_lut = ds.VOILUTSequence[0]
+    little = ds.original_encoding[1] is not False
+    signed = inst.pixel_representation == 1
     palette = inst.photometric == "PALETTE COLOR"
     palette_bits = 16
     if palette and "RedPaletteColorLookupTableDescriptor" in ds:
         palette_bits = int(ds.RedPaletteColorLookupTableDescriptor[2]) or 16
-    modality_lut = ds.ModalityLUTSequence[0] if "ModalityLUTSequence" in ds and ds.ModalityLUTSequence else None
+    modality_lut = None
+    if "ModalityLUTSequence" in ds and ds.ModalityLUTSequence:
+        modality_lut = Lut.from_item(ds.ModalityLUTSequence[0], little, signed)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         frames = iter_pixels(ds, indices=indices if inst.number_of_frames > 1 else None)
@@ -357,7 +373,7 @@ def _decode_pydicom(vol: LoadedVolume, plan: list[_Frame], ks: list[int], landed
                 vol.frames[k] = to_rgb8(arr, palette_bits if palette else inst.bits_stored)
             else:
                 if modality_lut is not None:
-                    arr = apply_lut(arr, modality_lut)
+                    arr = modality_lut.apply(arr)
                 vol.frames[k] = arr
             landed.put((k, None))
 

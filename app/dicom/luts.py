@@ -2,34 +2,43 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 
-def lut_parts(item) -> tuple[int, int, int, np.ndarray]:
-    """(entries, first mapped value, bits, data) of a LUT sequence item."""
-    desc = [int(v) for v in item.LUTDescriptor]
-    entries = desc[0] or 65536
-    first = desc[1]
-    bits = desc[2]
-    raw = item.LUTData
-    if isinstance(raw, (bytes, bytearray)):
-        dtype = "<u1" if bits <= 8 and len(raw) == entries else "<u2"
-        data = np.frombuffer(raw, dtype=dtype)
-    else:
-        data = np.asarray(raw if not np.isscalar(raw) else [raw])
-    return entries, first, bits, data.astype(np.int64)[:entries]
+@dataclass(frozen=True, eq=False)
+class Lut:
+    """A decoded LUT: values below ``first`` map to ``data[0]``, above the table to ``data[-1]``."""
 
+    first: int
+    bits: int
+    data: np.ndarray
+    explanation: str = ""
 
-def apply_lut(values: np.ndarray, item) -> np.ndarray:
-    """Map ``values`` through the LUT in ``item``: below/above the table clamp to its ends."""
-    entries, first, _bits, data = lut_parts(item)
-    if first >= 32768 and np.issubdtype(values.dtype, np.signedinteger):
-        first -= 65536  # first mapped value is US or SS depending on the pixel representation
-    idx = np.clip(np.asarray(values, dtype=np.int64) - first, 0, data.size - 1)
-    return data[idx]
+    @classmethod
+    def from_item(cls, item, little_endian: bool = True, signed: bool = False) -> Lut:
+        desc = [int(v) for v in item.LUTDescriptor]
+        entries = desc[0] or 65536
+        first = desc[1]
+        if signed and first >= 32768:
+            first -= 65536  # US/SS ambiguity of the descriptor's second value
+        bits = desc[2]
+        raw = item.LUTData
+        if isinstance(raw, (bytes, bytearray)):
+            width = 1 if (bits <= 8 and len(raw) == entries) else 2
+            dtype = np.dtype(f"{'<' if little_endian else '>'}u{width}")
+            data = np.frombuffer(raw, dtype=dtype)
+        else:
+            data = np.atleast_1d(np.asarray(raw))
+        text = str(item.get("LUTExplanation", "") or "")
+        return cls(first=first, bits=bits, data=data.astype(np.int64)[:entries], explanation=text)
 
+    @property
+    def output_max(self) -> float:
+        top = float(2**self.bits - 1)
+        return top if self.data.size == 0 or self.data.max() <= top else float(self.data.max())
 
-def lut_output_max(item) -> float:
-    _entries, _first, bits, data = lut_parts(item)
-    top = float(2**bits - 1)
-    return top if data.size == 0 or data.max() <= top else float(data.max())
+    def apply(self, values: np.ndarray) -> np.ndarray:
+        idx = np.clip(np.asarray(values, dtype=np.int64) - self.first, 0, max(self.data.size - 1, 0))
+        return self.data[idx]
