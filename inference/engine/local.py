@@ -1,0 +1,489 @@
+"""The local engine: a native transformers InternVL model from a folder on this machine.
+
+CUDA: bitsandbytes NF4 4-bit with double quantization and bf16 compute (8-bit
+or bf16 on request). CPU: full precision, or 4-bit on request (slow but small).
+Memory is estimated from the config before anything is loaded; a model the
+device cannot hold is refused with a message that says what to do.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from transformers import BitsAndBytesConfig, InternVLForConditionalGeneration, StoppingCriteria, StoppingCriteriaList
+from transformers.generation.streamers import BaseStreamer
+
+from inference.engine import memory
+from inference.engine.processor import ImageOnlyInternVLProcessor, load_processor
+from inference.errors import XMedError
+from inference.types import CancelFn, ChatRequest, Generation
+
+log = logging.getLogger(__name__)
+
+#: ``progress(message, fraction)`` while a model loads.
+Progress = Callable[[str, float], None]
+
+QUANTIZATIONS = ("auto", "nf4", "int8", "bf16", "none")
+_LABELS = {"nf4": "4-bit", "int8": "8-bit", "bf16": "bf16", "none": ""}
+#: Kept in floating point when the language model is quantized: small, and the
+#: vision features matter most for localisation.
+_SKIP_QUANT = ["model.vision_tower", "model.multi_modal_projector", "vision_tower", "multi_modal_projector", "lm_head"]
+
+
+@dataclass
+class TokenGeneration(Generation):
+    """A :class:`Generation` that also carries its tokens (ids and text) and, when asked, the top alternatives."""
+
+    token_ids: list[int] = field(default_factory=list)
+    tokens: list[str] = field(default_factory=list)
+    top_logprobs: list[list[tuple[str, float]]] = field(default_factory=list)
+
+
+class ModelLoadError(XMedError):
+    """The model folder is missing, incomplete, or does not fit this machine."""
+
+
+class _Cancel(StoppingCriteria):
+    """Stops generation as soon as ``cancel()`` returns True (checked every token)."""
+
+    def __init__(self, cancel: CancelFn) -> None:
+        self.cancel = cancel
+        self.cancelled = False
+
+    def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
+        if not self.cancelled and self.cancel():
+            self.cancelled = True
+        return torch.full((input_ids.shape[0],), self.cancelled, dtype=torch.bool, device=input_ids.device)
+
+
+_END = object()
+
+
+class _PieceStreamer(BaseStreamer):
+    """Turns generated token ids into text pieces on a queue; special tokens kept, eos/pad dropped."""
+
+    def __init__(self, tokenizer, drop_ids: set[int], out: queue.Queue) -> None:
+        self.tokenizer = tokenizer
+        self.drop_ids = drop_ids
+        self.out = out
+        self.ids: list[int] = []
+        self.emitted = 0
+        self.prompt_skipped = False
+
+    def put(self, value: torch.Tensor) -> None:
+        if not self.prompt_skipped:  # generate() first hands over the prompt
+            self.prompt_skipped = True
+            return
+        self.ids.extend(t for t in value.flatten().tolist() if t not in self.drop_ids)
+        text = self.tokenizer.decode(self.ids, skip_special_tokens=False)
+        if text.endswith("\ufffd"):  # half a UTF-8 character: wait for the rest
+            return
+        if len(text) > self.emitted:
+            self.out.put(text[self.emitted:])
+            self.emitted = len(text)
+
+    def end(self) -> None:
+        self.out.put(_END)
+
+
+@dataclass(frozen=True)
+class _Plan:
+    device: str  # "cpu", "cuda", "cuda:1"
+    quantization: str  # "nf4", "int8", "bf16", "none"
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return torch.float32 if self.quantization == "none" else torch.bfloat16
+
+    @property
+    def memory_kind(self) -> str:
+        return {"nf4": "nf4", "int8": "int8", "bf16": "bf16", "none": "fp32"}[self.quantization]
+
+
+def _plan(device: str, quantization: str) -> _Plan:
+    if quantization not in QUANTIZATIONS:
+        raise XMedError(f"Unknown quantization '{quantization}'; choose one of {', '.join(QUANTIZATIONS)}.")
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise XMedError("A CUDA GPU was requested but none is available; choose the CPU or check the NVIDIA driver.")
+    if quantization == "auto":
+        quantization = "nf4" if device.startswith("cuda") else "none"
+    return _Plan(device=device, quantization=quantization)
+
+
+def _device_label(device: str) -> str:
+    if device.startswith("cuda"):
+        name = torch.cuda.get_device_name(torch.device(device))
+        return name.removeprefix("NVIDIA ").strip() or "GPU"
+    return "CPU"
+
+
+def _model_name(folder: Path) -> str:
+    card = folder / "model_card.json"
+    if card.is_file():
+        try:
+            name = json.loads(card.read_text()).get("name")
+        except (json.JSONDecodeError, AttributeError):
+            name = None
+        if name:
+            return str(name)
+    return folder.name
+
+
+def _to_pil(image: np.ndarray) -> Image.Image:
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise XMedError("The image handed to the model must be RGB, 8 bits per channel.")
+    return Image.fromarray(image, mode="RGB")
+
+
+class LocalEngine:
+    """An :class:`~inference.types.Engine` over ``InternVLForConditionalGeneration``."""
+
+    def __init__(
+        self,
+        model: InternVLForConditionalGeneration,
+        processor: ImageOnlyInternVLProcessor,
+        name: str,
+        device: str,
+        quantization: str,
+    ) -> None:
+        self.model = model
+        self.processor = processor
+        self.tokenizer = processor.tokenizer
+        self.name = name
+        self.device = device
+        self.quantization = quantization
+        self._lock = threading.Lock()  # one generation at a time on this model
+        eos = model.generation_config.eos_token_id
+        eos_ids = eos if isinstance(eos, list) else [eos]
+        self.eos_ids = {int(e) for e in eos_ids if e is not None}
+        if self.tokenizer.eos_token_id is not None:
+            self.eos_ids.add(int(self.tokenizer.eos_token_id))
+        self.pad_id = int(self.tokenizer.pad_token_id)
+        self._drop_ids = self.eos_ids | {self.pad_id}
+        #: Image placeholders are input-only; a generated one would break the next forward.
+        self.suppressed_ids = sorted(set(processor.image_token_ids))
+
+    # ----------------------------------------------------------------- loading
+    @classmethod
+    def from_folder(
+        cls,
+        path: Path | str,
+        device: str = "auto",
+        quantization: str = "auto",
+        progress: Progress | None = None,
+        context: int = 4096,
+    ) -> "LocalEngine":
+        """Load a native InternVL model folder; refuse early when it cannot fit."""
+        report = progress or (lambda message, fraction: None)
+        folder = Path(path).expanduser()
+        if not (folder / "config.json").is_file():
+            raise ModelLoadError(f"No model found in {folder} (config.json is missing). Choose a model folder.")
+        config = memory.read_config(folder)
+        if config.get("model_type") == "internvl_chat":
+            raise ModelLoadError(
+                f"{folder} is an original InternVL2 checkpoint; convert it first with "
+                "'xmedgpt convert-checkpoint SRC DST'."
+            )
+        if config.get("model_type") != "internvl":
+            raise ModelLoadError(f"{folder} holds a '{config.get('model_type')}' model, not an InternVL model.")
+        plan = _plan(device, quantization)
+        saved = config.get("quantization_config")
+        if saved:  # a folder saved already quantized keeps its own quantization
+            bits = "nf4" if saved.get("load_in_4bit") else "int8" if saved.get("load_in_8bit") else None
+            if bits is None:
+                raise ModelLoadError(f"{folder} uses an unsupported quantization ({saved.get('quant_method')}).")
+            if quantization not in ("auto", bits):
+                log.warning("%s is stored %s-quantized; ignoring quantization=%s", folder, bits, quantization)
+            plan = _Plan(device=plan.device, quantization=bits)
+        report("checking memory", 0.05)
+        check_memory(config, plan, context)
+        report("loading tokenizer and image processor", 0.1)
+        processor = load_processor(folder)
+        report("loading weights", 0.2)
+        kwargs: dict = {"dtype": plan.dtype, "device_map": {"": plan.device}, "local_files_only": True}
+        if saved:
+            pass
+        elif plan.quantization == "nf4":
+            kwargs["quantization_config"] = BitsAndBytesConfig(
+                load_in_4bit=True,
+                bnb_4bit_quant_type="nf4",
+                bnb_4bit_use_double_quant=True,
+                bnb_4bit_compute_dtype=torch.bfloat16,
+                llm_int8_skip_modules=_SKIP_QUANT,
+            )
+        elif plan.quantization == "int8":
+            kwargs["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=_SKIP_QUANT)
+        try:
+            model = InternVLForConditionalGeneration.from_pretrained(folder, **kwargs)
+        except torch.OutOfMemoryError as exc:
+            raise ModelLoadError("The GPU ran out of memory while loading the model; close other GPU programs "
+                                 "or choose 4-bit quantization.", detail=str(exc)) from exc
+        except (OSError, ValueError, RuntimeError) as exc:
+            raise ModelLoadError(f"The model in {folder} could not be loaded: {exc}", detail=str(exc)) from exc
+        model.eval()
+        engine = cls(model, processor, _model_name(folder), plan.device, plan.quantization)
+        report("ready", 1.0)
+        log.info("loaded %s (%s)", folder, engine.describe())
+        return engine
+
+    def save(self, folder: Path | str) -> Path:
+        """Write the model (quantized weights as they are), tokenizer and image processor to ``folder``."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        self.model.save_pretrained(folder, safe_serialization=True)
+        self.tokenizer.save_pretrained(folder)
+        self.processor.image_processor.save_pretrained(folder)
+        (folder / "processor_config.json").write_text(
+            json.dumps({"processor_class": "InternVLProcessor", "image_seq_length": self.processor.image_seq_length})
+        )
+        (folder / "model_card.json").write_text(json.dumps({"name": self.name}))
+        return folder
+
+    # ----------------------------------------------------------------- identity
+    @property
+    def model_id(self) -> str:
+        return self.name
+
+    def describe(self) -> str:
+        parts = [self.name, _LABELS[self.quantization], _device_label(self.device)]
+        return " · ".join(p for p in parts if p)
+
+    # ----------------------------------------------------------------- inputs
+    def _prompt_text(self, request: ChatRequest) -> str:
+        messages = []
+        if request.system:
+            messages.append({"role": "system", "content": [{"type": "text", "text": request.system}]})
+        content = [{"type": "image"}] if request.image is not None else []
+        content.append({"type": "text", "text": request.prompt})
+        messages.append({"role": "user", "content": content})
+        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+    def encode(self, requests: Sequence[ChatRequest]) -> dict[str, torch.Tensor]:
+        """Token ids, attention mask (left padded) and pixel values for a batch of requests."""
+        texts = [self._prompt_text(r) for r in requests]
+        images = [_to_pil(r.image) for r in requests if r.image is not None]
+        batch = self.processor(text=texts, images=images or None, padding=True, return_tensors="pt")
+        out = {k: v.to(self.model.device) for k, v in batch.items()}
+        if "pixel_values" in out:
+            out["pixel_values"] = out["pixel_values"].to(self.model.dtype)
+        return out
+
+    # ----------------------------------------------------------------- outputs
+    def _finish(
+        self,
+        tokens: list[int],
+        logprobs: list[float],
+        max_new: int,
+        cancelled: bool,
+        top: list[list[tuple[int, float]]] | None = None,
+    ) -> TokenGeneration:
+        kept_tokens, kept_lp, kept_top = [], [], []
+        stopped = False
+        for i, (tok, lp) in enumerate(zip(tokens, logprobs)):
+            if tok in self.eos_ids:
+                stopped = True
+                break
+            if tok == self.pad_id:
+                continue
+            kept_tokens.append(tok)
+            kept_lp.append(lp)
+            if top:
+                kept_top.append([(self._token_text(t), v) for t, v in top[i]])
+        if cancelled and not stopped:
+            reason = "cancelled"
+        elif stopped:
+            reason = "stop"
+        else:
+            reason = "length" if len(tokens) >= max_new else "stop"
+        text = self.tokenizer.decode(kept_tokens, skip_special_tokens=False)
+        return TokenGeneration(
+            text=text,
+            token_logprobs=kept_lp,
+            finish_reason=reason,
+            token_ids=kept_tokens,
+            tokens=[self._token_text(t) for t in kept_tokens],
+            top_logprobs=kept_top,
+        )
+
+    def _token_text(self, token_id: int) -> str:
+        return self.tokenizer.decode([token_id], skip_special_tokens=False)
+
+    @staticmethod
+    def _token_logprobs(
+        logits: tuple[torch.Tensor, ...], new_tokens: torch.Tensor, top_k: int = 0
+    ) -> tuple[torch.Tensor, list[list[list[tuple[int, float]]]] | None]:
+        """Log-probs (natural log) of the chosen tokens under the model's own, untempered distribution.
+
+        With ``top_k`` > 0 also the ``top_k`` most likely tokens per step, per sequence.
+        """
+        stacked = torch.stack(logits, dim=1).float()  # (batch, steps, vocab)
+        logp = torch.log_softmax(stacked, dim=-1)
+        chosen = logp.gather(-1, new_tokens[:, : stacked.shape[1], None]).squeeze(-1)
+        if top_k <= 0:
+            return chosen, None
+        values, indices = logp.topk(min(top_k, logp.shape[-1]), dim=-1)
+        top = [
+            [list(zip(ids, vals)) for ids, vals in zip(row_i.tolist(), row_v.tolist())]
+            for row_i, row_v in zip(indices, values)
+        ]
+        return chosen, top
+
+    def _stopping(self, cancel: CancelFn | None) -> tuple[StoppingCriteriaList, _Cancel | None]:
+        if cancel is None:
+            return StoppingCriteriaList(), None
+        crit = _Cancel(cancel)
+        return StoppingCriteriaList([crit]), crit
+
+    # ----------------------------------------------------------------- Engine
+    def generate(
+        self, request: ChatRequest, cancel: CancelFn | None = None, *, top_logprobs: int = 0
+    ) -> TokenGeneration:
+        """Greedy answer with per-token log-probs (and the ``top_logprobs`` best alternatives per token)."""
+        inputs = self.encode([request])
+        stopping, crit = self._stopping(cancel)
+        with self._lock, torch.inference_mode():
+            out = self.model.generate(
+                **inputs,
+                do_sample=False,
+                max_new_tokens=request.max_new_tokens,
+                stopping_criteria=stopping,
+                return_dict_in_generate=True,
+                output_logits=True,
+                pad_token_id=self.pad_id,
+                suppress_tokens=self.suppressed_ids,
+            )
+        new = out.sequences[:, inputs["input_ids"].shape[1]:]
+        lp, top = self._token_logprobs(out.logits, new, top_logprobs)
+        return self._finish(new[0].tolist(), lp[0].tolist(), request.max_new_tokens, bool(crit and crit.cancelled),
+                            top[0] if top else None)
+
+    def stream(self, request: ChatRequest, cancel: CancelFn | None = None) -> Iterator[str]:
+        """Greedy answer, piece by piece as decoded. Closing the iterator stops generation."""
+        inputs = self.encode([request])
+        pieces: queue.Queue = queue.Queue()
+        stop = threading.Event()
+        stopping, _ = self._stopping(lambda: stop.is_set() or bool(cancel and cancel()))
+        streamer = _PieceStreamer(self.tokenizer, self._drop_ids, pieces)
+        failure: list[BaseException] = []
+
+        def work() -> None:
+            try:
+                with self._lock, torch.inference_mode():
+                    self.model.generate(
+                        **inputs,
+                        do_sample=False,
+                        max_new_tokens=request.max_new_tokens,
+                        stopping_criteria=stopping,
+                        streamer=streamer,
+                        pad_token_id=self.pad_id,
+                suppress_tokens=self.suppressed_ids,
+                    )
+            except BaseException as exc:  # handed to the consumer below
+                failure.append(exc)
+                pieces.put(_END)
+
+        worker = threading.Thread(target=work, name="xmedgpt-stream", daemon=True)
+        worker.start()
+        try:
+            while True:
+                item = pieces.get()
+                if item is _END:
+                    break
+                yield item
+        finally:
+            stop.set()
+            worker.join()
+        if failure:
+            raise failure[0]
+
+    def sample(
+        self,
+        requests: Sequence[ChatRequest],
+        n: int,
+        temperature: float = 1.0,
+        top_p: float = 0.9,
+        cancel: CancelFn | None = None,
+        *,
+        top_logprobs: int = 0,
+    ) -> list[list[TokenGeneration]]:
+        """``n`` sampled answers per request, all in one batch.
+
+        The prompts (image included) are run through the model once; their
+        key/value cache is then repeated ``n`` times and the samples decode from it.
+        """
+        if not requests:
+            return []
+        if n < 1:
+            raise ValueError("n must be at least 1")
+        inputs = self.encode(requests)
+        ids, mask = inputs["input_ids"], inputs["attention_mask"]
+        max_new = max(r.max_new_tokens for r in requests)
+        stopping, crit = self._stopping(cancel)
+        with self._lock, torch.inference_mode():
+            prefix = {k: v for k, v in inputs.items() if k not in ("input_ids", "attention_mask")}
+            positions = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)
+            prefill = self.model(
+                input_ids=ids[:, :-1],
+                attention_mask=mask[:, :-1],
+                position_ids=positions[:, :-1],
+                use_cache=True,
+                **prefix,
+            )
+            cache = prefill.cache if hasattr(prefill, "cache") and prefill.cache is not None else prefill.past_key_values
+            cache.batch_repeat_interleave(n)
+            out = self.model.generate(
+                input_ids=ids.repeat_interleave(n, dim=0),
+                attention_mask=mask.repeat_interleave(n, dim=0),
+                cache=cache,
+                do_sample=True,
+                temperature=temperature,
+                top_p=top_p,
+                top_k=0,
+                max_new_tokens=max_new,
+                stopping_criteria=stopping,
+                return_dict_in_generate=True,
+                output_logits=True,
+                pad_token_id=self.pad_id,
+                suppress_tokens=self.suppressed_ids,
+            )
+        new = out.sequences[:, ids.shape[1]:]
+        lp, top = self._token_logprobs(out.logits, new, top_logprobs)
+        cancelled = bool(crit and crit.cancelled)
+        results: list[list[TokenGeneration]] = []
+        for i, request in enumerate(requests):
+            row = []
+            for j in range(n):
+                k = i * n + j
+                tokens = new[k, : request.max_new_tokens].tolist()
+                row.append(self._finish(tokens, lp[k, : request.max_new_tokens].tolist(), request.max_new_tokens,
+                                        cancelled, top[k] if top else None))
+            results.append(row)
+        return results
+
+
+def check_memory(config: dict, plan: _Plan, context: int = 4096) -> memory.MemoryEstimate:
+    """Raise :class:`ModelLoadError` when ``plan.device`` has too little free memory for the model."""
+    cuda = plan.device.startswith("cuda")
+    need = memory.estimate(config, plan.memory_kind, context=context, cuda=cuda)
+    have = memory.available_bytes(plan.device)
+    if need.total_bytes > have:
+        where = f"the GPU ({_device_label(plan.device)})" if cuda else "this computer's memory"
+        advice = ("choose 4-bit quantization or close other GPU programs" if cuda and plan.quantization != "nf4"
+                  else "use a smaller model, a larger GPU, or a remote engine")
+        raise ModelLoadError(
+            f"The model needs about {need.describe()} but {where} has only {have / memory.GIB:.1f} GiB free; {advice}.",
+            detail=f"weights {need.weights_bytes} B, runtime {need.runtime_bytes} B, free {have} B",
+        )
+    log.info("memory check: need %s, have %.1f GiB on %s", need.describe(), have / memory.GIB, plan.device)
+    return need
