@@ -15,7 +15,7 @@ import json
 import logging
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -217,7 +217,8 @@ def write_ct_study(
     extent = anatomy.extent_mm
     step = extent / n_slices
     depths = (np.arange(n_slices) + 0.5) * step
-    lesions = plan_lesions(anatomy, seed)
+    # centre each lesion on the nearest slice so even a small nodule shows at full size on thick slices
+    lesions = [replace(les, s=float(depths[int(np.argmin(np.abs(depths - les.s)))])) for les in plan_lesions(anatomy, seed)]
     ds = _base_dataset(seed, n_slices, size, grid, step, body_part, anatomy)
     rng = np.random.default_rng([seed, 11])
     outside = ~grid.fov_mask
