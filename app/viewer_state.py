@@ -15,18 +15,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from app.dicom.display import auto_window_for
 from app.dicom.model import Geometry, Volume, Window
+from app.dicom.presets import CT_PRESETS
+from app.errors import XMedError
 
 # --- window / level -----------------------------------------------------------------
 
 #: CT presets bound to the number keys 1..5 (0 restores the header window).
-CT_PRESETS: tuple[Window, ...] = (
-    Window(400, 40, "Soft tissue"),
-    Window(1500, -600, "Lung"),
-    Window(150, 90, "Liver"),
-    Window(2500, 480, "Bone"),
-    Window(80, 40, "Brain"),
-)
+KEYED_PRESETS: tuple[Window, ...] = CT_PRESETS[:5]
 
 MIN_WINDOW_WIDTH = 1.0
 #: Width doubles for every this many pixels dragged to the right.
@@ -49,15 +46,11 @@ def drag_window(start: Window, dx: float, dy: float) -> Window:
 
 
 def default_window(volume: Volume) -> Window:
-    """The header window, else one spanning the loaded data (robust percentiles)."""
+    """The header window, else one spanning the loaded frames (robust percentiles)."""
     if volume.default_window is not None:
         return volume.default_window
     n = max(1, min(volume.loaded or len(volume), len(volume)))
-    sample = volume.values(n // 2) if not volume.is_color else volume.frames[n // 2]
-    lo, hi = np.percentile(sample, [0.5, 99.5])
-    if hi <= lo:
-        hi = lo + 1.0
-    return Window(float(hi - lo), float((hi + lo) / 2.0), "Auto")
+    return auto_window_for(volume, (n - 1) // 2)
 
 
 def window_label(window: Window) -> str:
@@ -303,3 +296,29 @@ def pixel_aspect(geometry: Geometry | None) -> tuple[float, float]:
         return (1.0, 1.0)
     return (float(col_sp), float(row_sp))
 
+
+
+# --- thumbnails for the study browser -------------------------------------------------
+
+
+def thumbnail(series, size: int = 64) -> np.ndarray:
+    """The middle image of ``series`` as uint8 (header window), at most ``size`` pixels a side.
+
+    Decodes that one image only. Raises :class:`~app.errors.XMedError` when it cannot be read.
+    """
+    import dataclasses
+
+    from app.dicom.display import render
+    from app.dicom.loader import load_series
+
+    if not series.instances:
+        raise XMedError("This series has no images")
+    inst = series.instances[len(series.instances) // 2]
+    one = dataclasses.replace(series, instances=[inst], warnings=[], problems=[])
+    k = inst.number_of_frames // 2
+    volume = load_series(one, only=[k], workers=1)
+    if k in volume.frame_problems:
+        raise XMedError(volume.frame_problems[k])
+    img = render(volume, k, volume.default_window)
+    step = max(1, int(math.ceil(max(img.shape[:2]) / size)))
+    return np.ascontiguousarray(img[::step, ::step])

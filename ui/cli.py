@@ -37,6 +37,7 @@ def _register_gui(sub: argparse._SubParsersAction) -> None:
     p.add_argument("path", nargs="?", type=Path, help="study to open (default: the bundled sample)")
     p.add_argument("--out", type=Path, required=True, help="PNG to write")
     p.add_argument("--size", default="1600x1000", help="window size WxH (default 1600x1000)")
+    p.add_argument("--layout", choices=["1x1", "1x2", "2x2"], default="1x1", help="viewport layout")
     p.set_defaults(func=_screenshot)
 
 

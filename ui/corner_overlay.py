@@ -1,0 +1,105 @@
+"""Text painted over a viewport: the four corner blocks, orientation letters,
+and the frame that marks the active viewport. Transparent to the mouse."""
+
+from __future__ import annotations
+
+from PySide6.QtCore import QPoint, QRect, Qt
+from PySide6.QtGui import QColor, QFont, QFontMetrics, QPainter, QPainterPath, QPen
+from PySide6.QtWidgets import QWidget
+
+TEXT_COLOR = QColor(235, 235, 200)
+MARKER_COLOR = QColor(255, 210, 90)
+ACTIVE_COLOR = QColor(255, 170, 0)
+IDLE_COLOR = QColor(70, 70, 70)
+MARGIN = 6
+
+
+class CornerOverlay(QWidget):
+    """Paints corner texts and orientation markers; the parent keeps it sized to the view."""
+
+    def __init__(self, parent: QWidget) -> None:
+        super().__init__(parent)
+        self.setAttribute(Qt.WidgetAttribute.WA_TransparentForMouseEvents)
+        self.setAttribute(Qt.WidgetAttribute.WA_NoSystemBackground)
+        self.corners: dict[str, list[str]] = {}
+        self.markers: dict[str, str] = {}
+        self.message = ""  # centred, e.g. "Drop a series here"
+        self.active = False
+        self._font = QFont()
+        self._font.setStyleHint(QFont.StyleHint.SansSerif)
+        self._font.setPointSizeF(9.5)
+        self._marker_font = QFont(self._font)
+        self._marker_font.setPointSizeF(12.5)
+        self._marker_font.setBold(True)
+
+    def set_content(self, corners: dict[str, list[str]], markers: dict[str, str]) -> None:
+        self.corners = corners
+        self.markers = markers
+        self.update()
+
+    def set_active(self, active: bool) -> None:
+        if active != self.active:
+            self.active = active
+            self.update()
+
+    def set_message(self, message: str) -> None:
+        self.message = message
+        self.update()
+
+    # -- painting ----------------------------------------------------------------------
+
+    def _outlined_text(self, p: QPainter, font: QFont, x: float, y: float, text: str, color: QColor) -> None:
+        """Text with a dark halo so it reads on bright bone and dark air alike."""
+        path = QPainterPath()
+        path.addText(x, y, font, text)
+        p.setPen(QPen(QColor(0, 0, 0, 220), 3.0))
+        p.setBrush(Qt.BrushStyle.NoBrush)
+        p.drawPath(path)
+        p.setPen(Qt.PenStyle.NoPen)
+        p.setBrush(color)
+        p.drawPath(path)
+
+    def _block(self, p: QPainter, lines: list[str], corner: str) -> None:
+        fm = QFontMetrics(self._font)
+        h = fm.height()
+        w, hgt = self.width(), self.height()
+        top = corner.startswith("top")
+        left = corner.endswith("left")
+        for i, line in enumerate(lines):
+            if top:
+                y = MARGIN + fm.ascent() + i * h
+            else:
+                y = hgt - MARGIN - fm.descent() - (len(lines) - 1 - i) * h
+            x = MARGIN if left else w - MARGIN - fm.horizontalAdvance(line)
+            self._outlined_text(p, self._font, x, y, line, TEXT_COLOR)
+
+    def paintEvent(self, event) -> None:  # noqa: N802 (Qt API)
+        p = QPainter(self)
+        p.setRenderHint(QPainter.RenderHint.Antialiasing)
+        for corner, lines in self.corners.items():
+            if lines:
+                self._block(p, lines, corner)
+        fm = QFontMetrics(self._marker_font)
+        w, h = self.width(), self.height()
+        for side, text in self.markers.items():
+            if not text:
+                continue
+            tw = fm.horizontalAdvance(text)
+            if side == "left":
+                pos = QPoint(MARGIN, (h + fm.ascent()) // 2)
+            elif side == "right":
+                pos = QPoint(w - MARGIN - tw, (h + fm.ascent()) // 2)
+            elif side == "top":
+                pos = QPoint((w - tw) // 2, MARGIN + fm.ascent())
+            else:
+                pos = QPoint((w - tw) // 2, h - MARGIN - fm.descent())
+            self._outlined_text(p, self._marker_font, pos.x(), pos.y(), text, MARKER_COLOR)
+        if self.message:
+            fm = QFontMetrics(self._font)
+            tw = fm.horizontalAdvance(self.message)
+            self._outlined_text(p, self._font, (w - tw) / 2, h / 2, self.message, TEXT_COLOR)
+        pen = QPen(ACTIVE_COLOR if self.active else IDLE_COLOR, 2.0 if self.active else 1.0)
+        p.setPen(pen)
+        p.setBrush(Qt.BrushStyle.NoBrush)
+        p.drawRect(QRect(0, 0, w - 1, h - 1))
+        p.end()

@@ -1,0 +1,28 @@
+"""``xmedgpt view [PATH] [--model DIR]``: open the workstation window."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+from app.errors import XMedError
+from ui.app_setup import application, default_study
+
+log = logging.getLogger(__name__)
+
+
+def launch(args: argparse.Namespace) -> int:
+    path = default_study(getattr(args, "path", None))
+    if path is not None and not path.exists():
+        raise XMedError(f"{path} does not exist")
+    model = getattr(args, "model", None)
+    if model is not None and not model.exists():
+        raise XMedError(f"model folder {model} does not exist")
+    app = application()
+    from ui.main_window import MainWindow
+
+    window = MainWindow(model_path=model)
+    window.show()
+    if path is not None:
+        window.open_paths([path])
+    return int(app.exec())

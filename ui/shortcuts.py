@@ -1,0 +1,123 @@
+"""The one table of keyboard shortcuts and mouse gestures.
+
+The viewport and the main window bind their keys from :data:`SHORTCUTS`, and
+the Help dialog lists the same table, so what the reader reads is what the
+keys do. ``keys`` are ``QKeySequence`` portable strings.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Shortcut:
+    action: str  # name of the viewport / main-window action it triggers
+    keys: tuple[str, ...]
+    description: str
+    group: str
+    scope: str = "viewport"  # "viewport": the active viewport; "window": the main window
+
+
+SHORTCUTS: tuple[Shortcut, ...] = (
+    # Navigation
+    Shortcut("previous_slice", ("Up", "Left"), "Previous slice", "Navigation"),
+    Shortcut("next_slice", ("Down", "Right"), "Next slice", "Navigation"),
+    Shortcut("first_slice", ("Home",), "First slice", "Navigation"),
+    Shortcut("last_slice", ("End",), "Last slice", "Navigation"),
+    Shortcut("previous_series", ("PgUp",), "Previous series", "Navigation"),
+    Shortcut("next_series", ("PgDown",), "Next series", "Navigation"),
+    Shortcut("toggle_cine", ("Space",), "Cine play / pause", "Navigation"),
+    Shortcut("cine_faster", ("]",), "Cine faster", "Navigation"),
+    Shortcut("cine_slower", ("[",), "Cine slower", "Navigation"),
+    # Window / level
+    Shortcut("preset_1", ("1",), "Soft tissue window (W 400 / L 40)", "Window"),
+    Shortcut("preset_2", ("2",), "Lung window (W 1500 / L −600)", "Window"),
+    Shortcut("preset_3", ("3",), "Liver window (W 150 / L 90)", "Window"),
+    Shortcut("preset_4", ("4",), "Bone window (W 2500 / L 480)", "Window"),
+    Shortcut("preset_5", ("5",), "Brain window (W 80 / L 40)", "Window"),
+    Shortcut("preset_0", ("0",), "Window from the image header", "Window"),
+    Shortcut("toggle_invert", ("I",), "Invert grey scale", "Window"),
+    # View
+    Shortcut("zoom_in", ("+", "="), "Zoom in", "View"),
+    Shortcut("zoom_out", ("-",), "Zoom out", "View"),
+    Shortcut("fit", ("F",), "Fit image to viewport", "View"),
+    Shortcut("rotate_cw", (".",), "Rotate 90° clockwise", "View"),
+    Shortcut("rotate_ccw", (",",), "Rotate 90° counter-clockwise", "View"),
+    Shortcut("flip_h", ("H",), "Flip horizontally", "View"),
+    Shortcut("flip_v", ("V",), "Flip vertically", "View"),
+    Shortcut("reset", ("R",), "Reset window, zoom, rotation, flips", "View"),
+    # Tools
+    Shortcut("tool_pan", ("Esc",), "Pan tool (left drag moves the image)", "Tools"),
+    Shortcut("tool_length", ("L",), "Length measurement (mm)", "Tools"),
+    Shortcut("tool_rect", ("B",), "Rectangle ROI (HU mean/SD/min/max, area)", "Tools"),
+    Shortcut("tool_ellipse", ("O",), "Ellipse ROI (HU mean/SD/min/max, area)", "Tools"),
+    Shortcut("delete_measurement", ("Del", "Backspace"), "Delete the last measurement on this slice", "Tools"),
+    Shortcut("clear_measurements", ("Shift+Del",), "Delete all measurements of the series", "Tools"),
+    # Application
+    Shortcut("open_folder", ("Ctrl+O",), "Open a study folder", "Application", "window"),
+    Shortcut("open_files", ("Ctrl+Shift+O",), "Open DICOM files or a zip", "Application", "window"),
+    Shortcut("layout_1x1", ("Ctrl+1",), "Layout 1×1", "Application", "window"),
+    Shortcut("layout_1x2", ("Ctrl+2",), "Layout 1×2", "Application", "window"),
+    Shortcut("layout_2x2", ("Ctrl+4",), "Layout 2×2", "Application", "window"),
+    Shortcut("next_viewport", ("Tab",), "Next viewport", "Application", "window"),
+    Shortcut("cancel_load", ("Ctrl+.",), "Cancel loading", "Application", "window"),
+    Shortcut("show_problems", ("Ctrl+P",), "Show files that could not be read", "Application", "window"),
+    Shortcut("show_help", ("F1",), "This help", "Application", "window"),
+    Shortcut("quit", ("Ctrl+Q",), "Quit", "Application", "window"),
+)
+
+#: Mouse gestures in the viewport (bound in ui/viewport.py, listed in Help).
+MOUSE: tuple[tuple[str, str], ...] = (
+    ("Wheel", "Scroll slices"),
+    ("Ctrl + wheel", "Zoom about the pointer"),
+    ("Right drag", "Window / level (right–left: width, down–up: level)"),
+    ("Left drag", "Current tool: pan, length, rectangle or ellipse ROI"),
+    ("Middle drag", "Pan"),
+    ("Double-click a series", "Open it in the active viewport (or drag it onto a viewport)"),
+)
+
+
+def key_map(scope: str) -> dict[str, str]:
+    """Portable key string → action for one scope. Raises if a key is bound twice."""
+    out: dict[str, str] = {}
+    for sc in SHORTCUTS:
+        if sc.scope != scope:
+            continue
+        for key in sc.keys:
+            if key in out:
+                raise ValueError(f"key {key!r} bound to both {out[key]} and {sc.action}")
+            out[key] = sc.action
+    return out
+
+
+def by_action(action: str) -> Shortcut:
+    for sc in SHORTCUTS:
+        if sc.action == action:
+            return sc
+    raise KeyError(action)
+
+
+def pretty_keys(sc: Shortcut) -> str:
+    """Keys as a reader reads them: "Up / Left", "Ctrl+O"."""
+    names = {"PgUp": "Page Up", "PgDown": "Page Down", "Del": "Delete", "Esc": "Esc"}
+    return " / ".join(names.get(k, k) for k in sc.keys)
+
+
+def groups() -> list[tuple[str, list[Shortcut]]]:
+    """Shortcuts by group, in table order."""
+    out: dict[str, list[Shortcut]] = {}
+    for sc in SHORTCUTS:
+        out.setdefault(sc.group, []).append(sc)
+    return list(out.items())
+
+
+def shortcuts_markdown() -> str:
+    """The table for the README, generated from the same data as the bindings."""
+    lines = ["| Keys | Action |", "|---|---|"]
+    for group, items in groups():
+        lines.append(f"| **{group}** | |")
+        lines += [f"| {pretty_keys(sc)} | {sc.description} |" for sc in items]
+    lines.append("| **Mouse** | |")
+    lines += [f"| {gesture} | {what} |" for gesture, what in MOUSE]
+    return "\n".join(lines)
