@@ -259,18 +259,20 @@ def _syntax(ds: Dataset) -> str:
 def _instance(path: Path, ds: Dataset, pixel: tuple[str, int, int] | None, size: int) -> DicomInstance | FileProblem:
     sop_class = _text(ds, "SOPClassUID")
     if pixel is None:
-        kind = describe_syntax(sop_class) if sop_class else "unknown object"
+        meta = getattr(ds, "file_meta", None)
+        cls = sop_class or (_text(meta, "MediaStorageSOPClassUID") if meta is not None else "")
+        kind = describe_syntax(cls) if cls else "unknown object"
         if kind.startswith("transfer syntax"):
-            kind = f"SOP class {sop_class}"
+            kind = f"SOP class {cls}"
         if "Image" in kind or "Rows" in ds:
-            return FileProblem(path, f"{kind} without pixel data: nothing to display")
+            return FileProblem(path, f"{kind} without pixel data (file truncated or incomplete)")
         return FileProblem(path, f"not an image ({kind}): nothing to display")
     keyword, offset, length = pixel
 
     ts = _syntax(ds)
     assumed = False
     if not ts:
-        if length == 0xFFFFFFFF:
+        if length == 0xFFFFFFFF or _starts_with_item(path, offset):
             return FileProblem(path, "compressed image whose file does not say how (transfer syntax missing)")
         implicit, little = _encoding(ds)
         ts = "1.2.840.10008.1.2" if implicit else ("1.2.840.10008.1.2.1" if little else "1.2.840.10008.1.2.2")
@@ -365,6 +367,15 @@ def _instance(path: Path, ds: Dataset, pixel: tuple[str, int, int] | None, size:
     if frames > 1:
         _functional_groups(ds, inst)
     return inst
+
+
+def _starts_with_item(path: Path, offset: int) -> bool:
+    """True when the pixel value begins with an encapsulation item tag (compressed fragments)."""
+    if offset < 0:
+        return False
+    with open(path, "rb") as fp:
+        fp.seek(offset)
+        return fp.read(4) == b"\xfe\xff\x00\xe0"
 
 
 def _safe_has(ds: Dataset, keyword: str) -> bool:
