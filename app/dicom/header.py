@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 import struct
+from contextlib import contextmanager
+import threading
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -173,10 +175,35 @@ def _element_header(fp, implicit: bool, little: bool) -> tuple[str, int, int] | 
     return _PIXEL_TAGS[tag], offset, length
 
 
+class _QuietPydicom(logging.Filter):
+    """Drops pydicom's own log lines while this thread is probing a file: we report our own reason."""
+
+    local = threading.local()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not getattr(self.local, "quiet", False)
+
+
+_QUIET = _QuietPydicom()
+logging.getLogger("pydicom").addFilter(_QUIET)
+
+
+@contextmanager
+def quiet_pydicom():
+    """Silence pydicom's log lines and warnings in this thread (we give our own reasons)."""
+    before = getattr(_QUIET.local, "quiet", False)
+    _QUIET.local.quiet = True
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        _QUIET.local.quiet = before
+
+
 def read_header(path: Path) -> DicomInstance | FileProblem:
     """The instance described by ``path``'s header, or the reason it cannot be shown."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    with quiet_pydicom():
         return _read_header(path)
 
 

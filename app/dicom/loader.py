@@ -25,7 +25,7 @@ import numpy as np
 import pydicom
 
 from app.dicom import geometry as geo
-from app.dicom.header import DicomInstance, describe_syntax
+from app.dicom.header import DicomInstance, describe_syntax, quiet_pydicom
 from app.dicom.display import auto_window_for
 from app.dicom.luts import Lut
 from app.dicom.model import Series, Volume, Window
@@ -269,7 +269,8 @@ def _decode_into(vol: LoadedVolume, plan: list[_Frame], ks: list[int], landed, s
     if _fast_path_ok(inst, vol.frames.dtype):
         _read_native(vol, plan, ks, landed, stop)
     else:
-        _decode_pydicom(vol, plan, ks, landed, stop)
+        with quiet_pydicom():
+            _decode_pydicom(vol, plan, ks, landed, stop)
 
 
 def _fast_path_ok(inst: DicomInstance, dtype: np.dtype) -> bool:
