@@ -124,6 +124,7 @@ class Viewport(QWidget):
         self._arrived: np.ndarray | None = None
         self._wl_start: Window | None = None
         self._drawing = None
+        self._wheel_rest = 0
         self.tool = "pan"
         self.fps = 10
         self._cine = QTimer(self)
@@ -237,8 +238,12 @@ class Viewport(QWidget):
             self.set_slice(step_slice(self._k, delta, len(self._volume)))
 
     def scroll_wheel(self, angle_delta: int) -> None:
-        if angle_delta:
-            self.step(-1 if angle_delta > 0 else 1)
+        """One slice per wheel notch (120 units); touchpad fractions accumulate."""
+        self._wheel_rest += angle_delta
+        notches = int(self._wheel_rest / 120)
+        self._wheel_rest -= notches * 120
+        if notches:
+            self.step(-notches)
 
     def _after_slice_change(self) -> None:
         self.overlays.show_frame(self._k)
