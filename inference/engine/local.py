@@ -92,6 +92,10 @@ class _PieceStreamer(BaseStreamer):
             self.emitted = len(text)
 
     def end(self) -> None:
+        text = self.tokenizer.decode(self.ids, skip_special_tokens=False)
+        if len(text) > self.emitted:  # an unfinished character at the very end
+            self.out.put(text[self.emitted:])
+            self.emitted = len(text)
         self.out.put(_END)
 
 
