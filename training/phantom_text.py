@@ -1,0 +1,217 @@
+"""The words of the phantom corpus: prompts, five-step reasoning, reports, VQA, preference pairs.
+
+Everything is built from a :class:`~training.phantoms.PhantomCase`'s ground
+truth, so a target never says more than the image shows. Grounding uses the
+project's own formatter (:func:`inference.parsing.format_grounding`), boxes on
+the 0–1000 scale, so the model is trained on exactly what the parser reads.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from inference.parsing import BOX_SCALE, format_grounding
+from inference.types import STEP_NAMES, Box
+
+if TYPE_CHECKING:
+    from training.phantoms import LesionTruth, PhantomCase
+
+COUNT_WORDS = ("No", "One", "Two", "Three", "Four")
+
+REASONING_PROMPTS = (
+    "Analyse this {desc} step by step: identify the structures, localize any lesion with its box, "
+    "describe it, assess the whole image and write the report.",
+    "Work through this {desc} in five steps (structures, localization, description, holistic analysis, "
+    "report) and give the bounding box of every lesion.",
+    "Read this {desc} like a radiologist, reasoning step by step, and ground each lesion you find.",
+)
+GROUNDING_PROMPTS = (
+    "Locate every lesion in this image and give its bounding box.",
+    "Find all lesions in this {desc}. Answer with a box for each.",
+    "Where are the abnormalities? Output each one with its box.",
+)
+REPORT_PROMPTS = (
+    "Write the findings and impression for this {desc}.",
+    "Draft a radiology report for this {desc}.",
+)
+
+
+@dataclass(frozen=True)
+class Question:
+    qtype: str  # presence | count | laterality | location | size | density | margin
+    question: str
+    answer: str
+
+
+def _box(t: LesionTruth) -> Box:
+    return Box(*map(float, t.box_1000))
+
+
+def _normal_statement(case: PhantomCase) -> str:
+    if case.kind == "ct_abdomen":
+        return "The liver parenchyma is otherwise homogeneous."
+    if case.kind == "xray":
+        return "The lungs are otherwise clear; the cardiac silhouette and mediastinum are unremarkable."
+    return "The remaining lung parenchyma is clear."
+
+
+def _negative_statement(case: PhantomCase) -> str:
+    if case.kind == "ct_abdomen":
+        return "No focal liver lesion."
+    return "No pulmonary nodule or mass."
+
+
+def _describe(t: LesionTruth) -> str:
+    margin = {"smooth": "smooth", "lobulated": "lobulated", "spiculated": "spiculated"}[t.margin]
+    return f"{t.size_mm:.0f} mm {t.kind} with {margin} margins in the {t.location}"
+
+
+def _article(text: str) -> str:
+    return ("An " if text[:1] in "8" or text.startswith(("11 ", "18 ")) else "A ") + text
+
+
+def findings_and_impression(case: PhantomCase, lesions: list[LesionTruth]) -> str:
+    """The report: FINDINGS then IMPRESSION, lesion by lesion, largest named in the impression."""
+    if not lesions:
+        return f"FINDINGS: {_negative_statement(case)} {_normal_statement(case)}\nIMPRESSION: No focal lesion."
+    findings = " ".join(f"{_article(_describe(t))}." for t in lesions)
+    largest = max(lesions, key=lambda t: t.size_mm)
+    n = len(lesions)
+    what = "lesion" if case.kind == "ct_abdomen" else "pulmonary lesion"
+    if n == 1:
+        impression = f"{largest.kind.capitalize()} in the {largest.location} ({largest.size_mm:.0f} mm)."
+    else:
+        sides = sorted({t.side for t in lesions})
+        where = "both sides" if len(sides) == 2 else f"the {sides[0]} side"
+        impression = (f"{COUNT_WORDS[n]} {what}s on {where}; the largest is a {largest.kind} in the "
+                      f"{largest.location} ({largest.size_mm:.0f} mm).")
+    return f"FINDINGS: {findings} {_normal_statement(case)}\nIMPRESSION: {impression}"
+
+
+def grounding_answer(lesions: list[LesionTruth]) -> str:
+    if not lesions:
+        return "No lesion is seen."
+    return "\n".join(format_grounding(t.phrase, [_box(t)]) for t in lesions)
+
+
+def reasoning_answer(case: PhantomCase, lesions: list[LesionTruth]) -> str:
+    """The five steps, headed ``Step k: <name>``; step 2 grounds every lesion."""
+    n = len(lesions)
+    desc = case.description
+    step1 = f"{desc[0].upper()}{desc[1:]}. Visible structures: {', '.join(case.structures)}."
+    if lesions:
+        step2 = "\n".join(format_grounding(t.phrase, [_box(t)]) for t in lesions)
+        step3 = "\n".join(f"{t.id}: {_article(_describe(t))}; {t.density}, {t.size_class} "
+                          f"({t.size_mm:.0f} mm)." for t in lesions)
+        by_side = {side: sum(t.side == side for t in lesions) for side in ("right", "left")}
+        sides = ", ".join(f"{COUNT_WORDS[k].lower()} on the {side}" for side, k in by_side.items() if k)
+        largest = max(lesions, key=lambda t: t.size_mm)
+        step4 = (f"{COUNT_WORDS[n]} lesion{'s' if n > 1 else ''} in total ({sides}); the largest is "
+                 f"{largest.size_mm:.0f} mm in the {largest.location}. {_normal_statement(case)}")
+    else:
+        step2 = "No focal lesion is localized."
+        step3 = f"{_negative_statement(case)} {_normal_statement(case)}"
+        step4 = "The image shows no abnormality."
+    step5 = findings_and_impression(case, lesions)
+    bodies = (step1, step2, step3, step4, step5)
+    return "\n\n".join(f"Step {k}: {name}\n{body}" for k, (name, body) in enumerate(zip(STEP_NAMES, bodies), 1))
+
+
+def questions(case: PhantomCase, rng: np.random.Generator) -> list[Question]:
+    """Attribute-level questions with short canonical answers."""
+    lesions = case.lesions
+    n = len(lesions)
+    out = [
+        Question("presence", str(rng.choice(["Is there a lesion in this image?", "Is any lesion visible?",
+                                             "Does this image show a focal lesion?"])), "yes" if n else "no"),
+        Question("count", "How many lesions are visible?", str(n)),
+    ]
+    side = "right" if rng.random() < 0.5 else "left"
+    organ = f"{side} hepatic lobe" if case.kind == "ct_abdomen" else f"{side} lung"
+    out.append(Question("laterality", f"Is there a lesion in the {organ}?",
+                        "yes" if any(t.side == side for t in lesions) else "no"))
+    if not lesions:
+        return out
+    largest = max(lesions, key=lambda t: t.size_mm)
+    subject = "the lesion" if n == 1 else "the largest lesion"
+    out.append(Question("location", f"Where is {subject}?", largest.location))
+    out.append(Question("size", f"Is {subject} small (under 10 mm), medium (10 to 20 mm) or large?",
+                        largest.size_class))
+    if case.kind != "xray":
+        choices = "hypodense or hyperdense" if largest.organ == "liver" else "solid or ground-glass"
+        out.append(Question("density", f"Is {subject} {choices}?", largest.density))
+    out.append(Question("margin", f"Are the margins of {subject} smooth, lobulated or spiculated?", largest.margin))
+    return out
+
+
+# ----------------------------------------------------------------------------- preference pairs
+
+
+def _iou(a: tuple[int, ...], b: tuple[int, ...]) -> float:
+    return Box(*map(float, a)).iou(Box(*map(float, b)))
+
+
+def _moved_box(t: LesionTruth, rng: np.random.Generator) -> tuple[int, int, int, int]:
+    x0, y0, x1, y1 = t.box_1000
+    w, h = x1 - x0, y1 - y0
+    for _ in range(50):
+        nx = int(rng.integers(0, BOX_SCALE - w))
+        ny = int(rng.integers(0, BOX_SCALE - h))
+        cand = (nx, ny, nx + w, ny + h)
+        if _iou(cand, t.box_1000) == 0.0:
+            return cand
+    return (BOX_SCALE - x1, BOX_SCALE - y1, BOX_SCALE - x0, BOX_SCALE - y0)
+
+
+def _swap_side(text: str) -> str:
+    return text.replace("right", "\0").replace("left", "right").replace("\0", "left")
+
+
+def corrupt(case: PhantomCase, rng: np.random.Generator) -> tuple[str, list[LesionTruth]]:
+    """A plausible but wrong reading: (error kind, wrong lesion list)."""
+    lesions = list(case.lesions)
+    kinds = ["hallucinated_lesion"] + (["wrong_box", "missed_lesion", "wrong_laterality"] if lesions else [])
+    kind = str(rng.choice(kinds))
+    if kind == "hallucinated_lesion":
+        return kind, lesions + [_invented(case, rng)]
+    i = int(rng.integers(len(lesions)))
+    t = lesions[i]
+    if kind == "wrong_box":
+        lesions[i] = replace(t, box_1000=_moved_box(t, rng))
+    elif kind == "missed_lesion":
+        del lesions[i]
+    else:  # the same finding reported on the other side, box mirrored with it
+        x0, y0, x1, y1 = t.box_1000
+        lesions[i] = replace(t, side="left" if t.side == "right" else "right", location=_swap_side(t.location),
+                             box_1000=(BOX_SCALE - x1, y0, BOX_SCALE - x0, y1))
+    return kind, lesions
+
+
+def _invented(case: PhantomCase, rng: np.random.Generator) -> LesionTruth:
+    """A lesion that is not there, placed where none is, with a plausible description."""
+    from training.phantoms import LesionTruth  # imported here: training.phantoms imports this module
+
+    size_mm = float(round(rng.uniform(6, 30), 1))
+    side_px = max(8, int(round(size_mm / max(case.pixel_spacing_mm, 1e-3) * BOX_SCALE / case.image.shape[1])))
+    for _ in range(50):
+        cx = int(rng.integers(200, 800))
+        cy = int(rng.integers(250, 750))
+        box = (cx - side_px // 2, cy - side_px // 2, cx + (side_px + 1) // 2, cy + (side_px + 1) // 2)
+        if all(_iou(box, t.box_1000) == 0.0 for t in case.lesions):
+            break
+    side = "right" if cx < BOX_SCALE // 2 else "left"
+    if case.kind == "ct_abdomen":
+        organ, location, kind, density = "liver", f"{side} hepatic lobe", "hypodense lesion", "hypodense"
+    elif case.kind == "xray":
+        organ, location, kind, density = "lung", f"{side} middle zone", "nodule", "solid"
+    else:
+        organ, location, kind, density = "lung", f"{side} lower lobe", "solid nodule", "solid"
+    w, h = case.image.shape[1], case.image.shape[0]
+    px = (box[0] * w // BOX_SCALE, box[1] * h // BOX_SCALE, math.ceil(box[2] * w / BOX_SCALE),
+          math.ceil(box[3] * h / BOX_SCALE))
+    return LesionTruth(id=f"L{len(case.lesions) + 1}", organ=organ, side=side, location=location, kind=kind,
+                       density=density, margin="smooth", size_mm=size_mm, box=px, box_1000=box)
