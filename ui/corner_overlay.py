@@ -65,6 +65,9 @@ class CornerOverlay(QWidget):
         w, hgt = self.width(), self.height()
         top = corner.startswith("top")
         left = corner.endswith("left")
+        # leave the middle of the edge to the orientation letter
+        room = max(40, w // 2 - QFontMetrics(self._marker_font).horizontalAdvance("HH") - MARGIN)
+        lines = [fm.elidedText(line, Qt.TextElideMode.ElideRight, room) for line in lines]
         for i, line in enumerate(lines):
             if top:
                 y = MARGIN + fm.ascent() + i * h
@@ -72,6 +75,12 @@ class CornerOverlay(QWidget):
                 y = hgt - MARGIN - fm.descent() - (len(lines) - 1 - i) * h
             x = MARGIN if left else w - MARGIN - fm.horizontalAdvance(line)
             self._outlined_text(p, self._font, x, y, line, TEXT_COLOR)
+
+    def resizeEvent(self, event) -> None:  # noqa: N802 (Qt API)
+        super().resizeEvent(event)
+        small = self.width() < 520 or self.height() < 360
+        self._font.setPointSizeF(8.0 if small else 9.5)
+        self._marker_font.setPointSizeF(10.5 if small else 12.5)
 
     def paintEvent(self, event) -> None:  # noqa: N802 (Qt API)
         p = QPainter(self)

@@ -84,8 +84,8 @@ class MainWindow(QMainWindow):
         self.tags_dock.setWidget(self.tags)
         self.addDockWidget(Qt.DockWidgetArea.LeftDockWidgetArea, self.tags_dock)
         self.splitDockWidget(self.browser_dock, self.tags_dock, Qt.Orientation.Vertical)
-        self.resizeDocks([self.browser_dock], [330], Qt.Orientation.Horizontal)
-        self.resizeDocks([self.browser_dock, self.tags_dock], [450, 450], Qt.Orientation.Vertical)
+        self.resizeDocks([self.browser_dock], [380], Qt.Orientation.Horizontal)
+        self.resizeDocks([self.browser_dock, self.tags_dock], [380, 520], Qt.Orientation.Vertical)
         self.tags_dock.visibilityChanged.connect(lambda _v: self._update_tags())
 
     def add_panel(self, widget: QWidget, title: str, area: Qt.DockWidgetArea = Qt.DockWidgetArea.RightDockWidgetArea) -> QDockWidget:
@@ -263,7 +263,9 @@ class MainWindow(QMainWindow):
         self.browser.set_result(result)
         self._update_problems()
         if not self._series:
-            self.statusBar().showMessage("No images found: " + (result.problems[0].reason if result.problems else "empty"))
+            reason = f": {result.problems[0].reason}" if len(result.problems) == 1 else ""
+            more = f" ({len(result.problems)} unreadable files, Ctrl+P)" if len(result.problems) > 1 else ""
+            self.statusBar().showMessage(f"No DICOM images found{reason}{more}")
             return
         n = len(self._series)
         self.statusBar().showMessage(f"{n} series found", 5000)
