@@ -17,12 +17,12 @@ from __future__ import annotations
 import logging
 import re
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import yaml
 
@@ -585,76 +585,65 @@ def template_named(name: str, folder: Path | None = None) -> ReportTemplate:
 
 @dataclass(frozen=True)
 class FrameRef:
-    """The frame the model looked at: where its boxes land."""
+    """Where a frame of the loaded series comes from (for the boxes drawn on it)."""
 
     slice_index: int
     sop_instance_uid: str
     series_uid: str
-    columns: int
-    rows: int
     frame_number: int = 1
 
 
-def box_from_grounding(b: Box, frame: FrameRef) -> Box:
-    """A box on the model's 0–1000 grounding scale → image pixels of ``frame`` (clipped to the image)."""
-    sx, sy = frame.columns / 1000.0, frame.rows / 1000.0
-    x0, x1 = sorted((b.x0 * sx, b.x1 * sx))
-    y0, y1 = sorted((b.y0 * sy, b.y1 * sy))
-    clip = lambda v, hi: min(max(v, 0.0), float(hi))  # noqa: E731
-    return Box(clip(x0, frame.columns), clip(y0, frame.rows), clip(x1, frame.columns), clip(y1, frame.rows))
+class PixelFinding(Protocol):
+    """What the assistant reports per box (``app.assistant.Finding`` has these attributes)."""
+
+    phrase: str
+    frame: int  # slice index in the loaded series
+    box_px: Box  # frame pixels, edge coordinates
+    step: int | None
 
 
-def draft_from_steps(
+def draft_from_answer(
     study: StudyContext,
     steps: Iterable[ReasoningStep],
-    frame: FrameRef,
+    findings: Iterable[PixelFinding],
+    frame_ref: Callable[[int], FrameRef],
     provenance: Provenance,
-    reliability: dict[str, FindingReliability] | None = None,
+    reliability: Mapping[str, FindingReliability] | None = None,
 ) -> DraftReport:
-    """A draft from the five reasoning steps: one AI finding per grounded phrase, the synthesis as impression.
+    """A draft from an answer: one AI finding per phrase (its boxes merged), the synthesis step as impression.
 
-    Phrases repeated in later steps add their boxes to the first finding with that
-    phrase (case-insensitive); a finding's text is the sentence around its first
-    mention. ``reliability`` maps a phrase (lower case) to its reliability.
+    A finding's text is the sentence of its reasoning step that mentions the phrase
+    (tags removed), else the phrase. ``frame_ref(k)`` names the image of slice k;
+    ``reliability`` maps a phrase (lower case) to its reliability.
     """
     steps = sorted(steps, key=lambda s: s.index)
+    text_of_step = {s.index: s.text for s in steps}
     template = template_for(study.modality)
     report = DraftReport(study=study, provenance=provenance, template=template.name)
     by_phrase: dict[str, Finding] = {}
-    order: list[str] = []
-    for step in steps:
-        for gp in step.phrases:
-            key = gp.phrase.strip().lower()
-            if not key:
-                continue
-            boxes = tuple(
-                ReportBox(
-                    box=box_from_grounding(b, frame),
-                    slice_index=frame.slice_index,
-                    sop_instance_uid=frame.sop_instance_uid,
-                    series_uid=frame.series_uid,
-                    frame_number=frame.frame_number,
-                )
-                for b in gp.boxes
-            )
-            boxes = tuple(b for b in boxes if b.box.area > 0)
-            if key in by_phrase:
-                old = by_phrase[key]
-                by_phrase[key] = replace(old, boxes=old.boxes + boxes)
-                continue
-            text = _sentence_with(step.text, gp.phrase) or gp.phrase.strip()
-            by_phrase[key] = Finding(
-                id=uuid.uuid4().hex[:12],
-                text=text,
-                boxes=boxes,
-                origin=Origin.AI,
-                finding_type=_guess_type(key, template),
-                reliability=(reliability or {}).get(key),
-                source_step=step.index,
-                ai_text=text,
-            )
-            order.append(key)
-    report.findings = [by_phrase[k] for k in order]
+    for pf in findings:
+        key = " ".join(pf.phrase.split()).lower()
+        if not key or pf.box_px.area <= 0:
+            continue
+        ref = frame_ref(pf.frame)
+        box = ReportBox(pf.box_px, ref.slice_index, ref.sop_instance_uid, ref.series_uid, ref.frame_number)
+        if key in by_phrase:
+            old = by_phrase[key]
+            by_phrase[key] = replace(old, boxes=(*old.boxes, box))
+            continue
+        candidates = [text_of_step.get(pf.step or 0, "")] + [s.text for s in steps]
+        text = next((t for t in (_sentence_with(c, pf.phrase) for c in candidates) if t), pf.phrase.strip())
+        by_phrase[key] = Finding(
+            id=uuid.uuid4().hex[:12],
+            text=text,
+            boxes=(box,),
+            origin=Origin.AI,
+            finding_type=_guess_type(key, template),
+            reliability=(reliability or {}).get(key),
+            source_step=pf.step,
+            ai_text=text,
+        )
+    report.findings = list(by_phrase.values())
     synthesis = [s for s in steps if s.index == len(STEP_NAMES)]
     report.impression = _strip_tags(synthesis[-1].text).strip() if synthesis else ""
     return report

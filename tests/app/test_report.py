@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime, timezone
 
 import pytest
@@ -18,7 +19,7 @@ from app.report import (
     ReportError,
     StudyContext,
     Tier,
-    draft_from_steps,
+    draft_from_answer,
     edit_from_dict,
     edit_to_dict,
     load_templates,
@@ -153,24 +154,36 @@ def test_templates_load_and_match_modality():
     assert template_for("OT").name == "default"
 
 
-def test_draft_from_steps_maps_grounding_scale_to_pixels():
+@dataclass
+class AssistantBox:  # the attributes app.assistant.Finding has
+    phrase: str
+    frame: int
+    box_px: Box
+    step: int | None
+
+
+def test_draft_from_answer_merges_phrases_and_names_frames():
     steps = [
         ReasoningStep(1, "Structure identification", "Chest CT, lungs visible."),
         ReasoningStep(2, "Region localization",
                       "There is a <ref>nodule</ref><box>[[100,200,300,400]]</box> in the right lung. Heart normal.",
                       [GroundedPhrase("nodule", (Box(100, 200, 300, 400),))]),
-        ReasoningStep(3, "Detailed description", "The nodule is round.", [GroundedPhrase("Nodule", (Box(110, 210, 290, 390),))]),
-        ReasoningStep(5, "Report synthesis", "Solitary pulmonary nodule; follow-up advised."),
+        ReasoningStep(3, "Detailed description", "The nodule is round."),
+        ReasoningStep(5, "Report synthesis", "Solitary pulmonary <ref>nodule</ref>; follow-up advised."),
     ]
-    frame = FrameRef(7, "1.2.3.7", "1.2.3", columns=512, rows=256)
+    found = [AssistantBox("nodule", 7, Box(51.2, 51.2, 153.6, 102.4), 2),
+             AssistantBox("Nodule ", 8, Box(50, 50, 150, 100), 3),
+             AssistantBox("empty", 7, Box(5, 5, 5, 9), 2)]
+    ref = lambda k: FrameRef(k, f"1.2.3.{k}", "1.2.3")  # noqa: E731
     rel = {"nodule": FindingReliability(0.55, Tier.AMBER)}
-    r = draft_from_steps(STUDY, steps, frame, Provenance("m"), rel)
+    r = draft_from_answer(STUDY, steps, found, ref, Provenance("m"), rel)
     assert len(r.findings) == 1
     f = r.findings[0]
-    assert f.text == "There is a nodule in the right lung."
+    assert f.text == "There is a nodule in the right lung." and f.ai_text == f.text
     assert f.finding_type == "nodule" and f.source_step == 2 and f.reliability.tier is Tier.AMBER
-    assert f.boxes[0].box == Box(51.2, 51.2, 153.6, 102.4)
-    assert len(f.boxes) == 2 and f.boxes[0].slice_index == 7
+    assert [(b.box, b.slice_index, b.sop_instance_uid) for b in f.boxes] == [
+        (Box(51.2, 51.2, 153.6, 102.4), 7, "1.2.3.7"), (Box(50, 50, 150, 100), 8, "1.2.3.8")]
+    assert f.origin is Origin.AI and f.status is FindingStatus.PROPOSED
     assert r.impression == "Solitary pulmonary nodule; follow-up advised."
     assert r.template == "ct"
 
