@@ -24,7 +24,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from enum import IntEnum
-from functools import cached_property
+from functools import cached_property, lru_cache
 
 import numpy as np
 
@@ -368,6 +368,13 @@ def _half_extent(rx: float, ry: float, angle: float) -> tuple[float, float]:
     return math.hypot(rx * c, ry * s), math.hypot(rx * s, ry * c)
 
 
+@lru_cache(maxsize=64)
+def _allowed(labels: tuple[int, ...]) -> np.ndarray:
+    table = np.zeros(256, dtype=bool)
+    table[list(labels)] = True
+    return table
+
+
 def _paint_blob(hu: np.ndarray, labels: np.ndarray, grid: Grid, blob: Blob, s: float) -> None:
     sec = blob.section(s)
     if sec is None:
@@ -384,7 +391,7 @@ def _paint_blob(hu: np.ndarray, labels: np.ndarray, grid: Grid, blob: Blob, s: f
     mask = q <= 1.0
     lab = labels[rows, cols]
     if blob.only_in:
-        mask &= np.isin(lab, blob.only_in)
+        mask &= _allowed(blob.only_in)[lab]
     if not mask.any():
         return
     region = hu[rows, cols]
@@ -485,21 +492,32 @@ def place_lesion(anatomy: Anatomy, organ_labels: tuple[int, ...], s: float, radi
     """
     grid = Grid(128, fov_mm)
     levels = (s, s - 0.5 * radius_mm, s + 0.5 * radius_mm)
+    allowed = _allowed(tuple(int(v) for v in organ_labels))
     ok = np.ones((grid.size, grid.size), dtype=bool)
     for level in levels:
-        ok &= np.isin(render_ct_slice(anatomy, level, grid, table=False).labels, organ_labels)
+        ok &= allowed[_coarse_labels(anatomy, round(level, 3), fov_mm)]
     ys, xs = np.nonzero(ok)
     if len(xs) == 0:
         return None
     c = grid.coords
-    margin = radius_mm + 1.5 * grid.spacing
+    reach = int(math.ceil((radius_mm + 1.5 * grid.spacing) / grid.spacing))
+    offsets = np.arange(-reach, reach + 1)
+    disc = (offsets[None, :] ** 2 + offsets[:, None] ** 2) * grid.spacing**2 <= (radius_mm + 1.5 * grid.spacing) ** 2
     for _ in range(tries):
         i = int(rng.integers(len(xs)))
-        cx, cy = float(c[xs[i]]), float(c[ys[i]])
-        near = (c[None, :] - cx) ** 2 + (c[:, None] - cy) ** 2 <= margin * margin
-        if ok[near].all():
-            return cx, cy
+        r, col = int(ys[i]), int(xs[i])
+        if r - reach < 0 or col - reach < 0 or r + reach >= grid.size or col + reach >= grid.size:
+            continue
+        if ok[r - reach:r + reach + 1, col - reach:col + reach + 1][disc].all():
+            return float(c[col]), float(c[r])
     return None
+
+
+@lru_cache(maxsize=32)
+def _coarse_labels(anatomy: Anatomy, s: float, fov_mm: float) -> np.ndarray:
+    labels = render_ct_slice(anatomy, s, Grid(128, fov_mm), table=False).labels
+    labels.setflags(write=False)
+    return labels
 
 
 # -- radiograph-like projection -----------------------------------------------------
@@ -524,27 +542,47 @@ class XRayImage:
     lung_mask: np.ndarray  # pixels whose ray crosses lung: where lung lesions can be placed
     boxes: dict[str, tuple[int, int, int, int]] = field(default_factory=dict)
     s_top: float = -40.0
+    fov_mm: float = 400.0
+
+
+def _sections(blob: Blob, s: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """Vectorised :meth:`Blob.section` over depths ``s`` (1-D): cx, rx, ry (0 where absent), angle."""
+    mid = blob.s_mid if blob.s_mid is not None else 0.5 * (blob.s0 + blob.s1)
+    inside = (s >= blob.s0) & (s <= blob.s1)
+    if blob.cylinder:
+        k = inside.astype(np.float64)
+    else:
+        half = np.where(s < mid, mid - blob.s0, blob.s1 - mid)
+        u = np.abs(s - mid) / np.maximum(half, 1e-9)
+        k = np.where(inside & (u < 1.0), np.sqrt(np.clip(1.0 - u * u, 0.0, None)), 0.0)
+    dx, dy = blob.drift
+    cx = blob.cx + dx * (s - mid)
+    rx, ry, angle = blob.rx * k, blob.ry * k, blob.angle
+    if blob.cylinder and (dx or dy):
+        rx, ry, angle = blob.rx * math.sqrt(1.0 + dx * dx + dy * dy) * k, blob.rx * k, math.atan2(dy, dx)
+    return cx, rx, ry, angle
 
 
 def _chord(x: np.ndarray, s: np.ndarray, blob: Blob) -> np.ndarray:
     """Length (mm) of the ray along ``y`` through ``blob`` at each (s, x)."""
+    cx, rx, ry, angle = _sections(blob, s[:, 0].astype(np.float64))
     out = np.zeros((s.shape[0], x.shape[1]), dtype=np.float32)
-    for i, sv in enumerate(s[:, 0]):
-        sec = blob.section(float(sv))
-        if sec is None:
-            continue
-        cx, _, rx, ry, angle = sec
-        if angle:
-            c, sn = math.cos(angle), math.sin(angle)
-            a = c * c / (rx * rx) + sn * sn / (ry * ry)
-            b = 2.0 * c * sn * (1.0 / (rx * rx) - 1.0 / (ry * ry))
-            cc = sn * sn / (rx * rx) + c * c / (ry * ry)
-            dx = x[0] - cx
-            disc = (b * dx) ** 2 - 4.0 * cc * (a * dx * dx - 1.0)
-            out[i] = np.sqrt(np.maximum(disc, 0.0)) / cc
-        else:
-            u = (x[0] - cx) / rx
-            out[i] = 2.0 * ry * np.sqrt(np.maximum(1.0 - u * u, 0.0))
+    rows = np.flatnonzero(rx > 0.05)
+    if len(rows) == 0:
+        return out
+    rx = rx[rows, None].astype(np.float32)
+    ry = ry[rows, None].astype(np.float32)
+    dx = x - cx[rows, None].astype(np.float32)
+    if angle:
+        c, sn = math.cos(angle), math.sin(angle)
+        a = c * c / (rx * rx) + sn * sn / (ry * ry)
+        b = 2.0 * c * sn * (1.0 / (rx * rx) - 1.0 / (ry * ry))
+        cc = sn * sn / (rx * rx) + c * c / (ry * ry)
+        disc = (b * dx) ** 2 - 4.0 * cc * (a * dx * dx - 1.0)
+        out[rows] = np.sqrt(np.maximum(disc, 0.0)) / cc
+    else:
+        u = dx / rx
+        out[rows] = 2.0 * ry * np.sqrt(np.maximum(1.0 - u * u, 0.0))
     return out
 
 
@@ -619,8 +657,19 @@ def render_xray(anatomy: Anatomy, size: int = 224, lesions: tuple[Lesion, ...] |
         x0, x1 = blob.cx + blob.drift[0] * (blob.s0 - mid), blob.cx + blob.drift[0] * (blob.s1 - mid)
         _add_segment(values, cols, rows, (x0, blob.s0), (x1, blob.s1), blob.rx * 1.2,
                      (_mu(blob.hu) - mu_lung) * 2.0 * blob.rx, lung_mask)
-    img = XRayImage(values.astype(np.float32), lung_mask, s_top=s_top)
-    for i, lesion in enumerate(lesions):
+    img = XRayImage(values.astype(np.float32), lung_mask, boxes={}, s_top=s_top, fov_mm=fov_mm)
+    return add_xray_lesions(img, lesions) if lesions else img
+
+
+def add_xray_lesions(base: XRayImage, lesions: tuple[Lesion, ...] | list[Lesion]) -> XRayImage:
+    """A copy of ``base`` with the lesions' projections added (attenuation adds along a ray)."""
+    size = base.values.shape[1]
+    sp = base.fov_mm / size
+    cols = ((np.arange(size, dtype=np.float32) + 0.5) - size / 2.0) * np.float32(sp)
+    rows = base.s_top + (np.arange(base.values.shape[0], dtype=np.float32) + 0.5) * np.float32(sp)
+    img = XRayImage(base.values.copy(), base.lung_mask, s_top=base.s_top, fov_mm=base.fov_mm)
+    mu_lung = _mu(-860.0)
+    for lesion in lesions:
         _project_lesion(img, cols, rows, lesion, mu_lung)
     return img
 

@@ -52,6 +52,7 @@ from app.phantom import (
     place_lesion,
     render_ct_slice,
     render_xray,
+    add_xray_lesions,
 )
 from inference.parsing import BOX_SCALE, format_grounding
 from inference.types import STEP_NAMES, Box
@@ -281,7 +282,7 @@ def _xray_case(index: int, rng: np.random.Generator, size: int, n_lesions: int) 
             kind="mass" if diameter >= 30 else "nodule", x=x, y=0.0, s=s, rx=r, ry=r, rs=r * float(rng.uniform(0.85, 1.1)),
             hu=float(rng.uniform(-100, 60)), margin=margin, lobes=int(rng.integers(5, 10)),
             phase=float(rng.uniform(0, 2 * math.pi))))
-    xr = render_xray(anatomy, size, lesions, fov_mm=fov)
+    xr = add_xray_lesions(base, lesions)
     values = xr.values
     body = values > 0.1 * float(values.max())
     lo, hi = np.percentile(values[body], [1.0, 99.7])
