@@ -1,0 +1,142 @@
+"""``xmedgpt analyze PATH [--series] [--slice] [--question TEXT] [--model DIR] --json OUT``.
+
+Headless: scan PATH, pick a series and a slice, render it as a reader would see it,
+ask the local XMedGPT and write a JSON file with the reasoning steps, the findings
+with their boxes in three coordinate systems (frame pixels, the model's 0–1000
+scale, patient mm), the guardrail's warnings, the model that answered and timing.
+
+The model folder is ``--model``, else the one chosen in Settings, else the bundled
+demo model (``resources/models/demo``). Nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+from app.assistant import Assistant
+from app.commands.render import choose_window, pick_series
+from app.dicom.display import VOI_LUT, auto_window_for
+from app.dicom.loader import load_series
+from app.dicom.model import ScanResult, Series
+from app.dicom.scan import scan
+from app.errors import XMedError
+from app.paths import write_atomic
+from app.settings import Settings
+from inference.imaging import ImageSpec
+from inference.prompts import Task
+from inference.types import Engine
+
+log = logging.getLogger(__name__)
+
+DEMO_MODEL = Path(__file__).resolve().parents[2] / "resources" / "models" / "demo"
+QUANTIZATIONS = ("auto", "nf4", "int8", "bf16", "none")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "analyze",
+        help="ask the local XMedGPT about one slice and write steps and findings as JSON",
+        description="Scan PATH, pick a series and a slice, run the assistant on it (as displayed with "
+        "the chosen window) and write the answer, findings with boxes in pixel, 0-1000 and patient-mm "
+        "coordinates, the model id and timing to a JSON file.",
+    )
+    p.add_argument("paths", nargs="+", metavar="PATH", type=Path)
+    p.add_argument("--json", dest="json_out", required=True, type=Path, metavar="OUT", help="JSON file to write")
+    p.add_argument("--series", default="0", help="series index (as listed by `info`) or UID (default 0)")
+    p.add_argument("--slice", type=int, default=None, help="slice index from 0 (default: the middle)")
+    p.add_argument("--question", default="", help="what to ask (default: the five-step analysis of the slice)")
+    p.add_argument("--task", choices=["auto", *(t.value for t in Task)], default="auto",
+                   help="prompt to use; 'auto' reads it from the question (\"locate …\" → locate)")
+    p.add_argument("--model", type=Path, default=None, help="model folder (default: Settings, then the demo model)")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default auto)")
+    p.add_argument("--quantization", choices=QUANTIZATIONS, default="auto",
+                   help="auto: 4-bit NF4 on CUDA, full precision on CPU")
+    p.add_argument("--window", default="default",
+                   help="preset name, WIDTH/LEVEL such as 400/40, 'default' (header), 'voi' or 'auto'")
+    p.add_argument("--invert", action="store_true", help="invert grey levels")
+    p.add_argument("--max-new-tokens", type=int, default=768, help="longest answer in tokens (default 768)")
+    p.set_defaults(func=run)
+
+
+def resolve_model(explicit: Path | None) -> Path:
+    """--model, else the Settings model folder, else the bundled demo model."""
+    if explicit is not None:
+        folder = explicit.expanduser()
+        if not folder.is_dir():
+            raise XMedError(f"The model folder {folder} does not exist.")
+        return folder
+    configured = Settings.load().model_path()
+    if configured is not None:
+        return configured
+    if (DEMO_MODEL / "config.json").is_file():
+        return DEMO_MODEL
+    raise XMedError("No model configured: pass --model DIR with a model folder, or choose one in Settings.")
+
+
+def load_engine(folder: Path, device: str, quantization: str) -> tuple[Engine, ImageSpec]:
+    """The local engine for ``folder`` and the image layout its processor uses."""
+    from inference.engine.local import LocalEngine  # torch/transformers load only when a model is used
+
+    def progress(message: str, fraction: float) -> None:
+        log.info("model: %s (%d%%)", message, round(fraction * 100))
+
+    engine = LocalEngine.from_folder(folder, device=device, quantization=quantization, progress=progress)
+    return engine, ImageSpec.from_preprocessor_config(folder)
+
+
+def _study_description(result: ScanResult, series: Series) -> str:
+    for patient in result.patients:
+        for study in patient.studies:
+            if any(s is series for s in study.series):
+                return study.description
+    return ""
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.max_new_tokens < 1:
+        raise XMedError("--max-new-tokens must be at least 1")
+    result = scan(args.paths)
+    for pr in result.problems:
+        log.info("skipped %s: %s", pr.path, pr.reason)
+    series = pick_series(result.all_series(), args.series)
+    n = series.frame_count
+    k = n // 2 if args.slice is None else args.slice
+    if not 0 <= k < n:
+        raise XMedError(f"Slice {k} is outside this series (0 to {n - 1})")
+    window = choose_window(args.window, series.modality)
+    folder = resolve_model(args.model)
+    volume = load_series(series, only=[k])
+    if k in volume.frame_problems:
+        raise XMedError(f"Slice {k} cannot be shown: {volume.frame_problems[k]}")
+    if window is not None and window.name == "auto":
+        window = auto_window_for(volume, k)
+    engine, spec = load_engine(folder, args.device, args.quantization)
+    assistant = Assistant(engine, image_spec=spec, max_new_tokens=args.max_new_tokens)
+    answer = assistant.ask(
+        volume, k, window, args.question,
+        task=None if args.task == "auto" else args.task,
+        invert=args.invert,
+        study_description=_study_description(result, series),
+    )
+    data = answer.to_json()
+    if window is VOI_LUT:
+        data["window"] = "VOI LUT"
+    data["source"] = {
+        "paths": [str(p) for p in args.paths],
+        "series": {"uid": series.uid, "number": series.number, "description": series.description,
+                   "modality": series.modality, "body_part": series.body_part},
+        "slice": k,
+        "slices": n,
+        "model_folder": str(folder),
+    }
+    write_atomic(args.json_out, json.dumps(data, indent=2, ensure_ascii=False) + "\n", mode=0o644)
+    for warning in answer.warnings:
+        print(f"warning: {warning}")
+    print(
+        f"wrote {args.json_out}: {len(answer.steps)} steps, {len(answer.findings)} findings "
+        f"from {answer.engine} in {answer.timing.total_s:.1f} s (series {series.description!r}, slice {k + 1}/{n})"
+    )
+    return 0
