@@ -327,28 +327,32 @@ class DraftReport:
     def undo(self) -> Edit | None:
         if not self.can_undo:
             return None
-        edit = self._undo.pop()
-        back = edit.reversed(f"undo {edit.action}")
-        self._commit(back)
-        self._redo.append(edit)
-        return back
+        edit = self._undo[-1]
+
+        def move(_: Edit) -> None:
+            self._redo.append(self._undo.pop())
+
+        return self._commit(edit.reversed(f"undo {edit.action}"), move)
 
     def redo(self) -> Edit | None:
         if not self.can_redo:
             return None
-        edit = self._redo.pop()
-        again = replace(edit, action=f"redo {edit.action}")
-        self._commit(again)
-        self._undo.append(edit)
-        return again
+        edit = self._redo[-1]
+
+        def move(_: Edit) -> None:
+            self._undo.append(self._redo.pop())
+
+        return self._commit(replace(edit, action=f"redo {edit.action}"), move)
 
     def apply(self, edit: Edit) -> Edit:
         """Apply a new edit (undoable, clears redo) and tell the listeners."""
-        edit = self._commit(edit)
-        if edit.signature is None:
-            self._undo.append(edit)
-            self._redo.clear()
-        return edit
+
+        def record(done: Edit) -> None:
+            if done.signature is None:
+                self._undo.append(done)
+                self._redo.clear()
+
+        return self._commit(edit, record)
 
     def replay(self, edit: Edit) -> None:
         """Apply an edit's "after" state without undo history or listeners (restoring from a journal)."""
@@ -366,12 +370,14 @@ class DraftReport:
             return
         self.apply(Edit(action, after.id, self.index_of(after.id), before, after))
 
-    def _commit(self, edit: Edit) -> Edit:
+    def _commit(self, edit: Edit, bookkeeping: Callable[[Edit], None]) -> Edit:
+        """Apply, update undo/redo (``bookkeeping``), then tell the listeners: they see a consistent report."""
         if self.signed:
             raise ReportError("This report is signed and can no longer be changed.")
         edit = replace(edit, revision=self.revision + 1, at=utc_now())
         self._mutate(edit)
         self.revision = edit.revision
+        bookkeeping(edit)
         for listener in list(self._listeners):
             try:
                 listener(self, edit)

@@ -23,12 +23,12 @@ def render_text(
     s = report.study
     lines: list[str] = [t.title.upper(), ""]
     header = [
-        ("Patient", _person(s.patient_name)),
+        ("Patient", person_name(s.patient_name)),
         ("Patient ID", s.patient_id),
-        ("Birth date", _date(s.patient_birth_date)),
+        ("Birth date", display_date(s.patient_birth_date)),
         ("Sex", s.patient_sex),
         ("Study", " ".join(x for x in (s.modality, s.study_description) if x)),
-        ("Study date", _date(s.study_date)),
+        ("Study date", display_date(s.study_date)),
         ("Accession", s.accession_number),
     ]
     label_w = max(len(k) for k, _ in header) + 1
@@ -47,7 +47,7 @@ def render_text(
     lines.append("")
     if report.signature:
         sig = report.signature
-        lines += _wrap(f"Signed by {_person(sig.reader_name)} on {sig.signed_at} (UTC).", width)
+        lines += _wrap(f"Signed by {person_name(sig.reader_name)} on {sig.signed_at} (UTC).", width)
     else:
         lines.append("DRAFT - NOT SIGNED.")
     p = report.provenance
@@ -69,7 +69,7 @@ def _wrap(text: str, width: int, first: str = "", rest: str = "") -> list[str]:
     return out
 
 
-def _person(name: str) -> str:
+def person_name(name: str) -> str:
     """DICOM PN "Family^Given^Middle^Prefix^Suffix" → "Prefix Given Middle Family Suffix"."""
     if "^" not in name:
         return name
@@ -78,7 +78,7 @@ def _person(name: str) -> str:
     return " ".join(x for x in (prefix, given, middle, family, suffix) if x)
 
 
-def _date(da: str) -> str:
+def display_date(da: str) -> str:
     """DICOM DA "YYYYMMDD" → "YYYY-MM-DD"; anything else unchanged."""
     if len(da) == 8 and da.isdigit():
         return f"{da[:4]}-{da[4:6]}-{da[6:]}"

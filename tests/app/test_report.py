@@ -125,11 +125,13 @@ def test_undo_delete_puts_finding_back_in_place():
 def test_listeners_see_every_edit_with_increasing_revisions():
     r, a, _ = make_report()
     seen = []
-    r.subscribe(lambda rep, e: seen.append((e.action, e.revision)))
+    r.subscribe(lambda rep, e: seen.append((e.action, e.revision, rep.can_undo, rep.can_redo)))
     r.accept(a)
     r.undo()
     r.redo()
     assert [s[0] for s in seen] == ["accept", "undo accept", "redo accept"]
+    # listeners see the undo/redo stacks already updated (a UI enables its buttons from them)
+    assert [s[3] for s in seen] == [False, True, False]
     revs = [s[1] for s in seen]
     assert revs == sorted(revs) and len(set(revs)) == 3
 
