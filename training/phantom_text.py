@@ -155,14 +155,16 @@ def _iou(a: tuple[int, ...], b: tuple[int, ...]) -> float:
     return Box(*map(float, a)).iou(Box(*map(float, b)))
 
 
-def _moved_box(t: LesionTruth, rng: np.random.Generator) -> tuple[int, int, int, int]:
+def _moved_box(t: LesionTruth, avoid: list[tuple[int, int, int, int]],
+               rng: np.random.Generator) -> tuple[int, int, int, int]:
+    """The same-sized box somewhere it touches no true lesion."""
     x0, y0, x1, y1 = t.box_1000
     w, h = x1 - x0, y1 - y0
-    for _ in range(50):
-        nx = int(rng.integers(0, BOX_SCALE - w))
-        ny = int(rng.integers(0, BOX_SCALE - h))
+    for _ in range(200):
+        nx = int(rng.integers(100, max(101, BOX_SCALE - 100 - w)))
+        ny = int(rng.integers(150, max(151, BOX_SCALE - 150 - h)))
         cand = (nx, ny, nx + w, ny + h)
-        if _iou(cand, t.box_1000) == 0.0:
+        if all(_iou(cand, b) == 0.0 for b in avoid):
             return cand
     return (BOX_SCALE - x1, BOX_SCALE - y1, BOX_SCALE - x0, BOX_SCALE - y0)
 
@@ -181,7 +183,7 @@ def corrupt(case: PhantomCase, rng: np.random.Generator) -> tuple[str, list[Lesi
     i = int(rng.integers(len(lesions)))
     t = lesions[i]
     if kind == "wrong_box":
-        lesions[i] = replace(t, box_1000=_moved_box(t, rng))
+        lesions[i] = replace(t, box_1000=_moved_box(t, [o.box_1000 for o in case.lesions], rng))
     elif kind == "missed_lesion":
         del lesions[i]
     else:  # the same finding reported on the other side, box mirrored with it
