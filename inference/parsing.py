@@ -285,19 +285,20 @@ def _strip_loose_tags(s: str, problems: list[str], cut_off_box: bool = False) ->
 
 
 def _open_bracket(s: str) -> int | None:
-    """Position of a ``[`` still open at the end of ``s`` (a box being written), if any."""
+    """Position of a ``[`` still open at the end of ``s`` (a box being written), if any.
+    Only the last few hundred characters count: a box is never longer."""
+    base = max(0, len(s) - _MAX_BOX_CHARS)
     depth = 0
     start = None
-    for i, ch in enumerate(s):
+    for i in range(base, len(s)):
+        ch = s[i]
         if ch == "[":
             if depth == 0:
                 start = i
             depth += 1
         elif ch == "]":
             depth = max(0, depth - 1)
-    if depth > 0 and start is not None and len(s) - start <= _MAX_BOX_CHARS:
-        return start
-    return None
+    return start if depth > 0 else None
 
 
 def _is_cut_off(tail: str) -> bool:

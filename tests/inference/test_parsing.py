@@ -22,7 +22,7 @@ from inference.parsing import (
 )
 from inference.types import STEP_NAMES, Box
 
-FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FAST = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 LINKING = {"and", "or", "in", "at", "on", "of", "to", "by", "is", "are", "be", "see", "show", "was"}
 word = st.text(alphabet="abcdefghijklmnopqrstuvwxyz", min_size=1, max_size=7).filter(
@@ -295,3 +295,57 @@ def test_stream_snapshot_waits_for_unfinished_tags():
     snap = parser.feed("0, 40]]</box> seen")
     assert [g.phrase.phrase for g in parser.new_groundings] == ["cyst"]
     assert snap.text == "A cyst seen"
+
+
+# ----------------------------------------------------------------------------- prompts ↔ parser
+
+
+def test_answer_in_the_reasoning_prompts_own_format_parses_into_five_steps():
+    from inference.prompts import ImageContext, Task, build_prompt, step_outline
+
+    prompt = build_prompt(Task.REASONING, "Is there a liver lesion?", ImageContext("CT", "ABDOMEN", "portal venous"))
+    assert step_outline() in prompt.user and "Is there a liver lesion?" in prompt.user
+    assert "Image: CT ABDOMEN" in prompt.user
+    # a model that follows the outline line by line, after echoing the whole prompt
+    answer = "".join(f"{line}\nfinding {i}.\n" for i, line in enumerate(step_outline().splitlines(), 1))
+    parsed = parse_answer(prompt.user + "\n" + answer, prompt=prompt.user)
+    assert [(s.index, s.text) for s in parsed.steps] == [(i, f"finding {i}.") for i in range(1, 6)]
+    assert parsed.problems == []
+
+
+def test_every_prompt_carries_the_absent_structure_guardrail():
+    from inference.prompts import Task, build_prompt
+
+    for task in Task:
+        p = build_prompt(task, "locate the right kidney" if task is Task.LOCATE else "anything?")
+        assert "absent" in p.system and "give no box" in p.system
+        assert "$" not in p.system + p.user  # every placeholder was filled
+    locate = build_prompt(Task.LOCATE, "Locate the right kidney.")
+    assert locate.target == "the right kidney"
+    assert "<ref>the right kidney</ref>" in locate.user and "absent" in locate.user
+
+
+@pytest.mark.parametrize(
+    "question, task, target",
+    [
+        ("Locate the right kidney.", "locate", "the right kidney"),
+        ("where is the lesion?", "locate", "the lesion"),
+        ("Please find the left adrenal gland in this image", "locate", "the left adrenal gland"),
+        ("Write a report", "report", ""),
+        ("Is there free fluid?", "reasoning", ""),
+        ("", "reasoning", ""),
+    ],
+)
+def test_task_is_read_from_the_question(question, task, target):
+    from inference.prompts import infer_task, locate_target
+
+    assert infer_task(question).value == task
+    assert locate_target(question) == target
+
+
+def test_missing_prompt_file_is_a_readable_error(tmp_path):
+    from inference.errors import XMedError
+    from inference.prompts import Task, build_prompt
+
+    with pytest.raises(XMedError, match="prompt file guardrail.txt is missing"):
+        build_prompt(Task.VQA, "x", directory=tmp_path)
