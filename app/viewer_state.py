@@ -322,3 +322,27 @@ def thumbnail(series, size: int = 64) -> np.ndarray:
     img = render(volume, k, volume.default_window)
     step = max(1, int(math.ceil(max(img.shape[:2]) / size)))
     return np.ascontiguousarray(img[::step, ::step])
+
+
+def pixel_readout(volume: Volume, k: int, x: float, y: float) -> str:
+    """What the status bar shows under the pointer: pixel, patient position, value.
+
+    ``x``/``y`` are image coordinates (column, row); empty outside the image.
+    """
+    rows, cols = volume.frames.shape[1:3]
+    c, r = int(math.floor(x)), int(math.floor(y))
+    if not (0 <= c < cols and 0 <= r < rows and 0 <= k < len(volume)):
+        return ""
+    parts = [f"x {c}  y {r}"]
+    if volume.geometry is not None and k < len(volume.geometry.origins):
+        p = volume.geometry.pixel_to_patient(k, c + 0.0, r + 0.0)
+        parts.append(f"({p[0]:.1f}, {p[1]:.1f}, {p[2]:.1f}) mm")
+    if volume.loaded and k >= volume.loaded:
+        parts.append("not loaded")
+    elif volume.is_color:
+        parts.append("RGB " + " ".join(str(int(v)) for v in volume.frames[k, r, c]))
+    else:
+        value = float(volume.frames[k, r, c]) * float(volume.slopes[k]) + float(volume.intercepts[k])
+        unit = " HU" if volume.series.modality.upper() == "CT" else ""
+        parts.append(f"{value:.0f}{unit}" if float(value).is_integer() else f"{value:.2f}{unit}")
+    return "  ·  ".join(parts)

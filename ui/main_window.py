@@ -22,6 +22,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from app.dicom.loader import load_series
 from app.dicom.model import ScanResult, Series, Volume
 from app.viewer_state import KEYED_PRESETS, StudyInfo
 from ui.help_dialog import HelpDialog
@@ -42,6 +43,8 @@ VOLUME_CACHE = 4
 class MainWindow(QMainWindow):
     #: Emitted when no scan, series load or thumbnail job is running any more.
     idle = Signal()
+    #: The function that decodes a series (replaceable in tests to simulate a slow disk).
+    load_fn = staticmethod(load_series)
 
     def __init__(self, model_path: Path | None = None) -> None:
         super().__init__()
@@ -212,6 +215,7 @@ class MainWindow(QMainWindow):
         vp.measurement_added.connect(lambda text: self.statusBar().showMessage(f"Measured: {text}", 8000))
         vp.message.connect(lambda text: self.statusBar().showMessage(text, 4000))
         vp.tool_changed.connect(lambda tool: self.statusBar().showMessage(f"Tool: {tool}", 3000))
+        vp.cursor_text.connect(self.cursor_label.setText)
 
     # -- opening -------------------------------------------------------------------------
 
@@ -299,7 +303,7 @@ class MainWindow(QMainWindow):
         series = self._series[index]
         vp.set_volume(None)
         vp.corner.set_message(f"Loading {series.description or 'series'}…")
-        worker = SeriesLoadWorker(series, self)
+        worker = SeriesLoadWorker(series, self, load_fn=self.load_fn)
         worker.first_frame.connect(lambda v, vp=vp, i=index: self._first_frame(vp, i, v))
         worker.frame_loaded.connect(lambda k, n, vp=vp: self._frame_loaded(vp, k, n))
         worker.loaded.connect(lambda v, vp=vp, i=index: self._loaded(vp, i, v))

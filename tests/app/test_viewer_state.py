@@ -151,3 +151,15 @@ def test_pixel_aspect_honours_spacing():
     g = Geometry(np.zeros((1, 3)), np.array([1.0, 0, 0]), np.array([0, 1.0, 0]), (0.5, 0.8))
     assert pixel_aspect(g) == (0.8, 0.5)  # (width, height) of one pixel on screen
     assert pixel_aspect(None) == (1.0, 1.0)
+
+
+def test_pixel_readout_gives_hu_and_patient_position():
+    from app.viewer_state import pixel_readout
+
+    v = _volume()
+    # stored value at (row 2, col 3) of frame 1 is 16 + 2*4 + 3 = 27 → 27 − 1024 HU
+    text = pixel_readout(v, 1, 3.6, 2.2)
+    assert text == "x 3  y 2  ·  (-97.9, -98.6, 12.5) mm  ·  -997 HU"
+    assert pixel_readout(v, 1, -0.5, 2) == "" and pixel_readout(v, 1, 4.0, 0) == ""
+    v.loaded = 1
+    assert pixel_readout(v, 2, 0, 0).endswith("not loaded")

@@ -141,3 +141,60 @@ def test_empty_folder_says_so(qtbot, tmp_path):
     assert w.grid.active.volume is None
     assert w.statusBar().currentMessage().startswith("No DICOM images found")
     w.shutdown()
+
+
+def test_cancel_keeps_what_arrived_and_says_so(qtbot, two_studies):
+    import time as _time
+
+    from app.dicom.loader import load_series
+
+    def slow(series, on_frame=None, cancel=None):
+        def frame(k, volume):
+            on_frame(k, volume)
+            _time.sleep(0.15)
+
+        return load_series(series, on_frame=frame, cancel=cancel, workers=1)
+
+    w = MainWindow()
+    w.load_fn = slow
+    qtbot.addWidget(w)
+    w.show()
+    w.open_paths([two_studies])
+    vp = w.grid.active
+    qtbot.waitUntil(lambda: vp.volume is not None, timeout=20_000)
+    assert w.cancel_button.isVisible() and w.progress.isVisible()
+    w.actions_by_name["cancel_load"].trigger()
+    qtbot.waitUntil(lambda: "cancelled" in w.statusBar().currentMessage(), timeout=10_000)
+    assert vp.volume.loaded < len(vp.volume)
+    assert vp.image.image.max() > 0  # the first slice stays on screen
+    qtbot.waitUntil(lambda: not w.cancel_button.isVisible(), timeout=5000)
+    w.shutdown()
+
+
+def test_status_bar_reads_hu_under_the_pointer(qtbot, win):
+    from PySide6.QtCore import QEvent
+    from PySide6.QtGui import QMouseEvent
+
+    from ui.testing import image_to_widget
+
+    vp = win.grid.active
+    pos = image_to_widget(vp, 48, 48)
+    ev = QMouseEvent(QEvent.Type.MouseMove, pos, QPointF(vp.view.mapToGlobal(pos.toPoint())),
+                     Qt.MouseButton.NoButton, Qt.MouseButton.NoButton, Qt.KeyboardModifier.NoModifier)
+    from PySide6.QtWidgets import QApplication
+
+    QApplication.sendEvent(vp.view.viewport(), ev)
+    qtbot.waitUntil(lambda: "HU" in win.cursor_label.text(), timeout=3000)
+    text = win.cursor_label.text()
+    words = text.split()
+    col, row = int(words[1]), int(words[3])
+    assert abs(col - 48) <= 1 and abs(row - 48) <= 1  # within a screen pixel of the pointer
+    hu = float(text.split("·")[-1].replace("HU", ""))
+    assert hu == pytest.approx(float(vp.volume.values(vp.slice_index)[row, col]))
+
+
+def test_tab_moves_to_the_next_viewport(qtbot, win):
+    win.set_layout("1x2")
+    win.grid.viewports[0].setFocus()
+    qtbot.keyClick(win.grid.viewports[0], Qt.Key.Key_Tab)
+    assert win.grid.active is win.grid.viewports[1]
