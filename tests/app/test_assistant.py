@@ -219,10 +219,13 @@ def test_real_tiny_model_answers_about_a_frame(tiny_model):
     assert (spec.tile_size, spec.max_tiles) == (56, 6)
     vol = make_volume()
     updates: list[AssistantUpdate] = []
-    answer = Assistant(engine, image_spec=spec, max_new_tokens=24).ask(
-        vol, 1, Window(400, 40), "Is there a liver lesion?", on_update=updates.append)
+    assistant = Assistant(engine, image_spec=spec, max_new_tokens=24)
+    answer = assistant.ask(vol, 1, Window(400, 40), "Is there a liver lesion?", on_update=updates.append)
     assert answer.model_id == engine.model_id and answer.engine == engine.describe()
     assert answer.raw_text and answer.timing.pieces >= 1 and updates
+    # what streamed through the assistant is exactly the model's greedy answer to the same request
+    prep = assistant.prepare(vol, 1, Window(400, 40), "Is there a liver lesion?")
+    assert answer.raw_text == engine.generate(prep.request).text
     assert answer.image.rgb.shape[:2] == (56 * answer.image.plan.rows, 56 * answer.image.plan.cols)
     for f in answer.findings:  # a random model rarely draws boxes, but any it draws must be valid
         assert 0 <= f.box_px.x0 < f.box_px.x1 <= COLS and 0 <= f.box_px.y0 < f.box_px.y1 <= ROWS
