@@ -40,28 +40,34 @@ def _qimage(frame: np.ndarray) -> QImage:
 
 
 class _Page:
-    """A cursor down A4 pages in points (1/72 inch)."""
+    """A cursor down the pages, in device pixels; :meth:`pt` converts points (1/72 inch) to them.
+
+    Fonts are given in points and Qt sizes them for the writer's resolution, so the
+    painter is not scaled.
+    """
 
     def __init__(self, painter: QPainter, writer: QPdfWriter, draft: bool) -> None:
         self.p, self.w, self.draft = painter, writer, draft
-        scale = writer.resolution() / 72.0
-        painter.scale(scale, scale)
+        self.k = writer.resolution() / 72.0
         rect = writer.pageLayout().paintRect(QPageLayout.Unit.Point)
-        self.width, self.height = rect.width(), rect.height()
+        self.width, self.height = rect.width() * self.k, rect.height() * self.k
         self.y = 0.0
         self._mark()
+
+    def pt(self, v: float) -> float:
+        return v * self.k
 
     def _mark(self) -> None:
         if self.draft:
             self.p.save()
             self.p.setPen(QColor(200, 40, 40))
             self.p.setFont(QFont("Sans", 9, QFont.Weight.Bold))
-            self.p.drawText(QRectF(0, self.height - 14, self.width, 14), Qt.AlignmentFlag.AlignRight,
+            self.p.drawText(QRectF(0, self.height - self.pt(14), self.width, self.pt(14)), Qt.AlignmentFlag.AlignRight,
                             "DRAFT – NOT SIGNED")
             self.p.restore()
 
     def need(self, h: float) -> None:
-        if self.y + h > self.height - 20:
+        if self.y + h > self.height - self.pt(20):
             self.w.newPage()
             self.y = 0.0
             self._mark()
@@ -73,13 +79,14 @@ class _Page:
         self.p.setFont(font)
         self.p.setPen(colour or QColor(0, 0, 0))
         flags = int(Qt.AlignmentFlag.AlignLeft) | int(Qt.TextFlag.TextWordWrap)
-        box = self.p.boundingRect(QRectF(indent, 0, self.width - indent, 10_000), flags, s)
+        x = self.pt(indent)
+        box = self.p.boundingRect(QRectF(x, 0, self.width - x, self.height), flags, s)
         self.need(box.height())
-        self.p.drawText(QRectF(indent, self.y, self.width - indent, box.height()), flags, s)
-        self.y += box.height() + 2
+        self.p.drawText(QRectF(x, self.y, self.width - x, box.height()), flags, s)
+        self.y += box.height() + self.pt(2)
 
     def gap(self, h: float = 8) -> None:
-        self.y += h
+        self.y += self.pt(h)
 
 
 _APP: QGuiApplication | None = None
@@ -165,15 +172,16 @@ def _key_images(page: _Page, kept: list[Finding], key_images: Mapping[int, np.nd
     if not shown:
         return
     page.text("Key images", size=12, bold=True)
-    size = (page.width - 12) / 2  # two per row
+    sep = page.pt(12)
+    size = (page.width - sep) / 2  # two per row
     for i, k in enumerate(shown):
         img = _qimage(key_images[k])
         scale = min(size / img.width(), size / img.height())
         w, h = img.width() * scale, img.height() * scale
         col = i % 2
         if col == 0:
-            page.need(h + 14)
-        x0, y0 = col * (size + 12), page.y
+            page.need(h + page.pt(14))
+        x0, y0 = col * (size + sep), page.y
         page.p.drawImage(QRectF(x0, y0, w, h), img)
         for n, f in dict.fromkeys(slices[k]):
             colour = BOX_COLOURS[(n - 1) % len(BOX_COLOURS)]
@@ -181,13 +189,13 @@ def _key_images(page: _Page, kept: list[Finding], key_images: Mapping[int, np.nd
                 if b.slice_index != k:
                     continue
                 r = QRectF(x0 + b.box.x0 * scale, y0 + b.box.y0 * scale, b.box.width * scale, b.box.height * scale)
-                page.p.setPen(QPen(colour, 1.2))
+                page.p.setPen(QPen(colour, page.pt(1.2)))
                 page.p.setBrush(Qt.BrushStyle.NoBrush)
                 page.p.drawRect(r)
                 page.p.setFont(QFont("Sans", 8, QFont.Weight.Bold))
-                page.p.drawText(QPointF(r.left(), r.top() - 2), str(n))
+                page.p.drawText(QPointF(r.left(), r.top() - page.pt(2)), str(n))
         page.p.setPen(QColor(60, 60, 60))
         page.p.setFont(QFont("Sans", 7))
-        page.p.drawText(QRectF(x0, y0 + h + 1, w, 10), Qt.AlignmentFlag.AlignLeft, f"Slice {k + 1}")
+        page.p.drawText(QRectF(x0, y0 + h + page.pt(1), w, page.pt(10)), Qt.AlignmentFlag.AlignLeft, f"Slice {k + 1}")
         if col == 1 or i == len(shown) - 1:
-            page.y += h + 14
+            page.y += h + page.pt(14)
