@@ -142,7 +142,9 @@ def sample_missing(records: Sequence[Record], engine: Engine, n: int, batch: int
 def uncertainties(record: Record, judge: Judge) -> dict[str, float]:
     """Estimator name → uncertainty of one record (higher = more likely wrong)."""
     texts = [g.text.strip() for g in record.samples]
-    ids = cluster_answers(record.question, texts, judge)
+    # the judged answer is clustered first, as the live pass does, but not counted in the entropies
+    all_ids = cluster_answers(record.question, [record.answer, *texts], judge)
+    ids = all_ids[1:]
     sums = [g.sum_logprob for g in record.samples]
     means = [g.mean_logprob for g in record.samples]
     out = {
@@ -151,6 +153,7 @@ def uncertainties(record: Record, judge: Judge) -> dict[str, float]:
         "confidence_weighted": confidence_weighted_semantic_entropy(ids, means),
         "naive_entropy": naive_predictive_entropy(sums),
         "lexical": lexical_disagreement(texts),
+        "draft_disagreement": sum(1 for c in ids if c != all_ids[0]) / len(ids),
     }
     out["greedy_logprob"] = (-mean_token_logprob(record.greedy_token_logprobs)
                              if record.greedy_token_logprobs else float("nan"))

@@ -6,8 +6,11 @@ engine call (:mod:`.sampling`), grouped by meaning with a pluggable judge
 (:mod:`.judges`, :mod:`.clustering`), turned into an entropy
 (:mod:`.estimators`), then into a reliability in [0, 1] and a green / amber /
 red tier from a calibration file (:mod:`.scoring`, :mod:`.calibration`).
+:func:`assess` (:mod:`.pipeline`) runs the whole pass for one draft.
 """
 
+from inference.reliability.clustering import cluster_answers
+from inference.reliability.decomposition import AttributeQuestion, DraftFinding
 from inference.reliability.estimators import (
     confidence_weighted_semantic_entropy,
     discrete_semantic_entropy,
@@ -16,11 +19,29 @@ from inference.reliability.estimators import (
     naive_predictive_entropy,
     rao_blackwell_semantic_entropy,
 )
+from inference.reliability.judges import ClosedFormJudge, EmbeddingJudge, Judge, NLIJudge
+from inference.reliability.pipeline import ReliabilitySettings, assess
+from inference.reliability.scoring import QuestionResult, Reliability, State, Thresholds, Tier, load_thresholds
 
 __all__ = [
+    "AttributeQuestion",
+    "ClosedFormJudge",
+    "DraftFinding",
+    "EmbeddingJudge",
+    "Judge",
+    "NLIJudge",
+    "QuestionResult",
+    "Reliability",
+    "ReliabilitySettings",
+    "State",
+    "Thresholds",
+    "Tier",
+    "assess",
+    "cluster_answers",
     "confidence_weighted_semantic_entropy",
     "discrete_semantic_entropy",
     "lexical_disagreement",
+    "load_thresholds",
     "mean_token_logprob",
     "naive_predictive_entropy",
     "rao_blackwell_semantic_entropy",

@@ -45,7 +45,8 @@ def test_calibrate_command_writes_thresholds(tmp_path, capsys):
     result = json.loads(out.read_text())
     per = result["metrics"]["per_estimator"]
     # every wrong answer has split samples, every correct one agreeing samples: perfect separation
-    for name in ("discrete", "rao_blackwell", "confidence_weighted", "lexical", "greedy_logprob"):
+    for name in ("discrete", "rao_blackwell", "confidence_weighted", "lexical", "greedy_logprob",
+                 "draft_disagreement"):
         assert per[name]["auroc"] == pytest.approx(1.0), name
     assert per["greedy_logprob"]["n"] == 24  # the record without greedy log-probs is left out
     # green = lowest reliability with no error at or above it = the correct yes/no record:
