@@ -37,7 +37,9 @@ RESOURCE_DIR = Path(__file__).resolve().parents[1] / "resources" / "dictation"
 VOCABULARY_FILE = RESOURCE_DIR / "vocabulary.txt"
 COMMANDS_FILE = RESOURCE_DIR / "commands.yaml"
 TARGETS = ("query", "report")
-PROMPT_MAX_CHARS = 600  # Whisper keeps at most ~224 prompt tokens
+PROMPT_MAX_CHARS = 700  # Whisper keeps the last ~223 prompt tokens
+# Said before a command without meaning anything ("and next image", "okay, sign report").
+_LEADING_FILLERS = {"please", "and", "um", "uh", "er", "okay", "ok", "so", "now", "the"}
 
 SPOKEN_MARKS: dict[tuple[str, ...], str] = {
     ("period",): ".", ("full", "stop"): ".", ("comma",): ",", ("semicolon",): ";",
@@ -131,15 +133,23 @@ def load_commands(path: Path = COMMANDS_FILE) -> list[VoiceCommand]:
     return out
 
 
-def build_initial_prompt(terms: list[str], max_chars: int = PROMPT_MAX_CHARS) -> str:
-    """Whisper's initial prompt: a radiology-report opening naming the vocabulary."""
+def build_initial_prompt(terms: list[str], command_phrases: list[str] | None = None,
+                         max_chars: int = PROMPT_MAX_CHARS) -> str:
+    """Whisper's initial prompt: a report opening naming the vocabulary, then the voice commands.
+
+    Whisper keeps the *end* of a long prompt, so the command phrases go last and
+    vocabulary terms are dropped (from the bottom of the list) to stay under ``max_chars``.
+    """
+    tail = ""
+    if command_phrases:
+        tail = " Voice commands: " + ", ".join(command_phrases) + "."
     prompt = "Radiology report dictation. Findings:"
     for term in terms:
         piece = f" {term},"
-        if len(prompt) + len(piece) > max_chars:
+        if len(prompt) + len(piece) + len(tail) > max_chars:
             break
         prompt += piece
-    return prompt.rstrip(",") + "."
+    return prompt.rstrip(",") + "." + tail
 
 
 # ---- commands ---------------------------------------------------------------------
@@ -149,7 +159,7 @@ def _command_key(text: str) -> str:
     words = re.sub(r"[^\w\s'-]", " ", text.lower()).split()
     while words and words[-1] == "please":
         words.pop()
-    while words and words[0] == "please":
+    while words and words[0] in _LEADING_FILLERS:
         words.pop(0)
     return " ".join(words)
 
@@ -369,7 +379,7 @@ class Dictation:
         self.vocabulary = load_vocabulary(vocabulary_file)
         self.commands = load_commands(commands_file)
         self.abbreviations = abbreviations_from(self.vocabulary)
-        self.initial_prompt = build_initial_prompt(self.vocabulary)
+        self.initial_prompt = build_initial_prompt(self.vocabulary, [c.phrases[0] for c in self.commands])
 
     def handle(self, transcript: str, target: str = "report") -> DictationResult:
         """A voice command if the whole utterance is one, else normalised text for ``target``."""

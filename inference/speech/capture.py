@@ -265,12 +265,18 @@ class MicrophoneRecorder:
     ``start()`` on key press, ``stop()`` on release returns the :class:`Recording`.
     ``on_level(dbfs)`` is called from the audio thread while recording; ``on_limit()``
     once when ``max_seconds`` is reached (the caller should then stop).
+
+    ``latency`` is PortAudio's suggested input latency ("low" for a microphone). A
+    virtual ALSA device without a clock (a WAV file over the ``null`` PCM, as the tests
+    use) delivers its whole file at once, and PortAudio drops what overflows its buffer;
+    such a device needs a latency (buffer) longer than the utterance, e.g. 20 seconds.
     """
 
     def __init__(self, device: str | int | None = None, *, max_seconds: float = DEFAULT_MAX_SECONDS,
                  on_level: LevelFn | None = None, on_limit: Callable[[], None] | None = None,
-                 trim: bool = True, block_seconds: float = 0.05) -> None:
+                 trim: bool = True, block_seconds: float = 0.05, latency: float | str = "low") -> None:
         self.device = device
+        self.latency = latency  # PortAudio input latency; see the class docstring
         self.max_seconds = max_seconds
         self.on_level = on_level
         self.on_limit = on_limit
@@ -307,7 +313,8 @@ class MicrophoneRecorder:
 
             try:
                 stream = sd.InputStream(device=chosen.index, samplerate=rate, channels=1, dtype="float32",
-                                        blocksize=int(rate * self.block_seconds), callback=callback)
+                                        blocksize=int(rate * self.block_seconds), latency=self.latency,
+                                        callback=callback)
                 stream.start()
             except Exception as exc:  # sounddevice.PortAudioError, ValueError for bad settings
                 errors.append(f"{rate} Hz: {exc}")
