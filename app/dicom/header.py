@@ -26,6 +26,7 @@ from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID
 
 from app.dicom.model import FileProblem, Instance, Window
+from app.dicom.rawheader import read_fast
 
 log = logging.getLogger(__name__)
 
@@ -267,29 +268,42 @@ def _read_header(path: Path) -> DicomInstance | FileProblem:
     if size == 0:
         return FileProblem(path, "empty file (0 bytes)")
     try:
-        with open(path, "rb") as fp:
-            ds, _forced = _read(fp)
-            if ds is None:
-                return FileProblem(path, "not a DICOM file")
-            implicit, little = _encoding(ds)
-            if _syntax(ds) == DEFLATED:
-                pixel = _deflated_pixel(path)
-            else:
-                try:
-                    pixel = _element_header(fp, implicit, little)
-                except (OSError, struct.error):
-                    pixel = None
-    except (EOFError, struct.error, OSError, ValueError, TypeError, KeyError, IndexError, NotImplementedError) as exc:
-        log.debug("header of %s unreadable: %r", path, exc)
-        return FileProblem(path, "file is truncated or damaged (header unreadable)")
-    except Exception as exc:  # noqa: BLE001 - pydicom raises many types on bad input
-        log.debug("header of %s unreadable: %r", path, exc)
-        return FileProblem(path, "file is damaged (header unreadable)")
+        fast = read_fast(path)
+    except OSError as exc:
+        return FileProblem(path, f"cannot be read ({exc.strerror or exc})")
+    if fast is not None:
+        ds, pixel = fast
+    else:
+        try:
+            ds, pixel = _read_pydicom(path)
+        except (EOFError, struct.error, OSError, ValueError, TypeError, KeyError, IndexError,
+                NotImplementedError) as exc:
+            log.debug("header of %s unreadable: %r", path, exc)
+            return FileProblem(path, "file is truncated or damaged (header unreadable)")
+        except Exception as exc:  # noqa: BLE001 - pydicom raises many types on bad input
+            log.debug("header of %s unreadable: %r", path, exc)
+            return FileProblem(path, "file is damaged (header unreadable)")
+        if ds is None:
+            return FileProblem(path, "not a DICOM file")
     try:
         return _instance(path, ds, pixel, size)
     except Exception as exc:  # noqa: BLE001 - a damaged header value must not stop the scan
         log.debug("header of %s damaged: %r", path, exc)
         return FileProblem(path, "image header is damaged (unreadable values)")
+
+
+def _read_pydicom(path: Path) -> tuple[Dataset | None, tuple[str, int, int] | None]:
+    with open(path, "rb") as fp:
+        ds, _forced = _read(fp)
+        if ds is None:
+            return None, None
+        implicit, little = _encoding(ds)
+        if _syntax(ds) == DEFLATED:
+            return ds, _deflated_pixel(path)
+        try:
+            return ds, _element_header(fp, implicit, little)
+        except (OSError, struct.error):
+            return ds, None
 
 
 def _deflated_pixel(path: Path) -> tuple[str, int, int] | None:
