@@ -9,7 +9,7 @@ from collections import OrderedDict
 from pathlib import Path
 
 from PySide6.QtCore import Qt, QTimer, Signal
-from PySide6.QtGui import QAction, QKeySequence
+from PySide6.QtGui import QAction, QActionGroup, QKeySequence
 from PySide6.QtWidgets import (
     QDockWidget,
     QFileDialog,
@@ -197,6 +197,9 @@ class MainWindow(QMainWindow):
         order = ["open_folder", None, "layout_1x1", "layout_1x2", "layout_2x2", None, "tool_pan", "tool_length",
                  "tool_rect", "tool_ellipse", None, *[f"preset_{i}" for i in range(1, len(KEYED_PRESETS) + 1)],
                  "toggle_invert", None, "rotate_cw", "flip_h", "flip_v", "reset", "toggle_cine", None, "show_help"]
+        self.tool_buttons: dict[str, QAction] = {}
+        tools = QActionGroup(self)
+        tools.setExclusive(True)
         for name in order:
             if name is None:
                 tb.addSeparator()
@@ -205,6 +208,11 @@ class MainWindow(QMainWindow):
             btn = QAction(labels[name], self)
             btn.setToolTip(src.toolTip())
             btn.triggered.connect(src.trigger)
+            if name.startswith("tool_"):
+                btn.setCheckable(True)
+                btn.setChecked(name == "tool_pan")
+                tools.addAction(btn)
+                self.tool_buttons[name] = btn
             tb.addAction(btn)
         self.toolbar = tb
 
@@ -214,7 +222,7 @@ class MainWindow(QMainWindow):
         vp.series_dropped.connect(lambda key, vp=vp: self.show_series(int(key), vp))
         vp.measurement_added.connect(lambda text: self.statusBar().showMessage(f"Measured: {text}", 8000))
         vp.message.connect(lambda text: self.statusBar().showMessage(text, 4000))
-        vp.tool_changed.connect(lambda tool: self.statusBar().showMessage(f"Tool: {tool}", 3000))
+        vp.tool_changed.connect(self._tool_changed)
         vp.cursor_text.connect(self.cursor_label.setText)
 
     # -- opening -------------------------------------------------------------------------
@@ -394,6 +402,15 @@ class MainWindow(QMainWindow):
     def _on_active(self, action: str) -> None:
         self.grid.active.trigger(action)
         self.grid.active.setFocus()
+
+    def _tool_changed(self, tool: str) -> None:
+        """A tool applies to every viewport, as in RadiAnt and OHIF; the toolbar shows which."""
+        for vp in self.grid.viewports:
+            if vp.tool != tool:
+                vp.set_tool(tool)
+        for name, act in self.tool_buttons.items():
+            act.setChecked(name == f"tool_{tool}")
+        self.statusBar().showMessage(f"Tool: {by_action(f'tool_{tool}').description}", 3000)
 
     def _active_changed(self, vp: Viewport) -> None:
         self.browser.mark_current(self._shown.get(id(vp)))

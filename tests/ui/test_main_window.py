@@ -198,3 +198,16 @@ def test_tab_moves_to_the_next_viewport(qtbot, win):
     win.grid.viewports[0].setFocus()
     qtbot.keyClick(win.grid.viewports[0], Qt.Key.Key_Tab)
     assert win.grid.active is win.grid.viewports[1]
+
+
+def test_tool_applies_to_every_viewport_and_toolbar_shows_it(qtbot, win):
+    win.set_layout("2x2")
+    vp = win.grid.active
+    vp.setFocus()
+    qtbot.keyClick(vp, Qt.Key.Key_L)
+    assert all(v.tool == "length" for v in win.grid.viewports)
+    assert win.tool_buttons["tool_length"].isChecked() and not win.tool_buttons["tool_pan"].isChecked()
+    win.tool_buttons["tool_ellipse"].trigger()
+    assert all(v.tool == "ellipse" for v in win.grid.viewports)
+    qtbot.keyClick(win.grid.active, Qt.Key.Key_Escape)
+    assert all(v.tool == "pan" for v in win.grid.viewports) and win.tool_buttons["tool_pan"].isChecked()
