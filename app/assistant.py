@@ -137,7 +137,8 @@ class AssistantAnswer:
             "task": self.task.value,
             "series_uid": self.series_uid,
             "frame": self.frame,
-            "window": None if self.window is None else {"width": self.window.width, "center": self.window.center},
+            "window": None if self.window is None else {
+                "width": self.window.width, "center": self.window.center, "name": self.window.name},
             "image": {
                 "columns": t.source_size[0],
                 "rows": t.source_size[1],

@@ -73,6 +73,18 @@ class ImageSpec:
             dynamic=bool(cfg.get("crop_to_patches", cfg.get("dynamic_image_size", True))),
         )
 
+    @classmethod
+    def from_image_processor(cls, processor: object) -> "ImageSpec":
+        """From a loaded transformers image processor (GotOcr2 / InternVL style attributes)."""
+        size = getattr(processor, "size", None) or {}
+        tile = size.get("height") if isinstance(size, Mapping) else getattr(size, "height", None)
+        return cls(
+            tile_size=int(tile or 448),
+            min_tiles=int(getattr(processor, "min_patches", 1) or 1),
+            max_tiles=int(getattr(processor, "max_patches", 12) or 12),
+            dynamic=bool(getattr(processor, "crop_to_patches", True)),
+        )
+
 
 # ----------------------------------------------------------------------------- tiling
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from app.assistant import Assistant
 from app.commands.render import choose_window, pick_series
-from app.dicom.display import VOI_LUT, auto_window_for
+from app.dicom.display import auto_window_for
 from app.dicom.loader import load_series
 from app.dicom.model import ScanResult, Series
 from app.dicom.scan import scan
@@ -122,8 +122,6 @@ def run(args: argparse.Namespace) -> int:
         study_description=_study_description(result, series),
     )
     data = answer.to_json()
-    if window is VOI_LUT:
-        data["window"] = "VOI LUT"
     data["source"] = {
         "paths": [str(p) for p in args.paths],
         "series": {"uid": series.uid, "number": series.number, "description": series.description,

@@ -200,6 +200,13 @@ def test_spec_from_a_model_folders_preprocessor_config(tmp_path):
     assert ImageSpec.from_preprocessor_config(tmp_path / "missing") == ImageSpec()
 
 
+def test_spec_from_a_loaded_image_processor():
+    proc = GotOcr2ImageProcessorPil(size={"height": 56, "width": 56}, crop_to_patches=True, max_patches=6)
+    assert ImageSpec.from_image_processor(proc) == ImageSpec(tile_size=56, max_tiles=6)
+    saved = dict(size={"height": 56, "width": 56}, crop_to_patches=True, min_patches=1, max_patches=6)
+    assert ImageSpec.from_preprocessor_config(saved) == ImageSpec.from_image_processor(proc)
+
+
 def test_rejects_unrendered_frames():
     with pytest.raises(ValueError):
         prepare_model_image(np.zeros((10, 10), np.int16))
