@@ -168,7 +168,10 @@ def parse_yes_no(answer: str) -> bool | None:
 
 def parse_quantity(answer: str) -> Quantity | None:
     """The first measurement with a unit, e.g. "2 x 1.5 cm" -> length (20, 15) mm."""
-    m = _QUANTITY.search(answer.replace(",", "."))
+    text = answer.replace(",", ".")
+    # "12 mm x 8 mm" -> "12 x 8 mm": a unit repeated on each dimension
+    text = re.sub(r"(\d)\s*(?:mm|cm)\s*(x|×|by|\*)\s*(?=[-+]?\d)", r"\1 \2 ", text, flags=re.IGNORECASE)
+    m = _QUANTITY.search(text)
     if not m:
         return None
     unit = m.group("unit").casefold()

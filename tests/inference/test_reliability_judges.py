@@ -43,6 +43,8 @@ CF = ClosedFormJudge()
         ("What is the size of the nodule?", "12 mm", "3 cm", False),
         ("What is the size of the nodule?", "2 x 3 cm", "30 x 20 mm", True),
         ("What is the size of the nodule?", "2 x 3 cm", "2 cm", False),
+        ("What is the size of the nodule?", "12 mm x 8 mm", "1.2 x 0.8 cm", True),
+        ("What is the size of the nodule?", "12mm", "about 12 mm", True),
         ("What is the density of the lesion?", "Hypodense", "low attenuation", True),
         ("What is the density of the lesion?", "-20 HU", "about -15 HU", True),
         ("How many nodules are there?", "Two", "2 nodules", True),
