@@ -445,25 +445,26 @@ def write_corpus(out: Path | str, n: int, seed: int, size: int = 224, audio: boo
         per_image[str(len(case.lesions))] = per_image.get(str(len(case.lesions)), 0) + 1
         desc = case.description
         files["annotations"].append(_annotation(case, f"images/{name}"))
+        image = f"images/{name}"
         files["grounding"].append(_conversation(
-            name, str(rng.choice(txt.GROUNDING_PROMPTS)).format(desc=desc), txt.grounding_answer(case.lesions)))
+            image, str(rng.choice(txt.GROUNDING_PROMPTS)).format(desc=desc), txt.grounding_answer(case.lesions)))
         report_prompt = str(rng.choice(txt.REPORT_PROMPTS)).format(desc=desc)
-        files["report"].append(_conversation(name, report_prompt, txt.findings_and_impression(case, case.lesions)))
+        files["report"].append(_conversation(image, report_prompt, txt.findings_and_impression(case, case.lesions)))
         prompt = str(rng.choice(txt.REASONING_PROMPTS)).format(desc=desc)
         chosen = txt.reasoning_answer(case, case.lesions)
-        files["reasoning"].append(_conversation(name, prompt, chosen))
+        files["reasoning"].append(_conversation(image, prompt, chosen))
         qs = txt.questions(case, rng)
         for q in qs:
-            files["vqa"].append(_conversation(name, q.question, q.answer, question_type=q.qtype))
+            files["vqa"].append(_conversation(image, q.question, q.answer, question_type=q.qtype))
         error, wrong = txt.corrupt(case, rng)
-        files["preference"].append({"image": f"images/{name}", "prompt": f"<image>\n{prompt}", "chosen": chosen,
+        files["preference"].append({"image": image, "prompt": f"<image>\n{prompt}", "chosen": chosen,
                                     "rejected": txt.reasoning_answer(case, wrong), "error": error})
         if audio:
             q = qs[int(rng.integers(len(qs)))]
             wav = f"audio/{case.name}.wav"
             duration = speak(q.question, out / wav, rng)
             files["audio"].append({
-                "audio": wav, "image": f"images/{name}", "transcript": q.question, "duration_s": round(duration, 3),
+                "audio": wav, "image": image, "transcript": q.question, "duration_s": round(duration, 3),
                 "conversations": [{"from": "human", "value": "<image>\n<audio>"}, {"from": "gpt", "value": q.answer}],
                 "question_type": q.qtype})
         if progress is not None:
@@ -474,7 +475,7 @@ def write_corpus(out: Path | str, n: int, seed: int, size: int = 224, audio: boo
         with (out / f"{key}.jsonl").open("w", encoding="utf-8") as fh:
             for rec in records:
                 fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
-    meta = {name: {"root": "images", "annotation": fname, "data_augment": False, "repeat_time": repeat,
+    meta = {name: {"root": ".", "annotation": fname, "data_augment": False, "repeat_time": repeat,
                    "length": len(files[fname.removesuffix(".jsonl")])}
             for name, (fname, repeat) in DATASETS.items()}
     (out / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")

@@ -109,7 +109,7 @@ def test_radiograph_lesion_changes_only_the_pixels_inside_its_box():
 
 
 def test_reasoning_targets_parse_into_five_steps_with_the_true_boxes(corpus):
-    ann = {a["image"].removeprefix("images/"): a for a in _jsonl(corpus / "annotations.jsonl")}
+    ann = {a["image"]: a for a in _jsonl(corpus / "annotations.jsonl")}
     for rec in _jsonl(corpus / "reasoning.jsonl"):
         parsed = parse_answer(rec["conversations"][1]["value"])
         assert [s.title for s in parsed.steps] == list(STEP_NAMES) and not parsed.problems
@@ -122,7 +122,7 @@ def test_reasoning_targets_parse_into_five_steps_with_the_true_boxes(corpus):
 
 
 def test_grounding_and_report_targets_follow_the_truth(corpus):
-    ann = {a["image"].removeprefix("images/"): a for a in _jsonl(corpus / "annotations.jsonl")}
+    ann = {a["image"]: a for a in _jsonl(corpus / "annotations.jsonl")}
     for rec in _jsonl(corpus / "grounding.jsonl"):
         lesions = ann[rec["image"]]["lesions"]
         parsed = parse_answer(rec["conversations"][1]["value"])
@@ -140,7 +140,7 @@ def test_grounding_and_report_targets_follow_the_truth(corpus):
 
 
 def test_vqa_answers_agree_with_the_annotations(corpus):
-    ann = {a["image"].removeprefix("images/"): a for a in _jsonl(corpus / "annotations.jsonl")}
+    ann = {a["image"]: a for a in _jsonl(corpus / "annotations.jsonl")}
     seen = set()
     for rec in _jsonl(corpus / "vqa.jsonl"):
         q, answer = rec["conversations"][0]["value"], rec["conversations"][1]["value"]
