@@ -109,6 +109,19 @@ class Workspace:
         except OSError as exc:
             raise WorkspaceError(f"Could not record the edit in the workspace: {exc.strerror}.") from exc
 
+    def exports_dir(self, study_uid: str) -> Path:
+        """Where the study's exported documents are kept (draft SRs are referenced when the report is signed)."""
+        return self.root / "exports" / self._stem(study_uid)
+
+    def latest_draft_srs(self, study_uid: str) -> list[Path]:
+        """The newest draft measurement and narrative SR exported for this study (what a signed SR replaces)."""
+        d = self.exports_dir(study_uid)
+        out = []
+        for kind in ("measurements", "report"):
+            found = sorted(d.glob(f"SR-draft-{kind}-*.dcm"), key=lambda p: p.stat().st_mtime_ns) if d.is_dir() else []
+            out += found[-1:]
+        return out
+
     def discard(self, study_uid: str) -> None:
         for p in (self.snapshot_path(study_uid), self.journal_path(study_uid)):
             p.unlink(missing_ok=True)

@@ -194,6 +194,16 @@ def _algorithm(report: DraftReport) -> hd.sr.AlgorithmIdentification:
                                          version=(p.model_version or "unspecified")[:64], parameters=params)
 
 
+def _source_for_region(src: Dataset, frame_number: int) -> hd.sr.SourceImageForRegion:
+    """The image reference; with the frame number when the image's IOD is multi-frame."""
+    if "NumberOfFrames" in src:
+        try:
+            return hd.sr.SourceImageForRegion.from_source_image(src, [frame_number])
+        except TypeError:  # NumberOfFrames on a single-frame IOD: highdicom refuses frame numbers
+            pass
+    return hd.sr.SourceImageForRegion.from_source_image(src)
+
+
 def box_polyline(b: ReportBox) -> np.ndarray:
     """The box as a closed 5-point polyline in DICOM image coordinates (column, row; 0,0 = top-left corner)."""
     x0, y0, x1, y1 = b.box.x0, b.box.y0, b.box.x1, b.box.y1
@@ -201,11 +211,10 @@ def box_polyline(b: ReportBox) -> np.ndarray:
 
 
 def _roi_group(n: int, m: int, f: Finding, b: ReportBox, src: Dataset, report: DraftReport) -> hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations:
-    multi = int(src.get("NumberOfFrames", 1) or 1) > 1
     region = hd.sr.ImageRegion(
         graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
         graphic_data=box_polyline(b),
-        source_image=hd.sr.SourceImageForRegion.from_source_image(src, [b.frame_number] if multi else None),
+        source_image=_source_for_region(src, b.frame_number),
     )
     algorithm = _algorithm(report) if f.origin is Origin.AI else None
     measurements = []
@@ -348,8 +357,14 @@ def export_sr(
     reader_name: str = "",
     options: SrOptions = SrOptions(),
     previous: Sequence[Dataset | Path] = (),
+    measurement_path: Path | None = None,
+    narrative_path: Path | None = None,
 ) -> SrFiles:
-    """Write the measurement and narrative SR of ``report`` into ``out_dir``; ``previous``: the draft SRs it replaces."""
+    """Write the measurement and narrative SR of ``report``; ``previous``: the draft SRs this one replaces.
+
+    Files go into ``out_dir`` as ``SR-{draft|signed}-{measurements|report}-<SOP UID>.dcm``
+    unless ``measurement_path``/``narrative_path`` name them (``xmedgpt analyze --sr OUT.dcm``).
+    """
     prev = [pydicom.dcmread(p) if isinstance(p, (str, Path)) else p for p in previous]
     prev_measure = [d for d in prev if d.SOPClassUID == Comprehensive3DSRStorage]
     prev_narrative = [d for d in prev if d.SOPClassUID == EnhancedSRStorage]
@@ -361,10 +376,12 @@ def export_sr(
                      series_instance_uid=series_uid)
     out_dir = Path(out_dir)
     kind = "signed" if report.signed else "draft"
-    mp = out_dir / f"SR-{kind}-measurements-{m.SOPInstanceUID}.dcm" if m is not None else None
-    np_ = out_dir / f"SR-{kind}-report-{n.SOPInstanceUID}.dcm"
+    mp = (measurement_path or out_dir / f"SR-{kind}-measurements-{m.SOPInstanceUID}.dcm") if m is not None else None
+    np_ = narrative_path or out_dir / f"SR-{kind}-report-{n.SOPInstanceUID}.dcm"
     try:
-        out_dir.mkdir(parents=True, exist_ok=True)
+        for p in (mp, np_):
+            if p is not None:
+                p.parent.mkdir(parents=True, exist_ok=True)
         if m is not None:
             m.save_as(mp, enforce_file_format=True)
         n.save_as(np_, enforce_file_format=True)

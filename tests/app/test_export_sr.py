@@ -185,3 +185,26 @@ def test_missing_source_image_is_a_clear_error(study, tmp_path):
     with pytest.raises(SrExportError, match="not available"):
         export_sr(report, partial, tmp_path)
     assert not list(tmp_path.glob("*.dcm"))
+
+
+def test_named_files_and_multiframe_frame_reference(study, tmp_path):
+    report, (a, b, c) = make_report(study)
+    src = dict(study)
+    uid = a.boxes[1].sop_instance_uid
+    multi = src[uid].copy()
+    multi.NumberOfFrames = 3
+    multi.SOPClassUID = pydicom.uid.EnhancedCTImageStorage
+    src[uid] = multi
+    report.reject(b.id)
+    second = a.boxes[1]
+    report.add_box(a.id, ReportBox(Box(2, 3, 9, 12), second.slice_index, uid, second.series_uid, frame_number=2))
+    report.remove_box(a.id, 1)
+    files = export_sr(report, src, tmp_path, measurement_path=tmp_path / "out.dcm",
+                      narrative_path=tmp_path / "out-report.dcm")
+    assert files.measurement == tmp_path / "out.dcm" and files.narrative == tmp_path / "out-report.dcm"
+    for p in files.paths:
+        assert_valid(p)
+    _, groups = roi_groups(files.measurement)
+    refs = [g.roi.ContentSequence[0].ReferencedSOPSequence[0] for g in groups]
+    assert "ReferencedFrameNumber" not in refs[0]  # single-frame image: no frame number
+    assert int(refs[1].ReferencedFrameNumber) == 2

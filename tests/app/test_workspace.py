@@ -167,3 +167,15 @@ def test_kill_dash_nine_mid_edit_loses_nothing_acknowledged(tmp_path):
     assert got >= last  # nothing the child had finished is lost
     assert [f.text for f in restored.report.findings] == [f"finding {k}" for k in range(10, got + 1, 10)]
     assert len(list(tmp_path.glob("*.tmp"))) <= 1  # at most one unfinished snapshot temp
+
+
+def test_latest_draft_srs_picks_newest_of_each_kind(tmp_path):
+    ws = Workspace(tmp_path)
+    d = ws.exports_dir(UID)
+    assert ws.latest_draft_srs(UID) == []
+    d.mkdir(parents=True)
+    old_m, new_m, rep = d / "SR-draft-measurements-1.dcm", d / "SR-draft-measurements-2.dcm", d / "SR-draft-report-3.dcm"
+    for i, p in enumerate((old_m, new_m, rep, d / "SR-signed-report-4.dcm")):
+        p.write_bytes(b"x")
+        os.utime(p, ns=(10**18 + i * 10**9, 10**18 + i * 10**9))
+    assert ws.latest_draft_srs(UID) == [new_m, rep]
