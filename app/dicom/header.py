@@ -354,7 +354,9 @@ def _instance(path: Path, ds: Dataset, pixel: tuple[str, int, int] | None, size:
     if pixel is None:
         meta = getattr(ds, "file_meta", None)
         cls = sop_class or (_text(meta, "MediaStorageSOPClassUID") if meta is not None else "")
-        kind = describe_syntax(cls) if cls else "unknown object"
+        if not cls:
+            return FileProblem(path, "no image in this DICOM file (damaged, truncated or incomplete)")
+        kind = describe_syntax(cls)
         if kind.startswith("transfer syntax"):
             kind = f"SOP class {cls}"
         if "Image" in kind or "Rows" in ds:
