@@ -34,6 +34,13 @@ def application(offscreen: bool = False) -> QApplication:
     return app
 
 
+def has_display() -> bool:
+    """False on a Linux box without X11/Wayland, unless a Qt platform was chosen explicitly."""
+    if not sys.platform.startswith("linux") or os.environ.get("QT_QPA_PLATFORM"):
+        return True
+    return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+
+
 def default_study(path: Path | None) -> Path | None:
     """The study to open: ``path``, else the bundled sample when present."""
     if path is not None:

@@ -6,23 +6,36 @@ import argparse
 import logging
 
 from app.errors import XMedError
-from ui.app_setup import application, default_study
+from ui.app_setup import application, default_study, has_display
 
 log = logging.getLogger(__name__)
 
 
-def launch(args: argparse.Namespace) -> int:
+def open_window(args: argparse.Namespace):
+    """Check the arguments, create the main window and start opening the study."""
     path = default_study(getattr(args, "path", None))
     if path is not None and not path.exists():
         raise XMedError(f"{path} does not exist")
     model = getattr(args, "model", None)
     if model is not None and not model.exists():
         raise XMedError(f"model folder {model} does not exist")
-    app = application()
+    if not has_display():
+        raise XMedError(
+            "no display found: run the viewer in a desktop session (or under xvfb-run), "
+            "or use `xmedgpt screenshot` for a PNG"
+        )
+    application()
     from ui.main_window import MainWindow
 
     window = MainWindow(model_path=model)
     window.show()
     if path is not None:
         window.open_paths([path])
-    return int(app.exec())
+    return window
+
+
+def launch(args: argparse.Namespace) -> int:
+    window = open_window(args)
+    code = int(application().exec())
+    window.shutdown()
+    return code

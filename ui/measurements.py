@@ -67,13 +67,17 @@ class MeasurementLayer:
     def begin(self, kind: str, frame: int, p: QPointF) -> Measurement:
         """Start drawing at image point ``p``; :meth:`drag_to` follows the mouse."""
         if kind == "length":
-            roi: pg.ROI = pg.LineSegmentROI([[p.x(), p.y()], [p.x(), p.y()]], pen=pg.mkPen(LENGTH_COLOR, width=2))
+            roi: pg.ROI = pg.LineSegmentROI(
+                [[p.x(), p.y()], [p.x(), p.y()]], pen=pg.mkPen(LENGTH_COLOR, width=2), rotatable=False
+            )
         elif kind == "rect":
-            roi = pg.ROI([p.x(), p.y()], [0.01, 0.01], pen=pg.mkPen(ROI_COLOR, width=2), invertible=True)
+            roi = pg.ROI([p.x(), p.y()], [0.01, 0.01], pen=pg.mkPen(ROI_COLOR, width=2), invertible=True, rotatable=False)
             for handle, centre in (([1, 1], [0, 0]), ([0, 0], [1, 1]), ([1, 0], [0, 1]), ([0, 1], [1, 0])):
                 roi.addScaleHandle(handle, centre)
         elif kind == "ellipse":
-            roi = _AxisEllipseROI([p.x(), p.y()], [0.01, 0.01], pen=pg.mkPen(ROI_COLOR, width=2), invertible=True)
+            roi = _AxisEllipseROI(
+                [p.x(), p.y()], [0.01, 0.01], pen=pg.mkPen(ROI_COLOR, width=2), invertible=True, rotatable=False
+            )
         else:
             raise ValueError(f"unknown measurement kind {kind!r}")
         roi.setParentItem(self._parent)
