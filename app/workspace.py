@@ -173,15 +173,15 @@ class Workspace:
         if damaged:
             moved = set_aside(journal, "unreadable lines")
             result.problems.append(
-                f"Part of the edit journal for this study was damaged; the readable edits were restored "
-                f"and the original was kept as {moved.name}."
+                f"Part of the edit journal for this study was damaged; the original was kept as {moved.name}"
+                + ("." if result.report is None else " and the readable edits were restored.")
             )
         report = result.report
         if report is None:
             if edits:
-                moved = set_aside(journal, "no snapshot to replay onto")
+                kept = set_aside(journal, "no snapshot to replay onto").name if journal.exists() else moved.name
                 result.problems.append(
-                    f"Edits were found without a readable draft to apply them to; they were kept as {moved.name}."
+                    f"Edits were found without a readable draft to apply them to; they were kept as {kept}."
                 )
             return
         if damaged or torn_tail:

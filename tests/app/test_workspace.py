@@ -13,7 +13,6 @@ import pytest
 
 from app.report import DraftReport, Origin, Provenance, StudyContext
 from app.workspace import Autosave, Workspace, restore_or_new
-from inference.types import Box
 
 UID = "1.2.826.0.1.3680043.8.498.42"
 REPO = Path(__file__).resolve().parents[2]
@@ -179,3 +178,18 @@ def test_latest_draft_srs_picks_newest_of_each_kind(tmp_path):
         p.write_bytes(b"x")
         os.utime(p, ns=(10**18 + i * 10**9, 10**18 + i * 10**9))
     assert ws.latest_draft_srs(UID) == [new_m, rep]
+
+
+def test_damaged_journal_and_damaged_snapshot_together(tmp_path):
+    ws = Workspace(tmp_path)
+    r = new_report()
+    Autosave(ws, r, snapshot_seconds=1e9)
+    r.set_impression("one")
+    r.set_impression("two")
+    journal = ws.journal_path(UID)
+    journal.write_text(journal.read_text().replace('"two"', '"TWO"'))  # the second edit only
+    ws.snapshot_path(UID).write_text("garbage")
+    restored = ws.load(UID)
+    assert restored.report is None and len(restored.problems) == 3, restored.problems
+    assert "without a readable draft" in restored.problems[2] and "corrupt-1" in restored.problems[2]
+    assert (tmp_path / f"{UID}.journal.corrupt-1").exists() and (tmp_path / f"{UID}.json.corrupt-1").exists()
