@@ -292,7 +292,7 @@ def _build_structures(a: Anatomy) -> list[Blob]:  # noqa: PLR0915 - one recipe, 
              dome + 18, dome + 0.32 * E, angle=0.5))
     add(Blob("stomach", Tissue.STOMACH, 25, 0.36 * ax, -0.25 * ay, 0.30 * ax, 0.32 * ay,
              dome + 8, dome + 0.36 * E))
-    add(Blob("gastric air", Tissue.AIRWAY, -980, 0.36 * ax, -0.48 * ay, 0.20 * ax, 0.09 * ay,
+    add(Blob("gastric air", Tissue.STOMACH, -980, 0.36 * ax, -0.48 * ay, 0.20 * ax, 0.09 * ay,
              dome + 12, dome + 0.18 * E, only_in=(Tissue.STOMACH,)))
     for side in (-1, 1):
         add(Blob("kidney", Tissue.KIDNEY, 160 if enh else 35, side * 0.46 * ax, sy - 8, 24, 34,

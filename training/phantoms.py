@@ -67,6 +67,38 @@ AUDIO_RATE = 16000
 PREFERENCE_ERRORS = ("wrong_box", "missed_lesion", "hallucinated_lesion", "wrong_laterality")
 
 
+@dataclass(frozen=True)
+class CorpusConfig:
+    """What the corpus draws from. Defaults: the mixture the demo model and eval use."""
+
+    kinds: tuple[str, ...] = KINDS
+    kind_weights: tuple[float, ...] = KIND_WEIGHTS
+    lesion_count_weights: tuple[float, ...] = LESION_COUNT_WEIGHTS  # index = number of lesions
+    lesion_mm: tuple[float, float] | None = None  # diameter range; None: per-organ defaults
+
+    def __post_init__(self) -> None:
+        if not self.kinds or any(k not in KINDS for k in self.kinds) or len(self.kind_weights) != len(self.kinds):
+            raise XMedError(f"Phantom kinds must be among {', '.join(KINDS)}, each with a weight.")
+        if not self.lesion_count_weights or sum(self.lesion_count_weights) <= 0:
+            raise XMedError("Lesion count weights must hold at least one positive weight.")
+        if self.lesion_mm is not None and not (3.0 <= self.lesion_mm[0] <= self.lesion_mm[1] <= 120.0):
+            raise XMedError("Lesion diameters must satisfy 3 ≤ min ≤ max ≤ 120 mm.")
+
+    @classmethod
+    def restricted(cls, kinds: Sequence[str] | None = None, max_lesions: int | None = None,
+                   lesion_mm: tuple[float, float] | None = None) -> "CorpusConfig":
+        """Defaults narrowed to some kinds and/or at most ``max_lesions`` per image."""
+        ks = tuple(kinds) if kinds else KINDS
+        weights = tuple(KIND_WEIGHTS[KINDS.index(k)] if k in KINDS else 0.0 for k in ks)
+        counts = LESION_COUNT_WEIGHTS if max_lesions is None else LESION_COUNT_WEIGHTS[:max_lesions + 1]
+        return cls(ks, weights, counts, lesion_mm)
+
+    def as_dict(self) -> dict:
+        return {"kinds": list(self.kinds), "kind_weights": list(self.kind_weights),
+                "lesion_count_weights": list(self.lesion_count_weights),
+                "lesion_mm": list(self.lesion_mm) if self.lesion_mm else None}
+
+
 def size_class(size_mm: float) -> str:
     """"small" (< 10 mm), "medium" (10–20 mm) or "large" (≥ 20 mm)."""
     return next(name for name, lo, hi in SIZE_CLASSES if lo <= size_mm < hi)
@@ -152,10 +184,10 @@ def _separate(x: float, y: float, s: float, r: float, placed: Sequence[Lesion]) 
 
 
 def _ct_lung_lesion(rng: np.random.Generator, anatomy: Anatomy, s: float, i: int,
-                    placed: list[Lesion]) -> Lesion | None:
+                    placed: list[Lesion], mm: tuple[float, float] | None = None) -> Lesion | None:
     side = "right" if rng.random() < 0.5 else "left"
     label = Tissue.LUNG_RIGHT if side == "right" else Tissue.LUNG_LEFT
-    diameter = _lesion_diameter(rng, 6.0, 45.0)
+    diameter = _lesion_diameter(rng, *(mm or (6.0, 45.0)))
     margin = _margin(rng) if diameter < 30 else float(rng.choice([0.12, 0.28]))
     ground_glass = diameter < 30 and rng.random() < 0.25
     r = diameter / 2.0 / (1.0 + margin)
@@ -173,8 +205,8 @@ def _ct_lung_lesion(rng: np.random.Generator, anatomy: Anatomy, s: float, i: int
 
 
 def _ct_liver_lesion(rng: np.random.Generator, anatomy: Anatomy, s: float, i: int,
-                     placed: list[Lesion]) -> Lesion | None:
-    diameter = _lesion_diameter(rng, 8.0, 50.0)
+                     placed: list[Lesion], mm: tuple[float, float] | None = None) -> Lesion | None:
+    diameter = _lesion_diameter(rng, *(mm or (8.0, 50.0)))
     margin = float(rng.choice([0.0, 0.0, 0.1]))
     r = diameter / 2.0 / (1.0 + margin)
     for _ in range(4):
@@ -212,7 +244,8 @@ _CT_STRUCTURES = (
 )
 
 
-def _ct_case(index: int, rng: np.random.Generator, kind: str, size: int, n_lesions: int) -> PhantomCase:
+def _ct_case(index: int, rng: np.random.Generator, kind: str, size: int, n_lesions: int,
+             lesion_mm: tuple[float, float] | None) -> PhantomCase:
     anatomy = Anatomy.random(rng)
     E = anatomy.extent_mm
     grid = Grid(size, float(rng.uniform(360.0, 400.0)))
@@ -221,7 +254,7 @@ def _ct_case(index: int, rng: np.random.Generator, kind: str, size: int, n_lesio
     make = _ct_lung_lesion if chest else _ct_liver_lesion
     lesions: list[Lesion] = []
     for i in range(n_lesions):
-        lesion = make(rng, anatomy, s, len(lesions), lesions)
+        lesion = make(rng, anatomy, s, len(lesions), lesions, lesion_mm)
         if lesion is not None:
             lesions.append(lesion)
     sl = render_ct_slice(anatomy, s, grid, lesions)
@@ -249,7 +282,8 @@ def _ct_case(index: int, rng: np.random.Generator, kind: str, size: int, n_lesio
 # ----------------------------------------------------------------------------- radiographs
 
 
-def _xray_case(index: int, rng: np.random.Generator, size: int, n_lesions: int) -> PhantomCase:
+def _xray_case(index: int, rng: np.random.Generator, size: int, n_lesions: int,
+               lesion_mm: tuple[float, float] | None) -> PhantomCase:
     anatomy = Anatomy.random(rng)
     fov = float(rng.uniform(380.0, 420.0))
     sp = fov / size
@@ -258,7 +292,7 @@ def _xray_case(index: int, rng: np.random.Generator, size: int, n_lesions: int) 
     top, bottom = float(lung_rows[0]), float(lung_rows[-1])
     lesions: list[Lesion] = []
     for _ in range(n_lesions):
-        diameter = _lesion_diameter(rng, 8.0, 50.0)
+        diameter = _lesion_diameter(rng, *(lesion_mm or (8.0, 50.0)))
         margin = _margin(rng)
         r = diameter / 2.0 / (1.0 + margin)
         rp = int(math.ceil(r / sp)) + 1
@@ -329,14 +363,16 @@ def _renumber(truths: list[LesionTruth]) -> list[LesionTruth]:
     return ordered
 
 
-def make_case(seed: int, index: int, size: int = 224) -> PhantomCase:
-    """Case ``index`` of the corpus with ``seed``: the same pair always gives the same case."""
+def make_case(seed: int, index: int, size: int = 224, config: CorpusConfig = CorpusConfig()) -> PhantomCase:
+    """Case ``index`` of the corpus with ``seed``: the same arguments always give the same case."""
     rng = np.random.default_rng([seed, index])
-    kind = str(rng.choice(KINDS, p=KIND_WEIGHTS))
-    n_lesions = int(rng.choice(len(LESION_COUNT_WEIGHTS), p=LESION_COUNT_WEIGHTS))
+    kw = np.asarray(config.kind_weights, dtype=float)
+    cw = np.asarray(config.lesion_count_weights, dtype=float)
+    kind = str(rng.choice(config.kinds, p=kw / kw.sum()))
+    n_lesions = int(rng.choice(len(cw), p=cw / cw.sum()))
     if kind == "xray":
-        return _xray_case(index, rng, size, n_lesions)
-    return _ct_case(index, rng, kind, size, n_lesions)
+        return _xray_case(index, rng, size, n_lesions, config.lesion_mm)
+    return _ct_case(index, rng, kind, size, n_lesions, config.lesion_mm)
 
 
 # ----------------------------------------------------------------------------- speech
@@ -425,7 +461,8 @@ def _annotation(case: PhantomCase, image: str) -> dict:
 
 
 def write_corpus(out: Path | str, n: int, seed: int, size: int = 224, audio: bool = False,
-                 progress: Callable[[int, int], None] | None = None) -> CorpusSummary:
+                 progress: Callable[[int, int], None] | None = None,
+                 config: CorpusConfig = CorpusConfig()) -> CorpusSummary:
     """Generate ``n`` cases with ``seed`` into ``out`` (see the module docstring for the files)."""
     from training import phantom_text as txt
 
@@ -437,7 +474,7 @@ def write_corpus(out: Path | str, n: int, seed: int, size: int = 224, audio: boo
     kinds: dict[str, int] = {}
     per_image: dict[str, int] = {}
     for i in range(n):
-        case = make_case(seed, i, size)
+        case = make_case(seed, i, size, config)
         rng = np.random.default_rng([seed, i, 1])  # text choices: independent of the pixels' draws
         name = f"{case.name}.png"
         write_png(out / "images" / name, case.image)
@@ -482,6 +519,7 @@ def write_corpus(out: Path | str, n: int, seed: int, size: int = 224, audio: boo
     counts = {key: len(v) for key, v in files.items() if key != "audio" or audio}
     summary = CorpusSummary(out, seed, n, size, counts, dict(sorted(per_image.items())), dict(sorted(kinds.items())))
     manifest = {"generator": "training.phantoms", "seed": seed, "n": n, "size": size, "audio": audio,
+                "config": config.as_dict(),
                 "counts": counts, "lesions_per_image": summary.lesions_per_image, "kinds": summary.kinds,
                 "step_names": list(STEP_NAMES), "box_scale": BOX_SCALE}
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
@@ -497,11 +535,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="seed (same seed, same bytes)")
     parser.add_argument("--size", type=int, default=224, help="image width and height in pixels (default 224)")
     parser.add_argument("--audio", action="store_true", help="also speak one question per image with espeak-ng")
+    parser.add_argument("--kinds", help=f"comma-separated subset of {','.join(KINDS)} (default: all)")
+    parser.add_argument("--max-lesions", type=int, choices=range(0, len(LESION_COUNT_WEIGHTS)),
+                        help="at most this many lesions per image (default 3)")
+    parser.add_argument("--lesion-mm", type=float, nargs=2, metavar=("MIN", "MAX"),
+                        help="lesion diameter range in mm (default: per organ, 6-50 mm)")
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     try:
-        summary = write_corpus(args.out, args.n, args.seed, args.size, audio=args.audio)
+        kinds = [k.strip() for k in args.kinds.split(",") if k.strip()] if args.kinds else None
+        config = CorpusConfig.restricted(kinds, args.max_lesions, tuple(args.lesion_mm) if args.lesion_mm else None)
+        summary = write_corpus(args.out, args.n, args.seed, args.size, audio=args.audio, config=config)
     except XMedError as exc:
         sys.stderr.write(f"phantoms: {exc}\n")
         return 1

@@ -248,3 +248,17 @@ def test_contact_sheet_for_a_person_to_look_at(corpus, output_dir):
 def test_make_case_is_a_pure_function_of_seed_and_index():
     a, b = make_case(9, 17), make_case(9, 17)
     assert np.array_equal(a.image, b.image) and a.lesions == b.lesions
+
+
+def test_config_narrows_kinds_lesion_count_and_size(tmp_path):
+    out = tmp_path / "big"
+    assert main(["--out", str(out), "--n", "12", "--seed", "8", "--kinds", "ct_chest,xray", "--max-lesions", "1",
+                 "--lesion-mm", "25", "35"]) == 0
+    ann = _jsonl(out / "annotations.jsonl")
+    assert {a["kind"] for a in ann} <= {"ct_chest", "xray"}
+    assert all(len(a["lesions"]) <= 1 for a in ann)
+    sizes = [les["size_mm"] for a in ann for les in a["lesions"]]
+    assert sizes and all(24.0 <= s <= 37.0 for s in sizes)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["config"]["lesion_mm"] == [25.0, 35.0]
+    assert main(["--out", str(tmp_path / "x"), "--n", "1", "--kinds", "mri"]) == 1
