@@ -155,6 +155,7 @@ class AssistantAnswer:
             ],
             "missing_steps": self.parsed.missing_steps,
             "answer": self.parsed.text,
+            "raw_text": self.raw_text,  # exactly what the model wrote, tags included
             "findings": [f.to_json() for f in self.findings],
             "problems": self.parsed.problems,
             "finish_reason": self.finish_reason,
