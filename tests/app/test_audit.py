@@ -191,3 +191,31 @@ def test_cli_verify_uses_settings_location(tmp_path):
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert str(log_path) in proc.stdout and "intact: 1 records" in proc.stdout
+
+
+WRITER = """
+import sys
+from app.audit import AuditLog
+log = AuditLog(sys.argv[1], user=sys.argv[2])
+for i in range(40):
+    log.append("test.concurrent", {"i": i})
+"""
+
+
+@pytest.mark.skipif(sys.platform.startswith("win"), reason="flock is POSIX")
+def test_two_processes_appending_keep_one_chain(tmp_path):
+    path = tmp_path / "audit.jsonl"
+    procs = [subprocess.Popen([sys.executable, "-c", WRITER, str(path), who], cwd=REPO) for who in ("a", "b")]
+    assert [p.wait(timeout=60) for p in procs] == [0, 0]
+    result = verify(path)
+    assert result.ok, result.summary()
+    recs = lines(path)
+    assert len(recs) == 80 and sorted(r["user"] for r in recs).count("a") == 40
+
+
+def test_export_action_is_recorded(tmp_path):
+    path = tmp_path / "audit.jsonl"
+    audit, report = filled_log(path)
+    rec = audit.export(report, "sr", tmp_path / "x.dcm", "2.25.1")
+    assert rec.action == "report.export" and rec.data["signed"] is True and rec.data["kind"] == "sr"
+    assert verify(path).records == 9
