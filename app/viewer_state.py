@@ -278,7 +278,8 @@ def corner_texts(
     if volume.loaded and volume.loaded < n:
         bottom_left.append(f"Loading {volume.loaded}/{n}")
 
-    bottom_right = [window_label(window) + ("  INV" if inverted else ""), f"Zoom {zoom * 100:.0f}%"]
+    levels = "RGB" if volume.is_color else window_label(window)  # colour has no window
+    bottom_right = [levels + ("  INV" if inverted else ""), f"Zoom {zoom * 100:.0f}%"]
     return {
         "top_left": top_left,
         "top_right": top_right,

@@ -17,7 +17,7 @@ import time
 import numpy as np
 import pyqtgraph as pg
 from PySide6.QtCore import QEvent, QObject, Qt, QTimer, Signal
-from PySide6.QtGui import QKeyEvent, QKeySequence, QTransform
+from PySide6.QtGui import QKeyEvent, QKeySequence, QPainter, QTransform
 from PySide6.QtWidgets import QVBoxLayout, QWidget
 
 from app import measure
@@ -104,6 +104,8 @@ class Viewport(QWidget):
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         self.view = pg.GraphicsView(background="k")
+        # bilinear when zoomed, as RadiAnt and Weasis show by default (no blocky pixels)
+        self.view.setRenderHint(QPainter.RenderHint.SmoothPixmapTransform, True)
         self.view.setFocusPolicy(Qt.FocusPolicy.NoFocus)
         self.view.setAcceptDrops(False)
         self.view.viewport().setAcceptDrops(False)

@@ -163,3 +163,9 @@ def test_pixel_readout_gives_hu_and_patient_position():
     assert pixel_readout(v, 1, -0.5, 2) == "" and pixel_readout(v, 1, 4.0, 0) == ""
     v.loaded = 1
     assert pixel_readout(v, 2, 0, 0).endswith("not loaded")
+
+
+def test_colour_images_show_no_window():
+    v = _volume()
+    v.frames = np.zeros((3, 4, 4, 3), dtype=np.uint8)
+    assert corner_texts(v, 0, Window(400, 40), 1.0)["bottom_right"][0] == "RGB"
