@@ -56,6 +56,8 @@ HEADINGS = (
     "## {name}\n",
     "{name}:\n",
     "### Step {i}. {name}\n",
+    "Step {i} ({name}):\n",
+    "**{name}**：\n",
 )
 
 
