@@ -21,6 +21,7 @@ copy for research without patient identifiers.
 from __future__ import annotations
 
 import difflib
+import getpass
 import hashlib
 import json
 import logging
@@ -80,9 +81,10 @@ def head_path(log_path: Path) -> Path:
 class AuditLog:
     """Appends chained records to one log file; safe across processes on POSIX (flock)."""
 
-    def __init__(self, path: Path, user: str = "") -> None:
+    def __init__(self, path: Path, user: str | None = None) -> None:
+        """``user``: who acts (the reader's name from Settings); None: the operating-system login."""
         self.path = Path(path)
-        self.user = user
+        self.user = user if user is not None else _login()
 
     # ---- core ----------------------------------------------------------------------
     def append(self, action: str, data: dict[str, Any] | None = None, *, study_uid: str = "", user: str | None = None) -> AuditRecord:
@@ -273,6 +275,13 @@ def verify(path: Path) -> VerifyResult:
 
 
 # ---- file helpers ------------------------------------------------------------------
+
+def _login() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no passwd entry / no login name in containers
+        return ""
+
 
 @contextmanager
 def _locked(fd: int) -> Iterator[None]:

@@ -219,3 +219,10 @@ def test_export_action_is_recorded(tmp_path):
     rec = audit.export(report, "sr", tmp_path / "x.dcm", "2.25.1")
     assert rec.action == "report.export" and rec.data["signed"] is True and rec.data["kind"] == "sr"
     assert verify(path).records == 9
+
+
+def test_default_user_is_the_login(tmp_path, monkeypatch):
+    monkeypatch.setenv("USER", "radiologist7")
+    monkeypatch.setenv("LOGNAME", "radiologist7")
+    assert AuditLog(tmp_path / "a.jsonl").append("x").user == "radiologist7"
+    assert AuditLog(tmp_path / "a.jsonl", user="").append("y").user == ""
