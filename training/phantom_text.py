@@ -110,8 +110,12 @@ def reasoning_answer(case: PhantomCase, lesions: list[LesionTruth]) -> str:
         by_side = {side: sum(t.side == side for t in lesions) for side in ("right", "left")}
         sides = ", ".join(f"{COUNT_WORDS[k].lower()} on the {side}" for side, k in by_side.items() if k)
         largest = max(lesions, key=lambda t: t.size_mm)
-        step4 = (f"{COUNT_WORDS[n]} lesion{'s' if n > 1 else ''} in total ({sides}); the largest is "
-                 f"{largest.size_mm:.0f} mm in the {largest.location}. {_normal_statement(case)}")
+        if n == 1:
+            step4 = (f"A single lesion, {largest.size_mm:.0f} mm, in the {largest.location}. "
+                     f"{_normal_statement(case)}")
+        else:
+            step4 = (f"{COUNT_WORDS[n]} lesions in total ({sides}); the largest is "
+                     f"{largest.size_mm:.0f} mm in the {largest.location}. {_normal_statement(case)}")
     else:
         step2 = "No focal lesion is localized."
         step3 = f"{_negative_statement(case)} {_normal_statement(case)}"
