@@ -149,7 +149,9 @@ def build_initial_prompt(terms: list[str], command_phrases: list[str] | None = N
         if len(prompt) + len(piece) + len(tail) > max_chars:
             break
         prompt += piece
-    return prompt.rstrip(",") + "." + tail
+    if prompt.endswith(":"):
+        prompt = prompt[: -len(" Findings:")]
+    return prompt.rstrip(",") + ("" if prompt.endswith(".") else ".") + tail
 
 
 # ---- commands ---------------------------------------------------------------------
