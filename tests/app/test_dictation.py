@@ -74,7 +74,7 @@ def test_prompt_has_vocabulary_and_commands_within_budget(dictation):
     prompt = dictation.initial_prompt
     assert prompt.startswith("Radiology report dictation.") and "pleural effusion" in prompt
     assert prompt.endswith("sign report, scratch that.") and len(prompt) <= 700
-    short = build_initial_prompt(["alpha", "beta", "gamma"], ["next image"], max_chars=85)
+    short = build_initial_prompt(["alpha", "beta", "gamma"], ["next image"], max_chars=80)
     assert short == "Radiology report dictation. Findings: alpha, beta. Voice commands: next image."
     assert build_initial_prompt(["alpha"], ["next image"], max_chars=10) == \
         "Radiology report dictation. Voice commands: next image."
