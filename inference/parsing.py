@@ -46,7 +46,6 @@ _TOKEN = re.compile(
     re.S,
 )
 _INNER_LIST = re.compile(r"\[([^\[\]]*)\]")
-_SPACE_BEFORE_BOX = re.compile(r"\s*")
 _PHRASE_STOP = re.compile(r"[\n.;:!?()\]]")
 
 _STEP_NAME_RE = {
