@@ -193,3 +193,42 @@ def test_damaged_journal_and_damaged_snapshot_together(tmp_path):
     assert restored.report is None and len(restored.problems) == 3, restored.problems
     assert "without a readable draft" in restored.problems[2] and "corrupt-1" in restored.problems[2]
     assert (tmp_path / f"{UID}.journal.corrupt-1").exists() and (tmp_path / f"{UID}.json.corrupt-1").exists()
+
+
+def test_whole_reporting_flow_keeps_workspace_audit_and_exports_consistent(tmp_path):
+    """Open → AI draft → edits → draft SR → sign → signed SR referencing the draft; then reopen and verify."""
+    import pydicom
+
+    from app.audit import AuditLog, verify
+    from app.export.sr import export_sr, read_sources
+    from app.report import FindingReliability, ReportBox, Tier
+    from app.sample import write_ct_study
+    from inference.types import Box
+
+    sources = read_sources(sorted(write_ct_study(tmp_path / "ct", n_slices=3, size=64, noise_hu=0).glob("*.dcm")))
+    first = next(iter(sources.values()))
+    uid = str(first.StudyInstanceUID)
+    ws = Workspace(tmp_path / "ws")
+    audit = AuditLog(tmp_path / "audit.jsonl", user="jsmith")
+    report, problems = restore_or_new(ws, uid, lambda: DraftReport(StudyContext(uid, modality="CT"),
+                                                                   provenance=Provenance("demo", "1", "ef" * 32)))
+    assert problems == []
+    auto = Autosave(ws, report)
+    audit.watch(report)
+    f = report.add_finding("Nodule.", [ReportBox(Box(5, 5, 20, 20), 1, list(sources)[1], str(first.SeriesInstanceUID))],
+                           origin=Origin.AI, finding_type="nodule", reliability=FindingReliability(0.7, Tier.AMBER))
+    report.edit_text(f.id, "Nodule, 5 mm.")
+    draft = export_sr(report, sources, ws.exports_dir(uid))
+    audit.export(report, "sr", draft.measurement, draft.measurement_uid)
+    report.accept(f.id)
+    report.sign("Smith^Jane")
+    signed = export_sr(report, sources, ws.exports_dir(uid), previous=ws.latest_draft_srs(uid))
+    audit.export(report, "sr", signed.measurement, signed.measurement_uid)
+    auto.close()
+
+    pred = pydicom.dcmread(signed.measurement).PredecessorDocumentsSequence[0]
+    assert pred.ReferencedSeriesSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID == draft.measurement_uid
+    reopened = ws.load(uid)
+    assert reopened.problems == [] and reopened.report.signed and reopened.report.findings[0].text == "Nodule, 5 mm."
+    check = verify(audit.path)
+    assert check.ok and check.records == 7  # open, add, edit, export, accept, sign, export
