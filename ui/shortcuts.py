@@ -74,6 +74,7 @@ MOUSE: tuple[tuple[str, str], ...] = (
     ("Right drag", "Window / level (right–left: width, down–up: level)"),
     ("Left drag", "Current tool: pan, length, rectangle or ellipse ROI"),
     ("Middle drag", "Pan"),
+    ("Double-click the image", "Maximise / restore the viewport (in 1×1: fit)"),
     ("Double-click a series", "Open it in the active viewport (or drag it onto a viewport)"),
 )
 

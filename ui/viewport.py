@@ -95,6 +95,7 @@ class Viewport(QWidget):
     tool_changed = Signal(str)
     message = Signal(str)  # short status-bar text
     cursor_text = Signal(str)  # pixel, position and value under the pointer
+    double_clicked = Signal(object)  # self: the grid maximises / restores it
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -442,8 +443,8 @@ class Viewport(QWidget):
         if event.type() == QEvent.Type.MouseButtonPress:
             self.setFocus(Qt.FocusReason.MouseFocusReason)
             self.activated.emit(self)
-        elif event.type() == QEvent.Type.MouseButtonDblClick and self._volume is not None:
-            self.fit()
+        elif event.type() == QEvent.Type.MouseButtonDblClick:
+            self.double_clicked.emit(self)
         return False
 
     def focusInEvent(self, event) -> None:  # noqa: N802

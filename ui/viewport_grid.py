@@ -21,7 +21,9 @@ class ViewportGrid(QWidget):
         self.viewports = [Viewport(self) for _ in range(4)]
         for vp in self.viewports:
             vp.activated.connect(self.set_active)
+            vp.double_clicked.connect(self.toggle_maximized)
         self.layout_name = ""
+        self.maximized: Viewport | None = None
         self._active = self.viewports[0]
         self.set_layout("1x1")
         self.set_active(self.viewports[0])
@@ -38,6 +40,7 @@ class ViewportGrid(QWidget):
         if name not in LAYOUTS:
             raise ValueError(f"unknown layout {name!r}")
         rows, cols = LAYOUTS[name]
+        self.maximized = None
         for vp in self.viewports:
             self._grid.removeWidget(vp)
             vp.hide()
@@ -51,6 +54,20 @@ class ViewportGrid(QWidget):
         self.layout_name = name
         if self._active not in self.visible():
             self.set_active(self.viewports[0])
+
+    def toggle_maximized(self, vp: Viewport) -> None:
+        """Double-click: one viewport fills the grid, again: back to the layout (1×1: fit)."""
+        if self.maximized is not None:
+            self.maximized = None
+            for other in self.visible():
+                other.show()
+        elif len(self.visible()) > 1:
+            self.maximized = vp
+            for other in self.visible():
+                other.setVisible(other is vp)
+        else:
+            vp.fit()
+        self.set_active(vp)
 
     def set_active(self, vp: Viewport) -> None:
         changed = vp is not self._active

@@ -211,3 +211,14 @@ def test_tool_applies_to_every_viewport_and_toolbar_shows_it(qtbot, win):
     assert all(v.tool == "ellipse" for v in win.grid.viewports)
     qtbot.keyClick(win.grid.active, Qt.Key.Key_Escape)
     assert all(v.tool == "pan" for v in win.grid.viewports) and win.tool_buttons["tool_pan"].isChecked()
+
+
+def test_double_click_maximises_and_restores_a_viewport(qtbot, win):
+    win.set_layout("2x2")
+    qtbot.waitUntil(lambda: not win.is_busy(), timeout=10_000)
+    target = win.grid.viewports[2]
+    qtbot.mouseDClick(target.view.viewport(), Qt.MouseButton.LeftButton, pos=QPoint(30, 30))
+    assert win.grid.maximized is target and win.grid.active is target
+    assert [v.isVisible() for v in win.grid.viewports] == [False, False, True, False]
+    qtbot.mouseDClick(target.view.viewport(), Qt.MouseButton.LeftButton, pos=QPoint(30, 30))
+    assert win.grid.maximized is None and all(v.isVisible() for v in win.grid.viewports)
