@@ -255,7 +255,10 @@ class DraftReport:
         return f
 
     def accept(self, finding_id: str) -> None:
-        self._set_finding("accept", replace(self.finding(finding_id), status=FindingStatus.ACCEPTED))
+        """Accept a finding; an AI finding the reader changed stays marked as edited."""
+        f = self.finding(finding_id)
+        changed = f.origin is Origin.AI and (f.status is FindingStatus.EDITED or f.text != f.ai_text)
+        self._set_finding("accept", replace(f, status=FindingStatus.EDITED if changed else FindingStatus.ACCEPTED))
 
     def reject(self, finding_id: str) -> None:
         self._set_finding("reject", replace(self.finding(finding_id), status=FindingStatus.REJECTED))

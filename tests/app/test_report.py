@@ -88,6 +88,9 @@ def test_editing_an_ai_finding_marks_it_edited_and_keeps_ai_text():
         r.move_box(a, 0, Box(5, 5, 5, 9))
     with pytest.raises(ReportError):
         r.delete_finding(a)
+    r.reject(a)
+    r.accept(a)  # changing one's mind keeps the record that the AI text was changed
+    assert r.finding(a).status is FindingStatus.EDITED and r.finding(a).included
 
 
 def test_undo_redo_walks_back_and_forth_and_new_edit_clears_redo():
