@@ -181,7 +181,7 @@ class Assistant:
         max_new_tokens: int = 768,
     ) -> None:
         self.engine = engine
-        self.image_spec = image_spec or getattr(engine, "image_spec", None) or ImageSpec()
+        self.image_spec = image_spec or _engine_image_spec(engine)
         self.max_new_tokens = max_new_tokens
 
     # ----------------------------------------------------------------- steps
@@ -287,6 +287,18 @@ class Assistant:
         log.info("%s answered in %.2f s: %d steps, %d findings%s", model_id, timing.total_s,
                  len(parsed.steps), len(answer.findings), " (cancelled)" if stopped else "")
         return answer
+
+
+def _engine_image_spec(engine: Engine) -> ImageSpec:
+    """The engine's own image layout: its ``image_spec``, else its processor's settings
+    (a local transformers engine), else InternVL-2's defaults (a remote server)."""
+    spec = getattr(engine, "image_spec", None)
+    if isinstance(spec, ImageSpec):
+        return spec
+    image_processor = getattr(getattr(engine, "processor", None), "image_processor", None)
+    if image_processor is not None:
+        return ImageSpec.from_image_processor(image_processor)
+    return ImageSpec()
 
 
 def _instance_spacing(volume: Volume) -> tuple[float, float] | None:

@@ -217,6 +217,7 @@ def test_real_tiny_model_answers_about_a_frame(tiny_model):
     engine = LocalEngine.from_folder(tiny_model, device="cpu", quantization="none")
     spec = ImageSpec.from_preprocessor_config(tiny_model)
     assert (spec.tile_size, spec.max_tiles) == (56, 6)
+    assert Assistant(engine).image_spec == spec  # read from the engine's processor when not given
     vol = make_volume()
     updates: list[AssistantUpdate] = []
     assistant = Assistant(engine, image_spec=spec, max_new_tokens=24)
