@@ -100,7 +100,7 @@ def describe_syntax(uid: str) -> str:
     return name if name and name != uid else f"transfer syntax {uid}"
 
 
-_STRING_VRS = {"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "SH", "TM", "UI", "LT", "ST"}
+_STRING_VRS = {"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "SH", "TM", "UI", "LT", "ST", "PN"}
 
 
 @lru_cache(maxsize=256)
@@ -109,6 +109,24 @@ def _tag_vr(keyword: str) -> tuple[int, str]:
     if tag is None:
         raise KeyError(keyword)
     return tag, dictionary_VR(tag)
+
+
+_USED = (
+    "SpecificCharacterSet SOPClassUID SOPInstanceUID Rows Columns BitsAllocated BitsStored "
+    "PixelRepresentation SamplesPerPixel PlanarConfiguration NumberOfFrames PhotometricInterpretation "
+    "InstanceNumber ImagePositionPatient ImageOrientationPatient PixelSpacing ImagerPixelSpacing "
+    "SliceThickness ImageType AcquisitionNumber RescaleSlope RescaleIntercept ModalityLUTSequence "
+    "WindowCenter WindowWidth WindowCenterWidthExplanation VOILUTFunction VOILUTSequence PatientID "
+    "PatientName PatientBirthDate PatientSex StudyInstanceUID StudyDate StudyTime StudyDescription "
+    "AccessionNumber SeriesInstanceUID SeriesNumber SeriesDescription Modality BodyPartExamined "
+    "SharedFunctionalGroupsSequence PerFrameFunctionalGroupsSequence"
+).split()
+
+
+@lru_cache(maxsize=1)
+def _keep_tags() -> frozenset[int]:
+    """Top-level tags the scan reads; the fast reader keeps only these."""
+    return frozenset(_tag_vr(k)[0] for k in _USED)
 
 
 def _value(ds: Dataset, keyword: str) -> Any:
@@ -169,7 +187,10 @@ def _floats(ds: Dataset | None, keyword: str, n: int) -> tuple[float, ...] | Non
 
 def _text(ds: Dataset | None, keyword: str) -> str:
     try:
-        value = ds.get(keyword) if keyword in ("PatientName",) else _seq_get(ds, keyword)
+        if keyword == "PatientName" and _seq_get(ds, "SpecificCharacterSet") is not None:
+            value = ds.get(keyword)  # character sets beyond ASCII/Latin-1: let pydicom decode
+        else:
+            value = _seq_get(ds, keyword)
         if value is None:
             return ""
         if isinstance(value, (list, tuple, pydicom.multival.MultiValue)):
@@ -268,7 +289,7 @@ def _read_header(path: Path) -> DicomInstance | FileProblem:
     if size == 0:
         return FileProblem(path, "empty file (0 bytes)")
     try:
-        fast = read_fast(path)
+        fast = read_fast(path, _keep_tags())
     except OSError as exc:
         return FileProblem(path, f"cannot be read ({exc.strerror or exc})")
     if fast is not None:
@@ -345,8 +366,8 @@ def _encoding(ds: Dataset) -> tuple[bool, bool]:
 
 def _syntax(ds: Dataset) -> str:
     meta = getattr(ds, "file_meta", None)
-    ts = meta.get("TransferSyntaxUID") if meta is not None else None
-    return str(ts) if ts else ""
+    ts = _value(meta, "TransferSyntaxUID") if meta is not None else None
+    return str(ts).strip() if ts else ""
 
 
 def _instance(path: Path, ds: Dataset, pixel: tuple[str, int, int] | None, size: int) -> DicomInstance | FileProblem:

@@ -21,6 +21,9 @@ from pydicom.tag import BaseTag
 
 _LONG = {b"OB", b"OW", b"OF", b"OD", b"OL", b"OV", b"SQ", b"UC", b"UN", b"UR", b"UT", b"SV", b"UV"}
 _PIXEL = {0x7FE00010: "PixelData", 0x7FE00008: "FloatPixelData", 0x7FE00009: "DoubleFloatPixelData"}
+_VRS = {v.encode(): v for v in (
+    "AE AS AT CS DA DS DT FD FL IS LO LT OB OD OF OL OV OW PN SH SL SQ SS ST SV TM UC UI UL UN UR US UT UV"
+).split()}
 _ITEM, _ITEM_END, _SEQ_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
 _IMPLICIT = "1.2.840.10008.1.2"
 _BIG = "1.2.840.10008.1.2.2"
@@ -88,11 +91,8 @@ def _element_at(buf: bytes, pos: int, implicit: bool, tag: int) -> tuple[int, st
         else:
             (length,) = struct.unpack_from("<H", buf, pos + 6)
             start = pos + 8
-        try:
-            vr = vr_bytes.decode("ascii")
-        except UnicodeDecodeError:
-            raise ValueError("bad VR") from None
-        if not vr.isalpha() or not vr.isupper():
+        vr = _VRS.get(vr_bytes)
+        if vr is None:
             raise ValueError("bad VR")
     if length == 0xFFFFFFFF:
         if vr not in ("SQ", "UN", "OB", "OW") and not implicit:
@@ -105,14 +105,19 @@ def _element_at(buf: bytes, pos: int, implicit: bool, tag: int) -> tuple[int, st
     return end, vr, length, start
 
 
-def read_fast(path: Path) -> tuple[Dataset, tuple[str, int, int] | None] | None:
-    """(raw data set with file meta, (pixel keyword, value offset, length) or None), or None to fall back."""
+def read_fast(
+    path: Path, keep: frozenset[int] | None = None
+) -> tuple[Dataset, tuple[str, int, int] | None] | None:
+    """(raw data set with file meta, (pixel keyword, value offset, length) or None), or None to fall back.
+
+    ``keep`` limits the data set to those top-level tags (all of them when None).
+    """
     with open(path, "rb") as fp:
         buf = fp.read(_HEAD)
         complete = len(buf) < _HEAD
         while True:
             try:
-                return _parse(buf, complete)
+                return _parse(buf, complete, keep)
             except _Short:
                 if complete:
                     return None  # ends inside the header: pydicom will say how
@@ -123,7 +128,7 @@ def read_fast(path: Path) -> tuple[Dataset, tuple[str, int, int] | None] | None:
                 return None
 
 
-def _parse(buf: bytes, complete: bool) -> tuple[Dataset, tuple[str, int, int] | None] | None:
+def _parse(buf: bytes, complete: bool, keep: frozenset[int] | None = None) -> tuple[Dataset, tuple[str, int, int] | None] | None:
     if len(buf) < 132 or buf[128:132] != b"DICM":
         return None
     pos = 132
@@ -168,6 +173,9 @@ def _parse(buf: bytes, complete: bool) -> tuple[Dataset, tuple[str, int, int] | 
             pixel = (_PIXEL[tag], start, length)
             break
         end, vr, length, start = _element_at(buf, pos, implicit, tag)
+        if keep is not None and tag not in keep:
+            pos = end
+            continue
         if length == 0xFFFFFFFF:
             value = buf[start : end - 8]  # without the sequence delimiter
             length = len(value)
