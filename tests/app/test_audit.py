@@ -34,9 +34,9 @@ def filled_log(path: Path) -> tuple[AuditLog, DraftReport]:
     audit.watch(report)
     f = report.add_finding("Nodule right upper lobe.", [ReportBox(Box(10, 20, 30, 40), 4, SOP_UID, "1.2.3")],
                            origin=Origin.AI, reliability=FindingReliability(0.7, Tier.AMBER))
+    report.accept(f.id)
     report.edit_text(f.id, "Nodule right upper lobe, 6 mm.")
     report.move_box(f.id, 0, Box(12, 20, 30, 44))
-    report.accept(f.id)
     report.sign("Smith^Jane")
     return audit, report
 
@@ -50,14 +50,15 @@ def test_every_action_is_recorded_with_user_and_diff(tmp_path):
     filled_log(path)
     recs = lines(path)
     assert [r["action"] for r in recs] == [
-        "ai.request", "ai.output", "report.open", "report.add", "report.edit_text", "report.move_box", "report.accept", "report.sign"]
+        "ai.request", "ai.output", "report.open", "report.add", "report.accept", "report.edit_text", "report.move_box", "report.sign"]
     assert all(r["user"] == "jsmith" for r in recs)
     assert [r["seq"] for r in recs] == list(range(1, 9))
     assert recs[2]["data"]["study"]["patient_id"] == "PID-991"
-    edit = recs[4]["data"]
+    assert recs[4]["data"]["status"] == ["proposed", "accepted"]
+    edit = recs[5]["data"]
     assert "-Nodule right upper lobe." in edit["diff"] and "+Nodule right upper lobe, 6 mm." in edit["diff"]
-    assert edit["status"] == ["proposed", "edited"]
-    move = recs[5]["data"]
+    assert edit["status"] == ["accepted", "edited"]
+    move = recs[6]["data"]
     assert move["boxes_before"][0]["xyxy"] == [10, 20, 30, 40] and move["boxes_after"][0]["xyxy"] == [12, 20, 30, 44]
     assert recs[7]["data"]["reader_name"] == "Smith^Jane"
     assert recs[1]["data"]["weights_sha256"] == "cd" * 32
@@ -149,7 +150,7 @@ def test_deidentified_export_drops_identifiers_and_is_a_valid_chain(tmp_path):
     assert recs[0]["data"]["prompt"] == "Describe the findings. Patient [removed]."
     assert recs[0]["study_uid"].startswith("2.25.") and len({r["study_uid"] for r in recs}) == 1
     assert recs[0]["data"]["t_seconds"] == 0.0
-    assert recs[4]["data"]["diff"][3] == "-Nodule right upper lobe."
+    assert recs[5]["data"]["diff"][3] == "-Nodule right upper lobe."
     assert verify(out).ok
     # same salt → same pseudonyms; another salt → unlinkable
     export_deidentified(path, tmp_path / "again.jsonl", salt="s1")
@@ -176,11 +177,11 @@ def test_cli_verify_and_export(tmp_path, capsys):
     assert main(["audit", "export", "--deidentify", str(out), "--log", str(path)]) == 0
     assert verify(out).records == 8
     raw = path.read_text().splitlines()
-    assert '"accepted"' in raw[6]
-    raw[6] = raw[6].replace('"accepted"', '"rejected"')
+    assert '"accepted"' in raw[4]
+    raw[4] = raw[4].replace('"accepted"', '"rejected"')
     path.write_text("\n".join(raw) + "\n")
     assert main(["audit", "verify", "--log", str(path)]) == 1
-    assert "BROKEN at record 7 (line 7)" in capsys.readouterr().out
+    assert "BROKEN at record 5 (line 5)" in capsys.readouterr().out
 
 
 def test_cli_verify_uses_settings_location(tmp_path):
