@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -88,6 +89,24 @@ def plan_lesions(anatomy: Anatomy, seed: int) -> list[Lesion]:
             hu=p.hu, margin=p.margin, lobes=int(rng.integers(5, 10)), phase=float(rng.uniform(0, 2 * math.pi)),
         ))
     return lesions
+
+
+def ground_truth_path(dicom_folder: Path | str) -> Path | None:
+    """The ground-truth JSON of a sample study: inside its folder, or beside it as
+    ``<folder>.ground_truth.json`` (how the bundled sample keeps its folder DICOM-only)."""
+    folder = Path(dicom_folder)
+    for candidate in (folder / GROUND_TRUTH_NAME, folder.with_name(f"{folder.name}.{GROUND_TRUTH_NAME}")):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def load_ground_truth(dicom_folder: Path | str) -> dict:
+    """The parsed ground truth of a sample study (see :func:`ground_truth_path`)."""
+    path = ground_truth_path(dicom_folder)
+    if path is None:
+        raise XMedError(f"No lesion ground truth found for {dicom_folder}.")
+    return json.loads(path.read_text())
 
 
 def _uid(seed: int, *parts: object) -> str:
@@ -197,11 +216,14 @@ def write_ct_study(
     body_part: str = "CHEST",
     anatomy: Anatomy | None = None,
     progress: Callable[[int, int], None] | None = None,
+    ground_truth: Path | str | None = None,
 ) -> Path:
     """Write a synthetic CT series into ``out_dir`` and return ``out_dir``.
 
     Files are ``CT0001.dcm`` … in head-to-feet order (InstanceNumber 1 at the
-    lung apices) plus ``ground_truth.json``. The slices always cover the same
+    lung apices). The lesion ground truth goes to ``ground_truth`` (default
+    ``out_dir/ground_truth.json``; the bundled sample keeps it beside its
+    folder so the folder holds DICOM only). The slices always cover the same
     330 mm of anatomy, so fewer slices mean thicker ones. ``compress`` stores
     RLE Lossless instead of explicit VR little endian.
     """
@@ -260,12 +282,13 @@ def write_ct_study(
                           "z_mm": round(z, 4), "boxes": boxes})
         if progress is not None:
             progress(k + 1, n_slices)
-    _write_ground_truth(out, ds, grid, step, lesions, extent_of, slices_gt)
+    gt_path = Path(ground_truth) if ground_truth is not None else out / GROUND_TRUTH_NAME
+    _write_ground_truth(gt_path, out, ds, grid, step, lesions, extent_of, slices_gt)
     log.info("wrote %d slices of %d×%d to %s", n_slices, size, size, out)
     return out
 
 
-def _write_ground_truth(out: Path, ds: Dataset, grid: Grid, step: float, lesions: list[Lesion],
+def _write_ground_truth(path: Path, out: Path, ds: Dataset, grid: Grid, step: float, lesions: list[Lesion],
                        extent_of: dict[str, list[int]], slices_gt: list[dict]) -> None:
     def patient_xyz(lesion: Lesion) -> list[float]:
         return [round(lesion.x, 2), round(lesion.y, 2), round(-lesion.s, 2)]
@@ -273,6 +296,7 @@ def _write_ground_truth(out: Path, ds: Dataset, grid: Grid, step: float, lesions
     doc = {
         "description": "Synthetic CT phantom: lesion boxes per slice",
         "coordinates": "pixels of each slice: x = column, y = row; x1, y1 exclusive",
+        "dicom_folder": Path(os.path.relpath(out.resolve(), path.parent.resolve())).as_posix(),
         "study_instance_uid": ds.StudyInstanceUID,
         "series_instance_uid": ds.SeriesInstanceUID,
         "rows": int(ds.Rows),
@@ -290,4 +314,8 @@ def _write_ground_truth(out: Path, ds: Dataset, grid: Grid, step: float, lesions
         ],
         "slices": slices_gt,
     }
-    (out / GROUND_TRUTH_NAME).write_text(json.dumps(doc, indent=1))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(doc, indent=1))
+    except OSError as exc:
+        raise XMedError(f"Cannot write the ground truth {path}: {exc.strerror or exc}") from exc

@@ -24,10 +24,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--size", type=int, default=512, help="rows and columns of each slice (default 512)")
     p.add_argument("--seed", type=int, default=0, help="seed: same seed, same study (default 0)")
     p.add_argument("--rle", action="store_true", help="store RLE Lossless compressed pixel data")
+    p.add_argument("--ground-truth", type=Path, metavar="JSON",
+                   help=f"where to write the lesion ground truth (default: OUT/{GROUND_TRUTH_NAME})")
     p.set_defaults(func=_run)
 
 
 def _run(args: argparse.Namespace) -> int:
-    out = write_ct_study(args.out, n_slices=args.slices, size=args.size, seed=args.seed, compress=args.rle)
-    sys.stdout.write(f"wrote {args.slices} CT slices of {args.size}×{args.size} and {GROUND_TRUTH_NAME} to {out}\n")
+    out = write_ct_study(args.out, n_slices=args.slices, size=args.size, seed=args.seed, compress=args.rle,
+                         ground_truth=args.ground_truth)
+    gt = args.ground_truth or out / GROUND_TRUTH_NAME
+    sys.stdout.write(f"wrote {args.slices} CT slices of {args.size}×{args.size} to {out}; lesion ground truth in {gt}\n")
     return 0

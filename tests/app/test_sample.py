@@ -16,10 +16,11 @@ from pydicom.uid import CTImageStorage, RLELossless
 from app.cli import main
 from app.errors import XMedError
 from app.phantom import Anatomy, Grid, Tissue, render_ct_slice
-from app.sample import GROUND_TRUTH_NAME, plan_lesions, write_ct_study
+from app.sample import GROUND_TRUTH_NAME, ground_truth_path, load_ground_truth, plan_lesions, write_ct_study
 
 REPO = Path(__file__).resolve().parents[2]
 BUNDLED = REPO / "resources" / "sample" / "ct-demo"
+BUNDLED_GT = REPO / "resources" / "sample" / "ct-demo.ground_truth.json"
 BIN = Path(sys.executable).parent
 
 
@@ -35,7 +36,7 @@ def clean_study(tmp_path_factory) -> Path:
 
 
 def _gt(folder: Path) -> dict:
-    return json.loads((folder / GROUND_TRUTH_NAME).read_text())
+    return load_ground_truth(folder)
 
 
 def _hu(ds: pydicom.Dataset) -> np.ndarray:
@@ -188,12 +189,20 @@ def test_cli_sample_writes_the_study(tmp_path, capsys):
     assert len(list((tmp_path / "s").glob("*.dcm"))) == 5
     assert (tmp_path / "s" / GROUND_TRUTH_NAME).is_file()
     assert "5 CT slices" in capsys.readouterr().out
+    rc = main(["sample", "--out", str(tmp_path / "t"), "--slices", "2", "--size", "64",
+               "--ground-truth", str(tmp_path / "t.json")])
+    assert rc == 0 and sorted(p.name for p in (tmp_path / "t").iterdir()) == ["CT0001.dcm", "CT0002.dcm"]
+    assert json.loads((tmp_path / "t.json").read_text())["dicom_folder"] == "t"
 
 
 def test_bundled_sample_is_small_valid_and_matches_the_generator(tmp_path, output_dir):
     files = sorted(BUNDLED.glob("*.dcm"))
     assert len(files) == 32
-    assert sum(f.stat().st_size for f in BUNDLED.iterdir()) <= 8 * 1024 * 1024
+    assert sorted(BUNDLED.iterdir()) == files  # DICOM only: the viewer opens it without complaints
+    assert sum(f.stat().st_size for f in files) + BUNDLED_GT.stat().st_size <= 8 * 1024 * 1024
+    assert ground_truth_path(BUNDLED) == BUNDLED_GT and _gt(BUNDLED)["dicom_folder"] == "ct-demo"
+    with pytest.raises(XMedError, match="No lesion ground truth"):
+        load_ground_truth(tmp_path / "nowhere")
     assert _dciodvfy(files[16]) == []
     fresh = write_ct_study(tmp_path, n_slices=32, size=512, seed=0, compress=True)
     for name in ("CT0007.dcm", "CT0017.dcm"):
