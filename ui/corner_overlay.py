@@ -3,21 +3,24 @@ and the frame that marks the active viewport. Transparent to the mouse."""
 
 from __future__ import annotations
 
-from PySide6.QtCore import QPoint, QPointF, QRect, Qt
-from PySide6.QtGui import QColor, QFont, QFontMetrics, QPainter, QPen
+from PySide6.QtCore import QPoint, QPointF, Qt
+from PySide6.QtGui import QColor, QFont, QFontMetrics, QPainter
 from PySide6.QtWidgets import QWidget
 
 TEXT_COLOR = QColor(235, 235, 200)
 MARKER_COLOR = QColor(255, 210, 90)
 ACTIVE_COLOR = QColor(255, 170, 0)
-IDLE_COLOR = QColor(70, 70, 70)
+IDLE_COLOR = QColor(40, 40, 40)
 HALO_COLOR = QColor(0, 0, 0, 230)
 HALO_OFFSETS = ((-1, 0), (1, 0), (0, -1), (0, 1), (1, 1))
 MARGIN = 6
 
 
 class CornerOverlay(QWidget):
-    """Paints corner texts and orientation markers; the parent keeps it sized to the view."""
+    """Paints corner texts and orientation markers; the parent keeps it sized to the view.
+
+    ``active`` is kept here for the viewport, which draws the active frame around itself.
+    """
 
     def __init__(self, parent: QWidget) -> None:
         super().__init__(parent)
@@ -111,8 +114,4 @@ class CornerOverlay(QWidget):
             fm = QFontMetrics(self._font)
             tw = fm.horizontalAdvance(self.message)
             self._outlined_text(p, self._font, (w - tw) / 2, h / 2, self.message, TEXT_COLOR)
-        pen = QPen(ACTIVE_COLOR if self.active else IDLE_COLOR, 2.0 if self.active else 1.0)
-        p.setPen(pen)
-        p.setBrush(Qt.BrushStyle.NoBrush)
-        p.drawRect(QRect(0, 0, w - 1, h - 1))
         p.end()

@@ -18,7 +18,7 @@ import numpy as np
 import pyqtgraph as pg
 from PySide6.QtCore import QEvent, QObject, Qt, QTimer, Signal
 from PySide6.QtGui import QKeyEvent, QKeySequence, QPainter, QTransform
-from PySide6.QtWidgets import QVBoxLayout, QWidget
+from PySide6.QtWidgets import QHBoxLayout, QScrollBar, QWidget
 
 from app import measure
 from app.dicom.display import render
@@ -37,7 +37,7 @@ from app.viewer_state import (
     pixel_readout,
     step_slice,
 )
-from ui.corner_overlay import CornerOverlay
+from ui.corner_overlay import ACTIVE_COLOR, IDLE_COLOR, CornerOverlay
 from ui.measurements import MeasurementLayer
 from ui.overlays import BoxOverlayLayer
 from ui.shortcuts import key_map
@@ -48,6 +48,7 @@ pg.setConfigOptions(imageAxisOrder="row-major", antialias=True)
 
 SERIES_MIME = "application/x-xmedgpt-series"
 TOOLS = ("pan", "length", "rect", "ellipse")
+FRAME = 2  # px of frame around the image, coloured when the viewport is active
 CINE_FPS_STEPS = (1, 2, 4, 6, 8, 10, 12, 15, 20, 25, 30, 40, 50, 60)
 
 
@@ -102,8 +103,9 @@ class Viewport(QWidget):
         self.setFocusPolicy(Qt.FocusPolicy.StrongFocus)
         self.setAcceptDrops(True)
         self.setMinimumSize(160, 160)
-        layout = QVBoxLayout(self)
-        layout.setContentsMargins(0, 0, 0, 0)
+        layout = QHBoxLayout(self)
+        layout.setSpacing(0)
+        layout.setContentsMargins(FRAME, FRAME, FRAME, FRAME)  # room for the active frame
         self.view = pg.GraphicsView(background="k")
         # bilinear when zoomed, as RadiAnt and Weasis show by default (no blocky pixels)
         self.view.setRenderHint(QPainter.RenderHint.SmoothPixmapTransform, True)
@@ -112,6 +114,13 @@ class Viewport(QWidget):
         self.view.viewport().setAcceptDrops(False)
         self.view.viewport().installEventFilter(self)
         layout.addWidget(self.view)
+        # slice position bar (drag it to move through the series, as in OHIF/Weasis)
+        self.scrollbar = QScrollBar(Qt.Orientation.Vertical)
+        self.scrollbar.setFocusPolicy(Qt.FocusPolicy.NoFocus)
+        self.scrollbar.setFixedWidth(12)
+        self.scrollbar.valueChanged.connect(self.set_slice)
+        self.scrollbar.hide()
+        layout.addWidget(self.scrollbar)
         self.vb = _ImageViewBox(self)
         self.view.setCentralItem(self.vb)
         self.image = pg.ImageItem(axisOrder="row-major")
@@ -196,6 +205,7 @@ class Viewport(QWidget):
         self._transform = DisplayTransform()
         self._inverted = False
         self._k = 0
+        self._sync_scrollbar()
         if volume is None:
             self.image.clear()
             self.corner.set_content({}, {})
@@ -251,7 +261,20 @@ class Viewport(QWidget):
         if notches:
             self.step(-notches)
 
+    def _sync_scrollbar(self) -> None:
+        n = len(self._volume) if self._volume is not None else 0
+        self.scrollbar.blockSignals(True)
+        self.scrollbar.setRange(0, max(0, n - 1))
+        self.scrollbar.setPageStep(max(1, n // 10))
+        self.scrollbar.setValue(self._k)
+        self.scrollbar.blockSignals(False)
+        self.scrollbar.setVisible(n > 1)
+
     def _after_slice_change(self) -> None:
+        if self.scrollbar.value() != self._k:
+            self.scrollbar.blockSignals(True)
+            self.scrollbar.setValue(self._k)
+            self.scrollbar.blockSignals(False)
         self.overlays.show_frame(self._k)
         self.measurements.show_frame(self._k)
         self._update_text()
@@ -425,6 +448,14 @@ class Viewport(QWidget):
 
     def set_active(self, active: bool) -> None:
         self.corner.set_active(active)
+        self.update()
+
+    def paintEvent(self, event) -> None:  # noqa: N802
+        """The frame around the whole viewport: orange when active (keys go here)."""
+        p = QPainter(self)
+        color = ACTIVE_COLOR if self.corner.active else IDLE_COLOR
+        p.fillRect(self.rect(), color)
+        p.end()
 
     def _mouse_moved(self, scene_pos) -> None:
         if self._volume is None:

@@ -110,7 +110,7 @@ def test_screenshot_2x2_windows_and_rotation(qtbot, win, output_dir):
     vps[3].trigger("rotate_cw")
     vps[1].add_measurement("rect", (300, 200), (360, 250))
     win.grid.set_active(vps[1])
-    qtbot.wait(50)
+    qtbot.waitUntil(lambda: win.tags.source.text() == vps[1].volume.series.instances[mid].path.name, timeout=3000)
     path = output_dir / "viewer_2x2.png"
     assert win.grab().save(str(path))
     for v in vps:

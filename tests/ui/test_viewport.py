@@ -267,3 +267,14 @@ def test_empty_viewport_ignores_input(qtbot):
     for action in ("next_slice", "preset_1", "reset", "zoom_in", "toggle_cine"):
         w.trigger(action)
     assert w.volume is None and w.slice_index == 0
+
+
+def test_slice_bar_follows_and_drives_the_slice(qtbot, vp):
+    bar = vp.scrollbar
+    assert bar.isVisible() and (bar.minimum(), bar.maximum()) == (0, 19)
+    qtbot.keyClick(vp, Qt.Key.Key_End)
+    assert bar.value() == 19
+    bar.setValue(7)  # what dragging the handle does
+    assert vp.slice_index == 7
+    vp.set_volume(synthetic_volume(n=1))
+    assert not bar.isVisible()
