@@ -43,19 +43,10 @@ from app.dicom.model import Window
 from app.dicom.png import write_png
 from app.dicom.presets import find_preset
 from app.errors import XMedError
-from app.phantom import (
-    Anatomy,
-    Grid,
-    Lesion,
-    Tissue,
-    add_noise,
-    place_lesion,
-    render_ct_slice,
-    render_xray,
-    add_xray_lesions,
-)
-from inference.parsing import BOX_SCALE, format_grounding
-from inference.types import STEP_NAMES, Box
+from app.phantom import Anatomy, Grid, Lesion, Tissue, add_noise, place_lesion, render_ct_slice
+from app.phantom_xray import add_xray_lesions, render_xray
+from inference.parsing import BOX_SCALE
+from inference.types import STEP_NAMES
 
 log = logging.getLogger(__name__)
 
