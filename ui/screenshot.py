@@ -41,6 +41,7 @@ def wait_until_idle(window, timeout_s: float = LOAD_TIMEOUT_S) -> bool:
 
 
 def grab(window, out: Path) -> Path:
+    window.tags.flush()
     application().processEvents()
     out.parent.mkdir(parents=True, exist_ok=True)
     if not window.grab().save(str(out)):

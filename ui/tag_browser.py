@@ -98,6 +98,11 @@ class TagBrowser(QWidget):
         else:
             self._timer.start()
 
+    def flush(self) -> None:
+        """Show a pending header now instead of after the scroll pause (screenshots)."""
+        self._timer.stop()
+        self._load_pending()
+
     def _load_pending(self) -> None:
         if self._pending is None:
             return
