@@ -384,7 +384,11 @@ class MainWindow(QMainWindow):
         if not self._series:
             return
         current = self._shown.get(id(vp), 0)
-        self.show_series((current + delta) % len(self._series), vp)
+        target = (current + delta) % len(self._series)
+        if target == current:
+            self.statusBar().showMessage("This study has no other series", 3000)
+            return
+        self.show_series(target, vp)
 
     def set_layout(self, name: str) -> None:
         before = set(map(id, self.grid.visible()))

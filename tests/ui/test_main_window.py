@@ -222,3 +222,19 @@ def test_double_click_maximises_and_restores_a_viewport(qtbot, win):
     assert [v.isVisible() for v in win.grid.viewports] == [False, False, True, False]
     qtbot.mouseDClick(target.view.viewport(), Qt.MouseButton.LeftButton, pos=QPoint(30, 30))
     assert win.grid.maximized is None and all(v.isVisible() for v in win.grid.viewports)
+
+
+def test_page_down_with_one_series_keeps_the_view(qtbot, tmp_path):
+    study = write_ct_study(tmp_path / "one", n_slices=4, size=64, seed=5)
+    w = MainWindow()
+    qtbot.addWidget(w)
+    w.show()
+    w.open_paths([study])
+    vp = w.grid.active
+    qtbot.waitUntil(lambda: vp.volume is not None and not w.is_busy(), timeout=20_000)
+    vp.add_measurement("length", (1, 1), (30, 1))
+    vp.setFocus()
+    qtbot.keyClick(vp, Qt.Key.Key_PageDown)
+    assert len(vp.measurements.items) == 1
+    assert "no other series" in w.statusBar().currentMessage()
+    w.shutdown()
