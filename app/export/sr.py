@@ -146,6 +146,10 @@ def _evidence(findings: Sequence[Finding], sources: Mapping[str, Dataset], repor
     out = []
     for ds in chosen:
         ds = copy.deepcopy(ds)
+        # Everything typed (names, "×", "–", "µ") must survive: decode the source's text with its own
+        # character set, then have the SR (highdicom copies this from the evidence) written as UTF-8.
+        ds.decode()
+        ds.SpecificCharacterSet = "ISO_IR 192"
         for kw in TYPE2_ATTRIBUTES:
             if kw not in ds:
                 donor = next((d for d in everyone if kw in d and d.StudyInstanceUID == study_uid), None)

@@ -208,3 +208,27 @@ def test_named_files_and_multiframe_frame_reference(study, tmp_path):
     refs = [g.roi.ContentSequence[0].ReferencedSOPSequence[0] for g in groups]
     assert "ReferencedFrameNumber" not in refs[0]  # single-frame image: no frame number
     assert int(refs[1].ReferencedFrameNumber) == 2
+
+
+def test_typed_characters_and_latin1_names_survive(study, tmp_path):
+    src = {}
+    for uid, ds in study.items():
+        ds = ds.copy()
+        ds.SpecificCharacterSet = "ISO_IR 100"
+        ds.PatientName = "Müller^Jörg"
+        src[uid] = ds
+    # as read from a Latin-1 file: raw bytes decoded lazily with the source's own character set
+    path = tmp_path / "latin1.dcm"
+    first_uid = next(iter(src))
+    src[first_uid].save_as(path, enforce_file_format=True)
+    src[first_uid] = pydicom.dcmread(path)
+    report, (a, b, c) = make_report(src)
+    report.edit_text(a.id, "Nodule 8 × 6 mm – stable, 35 µSv.")
+    report.set_impression("Größe unverändert.")
+    files = export_sr(report, src, tmp_path / "out", reader_name="Smith^Jane")
+    for p in files.paths:
+        assert_valid(p)
+    n = pydicom.dcmread(files.narrative)
+    assert n.SpecificCharacterSet == "ISO_IR 192" and str(n.PatientName) == "Müller^Jörg"
+    texts = [it.TextValue for sec in n.ContentSequence if sec.ValueType == "CONTAINER" for it in sec.ContentSequence]
+    assert "Nodule 8 × 6 mm – stable, 35 µSv." in texts and "Größe unverändert." in texts
