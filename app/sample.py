@@ -276,7 +276,8 @@ def write_ct_study(
             box = sl.boxes.get(lesion.id)
             if box is None:
                 continue
-            boxes.append({"lesion_id": lesion.id, "x0": box[0], "y0": box[1], "x1": box[2], "y1": box[3]})
+            boxes.append({"lesion_id": lesion.id, "x0": box[0], "y0": box[1], "x1": box[2], "y1": box[3],
+                          "size_mm": round(lesion.diameter_mm, 1)})
             extent_of.setdefault(lesion.id, []).append(k)
         slices_gt.append({"index": k, "instance_number": k + 1, "file": name, "sop_instance_uid": sop_uid,
                           "z_mm": round(z, 4), "boxes": boxes})
