@@ -71,7 +71,7 @@ SHORTCUTS: tuple[Shortcut, ...] = (
 MOUSE: tuple[tuple[str, str], ...] = (
     ("Wheel", "Scroll slices"),
     ("Ctrl + wheel", "Zoom about the pointer"),
-    ("Right drag", "Window / level (right–left: width, down–up: level)"),
+    ("Right drag", "Window / level: left–right changes the width, up–down the level"),
     ("Left drag", "Current tool: pan, length, rectangle or ellipse ROI"),
     ("Middle drag", "Pan"),
     ("Double-click the image", "Maximise / restore the viewport (in 1×1: fit)"),
