@@ -16,12 +16,14 @@ APT_PACKAGES := libgl1 libegl1 libxkbcommon0 libxkbcommon-x11-0 libfontconfig1 l
 	libglib2.0-0 libxcb-cursor0 libxcb-icccm4 libxcb-keysyms1 libxcb-shape0 libxcb-xinerama0 \
 	libxcb-randr0 libxcb-render-util0 libxcb-image0 xvfb libportaudio2 espeak-ng sox poppler-utils
 
-.PHONY: run test system-deps venv benchmarks clean help
+.PHONY: run test system-deps venv benchmarks installer installer-test clean help
 
 help:
 	@echo "make run         set up and open the viewer on the bundled sample study"
 	@echo "make test        set up and run the whole test suite"
 	@echo "make benchmarks  run the speed/memory benchmarks (tables for the README)"
+	@echo "make installer   build the Linux desktop bundle (build/installer/*.tar.gz)"
+	@echo "make installer-test  build, install into an empty folder and run the bundled app"
 
 run: $(STAMP)
 	$(VENV)/bin/xmedgpt view $(SAMPLE)
@@ -33,6 +35,13 @@ test: $(STAMP)
 
 benchmarks: $(STAMP)
 	QT_QPA_PLATFORM=offscreen $(PY) benchmarks/open_series.py
+
+installer: $(STAMP)
+	$(PIP) install -q -e ".[installer]"
+	bash installer/build_linux.sh
+
+installer-test: installer
+	QT_QPA_PLATFORM=offscreen $(PY) -m pytest -m installer tests/installer $(PYTEST_ARGS)
 
 system-deps:
 	@missing=""; for p in $(APT_PACKAGES); do \
