@@ -34,7 +34,7 @@ class XRayImage:
     values: np.ndarray
     lung_mask: np.ndarray  # pixels whose ray crosses lung: where lung lesions can be placed
     boxes: dict[str, tuple[int, int, int, int]] = field(default_factory=dict)
-    s_top: float = -40.0
+    s_top: float = -25.0
     fov_mm: float = 400.0
 
 
@@ -87,12 +87,12 @@ def _rib_bands(x: np.ndarray, s: np.ndarray, a: Anatomy) -> np.ndarray:
     inside = (u > 0.08) & (u < 1.02)
     for k in range(10):
         s_k = 0.02 * a.extent_mm + k * 0.068 * a.extent_mm
-        centre = s_k - 10.0 * u + 38.0 * u * u  # up from the spine, then down along the wall
+        centre = s_k - 14.0 * u + 62.0 * u * u  # up from the spine, then down along the wall
         half = 4.5 + 1.5 * u
         d = np.abs(s - centre) / half
         out += np.where(inside & (d < 1.0), 9.0 * np.sqrt(np.maximum(1.0 - d * d, 0.0)), 0.0)
     # clavicles: from the sternal notch out and slightly up
-    centre = -12.0 - 18.0 * np.clip(u, 0, 1) + 14.0 * np.clip(u - 0.6, 0, 1)
+    centre = 14.0 - 26.0 * np.clip(u, 0, 1) + 30.0 * np.clip(u - 0.6, 0, 1)
     d = np.abs(s - centre) / 6.0
     out += np.where((u < 0.85) & (u > 0.05) & (d < 1.0), 14.0 * np.sqrt(np.maximum(1.0 - d * d, 0.0)), 0.0)
     return out
@@ -111,7 +111,7 @@ def render_xray(anatomy: Anatomy, size: int = 224, lesions: tuple[Lesion, ...] |
     its ellipsoid's chord times its attenuation above the lung's.
     """
     sp = fov_mm / size
-    s_top = -40.0
+    s_top = -25.0
     cols = ((np.arange(size, dtype=np.float32) + 0.5) - size / 2.0) * np.float32(sp)
     rows = s_top + (np.arange(size, dtype=np.float32) + 0.5) * np.float32(sp)
     x, s = cols[None, :], rows[:, None]
@@ -120,7 +120,7 @@ def render_xray(anatomy: Anatomy, size: int = 224, lesions: tuple[Lesion, ...] |
     u = x / body.rx
     body_chord = 2.0 * body.ry * np.sqrt(np.maximum(1.0 - u * u, 0.0))
     # above the apices: thin shoulders either side of the neck
-    shoulders = np.clip((-s - 5.0) / 15.0, 0.0, 1.0)
+    shoulders = np.clip((-s - 2.0) / 12.0, 0.0, 1.0)
     un = x / 55.0
     neck_chord = 2.0 * 55.0 * np.sqrt(np.maximum(1.0 - un * un, 0.0))
     body_chord = body_chord * (1.0 - 0.55 * shoulders) + np.maximum(neck_chord - 0.45 * body_chord, 0) * shoulders
