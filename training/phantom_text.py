@@ -213,9 +213,11 @@ def _invented(case: PhantomCase, rng: np.random.Generator) -> LesionTruth:
     if case.kind == "ct_abdomen":
         organ, location, kind, density = "liver", f"{side} hepatic lobe", "hypodense lesion", "hypodense"
     elif case.kind == "xray":
-        organ, location, kind, density = "lung", f"{side} middle zone", "nodule", "solid"
+        zone = "upper" if cy < 420 else ("middle" if cy < 580 else "lower")
+        organ, location, kind, density = "lung", f"{side} {zone} zone", "nodule", "solid"
     else:
-        organ, location, kind, density = "lung", f"{side} lower lobe", "solid nodule", "solid"
+        lobe = "upper" if cy < 450 else "lower"
+        organ, location, kind, density = "lung", f"{side} {lobe} lobe", "solid nodule", "solid"
     w, h = case.image.shape[1], case.image.shape[0]
     px = (box[0] * w // BOX_SCALE, box[1] * h // BOX_SCALE, math.ceil(box[2] * w / BOX_SCALE),
           math.ceil(box[3] * h / BOX_SCALE))
