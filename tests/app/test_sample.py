@@ -14,6 +14,7 @@ import pytest
 from pydicom.uid import CTImageStorage, RLELossless
 
 from app.cli import main
+from app.dicom.png import write_png
 from app.errors import XMedError
 from app.phantom import Anatomy, Grid, Tissue, render_ct_slice
 from app.sample import GROUND_TRUTH_NAME, ground_truth_path, load_ground_truth, plan_lesions, write_ct_study
@@ -215,8 +216,6 @@ def test_bundled_sample_is_small_valid_and_matches_the_generator(tmp_path, outpu
 
 def _save_preview(folder: Path, out: Path) -> None:
     """Lung and soft-tissue windows of the slices with lesions, boxes drawn, for a person to look at."""
-    from PIL import Image, ImageDraw
-
     gt = _gt(folder)
     tiles = []
     for entry in gt["slices"]:
@@ -224,16 +223,14 @@ def _save_preview(folder: Path, out: Path) -> None:
             continue
         hu = _hu(pydicom.dcmread(folder / entry["file"]))
         pair = [np.clip((hu - (c - w / 2)) / w * 255, 0, 255).astype(np.uint8) for w, c in ((1500, -600), (400, 40))]
-        img = Image.fromarray(np.hstack(pair)).convert("RGB")
-        draw = ImageDraw.Draw(img)
+        rgb = np.repeat(np.hstack(pair)[:, :, None], 3, axis=2)
         for b in entry["boxes"]:
             for off in (0, hu.shape[1]):
-                draw.rectangle([b["x0"] + off - 2, b["y0"] - 2, b["x1"] + off + 1, b["y1"] + 1], outline=(255, 60, 0))
-        tiles.append(img.resize((img.width // 2, img.height // 2)))
-    sheet = Image.new("RGB", (tiles[0].width, tiles[0].height * len(tiles)))
-    for i, t in enumerate(tiles):
-        sheet.paste(t, (0, i * t.height))
-    sheet.save(out)
+                x0, y0, x1, y1 = b["x0"] + off - 2, b["y0"] - 2, b["x1"] + off + 1, b["y1"] + 1
+                rgb[y0:y1 + 1, [x0, x0 + 1, x1 - 1, x1]] = (255, 60, 0)  # two pixels wide: survives
+                rgb[[y0, y0 + 1, y1 - 1, y1], x0:x1 + 1] = (255, 60, 0)  # the halving below
+        tiles.append(rgb[::2, ::2])
+    write_png(out, np.vstack(tiles))
 
 
 def test_plan_places_lesions_inside_their_organs():
