@@ -26,6 +26,8 @@ def normal(orientation: Sequence[float]) -> np.ndarray:
 def same_orientation(a: Sequence[float] | None, b: Sequence[float] | None) -> bool:
     if a is None or b is None:
         return a is None and b is None
+    if tuple(a) == tuple(b):
+        return True  # the usual case inside a series: identical header values
     a_ = np.asarray(a, dtype=float)
     b_ = np.asarray(b, dtype=float)
     return bool(

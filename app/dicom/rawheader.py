@@ -24,6 +24,9 @@ _PIXEL = {0x7FE00010: "PixelData", 0x7FE00008: "FloatPixelData", 0x7FE00009: "Do
 _VRS = {v.encode(): v for v in (
     "AE AS AT CS DA DS DT FD FL IS LO LT OB OD OF OL OV OW PN SH SL SQ SS ST SV TM UC UI UL UN UR US UT UV"
 ).split()}
+_EXPLICIT_HDR = struct.Struct("<HH2sH")
+_IMPLICIT_HDR = struct.Struct("<HHL")
+_U32 = struct.Struct("<L")
 _ITEM, _ITEM_END, _SEQ_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
 _IMPLICIT = "1.2.840.10008.1.2"
 _BIG = "1.2.840.10008.1.2.2"
@@ -153,35 +156,45 @@ def _parse(buf: bytes, complete: bool, keep: frozenset[int] | None = None) -> tu
     implicit = ts == _IMPLICIT
     elements: dict[int, RawDataElement] = {}
     pixel = None
+    hdr = _IMPLICIT_HDR if implicit else _EXPLICIT_HDR
     while True:
         if pos + 8 > n:
             if complete and pos == n:
                 break  # the file ends without pixel data
             raise _Short
-        group, elem = struct.unpack_from("<HH", buf, pos)
-        tag = group << 16 | elem
-        if tag in _PIXEL:
-            if implicit:
-                (length,) = struct.unpack_from("<L", buf, pos + 4)
-                start = pos + 8
-            else:
+        if implicit:
+            group, elem, length = hdr.unpack_from(buf, pos)
+            tag = group << 16 | elem
+            vr = None
+            start = pos + 8
+        else:
+            group, elem, vr_bytes, length = hdr.unpack_from(buf, pos)
+            tag = group << 16 | elem
+            vr = _VRS.get(vr_bytes)
+            if vr is None:
+                raise ValueError("bad VR")
+            start = pos + 8
+            if vr_bytes in _LONG:
                 if pos + 12 > n:
                     raise _Short
-                long_vr = buf[pos + 4 : pos + 6] in _LONG
-                (length,) = struct.unpack_from("<L" if long_vr else "<H", buf, pos + 8 if long_vr else pos + 6)
-                start = pos + (12 if long_vr else 8)
+                (length,) = _U32.unpack_from(buf, pos + 8)
+                start = pos + 12
+        if tag in _PIXEL:
             pixel = (_PIXEL[tag], start, length)
             break
-        end, vr, length, start = _element_at(buf, pos, implicit, tag)
-        if keep is not None and tag not in keep:
+        if length == 0xFFFFFFFF:
+            end = _skip_undefined(buf, start, implicit)
+            if keep is None or tag in keep:
+                value = buf[start : end - 8]  # without the sequence delimiter
+                elements[tag] = RawDataElement(BaseTag(tag), "SQ" if implicit else vr, len(value), value,
+                                               start, implicit, True)
             pos = end
             continue
-        if length == 0xFFFFFFFF:
-            value = buf[start : end - 8]  # without the sequence delimiter
-            length = len(value)
-        else:
-            value = buf[start:end]
-        elements[tag] = RawDataElement(BaseTag(tag), None if implicit else vr, length, value, start, implicit, True)
+        end = start + length
+        if end > n:
+            raise _Short
+        if keep is None or tag in keep:
+            elements[tag] = RawDataElement(BaseTag(tag), vr, length, buf[start:end], start, implicit, True)
         pos = end
     ds = Dataset(elements)
     ds.file_meta = FileMetaDataset(Dataset(meta))

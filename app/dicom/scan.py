@@ -218,7 +218,8 @@ def sort_stack(stack: list[DicomInstance]) -> tuple[list[DicomInstance], list[st
         return (i.instance_number is None, i.instance_number or 0, i.acquisition_number or 0, i.sop_instance_uid)
 
     if has_geometry:
-        dist = {id(i): float(geo.distances_along(np.asarray(i.image_position), orientation)[0]) for i in stack}
+        along = geo.distances_along(np.array([i.image_position for i in stack], dtype=float), orientation)
+        dist = {id(i): float(d) for i, d in zip(stack, along)}
         ordered = sorted(stack, key=lambda i: (dist[id(i)], by_number(i)))
         numbers = [i.instance_number for i in ordered]
         if len(ordered) > 2 and all(n is not None for n in numbers):

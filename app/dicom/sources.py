@@ -33,10 +33,10 @@ class Candidates:
 
     files: list[Path] = field(default_factory=list)
     problems: list[FileProblem] = field(default_factory=list)
-    _seen: set[Path] = field(default_factory=set, repr=False)
+    _seen: set[str] = field(default_factory=set, repr=False)
 
     def add(self, path: Path) -> None:
-        key = path.resolve()
+        key = os.path.normcase(os.path.abspath(path))  # no syscalls: a scan adds thousands of files
         if key not in self._seen:
             self._seen.add(key)
             self.files.append(path)
