@@ -92,6 +92,9 @@ class TinySpec:
     patch_size: int = 14
     max_tiles: int = 6
     seed: int = 0
+    #: Embedding rows when larger than the tokenizer (real models pad their vocabulary).
+    model_vocab: int | None = None
+    use_mean_pooling: bool = True  # InternViT has no final layer norm
 
 
 def build_tokenizer(spec: TinySpec = TinySpec(), corpus: str = _CORPUS) -> PreTrainedTokenizerFast:
@@ -128,7 +131,7 @@ def image_tokens_per_tile(spec: TinySpec, downsample_ratio: float = 0.5) -> int:
 
 
 def build_config(tokenizer: PreTrainedTokenizerFast, spec: TinySpec = TinySpec()) -> InternVLConfig:
-    vocab = len(tokenizer)
+    vocab = max(len(tokenizer), spec.model_vocab or 0)
     return InternVLConfig(
         vision_config=dict(
             hidden_size=spec.vision_hidden,
@@ -138,7 +141,7 @@ def build_config(tokenizer: PreTrainedTokenizerFast, spec: TinySpec = TinySpec()
             image_size=[spec.image_size, spec.image_size],
             patch_size=[spec.patch_size, spec.patch_size],
             attention_bias=True,
-            use_mean_pooling=False,
+            use_mean_pooling=spec.use_mean_pooling,
         ),
         text_config=dict(
             model_type="qwen2",
@@ -173,16 +176,30 @@ def build_image_processor(spec: TinySpec = TinySpec()) -> GotOcr2ImageProcessorP
 
 
 def build_tiny_model(
-    folder: Path, spec: TinySpec = TinySpec(), name: str = "tiny InternVL (random)"
+    folder: Path,
+    spec: TinySpec = TinySpec(),
+    name: str = "tiny InternVL (random)",
+    device: str = "cpu",
+    dtype: torch.dtype = torch.float32,
 ) -> Path:
-    """Write a complete model folder (config, safetensors, tokenizer, image processor)."""
+    """Write a complete model folder (config, safetensors, tokenizer, image processor).
+
+    ``device``/``dtype`` only matter for large specs (an 8B-class skeleton is
+    quicker to initialise on a GPU in bf16).
+    """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(spec.seed)
     tokenizer = build_tokenizer(spec)
     config = build_config(tokenizer, spec)
     eos = tokenizer.convert_tokens_to_ids("<|im_end|>")
-    model = InternVLForConditionalGeneration(config).eval()
+    with torch.device(device):
+        previous = torch.get_default_dtype()
+        torch.set_default_dtype(dtype)
+        try:
+            model = InternVLForConditionalGeneration(config).eval()
+        finally:
+            torch.set_default_dtype(previous)
     model.generation_config.eos_token_id = eos
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.bos_token_id = None

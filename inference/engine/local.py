@@ -19,7 +19,14 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from transformers import BitsAndBytesConfig, InternVLForConditionalGeneration, StoppingCriteria, StoppingCriteriaList
+from transformers import (
+    BitsAndBytesConfig,
+    InternVLForConditionalGeneration,
+    LogitsProcessor,
+    LogitsProcessorList,
+    StoppingCriteria,
+    StoppingCriteriaList,
+)
 from transformers.generation.streamers import BaseStreamer
 
 from inference.engine import memory
@@ -63,6 +70,18 @@ class _Cancel(StoppingCriteria):
         if not self.cancelled and self.cancel():
             self.cancelled = True
         return torch.full((input_ids.shape[0],), self.cancelled, dtype=torch.bool, device=input_ids.device)
+
+
+class _Suppress(LogitsProcessor):
+    """Sets the scores of tokens that must never be generated to -inf (one indexed fill per step)."""
+
+    def __init__(self, token_ids: list[int]) -> None:
+        self.ids = torch.tensor(token_ids, dtype=torch.long)
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        if self.ids.device != scores.device:
+            self.ids = self.ids.to(scores.device)
+        return scores.index_fill(1, self.ids, float("-inf"))
 
 
 _END = object()
@@ -175,8 +194,12 @@ class LocalEngine:
             self.eos_ids.add(int(self.tokenizer.eos_token_id))
         self.pad_id = int(self.tokenizer.pad_token_id)
         self._drop_ids = self.eos_ids | {self.pad_id}
-        #: Image placeholders are input-only; a generated one would break the next forward.
-        self.suppressed_ids = sorted(set(processor.image_token_ids))
+        #: Never generated: image placeholders (input-only; one would break the next forward)
+        #: and embedding rows past the tokenizer (padding, they decode to nothing).
+        vocab_rows = int(model.get_output_embeddings().weight.shape[0])
+        padding = range(len(self.tokenizer), vocab_rows)
+        self.suppressed_ids = sorted(set(processor.image_token_ids) | set(padding))
+        self._suppress = _Suppress(self.suppressed_ids)
 
     # ----------------------------------------------------------------- loading
     @classmethod
@@ -365,7 +388,7 @@ class LocalEngine:
                 return_dict_in_generate=True,
                 output_logits=True,
                 pad_token_id=self.pad_id,
-                suppress_tokens=self.suppressed_ids,
+                logits_processor=LogitsProcessorList([self._suppress]),
             )
         new = out.sequences[:, inputs["input_ids"].shape[1]:]
         lp, top = self._token_logprobs(out.logits, new, top_logprobs)
@@ -391,7 +414,7 @@ class LocalEngine:
                         stopping_criteria=stopping,
                         streamer=streamer,
                         pad_token_id=self.pad_id,
-                suppress_tokens=self.suppressed_ids,
+                logits_processor=LogitsProcessorList([self._suppress]),
                     )
             except BaseException as exc:  # handed to the consumer below
                 failure.append(exc)
@@ -459,7 +482,7 @@ class LocalEngine:
                 return_dict_in_generate=True,
                 output_logits=True,
                 pad_token_id=self.pad_id,
-                suppress_tokens=self.suppressed_ids,
+                logits_processor=LogitsProcessorList([self._suppress]),
             )
         new = out.sequences[:, ids.shape[1]:]
         lp, top = self._token_logprobs(out.logits, new, top_logprobs)

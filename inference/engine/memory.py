@@ -66,8 +66,13 @@ def count_parameters(config: dict) -> ParamCounts:
     size = _pair(v.get("image_size"), 448)
     n_patches = (size // patch) ** 2
     vision = 3 * patch * patch * hv + hv + hv + (n_patches + 1) * hv
-    vision += lv * (4 * hv * hv + 4 * hv + 2 * hv * iv + iv + hv + 6 * hv)
-    vision += 2 * hv
+    rms = v.get("norm_type", "layer_norm") == "rms_norm"
+    norms = 2 * hv if rms else 4 * hv  # two norms per layer, RMS norms have no bias
+    qk_norm = 2 * hv if v.get("use_qk_norm") else 0
+    attn_bias = 3 * hv if v.get("attention_bias", False) else 0
+    vision += lv * (4 * hv * hv + attn_bias + hv + 2 * hv * iv + iv + hv + norms + qk_norm + 2 * hv)
+    if not v.get("use_mean_pooling", True):
+        vision += 2 * hv  # final layer norm
     ratio = float(config.get("downsample_ratio", 0.5))
     shuffled = int(hv / (ratio * ratio))
     d = int(t.get("hidden_size", 4096))
@@ -83,7 +88,8 @@ def count_parameters(config: dict) -> ParamCounts:
     kvd = kv * head_dim
     text_linear = lt * (d * q + 2 * d * kvd + q * d + 3 * d * it)
     tied = bool(t.get("tie_word_embeddings", config.get("tie_word_embeddings", False)))
-    text_other = vocab * d * (1 if tied else 2) + lt * (2 * d + q + 2 * kvd) + d
+    biases = q + 2 * kvd if t.get("model_type") == "qwen2" or t.get("attention_bias") else 0
+    text_other = vocab * d * (1 if tied else 2) + lt * (2 * d + biases) + d
     return ParamCounts(vision=vision, text_linear=text_linear, text_other=text_other)
 
 

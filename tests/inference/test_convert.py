@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 
 from inference.convert import ConversionError, convert_checkpoint, split_wqkv
+from inference.engine import memory
 from training.model_factory import build_tokenizer
 
 VISION = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
@@ -270,6 +271,8 @@ def test_converted_model_gives_the_original_logits(tmp_path, backbone, norm_type
                                    model.config.image_token_id, sd, cfg["llm_config"])
     assert native.shape == reference.shape
     assert torch.allclose(native, reference, atol=2e-4, rtol=1e-4), (native - reference).abs().max()
+    counted = memory.count_parameters(json.loads((tmp_path / "native" / "config.json").read_text())).total
+    assert counted == sum(p.numel() for p in model.parameters()) == report.parameters
 
     engine = LocalEngine.from_folder(tmp_path / "native", device="cpu")
     assert engine.model_id == f"XMedGPT-{backbone}"
