@@ -1,0 +1,157 @@
+"""SFT launch script: data/collation details, and 2 real training steps per mode that write,
+reload and resume checkpoints (tiny model, 64 px phantoms, seconds on a CPU core)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import InternVLForConditionalGeneration
+
+from inference.engine.processor import load_processor
+from inference.errors import XMedError
+from training.common import (
+    IGNORE_INDEX,
+    ConfigError,
+    ConversationDataset,
+    SFTConfig,
+    chat_segments,
+    load_config,
+    load_samples,
+    pad_batch,
+)
+from training.model_factory import build_tiny_model
+from training.phantoms import write_corpus
+from training.sft import main
+
+REPO = Path(__file__).resolve().parents[2]
+MICRO = REPO / "training" / "configs" / "sft_micro.yaml"
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> Path:
+    return build_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    return write_corpus(tmp_path_factory.mktemp("phantoms"), n=3, seed=5, size=64).out
+
+
+def _run(tiny: Path, corpus: Path, out: Path, *extra: str) -> int:
+    return main(["--config", str(MICRO), "--set", f"model.path={tiny}", "--set", f"data.meta={corpus / 'meta.json'}",
+                 "--set", f"train.output_dir={out}", *extra])
+
+
+def _state(folder: Path) -> dict:
+    return json.loads((folder / "trainer_state.json").read_text())
+
+
+def test_labels_cover_only_the_assistant_turns(tiny, corpus):
+    processor = load_processor(tiny)
+    rec = {"image": "images/000000.png", "conversations": [
+        {"from": "system", "value": "You are a radiologist."},
+        {"from": "human", "value": "<image>\nIs there a lesion?"}, {"from": "gpt", "value": "yes"},
+        {"from": "human", "value": "Where?"}, {"from": "gpt", "value": "<ref>nodule</ref><box>[[1, 2, 30, 40]]</box>"}]}
+    from training.common import Sample
+
+    item = ConversationDataset([Sample(rec, corpus, "t:1")], processor, 4096)[0]
+    tok = processor.tokenizer
+    trained = [t for t, lab in zip(item["input_ids"].tolist(), item["labels"].tolist()) if lab != IGNORE_INDEX]
+    assert tok.decode(trained, skip_special_tokens=False) == \
+        "yes<|im_end|><ref>nodule</ref><box>[[1, 2, 30, 40]]</box><|im_end|>"
+    ids = item["input_ids"].tolist()
+    n_image = sum(1 for t in ids if t == processor.image_token_id)
+    assert n_image == processor.image_seq_length * item["pixel_values"].shape[0]
+    # the prompt is the chat template the engine uses at inference
+    text = tok.decode(ids, skip_special_tokens=False)
+    assert text.startswith("<|im_start|>system\nYou are a radiologist.<|im_end|>\n<|im_start|>user\n<img>")
+    assert "<|im_start|>assistant\nyes<|im_end|>\n<|im_start|>user\nWhere?" in text
+
+
+def test_chat_segments_match_the_chat_template(tiny):
+    processor = load_processor(tiny)
+    conv = [{"from": "human", "value": "<image>\nQ"}, {"from": "gpt", "value": "A"}]
+    text = "".join(t for t, _ in chat_segments(conv))
+    expected = processor.tokenizer.apply_chat_template(
+        [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Q"}]},
+         {"role": "assistant", "content": "A"}], tokenize=False)
+    assert text == expected
+
+
+def test_repeat_factors_and_padding(tmp_path, corpus):
+    meta = json.loads((corpus / "meta.json").read_text())
+    meta["phantom_grounding"]["repeat_time"] = 2
+    meta["phantom_vqa"]["repeat_time"] = 0.5
+    (corpus / "meta2.json").write_text(json.dumps(meta))
+    samples = load_samples(corpus / "meta2.json", ["phantom_grounding", "phantom_vqa"])
+    n_vqa = meta["phantom_vqa"]["length"]
+    assert len(samples) == 2 * 3 + round(n_vqa * 0.5)
+    batch = pad_batch([{"input_ids": torch.tensor([5, 6, 7]), "labels": torch.tensor([-100, 6, 7])},
+                       {"input_ids": torch.tensor([8]), "labels": torch.tensor([8])}], pad_id=0)
+    assert batch["input_ids"].tolist() == [[5, 6, 7], [8, 0, 0]]
+    assert batch["labels"].tolist() == [[-100, 6, 7], [8, -100, -100]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
+
+
+def test_config_rejects_unknown_keys_and_bad_types(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train:\n  max_stpes: 3\n")
+    with pytest.raises(ConfigError, match="train.max_stpes"):
+        load_config(bad, SFTConfig)
+    with pytest.raises(ConfigError, match="train.batch_size"):
+        load_config(MICRO, SFTConfig, ["train.batch_size=two"])
+    cfg = load_config(MICRO, SFTConfig, ["train.lr=2e-4", "lora.modules=[q_proj]"])
+    assert cfg.train.lr == pytest.approx(2e-4) and cfg.lora.modules == ["q_proj"]
+    with pytest.raises(XMedError):
+        load_samples(tmp_path / "missing.json")
+
+
+def test_full_sft_two_steps_writes_reloadable_checkpoint_and_resumes(tiny, corpus, tmp_path):
+    out = tmp_path / "run"
+    assert _run(tiny, corpus, out) == 0
+    ckpt = out / "checkpoint-2"
+    for name in ("model.safetensors", "optimizer.pt", "scheduler.pt", "tokenizer.json", "processor_config.json"):
+        assert (ckpt / name).is_file(), name
+    assert _state(ckpt)["global_step"] == 2
+    base = InternVLForConditionalGeneration.from_pretrained(tiny)
+    trained = InternVLForConditionalGeneration.from_pretrained(out / "final")
+    changed = [n for n, p in trained.state_dict().items() if not torch.equal(p, base.state_dict()[n])]
+    assert any("language_model" in n for n in changed) and any("vision_tower" in n for n in changed)
+    load_processor(ckpt)  # the checkpoint is a complete model folder
+
+    assert _run(tiny, corpus, out, "--resume", "--set", "train.max_steps=3") == 0
+    assert _state(out / "checkpoint-3")["global_step"] == 3
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    steps = [r["step"] for r in rows if "loss" in r]
+    assert steps == [1, 2, 3]  # the resumed run logged step 3 only: it continued, not restarted
+    card = json.loads((out / "final" / "model_card.json").read_text())
+    assert card["global_step"] == 3 and card["trained"] is True
+
+
+def test_lora_with_gradient_checkpointing_merges_into_a_plain_model(tiny, corpus, tmp_path):
+    out = tmp_path / "lora"
+    assert _run(tiny, corpus, out, "--set", "train.mode=lora", "--set", "train.gradient_checkpointing=true",
+                "--set", "train.freeze_vision=true", "--set", "lora.r=4") == 0
+    assert (out / "checkpoint-2" / "adapter_model.safetensors").is_file()
+    base = InternVLForConditionalGeneration.from_pretrained(tiny).state_dict()
+    merged = InternVLForConditionalGeneration.from_pretrained(out / "final").state_dict()
+    assert merged.keys() == base.keys()  # no lora_ leftovers
+    changed = {n for n, p in merged.items() if not torch.equal(p, base[n])}
+    assert any("language_model" in n and "q_proj" in n for n in changed)
+    assert any("multi_modal_projector" in n for n in changed)  # trained fully beside the adapters
+    assert not any("vision_tower" in n for n in changed)  # frozen
+
+
+def test_qlora_runs_on_nf4_base(tiny, corpus, tmp_path):
+    pytest.importorskip("bitsandbytes")
+    out = tmp_path / "qlora"
+    assert _run(tiny, corpus, out, "--set", "train.mode=qlora", "--set", "train.max_steps=1",
+                "--set", "lora.r=4") == 0
+    base = InternVLForConditionalGeneration.from_pretrained(tiny).state_dict()
+    merged = InternVLForConditionalGeneration.from_pretrained(out / "final").state_dict()
+    assert merged["model.language_model.layers.0.self_attn.q_proj.weight"].dtype == torch.float32
+    assert not torch.equal(merged["model.language_model.layers.0.self_attn.q_proj.weight"],
+                           base["model.language_model.layers.0.self_attn.q_proj.weight"])
