@@ -92,6 +92,8 @@ class DictationWidget(QWidget):
         self.meter.setFixedSize(80, 10)
         self.meter.setAccessibleName("Microphone level")
         self.label = QLabel("", self)
+        # room for the longest state text, so the toolbar does not jump as the state changes
+        self.label.setMinimumWidth(self.label.fontMetrics().horizontalAdvance("Transcribing…") + 6)
         layout = QHBoxLayout(self)
         layout.setContentsMargins(2, 0, 2, 0)
         layout.addWidget(self.button)

