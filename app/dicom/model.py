@@ -12,7 +12,8 @@ Functions built on it (each in its own module of app/dicom):
   (the viewer shows frame 0 before the rest arrive); ``cancel()`` returning
   True stops early with ``XMedError``.
 - ``display.render(volume, k, window, invert=False) -> np.ndarray`` uint8
-  (rows, cols) or (rows, cols, 3) for colour: what the reader sees.
+  (rows, cols) or (rows, cols, 3) for colour: what the reader sees. Passing
+  ``display.VOI_LUT`` as the window applies the header's VOI LUT instead.
 """
 
 from __future__ import annotations
@@ -71,7 +72,13 @@ class Instance:
 
 @dataclass
 class Series:
-    """A series: instances sorted along the slice normal, plus what was noticed."""
+    """A series: instances sorted along the slice normal, plus what was noticed.
+
+    ``uid`` identifies this stack in the program. A DICOM series that holds
+    several stacks (localizers, another plane, another image size) is split:
+    the extra stacks get ``"<SeriesInstanceUID>#2"``, ``"#3"``…, and
+    ``series_instance_uid`` keeps the real DICOM UID for export and references.
+    """
 
     uid: str
     number: int | None
@@ -81,6 +88,8 @@ class Series:
     instances: list[Instance] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)  # non-uniform spacing, duplicates, …
     problems: list[FileProblem] = field(default_factory=list)
+    series_instance_uid: str = ""
+    part: int = 0  # 0 for the main stack, 1.. for split-off stacks
 
     @property
     def frame_count(self) -> int:
@@ -156,7 +165,7 @@ class Volume:
     geometry: Geometry | None
     default_window: Window | None
     photometric: str = "MONOCHROME2"
-    voi_lut: object | None = None  # header VOI LUT sequence item, applied instead of the window when chosen
+    voi_lut: object | None = None  # app.dicom.luts.Lut decoded from the header; render(..., display.VOI_LUT) applies it
     loaded: int = 0
     frame_problems: dict[int, str] = field(default_factory=dict)
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -26,14 +25,6 @@ from app.dicom.sources import expand
 log = logging.getLogger(__name__)
 
 Progress = Callable[[int, int], None]
-
-
-@dataclass
-class DicomSeries(Series):
-    """A :class:`Series` that also knows its real DICOM UID when it was split into stacks."""
-
-    series_instance_uid: str = ""
-    part: int = 0  # 0 for the main stack, 1.. for split-off stacks
 
 
 def scan(paths: os.PathLike | str | Iterable[os.PathLike | str], progress: Progress | None = None) -> ScanResult:
@@ -159,7 +150,7 @@ def build_series(series_uid: str, members: list[DicomInstance]) -> list[Series]:
             else:
                 label = f"{ref.columns}×{ref.rows}"
             description = f"{description} ({label})".strip()
-        series = DicomSeries(
+        series = Series(
             uid=series_uid if part == 0 else f"{series_uid}#{part + 1}",
             number=first.series_number,
             description=description,
