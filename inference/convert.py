@@ -364,19 +364,27 @@ def _finish_tokenizer(tokenizer, dst: Path) -> None:
 
 
 def _sentencepiece_to_fast(src: Path, dst: Path) -> None:
-    """InternLM2's sentencepiece ``tokenizer.model`` → ``tokenizer.json`` (needs the sentencepiece package)."""
-    try:
-        import sentencepiece  # noqa: F401
-        from transformers import LlamaTokenizerFast
-    except ImportError as exc:
-        raise ConversionError("This checkpoint's tokenizer is a sentencepiece model; install the 'sentencepiece' "
-                              "package to convert it (pip install sentencepiece).") from exc
+    """InternLM2's sentencepiece ``tokenizer.model`` → ``tokenizer.json`` with a plain config."""
+    from transformers import PreTrainedTokenizerFast
+
+    from inference.convert_tokenizer import write_fast_tokenizer
+
     config = json.loads((src / "tokenizer_config.json").read_text()) if (src / "tokenizer_config.json").is_file() else {}
-    added = config.get("added_tokens_decoder") or {}
-    tokenizer = LlamaTokenizerFast(vocab_file=str(src / "tokenizer.model"), from_slow=True, legacy=False,
-                                   add_bos_token=True, add_eos_token=False)
-    tokenizer.add_special_tokens({"additional_special_tokens": [t["content"] for _, t in sorted(
-        added.items(), key=lambda kv: int(kv[0])) if t.get("special", True)]}, replace_additional_special_tokens=False)
+    tokenizer_file = write_fast_tokenizer(src, dst)
+
+    def named(key: str, default: str | None) -> str | None:
+        value = config.get(key, default)
+        return value.get("content") if isinstance(value, dict) else value
+
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_file=str(tokenizer_file),
+        bos_token=named("bos_token", "<s>"),
+        eos_token=named("eos_token", "</s>"),
+        unk_token=named("unk_token", "<unk>"),
+        pad_token=named("pad_token", "</s>"),
+        model_max_length=config.get("model_max_length", 8192),
+        clean_up_tokenization_spaces=False,
+    )
     _finish_tokenizer(tokenizer, dst)
 
 

@@ -308,3 +308,96 @@ def test_convert_checkpoint_command(tmp_path):
     assert main(["convert-checkpoint", str(src), str(tmp_path / "native")]) == 0
     assert (tmp_path / "native" / "model.safetensors").is_file()
     assert main(["convert-checkpoint", str(src), str(tmp_path / "native")]) == 1  # not empty: clear refusal
+
+
+# --------------------------------------------------------------------- sentencepiece tokenizer (InternLM2's kind)
+ADDED = ["<img>", "</img>", "<IMG_CONTEXT>", "<quad>", "</quad>", "<ref>", "</ref>", "<box>", "</box>"]
+SAMPLES = [
+    "Structure identification: axial CT of the chest.",
+    "<ref>nodule</ref><box>[[120,200,180,260]]</box> in the  right upper lobe\n",
+    "<|im_start|>user\n<img><IMG_CONTEXT></img>\nWhere is the lesion?<|im_end|>\n",
+    "肺结节 8 mm, Hounsfield −20 HU; café",  # byte fallback for unseen characters
+    "  leading spaces and trailing  ",
+]
+
+
+def write_sentencepiece_tokenizer(folder: Path, add_dummy_prefix: bool) -> int:
+    spm = pytest.importorskip("sentencepiece")
+    import io
+
+    from training.model_factory import _CORPUS
+
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(_CORPUS.splitlines() * 3), model_writer=model, vocab_size=400, model_type="bpe",
+        byte_fallback=True, add_dummy_prefix=add_dummy_prefix, normalization_rule_name="identity",
+        remove_extra_whitespaces=False, user_defined_symbols=["<|im_start|>", "<|im_end|>"],
+        unk_id=0, bos_id=1, eos_id=2, pad_id=-1, character_coverage=1.0, minloglevel=2,
+    )
+    (folder / "tokenizer.model").write_bytes(model.getvalue())
+    sp = spm.SentencePieceProcessor(model_proto=model.getvalue())
+    size = sp.get_piece_size()
+    decoder = {str(i): {"content": sp.id_to_piece(i), "special": True} for i in range(3)}
+    decoder.update({str(sp.piece_to_id(t)): {"content": t, "special": True} for t in ("<|im_start|>", "<|im_end|>")})
+    decoder.update({str(size + i): {"content": t, "special": True} for i, t in enumerate(ADDED)})
+    config = {"tokenizer_class": "InternLM2Tokenizer", "auto_map": {"AutoTokenizer": ["tokenization_internlm2.InternLM2Tokenizer", None]},
+              "add_bos_token": True, "add_eos_token": False, "bos_token": "<s>", "eos_token": "</s>",
+              "unk_token": "<unk>", "pad_token": "</s>", "added_tokens_decoder": decoder}
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    return size + len(ADDED)
+
+
+def reference_ids(sp, text: str, added: dict[str, int]) -> list[int]:
+    """InternLM2Tokenizer's behaviour: split on added tokens, sentencepiece each piece, bos first."""
+    import re as _re
+
+    pattern = _re.compile("(" + "|".join(_re.escape(t) for t in sorted(added, key=len, reverse=True)) + ")")
+    ids = [sp.bos_id()]
+    for part in pattern.split(text):
+        if part in added:
+            ids.append(added[part])
+        elif part:
+            ids.extend(sp.encode(part))
+    return ids
+
+
+@pytest.mark.parametrize("add_dummy_prefix", [False, True])
+def test_sentencepiece_tokenizer_converts_to_identical_ids(tmp_path, add_dummy_prefix):
+    spm = pytest.importorskip("sentencepiece")
+    from inference.convert_tokenizer import sentencepiece_to_tokenizer
+
+    write_sentencepiece_tokenizer(tmp_path, add_dummy_prefix)
+    config = json.loads((tmp_path / "tokenizer_config.json").read_text())
+    sp = spm.SentencePieceProcessor(model_file=str(tmp_path / "tokenizer.model"))
+    fast = sentencepiece_to_tokenizer(tmp_path / "tokenizer.model", config)
+    added = {t["content"]: int(i) for i, t in config["added_tokens_decoder"].items() if int(i) > 2}
+    for text in SAMPLES:
+        expected = reference_ids(sp, text, added)
+        assert fast.encode(text).ids == expected, text
+        if not add_dummy_prefix:
+            assert fast.decode(expected[1:], skip_special_tokens=False) == text
+
+
+def test_internlm2_checkpoint_with_sentencepiece_tokenizer_converts_and_runs(tmp_path):
+    pytest.importorskip("sentencepiece")
+    from inference.engine.local import LocalEngine
+
+    src = tmp_path / "XMedGPT-8B-tiny"
+    src.mkdir()
+    vocab = write_sentencepiece_tokenizer(src, add_dummy_prefix=False)
+    cfg = original_config("internlm2", vocab, "rms_norm", False)
+    (src / "config.json").write_text(json.dumps(cfg))
+    save_file(original_weights(cfg, seed=3), str(src / "model.safetensors"))
+    convert_checkpoint(src, tmp_path / "native")
+    engine = LocalEngine.from_folder(tmp_path / "native", device="cpu")
+    tok = engine.tokenizer
+    assert engine.model.config.image_token_id == vocab - len(ADDED) + 2  # <IMG_CONTEXT> at its original id
+    assert tok.eos_token == "<|im_end|>" and tok.convert_tokens_to_ids("<|im_end|>") == engine.model.generation_config.eos_token_id
+    image = (torch.rand(30, 30, 3) * 255).to(torch.uint8).numpy()
+    from inference.types import ChatRequest
+
+    inputs = engine.encode([ChatRequest("Where is the nodule?", image)])
+    text = tok.decode(inputs["input_ids"][0], skip_special_tokens=False)
+    assert text.startswith("<s><|im_start|>user\n<img><IMG_CONTEXT>")  # InternLM2 prompts start with bos
+    assert "Where is the nodule?<|im_end|>" in text
+    assert engine.generate(ChatRequest("Where is the nodule?", image, max_new_tokens=3)).token_ids
