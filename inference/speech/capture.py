@@ -230,6 +230,7 @@ class _Accumulator:
         self._chunks: list[np.ndarray] = []
         self._count = 0
         self._last_level = 0.0
+        self._peak = -120.0
         self._lock = threading.Lock()
         self.hit_max_length = False
 
@@ -244,12 +245,20 @@ class _Accumulator:
                 self.hit_max_length = notify_limit = True
             self._chunks.append(np.array(block, dtype=np.float32, copy=True))
             self._count += len(block)
-        now = time.monotonic()
-        if self.on_level is not None and (notify_limit or now - self._last_level >= self.level_interval):
-            self._last_level = now
-            self.on_level(level_dbfs(block))
+        if self.on_level is not None:
+            self._peak = max(self._peak, level_dbfs(block))  # the meter shows the peak since its last update
+            now = time.monotonic()
+            if notify_limit or now - self._last_level >= self.level_interval:
+                self.flush_level(now)
         if notify_limit and self.on_limit is not None:
             self.on_limit()
+
+    def flush_level(self, now: float | None = None) -> None:
+        """Report the peak level held since the last report (if any)."""
+        if self.on_level is not None and self._peak > -120.0:
+            self._last_level = time.monotonic() if now is None else now
+            peak, self._peak = self._peak, -120.0
+            self.on_level(peak)
 
     def take(self, trim: bool) -> Recording:
         with self._lock:
@@ -373,6 +382,7 @@ class FileSource:
             acc.add(self.audio[i:i + self.block])
             if self.realtime:
                 self._stop.wait(self.block / SAMPLE_RATE)
+        acc.flush_level()
 
     def start(self) -> None:
         if self._acc is not None:
