@@ -3,14 +3,13 @@ test-output/ for a person to look at, and checked for not being blank."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PySide6.QtGui import QImage
 
-from app.sample import write_ct_study
+from app.sample import ground_truth_path, load_ground_truth
 from inference.types import Box
 from ui.app_setup import SAMPLE
 from ui.cli import main as cli_main
@@ -20,10 +19,10 @@ from ui.screenshot import wait_until_idle
 
 
 @pytest.fixture(scope="module")
-def sample(tmp_path_factory) -> Path:
-    if (SAMPLE / "ground_truth.json").exists():
-        return SAMPLE
-    return write_ct_study(tmp_path_factory.mktemp("sample"), n_slices=32, size=512, seed=0, compress=True)
+def sample() -> Path:
+    """The bundled sample study that `make run` opens, with its ground truth beside it."""
+    assert ground_truth_path(SAMPLE) is not None, "the bundled sample must ship its lesion ground truth"
+    return SAMPLE
 
 
 def qimage_to_array(img: QImage) -> np.ndarray:
@@ -53,7 +52,7 @@ def has_colour(area: np.ndarray, rgb: tuple[int, int, int], tol: int = 40) -> bo
 
 def lesion_slice(sample: Path, win: MainWindow):
     """(frame index, Box, label) of the largest ground-truth lesion box in the sample."""
-    gt = json.loads((sample / "ground_truth.json").read_text())
+    gt = load_ground_truth(sample)
     uid_to_k = {inst.sop_instance_uid: k for k, inst in enumerate(win.grid.active.volume.series.instances)}
     best = max(
         ((s, b) for s in gt["slices"] for b in s["boxes"]),
