@@ -39,6 +39,8 @@ MAX_REQUEST_BYTES = 32 * 1024 * 1024
 MAX_TOKENS = 4096
 MAX_N = 32
 MAX_TOP_LOGPROBS = 20
+#: An oversized body up to this size is read and dropped so the client sees the 413; beyond, the socket closes.
+DRAIN_LIMIT = 256 * 1024 * 1024
 
 
 class ApiError(Exception):
@@ -200,6 +202,11 @@ class EngineService:
         self.engine = engine
         self.has_top_logprobs = "top_logprobs" in inspect.signature(engine.generate).parameters
 
+    def prompt_tokens(self, request: ChatRequest) -> int:
+        """Prompt length in tokens (image tokens included) where the engine can tell, else 0."""
+        encode = getattr(self.engine, "encode", None)
+        return int(encode([request])["input_ids"].shape[1]) if callable(encode) else 0
+
     def complete(self, params: CompletionParams, cancel=None) -> list[Generation]:
         extra = {"top_logprobs": params.top_logprobs} if params.top_logprobs and self.has_top_logprobs else {}
         if params.greedy:
@@ -280,6 +287,7 @@ class _Handler(BaseHTTPRequestHandler):
         except ValueError as exc:
             raise ApiError(HTTPStatus.BAD_REQUEST, "Content-Length is not a number.") from exc
         if size > self.server.max_request_bytes:
+            self._drain(size)
             raise ApiError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
                            f"Request of {size} bytes exceeds the limit of {self.server.max_request_bytes} bytes.",
                            code="request_too_large")
@@ -290,6 +298,18 @@ class _Handler(BaseHTTPRequestHandler):
         if not isinstance(body, dict):
             raise ApiError(HTTPStatus.BAD_REQUEST, "The request body must be a JSON object.")
         return body
+
+    def _drain(self, size: int) -> None:
+        """Read and drop an oversized body (never stored) so the client can read the 413 answer.
+
+        Past ``DRAIN_LIMIT`` the connection is simply closed after answering.
+        """
+        left = min(size, DRAIN_LIMIT)
+        while left > 0:
+            chunk = self.rfile.read(min(left, 1 << 16))
+            if not chunk:
+                break
+            left -= len(chunk)
 
     def _envelope(self, kind: str) -> dict:
         return {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": kind, "created": int(time.time()),
@@ -308,7 +328,9 @@ class _Handler(BaseHTTPRequestHandler):
             for i, gen in enumerate(generations)
         ]
         completion = sum(len(g.token_logprobs) for g in generations)
-        answer["usage"] = {"prompt_tokens": 0, "completion_tokens": completion, "total_tokens": completion}
+        prompt = self.server.service.prompt_tokens(params.request)
+        answer["usage"] = {"prompt_tokens": prompt, "completion_tokens": completion,
+                           "total_tokens": prompt + completion}
         self._send_json(HTTPStatus.OK, answer)
 
     def _stream(self, params: CompletionParams) -> None:

@@ -221,3 +221,21 @@ def test_clear_errors_for_missing_and_original_layout_folders(tmp_path):
     (tmp_path / "config.json").write_text('{"model_type": "internvl_chat"}')
     with pytest.raises(ModelLoadError, match="convert-checkpoint"):
         LocalEngine.from_folder(tmp_path)
+
+
+def test_stream_stops_when_cancel_says_so(engine, image):
+    calls = {"n": 0}
+
+    def cancel() -> bool:
+        calls["n"] += 1
+        return calls["n"] > 2
+
+    pieces = list(engine.stream(ChatRequest("Describe.", image, max_new_tokens=60), cancel=cancel))
+    full = engine.generate(ChatRequest("Describe.", image, max_new_tokens=60))
+    assert len("".join(pieces)) < len(full.text)
+    assert full.text.startswith("".join(pieces))
+
+
+def test_never_generates_image_placeholders(engine):
+    for token in ("<img>", "</img>", "<IMG_CONTEXT>"):
+        assert engine.tokenizer.convert_tokens_to_ids(token) in engine.suppressed_ids

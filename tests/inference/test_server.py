@@ -78,6 +78,8 @@ def test_openai_client_plain_stream_and_n_with_logprobs(server, engine, image):
 
     plain = client.chat.completions.create(model=engine.model_id, messages=messages, max_tokens=6, temperature=0)
     assert plain.choices[0].message.content == engine.generate(request).text
+    assert plain.usage.prompt_tokens == engine.encode([request])["input_ids"].shape[1]
+    assert plain.usage.completion_tokens == len(engine.generate(request).token_ids)
 
     chunks = client.chat.completions.create(model=engine.model_id, messages=messages, max_tokens=6, stream=True)
     streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
@@ -149,3 +151,22 @@ def test_bad_requests_get_clear_json_errors(server):
 def test_unreachable_server_is_a_clear_error():
     with pytest.raises(RemoteEngineError, match="cannot be reached"):
         RemoteEngine("http://127.0.0.1:9/v1", model="x", timeout=2).generate(ChatRequest("Hi"))
+
+
+def test_client_leaving_a_stream_frees_the_model(server, image):
+    import time
+
+    from inference.engine.remote import chat_messages
+
+    host, port = server.address
+    body = json.dumps({"messages": chat_messages(ChatRequest("Describe.", image)), "max_tokens": 2000,
+                       "stream": True}).encode()
+    conn = http.client.HTTPConnection(host, port, timeout=30)
+    conn.request("POST", "/v1/chat/completions", body=body, headers={"Content-Type": "application/json"})
+    response = conn.getresponse()
+    assert response.status == 200 and response.getheader("Content-Type") == "text/event-stream"
+    assert response.readline().startswith(b"data: ")
+    conn.close()  # the reader goes away long before 2000 tokens
+    t0 = time.monotonic()
+    answer = RemoteEngine(server.url).generate(ChatRequest("Hi", None, max_new_tokens=2))
+    assert answer.token_logprobs and time.monotonic() - t0 < 20
