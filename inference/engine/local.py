@@ -294,7 +294,13 @@ class LocalEngine:
         content = [{"type": "image"}] if request.image is not None else []
         content.append({"type": "text", "text": request.prompt})
         messages.append({"role": "user", "content": content})
-        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        if request.image is not None and self.processor.image_token not in text:
+            # Some templates write a generic "<image>" placeholder; the processor expands <IMG_CONTEXT>.
+            if "<image>" not in text:
+                raise XMedError("The model's chat template has no place for an image; it cannot look at images.")
+            text = text.replace("<image>", self.processor.image_token, 1)
+        return text
 
     def encode(self, requests: Sequence[ChatRequest]) -> dict[str, torch.Tensor]:
         """Token ids, attention mask (left padded) and pixel values for a batch of requests."""

@@ -84,9 +84,39 @@ def load_processor(folder: Path | str) -> ImageOnlyInternVLProcessor:
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"
+    if not tokenizer.chat_template:
+        tokenizer.chat_template = _folder_chat_template(folder)
     return ImageOnlyInternVLProcessor(
         image_processor=image_processor,
         tokenizer=tokenizer,
         image_seq_length=_image_seq_length(folder),
         chat_template=tokenizer.chat_template,
     )
+
+
+#: InternVL's chat format, used when a folder carries no template of its own.
+DEFAULT_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' }}"
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for part in message['content'] %}"
+    "{% if part['type'] == 'image' %}{{ '<IMG_CONTEXT>\n' }}"
+    "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}"
+    "{{ '<|im_end|>\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+def _folder_chat_template(folder: Path) -> str:
+    """The processor-level template (chat_template.jinja / .json) of a folder, else InternVL's format."""
+    jinja = folder / "chat_template.jinja"
+    if jinja.is_file():
+        return jinja.read_text()
+    js = folder / "chat_template.json"
+    if js.is_file():
+        template = json.loads(js.read_text()).get("chat_template")
+        if template:
+            return template
+    return DEFAULT_CHAT_TEMPLATE

@@ -239,3 +239,22 @@ def test_stream_stops_when_cancel_says_so(engine, image):
 def test_never_generates_image_placeholders(engine):
     for token in ("<img>", "</img>", "<IMG_CONTEXT>"):
         assert engine.tokenizer.convert_tokens_to_ids(token) in engine.suppressed_ids
+
+
+def test_folder_without_tokenizer_template_uses_its_processor_template(tiny_model_dir, tmp_path, image):
+    import json
+    import shutil
+
+    folder = tmp_path / "hf-style"
+    shutil.copytree(tiny_model_dir, folder)
+    template = (folder / "chat_template.jinja").read_text()
+    (folder / "chat_template.jinja").unlink()
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    config.pop("chat_template", None)
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    # a processor-level template with the generic <image> placeholder, as some -hf folders carry
+    (folder / "chat_template.json").write_text(json.dumps({"chat_template": template.replace("<IMG_CONTEXT>", "<image>")}))
+    engine = LocalEngine.from_folder(folder, device="cpu")
+    assert "<image>" in engine.tokenizer.chat_template  # taken from chat_template.json
+    inputs = engine.encode([ChatRequest("Where?", image)])
+    assert int((inputs["input_ids"] == engine.model.config.image_token_id).sum()) > 0
