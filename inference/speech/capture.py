@@ -320,6 +320,7 @@ class MicrophoneRecorder:
                 mono = indata[:, 0] if indata.shape[1] == 1 else indata.mean(axis=1)
                 acc.add(mono if rate == SAMPLE_RATE else resample(mono, rate, SAMPLE_RATE))
 
+            stream = None
             try:
                 stream = sd.InputStream(device=chosen.index, samplerate=rate, channels=1, dtype="float32",
                                         blocksize=int(rate * self.block_seconds), latency=self.latency,
@@ -327,6 +328,8 @@ class MicrophoneRecorder:
                 stream.start()
             except Exception as exc:  # sounddevice.PortAudioError, ValueError for bad settings
                 errors.append(f"{rate} Hz: {exc}")
+                if stream is not None:
+                    stream.close()
                 continue
             self._stream, self._acc = stream, acc
             log.info("recording from %s at %d Hz", chosen, rate)

@@ -216,7 +216,6 @@ class OpenAIWhisperRecognizer(Recognizer):
 
     def _load(self) -> None:
         try:
-            import whisper
             from whisper.model import ModelDimensions, Whisper
         except ImportError as exc:
             raise SpeechEngineError("The openai-whisper engine is not installed; use faster-whisper.") from exc
@@ -243,7 +242,6 @@ class OpenAIWhisperRecognizer(Recognizer):
                 mask[layer, head] = True
             model.register_buffer("alignment_heads", mask.to_sparse(), persistent=False)
         self._model = model.to(self.device).eval()
-        self._whisper = whisper
 
     def _transcribe(self, audio: np.ndarray, prompt: str | None, cancel: CancelFn | None) -> list[Segment]:
         assert self._model is not None
