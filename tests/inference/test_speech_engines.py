@@ -56,3 +56,38 @@ def test_engine_choice_and_description():
         make_recognizer("kaldi")
     fw = FasterWhisperRecognizer(device="cpu")
     assert fw.compute_type == "int8" and "tiny.en" in fw.describe() and "cpu" in fw.describe()
+
+
+OFFLINE_CHILD = r"""
+import numpy as np, socket
+try:
+    socket.create_connection(("pypi.org", 443), timeout=3)
+    raise SystemExit("network reachable: the check would prove nothing")
+except OSError:
+    pass
+from inference.speech import make_recognizer
+t = np.arange(16000 * 2) / 16000
+audio = (0.3 * np.sin(2 * np.pi * 220 * t) * (0.5 + 0.5 * np.sin(2 * np.pi * 3 * t))).astype(np.float32)
+for engine in ("faster-whisper", "openai-whisper"):
+    make_recognizer(engine, beam_size=1).transcribe(audio)
+print("ok")
+"""
+
+
+@pytest.mark.slow
+def test_both_engines_run_without_network(tmp_path):
+    """No weight or tokenizer download (tiktoken's BPE files come from openai-whisper's own assets)."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    if shutil.which("unshare") is None or os.geteuid() != 0:
+        pytest.skip("needs unshare and root to cut the network for one process")
+    env = dict(os.environ, HOME=str(tmp_path), TIKTOKEN_CACHE_DIR=str(tmp_path / "tiktoken"),
+               XDG_CACHE_HOME=str(tmp_path / "cache"))
+    proc = subprocess.run(["unshare", "-n", sys.executable, "-c", OFFLINE_CHILD], env=env,
+                          capture_output=True, text=True, timeout=300)
+    if proc.returncode and "unshare failed" in proc.stderr:
+        pytest.skip(f"cannot create a network namespace here: {proc.stderr.strip()[:200]}")
+    assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr[-2000:]
