@@ -1,0 +1,288 @@
+"""The assistant panel with a scripted engine: known answers must give known boxes, links,
+warnings and reliability states. The scripted engine is a deterministic test double of
+:class:`inference.types.Engine` (the real tiny model is in test_assistant_flow.py)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import pytest
+from PySide6.QtCore import Qt
+from PySide6.QtWidgets import QHBoxLayout, QWidget
+
+from app.assistant_session import NO_MODEL_TEXT, AskContext, ModelChoice
+from app.settings import Settings
+from inference.reliability.scoring import State, Tier
+from inference.types import ChatRequest, Generation
+from ui.assistant_controller import AssistantController
+from ui.assistant_panel import TIER_TINT, AssistantPanel
+from ui.testing import synthetic_volume
+from ui.viewport import Viewport
+
+SIZE = 256  # synthetic volume: square, so 0–1000 maps to pixels by × SIZE / 1000
+
+GROUNDED = """Step 1: Structure identification
+Axial CT of a phantom; a dense block lies in the upper left.
+Step 2: Region localization
+There is <ref>a nodule</ref><box>[[250,250,500,500]]</box> and <ref>a second focus</ref><box>[[600,100,700,200]]</box>.
+Step 3: Detailed description
+The nodule is well defined and measures about 32 mm.
+Step 4: Holistic analysis
+A solid lesion with a smaller satellite focus.
+Step 5: Report synthesis
+Solid nodule with a satellite focus; compare with prior imaging.
+"""
+
+
+class ScriptedEngine:
+    """Streams a fixed answer in pieces; answers check questions from a script.
+
+    ``samples``: "agree" (every sampled answer is the draft's "yes") or "split"
+    (yes / no / maybe: three meanings). ``delay`` slows each piece (for Cancel).
+    """
+
+    def __init__(self, answer: str = GROUNDED, piece: int = 9, samples: str = "agree", delay: float = 0.0,
+                 fail: bool = False, model_id: str = "scripted-xmedgpt") -> None:
+        self.answer, self.piece, self.samples, self.delay, self.fail = answer, piece, samples, delay, fail
+        self._id = model_id
+        self.pieces = 0
+        self.sampled: list[str] = []
+        self.first_piece = threading.Event()
+
+    @property
+    def model_id(self) -> str:
+        return self._id
+
+    def describe(self) -> str:
+        return f"{self._id} · scripted"
+
+    def generate(self, request: ChatRequest, cancel=None) -> Generation:
+        # the reliability pass asks to decompose a finding into attribute questions
+        return Generation(text="presence | Is this lesion present in the image? | yes")
+
+    def stream(self, request: ChatRequest, cancel=None) -> Iterator[str]:
+        for i in range(0, len(self.answer), self.piece):
+            if cancel is not None and cancel():
+                return
+            if self.fail and i > 40:
+                raise RuntimeError("CUDA error: device-side assert triggered")
+            self.pieces += 1
+            self.first_piece.set()
+            yield self.answer[i : i + self.piece]
+            if self.delay:
+                time.sleep(self.delay)
+
+    def sample(self, requests: Sequence[ChatRequest], n: int, temperature: float = 1.0, top_p: float = 0.9,
+               cancel=None) -> list[list[Generation]]:
+        self.sampled += [r.prompt for r in requests]
+        words = ["yes"] * n if self.samples == "agree" else [("yes", "no", "maybe")[i % 3] for i in range(n)]
+        return [[Generation(text=w, token_logprobs=[-0.05]) for w in words] for _ in requests]
+
+
+class Host(QWidget):
+    """A viewport and the assistant panel side by side (what the main window does)."""
+
+    def __init__(self, controller: AssistantController, volume) -> None:
+        super().__init__()
+        self.vp = Viewport()
+        self.vp.set_volume(volume)
+        self.controller = controller
+        self.panel = AssistantPanel(controller, self.target)
+        layout = QHBoxLayout(self)
+        layout.addWidget(self.vp, stretch=2)
+        layout.addWidget(self.panel, stretch=1)
+
+    def target(self, question: str):
+        v = self.vp
+        return v, AskContext(v.volume, v.slice_index, v.window, question, v.inverted, "")
+
+
+def make_host(qtbot, engine=None, volume=None, choice=None, settings=None) -> Host:
+    choice = choice or ModelChoice("local", Path("scripted"), source="test")
+    settings = settings or Settings(reliability_samples=6, reliability_questions=3)
+    controller = AssistantController(choice, settings, engine=engine)
+    host = Host(controller, volume if volume is not None else synthetic_volume(n=12, rows=SIZE, cols=SIZE))
+    qtbot.addWidget(host)
+    host.resize(1200, 800)
+    host.show()
+    qtbot.waitExposed(host)
+    return host
+
+
+@pytest.fixture
+def host(qtbot):
+    h = make_host(qtbot, ScriptedEngine())
+    yield h
+    h.controller.shutdown()
+
+
+def ask_and_wait(qtbot, host: Host, question: str = "", reliability: bool = True):
+    host.panel.query.setText(question)
+    with qtbot.waitSignal(host.controller.answer_ready, timeout=10_000) as answered:
+        qtbot.keyClick(host.panel.query, Qt.Key.Key_Return)  # Enter asks
+    if reliability:
+        qtbot.waitUntil(lambda: host.controller.last_reliability is not None
+                        and host.controller.last_reliability.answer is answered.args[0].answer, timeout=10_000)
+    return answered.args[0]
+
+
+def test_no_model_configured_disables_ask_and_says_what_to_do(qtbot):
+    h = make_host(qtbot, choice=ModelChoice("none", reason=NO_MODEL_TEXT))
+    h.controller.load_model()
+    assert h.panel.indicator.text() == NO_MODEL_TEXT
+    assert not h.panel.ask_button.isEnabled() and not any(b.isEnabled() for b in h.panel.presets)
+    h.panel.query.setText("Describe the findings")
+    qtbot.keyClick(h.panel.query, Qt.Key.Key_Return)
+    assert "No model configured" in h.panel.status.text()
+    assert h.vp.overlays.ids() == [] and h.controller.is_idle()
+
+
+def test_grounded_answer_draws_its_boxes_on_the_asked_slice(qtbot, host):
+    host.vp.set_slice(7)
+    result = ask_and_wait(qtbot, host, "Describe the findings on this slice.")
+    assert result.context.frame == 7 and result.answer.frame == 7
+    ids = host.vp.overlays.ids()
+    assert len(ids) == 2 and host.vp.overlays.ids(frame=7) == ids  # nothing on other slices
+    scale = SIZE / 1000
+    expected = {"AI: a nodule": (250, 250, 500, 500), "AI: a second focus": (600, 100, 700, 200)}
+    for box_id in ids:
+        box = host.vp.overlays.box(box_id)
+        want = [v * scale for v in expected[host.vp.overlays.label_of(box_id)]]
+        assert [box.x0, box.y0, box.x1, box.y1] == pytest.approx(want, abs=0.6)
+        assert host.vp.overlays.color_of(box_id) == (255, 196, 0)  # drawn as an "ai" proposal
+    assert sorted(host.panel.step_views) == [1, 2, 3, 4, 5]
+    assert host.panel.step_views[2].header.text() == "2 · Region localization"
+    assert [t for t, _ in host.panel.step_views[2].links()] == ["a nodule", "a second focus"]
+    assert "scripted-xmedgpt · scripted" in host.panel.provenance.text()
+    host.vp.set_slice(3)
+    assert host.vp.overlays.visible_ids() == []
+
+
+def test_steps_appear_one_by_one_while_streaming(qtbot, host):
+    seen: list[int] = []
+    host.controller.update.connect(lambda _u: seen.append(len(host.panel.step_views)))
+    ask_and_wait(qtbot, host, reliability=False)
+    assert seen[0] < 5 and seen[-1] == 5
+    assert seen == sorted(seen) and len(set(seen)) == 5  # 1, 2, 3, 4, 5 in turn
+
+
+def test_steps_fold_away_and_back(qtbot, host):
+    ask_and_wait(qtbot, host, reliability=False)
+    view = host.panel.step_views[3]
+    assert view.body.isVisible()
+    view.header.click()
+    assert not view.body.isVisible() and view.header.arrowType() == Qt.ArrowType.RightArrow
+    view.header.click()
+    assert view.body.isVisible()
+
+
+def test_clicking_a_phrase_highlights_its_box_and_shows_its_slice(qtbot, host):
+    host.vp.set_slice(7)
+    ask_and_wait(qtbot, host, reliability=False)
+    host.vp.set_slice(0)
+    step = host.panel.step_views[2]
+    (_, first), (_, second) = step.links()
+    step.body.linkActivated.emit(f"g:{second}")
+    focus = [i for i in host.vp.overlays.ids() if host.vp.overlays.label_of(i) == "AI: a second focus"][0]
+    assert host.vp.overlays.highlighted == focus and host.vp.slice_index == 7
+    assert host.vp.overlays.visible_ids() == host.vp.overlays.ids()
+    step.body.linkActivated.emit(f"g:{first}")
+    assert host.vp.overlays.label_of(host.vp.overlays.highlighted) == "AI: a nodule"
+
+
+def test_an_edited_box_stays_where_the_reader_put_it(qtbot, host):
+    ask_and_wait(qtbot, host, reliability=False)
+    edits = []
+    host.vp.overlays.box_edited.connect(lambda *a: edits.append(a))
+    box_id = host.vp.overlays.ids()[0]
+    roi = host.vp.overlays._entries[box_id].roi
+    roi.setPos([10, 12])
+    assert edits and edits[-1][0] == box_id and edits[-1][2].x0 == pytest.approx(10)
+
+
+def test_guardrail_warning_for_right_kidney_on_a_chest_ct(qtbot):
+    volume = synthetic_volume(n=6, rows=SIZE, cols=SIZE)
+    volume.series.body_part = "CHEST"
+    volume.series.description = "Axial chest"
+    answer = "<ref>the right kidney</ref><box>[[100,100,300,300]]</box>"
+    h = make_host(qtbot, ScriptedEngine(answer=answer), volume=volume)
+    try:
+        ask_and_wait(qtbot, h, "Locate the right kidney", reliability=False)
+        assert h.panel.warning.isVisible()
+        assert "right kidney" in h.panel.warning.text() and "CHEST CT" in h.panel.warning.text()
+        assert "⚠" in h.panel.findings_list.item(0).text()
+    finally:
+        h.controller.shutdown()
+
+
+def test_cancel_stops_the_answer_and_reliability_is_not_assessed(qtbot):
+    engine = ScriptedEngine(piece=4, delay=0.03)
+    h = make_host(qtbot, engine)
+    try:
+        with qtbot.waitSignal(h.controller.answer_ready, timeout=10_000) as answered:
+            h.panel.ask("Describe the findings")
+            qtbot.waitUntil(engine.first_piece.is_set, timeout=5000)
+            qtbot.waitUntil(h.panel.cancel_button.isEnabled, timeout=2000)
+            h.panel.cancel_button.click()
+        answer = answered.args[0].answer
+        assert answer.finish_reason == "cancelled"
+        assert engine.pieces < len(GROUNDED) / 4 / 2
+        assert "Cancelled" in h.panel.status.text()
+        qtbot.waitUntil(lambda: h.controller.last_reliability is not None, timeout=5000)
+        assert h.controller.last_reliability.reliability.state is State.CANCELLED
+        assert h.panel.reliability.light.lit() == [] and "not assessed" in h.panel.reliability.meaning.text()
+        assert engine.sampled == []  # no check questions were asked of a cancelled answer
+        assert h.panel.ask_button.isEnabled()
+    finally:
+        h.controller.shutdown()
+
+
+def test_reliability_dark_with_spinner_while_running_then_lights_and_tints(qtbot, host):
+    lit_while_running = []
+    host.controller.reliability_started.connect(
+        lambda _r: lit_while_running.append((host.panel.reliability.light.lit(),
+                                             host.panel.reliability.spinner.isVisibleTo(host.panel))))
+    result = ask_and_wait(qtbot, host)
+    assert lit_while_running == [([], True)]
+    rel = host.controller.last_reliability
+    assert rel.answer is result.answer and rel.reliability.state is State.DONE
+    assert host.panel.reliability.light.lit() == [Tier.GREEN]
+    assert rel.by_phrase["a nodule"][1] is Tier.GREEN
+    item = host.panel.findings_list.item(0)
+    assert "consistent" in item.text() and item.background().color() == TIER_TINT[Tier.GREEN]
+
+
+def test_answers_that_split_three_ways_end_red(qtbot):
+    h = make_host(qtbot, ScriptedEngine(samples="split"))
+    try:
+        ask_and_wait(qtbot, h)
+        assert h.panel.reliability.light.lit() == [Tier.RED]
+        for i in range(h.panel.findings_list.count()):
+            assert h.panel.findings_list.item(i).background().color() == TIER_TINT[Tier.RED]
+        assert "unreliable" in h.panel.findings_list.item(0).text()
+    finally:
+        h.controller.shutdown()
+
+
+def test_engine_failure_is_a_message_not_a_traceback(qtbot):
+    h = make_host(qtbot, ScriptedEngine(fail=True))
+    try:
+        with qtbot.waitSignal(h.controller.answer_failed, timeout=10_000) as failed:
+            h.panel.ask("Describe the findings")
+        assert "The model stopped with an error" in failed.args[0]
+        assert "CUDA error" in h.panel.status.text() and "Traceback" not in h.panel.status.text()
+        qtbot.waitUntil(h.panel.ask_button.isEnabled, timeout=3000)
+    finally:
+        h.controller.shutdown()
+
+
+def test_new_question_replaces_the_previous_boxes(qtbot, host):
+    ask_and_wait(qtbot, host, reliability=False)
+    first = set(host.vp.overlays.ids())
+    qtbot.waitUntil(host.controller.is_idle, timeout=10_000)
+    ask_and_wait(qtbot, host, reliability=False)
+    second = set(host.vp.overlays.ids())
+    assert len(second) == 2 and not first & second
