@@ -256,8 +256,13 @@ class LocalEngine:
         except torch.OutOfMemoryError as exc:
             raise ModelLoadError("The GPU ran out of memory while loading the model; close other GPU programs "
                                  "or choose 4-bit quantization.", detail=str(exc)) from exc
-        except (OSError, ValueError, RuntimeError) as exc:
-            raise ModelLoadError(f"The model in {folder} could not be loaded: {exc}", detail=str(exc)) from exc
+        except ImportError as exc:
+            raise ModelLoadError(f"{_LABELS[plan.quantization]} loading needs the bitsandbytes package, which is "
+                                 "missing or was built without support for this device.", detail=str(exc)) from exc
+        except Exception as exc:  # corrupt or mismatched files: one line for the reader, detail for the log
+            first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+            raise ModelLoadError(f"The model in {folder} could not be loaded: {first_line}",
+                                 detail=str(exc)) from exc
         model.eval()
         engine = cls(model, processor, _model_name(folder), plan.device, plan.quantization)
         report("ready", 1.0)

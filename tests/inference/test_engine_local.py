@@ -258,3 +258,14 @@ def test_folder_without_tokenizer_template_uses_its_processor_template(tiny_mode
     assert "<image>" in engine.tokenizer.chat_template  # taken from chat_template.json
     inputs = engine.encode([ChatRequest("Where?", image)])
     assert int((inputs["input_ids"] == engine.model.config.image_token_id).sum()) > 0
+
+
+def test_corrupt_weights_are_a_one_line_error(tiny_model_dir, tmp_path):
+    import shutil
+
+    folder = tmp_path / "corrupt"
+    shutil.copytree(tiny_model_dir, folder)
+    (folder / "model.safetensors").write_bytes(b"\x00" * 64)
+    with pytest.raises(ModelLoadError, match="could not be loaded") as info:
+        LocalEngine.from_folder(folder, device="cpu")
+    assert "\n" not in str(info.value)
