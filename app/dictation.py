@@ -18,6 +18,9 @@ Text rules (:func:`normalize_dictation`):
   left as spoken.
 * laterality and abbreviations are kept as said; abbreviations listed in
   capitals in the vocabulary file are written in capitals ("ct" → "CT").
+
+:func:`fit_to_cursor` then fits the text to what precedes the report cursor
+(separating space, capital at a sentence start, lower case mid-sentence).
 """
 
 from __future__ import annotations
@@ -68,7 +71,7 @@ _ONES = {"zero": 0, "oh": 0, "one": 1, "two": 2, "three": 3, "four": 4, "five": 
 _TENS = {"twenty": 20, "thirty": 30, "forty": 40, "fifty": 50, "sixty": 60, "seventy": 70,
          "eighty": 80, "ninety": 90}
 _DIGITS_RE = re.compile(r"^\d*\.?\d+$")
-_HYPHEN_UNIT_RE = re.compile(r"^(\d*\.?\d+)-([a-z]+)$", re.IGNORECASE)
+_HYPHEN_UNIT_RE = re.compile(r"^(\d*\.?\d+)-?([a-z]+)$", re.IGNORECASE)  # "5-millimeter", "5mm"
 _TOKEN_RE = re.compile(r"^([\"'(\[]*)(.*?)([.,;:!?\"')\]]*)$", re.DOTALL)
 
 
@@ -353,7 +356,8 @@ def _assemble(items: list[_Word | str]) -> str:
         needs_space = text and not text.endswith(("\n", "(", "-", " "))
         text += (" " if needs_space else "") + word
         capitalise = bool(item.trail) and item.trail.rstrip("\"')]")[-1:] in (".", "?", "!")
-    return "\n".join(line.strip() for line in text.split("\n")).strip()
+    # spaces go, but a spoken "new paragraph" at either end is kept: it is layout for the cursor
+    return "\n".join(line.strip() for line in text.split("\n")).strip(" ")
 
 
 def normalize_dictation(text: str, abbreviations: dict[str, str] | None = None) -> str:
@@ -369,6 +373,32 @@ def abbreviations_from(terms: list[str]) -> dict[str, str]:
     """Vocabulary terms written in capitals (CT, BI-RADS), keyed by their lower case."""
     return {t.lower(): t for t in terms if " " not in t and any(c.isalpha() for c in t)
             and t.upper() == t}
+
+
+def fit_to_cursor(text: str, before: str, abbreviations: dict[str, str] | None = None) -> str:
+    """Dictated ``text`` adjusted to the report text ``before`` the cursor.
+
+    Adds the separating space, capitalises the first word at a sentence start and
+    lower-cases Whisper's capital in mid-sentence (abbreviations and "I" excepted).
+    """
+    if not text:
+        return text
+    if text.startswith("\n"):
+        return text
+    tail = before.rstrip(" \t")
+    sentence_start = not tail or tail.endswith(("\n", ".", "?", "!", ":"))
+    first, _, rest = text.partition(" ")
+    core = first.strip(".,;:!?\"'()")
+    if sentence_start and first[:1].islower():
+        first = first[:1].upper() + first[1:]
+    elif (not sentence_start and first[:1].isupper() and core != "I" and not core.isupper()
+          and core.lower() not in (abbreviations or {})):
+        first = first[:1].lower() + first[1:]
+    text = first + (" " + rest if rest else "")
+    if text[:1] in ".,;:!?)":
+        return text
+    needs_space = bool(before) and not before[-1].isspace() and not before.endswith(("(", "-"))
+    return (" " if needs_space else "") + text
 
 
 # ---- the whole step ----------------------------------------------------------------

