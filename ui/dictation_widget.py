@@ -78,6 +78,8 @@ class DictationWidget(QWidget):
         self._reason: str | None = None
         self._key = 0
         self._key_name = ""
+        #: After text for the query box, also emit ``command("ask_assistant")`` (Settings: auto-Ask).
+        self.auto_ask = False
 
         self.button = QToolButton(self)
         self.button.setIcon(self.style().standardIcon(QStyle.StandardPixmap.SP_MediaVolume))
@@ -240,6 +242,8 @@ class DictationWidget(QWidget):
                 self.command.emit(outcome.command or "")
             elif outcome.text:
                 self.text_ready.emit(outcome.text, outcome.target)
+                if self.auto_ask and outcome.target == "query":
+                    self.command.emit("ask_assistant")
             else:
                 self.status.emit("No words were recognised.")
 
@@ -272,7 +276,8 @@ class DictationWidget(QWidget):
         else:
             where = "the assistant's query box" if self._target == "query" else "the report at the cursor"
             tip = (f"Hold {self._key_name} (or this button), speak, release: text goes into {where}. "
-                   f"Say “new paragraph”, “period”, or a voice command such as “next image”.")
+                   f"Say “new paragraph”, “period”, or a voice command such as “next image”.\n"
+                   f"Speech recognition: {self.recognizer.describe()}")
         self.button.setToolTip(tip)
         self.setToolTip(tip)
 

@@ -106,3 +106,17 @@ def test_level_meter_moves_while_recording_and_cancel_emits_nothing(qtbot, recog
     with qtbot.assertNotEmitted(widget.text_ready, wait=2000):
         widget.cancel()
     assert widget.state == "idle" and widget.meter.value() == 0
+
+
+def test_auto_ask_after_query_text(qtbot, recognizer, wavs):
+    widget = DictationWidget(recognizer, source_factory=file_factory(wavs["sentence"]), target="query")
+    qtbot.addWidget(widget)
+    widget.auto_ask = True
+    assert "tiny.en" in widget.button.toolTip()
+    texts, commands = [], []
+    widget.text_ready.connect(lambda text, target: texts.append((text, target)))
+    widget.command.connect(commands.append)
+    widget.press()
+    widget.release()
+    qtbot.waitUntil(lambda: commands, timeout=60_000)
+    assert texts == [("No pleural effusion or pneumothorax.", "query")] and commands == ["ask_assistant"]
