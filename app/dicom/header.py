@@ -26,7 +26,7 @@ from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID
 
 from app.dicom.model import FileProblem, Instance, Window
-from app.dicom.rawheader import read_fast
+from app.dicom.rawheader import Values, quick_spec, read_fast
 
 log = logging.getLogger(__name__)
 
@@ -129,12 +129,20 @@ def _keep_tags() -> frozenset[int]:
     return frozenset(_tag_vr(k)[0] for k in _USED)
 
 
+@lru_cache(maxsize=1)
+def _quick_spec() -> dict[int, tuple[str, str]]:
+    """The same tags for the reader's quick path: tag → (keyword, dictionary VR)."""
+    return quick_spec({_tag_vr(k)[0]: (k, _tag_vr(k)[1]) for k in _USED})
+
+
 def _value(ds: Dataset, keyword: str) -> Any:
     """An element's value, decoded straight from the raw bytes for plain string/US values.
 
     pydicom's general conversion costs ~0.1 ms per element; a scan reads ~40 per
     file, so simple values are decoded here and everything else goes through pydicom.
     """
+    if type(ds) is Values:
+        return ds.get(keyword)  # the quick reader decoded it already, exactly as below
     tag, vr = _tag_vr(keyword)
     elem = ds._dict.get(tag)  # noqa: SLF001 - raw access avoids converting what we never use
     if elem is None:
@@ -154,6 +162,10 @@ def _value(ds: Dataset, keyword: str) -> Any:
     return value
 
 
+#: Multi-valued element values (plain strings are tested first: ABC checks cost a scan ~10 ms).
+_SEQ = (list, tuple, pydicom.multival.MultiValue)
+
+
 def _seq_get(ds: Dataset, keyword: str) -> Any:
     value = _value(ds, keyword)
     if value is None or value == "":
@@ -166,7 +178,7 @@ def _num(ds: Dataset | None, keyword: str, cast=float, default: Any = None, inde
         value = _seq_get(ds, keyword) if ds is not None else None
         if value is None:
             return default
-        if isinstance(value, (list, tuple, pydicom.multival.MultiValue)):
+        if (type(value) is not str and isinstance(value, _SEQ)):
             value = value[index or 0]
         return cast(value)
     except Exception:  # noqa: BLE001 - a damaged value is treated as absent
@@ -178,7 +190,7 @@ def _floats(ds: Dataset | None, keyword: str, n: int) -> tuple[float, ...] | Non
         value = _seq_get(ds, keyword) if ds is not None else None
         if value is None:
             return None
-        seq = value if isinstance(value, (list, tuple, pydicom.multival.MultiValue)) else [value]
+        seq = value if (type(value) is not str and isinstance(value, _SEQ)) else [value]
         out = tuple(float(v) for v in seq)
         return out if len(out) == n else None
     except Exception:  # noqa: BLE001
@@ -193,7 +205,7 @@ def _text(ds: Dataset | None, keyword: str) -> str:
             value = _seq_get(ds, keyword)
         if value is None:
             return ""
-        if isinstance(value, (list, tuple, pydicom.multival.MultiValue)):
+        if (type(value) is not str and isinstance(value, _SEQ)):
             return "\\".join(str(v) for v in value).strip()
         return str(value).strip()
     except Exception:  # noqa: BLE001
@@ -203,7 +215,7 @@ def _text(ds: Dataset | None, keyword: str) -> str:
 def _multi(value: Any) -> list:
     if value is None:
         return []
-    return list(value) if isinstance(value, (list, tuple, pydicom.multival.MultiValue)) else [value]
+    return list(value) if (type(value) is not str and isinstance(value, _SEQ)) else [value]
 
 
 def _windows(ds: Dataset) -> tuple[Window, ...]:
@@ -281,17 +293,26 @@ def read_header(path: Path) -> DicomInstance | FileProblem:
         return _read_header(path)
 
 
+
 def _read_header(path: Path) -> DicomInstance | FileProblem:
+    error: OSError | None = None
     try:
-        size = path.stat().st_size
+        fast = read_fast(path, _keep_tags(), _quick_spec())
     except OSError as exc:
-        return FileProblem(path, f"cannot be read ({exc.strerror or exc})")
-    if size == 0:
-        return FileProblem(path, "empty file (0 bytes)")
-    try:
-        fast = read_fast(path, _keep_tags())
-    except OSError as exc:
-        return FileProblem(path, f"cannot be read ({exc.strerror or exc})")
+        fast, error = None, exc
+    if fast is not None and type(fast[0]) is Values:
+        # The common case: one open, one read, no pydicom objects (file size from the same open).
+        ds, pixel = fast
+        size = ds.size
+    else:
+        try:
+            size = path.stat().st_size
+        except OSError as exc:
+            return FileProblem(path, f"cannot be read ({exc.strerror or exc})")
+        if size == 0:
+            return FileProblem(path, "empty file (0 bytes)")
+        if error is not None:
+            return FileProblem(path, f"cannot be read ({error.strerror or error})")
     if fast is not None:
         ds, pixel = fast
     else:

@@ -11,7 +11,9 @@ falls back to pydicom's reader.
 
 from __future__ import annotations
 
+import os
 import struct
+from collections.abc import Mapping
 from pathlib import Path
 
 from pydicom.datadict import dictionary_VR
@@ -109,26 +111,188 @@ def _element_at(buf: bytes, pos: int, implicit: bool, tag: int) -> tuple[int, st
 
 
 def read_fast(
-    path: Path, keep: frozenset[int] | None = None
-) -> tuple[Dataset, tuple[str, int, int] | None] | None:
+    path: Path, keep: frozenset[int] | None = None, quick: Mapping[int, tuple[str, str]] | None = None
+) -> tuple[Dataset | Values, tuple[str, int, int] | None] | None:
     """(raw data set with file meta, (pixel keyword, value offset, length) or None), or None to fall back.
 
     ``keep`` limits the data set to those top-level tags (all of them when None).
+    ``quick`` (tag → (keyword, VR), from :func:`quick_spec`) first tries the quick
+    path: when every wanted element is a plain string or US value and pixel data
+    follows the header, the answer is a :class:`Values` (keyword → decoded
+    value, with ``file_meta`` and the file's ``size``) instead of a data set.
+    The file is opened and read once either way.
     """
-    with open(path, "rb") as fp:
-        buf = fp.read(_HEAD)
-        complete = len(buf) < _HEAD
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        size = os.fstat(fd).st_size
+        buf = os.read(fd, _HEAD)
+        complete = len(buf) < _HEAD or len(buf) >= size
         while True:
             try:
+                if quick is not None:
+                    try:
+                        found = _quick(buf, complete, quick)
+                    except _Abort:
+                        found = None
+                        quick = None  # something unusual: the general parse below decides
+                    if found is not None:
+                        found[0].size = size
+                        return found
                 return _parse(buf, complete, keep)
             except _Short:
                 if complete:
                     return None  # ends inside the header: pydicom will say how
-                more = fp.read(len(buf) * 3)
+                more = os.read(fd, len(buf) * 3)
                 complete = len(more) < len(buf) * 3
                 buf += more
             except (ValueError, struct.error, UnicodeDecodeError, KeyError):
                 return None
+    finally:
+        os.close(fd)
+
+
+class Values(dict):
+    """Top-level values of the quick path, keyword → value decoded as ``header._value`` decodes raw
+    elements (strings split at backslashes, US as int), plus ``file_meta`` (another Values) and the
+    file's ``size`` in bytes."""
+
+    __slots__ = ("file_meta", "size")
+
+
+class _Abort(Exception):
+    """The quick path does not cover this file; the general reader takes over."""
+
+
+def _swap(tag: int) -> int:
+    """The tag as one little-endian uint32 read at the element start: element << 16 | group."""
+    return (tag & 0xFFFF) << 16 | tag >> 16
+
+
+def quick_spec(tags: Mapping[int, tuple[str, str]]) -> dict[int, tuple[str, str]]:
+    """The quick path's lookup table for ``tags`` (tag → (keyword, dictionary VR))."""
+    return {_swap(t): kv for t, kv in tags.items()}
+
+
+_STRING_VRS = frozenset(v.encode() for v in "AE AS CS DA DS DT IS LO SH TM UI LT ST PN".split())
+_PIXEL_KEYS = {_swap(t): kw for t, kw in _PIXEL.items()}
+_META_TS, _META_END = _swap(0x00020010), 0x0002
+_SQ_KEYS = {_swap(_ITEM), _swap(_ITEM_END), _swap(_SEQ_END)}
+_QUICK_CHARSETS = {None: "latin-1", "ISO_IR 100": "latin-1", "ISO_IR 192": "utf-8"}
+_E = struct.Struct("<L2sH")
+_I = struct.Struct("<LL")
+_H = struct.Struct("<H")
+
+
+def _text_value(raw: bytes, codec: str = "latin-1") -> str | list[str]:
+    text = raw.decode(codec).rstrip(" \x00").strip()
+    parts = text.split("\\")
+    return parts[0] if len(parts) == 1 else parts
+
+
+def _quick(buf: bytes, complete: bool, spec: Mapping[int, tuple[str, str]]) -> tuple[Values, tuple[str, int, int]] | None:
+    """Walk the header once, decoding only the tags in ``spec``. None: not a Part 10 file."""
+    n = len(buf)
+    if n < 132 or buf[128:132] != b"DICM":
+        return None
+    unpack, u32, vrs, longs = _E.unpack_from, _U32.unpack_from, _VRS, _LONG
+    pos, ts_raw = 132, None
+    while True:  # file meta group: explicit VR little endian
+        if pos + 8 > n:
+            raise _Short
+        key, vr, length = unpack(buf, pos)
+        if key & 0xFFFF != _META_END:
+            break
+        if vr in longs:
+            if pos + 12 > n:
+                raise _Short
+            (length,) = u32(buf, pos + 8)
+            start = pos + 12
+        elif vr in vrs:
+            start = pos + 8
+        else:
+            raise _Abort
+        end = start + length
+        if length == 0xFFFFFFFF or end > n:
+            raise _Abort if length == 0xFFFFFFFF else _Short
+        if key == _META_TS:
+            ts_raw = buf[start:end]
+        pos = end
+    if ts_raw is None:
+        raise _Abort
+    ts = ts_raw.decode("ascii").rstrip("\x00 ")
+    if ts == _BIG or ts in _DEFLATED:
+        raise _Abort
+    implicit = ts == _IMPLICIT
+    found: list[tuple[int, bytes | None, int, int]] = []
+    pixel = None
+    while True:
+        if pos + 8 > n:
+            if complete:
+                raise _Abort  # no pixel data: the general reader says what the file is
+            raise _Short
+        if implicit:
+            key, length = _I.unpack_from(buf, pos)
+            vr = None
+            start = pos + 8
+        else:
+            key, vr, length = unpack(buf, pos)
+            if vr in longs:
+                if pos + 12 > n:
+                    raise _Short
+                (length,) = u32(buf, pos + 8)
+                start = pos + 12
+            elif vr in vrs:
+                start = pos + 8
+            else:
+                raise _Abort
+        if key in _PIXEL_KEYS:
+            pixel = (_PIXEL_KEYS[key], start, length)
+            break
+        if length == 0xFFFFFFFF:
+            if key in spec or key in _SQ_KEYS:
+                raise _Abort
+            try:
+                pos = _skip_undefined(buf, start, implicit)
+            except ValueError:
+                raise _Abort from None
+            continue
+        end = start + length
+        if key in spec:
+            if end > n:
+                raise _Short
+            found.append((key, vr, start, end))
+        pos = end
+
+    values = Values()
+    meta = Values()
+    meta["TransferSyntaxUID"] = _text_value(ts_raw)
+    values.file_meta = meta
+    pn = None
+    for key, vr, start, end in found:
+        keyword, dict_vr = spec[key]
+        if vr is None:
+            vr = dict_vr.encode()
+        if vr in _STRING_VRS:
+            if keyword == "PatientName":
+                pn = buf[start:end]
+                continue
+            values[keyword] = _text_value(buf[start:end])
+        elif vr == b"US" and end > start and not (end - start) & 1:
+            count = (end - start) >> 1
+            values[keyword] = _H.unpack_from(buf, start)[0] if count == 1 else list(
+                struct.unpack_from(f"<{count}H", buf, start))
+        else:
+            raise _Abort  # sequences, binary VRs, odd or empty US: pydicom converts those
+    if pn is not None:
+        charset = values.get("SpecificCharacterSet") or None
+        codec = _QUICK_CHARSETS.get(charset) if isinstance(charset, str) or charset is None else None
+        if codec is None or (charset is not None and b"\\" in pn):
+            raise _Abort  # other character sets, multi-valued names: pydicom decodes those
+        try:
+            values["PatientName"] = _text_value(pn, codec)
+        except UnicodeDecodeError:
+            raise _Abort from None
+    return values, pixel
 
 
 def _parse(buf: bytes, complete: bool, keep: frozenset[int] | None = None) -> tuple[Dataset, tuple[str, int, int] | None] | None:
