@@ -45,7 +45,6 @@ from app.report import (
     draft_from_answer,
 )
 from app.workspace import Autosave, Workspace
-from inference.reliability.decomposition import DraftFinding
 from inference.types import Box
 
 if TYPE_CHECKING:  # only for type hints: the session works on any object with these attributes
@@ -105,6 +104,11 @@ def frame_refs(volume: Volume) -> Callable[[int], FrameRef]:
     return ref
 
 
+def phrase_key(phrase: str) -> str:
+    """How the assistant names a finding (its phrase, spaces folded, case-insensitive)."""
+    return " ".join(phrase.split()).casefold()
+
+
 def source_paths(volume: Volume) -> list[Path]:
     return [Path(inst.path) for inst in volume.series.instances]
 
@@ -125,6 +129,8 @@ class ReportSession:
     _autosave: Autosave | None = field(default=None, repr=False)
     _unwatch: Callable[[], None] | None = field(default=None, repr=False)
     _listeners: list[Callable[[DraftReport | None], None]] = field(default_factory=list, repr=False)
+    #: the assistant's phrase (its reliability pass names findings by it) → report finding id
+    phrase_ids: dict[str, str] = field(default_factory=dict)
 
     # ---- study ------------------------------------------------------------------------
     def open_study(self, study: StudyContext) -> DraftReport | None:
@@ -186,36 +192,40 @@ class ReportSession:
             finish_reason=answer.finish_reason, warnings=answer.warnings,
         )
         fresh = draft_from_answer(study, answer.steps, answer.findings, refs, prov)
+        keys = list(dict.fromkeys(phrase_key(f.phrase) for f in answer.findings
+                                  if phrase_key(f.phrase) and f.box_px.area > 0))
+        ids = dict(zip(keys, (f.id for f in fresh.findings)))  # draft_from_answer keeps the phrases' order
         if self.report is None:
             self._attach(fresh)
-            return fresh
-        self._merge(fresh)
+        else:
+            ids = self._merge(fresh, ids)
+        self.phrase_ids.update(ids)
         return self.report
 
-    def _merge(self, fresh: DraftReport) -> None:
+    def _merge(self, fresh: DraftReport, ids: dict[str, str]) -> dict[str, str]:
+        """Add the fresh draft's findings the report does not have yet; returns phrase → report finding id."""
         report = self.report
         if report.signed:
             raise ReportError("This study's report is already signed; the new answer was not added to it.")
-        seen = {(f.ai_text, tuple((b.slice_index, b.box) for b in f.boxes)) for f in report.findings}
+        same = {(f.ai_text, tuple((b.slice_index, b.box) for b in f.boxes)): f.id for f in report.findings}
+        renamed: dict[str, str] = {}
         for f in fresh.findings:
-            if (f.ai_text, tuple((b.slice_index, b.box) for b in f.boxes)) in seen:
-                continue  # the same finding asked again
+            old = same.get((f.ai_text, tuple((b.slice_index, b.box) for b in f.boxes)))
+            if old is not None:  # the same finding asked again
+                renamed[f.id] = old
+                continue
             report.apply(Edit("add", f.id, len(report.findings), None, f))
         if not report.provenance.model_id:
             report.provenance = fresh.provenance
         if not report.impression.strip() and fresh.impression:
             report.set_impression(fresh.impression)
-
-    def draft_findings(self) -> list[DraftFinding]:
-        """The draft's AI findings as the reliability check asks about them (ids are the report's)."""
-        if self.report is None:
-            return []
-        return [DraftFinding(f.id, f.text, f.finding_type) for f in self.report.findings if f.origin is Origin.AI]
+        return {k: renamed.get(v, v) for k, v in ids.items()}
 
     def apply_reliability(self, reliability: Reliability) -> int:
-        """Give each finding its reliability (matched by finding id); returns how many changed."""
+        """Give each finding its reliability (matched by finding id or by the assistant's phrase);
+        returns how many findings changed."""
         report = self._require()
-        by_id = {fr.finding_id: fr for fr in reliability.findings}
+        by_id = {self.phrase_ids.get(phrase_key(fr.finding_id), fr.finding_id): fr for fr in reliability.findings}
         self.audit.append("ai.reliability", {
             "report_id": report.report_id, "tier": reliability.tier.value, "worst": reliability.worst,
             "estimator": reliability.estimator,

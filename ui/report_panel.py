@@ -9,7 +9,9 @@ not a keystroke.
 Signals for the main window: ``finding_selected(finding_id, slice_index)`` to
 jump to the finding's slice and highlight its box (slice -1: no box), and
 ``signed()`` after a successful sign-off. ``problem(str)`` carries messages for
-the status bar.
+the status bar. ``draw_finding(bool)``: the reader wants to (or no longer wants to)
+draw a box in the viewport for a new finding; ``export_draft()``: write the
+draft's SR and PDF now.
 """
 
 from __future__ import annotations
@@ -47,6 +49,8 @@ class ReportPanel(QWidget):
     finding_selected = Signal(str, int)
     signed = Signal()
     problem = Signal(str)
+    draw_finding = Signal(bool)
+    export_draft = Signal()
 
     def __init__(self, report: DraftReport, reader_name: str = "", parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -71,6 +75,12 @@ class ReportPanel(QWidget):
         self.accept_button.clicked.connect(lambda: self._decide(self.report.accept))
         self.reject_button.clicked.connect(lambda: self._decide(self.report.reject))
         self.add_button.clicked.connect(self._add)
+        self.draw_button = QPushButton("Draw finding")
+        self.draw_button.setCheckable(True)
+        self.draw_button.setToolTip("Draw a box on the image, then type the finding")
+        self.draw_button.toggled.connect(self.draw_finding.emit)
+        self.export_button = QPushButton("Export draft SR/PDF")
+        self.export_button.clicked.connect(lambda: (self.commit_pending(), self.export_draft.emit()))
         self.impression = QPlainTextEdit()
         self.impression.setPlaceholderText("Impression")
         self.impression.setMaximumHeight(110)
@@ -87,7 +97,7 @@ class ReportPanel(QWidget):
         self.blockers.setWordWrap(True)
 
         decide = QHBoxLayout()
-        for b in (self.accept_button, self.reject_button, self.add_button):
+        for b in (self.accept_button, self.reject_button, self.add_button, self.draw_button):
             decide.addWidget(b)
         actions = QHBoxLayout()
         for b in (self.undo_button, self.redo_button, self.copy_button, self.sign_button):
@@ -101,6 +111,7 @@ class ReportPanel(QWidget):
         layout.addWidget(QLabel("Impression"))
         layout.addWidget(self.impression)
         layout.addLayout(actions)
+        layout.addWidget(self.export_button)
         layout.addWidget(self.blockers)
 
         self._unsubscribe = report.subscribe(self._on_edit)
@@ -142,6 +153,12 @@ class ReportPanel(QWidget):
         QGuiApplication.clipboard().setText(text)
         return text
 
+    def edit_new_finding(self, finding_id: str) -> None:
+        """Select a finding just added (e.g. drawn in the viewport) with its text ready to type over."""
+        self.select_finding(finding_id)
+        self.finding_text.setFocus()
+        self.finding_text.selectAll()
+
     # ---- display ----------------------------------------------------------------------
     def refresh(self) -> None:
         r = self.report
@@ -162,6 +179,8 @@ class ReportPanel(QWidget):
         editable = not r.signed
         self.impression.setReadOnly(not editable)
         self.add_button.setEnabled(editable)
+        self.draw_button.setEnabled(editable)
+        self.export_button.setEnabled(not r.signed)
         self.undo_button.setEnabled(r.can_undo)
         self.redo_button.setEnabled(r.can_redo)
         blockers = r.sign_blockers(self.reader_name)

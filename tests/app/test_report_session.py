@@ -108,14 +108,13 @@ def test_asking_again_merges_only_new_findings_and_a_reopened_study_keeps_the_re
     assert merged.findings[1].status is FindingStatus.REJECTED  # the reader's decision survived
 
 
-def test_reliability_tints_findings_by_id(sample, tmp_path):
+def test_reliability_from_the_assistants_phrases_tints_the_matching_findings(sample, tmp_path):
     result, series, volume = sample
     session = make_session(tmp_path)
     report = session.on_answer(ask_sample(volume), volume, study_context(result, series))
-    ids = [d.id for d in session.draft_findings()]
-    assert ids == [f.id for f in report.findings]
-    rel = Reliability(findings=[FindingResult(ids[0], [], 0.91, 0.93, Tier.GREEN, State.DONE),
-                                FindingResult(ids[1], [], 0.2, 0.3, Tier.RED, State.DONE)],
+    # the reliability pass names findings by their phrase (app.assistant_session.draft_findings)
+    rel = Reliability(findings=[FindingResult("mass", [], 0.91, 0.93, Tier.GREEN, State.DONE),
+                                FindingResult("Pleural  Effusion", [], 0.2, 0.3, Tier.RED, State.DONE)],
                       worst=0.2, tier=Tier.RED, state=State.DONE, estimator="test")
     assert session.apply_reliability(rel) == 2
     assert report.findings[0].reliability.tier.value == "green" and report.findings[0].reliability.score == 0.91
