@@ -118,5 +118,5 @@ def test_auto_ask_after_query_text(qtbot, recognizer, wavs):
     widget.command.connect(commands.append)
     widget.press()
     widget.release()
-    qtbot.waitUntil(lambda: commands, timeout=60_000)
+    qtbot.waitUntil(lambda: bool(commands), timeout=60_000)
     assert texts == [("No pleural effusion or pneumothorax.", "query")] and commands == ["ask_assistant"]
