@@ -28,6 +28,7 @@ def open_window(args: argparse.Namespace):
     from ui.main_window import MainWindow
 
     window = MainWindow(model_path=model)
+    window.attach_report()  # the report follows the assistant's answers (connects when the assistant is attached)
     window.show()
     if path is not None:
         window.open_paths([path])

@@ -484,6 +484,17 @@ class MainWindow(QMainWindow):
             if w is not None:
                 w.wait(timeout_ms)
 
+    # -- the report (ui/report_controller.py) -----------------------------------------------------
+
+    def attach_report(self, settings=None):
+        """Dock the report editor and wire it to the viewports, the workspace and the audit log;
+        ``self.report`` is the :class:`ui.report_controller.ReportController`."""
+        from app.settings import Settings
+        from ui.report_controller import ReportController
+
+        self.report = ReportController(self, settings if settings is not None else Settings.load())
+        return self.report
+
 
 def _instance_path(volume: Volume, k: int) -> tuple[Path | None, int]:
     for inst in volume.series.instances:
