@@ -70,6 +70,14 @@ def test_progress_is_reported_while_loading(tiny_model_dir):
     LocalEngine.from_folder(tiny_model_dir, device="cpu", progress=lambda m, f: seen.append((m, f)))
     fractions = [f for _, f in seen]
     assert fractions == sorted(fractions) and fractions[-1] == 1.0 and len(seen) >= 3
+    assert any(m.startswith("reading weights") for m, _ in seen)
+
+
+def test_loading_can_be_cancelled_while_weights_are_read(tiny_model_dir):
+    from inference.engine.local import LoadCancelled
+
+    with pytest.raises(LoadCancelled, match="cancelled"):
+        LocalEngine.from_folder(tiny_model_dir, device="cpu", cancel=lambda: True)
 
 
 def test_image_is_tiled_and_expanded_into_image_tokens(engine, image):
