@@ -35,6 +35,9 @@ test: $(STAMP)
 
 benchmarks: $(STAMP)
 	QT_QPA_PLATFORM=offscreen $(PY) benchmarks/open_series.py
+	$(PY) benchmarks/reliability.py
+	$(PY) benchmarks/dictation.py
+	$(PY) benchmarks/assistant.py
 
 installer: $(STAMP)
 	$(PIP) install -q -e ".[installer]"
@@ -66,6 +69,8 @@ $(STAMP): pyproject.toml
 		$(PIP) install -q torch==2.13.0; \
 	fi
 	$(PIP) install -q -e ".[test]"
+	# openai-whisper without its triton dependency (~1 GB, GPU-only kernels)
+	$(PIP) install -q --no-deps "openai-whisper==20250625"
 	touch $(STAMP)
 
 clean:
