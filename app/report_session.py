@@ -265,7 +265,7 @@ class ReportSession:
     def export(self, sources: Iterable[Path] | Mapping[str, Any], out_dir: Path | None = None, *,
                pdf_writer: PdfWriter | None = None, sr_path: Path | None = None,
                narrative_path: Path | None = None, pdf_path: Path | None = None,
-               text_file: bool = True) -> Exported:
+               text_file: bool = True, sr: bool = True) -> Exported:
         """Write the SR pair, the PDF (if a writer is given) and the text of the report as it is now.
 
         Default names go into the study's exports folder; a signed export references the
@@ -274,15 +274,16 @@ class ReportSession:
         report = self._require()
         uid = report.study.study_uid
         out_dir = Path(out_dir) if out_dir is not None else self.workspace.exports_dir(uid)
-        headers = sources if isinstance(sources, Mapping) else read_sources(sources)
+        headers = sources if isinstance(sources, Mapping) else read_sources(sources) if sr else {}
         previous = self.workspace.latest_draft_srs(uid) if report.signed else []
         kind = "signed" if report.signed else "draft"
         done = Exported()
-        done.sr = export_sr(report, headers, out_dir, reader_name=self.reader_name, options=self.sr_options,
-                            previous=previous, measurement_path=sr_path, narrative_path=narrative_path)
-        if done.sr.measurement is not None:
-            self.audit.export(report, "sr-measurements", done.sr.measurement, done.sr.measurement_uid)
-        self.audit.export(report, "sr-report", done.sr.narrative, done.sr.narrative_uid)
+        if sr:
+            done.sr = export_sr(report, headers, out_dir, reader_name=self.reader_name, options=self.sr_options,
+                                previous=previous, measurement_path=sr_path, narrative_path=narrative_path)
+            if done.sr.measurement is not None:
+                self.audit.export(report, "sr-measurements", done.sr.measurement, done.sr.measurement_uid)
+            self.audit.export(report, "sr-report", done.sr.narrative, done.sr.narrative_uid)
         stamp = report.signature.signed_at if report.signature else f"r{report.revision}"
         stem = f"{kind}-{stamp.replace(':', '').replace('+', 'Z')}"
         if pdf_writer is not None:

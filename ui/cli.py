@@ -1,8 +1,9 @@
 """Console-script entry point of ``xmedgpt``.
 
 Adds the GUI commands (``view``, ``screenshot``) to the headless parser of
-:mod:`app.cli`. Qt is imported only when a GUI command runs, so headless
-commands start fast and work on servers without a display.
+:mod:`app.cli`, and gives ``analyze --pdf`` its Qt PDF writer. Qt is imported
+only when a GUI command runs or a PDF is written, so headless commands start
+fast and work on servers without a display.
 """
 
 from __future__ import annotations
@@ -27,7 +28,16 @@ def _screenshot(args: argparse.Namespace) -> int:
     return screenshot_command(args)
 
 
+def _write_pdf(report, path: Path, key_images) -> Path:
+    from ui.pdf_export import write_pdf  # Qt loads only when a PDF is asked for
+
+    return write_pdf(report, path, key_images)
+
+
 def _register_gui(sub: argparse._SubParsersAction) -> None:
+    # `analyze --pdf` draws with Qt, which app/ may not import: hand it the writer
+    sub.choices["analyze"].set_defaults(pdf_writer=_write_pdf)
+
     p = sub.add_parser("view", help="open the viewer (default command)")
     p.add_argument("path", nargs="?", type=Path, help="study folder, files, DICOMDIR or zip")
     p.add_argument("--model", type=Path, help="local model folder for the assistant")

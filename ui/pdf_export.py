@@ -2,8 +2,10 @@
 
 ``key_images`` maps a slice index to the frame as the reader saw it (uint8
 grey (rows, cols) or RGB (rows, cols, 3), e.g. from ``app.dicom.display.render``);
-each kept finding's boxes are drawn on their slice with the finding's number.
-A draft carries a "DRAFT – NOT SIGNED" mark on every page.
+each listed finding's boxes are drawn on their slice with the finding's number.
+A signed report lists what the reader kept; a draft lists every finding not
+rejected, AI proposals marked as not yet reviewed, and carries a "DRAFT – NOT
+SIGNED" mark on every page.
 """
 
 from __future__ import annotations
@@ -16,11 +18,12 @@ from pathlib import Path
 
 import numpy as np
 from PySide6.QtCore import QMarginsF, QPointF, QRectF, Qt
-from PySide6.QtGui import QColor, QFont, QGuiApplication, QImage, QPageLayout, QPageSize, QPainter, QPdfWriter, QPen
+from PySide6.QtGui import QColor, QFont, QImage, QPageLayout, QPageSize, QPainter, QPdfWriter, QPen
+from PySide6.QtWidgets import QApplication
 
 from app.errors import XMedError
 from app.export.text import display_date, person_name
-from app.report import DraftReport, Finding, template_of
+from app.report import DraftReport, Finding, FindingStatus, template_of
 
 log = logging.getLogger(__name__)
 
@@ -89,16 +92,18 @@ class _Page:
         self.y += self.pt(h)
 
 
-_APP: QGuiApplication | None = None
+_APP: QApplication | None = None
 
 
 def _ensure_gui_app() -> None:
     """Fonts need a Qt GUI application; headless callers (``xmedgpt analyze --pdf``) may not have one yet."""
     global _APP
-    if QGuiApplication.instance() is None:
+    # a QApplication (not just a QGuiApplication): widgets created later in the same process
+    # (the viewer, pytest-qt) need one, and Qt allows only one application object
+    if QApplication.instance() is None:
         if not os.environ.get("DISPLAY") and not os.environ.get("WAYLAND_DISPLAY") and sys.platform.startswith("linux"):
             os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
-        _APP = QGuiApplication([])
+        _APP = QApplication([])
 
 
 def write_pdf(report: DraftReport, path: Path, key_images: Mapping[int, np.ndarray] | None = None) -> Path:
@@ -130,16 +135,18 @@ def _draw(report: DraftReport, page: _Page, key_images: Mapping[int, np.ndarray]
     page.text(t.title, size=16, bold=True)
     header = [("Patient", person_name(s.patient_name)), ("Patient ID", s.patient_id),
               ("Birth date", display_date(s.patient_birth_date)), ("Sex", s.patient_sex),
-              ("Study", " ".join(x for x in (s.modality, s.study_description) if x)),
+              ("Study", study_label(s.modality, s.study_description)),
               ("Study date", display_date(s.study_date)), ("Accession", s.accession_number)]
     page.text("    ".join(f"{k}: {v}" for k, v in header if v), size=9, colour=QColor(60, 60, 60))
     page.gap()
     page.text(t.findings_heading, size=12, bold=True)
-    kept = report.included_findings()
+    kept = shown_findings(report)
     if not kept:
         page.text(t.no_findings_text)
     for n, f in enumerate(kept, 1):
         page.text(f"{n}. {f.text}", indent=0)
+        if f.status is FindingStatus.PROPOSED:
+            page.text("AI proposal, not yet reviewed", size=8, colour=QColor(200, 40, 40), indent=14)
         if f.reliability is not None:
             tier = f.reliability.tier.value
             page.text(f"AI reliability: {tier} ({f.reliability.score:.2f})", size=8,
@@ -154,13 +161,28 @@ def _draw(report: DraftReport, page: _Page, key_images: Mapping[int, np.ndarray]
     if p.model_id:
         model = " ".join(x for x in (p.model_id, p.model_version) if x)
         weights = f", weights {p.weights_sha256[:12]}" if p.weights_sha256 else ""
-        page.text(f"Prepared with AI assistance ({model}{weights}); findings reviewed by the signing radiologist.",
-                  size=8, colour=QColor(80, 80, 80))
+        review = "findings reviewed by the signing radiologist" if report.signed else \
+            "findings to be reviewed by a radiologist before signing"
+        page.text(f"Prepared with AI assistance ({model}{weights}); {review}.", size=8, colour=QColor(80, 80, 80))
     if report.signature:
         page.text(f"Signed by {person_name(report.signature.reader_name)} on {report.signature.signed_at} (UTC).",
                   bold=True)
     else:
         page.text("Draft – not signed.", bold=True, colour=QColor(200, 40, 40))
+
+
+def study_label(modality: str, description: str) -> str:
+    """"CT Chest" from ("CT", "Chest"); the description alone when it already starts with the modality."""
+    if modality and description.upper().startswith(modality.upper() + " "):
+        return description
+    return " ".join(x for x in (modality, description) if x)
+
+
+def shown_findings(report: DraftReport) -> list[Finding]:
+    """Signed: what the reader kept. Draft: everything not rejected, AI proposals included (as the draft SR)."""
+    if report.signed:
+        return report.included_findings()
+    return [f for f in report.findings if f.status is not FindingStatus.REJECTED]
 
 
 def _key_images(page: _Page, kept: list[Finding], key_images: Mapping[int, np.ndarray]) -> None:

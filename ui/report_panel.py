@@ -32,6 +32,7 @@ from PySide6.QtWidgets import (
 from app.errors import XMedError
 from app.export.text import display_date, person_name, render_text
 from app.report import DraftReport, Edit, Finding, FindingStatus, Origin
+from ui.pdf_export import study_label
 
 COMMIT_MS = 800
 
@@ -164,7 +165,7 @@ class ReportPanel(QWidget):
         r = self.report
         s = r.study
         self.header.setText(" · ".join(x for x in (person_name(s.patient_name), s.patient_id,
-                                                 " ".join(y for y in (s.modality, s.study_description) if y),
+                                                 study_label(s.modality, s.study_description),
                                                  display_date(s.study_date)) if x))
         row = self.findings.currentRow()
         with QSignalBlocker(self.findings):
