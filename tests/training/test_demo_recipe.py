@@ -1,0 +1,68 @@
+"""The demo-model recipe end to end at micro scale: phantoms → tokenizer/skeleton → SFT → reasoning SFT →
+DPO → held-out eval → model folder with its card; stopping and continuing skips finished stages."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from inference.engine.local import LocalEngine
+from inference.types import ChatRequest
+from training.demo_model import MAX_MODEL_BYTES, build_demo_tokenizer, main
+
+REPO = Path(__file__).resolve().parents[2]
+MICRO = REPO / "training" / "configs" / "demo_model_micro.yaml"
+
+
+def test_tokenizer_has_one_token_per_digit_and_the_internvl_tokens():
+    tok = build_demo_tokenizer(["<ref>nodule</ref><box>[[120, 473, 349, 492]]</box>", "Step 2: Region localization"] * 20,
+                               vocab_size=300)
+    pieces = tok.tokenize("[[120, 473]]")
+    digit_tokens = [p for p in pieces if any(c.isdigit() for c in p)]
+    assert len(digit_tokens) == 6 and all(sum(c.isdigit() for c in p) == 1 for p in digit_tokens)
+    for special in ("<ref>", "</ref>", "<box>", "</box>", "<IMG_CONTEXT>", "<img>", "</img>", "<|im_end|>"):
+        assert len(tok.tokenize(special)) == 1, special
+    assert tok.decode(tok("<ref>x</ref><box>[[1, 2, 3, 4]]</box>")["input_ids"]) == \
+        "<ref>x</ref><box>[[1, 2, 3, 4]]</box>"
+
+
+def test_micro_recipe_runs_end_to_end_and_resumes(tmp_path):
+    work, out = tmp_path / "work", tmp_path / "demo"
+    args = ["--config", str(MICRO), "--work-dir", str(work), "--out", str(out)]
+    assert main([*args, "--stop-after", "sft"]) == 0
+    state = json.loads((work / "recipe_state.json").read_text())
+    assert list(state["stages"]) == ["phantoms", "skeleton", "sft"]
+    sft_model = work / "sft" / "final" / "model.safetensors"
+    stamp = sft_model.stat().st_mtime_ns
+    assert not out.exists()
+
+    assert main(args) == 0  # continues: phantoms, skeleton and SFT are not redone
+    assert sft_model.stat().st_mtime_ns == stamp
+    state = json.loads((work / "recipe_state.json").read_text())
+    assert list(state["stages"]) == ["phantoms", "skeleton", "sft", "reasoning", "dpo", "eval"]
+    assert state["stages"]["sft"]["global_step"] == 2 and state["stages"]["dpo"]["global_step"] == 1
+
+    card = json.loads((out / "model_card.json").read_text())
+    assert card["trained"] is True and "Not a medical device" in card["intended_use"]
+    assert card["seeds"] == {"train_corpus": 0, "held_out_corpus": 7, "model_init": 0}
+    assert card["data"]["train"]["grounding"] == 4 and card["data"]["held_out"]["grounding"] == 3
+    assert any(c.startswith("python -m training.sft") for c in card["commands"])
+    assert any(c.startswith("python -m training.dpo") for c in card["commands"])
+    assert any(c.startswith("xmedgpt eval") for c in card["commands"])
+    assert card["wall_time_s"] > 0
+    metrics = card["metrics"]
+    assert metrics["images"] == 2 and "localization" in metrics and "vqa" in metrics
+    assert json.loads((out / "eval.json").read_text()) == metrics
+    assert "Held-out evaluation" in (out / "MODEL_CARD.md").read_text()
+    assert sum(p.stat().st_size for p in out.rglob("*") if p.is_file()) <= MAX_MODEL_BYTES
+
+    engine = LocalEngine.from_folder(out, device="cpu", quantization="none")
+    assert engine.describe().startswith("XMedGPT demo (micro test)")
+    assert engine.generate(ChatRequest(prompt="Is there a lesion?", max_new_tokens=3)).finish_reason in ("stop",
+                                                                                                          "length")
+
+
+def test_held_out_seed_must_differ(tmp_path):
+    assert main(["--config", str(MICRO), "--work-dir", str(tmp_path / "w"), "--set", "eval.seed=0"]) == 1

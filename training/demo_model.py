@@ -1,0 +1,390 @@
+"""The recipe that builds the embedded demo model end to end, resumably.
+
+    python -m training.demo_model --config training/configs/demo_model.yaml [--out resources/models/demo]
+
+Stages (each skipped when already finished, each training stage resumed from
+its last checkpoint, so the recipe can span sessions):
+
+1. ``phantoms``   – training corpus (seed ``train_seed``) and a held-out corpus from a
+                    seed never used in training (``eval_seed``);
+2. ``skeleton``   – a byte-level BPE tokenizer trained on the corpus text (one token per
+                    digit, InternVL special tokens and chat template) and a randomly
+                    initialised InternVL of the configured size (training.model_factory);
+3. ``sft``        – stage-1 SFT on grounding, VQA and reports (training.sft);
+4. ``reasoning``  – reasoning SFT on the five-step answers (training.sft);
+5. ``dpo``        – DPO on the preference pairs (training.dpo);
+6. ``eval``       – ``xmedgpt eval`` on the held-out corpus; the model, a model card
+                    (commands, seeds, data sizes, wall time, metrics) and MODEL_CARD.md
+                    are written to ``--out``.
+
+This is a demonstration model trained on synthetic phantoms: it is not a medical device.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import platform
+import shutil
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from inference.errors import XMedError
+from training.common import apply_overrides, from_dict, load_config, seed_everything
+
+log = logging.getLogger(__name__)
+
+REPO = Path(__file__).resolve().parents[1]
+STAGES = ("phantoms", "skeleton", "sft", "reasoning", "dpo", "eval")
+MAX_MODEL_BYTES = 50 * 1024 * 1024
+
+
+@dataclass
+class SpecSection:
+    """Model sizes (training.model_factory.TinySpec fields)."""
+
+    vocab_size: int = 1024
+    text_hidden: int = 128
+    text_layers: int = 4
+    text_heads: int = 4
+    text_kv_heads: int = 2
+    text_intermediate: int = 384
+    vision_hidden: int = 128
+    vision_layers: int = 4
+    vision_heads: int = 4
+    vision_intermediate: int = 384
+    image_size: int = 224
+    patch_size: int = 28
+    max_tiles: int = 1
+    seed: int = 0
+
+
+@dataclass
+class CorpusSection:
+    n: int = 6000
+    seed: int = 0
+    size: int = 224
+    kinds: list[str] = field(default_factory=list)
+    max_lesions: int = 3
+
+
+@dataclass
+class EvalSection:
+    n: int = 200
+    seed: int = 99
+    limit: int = 0  # 0: all held-out images
+    samples: int = 5
+    max_new_tokens: int = 0  # 0: per-task defaults
+    tasks: list[str] = field(default_factory=lambda: ["grounding", "vqa", "report", "reasoning"])
+
+
+@dataclass
+class DemoConfig:
+    work_dir: str = "checkpoints/demo-recipe"
+    out: str = "resources/models/demo"
+    name: str = "XMedGPT demo (phantoms)"
+    corpus: CorpusSection = field(default_factory=CorpusSection)
+    eval: EvalSection = field(default_factory=EvalSection)
+    spec: SpecSection = field(default_factory=SpecSection)
+    sft_config: str = "training/configs/sft_stage1_demo.yaml"
+    reasoning_config: str = "training/configs/sft_reasoning_demo.yaml"
+    dpo_config: str = "training/configs/dpo_demo.yaml"
+    stage_overrides: dict[str, list[str]] = field(default_factory=dict)  # stage → extra "section.key=value"
+    threads: int = 0
+
+
+# ----------------------------------------------------------------------------- state
+
+
+class RecipeState:
+    """``work_dir/recipe_state.json``: finished stages with their wall time and details."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.data: dict = json.loads(path.read_text()) if path.is_file() else {"stages": {}}
+
+    def done(self, stage: str) -> bool:
+        return stage in self.data["stages"]
+
+    def finish(self, stage: str, wall_s: float, **details) -> None:
+        self.data["stages"][stage] = {"wall_s": round(wall_s, 1), **details}
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.write_text(json.dumps(self.data, indent=2) + "\n")
+
+    @property
+    def wall_s(self) -> float:
+        return sum(s["wall_s"] for s in self.data["stages"].values())
+
+
+# ----------------------------------------------------------------------------- skeleton
+
+
+def corpus_text(folder: Path) -> list[str]:
+    """Every prompt and answer of the training corpus (what the tokenizer must encode well)."""
+    lines: list[str] = []
+    for name in ("grounding", "vqa", "report", "reasoning"):
+        for line in (folder / f"{name}.jsonl").read_text(encoding="utf-8").splitlines():
+            for turn in json.loads(line)["conversations"]:
+                lines.extend(turn["value"].replace("<image>", "").splitlines())
+    for line in (folder / "preference.jsonl").read_text(encoding="utf-8").splitlines():
+        lines.extend(json.loads(line)["rejected"].splitlines())
+    return [x for x in lines if x.strip()]
+
+
+def build_demo_tokenizer(lines: Sequence[str], vocab_size: int):
+    """Byte-level BPE with one token per digit (coordinates are learnt digit by digit)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from training.model_factory import CHAT_TEMPLATE, SPECIAL_TOKENS
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
+                                                 pre_tokenizers.ByteLevel(add_prefix_space=False)])
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS),
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(lines, trainer=trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+        extra_special_tokens={"start_image_token": "<img>", "end_image_token": "</img>",
+                              "context_image_token": "<IMG_CONTEXT>", "video_token": "<video>"},
+        chat_template=CHAT_TEMPLATE, padding_side="left", model_max_length=4096)
+
+
+def build_skeleton(folder: Path, spec: SpecSection, lines: Sequence[str], name: str) -> Path:
+    """Tokenizer trained on the corpus + randomly initialised InternVL (model_factory's config and processor)."""
+    from transformers import InternVLForConditionalGeneration
+
+    from training.model_factory import TinySpec, build_config, build_image_processor
+
+    tiny = TinySpec(**{k: v for k, v in asdict(spec).items() if k in TinySpec.__dataclass_fields__})
+    torch.manual_seed(spec.seed)
+    tokenizer = build_demo_tokenizer(lines, spec.vocab_size)
+    config = build_config(tokenizer, tiny)
+    model = InternVLForConditionalGeneration(config).eval()
+    eos = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    model.generation_config.eos_token_id = eos
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.bos_token_id = None
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(folder, safe_serialization=True)
+    tokenizer.save_pretrained(folder)
+    build_image_processor(tiny).save_pretrained(folder)
+    (folder / "processor_config.json").write_text(json.dumps(
+        {"processor_class": "InternVLProcessor", "image_seq_length": config.image_seq_length}, indent=2))
+    (folder / "model_card.json").write_text(json.dumps({"name": f"{name} (untrained)", "trained": False}))
+    n_params = sum(p.numel() for p in model.parameters())
+    log.info("skeleton: %d parameters, vocabulary %d", n_params, len(tokenizer))
+    return folder
+
+
+# ----------------------------------------------------------------------------- the recipe
+
+
+def _command(module: str, config: str, overrides: Sequence[str]) -> str:
+    return " ".join([f"python -m {module} --config {config} --resume", *(f"--set {o}" for o in overrides)])
+
+
+def run_recipe(config: DemoConfig, stop_after: str | None = None) -> Path:
+    """Run (or continue) the recipe; returns the output folder (or the work folder when stopped early)."""
+    from training.dpo import DPOConfig, train_dpo
+    from training.phantoms import CorpusConfig, write_corpus
+    from training.sft import SFTConfig, train_sft
+
+    if config.threads > 0:
+        torch.set_num_threads(config.threads)
+    work = Path(config.work_dir)
+    state = RecipeState(work / "recipe_state.json")
+    train_dir, eval_dir, skeleton = work / "phantoms-train", work / "phantoms-eval", work / "skeleton"
+    commands: list[str] = []
+    if config.corpus.seed == config.eval.seed:
+        raise XMedError("The held-out corpus needs a seed not used in training (eval.seed == corpus.seed).")
+
+    def stage(name: str, fn, **details) -> None:
+        if state.done(name):
+            log.info("stage %s already finished", name)
+            return
+        log.info("stage %s", name)
+        start = time.monotonic()
+        extra = fn() or {}
+        state.finish(name, time.monotonic() - start, **details, **extra)
+
+    def phantoms() -> dict:
+        kinds = config.corpus.kinds or None
+        corpus_cfg = CorpusConfig.restricted(kinds, config.corpus.max_lesions, None)
+        a = write_corpus(train_dir, config.corpus.n, config.corpus.seed, config.corpus.size, config=corpus_cfg)
+        b = write_corpus(eval_dir, config.eval.n, config.eval.seed, config.corpus.size, config=corpus_cfg)
+        return {"train_counts": a.counts, "eval_counts": b.counts, "train_lesions_per_image": a.lesions_per_image,
+                "eval_lesions_per_image": b.lesions_per_image}
+
+    def skeleton_stage() -> dict:
+        if skeleton.exists():
+            shutil.rmtree(skeleton)
+        build_skeleton(skeleton, config.spec, corpus_text(train_dir), config.name)
+        return {"vocabulary": json.loads((skeleton / "config.json").read_text())["text_config"]["vocab_size"]}
+
+    def sft_stage(name: str, cfg_path: str, base: Path, meta: Path) -> Path:
+        out = work / name
+        overrides = [f"model.path={base}", f"data.meta={meta}", f"train.output_dir={out}",
+                     *config.stage_overrides.get(name, [])]
+        commands.append(_command("training.sft", cfg_path, overrides))
+        if not state.done(name):
+            cfg = load_config(REPO / cfg_path if not Path(cfg_path).is_absolute() else cfg_path, SFTConfig,
+                              overrides)
+            stage(name, lambda: _card(train_sft(cfg, resume=True)), config=cfg_path, overrides=overrides)
+        return out / "final"
+
+    def dpo_stage(base: Path) -> Path:
+        out = work / "dpo"
+        overrides = [f"model.path={base}", f"data.meta={train_dir / 'preference.jsonl'}",
+                     f"train.output_dir={out}", *config.stage_overrides.get("dpo", [])]
+        commands.append(_command("training.dpo", config.dpo_config, overrides))
+        if not state.done("dpo"):
+            path = REPO / config.dpo_config if not Path(config.dpo_config).is_absolute() else config.dpo_config
+            cfg = load_config(path, DPOConfig, overrides)
+            stage("dpo", lambda: _card(train_dpo(cfg, resume=True)), config=config.dpo_config, overrides=overrides)
+        return out / "final"
+
+    seed_everything(config.corpus.seed)
+    stage("phantoms", phantoms)
+    commands.append(f"python -m training.phantoms --out {train_dir} --n {config.corpus.n} --seed {config.corpus.seed} "
+                    f"--size {config.corpus.size} --max-lesions {config.corpus.max_lesions}")
+    commands.append(f"python -m training.phantoms --out {eval_dir} --n {config.eval.n} --seed {config.eval.seed} "
+                    f"--size {config.corpus.size} --max-lesions {config.corpus.max_lesions}")
+    if stop_after == "phantoms":
+        return work
+    stage("skeleton", skeleton_stage)
+    if stop_after == "skeleton":
+        return work
+    sft_final = sft_stage("sft", config.sft_config, skeleton, train_dir / "meta.json")
+    if stop_after == "sft":
+        return work
+    reasoning_meta = _reasoning_meta(train_dir)
+    reasoning_final = sft_stage("reasoning", config.reasoning_config, sft_final, reasoning_meta)
+    if stop_after == "reasoning":
+        return work
+    dpo_final = dpo_stage(reasoning_final)
+    if stop_after == "dpo":
+        return work
+    eval_cmd = (f"xmedgpt eval --data {eval_dir} --model {config.out} --json {Path(config.out) / 'eval.json'}"
+                f" --samples {config.eval.samples} --tasks {','.join(config.eval.tasks)}"
+                + (f" --limit {config.eval.limit}" if config.eval.limit else "")
+                + (f" --max-new-tokens {config.eval.max_new_tokens}" if config.eval.max_new_tokens else ""))
+    commands.append(eval_cmd)
+    stage("eval", lambda: _finish(config, dpo_final, eval_dir, state, commands))
+    return Path(config.out)
+
+
+def _card(final: Path) -> dict:
+    card = json.loads((final / "model_card.json").read_text())
+    return {k: card[k] for k in ("global_step", "train_loss", "records", "pairs") if k in card}
+
+
+def _reasoning_meta(train_dir: Path) -> Path:
+    """Reasoning SFT data: the five-step answers, with the grounding set kept in to hold localization."""
+    meta = json.loads((train_dir / "meta.json").read_text())
+    keep = {"phantom_reasoning": {**meta["phantom_reasoning"], "repeat_time": 2},
+            "phantom_grounding": {**meta["phantom_grounding"], "repeat_time": 0.5}}
+    path = train_dir / "meta_reasoning.json"
+    path.write_text(json.dumps(keep, indent=2) + "\n")
+    return path
+
+
+def _finish(config: DemoConfig, trained: Path, eval_dir: Path, state: RecipeState, commands: list[str]) -> dict:
+    """Copy the model to ``config.out``, evaluate it on the held-out phantoms, write the model cards."""
+    from app.commands.eval import Options, format_table, run_eval
+
+    out = Path(config.out)
+    if out.exists():
+        shutil.rmtree(out)
+    shutil.copytree(trained, out, ignore=shutil.ignore_patterns("adapter"))
+    (out / "model_card.json").write_text(json.dumps({"name": config.name, "trained": True}))  # until the full card
+    size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
+    if size > MAX_MODEL_BYTES:
+        raise XMedError(f"The demo model is {size / 2**20:.1f} MB, over the 50 MB limit; shrink the spec.")
+    options = Options(limit=config.eval.limit or None, samples=config.eval.samples, tasks=tuple(config.eval.tasks),
+                      max_new_tokens=config.eval.max_new_tokens or None)
+    start = time.monotonic()
+    metrics = run_eval(out, eval_dir, options, device="cpu", quantization="none")
+    (out / "eval.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    wall = state.wall_s + (time.monotonic() - start)
+    n_params = sum(p.numel() for p in __import__("transformers").InternVLForConditionalGeneration
+                   .from_pretrained(out).parameters())
+    card = {
+        "name": config.name,
+        "trained": True,
+        "intended_use": "Demonstration of the workstation on synthetic phantoms. Not a medical device; "
+                        "never use it on patient images.",
+        "architecture": "InternVLForConditionalGeneration (InternViT-style vision, Qwen2 text)",
+        "parameters": n_params,
+        "size_bytes": size,
+        "spec": asdict(config.spec),
+        "seeds": {"train_corpus": config.corpus.seed, "held_out_corpus": config.eval.seed,
+                  "model_init": config.spec.seed},
+        "data": {"train": state.data["stages"]["phantoms"].get("train_counts"),
+                 "held_out": state.data["stages"]["phantoms"].get("eval_counts"),
+                 "train_images": config.corpus.n, "held_out_images": config.eval.n, "image_size": config.corpus.size},
+        "stages": state.data["stages"],
+        "commands": commands,
+        "wall_time_s": round(wall, 1),
+        "machine": {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
+                    "torch": torch.__version__},
+        "metrics": metrics,
+    }
+    (out / "model_card.json").write_text(json.dumps(card, indent=2) + "\n")
+    (out / "MODEL_CARD.md").write_text(_markdown(card, format_table(metrics)))
+    return {"size_bytes": size, "mean_iou": (metrics.get("localization") or {}).get("mean_iou")}
+
+
+def _markdown(card: dict, table: str) -> str:
+    cmds = "\n".join(card["commands"])
+    return (f"# {card['name']}\n\n**{card['intended_use']}**\n\n"
+            f"- architecture: {card['architecture']}, {card['parameters']:,} parameters, "
+            f"{card['size_bytes'] / 2**20:.1f} MB\n"
+            f"- seeds: {json.dumps(card['seeds'])}\n"
+            f"- data: {card['data']['train_images']} training phantoms, {card['data']['held_out_images']} held-out "
+            f"phantoms ({card['data']['image_size']} px)\n"
+            f"- wall time: {card['wall_time_s'] / 60:.1f} min on {card['machine']['threads']} CPU thread(s)\n\n"
+            f"## How it was made\n\n```bash\n{cmds}\n```\n\n"
+            f"## Held-out evaluation (new seed)\n\n```text\n{table}\n```\n")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m training.demo_model",
+                                     description="Build and train the embedded demo model (resumable).")
+    parser.add_argument("--config", type=Path, default=REPO / "training" / "configs" / "demo_model.yaml")
+    parser.add_argument("--out", help="output folder (default: the config's out)")
+    parser.add_argument("--work-dir", help="work folder for corpora and checkpoints (default: the config's)")
+    parser.add_argument("--stop-after", choices=STAGES, help="stop after this stage (continue later)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        import yaml
+
+        data = yaml.safe_load(args.config.read_text(encoding="utf-8")) or {}
+        apply_overrides(data, args.overrides)
+        if args.out:
+            data["out"] = args.out
+        if args.work_dir:
+            data["work_dir"] = args.work_dir
+        config = from_dict(DemoConfig, data)
+        result = run_recipe(config, args.stop_after)
+    except (XMedError, OSError) as exc:
+        sys.stderr.write(f"demo_model: {exc}\n")
+        return 1
+    sys.stdout.write(f"{'stopped; continue with the same command' if args.stop_after else 'demo model'}: {result}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
