@@ -186,6 +186,7 @@ class ReportController(QObject):
                        "Drafts are saved as you work and come back when the study is opened again.")
         label.setWordWrap(True)
         start = QPushButton("Start a report")
+        start.setObjectName("start_report")
         start.clicked.connect(self.start_report)
         layout = QVBoxLayout(box)
         layout.addWidget(label)
