@@ -129,7 +129,7 @@ Progress = Callable[[str, float], None]
 
 
 def open_engine(choice: ModelChoice, device: str = "auto", quantization: str = "auto",
-                progress: Progress | None = None) -> Engine:
+                progress: Progress | None = None, cancel: Callable[[], bool] | None = None) -> Engine:
     """Load the chosen model (blocks: call it off the UI thread)."""
     if choice.kind == "none":
         raise NoModelError(choice.reason or NO_MODEL_TEXT)
@@ -142,7 +142,8 @@ def open_engine(choice: ModelChoice, device: str = "auto", quantization: str = "
     from inference.engine.local import LocalEngine  # torch loads only when a model is used
 
     assert choice.folder is not None
-    return LocalEngine.from_folder(choice.folder, device=device, quantization=quantization, progress=progress)
+    return LocalEngine.from_folder(choice.folder, device=device, quantization=quantization, progress=progress,
+                                   cancel=cancel)
 
 
 def engine_label(engine: Engine, choice: ModelChoice) -> str:

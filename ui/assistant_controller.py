@@ -87,7 +87,7 @@ class ModelLoadWorker(_Worker):
     def run(self) -> None:
         try:
             engine = open_engine(self.choice, self.device, self.quantization,
-                                 progress=lambda m, f: self.progress.emit(m, float(f)))
+                                 progress=lambda m, f: self.progress.emit(m, float(f)), cancel=self.cancelled)
         except Exception as exc:  # noqa: BLE001 - shown to the reader as a message
             log.exception("model load failed")
             self.failed.emit(_message(exc))
@@ -188,6 +188,8 @@ class AssistantController(QObject):
         self._start(w)
 
     def _load_failed(self, message: str) -> None:
+        if self._loader is not None and self._loader.cancelled():
+            message = f"Loading {self.choice.label()} was cancelled — open Settings to load a model."
         self._set_state("failed", message)
 
     def set_engine(self, engine: Engine) -> None:
@@ -234,7 +236,9 @@ class AssistantController(QObject):
         return True
 
     def cancel(self) -> None:
-        """Stop the answer being written and the reliability check."""
+        """Stop the model loading, the answer being written and the reliability check."""
+        if self._loader is not None:
+            self._loader.cancel()
         if self._ask is not None:
             self._ask.cancel()
         self.cancel_reliability()

@@ -20,7 +20,7 @@ import itertools
 from collections.abc import Callable
 from pathlib import Path
 
-from PySide6.QtCore import Qt, Signal
+from PySide6.QtCore import Qt, QTimer, Signal
 from PySide6.QtGui import QBrush, QColor
 from PySide6.QtWidgets import (
     QFrame,
@@ -62,7 +62,7 @@ from ui.viewport import Viewport
 
 #: reliability tier → row tint in the findings list (light, text stays readable)
 TIER_TINT = {Tier.GREEN: QColor(205, 238, 210), Tier.AMBER: QColor(252, 230, 190), Tier.RED: QColor(246, 200, 200)}
-TIER_WORD = {Tier.GREEN: "consistent", Tier.AMBER: "check", Tier.RED: "unreliable", Tier.NONE: "not assessed"}
+TIER_WORD = {Tier.GREEN: "consistent", Tier.AMBER: "check", Tier.RED: "unreliable", Tier.NONE: "reliability not assessed"}
 _STATE_STYLE = {
     "ready": "color: #1e7d3a;",
     "loading": "color: #8a6d00;",
@@ -72,6 +72,14 @@ _STATE_STYLE = {
 
 #: What the panel asks about: (viewport, context) for the active viewport, or None when nothing is shown.
 Target = Callable[[str], "tuple[Viewport, AskContext] | None"]
+
+
+def _same_box(a, b, tol: float = 0.75) -> bool:
+    return all(abs(getattr(a, k) - getattr(b, k)) <= tol for k in ("x0", "y0", "x1", "y1"))
+
+
+def _count(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}es" if word.endswith("x") else f"{n} {word}s"
 
 
 class StepView(QFrame):
@@ -139,6 +147,7 @@ class AssistantPanel(QWidget):
         self.step_views: dict[int, StepView] = {}
         self.findings: list[Finding] = []
         self.box_ids: dict[tuple[str, object], str] = {}  # (phrase key, box on 0–1000) → overlay id
+        self._own: set[str] = set()  # overlay ids this panel drew (others: e.g. the report's, after hand-over)
         self._answers = itertools.count(1)
         self._answer_no = 0
         self.tiers: dict[str, tuple[float | None, Tier]] = {}
@@ -204,7 +213,7 @@ class AssistantPanel(QWidget):
         self.steps_scroll.setWidget(self.steps_box)
         self.findings_list = QListWidget()
         self.findings_list.setMaximumHeight(120)
-        self.findings_list.itemClicked.connect(lambda item: self.show_box(item.data(Qt.ItemDataRole.UserRole)))
+        self.findings_list.itemClicked.connect(lambda item: self.show_finding(self.findings_list.row(item)))
         self.provenance = QLabel("")
         self.provenance.setObjectName("answerProvenance")
         self.provenance.setWordWrap(True)
@@ -238,7 +247,7 @@ class AssistantPanel(QWidget):
         self.ask_button.setEnabled(can_ask)
         for b in self.presets:
             b.setEnabled(can_ask)
-        self.cancel_button.setEnabled(c.busy and c.state != "loading" or c.checking)
+        self.cancel_button.setEnabled(c.busy or c.checking)
 
     # ------------------------------------------------------------------ model
     def _model_changed(self, state: str, text: str) -> None:
@@ -285,8 +294,9 @@ class AssistantPanel(QWidget):
 
     def _clear_answer(self) -> None:
         if self.viewport is not None:
-            for box_id in self.box_ids.values():
+            for box_id in self._own:
                 self.viewport.overlays.remove(box_id)
+        self._own.clear()
         self.box_ids.clear()
         self.findings.clear()
         self.findings_list.clear()
@@ -324,16 +334,16 @@ class AssistantPanel(QWidget):
         box_id = f"ai{self._answer_no}-{len(self.findings) + 1}"
         self.viewport.overlays.add_box(f.frame, f.box_px, f"AI: {f.label}", source="ai", box_id=box_id)
         self.box_ids[(phrase_key(f.phrase), f.box_norm)] = box_id
+        self._own.add(box_id)
         self.findings.append(f)
         item = QListWidgetItem(self._finding_text(f))
-        item.setData(Qt.ItemDataRole.UserRole, box_id)
         if f.warning:
             item.setToolTip(f.warning)
         self.findings_list.addItem(item)
 
     def _finding_text(self, f: Finding) -> str:
         score, tier = self.tiers.get(phrase_key(f.phrase), (None, Tier.NONE))
-        rel = TIER_WORD[tier] + (f" {score:.2f}" if score is not None else "")
+        rel = f"reliability {score:.2f} ({tier.value})" if score is not None else TIER_WORD[tier]
         warn = " ⚠" if f.warning else ""
         return f"{f.label}{warn} — slice {f.frame + 1} · {rel}"
 
@@ -345,13 +355,17 @@ class AssistantPanel(QWidget):
             self.warning.show()
         n = len(a.findings)
         if a.finish_reason == "cancelled":
-            self.status.setText(f"Cancelled: what arrived before the stop is kept ({len(a.steps)} steps, {n} boxes).")
+            self.status.setText(f"Cancelled: what arrived before the stop is kept ({_count(len(a.steps), 'step')}, "
+                                f"{_count(n, 'box')}).")
             self.status.setStyleSheet("color: #8a6d00;")
         else:
             missing = f"; missing steps: {', '.join(map(str, a.parsed.missing_steps))}" if a.parsed.missing_steps else ""
-            self.status.setText(f"Answered about slice {a.frame + 1}: {len(a.steps)} steps, {n} boxes{missing}.")
-        self.provenance.setText(f"Answer by {a.engine} (model {a.model_id}) in {a.timing.total_s:.1f} s, "
-                                f"{a.timing.started}. AI suggestion: confirm against the image.")
+            self.status.setText(f"Answered about slice {a.frame + 1}: {_count(len(a.steps), 'step')}, "
+                                f"{_count(n, 'box')}{missing}.")
+        who = a.engine if a.engine.startswith(a.model_id) else f"{a.engine} (model {a.model_id})"
+        self.provenance.setText(f"Answer by {who} in {a.timing.total_s:.1f} s, {a.timing.started}. "
+                                "AI suggestion: confirm against the image.")
+        QTimer.singleShot(0, self.hand_over_boxes)  # after the other answer_ready slots (the report) ran
         self._sync_buttons()
 
     def _failed(self, message: str) -> None:
@@ -385,6 +399,34 @@ class AssistantPanel(QWidget):
                 self.show_box(box_id)
                 return box_id
         return None
+
+    def show_finding(self, row: int) -> None:
+        f = self.findings[row]
+        box_id = self.box_ids.get((phrase_key(f.phrase), f.box_norm))
+        if box_id is not None:
+            self.show_box(box_id)
+
+    def hand_over_boxes(self) -> int:
+        """Where another part of the window (the report) now draws the same box on the same
+        slice, remove ours so that each box is drawn once; links then show the other one."""
+        vp = self.viewport
+        if vp is None:
+            return 0
+        ov = vp.overlays
+        present = ov.ids()
+        others = [i for i in present if i not in self._own]
+        handed = 0
+        for key, mine in list(self.box_ids.items()):
+            if mine not in self._own or mine not in present:
+                continue
+            box, frame = ov.box(mine), ov.frame_of(mine)
+            twin = next((o for o in others if ov.frame_of(o) == frame and _same_box(ov.box(o), box)), None)
+            if twin is not None:
+                ov.remove(mine)
+                self._own.discard(mine)
+                self.box_ids[key] = twin
+                handed += 1
+        return handed
 
     def show_box(self, box_id: str) -> None:
         vp = self.viewport

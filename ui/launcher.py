@@ -25,10 +25,12 @@ def open_window(args: argparse.Namespace):
             "or use `xmedgpt screenshot` for a PNG"
         )
     application()
+    from ui.assistant_panel import install_assistant
     from ui.main_window import MainWindow
 
     window = MainWindow(model_path=model)
-    window.attach_report()  # the report follows the assistant's answers (connects when the assistant is attached)
+    install_assistant(window, model)  # --model, else Settings, else the registered default or demo model
+    window.attach_report()  # after the assistant: the report follows its answers
     window.show()
     if path is not None:
         window.open_paths([path])

@@ -483,6 +483,30 @@ class MainWindow(QMainWindow):
         for w in [self._scan, self._thumbs, *self._loads.values()]:
             if w is not None:
                 w.wait(timeout_ms)
+        if getattr(self, "assistant", None) is not None:
+            self.assistant.shutdown()
+
+    # -- the assistant (ui/assistant_panel.install_assistant attaches it) ---------------------
+
+    def attach_assistant(self, controller, panel) -> QDockWidget:
+        """Dock the assistant panel on the right; ``self.assistant`` is its
+        :class:`ui.assistant_controller.AssistantController` (signals ``answer_ready``,
+        ``reliability_ready``, …, documented there)."""
+        self.assistant = controller
+        self.assistant_panel = panel
+        panel.message.connect(lambda text: self.statusBar().showMessage(text, 8000))
+        dock = self.add_panel(panel, "Assistant")
+        self.resizeDocks([dock], [470], Qt.Orientation.Horizontal)
+        return dock
+
+    def assistant_target(self) -> tuple[Viewport, str] | None:
+        """The active viewport and its study's description, when it shows an image."""
+        vp = self.grid.active
+        if vp.volume is None:
+            return None
+        index = self._shown.get(id(vp))
+        info = self._study_info[index] if index is not None and index < len(self._study_info) else None
+        return vp, info.study_description if info is not None else ""
 
     # -- the report (ui/report_controller.py) -----------------------------------------------------
 

@@ -173,8 +173,8 @@ class ReliabilityPanel(QWidget):
         self.light.set_tier(Tier.NONE if busy else reliability.tier)
         if reliability.worst is not None and not busy:
             n = len([q for q in reliability.questions if q.state is State.DONE])
-            self.score.setText(f"Reliability {reliability.worst:.2f} (worst of {n} questions; "
-                               f"mean {reliability.mean:.2f})")
+            what = "1 question" if n == 1 else f"worst of {n} questions; mean {reliability.mean:.2f}"
+            self.score.setText(f"Reliability {reliability.worst:.2f} ({what})")
         else:
             self.score.setText("Reliability: computing…" if busy else "Reliability: –")
         self.meaning.setText(reliability.message or reliability.meaning)

@@ -40,8 +40,8 @@ Solid nodule with a satellite focus; compare with prior imaging.
 class ScriptedEngine:
     """Streams a fixed answer in pieces; answers check questions from a script.
 
-    ``samples``: "agree" (every sampled answer is the draft's "yes") or "split"
-    (yes / no / maybe: three meanings). ``delay`` slows each piece (for Cancel).
+    ``samples``: "agree" (every sampled answer is the draft's "yes"), "mostly"
+    (every fourth answer "no") or "split" (yes / no / maybe: three meanings). ``delay`` slows each piece (for Cancel).
     """
 
     def __init__(self, answer: str = GROUNDED, piece: int = 9, samples: str = "agree", delay: float = 0.0,
@@ -78,7 +78,12 @@ class ScriptedEngine:
     def sample(self, requests: Sequence[ChatRequest], n: int, temperature: float = 1.0, top_p: float = 0.9,
                cancel=None) -> list[list[Generation]]:
         self.sampled += [r.prompt for r in requests]
-        words = ["yes"] * n if self.samples == "agree" else [("yes", "no", "maybe")[i % 3] for i in range(n)]
+        if self.samples == "agree":
+            words = ["yes"] * n
+        elif self.samples == "mostly":
+            words = ["no" if i % 4 == 3 else "yes" for i in range(n)]
+        else:
+            words = [("yes", "no", "maybe")[i % 3] for i in range(n)]
         return [[Generation(text=w, token_logprobs=[-0.05]) for w in words] for _ in requests]
 
 
@@ -252,7 +257,8 @@ def test_reliability_dark_with_spinner_while_running_then_lights_and_tints(qtbot
     assert host.panel.reliability.light.lit() == [Tier.GREEN]
     assert rel.by_phrase["a nodule"][1] is Tier.GREEN
     item = host.panel.findings_list.item(0)
-    assert "consistent" in item.text() and item.background().color() == TIER_TINT[Tier.GREEN]
+    score = rel.by_phrase["a nodule"][0]
+    assert f"reliability {score:.2f} (green)" in item.text() and item.background().color() == TIER_TINT[Tier.GREEN]
 
 
 def test_answers_that_split_three_ways_end_red(qtbot):
@@ -262,7 +268,7 @@ def test_answers_that_split_three_ways_end_red(qtbot):
         assert h.panel.reliability.light.lit() == [Tier.RED]
         for i in range(h.panel.findings_list.count()):
             assert h.panel.findings_list.item(i).background().color() == TIER_TINT[Tier.RED]
-        assert "unreliable" in h.panel.findings_list.item(0).text()
+        assert "(red)" in h.panel.findings_list.item(0).text()
     finally:
         h.controller.shutdown()
 
@@ -286,3 +292,30 @@ def test_new_question_replaces_the_previous_boxes(qtbot, host):
     ask_and_wait(qtbot, host, reliability=False)
     second = set(host.vp.overlays.ids())
     assert len(second) == 2 and not first & second
+
+
+def test_boxes_handed_over_to_a_twin_are_drawn_once_and_links_follow(qtbot, host):
+    """When another part of the window (the report) draws the same boxes on answer_ready,
+    the panel removes its own copies; its links and findings then show the other ones."""
+    host.vp.set_slice(4)
+
+    def report_like(result):
+        for i, f in enumerate(result.answer.findings):
+            host.vp.overlays.add_box(f.frame, f.box_px, f"{i + 1} finding", source="ai", box_id=f"report:{i}")
+
+    host.controller.answer_ready.connect(report_like)
+    ask_and_wait(qtbot, host, reliability=False)
+    qtbot.waitUntil(lambda: sorted(host.vp.overlays.ids()) == ["report:0", "report:1"], timeout=3000)
+    host.vp.set_slice(0)
+    step = host.panel.step_views[2]
+    step.body.linkActivated.emit(f"g:{step.links()[1][1]}")
+    assert host.vp.overlays.highlighted == "report:1" and host.vp.slice_index == 4
+    host.panel.findings_list.itemClicked.emit(host.panel.findings_list.item(0))
+    assert host.vp.overlays.highlighted == "report:0"
+    qtbot.waitUntil(host.controller.is_idle, timeout=10_000)
+    host.controller.answer_ready.disconnect(report_like)
+    after_clear = []
+    host.controller.asking.connect(lambda _c: after_clear.append(sorted(host.vp.overlays.ids())))
+    ask_and_wait(qtbot, host, reliability=False)  # a new answer leaves the other part's boxes alone
+    assert after_clear == [["report:0", "report:1"]]
+    qtbot.waitUntil(lambda: sorted(host.vp.overlays.ids()) == ["report:0", "report:1"], timeout=3000)
