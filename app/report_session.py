@@ -223,7 +223,12 @@ class ReportSession:
 
     def apply_reliability(self, reliability: Reliability) -> int:
         """Give each finding its reliability (matched by finding id or by the assistant's phrase);
-        returns how many findings changed."""
+        returns how many findings changed.
+
+        The AI's measurement, not a reader's edit: it is audited as ``ai.reliability`` and saved,
+        but not put on the undo stack (Undo must not strip the tints). Listeners are not called;
+        the caller refreshes what shows the report.
+        """
         report = self._require()
         by_id = {self.phrase_ids.get(phrase_key(fr.finding_id), fr.finding_id): fr for fr in reliability.findings}
         self.audit.append("ai.reliability", {
@@ -231,15 +236,20 @@ class ReportSession:
             "estimator": reliability.estimator,
             "findings": {fid: {"score": fr.reliability, "tier": fr.tier.value} for fid, fr in by_id.items()},
         }, study_uid=report.study.study_uid)
+        if report.signed:
+            return 0
         changed = 0
         for f in list(report.findings):
             fr = by_id.get(f.id)
             if fr is None or fr.reliability is None or fr.tier.value not in {t.value for t in Tier}:
                 continue
             rel = FindingReliability(min(max(fr.reliability, 0.0), 1.0), Tier(fr.tier.value))
-            if rel != f.reliability and not report.signed:
-                report.apply(Edit("reliability", f.id, report.index_of(f.id), f, replace(f, reliability=rel)))
+            if rel != f.reliability:
+                report.replay(Edit("reliability", f.id, report.index_of(f.id), f, replace(f, reliability=rel),
+                                   revision=report.revision))
                 changed += 1
+        if changed and self._autosave is not None:
+            self._autosave.flush()
         return changed
 
     # ---- reader actions the report does not have as one call ------------------------------------

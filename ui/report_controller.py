@@ -127,8 +127,10 @@ class ReportController(QObject):
         """A Reliability, or the assistant panel's ReliabilityResult holding one."""
         reliability = getattr(reliability, "reliability", reliability)
         try:
-            if self.session.report is not None:
-                self.session.apply_reliability(reliability)
+            if self.session.report is not None and self.session.apply_reliability(reliability):
+                if self.panel is not None:
+                    self.panel.refresh()
+                self._sync_all()
         except XMedError as exc:
             self._status(str(exc))
 
@@ -152,6 +154,15 @@ class ReportController(QObject):
             self._status(problem)
         if self.session.report is not None and not self.session.problems:
             self._status("The saved draft report of this study was restored.")
+
+    def set_reader_name(self, name: str) -> None:
+        """The reader's name changed in Settings: it signs, and it is the user in the audit trail."""
+        self.settings.reader_name = name
+        self.session.reader_name = name
+        self.session.audit.user = name or self.session.audit.user
+        if self.panel is not None:
+            self.panel.reader_name = name
+            self.panel.refresh()
 
     # ---- panel --------------------------------------------------------------------------------
     def _report_replaced(self, report: DraftReport | None) -> None:

@@ -120,6 +120,9 @@ def test_reliability_from_the_assistants_phrases_tints_the_matching_findings(sam
     assert report.findings[0].reliability.tier.value == "green" and report.findings[0].reliability.score == 0.91
     assert report.findings[1].reliability.tier.value == "red" and report.findings[2].reliability is None
     assert any(r.action == "ai.reliability" for _, r, _ in read_records(session.audit.path))
+    assert not report.can_undo  # the AI's measurement is not a reader edit to undo
+    session.close()
+    assert Workspace(tmp_path / "ws").load(report.study.study_uid).report.findings[0].reliability.score == 0.91
 
 
 def test_sign_needs_every_ai_finding_decided_then_exports_valid_signed_sr_referencing_the_draft(sample, tmp_path):

@@ -137,3 +137,23 @@ def test_a_damaged_saved_draft_is_reported_and_kept(qtbot, tmp_path):
         assert snap.with_name(snap.name + ".corrupt-1").exists()
     finally:
         again.close()
+
+
+def test_sign_waits_for_the_readers_name_from_settings(qtbot, tmp_path):
+    settings = settings_in(tmp_path)
+    settings.reader_name = ""
+    w = open_sample(qtbot, settings)
+    try:
+        ask(w)
+        panel = w.report.panel
+        for f in panel.report.findings:
+            panel.select_finding(f.id)
+            panel.accept_button.click()
+        assert not panel.sign_button.isEnabled() and "Enter your name in Settings" in panel.blockers.text()
+        w.report.set_reader_name("Doe^John")
+        assert panel.sign_button.isEnabled()
+        panel.sign_button.click()
+        assert panel.report.signature.reader_name == "Doe^John"
+        assert w.report.session.audit.user == "Doe^John"
+    finally:
+        w.close()
