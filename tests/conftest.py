@@ -20,3 +20,13 @@ def output_dir() -> Path:
     out = REPO / "test-output"
     out.mkdir(exist_ok=True)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A complete native InternVL model folder (Qwen2 text, 2 layers, 64 wide, trained BPE tokenizer),
+    built offline once per session. Read-only by convention: tests that change weights copy it first.
+    """
+    from training.model_factory import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-internvl") / "model")

@@ -8,7 +8,6 @@ import sys
 import time
 
 from inference.engine.remote import RemoteEngine
-from tests.inference.conftest import tiny_model_dir  # noqa: F401 - the shared session fixture
 from inference.types import ChatRequest
 
 
