@@ -497,6 +497,9 @@ class MainWindow(QMainWindow):
         panel.message.connect(lambda text: self.statusBar().showMessage(text, 8000))
         dock = self.add_panel(panel, "Assistant")
         self.resizeDocks([dock], [470], Qt.Orientation.Horizontal)
+        settings = QAction("Settings…", self)
+        settings.triggered.connect(panel.settings_requested)
+        self.menuBar().actions()[0].menu().insertAction(self.actions_by_name["show_problems"], settings)
         return dock
 
     def assistant_target(self) -> tuple[Viewport, str] | None:
