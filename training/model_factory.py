@@ -25,6 +25,8 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
+from inference.engine.processor import CHAT_TEMPLATE
+
 log = logging.getLogger(__name__)
 
 #: InternVL special tokens, in the order they get ids after the BPE vocabulary.
@@ -44,20 +46,6 @@ SPECIAL_TOKENS: tuple[str, ...] = (
     "<video>",
 )
 
-#: InternVL-2 chat format; an image part becomes ``<IMG_CONTEXT>``, which the
-#: processor expands to ``<img>`` + image tokens + ``</img>``.
-CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "{{ '<|im_start|>' + message['role'] + '\n' }}"
-    "{% if message['content'] is string %}{{ message['content'] }}"
-    "{% else %}{% for part in message['content'] %}"
-    "{% if part['type'] == 'image' %}{{ '<IMG_CONTEXT>\n' }}"
-    "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
-    "{% endfor %}{% endif %}"
-    "{{ '<|im_end|>\n' }}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
-)
 
 _CORPUS = """\
 Structure identification: the image is an axial CT slice of the chest in a lung window.

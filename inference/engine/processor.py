@@ -94,8 +94,10 @@ def load_processor(folder: Path | str) -> ImageOnlyInternVLProcessor:
     )
 
 
-#: InternVL's chat format, used when a folder carries no template of its own.
-DEFAULT_CHAT_TEMPLATE = (
+#: InternVL-2 chat format (InternLM2 and Qwen2 backbones alike), used when a folder carries no
+#: template of its own and written into converted and factory-built folders. An image part
+#: becomes ``<IMG_CONTEXT>``, which the processor expands to ``<img>`` + image tokens + ``</img>``.
+CHAT_TEMPLATE = (
     "{% for message in messages %}"
     "{{ '<|im_start|>' + message['role'] + '\n' }}"
     "{% if message['content'] is string %}{{ message['content'] }}"
@@ -119,4 +121,4 @@ def _folder_chat_template(folder: Path) -> str:
         template = json.loads(js.read_text()).get("chat_template")
         if template:
             return template
-    return DEFAULT_CHAT_TEMPLATE
+    return CHAT_TEMPLATE
