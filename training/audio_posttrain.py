@@ -346,7 +346,8 @@ def train_audio(config: AudioConfig, resume: bool = False) -> Path:
     log.info("audio post-training: %d trainable parameters, %d audio tokens per clip", trainable,
              model.tokens_per_clip)
     write_run_info(out, config, {"records": len(samples), "tokens_per_clip": model.tokens_per_clip})
-    trainer = Trainer(model=model, args=training_arguments(config.train), train_dataset=dataset,
+    args = training_arguments(config.train, workers=config.data.num_workers)
+    trainer = Trainer(model=model, args=args, train_dataset=dataset,
                       data_collator=AudioCollator(processor.tokenizer.pad_token_id),
                       callbacks=[MetricsLogCallback(out / "metrics.jsonl", config.stage),
                                  CheckpointFilesCallback(processor)])

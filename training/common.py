@@ -576,7 +576,7 @@ def resume_checkpoint(output_dir: Path, resume: bool) -> str | None:
     return last
 
 
-def training_arguments(train: TrainSection, cls: type | None = None, **extra: Any):
+def training_arguments(train: TrainSection, cls: type | None = None, workers: int = 0, **extra: Any):
     """transformers ``TrainingArguments`` (or ``cls``, e.g. trl's ``DPOConfig``) from the train section."""
     from transformers import TrainingArguments
 
@@ -605,7 +605,7 @@ def training_arguments(train: TrainSection, cls: type | None = None, **extra: An
         data_seed=train.seed,
         report_to="none",
         remove_unused_columns=False,
-        dataloader_num_workers=0,
+        dataloader_num_workers=workers,
         disable_tqdm=not train.progress,
         use_cpu=not torch.cuda.is_available(),
         **extra,

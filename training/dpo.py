@@ -127,8 +127,9 @@ def train_dpo(config: DPOConfig, resume: bool = False) -> Path:
     if ref is not None:
         ref.eval().requires_grad_(False)
     loss_types, loss_weights = losses(config.dpo)
-    args = training_arguments(config.train, cls=TrlDPOConfig, beta=config.dpo.beta, loss_type=loss_types,
-                              loss_weights=loss_weights, max_length=config.data.max_length,
+    args = training_arguments(config.train, cls=TrlDPOConfig, workers=config.data.num_workers,
+                              beta=config.dpo.beta, loss_type=loss_types, loss_weights=loss_weights,
+                              max_length=config.data.max_length,
                               truncation_mode="keep_start", precompute_ref_log_probs=False)
     write_run_info(out, config, {"pairs": len(dataset)})
     trainer = DPOTrainer(model=policy, ref_model=ref, args=args, train_dataset=dataset,

@@ -53,7 +53,7 @@ def train_sft(config: SFTConfig, resume: bool = False) -> Path:
     write_run_info(out, config, {"records": len(samples)})
     trainer = Trainer(
         model=model,
-        args=training_arguments(config.train),
+        args=training_arguments(config.train, workers=config.data.num_workers),
         train_dataset=dataset,
         data_collator=Collator(processor.tokenizer.pad_token_id),
         callbacks=[MetricsLogCallback(out / "metrics.jsonl", config.stage), CheckpointFilesCallback(processor)],

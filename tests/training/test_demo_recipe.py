@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
 
 from inference.engine.local import LocalEngine
 from inference.types import ChatRequest

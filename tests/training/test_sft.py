@@ -155,3 +155,70 @@ def test_qlora_runs_on_nf4_base(tiny, corpus, tmp_path):
     assert merged["model.language_model.layers.0.self_attn.q_proj.weight"].dtype == torch.float32
     assert not torch.equal(merged["model.language_model.layers.0.self_attn.q_proj.weight"],
                            base["model.language_model.layers.0.self_attn.q_proj.weight"])
+
+
+# ----------------------------------------------------------------------------- configs and launch wrappers
+
+
+def _config_class(stage: str):
+    from training.audio_posttrain import AudioConfig
+    from training.dpo import DPOConfig
+
+    return {"sft": SFTConfig, "reasoning": SFTConfig, "dpo": DPOConfig, "audio": AudioConfig}[stage]
+
+
+def test_every_shipped_config_loads_and_names_existing_deepspeed_files():
+    import yaml
+
+    from training.demo_model import DemoConfig
+    from training.common import from_dict
+
+    configs = sorted((REPO / "training" / "configs").glob("*.yaml"))
+    assert len(configs) >= 10
+    for path in configs:
+        data = yaml.safe_load(path.read_text())
+        if path.name.startswith("demo_model"):
+            cfg = from_dict(DemoConfig, data)
+            for stage_cfg in (cfg.sft_config, cfg.reasoning_config, cfg.dpo_config):
+                assert (REPO / stage_cfg).is_file(), stage_cfg
+            continue
+        cfg = load_config(path, _config_class(data["stage"]))
+        if cfg.train.deepspeed:
+            ds = json.loads((REPO / cfg.train.deepspeed).read_text())
+            assert ds["train_micro_batch_size_per_gpu"] == "auto"  # filled in from the YAML by transformers
+        if "8b" in path.name and cfg.train.mode != "qlora":
+            assert cfg.train.bf16 and cfg.train.gradient_checkpointing
+            assert cfg.train.deepspeed.endswith("zero1.json")  # the InternVL recipe: ZeRO-1 up to 8B
+    z1 = json.loads((REPO / "training/configs/deepspeed/zero1.json").read_text())
+    z3 = json.loads((REPO / "training/configs/deepspeed/zero3.json").read_text())
+    assert z1["zero_optimization"]["stage"] == 1 and z3["zero_optimization"]["stage"] == 3
+    assert z3["zero_optimization"]["stage3_gather_16bit_weights_on_model_save"] is True
+
+
+@pytest.mark.slow
+def test_cluster_wrapper_runs_two_steps_through_torchrun(tiny, corpus, tmp_path):
+    import os
+    import subprocess
+
+    out = tmp_path / "torchrun"
+    env = {**os.environ, "GPUS_PER_NODE": "1", "MASTER_PORT": "29623", "CUDA_VISIBLE_DEVICES": ""}
+    proc = subprocess.run(["bash", str(REPO / "training/launch/sft.sh"), str(MICRO), "--set", f"model.path={tiny}",
+                           "--set", f"data.meta={corpus / 'meta.json'}", "--set", f"train.output_dir={out}"],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "1 node(s) x 1 process(es)" in proc.stderr
+    assert _state(out / "checkpoint-2")["global_step"] == 2
+    InternVLForConditionalGeneration.from_pretrained(out / "final")
+
+
+def test_every_stage_has_a_wrapper_naming_a_real_module():
+    import importlib
+    import re
+    import subprocess
+
+    for name, module in (("sft", "training.sft"), ("dpo", "training.dpo"), ("audio", "training.audio_posttrain")):
+        script = REPO / "training" / "launch" / f"{name}.sh"
+        assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
+        assert re.search(rf"run_stage\.sh\" {re.escape(module)} ", script.read_text())
+        assert callable(importlib.import_module(module).main)
+    assert subprocess.run(["bash", "-n", str(REPO / "training/launch/run_stage.sh")]).returncode == 0

@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Audio post-training (Whisper encoder + projector) on a GPU cluster, run as is on every node:
+#
+#   bash training/launch/audio.sh CONFIG [--resume] [--set section.key=value ...]
+#
+# Multi-node: NNODES, NODE_RANK, MASTER_ADDR, MASTER_PORT (or SLURM's variables); GPUS_PER_NODE;
+# LAUNCHER=torchrun|accelerate|python. DeepSpeed ZeRO comes from the config's train.deepspeed.
+set -euo pipefail
+exec bash "$(dirname "${BASH_SOURCE[0]}")/run_stage.sh" training.audio_posttrain "$@"
