@@ -11,15 +11,18 @@ from pathlib import Path
 
 import highdicom as hd
 import pytest
+from PySide6.QtCore import Qt
 from PySide6.QtGui import QGuiApplication
 
 from app.assistant import Assistant
 from app.audit import read_records, verify
 from app.dicom.model import Window
+from app.model_registry import ModelRegistry
 from app.report import FindingStatus
 from app.settings import Settings
 from tests.app.test_assistant import ScriptedEngine
 from tests.app.test_report_session import ANSWER, MASS_PX, SAMPLE, SLICE, SPEC, dciodvfy_errors
+from ui.assistant_panel import install_assistant
 from ui.main_window import MainWindow
 from ui.report_controller import PREFIX
 from ui.testing import image_to_widget, mouse_drag
@@ -32,9 +35,13 @@ def settings_in(tmp_path: Path) -> Settings:
                     audit_log=str(tmp_path / "audit.jsonl"), autosave_seconds=0.2)
 
 
-def open_sample(qtbot, settings: Settings) -> MainWindow:
+def open_sample(qtbot, settings: Settings, assistant_engine=None, tmp_path: Path | None = None) -> MainWindow:
+    """The viewer as the launcher builds it (the assistant, when an engine is given, then the report)."""
     win = MainWindow()
     qtbot.addWidget(win)
+    if assistant_engine is not None:
+        install_assistant(win, settings=Settings(reliability_samples=3, reliability_questions=1),
+                          registry=ModelRegistry(tmp_path / "registry.json"), engine=assistant_engine)
     win.attach_report(settings)
     win.resize(1500, 950)
     win.show()
@@ -53,14 +60,32 @@ def ask(win: MainWindow) -> None:
     win.report.on_answer(answer, vp.volume)  # the slot assistant.answer_ready connects to
 
 
-def test_whole_flow_from_question_to_signed_sr_and_pdf(qtbot, tmp_path, output_dir):
-    win = open_sample(qtbot, settings_in(tmp_path))
+def ask_in_the_assistant_panel(qtbot, win: MainWindow) -> None:
+    """Type the question into the real assistant panel and press Enter; the scripted engine answers
+    through the real Assistant off the UI thread, then the reliability pass runs."""
+    vp = win.grid.active
+    vp.set_slice(SLICE)
+    vp.set_window(Window(1500, -600, "lung"))
+    win.assistant_panel.query.setText("Any lung lesion?")
+    with qtbot.waitSignal(win.assistant.reliability_ready, timeout=60_000):
+        qtbot.keyClick(win.assistant_panel.query, Qt.Key.Key_Return)
+    qtbot.waitUntil(lambda: win.report.panel is not None, timeout=5000)
+
+
+def test_whole_flow_from_question_to_signed_sr_and_pdf(qtbot, tmp_path, monkeypatch, output_dir):
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+    win = open_sample(qtbot, settings_in(tmp_path), ScriptedEngine(ANSWER), tmp_path)
     ctl = win.report
-    ask(win)
+    ask_in_the_assistant_panel(qtbot, win)
     panel, vp = ctl.panel, win.grid.active
     assert panel is not None and ctl.dock.widget() is panel and panel.isVisible()
     report = panel.report
     mass, effusion, nodule = (f.id for f in report.findings)
+    # the reliability pass reached the report: the checked finding carries its tier, in the list and on its box
+    checked = win.assistant.last_reliability.by_phrase["mass"]
+    assert report.finding(mass).reliability.tier.value == checked[1].value
+    assert vp.overlays.label_of(f"{PREFIX}{mass}:0") == f"1 mass · {checked[1].value}"
     assert sorted(vp.overlays.visible_ids()) == sorted(f"{PREFIX}{i}:0" for i in (mass, effusion, nodule))
     assert vp.overlays.color_of(f"{PREFIX}{mass}:0") == (255, 196, 0)  # amber: awaiting the reader
 
