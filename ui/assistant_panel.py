@@ -201,12 +201,14 @@ class AssistantPanel(QWidget):
         self.warning.setStyleSheet("QLabel { background: #b3261e; color: white; font-weight: bold; "
                                    "padding: 6px; border-radius: 4px; }")
         self.warning.hide()
-        self.status = QLabel("")
+        self.status = QLabel("Type a question about the slice on screen and press Enter, or pick a preset. "
+                             "The five reasoning steps appear here as the model writes them.")
         self.status.setWordWrap(True)
         self.steps_box = QWidget()
         self.steps_layout = QVBoxLayout(self.steps_box)
         self.steps_layout.setContentsMargins(0, 0, 0, 0)
         self.steps_layout.setSpacing(4)
+        self.steps_layout.addWidget(self.status)  # inside the scroll area: long messages never clip
         self.steps_layout.addStretch(1)
         self.steps_scroll = QScrollArea()
         self.steps_scroll.setWidgetResizable(True)
@@ -233,7 +235,6 @@ class AssistantPanel(QWidget):
         layout.addLayout(ask)
         layout.addLayout(presets)
         layout.addWidget(self.warning)
-        layout.addWidget(self.status)
         layout.addWidget(self.steps_scroll, stretch=3)
         layout.addWidget(QLabel("<b>Findings</b> (click to show the box)"))
         layout.addWidget(self.findings_list)
@@ -322,7 +323,7 @@ class AssistantPanel(QWidget):
                 view = StepView(step.index)
                 view.link_clicked.connect(self.show_grounding)
                 self.step_views[step.index] = view
-                position = sorted(self.step_views).index(step.index)
+                position = 1 + sorted(self.step_views).index(step.index)  # after the status line
                 self.steps_layout.insertWidget(position, view)
             view.set_segments(step_segments(step, parsed.groundings))
         if not parsed.steps and parsed.text:

@@ -134,7 +134,7 @@ def ask_and_wait(qtbot, host: Host, question: str = "", reliability: bool = True
     return answered.args[0]
 
 
-def test_no_model_configured_disables_ask_and_says_what_to_do(qtbot):
+def test_no_model_configured_disables_ask_and_says_what_to_do(qtbot, output_dir):
     h = make_host(qtbot, choice=ModelChoice("none", reason=NO_MODEL_TEXT))
     h.controller.load_model()
     assert h.panel.indicator.text() == NO_MODEL_TEXT
@@ -143,6 +143,8 @@ def test_no_model_configured_disables_ask_and_says_what_to_do(qtbot):
     qtbot.keyClick(h.panel.query, Qt.Key.Key_Return)
     assert "No model configured" in h.panel.status.text()
     assert h.vp.overlays.ids() == [] and h.controller.is_idle()
+    qtbot.wait(50)  # let the layout settle, as the event loop would before a repaint
+    assert h.panel.grab().save(str(output_dir / "assistant_no_model.png"))
 
 
 def test_grounded_answer_draws_its_boxes_on_the_asked_slice(qtbot, host):
@@ -177,11 +179,11 @@ def test_steps_appear_one_by_one_while_streaming(qtbot, host):
 def test_steps_fold_away_and_back(qtbot, host):
     ask_and_wait(qtbot, host, reliability=False)
     view = host.panel.step_views[3]
-    assert view.body.isVisible()
+    qtbot.waitUntil(view.body.isVisible, timeout=2000)
     view.header.click()
-    assert not view.body.isVisible() and view.header.arrowType() == Qt.ArrowType.RightArrow
+    assert view.body.isHidden() and view.header.arrowType() == Qt.ArrowType.RightArrow
     view.header.click()
-    assert view.body.isVisible()
+    assert not view.body.isHidden() and view.header.arrowType() == Qt.ArrowType.DownArrow
 
 
 def test_clicking_a_phrase_highlights_its_box_and_shows_its_slice(qtbot, host):
@@ -240,7 +242,7 @@ def test_cancel_stops_the_answer_and_reliability_is_not_assessed(qtbot):
         assert h.controller.last_reliability.reliability.state is State.CANCELLED
         assert h.panel.reliability.light.lit() == [] and "not assessed" in h.panel.reliability.meaning.text()
         assert engine.sampled == []  # no check questions were asked of a cancelled answer
-        assert h.panel.ask_button.isEnabled()
+        qtbot.waitUntil(h.panel.ask_button.isEnabled, timeout=3000)
     finally:
         h.controller.shutdown()
 
