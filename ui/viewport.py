@@ -16,8 +16,8 @@ import time
 
 import numpy as np
 import pyqtgraph as pg
-from PySide6.QtCore import QEvent, QObject, Qt, QTimer, Signal
-from PySide6.QtGui import QKeyEvent, QKeySequence, QPainter, QTransform
+from PySide6.QtCore import QEvent, QObject, QRectF, Qt, QTimer, Signal
+from PySide6.QtGui import QImage, QKeyEvent, QKeySequence, QPainter, QTransform
 from PySide6.QtWidgets import QHBoxLayout, QScrollBar, QWidget
 
 from app import measure
@@ -50,6 +50,58 @@ SERIES_MIME = "application/x-xmedgpt-series"
 TOOLS = ("pan", "length", "rect", "ellipse")
 FRAME = 2  # px of frame around the image, coloured when the viewport is active
 CINE_FPS_STEPS = (1, 2, 4, 6, 8, 10, 12, 15, 20, 25, 30, 40, 50, 60)
+#: While slices change faster than this the image is drawn nearest-neighbour; this long after the
+#: last change it is redrawn with bilinear smoothing (as RadiAnt does while scrolling).
+SMOOTH_AFTER_MS = 150
+
+
+class _FrameImage(pg.ImageItem):
+    """The frame on screen: ``image`` stays the uint8 frame (row-major) the viewport rendered.
+
+    Grey uint8 frames are expanded into an RGB32 buffer reused from frame to frame (Qt scales
+    RGB32 several times faster than Grayscale8, which it converts span by span), and
+    ``smooth`` picks bilinear or nearest-neighbour scaling for the next paint.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(axisOrder="row-major")
+        self.smooth = True
+        self._rgb32: np.ndarray | None = None
+
+    def render(self) -> None:
+        img = self.image
+        if (
+            img is None or img.dtype != np.uint8 or img.ndim != 2 or img.size == 0
+            or self.lut is not None or self.levels is not None or self.autoDownsample
+        ):
+            self._rgb32 = None
+            super().render()
+            return
+        h, w = img.shape
+        if self._rgb32 is None or self._rgb32.shape != (h, w):
+            self._rgb32 = np.empty((h, w), dtype=np.uint32)
+        buf = self._rgb32
+        np.multiply(img, np.uint32(0x010101), out=buf, dtype=np.uint32)  # grey into R, G and B
+        np.bitwise_or(buf, np.uint32(0xFF000000), out=buf)
+        # A new QImage per frame over the same buffer: a fresh cacheKey, so no paint engine can
+        # reuse a texture of the previous frame.
+        self.qimage = QImage(buf.data, w, h, w * 4, QImage.Format.Format_RGB32)
+        self._renderRequired = False
+        self._unrenderable = False
+
+    def paint(self, painter: QPainter, *args) -> None:
+        if self.image is None:
+            return
+        if self._renderRequired:
+            self.render()
+            if self._unrenderable:
+                return
+        hint = QPainter.RenderHint.SmoothPixmapTransform
+        before = bool(painter.renderHints() & hint)
+        painter.setRenderHint(hint, self.smooth)
+        h, w = self.image.shape[:2]
+        painter.drawImage(QRectF(0, 0, w, h), self.qimage)
+        painter.setRenderHint(hint, before)
 
 
 class _ImageViewBox(pg.ViewBox):
@@ -123,8 +175,12 @@ class Viewport(QWidget):
         layout.addWidget(self.scrollbar)
         self.vb = _ImageViewBox(self)
         self.view.setCentralItem(self.vb)
-        self.image = pg.ImageItem(axisOrder="row-major")
+        self.image = _FrameImage()
         self.vb.addItem(self.image)
+        self._smooth_timer = QTimer(self)
+        self._smooth_timer.setSingleShot(True)
+        self._smooth_timer.setInterval(SMOOTH_AFTER_MS)
+        self._smooth_timer.timeout.connect(self._settle)
         self.corner = CornerOverlay(self)
         self.overlays = BoxOverlayLayer(self.image, self)
         self.measurements = MeasurementLayer(self.image, self._frame_values)
@@ -198,6 +254,7 @@ class Viewport(QWidget):
         as frames land (frames not yet there show black, "not loaded yet").
         """
         self.stop_cine()
+        self._settle()
         self.measurements.clear()
         self.overlays.clear()
         self._volume = volume
@@ -246,8 +303,23 @@ class Viewport(QWidget):
         if k == self._k and self.image.image is not None:
             return
         self._k = k
+        # Scrolling or cine: draw nearest-neighbour now, smooth once the slices stop changing.
+        self.image.smooth = False
+        self._smooth_timer.start()
         self._render()
         self._after_slice_change()
+
+    @property
+    def is_settled(self) -> bool:
+        """True once the frame on screen is drawn with smoothing (no slice change pending)."""
+        return self.image.smooth
+
+    def _settle(self) -> None:
+        """The slices stopped changing: redraw the same frame with bilinear smoothing."""
+        self._smooth_timer.stop()
+        if not self.image.smooth:
+            self.image.smooth = True
+            self.image.update()
 
     def step(self, delta: int) -> None:
         if self._volume is not None:
@@ -451,10 +523,17 @@ class Viewport(QWidget):
         self.update()
 
     def paintEvent(self, event) -> None:  # noqa: N802
-        """The frame around the whole viewport: orange when active (keys go here)."""
+        """The frame around the whole viewport: orange when active (keys go here).
+
+        Only the border strips: the view and the slice bar cover the inside, and filling it
+        too would cost a full-size fill under every scrolled frame.
+        """
         p = QPainter(self)
         color = ACTIVE_COLOR if self.corner.active else IDLE_COLOR
-        p.fillRect(self.rect(), color)
+        r = self.rect()
+        w, h = r.width(), r.height()
+        for strip in ((0, 0, w, FRAME), (0, h - FRAME, w, FRAME), (0, 0, FRAME, h), (w - FRAME, 0, FRAME, h)):
+            p.fillRect(*strip, color)
         p.end()
 
     def _mouse_moved(self, scene_pos) -> None:
