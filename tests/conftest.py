@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,8 @@ import pytest
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# Tests never touch the reader's real settings, workspace or audit log.
+os.environ.setdefault("XMEDGPT_HOME", tempfile.mkdtemp(prefix="xmedgpt-test-home-"))
 
 REPO = Path(__file__).resolve().parents[1]
 
