@@ -376,8 +376,8 @@ class AssistantPanel(QWidget):
         self._sync_buttons()
 
     def _reliability(self, result: ReliabilityResult) -> None:
-        if self.controller.last_answer is not None and result.answer is not self.controller.last_answer.answer:
-            return  # a check of an older answer
+        if result.context is not self.context:
+            return  # the check of an earlier question, stopped when this one was asked
         self.reliability.show_reliability(result.reliability)
         self.tiers = result.by_phrase
         for i, f in enumerate(self.findings):

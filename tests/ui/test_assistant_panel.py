@@ -45,8 +45,10 @@ class ScriptedEngine:
     """
 
     def __init__(self, answer: str = GROUNDED, piece: int = 9, samples: str = "agree", delay: float = 0.0,
-                 fail: bool = False, model_id: str = "scripted-xmedgpt") -> None:
+                 fail: bool = False, model_id: str = "scripted-xmedgpt", sample_wait: float = 0.0) -> None:
         self.answer, self.piece, self.samples, self.delay, self.fail = answer, piece, samples, delay, fail
+        self.sample_wait = sample_wait  # seconds sample() takes unless cancelled
+        self.sampling = threading.Event()
         self._id = model_id
         self.pieces = 0
         self.sampled: list[str] = []
@@ -78,6 +80,12 @@ class ScriptedEngine:
     def sample(self, requests: Sequence[ChatRequest], n: int, temperature: float = 1.0, top_p: float = 0.9,
                cancel=None) -> list[list[Generation]]:
         self.sampled += [r.prompt for r in requests]
+        self.sampling.set()
+        end = time.monotonic() + self.sample_wait
+        while time.monotonic() < end:
+            if cancel is not None and cancel():
+                return [[Generation(text="", finish_reason="cancelled")] * n for _ in requests]
+            time.sleep(0.01)
         if self.samples == "agree":
             words = ["yes"] * n
         elif self.samples == "mostly":
@@ -321,3 +329,27 @@ def test_boxes_handed_over_to_a_twin_are_drawn_once_and_links_follow(qtbot, host
     ask_and_wait(qtbot, host, reliability=False)  # a new answer leaves the other part's boxes alone
     assert after_clear == [["report:0", "report:1"]]
     qtbot.waitUntil(lambda: sorted(host.vp.overlays.ids()) == ["report:0", "report:1"], timeout=3000)
+
+
+def test_asking_again_stops_the_running_check_and_its_result_does_not_show(qtbot):
+    engine = ScriptedEngine(sample_wait=30.0)
+    h = make_host(qtbot, engine)
+    try:
+        ask_and_wait(qtbot, h, reliability=False)
+        qtbot.waitUntil(engine.sampling.is_set, timeout=5000)
+        assert h.panel.reliability.spinner.isVisibleTo(h.panel) and h.panel.cancel_button.isEnabled()
+        engine.sample_wait = 0.0
+        qtbot.waitUntil(lambda: not h.controller.busy, timeout=5000)
+        seen = []
+        h.controller.reliability_ready.connect(
+            lambda r: seen.append((r.reliability.state, r.context.question, h.panel.reliability.reliability.state)))
+        t0 = time.monotonic()
+        second = ask_and_wait(qtbot, h, "Locate the nodule")
+        assert time.monotonic() - t0 < 10  # the first check stopped; it did not run its 30 s
+        # the first check's "cancelled" is not shown over the second question's pending check
+        assert seen[0] == (State.CANCELLED, "", State.PENDING)
+        assert seen[-1] == (State.DONE, "Locate the nodule", State.DONE)
+        assert h.controller.last_reliability.answer is second.answer
+        assert h.panel.reliability.light.lit() == [Tier.GREEN]
+    finally:
+        h.controller.shutdown()
