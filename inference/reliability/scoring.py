@@ -217,8 +217,11 @@ def score_question(
     draft_id, ids = all_ids[0], all_ids[1:]
     lls = [a.mean_logprob if thresholds.likelihood == "mean" else a.sum_logprob for a in samples.answers]
     entropy = ESTIMATORS[thresholds.estimator](ids, lls)
-    rel = reliability_from_entropy(entropy)
     agreement = sum(1 for c in ids if c == draft_id) / len(ids)
+    # The score is the reliability of the draft's claim: consistent samples that all say
+    # something else must not read as "1.00". Capping by the share of samples that agree
+    # with the draft keeps the number and the tier telling the same story.
+    rel = min(reliability_from_entropy(entropy), agreement)
     tier = thresholds.tier(rel)
     message = ""
     if agreement == 0.0:

@@ -170,9 +170,19 @@ def test_score_split_hand_computed():
 
 
 def test_confident_consensus_against_the_draft_is_red():
+    # the samples agree with each other (H = 0) but none says what the draft says:
+    # the draft's claim scores 0, not a misleading 1.00 beside a red light
     r = score_question(_samples(["left upper lobe"] * 4), ClosedFormJudge(), TH)
-    assert r.reliability == 1.0 and r.tier is Tier.RED and r.draft_agreement == 0.0
+    assert r.entropy == 0.0 and r.reliability == 0.0
+    assert r.tier is Tier.RED and r.draft_agreement == 0.0
     assert r.cluster_ids == (0, 0, 0, 0) and r.draft_cluster is None
+
+
+def test_reliability_is_capped_by_agreement_with_the_draft():
+    # 3 of 4 samples say "left": consistent-ish (H = 0.56, exp(-H) = 0.57) but only 1/4 back the draft
+    r = score_question(_samples(["LUL", "left upper lobe", "LUL", "RUL"]), ClosedFormJudge(), TH)
+    assert r.draft_agreement == 0.25 and r.reliability == pytest.approx(0.25)
+    assert r.tier is Tier.RED
 
 
 def test_refused_failed_cancelled_states():
