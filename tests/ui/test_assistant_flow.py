@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from app.assistant_session import ModelChoice, choose_model
@@ -21,6 +22,7 @@ from ui.assistant_panel import install_assistant
 from ui.main_window import MainWindow
 from ui.overlays import SOURCE_COLORS
 from ui.screenshot import wait_until_idle
+from ui.testing import synthetic_volume
 
 
 @pytest.fixture(scope="module")
@@ -61,6 +63,42 @@ def _info(name, path):
     from app.model_registry import ModelInfo
 
     return ModelInfo(name, str(path), "native", "InternVLForConditionalGeneration", "internvl", 1, "0" * 64)
+
+
+def test_step_text_is_cut_into_plain_text_and_phrase_links():
+    from app.assistant_session import step_segments
+    from inference.parsing import parse_answer
+
+    parsed = parse_answer("Step 2: Region localization\nSee <ref>a nodule</ref><box>[[1,2,30,40]]</box> and "
+                          "<ref>a cyst</ref><box>[[50,50,90,90]]</box>.")
+    step = parsed.steps[0]
+    segments = step_segments(step, parsed.groundings)
+    assert "".join(s.text for s in segments) == step.text  # nothing lost, nothing added
+    assert [(s.text, s.grounding) for s in segments if s.grounding is not None] == [("a nodule", 0), ("a cyst", 1)]
+
+
+def test_frame_ref_names_the_instance_and_frame_of_a_slice():
+    from app.assistant_session import frame_ref
+    from app.dicom.model import Instance, Series, Volume
+
+    insts = [Instance(Path(f"/x/{i}.dcm"), f"1.2.{i}", "1.2.840.10008.5.1.4.1.1.2", 8, 8, number_of_frames=n)
+             for i, n in ((1, 1), (2, 3))]
+    series = Series(uid="9.9", number=1, description="", modality="CT", instances=insts)
+    volume = Volume(series, np.zeros((4, 8, 8), np.int16), np.ones(4), np.zeros(4), None, None, loaded=4)
+    assert [(r.sop_instance_uid, r.frame_number) for r in (frame_ref(volume, k) for k in range(4))] == [
+        ("1.2.1", 1), ("1.2.2", 1), ("1.2.2", 2), ("1.2.2", 3)]
+
+
+def test_a_cancelled_answer_is_not_checked():
+    from app.assistant import Assistant
+    from app.assistant_session import check_answer
+
+    engine = ScriptedEngine()
+    volume = synthetic_volume(n=2, rows=64, cols=64)
+    answer = Assistant(engine).ask(volume, 1, None, "", cancel=lambda: engine.pieces >= 3)
+    assert answer.finish_reason == "cancelled"
+    rel = check_answer(engine, answer, 5, 3)
+    assert rel.state is State.CANCELLED and rel.tier is Tier.NONE and engine.sampled == []
 
 
 # ------------------------------------------------------------------ the tiny model
