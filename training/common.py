@@ -336,6 +336,23 @@ def prompt_text(conversations: Sequence[dict]) -> str:
     return "".join(t for t, _ in segs[:last])
 
 
+def expand_images(processor: ImageOnlyInternVLProcessor, text: str, images: Sequence[Image.Image]
+                  ) -> tuple[str, torch.Tensor]:
+    """Tile the images and expand each ``<IMG_CONTEXT>`` to ``<img>`` + tokens × tiles + ``</img>``.
+
+    The same expansion as ``InternVLProcessor`` (checked in the tests), without its
+    per-call overhead: the image processor runs once per record.
+    """
+    out = processor.image_processor(images=list(images), return_tensors="pt")
+    counts = [int(n) for n in out["num_patches"]]
+    parts = text.split(IMAGE_CONTEXT)
+    pieces = [parts[0]]
+    for n, rest in zip(counts, parts[1:]):
+        pieces.append(f"{processor.start_image_token}{IMAGE_CONTEXT * (processor.image_seq_length * n)}"
+                      f"{processor.end_image_token}{rest}")
+    return "".join(pieces), out["pixel_values"]
+
+
 def encode_segments(
     processor: ImageOnlyInternVLProcessor,
     segments: Sequence[tuple[str, bool]],
@@ -354,9 +371,9 @@ def encode_segments(
             if len(queue) < n_img:
                 raise XMedError("The conversation has more <image> placeholders than images.")
             imgs, queue = queue[:n_img], queue[n_img:]
-            enc = processor(text=[text], images=imgs, return_tensors="pt")
-            seg_ids = enc["input_ids"][0].tolist()
-            pixels.append(enc["pixel_values"])
+            text, tiles = expand_images(processor, text, imgs)
+            seg_ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+            pixels.append(tiles)
         else:
             seg_ids = tokenizer(text, add_special_tokens=False)["input_ids"]
         ids += seg_ids
@@ -371,7 +388,7 @@ def encode_segments(
         ids, labels = ids[:max_length], labels[:max_length]
     out = {"input_ids": torch.tensor(ids), "labels": torch.tensor(labels)}
     if pixels:
-        out["pixel_values"] = torch.cat(pixels)
+        out["pixel_values"] = pixels[0] if len(pixels) == 1 else torch.cat(pixels)
     return out
 
 

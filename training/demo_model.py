@@ -96,6 +96,11 @@ class DemoConfig:
     reasoning_config: str = "training/configs/sft_reasoning_demo.yaml"
     dpo_config: str = "training/configs/dpo_demo.yaml"
     stage_overrides: dict[str, list[str]] = field(default_factory=dict)  # stage → extra "section.key=value"
+    #: repeat factors per phantom dataset: localization is the hard skill, so grounding dominates stage 1
+    stage1_mix: dict[str, float] = field(default_factory=lambda: {
+        "phantom_grounding": 3, "phantom_reasoning": 1, "phantom_vqa": 0.5, "phantom_report": 0.5})
+    reasoning_mix: dict[str, float] = field(default_factory=lambda: {
+        "phantom_reasoning": 2, "phantom_grounding": 0.5})
     threads: int = 0
 
 
@@ -263,10 +268,11 @@ def run_recipe(config: DemoConfig, stop_after: str | None = None) -> Path:
     stage("skeleton", skeleton_stage)
     if stop_after == "skeleton":
         return work
-    sft_final = sft_stage("sft", config.sft_config, skeleton, train_dir / "meta.json")
+    sft_final = sft_stage("sft", config.sft_config, skeleton, _mix_meta(train_dir, "meta_stage1.json",
+                                                                         config.stage1_mix))
     if stop_after == "sft":
         return work
-    reasoning_meta = _reasoning_meta(train_dir)
+    reasoning_meta = _mix_meta(train_dir, "meta_reasoning.json", config.reasoning_mix)
     reasoning_final = sft_stage("reasoning", config.reasoning_config, sft_final, reasoning_meta)
     if stop_after == "reasoning":
         return work
@@ -287,12 +293,14 @@ def _card(final: Path) -> dict:
     return {k: card[k] for k in ("global_step", "train_loss", "records", "pairs") if k in card}
 
 
-def _reasoning_meta(train_dir: Path) -> Path:
-    """Reasoning SFT data: the five-step answers, with the grounding set kept in to hold localization."""
+def _mix_meta(train_dir: Path, name: str, mix: dict[str, float]) -> Path:
+    """A meta file over the corpus's datasets with the recipe's repeat factors (0 leaves a set out)."""
     meta = json.loads((train_dir / "meta.json").read_text())
-    keep = {"phantom_reasoning": {**meta["phantom_reasoning"], "repeat_time": 2},
-            "phantom_grounding": {**meta["phantom_grounding"], "repeat_time": 0.5}}
-    path = train_dir / "meta_reasoning.json"
+    unknown = set(mix) - set(meta)
+    if unknown:
+        raise XMedError(f"The phantom corpus has no dataset(s) {', '.join(sorted(unknown))}.")
+    keep = {k: {**meta[k], "repeat_time": float(r)} for k, r in mix.items() if r > 0}
+    path = train_dir / name
     path.write_text(json.dumps(keep, indent=2) + "\n")
     return path
 

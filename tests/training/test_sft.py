@@ -222,3 +222,17 @@ def test_every_stage_has_a_wrapper_naming_a_real_module():
         assert re.search(rf"run_stage\.sh\" {re.escape(module)} ", script.read_text())
         assert callable(importlib.import_module(module).main)
     assert subprocess.run(["bash", "-n", str(REPO / "training/launch/run_stage.sh")]).returncode == 0
+
+
+def test_fast_image_expansion_equals_the_processor(tiny, corpus):
+    from PIL import Image
+
+    from training.common import expand_images
+
+    processor = load_processor(tiny)
+    text = "<|im_start|>user\n<IMG_CONTEXT>\nFirst and <IMG_CONTEXT> second<|im_end|>\n"
+    images = [Image.open(corpus / "images" / "000000.png").convert("RGB"), Image.new("RGB", (150, 60), "white")]
+    ref = processor(text=[text], images=images, return_tensors="pt")
+    expanded, tiles = expand_images(processor, text, images)
+    assert processor.tokenizer(expanded, add_special_tokens=False)["input_ids"] == ref["input_ids"][0].tolist()
+    assert torch.equal(tiles, ref["pixel_values"])
