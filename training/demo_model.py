@@ -98,9 +98,10 @@ class DemoConfig:
     stage_overrides: dict[str, list[str]] = field(default_factory=dict)  # stage → extra "section.key=value"
     #: repeat factors per phantom dataset: localization is the hard skill, so grounding dominates stage 1
     stage1_mix: dict[str, float] = field(default_factory=lambda: {
-        "phantom_grounding": 3, "phantom_reasoning": 1, "phantom_vqa": 0.5, "phantom_report": 0.5})
+        "phantom_grounding": 3, "phantom_reasoning": 1, "phantom_vqa": 0.5, "phantom_report": 0.5,
+        "app_vqa": 0.25})
     reasoning_mix: dict[str, float] = field(default_factory=lambda: {
-        "phantom_reasoning": 2, "phantom_grounding": 0.5})
+        "phantom_reasoning": 1, "app_reasoning": 1, "phantom_grounding": 0.5})
     threads: int = 0
 
 
@@ -293,9 +294,62 @@ def _card(final: Path) -> dict:
     return {k: card[k] for k in ("global_step", "train_loss", "records", "pairs") if k in card}
 
 
+#: DICOM modality / body part the viewer would report for each phantom kind
+_CONTEXT = {"ct_chest": ("CT", "CHEST"), "ct_abdomen": ("CT", "ABDOMEN"), "xray": ("DX", "CHEST")}
+
+
+def write_app_prompt_sets(train_dir: Path) -> dict[str, dict]:
+    """The corpus's answers under the prompts the workstation really sends, so the demo works in the app.
+
+    ``app_reasoning``: the app's system prompt + five-step reasoning template (inference.prompts);
+    ``app_vqa``: the VQA template, and the reliability pass's bare question + answer instruction.
+    Returns their meta entries.
+    """
+    from inference.prompts import ImageContext, Task, build_prompt
+    from inference.reliability.sampling import ANSWER_INSTRUCTION
+
+    kinds = {}
+    for line in (train_dir / "annotations.jsonl").read_text(encoding="utf-8").splitlines():
+        ann = json.loads(line)
+        kinds[ann["image"]] = ann["kind"]
+
+    def context(image: str) -> ImageContext:
+        modality, part = _CONTEXT.get(kinds.get(image, ""), ("", ""))
+        return ImageContext(modality=modality, body_part=part)
+
+    def conv(image: str, system: str | None, user: str, answer: str) -> dict:
+        turns = ([{"from": "system", "value": system}] if system else []) + [
+            {"from": "human", "value": f"<image>\n{user}"}, {"from": "gpt", "value": answer}]
+        return {"image": image, "conversations": turns}
+
+    sets: dict[str, list[dict]] = {"app_reasoning": [], "app_vqa": []}
+    for line in (train_dir / "reasoning.jsonl").read_text(encoding="utf-8").splitlines():
+        rec = json.loads(line)
+        prompt = build_prompt(Task.REASONING, "", context(rec["image"]))
+        sets["app_reasoning"].append(conv(rec["image"], prompt.system, prompt.user,
+                                          rec["conversations"][-1]["value"]))
+    for i, line in enumerate((train_dir / "vqa.jsonl").read_text(encoding="utf-8").splitlines()):
+        rec = json.loads(line)
+        question = rec["conversations"][0]["value"].replace("<image>\n", "")
+        answer = rec["conversations"][-1]["value"]
+        if i % 2:
+            prompt = build_prompt(Task.VQA, question, context(rec["image"]))
+            sets["app_vqa"].append(conv(rec["image"], prompt.system, prompt.user, answer))
+        else:
+            sets["app_vqa"].append(conv(rec["image"], None, f"{question} {ANSWER_INSTRUCTION}", answer))
+    entries = {}
+    for name, records in sets.items():
+        (train_dir / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+        entries[name] = {"root": ".", "annotation": f"{name}.jsonl", "data_augment": False, "repeat_time": 1,
+                         "length": len(records)}
+    return entries
+
+
 def _mix_meta(train_dir: Path, name: str, mix: dict[str, float]) -> Path:
     """A meta file over the corpus's datasets with the recipe's repeat factors (0 leaves a set out)."""
     meta = json.loads((train_dir / "meta.json").read_text())
+    if any(k.startswith("app_") for k in mix):
+        meta.update(write_app_prompt_sets(train_dir))
     unknown = set(mix) - set(meta)
     if unknown:
         raise XMedError(f"The phantom corpus has no dataset(s) {', '.join(sorted(unknown))}.")

@@ -65,3 +65,20 @@ def test_micro_recipe_runs_end_to_end_and_resumes(tmp_path):
 
 def test_held_out_seed_must_differ(tmp_path):
     assert main(["--config", str(MICRO), "--work-dir", str(tmp_path / "w"), "--set", "eval.seed=0"]) == 1
+
+
+def test_app_prompt_sets_use_the_workstation_prompts(tmp_path):
+    from inference.prompts import Task, build_prompt
+    from training.common import chat_segments
+    from training.demo_model import write_app_prompt_sets
+    from training.phantoms import write_corpus
+
+    corpus = write_corpus(tmp_path / "c", n=2, seed=4, size=64).out
+    entries = write_app_prompt_sets(corpus)
+    reasoning = [json.loads(x) for x in (corpus / "app_reasoning.jsonl").read_text().splitlines()]
+    vqa = [json.loads(x) for x in (corpus / "app_vqa.jsonl").read_text().splitlines()]
+    assert entries["app_reasoning"]["length"] == len(reasoning) == 2
+    assert reasoning[0]["conversations"][0]["value"] == build_prompt(Task.REASONING).system
+    assert "Step 2: Region localization" in reasoning[0]["conversations"][1]["value"]
+    assert vqa[0]["conversations"][0]["value"].endswith("Answer in a few words, without explanation.")
+    assert chat_segments(reasoning[0]["conversations"])[0][0].startswith("<|im_start|>system\nYou are XMedGPT")
