@@ -152,3 +152,35 @@ def test_scan_and_load_on_the_quick_path_give_pydicoms_values(tmp_path):
         ds = pydicom.dcmread(inst.path)
         assert np.array_equal(vol.frames[k], ds.pixel_array.astype(vol.frames.dtype))
         assert vol.slopes[k] == float(ds.RescaleSlope) and vol.intercepts[k] == float(ds.RescaleIntercept)
+
+
+def test_file_cut_after_the_scan_gives_a_frame_problem_not_an_exception(tmp_path):
+    folder = _sample(tmp_path, n=4, size=64)
+    (series,) = scan(folder).all_series()
+    victim = series.instances[2].path
+    victim.write_bytes(victim.read_bytes()[:-100])
+    vol = load_series(series)
+    assert vol.frame_problems == {2: "image data ends early: file truncated"}
+    assert vol.loaded == 4
+
+
+def test_native_reads_without_preadv(tmp_path, monkeypatch):
+    import os
+
+    folder = _sample(tmp_path, n=3, size=64)
+    (series,) = scan(folder).all_series()
+    expected = load_series(series).frames.copy()
+    monkeypatch.delattr(os, "preadv", raising=False)
+    assert np.array_equal(load_series(series).frames, expected)
+
+
+def test_first_slice_lands_first_and_cancel_stops(tmp_path):
+    from app.dicom.loader import LoadCancelled
+
+    folder = _sample(tmp_path, n=12, size=64)
+    (series,) = scan(folder).all_series()
+    seen: list[int] = []
+    load_series(series, on_frame=lambda k, v: seen.append(k))
+    assert seen == list(range(12))
+    with pytest.raises(LoadCancelled):
+        load_series(series, on_frame=lambda k, v: None, cancel=lambda: True)
