@@ -356,7 +356,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "eval",
         help="measure a model on a labelled dataset (localization, VQA, findings, reliability, timing)",
-        description=__doc__.split("\n\n")[0],
+        description="Run a model on a labelled dataset in the documented JSONL format (training/README.md) and "
+        "print localization (mean IoU, accuracy@0.5 per lesion size), VQA accuracy, report finding "
+        "precision/recall/F1, reliability AUROC per estimator, Kendall's tau-b and timing; --json writes them.",
     )
     p.add_argument("--data", type=Path, required=True, help="folder with grounding/vqa/report/reasoning .jsonl")
     p.add_argument("--model", type=Path, default=DEFAULT_MODEL, help=f"model folder (default {DEFAULT_MODEL})")
@@ -375,6 +377,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run_eval(model: Path, data: Path, options: Options, device: str = "auto", quantization: str = "auto") -> dict:
     from inference.engine.local import LocalEngine
 
+    if Path(model) == DEFAULT_MODEL and not (DEFAULT_MODEL / "config.json").is_file():
+        raise XMedError("The demo model has not been built yet: run 'make demo-model' "
+                        "(python -m training.demo_model) or give --model DIR.")
     engine = LocalEngine.from_folder(model, device=device, quantization=quantization)
     return evaluate(engine, data, options)
 

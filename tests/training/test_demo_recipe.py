@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 
 from inference.engine.local import LocalEngine
 from inference.types import ChatRequest
@@ -82,3 +83,30 @@ def test_app_prompt_sets_use_the_workstation_prompts(tmp_path):
     assert "Step 2: Region localization" in reasoning[0]["conversations"][1]["value"]
     assert vqa[0]["conversations"][0]["value"].endswith("Answer in a few words, without explanation.")
     assert chat_segments(reasoning[0]["conversations"])[0][0].startswith("<|im_start|>system\nYou are XMedGPT")
+
+
+DEMO = REPO / "resources" / "models" / "demo"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (DEMO / "model_card.json").is_file(), reason="the demo model is not built (make demo-model)")
+def test_committed_demo_model_localizes_on_phantoms_from_a_new_seed(tmp_path):
+    """The issue's bar: mean IoU >= 0.5 on fresh phantoms (0-3 lesions), lesion-free images called so,
+    attribute questions well above chance."""
+    from app.commands.eval import main as eval_main
+    from training.phantoms import write_corpus
+
+    card = json.loads((DEMO / "model_card.json").read_text())
+    assert card.get("trained") is True
+    used = set(card.get("seeds", {}).values())
+    seed = next(s for s in range(1000, 2000) if s not in used)
+    data = write_corpus(tmp_path / "fresh", n=40, seed=seed, size=224).out
+    out = tmp_path / "eval.json"
+    assert eval_main(["--data", str(data), "--model", str(DEMO), "--json", str(out), "--samples", "0",
+                      "--tasks", "grounding,vqa", "--device", "cpu", "--quantization", "none"]) == 0
+    result = json.loads(out.read_text())
+    loc = result["localization"]
+    assert loc["mean_iou"] >= 0.5, loc
+    assert loc["empty_images"] == 0 or loc["empty_correct"] >= 0.8, loc
+    assert result["vqa"]["all"]["accuracy"] >= 0.6, result["vqa"]
+    assert result["vqa"]["presence"]["accuracy"] >= 0.75, result["vqa"]
