@@ -228,9 +228,14 @@ class Segment:
 
 def step_segments(step: ReasoningStep, groundings: Sequence[Grounding]) -> list[Segment]:
     """The step's text cut into plain text and grounded phrases (for clickable links)."""
-    text = step.text
+    return text_segments(step.text, groundings, step.index)
+
+
+def text_segments(text: str, groundings: Sequence[Grounding], step: int | None) -> list[Segment]:
+    """``text`` (a step's, or the preamble's when ``step`` is None) cut into plain text and
+    the grounded phrases that lie in it."""
     spans = sorted(
-        ((g.start, g.end, i) for i, g in enumerate(groundings) if g.step == step.index and g.end > g.start),
+        ((g.start, g.end, i) for i, g in enumerate(groundings) if g.step == step and g.end > g.start),
         key=lambda t: t[0],
     )
     out: list[Segment] = []

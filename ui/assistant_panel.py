@@ -50,6 +50,7 @@ from app.assistant_session import (
     phrase_key,
     quantization_for,
     step_segments,
+    text_segments,
 )
 from app.model_registry import ModelRegistry
 from app.settings import Settings
@@ -63,15 +64,32 @@ from ui.viewport import Viewport
 #: reliability tier → row tint in the findings list (light, text stays readable)
 TIER_TINT = {Tier.GREEN: QColor(205, 238, 210), Tier.AMBER: QColor(252, 230, 190), Tier.RED: QColor(246, 200, 200)}
 TIER_WORD = {Tier.GREEN: "consistent", Tier.AMBER: "check", Tier.RED: "unreliable", Tier.NONE: "reliability not assessed"}
+#: colours readable on the dark reading-room theme and on a light one
 _STATE_STYLE = {
-    "ready": "color: #1e7d3a;",
-    "loading": "color: #8a6d00;",
-    "none": "color: #8a6d00; font-weight: bold;",
-    "failed": "color: #b22222; font-weight: bold;",
+    "ready": "color: #2ea043;",
+    "loading": "color: #d29922;",
+    "none": "color: #d29922; font-weight: bold;",
+    "failed": "color: #f85149; font-weight: bold;",
 }
+LINK_COLOR = "#3b8eea"
+MUTED = "color: #8b949e;"
+ERROR = "color: #f85149; font-weight: bold;"
+TINTED_TEXT = QColor(25, 25, 25)
 
 #: What the panel asks about: (viewport, context) for the active viewport, or None when nothing is shown.
 Target = Callable[[str], "tuple[Viewport, AskContext] | None"]
+
+
+def link(grounding: int, text: str) -> str:
+    return f'<a href="g:{grounding}" style="color: {LINK_COLOR};">{text}</a>'
+
+
+def segments_html(segments: list[Segment]) -> str:
+    out = []
+    for s in segments:
+        text = html.escape(s.text).replace("\n", "<br>")
+        out.append(text if s.grounding is None else link(s.grounding, text))
+    return "".join(out)
 
 
 def _same_box(a, b, tol: float = 0.75) -> bool:
@@ -97,7 +115,8 @@ class StepView(QFrame):
         self.header.setChecked(True)
         self.header.setArrowType(Qt.ArrowType.DownArrow)
         self.header.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextBesideIcon)
-        self.header.setStyleSheet("QToolButton { border: none; font-weight: bold; }")
+        self.header.setStyleSheet("QToolButton { border: none; font-weight: bold; background: transparent; }"
+                                  "QToolButton:hover { background: rgba(128, 128, 128, 60); }")
         self.header.toggled.connect(self.set_expanded)
         self.body = QLabel()
         self.body.setWordWrap(True)
@@ -116,11 +135,7 @@ class StepView(QFrame):
         if segments == self.segments:
             return
         self.segments = segments
-        parts = []
-        for s in segments:
-            text = html.escape(s.text).replace("\n", "<br>")
-            parts.append(text if s.grounding is None else f'<a href="g:{s.grounding}">{text}</a>')
-        self.body.setText("".join(parts) or "<i>…</i>")
+        self.body.setText(segments_html(segments) or "<i>…</i>")
 
     def links(self) -> list[tuple[str, int]]:
         return [(s.text, s.grounding) for s in self.segments if s.grounding is not None]
@@ -167,6 +182,8 @@ class AssistantPanel(QWidget):
 
     # ------------------------------------------------------------------ layout
     def _build(self) -> None:
+        # a disabled Ask must look disabled in any theme
+        self.setStyleSheet("QPushButton:disabled { color: #6e7681; border-color: rgba(128, 128, 128, 60); }")
         self.indicator = QLabel()
         self.indicator.setObjectName("modelIndicator")
         self.indicator.setWordWrap(True)
@@ -209,17 +226,27 @@ class AssistantPanel(QWidget):
         self.steps_layout.setContentsMargins(0, 0, 0, 0)
         self.steps_layout.setSpacing(4)
         self.steps_layout.addWidget(self.status)  # inside the scroll area: long messages never clip
+        self.answer_text = QLabel()  # an answer without steps (a direct reply), or the text before step 1
+        self.answer_text.setObjectName("answerText")
+        self.answer_text.setWordWrap(True)
+        self.answer_text.setTextFormat(Qt.TextFormat.RichText)
+        self.answer_text.setTextInteractionFlags(Qt.TextInteractionFlag.LinksAccessibleByMouse
+                                                 | Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.answer_text.linkActivated.connect(lambda href: self.show_grounding(int(href.split(":", 1)[1])))
+        self.answer_text.hide()
+        self.steps_layout.addWidget(self.answer_text)
         self.steps_layout.addStretch(1)
         self.steps_scroll = QScrollArea()
         self.steps_scroll.setWidgetResizable(True)
         self.steps_scroll.setWidget(self.steps_box)
+        self.steps_scroll.setMinimumHeight(180)
         self.findings_list = QListWidget()
-        self.findings_list.setMaximumHeight(120)
+        self.findings_list.setMaximumHeight(90)
         self.findings_list.itemClicked.connect(lambda item: self.show_finding(self.findings_list.row(item)))
         self.provenance = QLabel("")
         self.provenance.setObjectName("answerProvenance")
         self.provenance.setWordWrap(True)
-        self.provenance.setStyleSheet("color: #666;")
+        self.provenance.setStyleSheet(MUTED)
         self.reliability = ReliabilityPanel()
 
         top = QHBoxLayout()
@@ -307,6 +334,8 @@ class AssistantPanel(QWidget):
             view.deleteLater()
         self.step_views.clear()
         self.warning.hide()
+        self.answer_text.hide()
+        self.answer_text.setText("")
         self.provenance.setText("")
         self.parsed = None
 
@@ -323,11 +352,12 @@ class AssistantPanel(QWidget):
                 view = StepView(step.index)
                 view.link_clicked.connect(self.show_grounding)
                 self.step_views[step.index] = view
-                position = 1 + sorted(self.step_views).index(step.index)  # after the status line
+                position = 2 + sorted(self.step_views).index(step.index)  # after the status and answer text
                 self.steps_layout.insertWidget(position, view)
             view.set_segments(step_segments(step, parsed.groundings))
-        if not parsed.steps and parsed.text:
-            self.status.setText(parsed.text[-600:])
+        preamble = text_segments(parsed.preamble, parsed.groundings, None) if parsed.preamble.strip() else []
+        self.answer_text.setText(segments_html(preamble))
+        self.answer_text.setVisible(bool(preamble))
 
     def _add_finding(self, f: Finding) -> None:
         if self.viewport is None:
@@ -358,7 +388,7 @@ class AssistantPanel(QWidget):
         if a.finish_reason == "cancelled":
             self.status.setText(f"Cancelled: what arrived before the stop is kept ({_count(len(a.steps), 'step')}, "
                                 f"{_count(n, 'box')}).")
-            self.status.setStyleSheet("color: #8a6d00;")
+            self.status.setStyleSheet(_STATE_STYLE["loading"])
         else:
             missing = f"; missing steps: {', '.join(map(str, a.parsed.missing_steps))}" if a.parsed.missing_steps else ""
             self.status.setText(f"Answered about slice {a.frame + 1}: {_count(len(a.steps), 'step')}, "
@@ -371,7 +401,7 @@ class AssistantPanel(QWidget):
 
     def _failed(self, message: str) -> None:
         self.status.setText(message)
-        self.status.setStyleSheet("color: #b22222; font-weight: bold;")
+        self.status.setStyleSheet(ERROR)
         self.message.emit(message)
         self._sync_buttons()
 
@@ -384,7 +414,9 @@ class AssistantPanel(QWidget):
             item = self.findings_list.item(i)
             item.setText(self._finding_text(f))
             tier = self.tiers.get(phrase_key(f.phrase), (None, Tier.NONE))[1]
-            item.setBackground(QBrush(TIER_TINT[tier]) if tier in TIER_TINT else QBrush())
+            tinted = tier in TIER_TINT
+            item.setBackground(QBrush(TIER_TINT[tier]) if tinted else QBrush())
+            item.setForeground(QBrush(TINTED_TEXT) if tinted else QBrush())  # dark text on the light tint
         self._sync_buttons()
 
     # ------------------------------------------------------------------ links

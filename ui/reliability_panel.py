@@ -59,8 +59,8 @@ class TrafficLight(QWidget):
         p = QPainter(self)
         p.setRenderHint(QPainter.RenderHint.Antialiasing)
         p.setBrush(QColor(30, 30, 30))
-        p.setPen(Qt.PenStyle.NoPen)
-        p.drawRoundedRect(QRectF(self.rect()), 6, 6)
+        p.setPen(QPen(QColor(110, 110, 110), 1))  # the housing stays visible on a dark theme
+        p.drawRoundedRect(QRectF(self.rect()).adjusted(0.5, 0.5, -0.5, -0.5), 6, 6)
         d = 20.0
         for i, tier in enumerate(self.ORDER):
             p.setBrush(LAMP_ON[tier] if tier is self.tier else LAMP_OFF)

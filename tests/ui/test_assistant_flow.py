@@ -228,8 +228,15 @@ def _sample_answer(gt: dict, k: int) -> str:
 
 
 def test_main_window_with_the_sample_study_screenshot(qtbot, output_dir, tmp_path):
+    from PySide6.QtWidgets import QApplication
+
+    from ui.app_setup import STYLE
+
     gt = load_ground_truth(SAMPLE)
     k = 17  # the largest cut through the right lower lobe mass
+    app = QApplication.instance()
+    before = app.styleSheet()
+    app.setStyleSheet(STYLE.read_text(encoding="utf-8"))  # the reading-room theme the viewer runs with
     win = MainWindow()
     qtbot.addWidget(win)
     win.resize(1600, 1000)
@@ -264,6 +271,7 @@ def test_main_window_with_the_sample_study_screenshot(qtbot, output_dir, tmp_pat
         assert has_colour(viewport_pixels(win, vp), SOURCE_COLORS["ai"]), "the AI box must be drawn"
     finally:
         win.shutdown()
+        app.setStyleSheet(before)
 
 
 def test_launcher_attaches_the_assistant(qtbot, tmp_path, monkeypatch):

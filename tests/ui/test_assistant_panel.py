@@ -353,3 +353,20 @@ def test_asking_again_stops_the_running_check_and_its_result_does_not_show(qtbot
         assert h.panel.reliability.light.lit() == [Tier.GREEN]
     finally:
         h.controller.shutdown()
+
+
+def test_a_direct_answer_without_steps_is_shown_with_its_links(qtbot):
+    answer = "Yes: there is <ref>a small effusion</ref><box>[[100,600,400,900]]</box> at the right base."
+    h = make_host(qtbot, ScriptedEngine(answer=answer))
+    try:
+        h.vp.set_slice(2)
+        ask_and_wait(qtbot, h, "Is there a pleural effusion?", reliability=False)
+        assert h.panel.step_views == {}
+        assert not h.panel.answer_text.isHidden()
+        text = h.panel.answer_text.text()
+        assert "Yes: there is" in text and "at the right base." in text and 'href="g:0"' in text
+        h.vp.set_slice(0)
+        h.panel.answer_text.linkActivated.emit("g:0")
+        assert h.vp.overlays.highlighted == h.vp.overlays.ids()[0] and h.vp.slice_index == 2
+    finally:
+        h.controller.shutdown()
