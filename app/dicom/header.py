@@ -167,7 +167,7 @@ _SEQ = (list, tuple, pydicom.multival.MultiValue)
 
 
 def _seq_get(ds: Dataset, keyword: str) -> Any:
-    value = _value(ds, keyword)
+    value = ds.get(keyword) if type(ds) is Values else _value(ds, keyword)
     if value is None or value == "":
         return None
     return value
@@ -289,21 +289,31 @@ def quiet_pydicom():
 
 def read_header(path: Path) -> DicomInstance | FileProblem:
     """The instance described by ``path``'s header, or the reason it cannot be shown."""
-    with quiet_pydicom():
-        return _read_header(path)
-
-
-
-def _read_header(path: Path) -> DicomInstance | FileProblem:
-    error: OSError | None = None
     try:
-        fast = read_fast(path, _keep_tags(), _quick_spec())
+        fast: Any = read_fast(path, _keep_tags(), _quick_spec())
     except OSError as exc:
-        fast, error = None, exc
-    if fast is not None and type(fast[0]) is Values:
-        # The common case: one open, one read, no pydicom objects (file size from the same open).
+        fast = exc
+    if fast is not None and type(fast) is tuple and type(fast[0]) is Values:
         ds, pixel = fast
-        size = ds.size
+        if _syntax(ds) in RAW_LE_SYNTAXES:
+            # The common case: one open, one read, and nothing below calls pydicom (so no need
+            # to silence it); the file size comes from the same open.
+            try:
+                return _instance(path, ds, pixel, ds.size)
+            except Exception as exc:  # noqa: BLE001 - a damaged header value must not stop the scan
+                log.debug("header of %s damaged: %r", path, exc)
+                return FileProblem(path, "image header is damaged (unreadable values)")
+    with quiet_pydicom():
+        return _read_header(path, fast)
+
+
+def _read_header(path: Path, fast: Any) -> DicomInstance | FileProblem:
+    """``fast``: what :func:`read_fast` gave (None to fall back, or the OSError it raised)."""
+    error = fast if isinstance(fast, OSError) else None
+    if error is not None:
+        fast = None
+    if fast is not None and type(fast[0]) is Values:
+        size = fast[0].size
     else:
         try:
             size = path.stat().st_size

@@ -178,6 +178,7 @@ _PIXEL_KEYS = {_swap(t): kw for t, kw in _PIXEL.items()}
 _META_TS, _META_END = _swap(0x00020010), 0x0002
 _SQ_KEYS = {_swap(_ITEM), _swap(_ITEM_END), _swap(_SEQ_END)}
 _QUICK_CHARSETS = {None: "latin-1", "ISO_IR 100": "latin-1", "ISO_IR 192": "utf-8"}
+_HEADER_LEN = {vr: (12 if vr in _LONG else 8) for vr in _VRS}
 _E = struct.Struct("<L2sH")
 _I = struct.Struct("<LL")
 _H = struct.Struct("<H")
@@ -223,60 +224,89 @@ def _quick(buf: bytes, complete: bool, spec: Mapping[int, tuple[str, str]]) -> t
     if ts == _BIG or ts in _DEFLATED:
         raise _Abort
     implicit = ts == _IMPLICIT
-    found: list[tuple[int, bytes | None, int, int]] = []
-    pixel = None
-    while True:
-        if pos + 8 > n:
-            if complete:
-                raise _Abort  # no pixel data: the general reader says what the file is
-            raise _Short
-        if implicit:
-            key, length = _I.unpack_from(buf, pos)
-            vr = None
+    found: list[tuple[str, bytes, int, int]] = []
+    # One dict lookup per element for everything that matters: a wanted tag, or the pixel data.
+    want = _merged(spec)
+    get = want.get
+    if implicit:
+        unpack_i = _I.unpack_from
+        while True:
+            if pos + 8 > n:
+                if complete:
+                    raise _Abort  # no pixel data: the general reader says what the file is
+                raise _Short
+            key, length = unpack_i(buf, pos)
             start = pos + 8
-        else:
+            hit = get(key)
+            if hit is not None:
+                keyword, vr = hit
+                if vr is None:
+                    pixel = (keyword, start, length)
+                    break
+            if length == 0xFFFFFFFF:
+                if hit is not None or key in _SQ_KEYS:
+                    raise _Abort
+                try:
+                    pos = _skip_undefined(buf, start, True)
+                except ValueError:
+                    raise _Abort from None
+                continue
+            pos = start + length
+            if hit is not None:
+                if pos > n:
+                    raise _Short
+                found.append((keyword, vr, start, pos))
+    else:
+        header_len = _HEADER_LEN.get
+        while True:
+            if pos + 8 > n:
+                if complete:
+                    raise _Abort
+                raise _Short
             key, vr, length = unpack(buf, pos)
-            if vr in longs:
+            hl = header_len(vr)
+            if hl is None:
+                raise _Abort  # not a VR: damaged, let the general reader decide
+            if hl == 12:
                 if pos + 12 > n:
                     raise _Short
                 (length,) = u32(buf, pos + 8)
-                start = pos + 12
-            elif vr in vrs:
-                start = pos + 8
-            else:
-                raise _Abort
-        if key in _PIXEL_KEYS:
-            pixel = (_PIXEL_KEYS[key], start, length)
-            break
-        if length == 0xFFFFFFFF:
-            if key in spec or key in _SQ_KEYS:
-                raise _Abort
-            try:
-                pos = _skip_undefined(buf, start, implicit)
-            except ValueError:
-                raise _Abort from None
-            continue
-        end = start + length
-        if key in spec:
-            if end > n:
-                raise _Short
-            found.append((key, vr, start, end))
-        pos = end
+            start = pos + hl
+            hit = get(key)
+            if hit is not None and hit[1] is None:
+                pixel = (hit[0], start, length)
+                break
+            if length == 0xFFFFFFFF:
+                if hit is not None or key in _SQ_KEYS:
+                    raise _Abort
+                try:
+                    pos = _skip_undefined(buf, start, False)
+                except ValueError:
+                    raise _Abort from None
+                continue
+            pos = start + length
+            if hit is not None:
+                if pos > n:
+                    raise _Short
+                found.append((hit[0], vr, start, pos))
 
     values = Values()
     meta = Values()
     meta["TransferSyntaxUID"] = _text_value(ts_raw)
     values.file_meta = meta
     pn = None
-    for key, vr, start, end in found:
-        keyword, dict_vr = spec[key]
-        if vr is None:
-            vr = dict_vr.encode()
-        if vr in _STRING_VRS:
+    strings = _STRING_VRS
+    for keyword, vr, start, end in found:
+        if vr in strings:
             if keyword == "PatientName":
                 pn = buf[start:end]
                 continue
-            values[keyword] = _text_value(buf[start:end])
+            # exactly header._value's decoding of a raw string element
+            text = buf[start:end].decode("latin-1").rstrip(" \x00").strip()
+            if "\\" in text:
+                values[keyword] = text.split("\\")
+            else:
+                values[keyword] = text
         elif vr == b"US" and end > start and not (end - start) & 1:
             count = (end - start) >> 1
             values[keyword] = _H.unpack_from(buf, start)[0] if count == 1 else list(
@@ -293,6 +323,20 @@ def _quick(buf: bytes, complete: bool, spec: Mapping[int, tuple[str, str]]) -> t
         except UnicodeDecodeError:
             raise _Abort from None
     return values, pixel
+
+
+_MERGED: dict[int, tuple[dict, dict]] = {}
+
+
+def _merged(spec: Mapping[int, tuple[str, str]]) -> dict[int, tuple[str, bytes | None]]:
+    """``spec`` with VRs as bytes, plus the pixel data tags (VR None), built once per spec."""
+    cached = _MERGED.get(id(spec))
+    if cached is not None and cached[0] is spec:
+        return cached[1]
+    merged: dict[int, tuple[str, bytes | None]] = {k: (kw, vr.encode()) for k, (kw, vr) in spec.items()}
+    merged.update({k: (kw, None) for k, kw in _PIXEL_KEYS.items()})
+    _MERGED[id(spec)] = (spec, merged)  # keeps spec alive, so its id is never reused
+    return merged
 
 
 def _parse(buf: bytes, complete: bool, keep: frozenset[int] | None = None) -> tuple[Dataset, tuple[str, int, int] | None] | None:
