@@ -469,7 +469,8 @@ def load_model(model: ModelSection, train: TrainSection, lora: LoraSection):
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=torch.bfloat16 if train.bf16 else torch.float32,
-            llm_int8_skip_modules=["vision_tower", "multi_modal_projector", "lm_head"])
+            llm_int8_skip_modules=["model.vision_tower", "model.multi_modal_projector", "vision_tower",
+                                   "multi_modal_projector", "lm_head"])
         kwargs["device_map"] = {"": "cuda" if torch.cuda.is_available() else "cpu"}
     net = InternVLForConditionalGeneration.from_pretrained(path, **kwargs)
     if train.mode == "qlora":
@@ -479,13 +480,11 @@ def load_model(model: ModelSection, train: TrainSection, lora: LoraSection):
     if train.mode in ("lora", "qlora"):
         from peft import LoraConfig, get_peft_model
 
+        # the projector is small: trained fully beside the adapters (InternVL recipe) unless frozen
         config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                            target_modules=lora_target_regex(lora), task_type="CAUSAL_LM")
+                            target_modules=lora_target_regex(lora), task_type="CAUSAL_LM",
+                            modules_to_save=None if train.freeze_projector else ["multi_modal_projector"])
         net = get_peft_model(net, config)
-        if not train.freeze_projector:  # the projector is small: train it fully (InternVL recipe)
-            for name, p in net.named_parameters():
-                if "multi_modal_projector" in name and p.dtype.is_floating_point:
-                    p.requires_grad_(True)
     freeze(net, train)
     if train.gradient_checkpointing:
         net.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -520,34 +519,43 @@ def save_processor(processor: ImageOnlyInternVLProcessor, folder: Path) -> None:
         {"processor_class": "InternVLProcessor", "image_seq_length": processor.image_seq_length}, indent=2))
 
 
-def export_model(net, processor: ImageOnlyInternVLProcessor, folder: Path, base_path: Path | str,
-                 mode: str, card: dict | None = None) -> Path:
-    """A complete, plain model folder: LoRA/QLoRA adapters are merged into a full-precision base."""
+def merge_adapter(adapter: Path, base_path: Path | str, folder: Path) -> None:
+    """Merge a saved LoRA adapter (and its fully trained ``modules_to_save``) into a full-precision base."""
+    from peft import PeftModel
     from transformers import InternVLForConditionalGeneration
 
+    base = InternVLForConditionalGeneration.from_pretrained(base_path, dtype=torch.float32, local_files_only=True)
+    PeftModel.from_pretrained(base, adapter).merge_and_unload().save_pretrained(folder, safe_serialization=True)
+
+
+def export_model(net, processor: ImageOnlyInternVLProcessor, folder: Path, base_path: Path | str,
+                 mode: str, card: dict | None = None) -> Path:
+    """A complete, plain model folder from a model in memory (one process): adapters merged."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     if mode == "full":
         net.save_pretrained(folder, safe_serialization=True)
     else:
-        from peft import PeftModel
-
-        adapter = folder / "adapter"
-        net.save_pretrained(adapter)
-        base = InternVLForConditionalGeneration.from_pretrained(base_path, dtype=torch.float32, local_files_only=True)
-        merged = PeftModel.from_pretrained(base, adapter).merge_and_unload()
-        trained_extra = {n: p for n, p in net.named_parameters() if p.requires_grad and "lora_" not in n}
-        if trained_extra:  # fully trained modules (projector) next to the adapters
-            state = merged.state_dict()
-            for name, p in trained_extra.items():
-                key = name.split("base_model.model.", 1)[-1].replace(".modules_to_save.default", "")
-                key = key.replace(".original_module", "")
-                if key in state:
-                    state[key].copy_(p.detach().to(state[key].dtype))
-        merged.save_pretrained(folder, safe_serialization=True)
+        net.save_pretrained(folder / "adapter")
+        merge_adapter(folder / "adapter", base_path, folder)
     save_processor(processor, folder)
     if card is not None:
         (folder / "model_card.json").write_text(json.dumps(card, indent=2) + "\n")
+    return folder
+
+
+def finish_training(trainer, processor: ImageOnlyInternVLProcessor, folder: Path, base_path: Path | str,
+                    mode: str, card: dict) -> Path:
+    """Write the finished model with ``trainer.save_model`` (every rank: gathers ZeRO-3 shards), then, on
+    the main process, merge adapters, add the processor files and the model card."""
+    folder = Path(folder)
+    trainer.save_model(str(folder if mode == "full" else folder / "adapter"))
+    if trainer.is_world_process_zero():
+        if mode != "full":
+            merge_adapter(folder / "adapter", base_path, folder)
+        save_processor(processor, folder)
+        (folder / "model_card.json").write_text(json.dumps(card, indent=2) + "\n")
+    trainer.accelerator.wait_for_everyone()
     return folder
 
 

@@ -40,7 +40,7 @@ from training.common import (
     ModelSection,
     TrainSection,
     base_parser,
-    export_model,
+    finish_training,
     load_config,
     load_model,
     load_samples,
@@ -139,16 +139,15 @@ def train_dpo(config: DPOConfig, resume: bool = False) -> Path:
     start = time.monotonic()
     result = trainer.train(resume_from_checkpoint=resume_checkpoint(out, resume))
     trainer.save_state()
-    if trainer.is_world_process_zero():
-        model = trainer.model
-        if config.train.mode != "full" and "ref" in getattr(model, "peft_config", {}):
-            model.delete_adapter("ref")
-        card = {"name": f"{Path(config.model.path).name} + {config.stage}", "trained": True,
-                "stage": config.stage, "base": str(config.model.path), "mode": config.train.mode,
-                "losses": dict(zip(loss_types, loss_weights or [1.0] * len(loss_types))), "beta": config.dpo.beta,
-                "global_step": trainer.state.global_step, "train_loss": result.training_loss,
-                "wall_s": round(time.monotonic() - start, 1), "pairs": len(dataset)}
-        export_model(model, processor, out / "final", config.model.path, config.train.mode, card)
+    model = trainer.model
+    if config.train.mode != "full" and "ref" in getattr(model, "peft_config", {}):
+        model.delete_adapter("ref")  # trl's frozen copy of the starting adapter
+    card = {"name": f"{Path(config.model.path).name} + {config.stage}", "trained": True,
+            "stage": config.stage, "base": str(config.model.path), "mode": config.train.mode,
+            "losses": dict(zip(loss_types, loss_weights or [1.0] * len(loss_types))), "beta": config.dpo.beta,
+            "global_step": trainer.state.global_step, "train_loss": result.training_loss,
+            "wall_s": round(time.monotonic() - start, 1), "pairs": len(dataset)}
+    finish_training(trainer, processor, out / "final", config.model.path, config.train.mode, card)
     return out / "final"
 
 

@@ -28,7 +28,7 @@ from training.common import (
     MetricsLogCallback,
     SFTConfig,
     base_parser,
-    export_model,
+    finish_training,
     load_config,
     load_model,
     load_samples,
@@ -61,12 +61,11 @@ def train_sft(config: SFTConfig, resume: bool = False) -> Path:
     start = time.monotonic()
     result = trainer.train(resume_from_checkpoint=resume_checkpoint(out, resume))
     trainer.save_state()
-    if trainer.is_world_process_zero():
-        card = {"name": f"{Path(config.model.path).name} + {config.stage}", "trained": True,
-                "stage": config.stage, "base": str(config.model.path), "mode": config.train.mode,
-                "global_step": trainer.state.global_step, "train_loss": result.training_loss,
-                "wall_s": round(time.monotonic() - start, 1), "records": len(samples)}
-        export_model(trainer.model, processor, out / "final", config.model.path, config.train.mode, card)
+    card = {"name": f"{Path(config.model.path).name} + {config.stage}", "trained": True,
+            "stage": config.stage, "base": str(config.model.path), "mode": config.train.mode,
+            "global_step": trainer.state.global_step, "train_loss": result.training_loss,
+            "wall_s": round(time.monotonic() - start, 1), "records": len(samples)}
+    finish_training(trainer, processor, out / "final", config.model.path, config.train.mode, card)
     log.info("%s finished at step %d: %s", config.stage, trainer.state.global_step, out / "final")
     return out / "final"
 
