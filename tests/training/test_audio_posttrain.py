@@ -104,6 +104,7 @@ def test_two_steps_train_only_the_projector_then_reload_and_resume(tiny, audio_d
 
 
 def test_lora_on_the_llm(tiny, audio_data, tmp_path):
+    pytest.importorskip("peft")
     out = tmp_path / "audio-lora"
     assert _run(tiny, audio_data, out, "--set", "train.mode=lora", "--set", "lora.r=4",
                 "--set", "train.max_steps=1") == 0

@@ -132,6 +132,7 @@ def test_full_sft_two_steps_writes_reloadable_checkpoint_and_resumes(tiny, corpu
 
 
 def test_lora_with_gradient_checkpointing_merges_into_a_plain_model(tiny, corpus, tmp_path):
+    pytest.importorskip("peft")
     out = tmp_path / "lora"
     assert _run(tiny, corpus, out, "--set", "train.mode=lora", "--set", "train.gradient_checkpointing=true",
                 "--set", "train.freeze_vision=true", "--set", "lora.r=4") == 0
@@ -147,6 +148,7 @@ def test_lora_with_gradient_checkpointing_merges_into_a_plain_model(tiny, corpus
 
 def test_qlora_runs_on_nf4_base(tiny, corpus, tmp_path):
     pytest.importorskip("bitsandbytes")
+    pytest.importorskip("peft")
     out = tmp_path / "qlora"
     assert _run(tiny, corpus, out, "--set", "train.mode=qlora", "--set", "train.max_steps=1",
                 "--set", "lora.r=4") == 0
