@@ -102,7 +102,7 @@ def render(volume: Volume, k: int, window: Window | None = None, invert: bool = 
         else:
             lut = _lut16(signed, slope, intercept, float(window.width), float(window.center),
                          _function_for(volume, window), flip)
-        return lut[frame.view(np.uint16)]
+        return np.take(lut, frame.view(np.uint16))  # ~2x faster than lut[...] for a 64k table
     values = frame.astype(np.float64) * slope + intercept
     unit = voi_lut_to_unit(values, volume.voi_lut) if use_lut else window_to_unit(
         values, window, _function_for(volume, window))
