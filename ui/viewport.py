@@ -314,6 +314,11 @@ class Viewport(QWidget):
         """True once the frame on screen is drawn with smoothing (no slice change pending)."""
         return self.image.smooth
 
+    def settle(self) -> None:
+        """Redraw the current frame smoothed now, as happens ``SMOOTH_AFTER_MS`` after the last
+        slice change (tests and benchmarks; a no-op when already settled)."""
+        self._settle()
+
     def _settle(self) -> None:
         """The slices stopped changing: redraw the same frame with bilinear smoothing."""
         self._smooth_timer.stop()

@@ -58,7 +58,7 @@ def test_settled_image_equals_the_smooth_render(qtbot, make_vp):
 
     direct = make_vp()
     direct.set_slice(7)
-    direct._settle()  # what a still image is drawn with
+    direct.settle()  # what a still image is drawn with
     assert np.array_equal(_grab(scrolled), _grab(direct))
 
 
@@ -75,7 +75,7 @@ def test_each_new_slice_restarts_the_wait(qtbot, make_vp):
 def test_rgb32_buffer_draws_the_pixels_of_pyqtgraphs_grey_image(qtbot, make_vp, monkeypatch):
     ours = make_vp()
     ours.set_slice(3)
-    ours._settle()
+    ours.settle()
     mine = _grab(ours)
     assert ours.image.qimage.format() == QImage.Format.Format_RGB32
 
@@ -83,7 +83,7 @@ def test_rgb32_buffer_draws_the_pixels_of_pyqtgraphs_grey_image(qtbot, make_vp, 
         m.setattr(viewport_module._FrameImage, "render", pg.ImageItem.render)
         ref = make_vp()
         ref.set_slice(3)
-        ref._settle()
+        ref.settle()
         ref.image.render()
         assert ref.image.qimage.format() == QImage.Format.Format_Grayscale8
         ref.image.update()
