@@ -190,3 +190,34 @@ def test_xmedgpt_eval_with_the_tiny_model_writes_json(corpus, tmp_path, capsys):
     assert "confidence_weighted" in result["reliability"]["question"]
     assert result["timing"]["grounding"]["n"] == 2
     assert "localization (grounding)" in capsys.readouterr().out
+
+
+def test_any_dataset_in_the_documented_format(corpus, tmp_path):
+    """No annotations.jsonl: boxes come from the reference answers, findings from a record's list,
+    Kendall's tau-b from numeric outcomes (e.g. a converted VQA-RAD / VinDr-CXR set)."""
+    import shutil
+
+    data = tmp_path / "generic"
+    shutil.copytree(corpus / "images", data / "images")
+    shutil.copy(corpus / "grounding.jsonl", data / "grounding.jsonl")
+    vqa = []
+    for line in (corpus / "vqa.jsonl").read_text().splitlines():
+        rec = json.loads(line)
+        if rec["question_type"] == "count":
+            rec["outcome"] = int(rec["conversations"][1]["value"])
+        vqa.append(rec)
+    (data / "vqa.jsonl").write_text("".join(json.dumps(r) + "\n" for r in vqa))
+    reports = []
+    for line in (corpus / "report.jsonl").read_text().splitlines():
+        rec = json.loads(line)
+        rec["findings"] = ["nodule"] if "nodule" in rec["conversations"][1]["value"] else []
+        reports.append(rec)
+    (data / "report.jsonl").write_text("".join(json.dumps(r) + "\n" for r in reports))
+    engine = ReferenceEngine(corpus)
+    result = evaluate(engine, data, Options(samples=0))
+    assert result["localization"]["mean_iou"] == pytest.approx(1.0)
+    assert set(result["localization"]["per_bucket"]) <= {"small", "medium", "large"}
+    assert result["findings"]["fn"] == 0 and result["findings"]["fp"] == 0
+    assert len({r["outcome"] for r in vqa if "outcome" in r}) > 1  # seed 21: counts 2, 0, 2, 3, 3
+    assert result["kendall_tau_b"]["outcome"]["tau_b"] == pytest.approx(1.0)
+    assert result["kendall_tau_b"]["outcome"]["n"] == 5
