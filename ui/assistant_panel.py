@@ -239,7 +239,7 @@ class AssistantPanel(QWidget):
         self.steps_scroll = QScrollArea()
         self.steps_scroll.setWidgetResizable(True)
         self.steps_scroll.setWidget(self.steps_box)
-        self.steps_scroll.setMinimumHeight(180)
+        self.steps_scroll.setMinimumHeight(120)
         self.findings_list = QListWidget()
         self.findings_list.setMaximumHeight(90)
         self.findings_list.itemClicked.connect(lambda item: self.show_finding(self.findings_list.row(item)))
