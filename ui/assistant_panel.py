@@ -294,6 +294,12 @@ class AssistantPanel(QWidget):
         self.load_bar.setFormat(f"{message} %p%")
 
     # ------------------------------------------------------------------ asking
+    def add_to_query(self, text: str) -> None:
+        """Dictated text (``DictationWidget.text_ready`` with target "query") goes into the query box."""
+        current = self.query.text().rstrip()
+        self.query.setText(f"{current} {text.strip()}".strip())
+        self.query.setFocus()
+
     def ask(self, question: str | None = None) -> bool:
         """Ask ``question`` (default: the query box) about the active viewport's slice."""
         if question is not None and not isinstance(question, str):

@@ -370,3 +370,12 @@ def test_a_direct_answer_without_steps_is_shown_with_its_links(qtbot):
         assert h.vp.overlays.highlighted == h.vp.overlays.ids()[0] and h.vp.slice_index == 2
     finally:
         h.controller.shutdown()
+
+
+def test_dictated_text_goes_into_the_query_and_asks(qtbot, host):
+    host.panel.query.setText("Locate")
+    host.panel.add_to_query("  the nodule ")
+    assert host.panel.query.text() == "Locate the nodule"
+    with qtbot.waitSignal(host.controller.answer_ready, timeout=10_000) as answered:
+        host.panel.ask()  # what a voice "ask" command triggers
+    assert answered.args[0].context.question == "Locate the nodule"
