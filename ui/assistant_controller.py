@@ -162,6 +162,7 @@ class AssistantController(QObject):
         self.last_answer: AnswerResult | None = None
         self.last_reliability: ReliabilityResult | None = None
         self._loader: ModelLoadWorker | None = None
+        self._reload = False
         self._ask: AskWorker | None = None
         self._check: ReliabilityWorker | None = None
         self._workers: list[_Worker] = []
@@ -174,7 +175,11 @@ class AssistantController(QObject):
         if choice is not None:
             self.choice = choice
         if self._loader is not None and self._loader.isRunning():
+            self._reload = True  # load the new choice once the running load has stopped
+            self._loader.cancel()
+            self._set_state("loading", f"Loading {self.choice.label()}…")
             return
+        self._reload = False
         self.engine, self.assistant = None, None
         if not self.choice.available:
             self._set_state("none", self.choice.reason)
@@ -182,12 +187,18 @@ class AssistantController(QObject):
         self._set_state("loading", f"Loading {self.choice.label()}…")
         w = ModelLoadWorker(self.choice, device_for(self.settings), quantization_for(self.settings), self)
         w.progress.connect(self.model_progress)
-        w.loaded.connect(self.set_engine)
+        w.loaded.connect(self._loaded)
         w.failed.connect(self._load_failed)
         self._loader = w
         self._start(w)
 
+    def _loaded(self, engine: Engine) -> None:
+        if not self._reload:  # else a newer choice replaces it when the worker has finished
+            self.set_engine(engine)
+
     def _load_failed(self, message: str) -> None:
+        if self._reload:
+            return
         if self._loader is not None and self._loader.cancelled():
             message = f"Loading {self.choice.label()} was cancelled — open Settings to load a model."
         self._set_state("failed", message)
@@ -290,6 +301,8 @@ class AssistantController(QObject):
             if getattr(self, name) is w:
                 setattr(self, name, None)
         w.deleteLater()
+        if isinstance(w, ModelLoadWorker) and self._reload:
+            self.load_model()
         self.busy_changed.emit(self.busy)
 
     def is_idle(self) -> bool:

@@ -365,13 +365,16 @@ class AssistantPanel(QWidget):
         self.answer_text.setText(segments_html(preamble))
         self.answer_text.setVisible(bool(preamble))
 
+    def _asked_series_shown(self) -> bool:
+        """Whether the viewport asked about still shows the volume the answer is about."""
+        return self.viewport is not None and self.context is not None and self.viewport.volume is self.context.volume
+
     def _add_finding(self, f: Finding) -> None:
-        if self.viewport is None:
-            return
         box_id = f"ai{self._answer_no}-{len(self.findings) + 1}"
-        self.viewport.overlays.add_box(f.frame, f.box_px, f"AI: {f.label}", source="ai", box_id=box_id)
+        if self._asked_series_shown():  # never draw on a series the reader switched to meanwhile
+            self.viewport.overlays.add_box(f.frame, f.box_px, f"AI: {f.label}", source="ai", box_id=box_id)
+            self._own.add(box_id)
         self.box_ids[(phrase_key(f.phrase), f.box_norm)] = box_id
-        self._own.add(box_id)
         self.findings.append(f)
         item = QListWidgetItem(self._finding_text(f))
         if f.warning:
@@ -469,8 +472,9 @@ class AssistantPanel(QWidget):
 
     def show_box(self, box_id: str) -> None:
         vp = self.viewport
-        if vp is None or box_id not in vp.overlays.ids():
-            self.message.emit("That box is no longer on screen (the series was changed).")
+        if vp is None or not self._asked_series_shown() or box_id not in vp.overlays.ids():
+            self.message.emit("That box is no longer on screen: the series it was drawn on is not shown "
+                              "in that viewport any more.")
             return
         vp.set_slice(vp.overlays.frame_of(box_id))
         vp.overlays.highlight(box_id)

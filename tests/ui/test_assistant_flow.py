@@ -122,6 +122,18 @@ def test_model_loads_in_the_background_and_the_indicator_names_it(qtbot, tiny_mo
         h.controller.shutdown()
 
 
+def test_a_new_choice_while_loading_replaces_the_one_being_loaded(qtbot, tiny_model_dir, tmp_path):
+    h = make_host(qtbot, choice=ModelChoice("local", tmp_path / "nothing-here", source="--model"),
+                  settings=Settings(use_gpu=False))
+    try:
+        h.controller.load_model()
+        h.controller.load_model(ModelChoice("local", tiny_model_dir, source="embedded demo model"))
+        qtbot.waitUntil(lambda: h.controller.state in ("ready", "failed") and h.controller.is_idle(), timeout=60_000)
+        assert (h.controller.state, h.panel.indicator.text()) == ("ready", "demo model · CPU")
+    finally:
+        h.controller.shutdown()
+
+
 def test_a_folder_that_is_not_a_model_says_why_and_ask_stays_off(qtbot, tmp_path):
     h = make_host(qtbot, choice=ModelChoice("local", tmp_path, source="--model"))
     try:

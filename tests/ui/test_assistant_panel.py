@@ -379,3 +379,20 @@ def test_dictated_text_goes_into_the_query_and_asks(qtbot, host):
     with qtbot.waitSignal(host.controller.answer_ready, timeout=10_000) as answered:
         host.panel.ask()  # what a voice "ask" command triggers
     assert answered.args[0].context.question == "Locate the nodule"
+
+
+def test_boxes_never_land_on_a_series_shown_after_the_question(qtbot):
+    engine = ScriptedEngine(piece=4, delay=0.01)
+    h = make_host(qtbot, engine)
+    messages = []
+    h.panel.message.connect(messages.append)
+    try:
+        with qtbot.waitSignal(h.controller.answer_ready, timeout=10_000):
+            h.panel.ask("Describe the findings")
+            qtbot.waitUntil(engine.first_piece.is_set, timeout=5000)
+            h.vp.set_volume(synthetic_volume(n=12, rows=SIZE, cols=SIZE))  # the reader opens another series
+        assert h.vp.overlays.ids() == [] and h.panel.findings_list.count() == 2
+        h.panel.findings_list.itemClicked.emit(h.panel.findings_list.item(0))
+        assert h.vp.overlays.highlighted is None and "not shown" in messages[-1]
+    finally:
+        h.controller.shutdown()
