@@ -17,8 +17,8 @@ MICRO = REPO / "training" / "configs" / "demo_model_micro.yaml"
 
 
 def test_tokenizer_has_one_token_per_digit_and_the_internvl_tokens():
-    tok = build_demo_tokenizer(["<ref>nodule</ref><box>[[120, 473, 349, 492]]</box>", "Step 2: Region localization"] * 20,
-                               vocab_size=300)
+    lines = ["<ref>nodule</ref><box>[[120, 473, 349, 492]]</box>", "Step 2: Region localization"] * 20
+    tok = build_demo_tokenizer(lines, vocab_size=300)
     pieces = tok.tokenize("[[120, 473]]")
     digit_tokens = [p for p in pieces if any(c.isdigit() for c in p)]
     assert len(digit_tokens) == 6 and all(sum(c.isdigit() for c in p) == 1 for p in digit_tokens)
