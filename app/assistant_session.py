@@ -16,6 +16,7 @@ Model choice, first that applies:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 from collections.abc import Callable, Sequence
@@ -333,7 +334,24 @@ def check_answer(
         if fallback:
             log.info("no check question from the model; asking about presence of %d findings", len(fallback))
             result = assess(engine, fallback, image, settings=rs, cancel=cancel, progress=progress)
-    return result
+    return apply_guardrail(result, answer)
+
+
+def apply_guardrail(reliability: Reliability, answer: AssistantAnswer) -> Reliability:
+    """A box drawn for a structure the series cannot show is never green, however
+    consistently the model repeats it: such findings, and the whole answer, are at most amber,
+    and the reason is said."""
+    flagged = {phrase_key(f.phrase) for f in answer.findings if f.warning}
+    if not flagged:
+        return reliability
+    findings = [dataclasses.replace(fr, tier=Tier.AMBER) if fr.finding_id in flagged and fr.tier is Tier.GREEN
+                else fr for fr in reliability.findings]
+    out = dataclasses.replace(reliability, findings=findings)
+    if out.tier is Tier.GREEN:
+        warning = next(f.warning for f in answer.findings if f.warning)
+        out.tier = Tier.AMBER
+        out.message = f"{warning} The model repeats its answer consistently, but check its box against the image."
+    return out
 
 
 def check_model_folder(folder: Path) -> str:

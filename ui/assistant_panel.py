@@ -372,7 +372,8 @@ class AssistantPanel(QWidget):
     def _add_finding(self, f: Finding) -> None:
         box_id = f"ai{self._answer_no}-{len(self.findings) + 1}"
         if self._asked_series_shown():  # never draw on a series the reader switched to meanwhile
-            self.viewport.overlays.add_box(f.frame, f.box_px, f"AI: {f.label}", source="ai", box_id=box_id)
+            label = f"AI ⚠: {f.label} (not in this series?)" if f.warning else f"AI: {f.label}"
+            self.viewport.overlays.add_box(f.frame, f.box_px, label, source="ai", box_id=box_id)
             self._own.add(box_id)
         self.box_ids[(phrase_key(f.phrase), f.box_norm)] = box_id
         self.findings.append(f)

@@ -218,17 +218,24 @@ def test_an_edited_box_stays_where_the_reader_put_it(qtbot, host):
     assert edits and edits[-1][0] == box_id and edits[-1][2].x0 == pytest.approx(10)
 
 
-def test_guardrail_warning_for_right_kidney_on_a_chest_ct(qtbot):
+def test_guardrail_warning_for_right_kidney_on_a_chest_ct(qtbot, output_dir):
     volume = synthetic_volume(n=6, rows=SIZE, cols=SIZE)
     volume.series.body_part = "CHEST"
     volume.series.description = "Axial chest"
     answer = "<ref>the right kidney</ref><box>[[100,100,300,300]]</box>"
     h = make_host(qtbot, ScriptedEngine(answer=answer), volume=volume)
     try:
-        ask_and_wait(qtbot, h, "Locate the right kidney", reliability=False)
+        ask_and_wait(qtbot, h, "Locate the right kidney")
         assert h.panel.warning.isVisible()
         assert "right kidney" in h.panel.warning.text() and "CHEST CT" in h.panel.warning.text()
         assert "⚠" in h.panel.findings_list.item(0).text()
+        assert h.vp.overlays.label_of(h.vp.overlays.ids()[0]).startswith("AI ⚠: the right kidney")
+        # the scripted model repeats "yes" every time, yet a box for an absent structure is never green
+        assert h.panel.reliability.light.lit() == [Tier.AMBER]
+        assert "CHEST CT" in h.panel.reliability.meaning.text()
+        assert h.panel.findings_list.item(0).background().color() == TIER_TINT[Tier.AMBER]
+        qtbot.wait(50)
+        assert h.grab().save(str(output_dir / "assistant_guardrail.png"))
     finally:
         h.controller.shutdown()
 
