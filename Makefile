@@ -16,12 +16,13 @@ APT_PACKAGES := libgl1 libegl1 libxkbcommon0 libxkbcommon-x11-0 libfontconfig1 l
 	libglib2.0-0 libxcb-cursor0 libxcb-icccm4 libxcb-keysyms1 libxcb-shape0 libxcb-xinerama0 \
 	libxcb-randr0 libxcb-render-util0 libxcb-image0 xvfb libportaudio2 espeak-ng sox poppler-utils
 
-.PHONY: run test system-deps venv benchmarks installer installer-test clean help
+.PHONY: run test system-deps venv benchmarks installer installer-test demo-model demo-model-resume clean help
 
 help:
 	@echo "make run         set up and open the viewer on the bundled sample study"
 	@echo "make test        set up and run the whole test suite"
 	@echo "make benchmarks  run the speed/memory benchmarks (tables for the README)"
+	@echo "make demo-model  retrain the embedded demo model from scratch (CPU, about two hours; resumable)"
 	@echo "make installer   build the Linux desktop bundle (build/installer/*.tar.gz)"
 	@echo "make installer-test  build, install into an empty folder and run the bundled app"
 
@@ -38,6 +39,14 @@ benchmarks: $(STAMP)
 	$(PY) benchmarks/reliability.py
 	$(PY) benchmarks/dictation.py
 	$(PY) benchmarks/assistant.py
+
+DEMO_WORK ?= checkpoints/demo-recipe
+demo-model: $(STAMP)
+	rm -rf $(DEMO_WORK)
+	$(PY) -m training.demo_model --config training/configs/demo_model.yaml --work-dir $(DEMO_WORK) --out resources/models/demo -v
+
+demo-model-resume: $(STAMP)
+	$(PY) -m training.demo_model --config training/configs/demo_model.yaml --work-dir $(DEMO_WORK) --out resources/models/demo -v
 
 installer: $(STAMP)
 	$(PIP) install -q -e ".[installer]"
