@@ -157,6 +157,7 @@ class AssistantPanel(QWidget):
         self.controller = controller
         self.target = target
         self.viewport: Viewport | None = None  # the viewport the current answer is about
+        self._next_viewport: Viewport | None = None  # the one the question being sent is about
         self.context: AskContext | None = None
         self.parsed: ParsedAnswer | None = None
         self.step_views: dict[int, StepView] = {}
@@ -311,11 +312,12 @@ class AssistantPanel(QWidget):
         if target is None:
             self._failed("Open a study first: the assistant answers about the slice on screen.")
             return False
-        self.viewport, context = target
+        self._next_viewport, context = target
         return self.controller.ask(context)
 
     def _asking(self, context: AskContext) -> None:
-        self._clear_answer()
+        self._clear_answer()  # the previous answer's boxes, in the viewport they were drawn in
+        self.viewport, self._next_viewport = self._next_viewport, None
         self.context = context
         self._answer_no = next(self._answers)
         desc = context.volume.series.description or "this series"

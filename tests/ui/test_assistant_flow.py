@@ -334,3 +334,33 @@ def test_with_the_report_attached_each_box_is_drawn_once(qtbot, tmp_path, monkey
         assert vp.overlays.highlighted in vp.overlays.ids() and vp.slice_index == 3
     finally:
         win.shutdown()
+
+
+def test_asking_in_another_viewport_moves_the_answer_there(qtbot, tmp_path):
+    from app.sample import write_ct_study
+
+    study = write_ct_study(tmp_path / "ct", n_slices=5, size=128, seed=6)
+    win = MainWindow()
+    qtbot.addWidget(win)
+    controller = install_assistant(win, settings=Settings(reliability_samples=2, reliability_questions=1),
+                                   registry=ModelRegistry(tmp_path / "registry.json"), engine=ScriptedEngine())
+    try:
+        win.show()
+        win.open_paths([study])
+        qtbot.waitUntil(lambda: win.grid.active.volume is not None, timeout=30_000)
+        win.set_layout("1x2")
+        assert wait_until_idle(win, 60)
+        left, right = win.grid.visible()
+        win.grid.set_active(left)
+        with qtbot.waitSignal(controller.reliability_ready, timeout=20_000):
+            win.assistant_panel.ask("Describe the findings")
+        assert len(left.overlays.ids()) == 2 and right.overlays.ids() == []
+        win.grid.set_active(right)
+        right.set_slice(2)
+        with qtbot.waitSignal(controller.reliability_ready, timeout=20_000) as checked:
+            win.assistant_panel.ask("Describe the findings")
+        assert checked.args[0].context.frame == 2
+        assert left.overlays.ids() == [] and right.overlays.ids(frame=2) == right.overlays.ids()
+        assert len(right.overlays.ids()) == 2
+    finally:
+        win.shutdown()
