@@ -85,7 +85,9 @@ class _FrameImage(pg.ImageItem):
         np.bitwise_or(buf, np.uint32(0xFF000000), out=buf)
         # A new QImage per frame over the same buffer: a fresh cacheKey, so no paint engine can
         # reuse a texture of the previous frame.
-        self.qimage = QImage(buf.data, w, h, w * 4, QImage.Format.Format_RGB32)
+        qimage = QImage(buf, w, h, w * 4, QImage.Format.Format_RGB32)
+        qimage._frame_buffer = buf  # the QImage does not own its pixels: keep them alive with it
+        self.qimage = qimage
         self._renderRequired = False
         self._unrenderable = False
 

@@ -132,3 +132,15 @@ def test_new_volume_is_shown_smooth_at_once(qtbot, make_vp):
     assert not vp.is_settled
     vp.set_volume(synthetic_volume(n=4))
     assert vp.is_settled and vp.slice_index == 0
+
+
+def test_frame_size_change_gets_a_new_buffer_and_old_images_stay_valid(make_vp):
+    vp = make_vp()
+    vp.image.render()
+    old = vp.image.qimage
+    old_pixels = _array(old)
+    vp.set_volume(synthetic_volume(n=3, rows=64, cols=80))
+    vp.image.render()
+    assert (vp.image.qimage.width(), vp.image.qimage.height()) == (80, 64)
+    assert vp.image._rgb32.shape == (64, 80)
+    assert np.array_equal(_array(old), old_pixels)  # the old QImage kept its own buffer alive
