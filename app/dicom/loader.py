@@ -237,19 +237,20 @@ def load_series(
     wanted_set = set(wanted)
     done = [k not in wanted_set for k in range(len(plan))]
     vol.loaded = 0
-    # A few tasks, each taking every n-th file in slice order, so frames land roughly in order
-    # (the first slice early) without a future and a thread hand-off per file.
+    # A few long-lived tasks sharing one iterator over the files in slice order: each file goes
+    # to whichever task is free (frames land in order, the first slice first) without a future
+    # and a thread hand-off per file. A list iterator's next() is atomic under the GIL.
     n_tasks = max(1, min(n_workers, len(jobs) or 1))
-    batches = [list(jobs.values())[i::n_tasks] for i in range(n_tasks)]
+    pending_files = iter(list(jobs.values()))
 
-    def work_batch(batch: list[list[int]]) -> None:
-        for ks in batch:
+    def work_batch() -> None:
+        for ks in pending_files:
             if stop.is_set():
                 return
             work(ks)
 
     with ThreadPoolExecutor(max_workers=n_tasks) as pool:
-        futures = [pool.submit(work_batch, batch) for batch in batches]
+        futures = [pool.submit(work_batch) for _ in range(n_tasks)]
         try:
             while pending:
                 if cancel is not None and cancel():
