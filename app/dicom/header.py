@@ -13,7 +13,7 @@ import struct
 from contextlib import contextmanager
 import threading
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
