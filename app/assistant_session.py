@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from app.assistant import AssistantAnswer, Finding
+from app.assistant import AssistantAnswer
 from app.dicom.model import Volume, Window
 from app.errors import XMedError
 from app.model_registry import DEMO_MODEL_DIR, ModelRegistry
@@ -301,10 +301,6 @@ def not_assessed(state: State, message: str) -> Reliability:
     return Reliability(state=state, message=message)
 
 
-def finding_tier(finding: Finding, tiers: dict[str, tuple[float | None, Tier]]) -> Tier:
-    return tiers.get(phrase_key(finding.phrase), (None, Tier.NONE))[1]
-
-
 def check_answer(
     engine: Engine,
     answer: AssistantAnswer,
@@ -352,45 +348,3 @@ def apply_guardrail(reliability: Reliability, answer: AssistantAnswer) -> Reliab
         out.tier = Tier.AMBER
         out.message = f"{warning} The model repeats its answer consistently, but check its box against the image."
     return out
-
-
-def check_model_folder(folder: Path) -> str:
-    """A quick check of a model folder chosen in Settings (no hashing): the same
-    reasons as ``xmedgpt models add``; returns a one-line description, raises
-    :class:`app.model_registry.ModelFolderError` when it cannot be used as it is."""
-    import json
-
-    from app.model_registry import (
-        CONVERTIBLE_ARCHITECTURES,
-        CONVERTIBLE_MODEL_TYPES,
-        NATIVE_ARCHITECTURES,
-        WEIGHT_SUFFIXES,
-        ModelFolderError,
-    )
-
-    folder = Path(folder).expanduser()
-    if not folder.is_dir():
-        raise ModelFolderError(f"The model folder {folder} does not exist.")
-    config_path = folder / "config.json"
-    if not config_path.is_file():
-        raise ModelFolderError(f"{folder} is not a model folder: it has no config.json.")
-    try:
-        config = json.loads(config_path.read_text(encoding="utf-8"))
-        if not isinstance(config, dict):
-            raise ValueError("not a JSON object")
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise ModelFolderError(f"The model's config.json in {folder} cannot be read ({exc}).") from exc
-    archs = set(config.get("architectures") or [])
-    model_type = str(config.get("model_type", ""))
-    if archs & CONVERTIBLE_ARCHITECTURES or model_type in CONVERTIBLE_MODEL_TYPES:
-        raise ModelFolderError(
-            f"{folder} is an original InternVL2/XMedGPT checkpoint; convert it first: "
-            f"xmedgpt convert-checkpoint {folder} {folder}-native")
-    if not (archs & NATIVE_ARCHITECTURES or model_type == "internvl"):
-        found = next(iter(archs), "") or model_type or "unknown"
-        raise ModelFolderError(f"{folder} holds a '{found}' model; XMedGPT Workstation runs InternVL models.")
-    weights = [p for p in folder.rglob("*") if p.is_file() and p.suffix in WEIGHT_SUFFIXES]
-    if not weights:
-        raise ModelFolderError(f"{folder} has a config but no weight files (*.safetensors or *.bin).")
-    size = sum(p.stat().st_size for p in weights) / 2**20
-    return f"InternVL model, {len(weights)} weight file(s), {size:,.0f} MB"

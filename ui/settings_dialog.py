@@ -35,8 +35,9 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from app.assistant_session import QUANTIZATION_CHOICES, check_model_folder, quantization_for, set_quantization
+from app.assistant_session import QUANTIZATION_CHOICES, quantization_for, set_quantization
 from app.errors import XMedError
+from app.model_folders import check_model_folder, convert_and_register, converted_folder
 from app.model_registry import DEMO_MODEL_DIR, ModelInfo, ModelRegistry, describe_size
 from app.settings import Settings
 
@@ -64,6 +65,30 @@ class _AddWorker(QThread):
         self.added.emit(info)
 
 
+class _ConvertWorker(QThread):
+    """``xmedgpt convert-checkpoint`` then ``models add`` for the converted folder, off the UI thread."""
+
+    progress = Signal(str)
+    added = Signal(object)  # ModelInfo of the converted model
+    failed = Signal(str)
+
+    def __init__(self, registry: ModelRegistry, info: ModelInfo) -> None:
+        super().__init__()
+        self.registry, self.info = registry, info
+        self.dst = converted_folder(info)
+
+    def run(self) -> None:
+        try:
+            info = convert_and_register(self.registry, self.info, progress=self.progress.emit)
+        except XMedError as exc:
+            self.failed.emit(str(exc))
+            return
+        except OSError as exc:
+            self.failed.emit(f"The converted model could not be written: {exc}")
+            return
+        self.added.emit(info)
+
+
 class SettingsDialog(QDialog):
     """Edits ``settings`` (and ``registry``); ``accept()`` saves to ``settings.path``."""
 
@@ -73,6 +98,7 @@ class SettingsDialog(QDialog):
         self.settings = settings
         self.registry = registry
         self._adder: _AddWorker | None = None
+        self._converter: _ConvertWorker | None = None
 
         self.reader_name = QLineEdit(settings.reader_name)
         self.reader_name.setPlaceholderText("as on the signed report, e.g. Dr Jane Smith")
@@ -99,8 +125,13 @@ class SettingsDialog(QDialog):
         self.remove_button.clicked.connect(self.remove_selected)
         self.default_button = QPushButton("Make default")
         self.default_button.clicked.connect(self.default_selected)
+        self.convert_button = QPushButton("Convert…")
+        self.convert_button.setToolTip("Convert an original InternVL2/XMedGPT checkpoint to the native format "
+                                       "(a new folder beside it) and register the result")
+        self.convert_button.clicked.connect(self.convert_selected)
+        self.models.currentRowChanged.connect(lambda _r: self._sync_convert())
         buttons = QHBoxLayout()
-        for b in (self.add_button, self.remove_button, self.default_button):
+        for b in (self.add_button, self.remove_button, self.default_button, self.convert_button):
             buttons.addWidget(b)
         buttons.addStretch(1)
         self.registry_message = QLabel()
@@ -196,6 +227,28 @@ class SettingsDialog(QDialog):
         has = self.models.count() > 0
         self.remove_button.setEnabled(has)
         self.default_button.setEnabled(has)
+        self._sync_convert()
+
+    def _sync_convert(self) -> None:
+        name = self.selected_name()
+        busy = self._converter is not None and self._converter.isRunning()
+        self.convert_button.setEnabled(bool(name) and self.registry.models[name].needs_conversion and not busy)
+
+    def convert_selected(self) -> _ConvertWorker | None:
+        """Convert the selected original checkpoint beside itself and register the converted folder."""
+        name = self.selected_name()
+        if name is None or not self.registry.models[name].needs_conversion:
+            return None
+        w = _ConvertWorker(self.registry, self.registry.models[name])
+        self._registry_says(f"Converting '{name}' into {w.dst}…")
+        w.progress.connect(lambda text: self._registry_says(f"Converting '{name}': {text}"))
+        w.added.connect(self._added)
+        w.failed.connect(lambda msg: self._registry_says(msg, error=True))
+        w.finished.connect(self._sync_convert)
+        self._converter = w
+        w.start()
+        self._sync_convert()
+        return w
 
     def selected_name(self) -> str | None:
         item = self.models.currentItem()
@@ -291,6 +344,7 @@ class SettingsDialog(QDialog):
         self.error.show()
 
     def done(self, result: int) -> None:
-        if self._adder is not None:
-            self._adder.wait()
+        for w in (self._adder, self._converter):
+            if w is not None:
+                w.wait()
         super().done(result)

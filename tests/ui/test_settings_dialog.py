@@ -150,3 +150,23 @@ def test_choosing_a_model_in_settings_loads_it_into_the_assistant(qtbot, setting
         assert Settings.load(settings.path).model_dir == str(folder)
     finally:
         controller.shutdown()
+
+
+def test_an_original_checkpoint_is_converted_and_registered_from_the_dialog(qtbot, dialog, registry, tmp_path):
+    from tests.inference.test_convert import write_original
+
+    src = tmp_path / "XMedGPT-orig"
+    write_original(src, "qwen2", "layer_norm", False, 1)
+    adding = dialog.add_model(src, "xmedgpt")
+    qtbot.waitUntil(adding.isFinished, timeout=10_000)
+    dialog.models.setCurrentRow(0)
+    assert dialog.convert_button.isEnabled()
+    converting = dialog.convert_selected()
+    qtbot.waitUntil(converting.isFinished, timeout=120_000)
+    qtbot.waitUntil(lambda: "Added 'xmedgpt-native'" in dialog.registry_message.text(), timeout=3000)
+    native = ModelRegistry(registry.path).models["xmedgpt-native"]
+    assert native.format == "native" and Path(native.path) == tmp_path / "XMedGPT-orig-native"
+    assert ModelRegistry(registry.path).default == "xmedgpt-native"  # the first usable model
+    rows = [dialog.models.item(i).text() for i in range(dialog.models.count())]
+    dialog.models.setCurrentRow(next(i for i, t in enumerate(rows) if "xmedgpt-native" in t))
+    assert not dialog.convert_button.isEnabled()  # a native model needs no conversion
