@@ -95,6 +95,7 @@ class SettingsDialog(QDialog):
     def __init__(self, settings: Settings, registry: ModelRegistry, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.setWindowTitle("Settings")
+        self.setStyleSheet("QPushButton:disabled { color: #6e7681; }")  # visibly disabled in the dark theme too
         self.settings = settings
         self.registry = registry
         self._adder: _AddWorker | None = None
@@ -178,7 +179,7 @@ class SettingsDialog(QDialog):
         self.error = QLabel()
         self.error.setObjectName("settingsError")
         self.error.setWordWrap(True)
-        self.error.setStyleSheet("color: #b22222; font-weight: bold;")
+        self.error.setStyleSheet("color: #f85149; font-weight: bold;")
         self.error.hide()
         box = QDialogButtonBox(QDialogButtonBox.StandardButton.Ok | QDialogButtonBox.StandardButton.Cancel)
         box.accepted.connect(self.accept)
@@ -202,15 +203,15 @@ class SettingsDialog(QDialog):
             demo = "the embedded demo model" if (DEMO_MODEL_DIR / "config.json").is_file() else "no model (none installed)"
             default = self.registry.default_model()
             self.folder_check.setText(f"Uses {'registered default ' + repr(default.name) if default else demo}.")
-            self.folder_check.setStyleSheet("color: #555;")
+            self.folder_check.setStyleSheet("color: #8b949e;")
             return True
         try:
             self.folder_check.setText("✓ " + check_model_folder(Path(text.strip())))
-            self.folder_check.setStyleSheet("color: #1e7d3a;")
+            self.folder_check.setStyleSheet("color: #2ea043;")
             return True
         except XMedError as exc:
             self.folder_check.setText(str(exc))
-            self.folder_check.setStyleSheet("color: #b22222;")
+            self.folder_check.setStyleSheet("color: #f85149;")
             return False
 
     # ------------------------------------------------------------------ registry
@@ -256,7 +257,7 @@ class SettingsDialog(QDialog):
 
     def _registry_says(self, text: str, error: bool = False) -> None:
         self.registry_message.setText(text)
-        self.registry_message.setStyleSheet("color: #b22222;" if error else "color: #1e7d3a;")
+        self.registry_message.setStyleSheet("color: #f85149;" if error else "color: #2ea043;")
 
     def _add_dialog(self) -> None:
         folder = QFileDialog.getExistingDirectory(self, "Add a model folder")
