@@ -201,9 +201,11 @@ def main() -> int:
     file_mb = sum(f.stat().st_size for f in files) / 1024**2
 
     res = {}
+    runs: dict[str, list[dict]] = {}
     for _ in range(max(1, args.repeat)):  # interleaved, so background load hits every method alike
         for m in ("floor", "ours", "pydicom", "sitk"):
             r = _child(m, folder)
+            runs.setdefault(m, []).append(r)
             if m not in res or r["full"] < res[m]["full"]:
                 res[m] = r
     floor = res["floor"]["full"]
@@ -232,6 +234,17 @@ def main() -> int:
               f"p95 {o['settle_p95'] * 1e3:.2f} ms")
     else:
         print(f"scroll: {o['scroll_with']}")
+    if args.repeat > 1:
+        import statistics
+
+        def med(m: str, key: str) -> float:
+            return statistics.median(r[key] for r in runs[m] if key in r)
+
+        print(f"medians of the {args.repeat} runs: floor {med('floor', 'full'):.3f} s, "
+              f"ours {med('ours', 'full'):.3f} s ({med('ours', 'full') / med('floor', 'full'):.1f}× floor), "
+              f"pydicom {med('pydicom', 'full'):.3f} s, SimpleITK {med('sitk', 'full'):.3f} s"
+              + (f"; scroll mean {med('ours', 'scroll_mean') * 1e3:.2f} ms, "
+                 f"p95 {med('ours', 'scroll_p95') * 1e3:.2f} ms" if "scroll_p95" in o else ""))
     goals = [
         ("full volume within 3× of the floor (scan + load)", o["full"] <= 3 * floor),
         ("full volume within 3× of the floor (load_series alone, as 'first slice')", o["load_full"] <= 3 * floor),
