@@ -41,7 +41,8 @@ class ScriptedEngine:
     """Streams a fixed answer in pieces; answers check questions from a script.
 
     ``samples``: "agree" (every sampled answer is the draft's "yes"), "mostly"
-    (every fourth answer "no") or "split" (yes / no / maybe: three meanings). ``delay`` slows each piece (for Cancel).
+    (every fourth answer "no"), "split" (yes / no / maybe: three meanings), "refuse"
+    (every answer declines) or "crash" (sampling raises). ``delay`` slows each piece (for Cancel).
     """
 
     def __init__(self, answer: str = GROUNDED, piece: int = 9, samples: str = "agree", delay: float = 0.0,
@@ -86,6 +87,11 @@ class ScriptedEngine:
             if cancel is not None and cancel():
                 return [[Generation(text="", finish_reason="cancelled")] * n for _ in requests]
             time.sleep(0.01)
+        if self.samples == "crash":
+            raise RuntimeError("CUDA out of memory while sampling")
+        if self.samples == "refuse":
+            return [[Generation(text="I cannot determine this from the image.", token_logprobs=[-0.1])] * n
+                    for _ in requests]
         if self.samples == "agree":
             words = ["yes"] * n
         elif self.samples == "mostly":
@@ -401,5 +407,21 @@ def test_boxes_never_land_on_a_series_shown_after_the_question(qtbot):
         assert h.vp.overlays.ids() == [] and h.panel.findings_list.count() == 2
         h.panel.findings_list.itemClicked.emit(h.panel.findings_list.item(0))
         assert h.vp.overlays.highlighted is None and "not shown" in messages[-1]
+    finally:
+        h.controller.shutdown()
+
+
+@pytest.mark.parametrize("samples,state,words", [
+    ("crash", State.FAILED, "check failed"),
+    ("refuse", State.REFUSED, "declined"),
+])
+def test_a_failed_or_refused_check_says_so_and_is_never_green(qtbot, samples, state, words):
+    h = make_host(qtbot, ScriptedEngine(samples=samples))
+    try:
+        ask_and_wait(qtbot, h)
+        rel = h.controller.last_reliability.reliability
+        assert rel.state is state
+        assert h.panel.reliability.light.lit() != [Tier.GREEN] and not h.panel.reliability.spinner.isVisibleTo(h.panel)
+        assert words in h.panel.reliability.meaning.text()
     finally:
         h.controller.shutdown()
