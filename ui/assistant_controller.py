@@ -19,8 +19,14 @@ window exposes it as ``main_window.assistant`` (see
 - ``reliability_progress(str, float)``;
 - ``reliability_ready(object)``: an :class:`app.assistant_session.ReliabilityResult`
   (the Reliability, the answer and context, and per-phrase (score, tier) in
-  ``by_phrase``, keyed by :func:`app.assistant_session.phrase_key`);
+  ``by_phrase``, keyed by :func:`app.assistant_session.phrase_key`); a check stopped
+  because a new question was asked arrives too, with state CANCELLED — compare
+  ``result.context`` with the latest ``asking`` context; findings the guardrail
+  flags are at most amber;
 - ``busy_changed(bool)``.
+
+The panel is ``main_window.assistant_panel`` (:class:`ui.assistant_panel.AssistantPanel`);
+``ui.assistant_panel.install_assistant(window, model_dir)`` creates both.
 
 Everything that decides something lives in :mod:`app.assistant_session` and
 :mod:`app.assistant`; this module only moves work onto threads and back.
