@@ -15,7 +15,8 @@ frozen; the LLM is frozen (``train.freeze_llm``) or adapted with LoRA
 The finished folder is a normal InternVL model folder (vocabulary grown by one
 token) plus ``audio_encoder/`` (Whisper encoder + feature extractor) and
 ``audio_projector.safetensors`` + ``audio_config.json``: the checkpoint carries
-its audio encoder and projector. :func:`load_audio_model` reads it back.
+its audio encoder and projector. :func:`load_audio_model` reads it back; the modules and the
+loader live in :mod:`inference.engine.audio`, where the workstation runs them.
 """
 
 from __future__ import annotations
@@ -31,9 +32,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
-from torch import nn
+from safetensors.torch import save_file
 
+from inference.engine.audio import AUDIO_CONTEXT, SAMPLE_RATE, AudioProjector, AudioVLM
+from inference.engine.audio import load_audio_model as _load_audio_model
 from inference.errors import XMedError
 from training.common import (
     AUDIO_PLACEHOLDER,
@@ -62,9 +64,6 @@ from training.common import (
 )
 
 log = logging.getLogger(__name__)
-
-AUDIO_CONTEXT = "<AUDIO_CONTEXT>"
-SAMPLE_RATE = 16000
 
 
 @dataclass
@@ -124,25 +123,6 @@ def read_audio(path: Path) -> np.ndarray:
 # ----------------------------------------------------------------------------- model
 
 
-class AudioProjector(nn.Module):
-    """Stack ``stack`` frames, then LayerNorm → Linear → GELU → Linear to the LLM width."""
-
-    def __init__(self, audio_dim: int, text_dim: int, stack: int = 4, hidden: int = 0) -> None:
-        super().__init__()
-        self.stack = stack
-        hidden = hidden or text_dim
-        self.norm = nn.LayerNorm(audio_dim * stack)
-        self.fc1 = nn.Linear(audio_dim * stack, hidden)
-        self.act = nn.GELU()
-        self.fc2 = nn.Linear(hidden, text_dim)
-
-    def forward(self, states: torch.Tensor) -> torch.Tensor:
-        b, t, d = states.shape
-        t = t - t % self.stack
-        x = states[:, :t].reshape(b, t // self.stack, d * self.stack)
-        return self.fc2(self.act(self.fc1(self.norm(x))))
-
-
 def build_encoder(section: AudioSection):
     """(Whisper encoder, feature extractor) from a local folder or a random config."""
     from transformers import WhisperConfig, WhisperFeatureExtractor, WhisperModel
@@ -169,52 +149,6 @@ def build_encoder(section: AudioSection):
     features = WhisperFeatureExtractor(feature_size=section.mel_bins, sampling_rate=SAMPLE_RATE,
                                        chunk_length=section.chunk_s)
     return WhisperEncoder(config), features
-
-
-class AudioVLM(nn.Module):
-    """InternVL + Whisper encoder + projector; ``forward`` returns the LM loss on the assistant tokens."""
-
-    def __init__(self, vlm, encoder, projector: AudioProjector, audio_token_id: int) -> None:
-        super().__init__()
-        self.vlm = vlm
-        self.audio_encoder = encoder
-        self.audio_projector = projector
-        self.audio_token_id = audio_token_id
-        self.config = vlm.config  # what Trainer reads (e.g. to_json for the model card)
-
-    @property
-    def tokens_per_clip(self) -> int:
-        frames = self.audio_encoder.config.max_source_positions
-        return frames // self.audio_projector.stack
-
-    def inner_vlm(self):
-        return self.vlm.get_base_model() if hasattr(self.vlm, "get_base_model") else self.vlm
-
-    def embed(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None,
-              input_features: torch.Tensor | None) -> torch.Tensor:
-        vlm = self.inner_vlm()
-        cfg = vlm.config
-        audio_mask = input_ids == self.audio_token_id
-        embeds = vlm.get_input_embeddings()(input_ids.masked_fill(audio_mask, 0))
-        if pixel_values is not None:
-            feats = vlm.model.get_image_features(
-                pixel_values=pixel_values, vision_feature_layer=cfg.vision_feature_layer,
-                vision_feature_select_strategy=cfg.vision_feature_select_strategy, return_dict=True).pooler_output
-            image_mask = (input_ids == cfg.image_token_id).unsqueeze(-1)
-            embeds = embeds.masked_scatter(image_mask, feats.to(embeds.dtype))
-        if input_features is not None:
-            states = self.audio_encoder(input_features.to(embeds.dtype)).last_hidden_state
-            audio = self.audio_projector(states)
-            if int(audio_mask.sum()) != audio.shape[0] * audio.shape[1]:
-                raise XMedError(f"{int(audio_mask.sum())} audio tokens for {audio.shape[0] * audio.shape[1]} "
-                                "audio features.")
-            embeds = embeds.masked_scatter(audio_mask.unsqueeze(-1), audio.to(embeds.dtype))
-        return embeds
-
-    def forward(self, input_ids, attention_mask=None, labels=None, pixel_values=None, input_features=None,
-                **kwargs):
-        embeds = self.embed(input_ids, pixel_values, input_features)
-        return self.vlm(inputs_embeds=embeds, attention_mask=attention_mask, labels=labels, **kwargs)
 
 
 # ----------------------------------------------------------------------------- data
@@ -315,19 +249,11 @@ def save_audio_parts(model: AudioVLM, features, folder: Path, stack: int) -> Non
 
 
 def load_audio_model(folder: Path | str) -> tuple[AudioVLM, object, object]:
-    """(AudioVLM, InternVL processor with the audio token, Whisper feature extractor) from a finished folder."""
-    from transformers import InternVLForConditionalGeneration, WhisperFeatureExtractor
-    from transformers.models.whisper.modeling_whisper import WhisperEncoder
-
-    folder = Path(folder)
-    cfg = json.loads((folder / "audio_config.json").read_text())
-    vlm = InternVLForConditionalGeneration.from_pretrained(folder, local_files_only=True)
-    encoder = WhisperEncoder.from_pretrained(folder / cfg["encoder"], local_files_only=True)
-    features = WhisperFeatureExtractor.from_pretrained(folder / cfg["encoder"], local_files_only=True)
-    projector = AudioProjector(cfg["audio_dim"], cfg["text_dim"], cfg["stack"], cfg["hidden"])
-    projector.load_state_dict(load_file(str(folder / "audio_projector.safetensors")))
-    processor = processor_for(folder)
-    return AudioVLM(vlm, encoder, projector, cfg["audio_token_id"]).eval(), processor, features
+    """(AudioVLM, InternVL processor with the audio token, Whisper feature extractor) from a finished folder;
+    the processor pads on the right, as for training."""
+    model, processor, features = _load_audio_model(folder)
+    processor.tokenizer.padding_side = "right"
+    return model, processor, features
 
 
 # ----------------------------------------------------------------------------- training
