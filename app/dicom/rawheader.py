@@ -34,6 +34,7 @@ _IMPLICIT = "1.2.840.10008.1.2"
 _BIG = "1.2.840.10008.1.2.2"
 _DEFLATED = {"1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.8.1"}
 _HEAD = 16384
+_O_BINARY = getattr(os, "O_BINARY", 0)  # Windows: no newline translation on raw descriptors
 
 
 class _Short(Exception):
@@ -122,7 +123,7 @@ def read_fast(
     value, with ``file_meta`` and the file's ``size``) instead of a data set.
     The file is opened and read once either way.
     """
-    fd = os.open(path, os.O_RDONLY)
+    fd = os.open(path, os.O_RDONLY | _O_BINARY)
     try:
         size = os.fstat(fd).st_size
         buf = os.read(fd, _HEAD)
