@@ -98,12 +98,17 @@ class _FrameImage(pg.ImageItem):
             self.render()
             if self._unrenderable:
                 return
+        if self.paintMode is not None:
+            painter.setCompositionMode(self.paintMode)
         hint = QPainter.RenderHint.SmoothPixmapTransform
         before = bool(painter.renderHints() & hint)
         painter.setRenderHint(hint, self.smooth)
         h, w = self.image.shape[:2]
         painter.drawImage(QRectF(0, 0, w, h), self.qimage)
         painter.setRenderHint(hint, before)
+        if self.border is not None:
+            painter.setPen(self.border)
+            painter.drawRect(self.boundingRect())
 
 
 class _ImageViewBox(pg.ViewBox):
