@@ -42,6 +42,8 @@ class Settings:
     dictation_key: str = "F4"  # push-to-talk key
     dictation_model: str = ""  # Whisper model folder; empty: the bundled one
     dictation_language: str = "en"
+    dictation_auto_ask: bool = False  # dictated text in the query box is asked at once
+    spoken_query_audio: bool = True  # a model that can hear gets spoken queries as audio (else Whisper)
     # reliability
     reliability_samples: int = 5  # N answers sampled per question
     reliability_questions: int = 5  # attribute-level questions per draft

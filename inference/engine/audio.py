@@ -271,11 +271,14 @@ class AudioQueryEngine:
         return self.audio.tokens_per_clip
 
     def encode_audio(self, request: ChatRequest, audio: np.ndarray) -> dict[str, torch.Tensor]:
-        """Input embeddings + attention mask: ``request.prompt`` with its ``<audio>`` placeholder (or, without
-        one, the whole prompt) replaced by the clip's audio tokens, the image as for a text question."""
+        """Input embeddings + attention mask: ``request.prompt`` with its ``<audio>`` placeholder replaced by
+        the clip's audio tokens (without one, they follow the prompt), the image as for a text question."""
         tokens = AUDIO_CONTEXT * self.tokens_per_clip
         prompt = request.prompt
-        prompt = prompt.replace(AUDIO_PLACEHOLDER, tokens, 1) if AUDIO_PLACEHOLDER in prompt else tokens
+        if AUDIO_PLACEHOLDER in prompt:
+            prompt = prompt.replace(AUDIO_PLACEHOLDER, tokens, 1)
+        else:
+            prompt = f"{prompt}\n{tokens}" if prompt.strip() else tokens
         inputs = self.engine.encode([replace(request, prompt=prompt)])
         feats, dropped = audio_features(self.features, audio)
         if dropped > 0:
