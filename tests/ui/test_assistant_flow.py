@@ -168,17 +168,39 @@ def test_tiny_model_streams_an_answer_about_the_asked_slice_and_says_who_wrote_i
     assert "tiny InternVL (random) · CPU" in tiny_host.panel.provenance.text()
 
 
-def test_cancel_stops_the_tiny_model(qtbot, tiny_host):
-    tiny_host.controller.assistant.max_new_tokens = 400
+class _Throttled:
+    """The real tiny model, its pieces handed on no faster than a slow GPU would, so that
+    Cancel is pressed while it is still writing (the tiny model alone may finish first)."""
+
+    def __init__(self, engine, delay: float = 0.05) -> None:
+        self.engine, self.delay = engine, delay
+
+    def __getattr__(self, name):
+        return getattr(self.engine, name)
+
+    def stream(self, request, cancel=None):
+        import time
+
+        for piece in self.engine.stream(request, cancel=cancel):
+            time.sleep(self.delay)
+            yield piece
+
+
+def test_cancel_stops_the_tiny_model(qtbot, tiny_engine):
+    h = make_host(qtbot, _Throttled(tiny_engine), choice=ModelChoice("local", Path("tiny"), source="--model"))
+    h.controller.assistant.max_new_tokens = 400
     updates = []
-    tiny_host.controller.update.connect(updates.append)
-    with qtbot.waitSignal(tiny_host.controller.answer_ready, timeout=60_000) as answered:
-        tiny_host.panel.ask("Describe the findings")
-        qtbot.waitUntil(lambda: len(updates) >= 2, timeout=30_000)
-        tiny_host.panel.cancel_button.click()
-    answer = answered.args[0].answer
-    assert answer.finish_reason == "cancelled" and answer.timing.pieces < 400
-    assert "Cancelled" in tiny_host.panel.status.text()
+    h.controller.update.connect(updates.append)
+    try:
+        with qtbot.waitSignal(h.controller.answer_ready, timeout=60_000) as answered:
+            h.panel.ask("Describe the findings")
+            qtbot.waitUntil(lambda: len(updates) >= 2, timeout=30_000)
+            h.panel.cancel_button.click()
+        answer = answered.args[0].answer
+        assert answer.finish_reason == "cancelled" and answer.timing.pieces < 400
+        assert "Cancelled" in h.panel.status.text()
+    finally:
+        h.controller.shutdown()
 
 
 class _DraftThenTiny(ScriptedEngine):
