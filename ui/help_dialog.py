@@ -1,4 +1,5 @@
-"""Help dialog: keyboard shortcuts and mouse gestures, generated from ui.shortcuts."""
+"""Help dialog: keyboard shortcuts and mouse gestures, generated from ui.shortcuts, and the voice
+commands, generated from the dictation command table (resources/dictation/commands.yaml)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from html import escape
 
 from PySide6.QtWidgets import QDialog, QDialogButtonBox, QTextBrowser, QVBoxLayout
 
+from app.dictation import Dictation, DictationConfigError
 from ui.shortcuts import MOUSE, groups, pretty_keys
 
 
@@ -22,13 +24,28 @@ def shortcuts_html() -> str:
     return "<h3>Keyboard and mouse</h3><table cellspacing=2>" + "".join(rows) + "</table>"
 
 
+def voice_commands_html(key: str = "F4", rows: list[tuple[str, str]] | None = None) -> str:
+    """The voice commands (from :meth:`app.dictation.Dictation.help_rows`) and how to dictate."""
+    try:
+        rows = Dictation().help_rows() if rows is None else rows
+    except DictationConfigError as exc:
+        return f"<h3>Voice commands</h3><p>{escape(str(exc))}</p>"
+    intro = (f"Hold <b>{escape(key)}</b> (or the Dictate button), speak, release. Text goes where the cursor is: "
+             "the assistant's query box or the report. Say “period”, “comma”, “new line”, “new paragraph” for "
+             "punctuation. An utterance that is exactly one of these phrases runs the command instead:")
+    body = "".join(f"<tr><td><b>{escape(p)}</b>&nbsp;&nbsp;</td><td>{escape(d)}</td></tr>" for p, d in rows)
+    return f"<h3>Voice commands</h3><p>{intro}</p><table cellspacing=2>{body}</table>"
+
+
 class HelpDialog(QDialog):
-    def __init__(self, parent=None) -> None:
+    def __init__(self, parent=None, dictation_key: str | None = None) -> None:
         super().__init__(parent)
         self.setWindowTitle("XMedGPT Workstation — shortcuts")
         self.resize(560, 700)
         self.browser = QTextBrowser()
-        self.browser.setHtml(shortcuts_html())
+        if dictation_key is None:
+            dictation_key = getattr(getattr(parent, "dictation", None), "key", None) or "F4"
+        self.browser.setHtml(shortcuts_html() + voice_commands_html(dictation_key))
         buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Close)
         buttons.rejected.connect(self.reject)
         layout = QVBoxLayout(self)

@@ -31,6 +31,7 @@ def open_window(args: argparse.Namespace):
     window = MainWindow(model_path=model)
     install_assistant(window, model)  # --model, else Settings, else the registered default or demo model
     window.attach_report()  # after the assistant: the report follows its answers
+    window.attach_dictation()  # after both: dictated text goes into the query box or the report
     window.show()
     if path is not None:
         window.open_paths([path])

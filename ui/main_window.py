@@ -522,6 +522,17 @@ class MainWindow(QMainWindow):
         self.report = ReportController(self, settings if settings is not None else Settings.load())
         return self.report
 
+    # -- dictation (ui/dictation_controller.py) ---------------------------------------------------
+
+    def attach_dictation(self, settings=None, **kwargs):
+        """Put the push-to-talk microphone in the status bar (F4 anywhere in the window); text follows the
+        focus into the query box or the report, voice commands run the window's actions.
+        ``self.dictation`` is the :class:`ui.dictation_controller.DictationController`."""
+        from ui.dictation_controller import DictationController
+
+        self.dictation = DictationController(self, settings, **kwargs)
+        return self.dictation
+
 
 def _instance_path(volume: Volume, k: int) -> tuple[Path | None, int]:
     for inst in volume.series.instances:
