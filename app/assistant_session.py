@@ -36,8 +36,6 @@ from inference.types import Engine, ReasoningStep
 
 log = logging.getLogger(__name__)
 
-#: Settings key (kept in ``Settings.extra``) for the quantization the reader chose.
-QUANTIZATION_KEY = "quantization"
 QUANTIZATION_CHOICES: dict[str, str] = {
     "auto": "Automatic (4-bit on a GPU, full precision on the CPU)",
     "nf4": "4-bit (NF4)",
@@ -116,14 +114,14 @@ def device_for(settings: Settings) -> str:
 
 
 def quantization_for(settings: Settings) -> str:
-    value = settings.extra.get(QUANTIZATION_KEY, "auto")
+    value = settings.quantization
     return value if value in QUANTIZATION_CHOICES else "auto"
 
 
 def set_quantization(settings: Settings, value: str) -> None:
     if value not in QUANTIZATION_CHOICES:
         raise ValueError(f"unknown quantization {value!r}")
-    settings.extra[QUANTIZATION_KEY] = value
+    settings.quantization = value
 
 
 Progress = Callable[[str, float], None]

@@ -37,6 +37,7 @@ class Settings:
     remote_url: str = ""  # an OpenAI-compatible server; empty: run locally
     remote_model: str = ""
     use_gpu: bool = True
+    quantization: str = "auto"  # auto (NF4 on CUDA, full precision on CPU), nf4, int8, bf16, none
     # dictation
     dictation_device: str = ""  # sounddevice input name; empty: the system default
     dictation_key: str = "F4"  # push-to-talk key

@@ -519,6 +519,9 @@ def open_settings(window, controller: AssistantController, registry: ModelRegist
     dialog = SettingsDialog(s, registry, window)
     if dialog.exec() != SettingsDialog.DialogCode.Accepted:
         return False
+    report = getattr(window, "report", None)
+    if report is not None:
+        report.set_reader_name(s.reader_name)  # signs from now on; the user in the audit trail
     explicit = controller.choice.folder if controller.choice.source == "--model" and not s.model_dir else None
     choice = choose_model(explicit, s, registry)
     if (choice, device_for(s), quantization_for(s)) != before or not controller.ready:

@@ -520,6 +520,10 @@ class MainWindow(QMainWindow):
         from ui.report_controller import ReportController
 
         self.report = ReportController(self, settings if settings is not None else Settings.load())
+        assistant_panel = getattr(self, "assistant_panel", None)
+        if assistant_panel is not None and assistant_panel.parentWidget() is not None:
+            # stacked under the assistant the two panels need ~975 px of height: share the space as tabs
+            self.tabifyDockWidget(assistant_panel.parentWidget(), self.report.dock)
         return self.report
 
     # -- dictation (ui/dictation_controller.py) ---------------------------------------------------

@@ -24,6 +24,7 @@ import tempfile
 from pathlib import Path
 
 from app.assistant import Assistant
+from app.assistant_session import choose_model
 from app.audit import AuditLog
 from app.commands.render import choose_window, pick_series
 from app.dicom.display import auto_window_for, render
@@ -78,18 +79,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def resolve_model(explicit: Path | None) -> Path:
-    """--model, else the Settings model folder, else the bundled demo model."""
-    if explicit is not None:
-        folder = explicit.expanduser()
-        if not folder.is_dir():
-            raise XMedError(f"The model folder {folder} does not exist.")
-        return folder
-    configured = Settings.load().model_path()
-    if configured is not None:
-        return configured
-    if (DEMO_MODEL / "config.json").is_file():
-        return DEMO_MODEL
-    raise XMedError("No model configured: pass --model DIR with a model folder, or choose one in Settings.")
+    """The same choice as the viewer (app.assistant_session.choose_model): --model, the Settings
+    folder, the registered default, the bundled demo model. Runs locally: a remote server set in
+    Settings is not used here."""
+    settings = Settings.load()
+    settings.remote_url = ""  # analyze always runs the model on this machine
+    choice = choose_model(explicit, settings, ModelRegistry(), demo_dir=DEMO_MODEL)
+    if choice.kind == "none" or choice.folder is None:
+        raise XMedError("No model configured: pass --model DIR with a model folder, or choose one in Settings.")
+    folder = Path(choice.folder)
+    if not folder.is_dir():
+        raise XMedError(f"The model folder {folder} ({choice.source}) does not exist.")
+    return folder
 
 
 def load_engine(folder: Path, device: str, quantization: str) -> tuple[Engine, ImageSpec]:
