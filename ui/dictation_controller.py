@@ -13,6 +13,12 @@ to the window (:meth:`ui.main_window.MainWindow.attach_dictation` creates it):
   viewport ("next image", "lung window", "previous series"), the report panel's
   Accept / Reject / Sign, the assistant's Ask, and "scratch that" (undo the last
   dictated text);
+- a spoken question for the query box, when the assistant's model can hear (audio
+  post-training, :mod:`inference.engine.audio`) and Settings allow it
+  (``spoken_query_audio``), is sent to the model as audio and asked at once
+  (:mod:`app.spoken_query`); Whisper's transcript then only serves to recognise
+  voice commands. Otherwise the transcript goes into the query box. The status bar
+  says which path was used;
 - status messages go to the status bar; without a microphone or speech model the
   button is disabled and its tooltip says why.
 
@@ -32,6 +38,7 @@ from PySide6.QtWidgets import QApplication, QLineEdit, QPlainTextEdit, QWidget
 from app.dictation import Dictation, fit_to_cursor
 from app.errors import XMedError
 from app.settings import Settings
+from app.spoken_query import HEARD_QUESTION, SpokenQuery, can_hear, choose_path, whisper_label
 from inference.speech.engines import DEFAULT_ENGINE, Recognizer, make_recognizer
 from ui.dictation_widget import DictationWidget, SourceFactory, microphone_factory
 
@@ -72,6 +79,36 @@ class _Unavailable:
         raise XMedError(self.reason)
 
 
+class _KeepsAudio:
+    """The recogniser, remembering the last clip it was given (for the direct audio path)."""
+
+    def __init__(self, recognizer) -> None:
+        self.recognizer = recognizer
+        self.model = getattr(recognizer, "model", None)
+        self.last_audio = None
+
+    def describe(self) -> str:
+        return self.recognizer.describe()
+
+    def load(self) -> None:
+        self.recognizer.load()
+
+    def transcribe(self, audio, initial_prompt=None, cancel=None):
+        self.last_audio = audio
+        return self.recognizer.transcribe(audio, initial_prompt=initial_prompt, cancel=cancel)
+
+
+class _HeardAssistant:
+    """Stands in for the assistant controller's Assistant for one question: asks the recorded audio."""
+
+    def __init__(self, query: SpokenQuery, audio) -> None:
+        self.query = query
+        self.audio = audio
+
+    def ask(self, volume, frame, window=None, question="", **kwargs):
+        return self.query.ask(self.audio, volume, frame, window, **kwargs).answer
+
+
 @dataclass
 class _Inserted:
     """The last dictated text, for "scratch that"."""
@@ -102,7 +139,7 @@ class DictationController(QObject):
                 recognizer = make_dictation_recognizer(s)
             except XMedError as exc:
                 reason = f"Dictation is unavailable: {exc}"
-                recognizer = _NoRecognizer(reason)
+        recognizer = _NoRecognizer(reason) if reason is not None else _KeepsAudio(recognizer)
         if reason is not None:
             source_factory = lambda _lv, _lim, r=reason: _Unavailable(r)  # noqa: E731
         elif source_factory is None:
@@ -123,6 +160,8 @@ class DictationController(QObject):
         self.widget.status.connect(self._status)
         self._editor: QPlainTextEdit | None = None  # the report text box dictated into last
         self._last: _Inserted | None = None
+        self._sent_as_audio = False  # the utterance just went to the model as audio (auto-Ask must not re-ask)
+        self.last_path: str | None = None  # the last spoken query's path, as the status bar said it
         # the status bar: always visible (the main toolbar overflows on narrower screens)
         window.statusBar().insertPermanentWidget(0, self.widget)
         app = QApplication.instance()
@@ -158,19 +197,54 @@ class DictationController(QObject):
 
     def insert_text(self, text: str, target: str) -> None:
         """The slot for ``text_ready``: into the query box, or into the report at the cursor."""
+        self._sent_as_audio = False
         if target == "query":
             self._to_query(text)
         else:
             self._to_report(text)
+
+    def _hearing_engine(self):
+        """The assistant's engine when spoken queries go to it as audio now, else None."""
+        controller = getattr(self.window, "assistant", None)
+        engine = getattr(controller, "engine", None)
+        if not self.settings.spoken_query_audio or not can_hear(engine) or not getattr(controller, "ready", False):
+            return None
+        return engine
 
     def _to_query(self, text: str) -> None:
         panel = getattr(self.window, "assistant_panel", None)
         if panel is None:
             self._status("There is no assistant in this window; the dictated question was not used.")
             return
+        recognizer = self.widget.recognizer
+        audio = getattr(recognizer, "last_audio", None)
+        engine = self._hearing_engine()
+        if engine is not None and audio is not None and self.ask_by_audio(engine, audio):
+            return
         before = panel.query.text()
         panel.add_to_query(text)
         self._last = _Inserted(panel.query, 0, panel.query.text(), before)
+        if getattr(recognizer, "model", None) is not None:
+            self.last_path = f"Spoken query transcribed by {whisper_label(recognizer)}"
+            self._status(f"{self.last_path}: “{text}”")
+
+    def ask_by_audio(self, engine, audio) -> bool:
+        """Ask the recorded question as audio through the assistant panel (its boxes, steps, report, reliability)."""
+        controller = self.window.assistant
+        panel = self.window.assistant_panel
+        query = SpokenQuery(engine, None, self.dictation, prefer_audio=True, assistant=controller.assistant)
+        path = choose_path(engine, None, prefer_audio=True)
+        own = controller.assistant
+        controller.assistant = _HeardAssistant(query, audio)  # the next AskWorker takes this one
+        try:
+            asked = panel.ask(HEARD_QUESTION)
+        finally:
+            controller.assistant = own
+        if asked:
+            self._sent_as_audio = self.widget.auto_ask  # the widget's auto-Ask follows: already asked
+            self.last_path = path.describe()
+            self._status(f"{self.last_path}.")
+        return asked
 
     def _report_editor(self) -> QPlainTextEdit | None:
         panel = self._report_panel()
@@ -241,6 +315,9 @@ class DictationController(QObject):
         if command in REPORT_COMMANDS:
             return self._report_command(command)
         if command == "ask_assistant":
+            if self._sent_as_audio:  # auto-Ask after a question already sent as audio
+                self._sent_as_audio = False
+                return True
             panel = getattr(self.window, "assistant_panel", None)
             if panel is None:
                 self._status("There is no assistant in this window.")

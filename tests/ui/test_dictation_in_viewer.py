@@ -115,7 +115,8 @@ def focus(qtbot, widget) -> None:
     qtbot.waitUntil(lambda: QApplication.focusWidget() is widget, timeout=2000)
 
 
-def test_microphone_in_the_toolbar_and_f4_speaks_into_the_focused_query_box(qtbot, win, speaker, wavs):
+def test_microphone_in_the_status_bar_and_f4_speaks_into_the_focused_query_box(qtbot, win, speaker, wavs,
+                                                                             recognizer):
     ctl = win.dictation
     assert ctl.widget.isVisible() and ctl.widget.button.isEnabled()  # in the status bar
     assert "Hold F4" in ctl.widget.button.toolTip()
@@ -128,6 +129,9 @@ def test_microphone_in_the_toolbar_and_f4_speaks_into_the_focused_query_box(qtbo
     assert win.assistant_panel.query.text() == text
     assert "nodule in the right lung" in text.lower()
     assert win.assistant.last_answer is None  # auto-Ask is off by default
+    # the scripted model cannot hear: the path taken is Whisper's, and the status bar says so
+    assert win.dictation.last_path == f"Spoken query transcribed by Whisper {recognizer.model.label}"
+    assert win.statusBar().currentMessage().startswith(win.dictation.last_path)
 
 
 def test_auto_ask_sends_the_dictated_question(qtbot, tmp_path, recognizer, speaker, wavs):
@@ -141,6 +145,47 @@ def test_auto_ask_sends_the_dictated_question(qtbot, tmp_path, recognizer, speak
             push_to_talk(qtbot, w, speaker, wavs["question"])
         assert "nodule in the right lung" in got.args[0].answer.question.lower()
         assert got.args[0].answer.question == w.assistant_panel.query.text()
+    finally:
+        w.dictation.shutdown()
+        w.shutdown()
+        w.close()
+
+
+@pytest.fixture(scope="module")
+def hearing_engine(tiny_model_dir, tmp_path_factory):
+    from inference.engine.audio import AudioQueryEngine
+    from tests.audio_model import build_audio_model
+
+    folder = build_audio_model(tiny_model_dir, tmp_path_factory.mktemp("audio-model"))
+    return AudioQueryEngine.from_folder(folder, device="cpu")
+
+
+@pytest.mark.parametrize("allowed", [True, False], ids=["audio", "settings-say-whisper"])
+def test_spoken_question_to_a_model_that_hears(qtbot, tmp_path, recognizer, speaker, wavs, hearing_engine, allowed):
+    from app.spoken_query import HEARD_QUESTION
+
+    s = settings_in(tmp_path)
+    s.spoken_query_audio = allowed
+    w = open_sample(qtbot, s, hearing_engine, tmp_path)
+    try:
+        ctl = w.attach_dictation(s, recognizer=recognizer, source_factory=speaker)
+        qtbot.waitUntil(lambda: w.assistant.ready, timeout=10_000)
+        focus(qtbot, w.assistant_panel.query)
+        if not allowed:
+            push_to_talk(qtbot, w, speaker, wavs["question"])
+            assert "nodule" in w.assistant_panel.query.text().lower()
+            assert ctl.last_path == f"Spoken query transcribed by Whisper {recognizer.model.label}"
+            assert w.assistant.last_answer is None
+            return
+        with qtbot.waitSignal(w.assistant.answer_ready, timeout=120_000) as got:
+            push_to_talk(qtbot, w, speaker, wavs["question"])
+        answer = got.args[0].answer
+        assert answer.question == HEARD_QUESTION and answer.model_id == hearing_engine.model_id
+        assert answer.raw_text  # the model's own answer to the audio (a 2-step toy model: not meaningful text)
+        assert ctl.last_path == f"Spoken query sent as audio to {hearing_engine.describe()}"
+        assert "nodule" not in w.assistant_panel.query.text().lower()  # the transcript was not asked
+        assert got.args[0].context.frame == w.grid.active.slice_index
+        qtbot.waitUntil(lambda: w.assistant.is_idle(), timeout=120_000)
     finally:
         w.dictation.shutdown()
         w.shutdown()
