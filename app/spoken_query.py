@@ -18,6 +18,7 @@ import dataclasses
 import logging
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -25,7 +26,6 @@ from app.assistant import Assistant, AssistantAnswer, AssistantUpdate
 from app.dicom.model import Volume, Window
 from app.dictation import Dictation
 from app.errors import XMedError
-from inference.engine.audio import AUDIO_PLACEHOLDER
 from inference.speech.engines import Recognizer
 from inference.types import CancelFn, ChatRequest, Engine, Generation
 
@@ -33,6 +33,11 @@ log = logging.getLogger(__name__)
 
 AUDIO = "audio"
 WHISPER = "whisper"
+#: Where the spoken question goes in the prompt (:data:`inference.engine.audio.AUDIO_PLACEHOLDER`;
+#: not imported from there, which would load torch with the window).
+AUDIO_PLACEHOLDER = "<audio>"
+AUDIO_CONFIG = "audio_config.json"
+AUDIO_PROJECTOR = "audio_projector.safetensors"
 #: What an answer heard as audio records as its question (there is no text).
 HEARD_QUESTION = "(spoken question, sent as audio)"
 
@@ -67,6 +72,35 @@ class SpokenAnswer:
 def can_hear(engine: Engine | None) -> bool:
     """Whether the engine takes a spoken question as audio (see :class:`inference.engine.audio.AudioQueryEngine`)."""
     return bool(getattr(engine, "supports_audio", False)) and callable(getattr(engine, "stream_audio", None))
+
+
+def has_audio(folder) -> bool:
+    """Whether a model folder carries an audio encoder and projector (same test as
+    :func:`inference.engine.audio.has_audio`, without importing torch)."""
+    if folder is None:
+        return False
+    folder = Path(folder)
+    return (folder / AUDIO_CONFIG).is_file() and (folder / AUDIO_PROJECTOR).is_file()
+
+
+def with_hearing(engine: Engine, folder=None) -> Engine:
+    """``engine`` able to hear when its model folder carries an audio encoder and projector.
+
+    The audio parts are loaded beside the already loaded local model (no second copy of
+    it); a remote engine, a folder without them, or parts that cannot be read leave the
+    engine as it is (spoken queries then go through Whisper; the reason is logged).
+    """
+    if folder is None or can_hear(engine) or not has_audio(folder) or not hasattr(engine, "tokenizer"):
+        return engine
+    from inference.engine.audio import AudioModelError, AudioQueryEngine, load_audio_parts, read_audio_config
+
+    try:
+        cfg = read_audio_config(folder)
+        encoder, projector, features = load_audio_parts(folder, cfg)
+        return AudioQueryEngine(engine, encoder, projector, features, int(cfg["audio_token_id"]))
+    except AudioModelError as exc:
+        log.warning("spoken queries go through Whisper: %s", exc)
+        return engine
 
 
 def whisper_label(recognizer: Recognizer) -> str:

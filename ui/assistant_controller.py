@@ -56,6 +56,7 @@ from app.assistant_session import (
 )
 from app.errors import XMedError
 from app.settings import Settings
+from app.spoken_query import with_hearing
 from inference.reliability.scoring import State
 from inference.types import Engine
 
@@ -94,6 +95,7 @@ class ModelLoadWorker(_Worker):
         try:
             engine = open_engine(self.choice, self.device, self.quantization,
                                  progress=lambda m, f: self.progress.emit(m, float(f)), cancel=self.cancelled)
+            engine = with_hearing(engine, self.choice.folder)  # audio encoder + projector: spoken queries as audio
         except Exception as exc:  # noqa: BLE001 - shown to the reader as a message
             log.exception("model load failed")
             self.failed.emit(_message(exc))

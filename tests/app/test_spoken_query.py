@@ -88,6 +88,17 @@ def test_path_follows_the_model_and_settings(hearing, deaf, whisper):
         choose_path(deaf, None)
 
 
+def test_a_loaded_model_gains_its_hearing_from_its_folder(deaf, tiny_model_dir, audio_model_dir):
+    from app.spoken_query import with_hearing
+
+    assert with_hearing(deaf, tiny_model_dir) is deaf  # no audio parts: unchanged
+    assert with_hearing(deaf, None) is deaf
+    plain = LocalEngine.from_folder(audio_model_dir, device="cpu")
+    hears = with_hearing(plain, audio_model_dir)
+    assert can_hear(hears) and hears.engine is plain  # the same loaded model, not a second copy
+    assert choose_path(hears, None).kind == AUDIO
+
+
 def test_a_model_that_hears_answers_from_the_audio_without_transcription(hearing, whisper, spoken):
     spy = Spy(whisper)
     volume = make_volume()
@@ -131,3 +142,23 @@ def test_silence_is_a_message_not_a_crash(deaf, whisper):
     volume = make_volume()
     with pytest.raises(SpokenQueryError, match="Nothing was heard"):
         SpokenQuery(deaf, whisper).ask(np.zeros(100, np.float32), volume, 0)
+
+
+def test_the_placeholder_and_folder_test_agree_with_inference(audio_model_dir, tiny_model_dir):
+    from app import spoken_query
+    from inference.engine import audio
+
+    assert spoken_query.AUDIO_PLACEHOLDER == audio.AUDIO_PLACEHOLDER
+    assert (spoken_query.AUDIO_CONFIG, spoken_query.AUDIO_PROJECTOR) == (audio.AUDIO_CONFIG, audio.AUDIO_PROJECTOR)
+    for folder in (audio_model_dir, tiny_model_dir, None):
+        assert spoken_query.has_audio(folder) == audio.has_audio(folder)
+
+
+def test_importing_the_router_does_not_load_torch():
+    import subprocess
+    import sys
+
+    code = "import sys, app.spoken_query, ui.dictation_controller; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         cwd=Path(__file__).resolve().parents[2])
+    assert out.stdout.strip() == "False", out.stderr[-500:]

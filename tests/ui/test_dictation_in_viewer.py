@@ -14,6 +14,7 @@ from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QApplication
 
 from app.report import FindingStatus
+from app.settings import Settings
 from inference.speech import capture
 from inference.speech.capture import FileSource
 from inference.speech.engines import make_recognizer
@@ -341,3 +342,30 @@ def test_screenshot_with_the_microphone(qtbot, win, output_dir):
         assert win.dictation.widget.isVisible()
     finally:
         app.setStyleSheet(before)
+
+
+def test_a_model_folder_with_audio_parts_loads_able_to_hear(qtbot, tmp_path, tiny_model_dir, hearing_engine):
+    from app.model_registry import ModelRegistry
+    from app.spoken_query import can_hear
+    from tests.audio_model import build_audio_model
+    from ui.assistant_panel import install_assistant
+    from ui.main_window import MainWindow
+
+    folder = build_audio_model(tiny_model_dir, tmp_path)  # the session's folder (built once)
+    w = MainWindow()
+    qtbot.addWidget(w)
+    try:
+        ctl = install_assistant(w, folder, settings=Settings(use_gpu=False),
+                                registry=ModelRegistry(tmp_path / "registry.json"))
+        qtbot.waitUntil(lambda: ctl.state in ("ready", "failed"), timeout=60_000)
+        assert ctl.state == "ready", ctl.indicator
+        assert can_hear(ctl.engine) and ctl.engine.engine.model is not None
+        plain = MainWindow()
+        qtbot.addWidget(plain)
+        other = install_assistant(plain, tiny_model_dir, settings=Settings(use_gpu=False),
+                                  registry=ModelRegistry(tmp_path / "registry2.json"))
+        qtbot.waitUntil(lambda: other.state in ("ready", "failed"), timeout=60_000)
+        assert other.state == "ready" and not can_hear(other.engine)
+        plain.shutdown()
+    finally:
+        w.shutdown()
