@@ -42,6 +42,8 @@ def wait_until_idle(window, timeout_s: float = LOAD_TIMEOUT_S) -> bool:
 
 def grab(window, out: Path) -> Path:
     window.tags.flush()
+    for vp in window.grid.viewports:
+        vp.settle()  # the smooth frame a reader sees once scrolling stops, not the fast scroll frame
     application().processEvents()
     out.parent.mkdir(parents=True, exist_ok=True)
     if not window.grab().save(str(out)):

@@ -67,7 +67,7 @@ def spacing_warnings(distances: np.ndarray) -> tuple[float | None, list[str]]:
         )
     if real.size == 0:
         return None, warnings
-    typical = float(np.median(real))
+    typical = _median(real)
     tol = max(0.01, 0.02 * typical)
     if np.all(np.abs(real - typical) <= tol):
         return typical, warnings
@@ -124,4 +124,15 @@ def slice_spacing(geometry: Geometry) -> float | None:
     n = np.cross(geometry.row_direction, geometry.col_direction)
     d = np.diff(geometry.origins @ n)
     d = np.abs(d[np.abs(d) > 1e-6])
-    return float(np.median(d)) if d.size else None
+    return _median(d) if d.size else None
+
+
+def _median(values: np.ndarray) -> float:
+    """Median via np.partition: np.median imports numpy.ma, 8–20 ms on the first scan of a process."""
+    v = np.asarray(values, dtype=float).ravel()
+    n = v.size
+    half = n // 2
+    if n % 2:
+        return float(np.partition(v, half)[half])
+    part = np.partition(v, [half - 1, half])
+    return float((part[half - 1] + part[half]) / 2.0)
