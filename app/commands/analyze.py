@@ -26,11 +26,9 @@ from pathlib import Path
 from app.assistant import Assistant
 from app.assistant_session import choose_model
 from app.audit import AuditLog
-from app.commands.render import choose_window, pick_series
-from app.dicom.display import auto_window_for, render
-from app.dicom.loader import load_series
+from app.dicom.display import render
 from app.dicom.model import ScanResult, Series
-from app.dicom.scan import scan
+from app.dicom.slice_request import open_slice
 from app.errors import XMedError
 from app.export.sr import SrOptions
 from app.model_registry import ModelRegistry
@@ -154,21 +152,10 @@ def run(args: argparse.Namespace) -> int:
         raise XMedError("Say what to write: --json OUT, --sr OUT.dcm and/or --pdf OUT.pdf")
     if args.pdf_out is not None and args.pdf_writer is None:
         raise XMedError("PDF export needs the viewer's Qt libraries; run the installed `xmedgpt` command.")
-    result = scan(args.paths)
-    for pr in result.problems:
-        log.info("skipped %s: %s", pr.path, pr.reason)
-    series = pick_series(result.all_series(), args.series)
-    n = series.frame_count
-    k = n // 2 if args.slice is None else args.slice
-    if not 0 <= k < n:
-        raise XMedError(f"Slice {k} is outside this series (0 to {n - 1})")
-    window = choose_window(args.window, series.modality)
     folder = resolve_model(args.model)
-    volume = load_series(series, only=[k])
-    if k in volume.frame_problems:
-        raise XMedError(f"Slice {k} cannot be shown: {volume.frame_problems[k]}")
-    if window is not None and window.name == "auto":
-        window = auto_window_for(volume, k)
+    opened = open_slice(args.paths, args.series, args.slice, args.window)
+    result, series, k, n = opened.scan, opened.series, opened.index, opened.count
+    volume, window = opened.volume, opened.window
     engine, spec = load_engine(folder, args.device, args.quantization)
     assistant = Assistant(engine, image_spec=spec, max_new_tokens=args.max_new_tokens)
     answer = assistant.ask(
