@@ -3,7 +3,9 @@
 Folders are walked recursively; a DICOMDIR contributes the files it references
 (a referenced file that is missing becomes a problem); a zip archive is
 extracted once into a cache folder keyed by the archive's path, size and time,
-so the instances found inside stay loadable after the scan.
+so the instances found inside stay loadable after the scan. The cache holds patient
+data: it is private to the user (mode 0700) and entries unused for ``ZIP_CACHE_DAYS`` are
+removed the next time an archive is opened.
 """
 
 from __future__ import annotations
@@ -11,7 +13,9 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import shutil
 import tempfile
+import time
 import zipfile
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -23,6 +27,9 @@ log = logging.getLogger(__name__)
 
 #: Refuse to unpack archives whose members add up to more than this.
 MAX_ZIP_BYTES = 32 * 1024**3
+
+#: Unpacked archives not opened for this many days are deleted.
+ZIP_CACHE_DAYS = 7
 
 _SKIP_NAMES = {".ds_store", "thumbs.db", "desktop.ini"}
 
@@ -134,11 +141,33 @@ def _case_insensitive(base: Path, parts: list[str]) -> Path | None:
     return cur
 
 
+def prune_zip_cache(max_age_days: float = ZIP_CACHE_DAYS, now: float | None = None) -> int:
+    """Delete unpacked archives not opened for ``max_age_days``; return how many were removed."""
+    zips = cache_root() / "zip"
+    if not zips.is_dir():
+        return 0
+    limit = (time.time() if now is None else now) - max_age_days * 86400
+    removed = 0
+    for entry in zips.iterdir():
+        marker = entry / ".complete"
+        try:
+            last_used = (marker if marker.exists() else entry).stat().st_mtime
+        except OSError:
+            continue
+        if last_used < limit:
+            shutil.rmtree(entry, ignore_errors=True)
+            removed += 1
+    return removed
+
+
 def _unzip(path: Path, out: Candidates) -> None:
     try:
         st = path.stat()
         key = hashlib.sha1(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:16]
-        dest = cache_root() / "zip" / key
+        root = cache_root()
+        root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        prune_zip_cache()
+        dest = root / "zip" / key
         done = dest / ".complete"
         with zipfile.ZipFile(path) as zf:
             members = [m for m in zf.infolist() if not m.is_dir()]
@@ -158,6 +187,8 @@ def _unzip(path: Path, out: Candidates) -> None:
                         while chunk := src.read(1 << 20):
                             dst.write(chunk)
                 done.touch()
+            else:
+                done.touch()  # last used now: kept by the cache pruning
     except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, RuntimeError, EOFError) as exc:
         log.debug("zip %s failed: %s", path, exc)
         out.problems.append(FileProblem(path, "zip archive is damaged or encrypted"))

@@ -195,3 +195,30 @@ def test_real_dicomdir_from_pydicom_testdata():
     assert found == expected
     names = {p.name for p in result.patients}
     assert len(names) >= 2
+
+
+def test_unpacked_zips_are_private_and_pruned_when_unused(tmp_path, monkeypatch):
+    """Unpacked archives hold patient data: owner-only, and deleted after a week unused."""
+    import os
+    import time
+    import zipfile
+
+    import pydicom.data
+
+    from app.dicom import sources
+
+    monkeypatch.setenv("XMEDGPT_CACHE", str(tmp_path / "cache"))
+    src = Path(pydicom.data.get_testdata_file("CT_small.dcm"))
+    archive = tmp_path / "study.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.write(src, "CT_small.dcm")
+    first = scan([archive])
+    assert len(first.all_series()) == 1
+    root = sources.cache_root()
+    assert (root.stat().st_mode & 0o777) == 0o700
+    (entry,) = list((root / "zip").iterdir())
+    old = time.time() - 8 * 86400
+    os.utime(entry / ".complete", (old, old))
+    assert sources.prune_zip_cache() == 1 and not entry.exists()
+    # opening the archive again unpacks it again
+    assert len(scan([archive]).all_series()) == 1
