@@ -78,9 +78,23 @@ def weights_digest(files: dict[str, str]) -> str:
     return h.hexdigest()
 
 
-def inspect_model_folder(folder: Path, name: str | None = None,
-                         progress: Callable[[str], None] | None = None) -> ModelInfo:
-    """Check ``folder`` and describe it; raise :class:`ModelFolderError` with the reason when unusable."""
+@dataclass
+class ModelFolder:
+    """What a model folder's config says and where its weights are (checked, not hashed)."""
+
+    path: Path
+    format: str  # "native" or "internvl_chat"
+    architecture: str
+    model_type: str
+    weights: list[Path]
+
+    @property
+    def size_bytes(self) -> int:
+        return sum(p.stat().st_size for p in self.weights)
+
+
+def check_model_folder(folder: Path) -> ModelFolder:
+    """Read and check ``folder``'s config and weights; :class:`ModelFolderError` with the reason."""
     folder = Path(folder).expanduser()
     if not folder.exists():
         raise ModelFolderError(f"The model folder {folder} does not exist.")
@@ -111,21 +125,26 @@ def inspect_model_folder(folder: Path, name: str | None = None,
     weights = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix in WEIGHT_SUFFIXES)
     if not weights:
         raise ModelFolderError(f"{folder} has a config but no weight files (*.safetensors or *.bin).")
+    return ModelFolder(folder, fmt, architecture, model_type, weights)
+
+
+def inspect_model_folder(folder: Path, name: str | None = None,
+                         progress: Callable[[str], None] | None = None) -> ModelInfo:
+    """Check ``folder`` and describe it with the weights' SHA-256 (for the registry and the audit trail)."""
+    checked = check_model_folder(folder)
     files: dict[str, str] = {}
-    size = 0
-    for p in weights:
-        rel = p.relative_to(folder).as_posix()
+    for p in checked.weights:
+        rel = p.relative_to(checked.path).as_posix()
         if progress:
             progress(f"hashing {rel}")
         files[rel] = file_sha256(p)
-        size += p.stat().st_size
     return ModelInfo(
-        name=name or folder.name,
-        path=str(folder.resolve()),
-        format=fmt,
-        architecture=architecture,
-        model_type=model_type,
-        size_bytes=size,
+        name=name or checked.path.name,
+        path=str(checked.path.resolve()),
+        format=checked.format,
+        architecture=checked.architecture,
+        model_type=checked.model_type,
+        size_bytes=checked.size_bytes,
         weights_sha256=weights_digest(files),
         files=files,
         added=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
