@@ -522,6 +522,9 @@ def open_settings(window, controller: AssistantController, registry: ModelRegist
     report = getattr(window, "report", None)
     if report is not None:
         report.set_reader_name(s.reader_name)  # signs from now on; the user in the audit trail
+    dictation = getattr(window, "dictation", None)
+    if dictation is not None:
+        dictation.apply_settings(s)  # push-to-talk key, microphone, auto-Ask take effect now
     explicit = controller.choice.folder if controller.choice.source == "--model" and not s.model_dir else None
     choice = choose_model(explicit, s, registry)
     if (choice, device_for(s), quantization_for(s)) != before or not controller.ready:

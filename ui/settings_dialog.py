@@ -16,6 +16,7 @@ from pathlib import Path
 from PySide6.QtCore import Qt, QThread, Signal
 from PySide6.QtGui import QKeySequence
 from PySide6.QtWidgets import (
+    QCheckBox,
     QComboBox,
     QDialog,
     QDialogButtonBox,
@@ -173,8 +174,15 @@ class SettingsDialog(QDialog):
         rform.addRow("Questions per answer", self.questions)
 
         self.dictation_key = QKeySequenceEdit(QKeySequence(settings.dictation_key))
+        self.auto_ask = QCheckBox("Ask the assistant as soon as a dictated question lands in the query box")
+        self.auto_ask.setChecked(settings.dictation_auto_ask)
+        self.spoken_audio = QCheckBox("Send spoken questions as audio to a model that can hear (else Whisper)")
+        self.spoken_audio.setChecked(settings.spoken_query_audio)
         dict_box = QGroupBox("Dictation")
-        QFormLayout(dict_box).addRow("Push-to-talk key", self.dictation_key)
+        dform = QFormLayout(dict_box)
+        dform.addRow("Push-to-talk key", self.dictation_key)
+        dform.addRow("", self.auto_ask)
+        dform.addRow("", self.spoken_audio)
 
         self.error = QLabel()
         self.error.setObjectName("settingsError")
@@ -333,6 +341,8 @@ class SettingsDialog(QDialog):
         key = self.dictation_key.keySequence().toString()
         if key:
             s.dictation_key = key
+        s.dictation_auto_ask = self.auto_ask.isChecked()
+        s.spoken_query_audio = self.spoken_audio.isChecked()
         try:
             s.save()
         except OSError as exc:

@@ -57,6 +57,8 @@ def test_values_are_saved_and_read_back(qtbot, dialog, settings, tmp_path):
     dialog.samples.setValue(8)
     dialog.questions.setValue(3)
     dialog.dictation_key.setKeySequence(QKeySequence("F6"))
+    dialog.auto_ask.setChecked(True)
+    dialog.spoken_audio.setChecked(False)
     dialog.remote_url.setText("")
     dialog.accept()
     assert dialog.result() == SettingsDialog.DialogCode.Accepted
@@ -64,6 +66,7 @@ def test_values_are_saved_and_read_back(qtbot, dialog, settings, tmp_path):
     assert again.reader_name == "Dr Jane Smith" and again.model_dir == str(folder)
     assert again.use_gpu is False and quantization_for(again) == "nf4"
     assert (again.reliability_samples, again.reliability_questions, again.dictation_key) == (8, 3, "F6")
+    assert again.dictation_auto_ask is True and again.spoken_query_audio is False
 
 
 def test_a_folder_that_is_not_a_model_keeps_the_dialog_open_with_the_reason(qtbot, dialog, settings, tmp_path):
