@@ -38,6 +38,7 @@ from inference.engine.audio import AUDIO_CONTEXT, SAMPLE_RATE, AudioProjector, A
 from inference.engine.audio import load_audio_model as _load_audio_model
 from inference.errors import XMedError
 from training.common import (
+    run_stage,
     AUDIO_PLACEHOLDER,
     CheckpointFilesCallback,
     ConfigError,
@@ -47,11 +48,9 @@ from training.common import (
     ModelSection,
     Sample,
     TrainSection,
-    base_parser,
     chat_segments,
     encode_segments,
     export_model,
-    load_config,
     load_samples,
     pad_batch,
     processor_for,
@@ -303,19 +302,7 @@ def train_audio(config: AudioConfig, resume: bool = False) -> Path:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = base_parser("python -m training.audio_posttrain",
-                         "Audio post-training: Whisper encoder + MLP projector into the language model.")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        config = load_config(args.config, AudioConfig, args.overrides)
-        final = train_audio(config, resume=args.resume)
-    except XMedError as exc:
-        sys.stderr.write(f"audio_posttrain: {exc}\n")
-        return 1
-    sys.stdout.write(f"model written to {final}\n")
-    return 0
+    return run_stage(argv, "training.audio_posttrain", 'Audio post-training: Whisper encoder + MLP projector into the language model.', AudioConfig, train_audio)
 
 
 if __name__ == "__main__":

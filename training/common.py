@@ -25,6 +25,7 @@ import json
 import logging
 import math
 import random
+import sys
 import time
 import types
 import typing
@@ -203,6 +204,21 @@ def base_parser(prog: str, description: str) -> argparse.ArgumentParser:
                         help="override a config value (repeatable)")
     parser.add_argument("-v", "--verbose", action="store_true")
     return parser
+
+
+def run_stage(argv, prog: str, description: str, config_cls, train) -> int:
+    """The command line every launch script shares: parse, log, load the YAML config, train, report."""
+    args = base_parser(f"python -m {prog}", description).parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        config = load_config(args.config, config_cls, args.overrides)
+        final = train(config, resume=args.resume)
+    except XMedError as exc:
+        sys.stderr.write(f"{prog.rsplit('.', 1)[-1]}: {exc}\n")
+        return 1
+    sys.stdout.write(f"model written to {final}\n")
+    return 0
 
 
 # ----------------------------------------------------------------------------- seeding

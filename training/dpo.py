@@ -31,6 +31,7 @@ from pathlib import Path
 
 from inference.errors import XMedError
 from training.common import (
+    run_stage,
     IMAGE_PLACEHOLDER,
     CheckpointFilesCallback,
     ConfigError,
@@ -39,9 +40,7 @@ from training.common import (
     MetricsLogCallback,
     ModelSection,
     TrainSection,
-    base_parser,
     finish_training,
-    load_config,
     load_model,
     load_samples,
     processor_for,
@@ -152,18 +151,7 @@ def train_dpo(config: DPOConfig, resume: bool = False) -> Path:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = base_parser("python -m training.dpo", "DPO / MPO on preference pairs (trl).")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        config = load_config(args.config, DPOConfig, args.overrides)
-        final = train_dpo(config, resume=args.resume)
-    except XMedError as exc:
-        sys.stderr.write(f"dpo: {exc}\n")
-        return 1
-    sys.stdout.write(f"model written to {final}\n")
-    return 0
+    return run_stage(argv, "training.dpo", 'DPO / MPO on preference pairs (trl).', DPOConfig, train_dpo)
 
 
 if __name__ == "__main__":

@@ -20,16 +20,14 @@ from pathlib import Path
 
 from transformers import Trainer
 
-from inference.errors import XMedError
 from training.common import (
+    run_stage,
     CheckpointFilesCallback,
     Collator,
     ConversationDataset,
     MetricsLogCallback,
     SFTConfig,
-    base_parser,
     finish_training,
-    load_config,
     load_model,
     load_samples,
     processor_for,
@@ -71,18 +69,7 @@ def train_sft(config: SFTConfig, resume: bool = False) -> Path:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = base_parser("python -m training.sft", "Supervised fine-tuning (stage 1 or reasoning SFT).")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        config = load_config(args.config, SFTConfig, args.overrides)
-        final = train_sft(config, resume=args.resume)
-    except XMedError as exc:
-        sys.stderr.write(f"sft: {exc}\n")
-        return 1
-    sys.stdout.write(f"model written to {final}\n")
-    return 0
+    return run_stage(argv, "training.sft", 'Supervised fine-tuning (stage 1 or reasoning SFT).', SFTConfig, train_sft)
 
 
 if __name__ == "__main__":

@@ -24,8 +24,6 @@ from __future__ import annotations
 
 import json
 import logging
-import queue
-import threading
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -311,42 +309,11 @@ class AudioQueryEngine:
     def stream_audio(self, audio: np.ndarray, request: ChatRequest | None = None,
                      cancel: CancelFn | None = None) -> Iterator[str]:
         """The answer to a spoken question piece by piece. Closing the iterator stops generation."""
-        from transformers import LogitsProcessorList
-
-        from inference.engine.local import _END, _PieceStreamer
-
         request = request or ChatRequest(prompt=AUDIO_PLACEHOLDER)
-        e = self.engine
-        pieces: queue.Queue = queue.Queue()
-        stop = threading.Event()
-        stopping, _ = e._stopping(lambda: stop.is_set() or bool(cancel and cancel()))
-        streamer = _PieceStreamer(e.tokenizer, e._drop_ids, pieces)
-        failure: list[BaseException] = []
-
-        def work() -> None:
-            try:
-                with e._lock, torch.inference_mode():
-                    inputs = self.encode_audio(request, audio)
-                    e.model.generate(**inputs, do_sample=False, max_new_tokens=request.max_new_tokens,
-                                     stopping_criteria=stopping, streamer=streamer, pad_token_id=e.pad_id,
-                                     logits_processor=LogitsProcessorList([self._suppress]))
-            except BaseException as exc:  # handed to the consumer below
-                failure.append(exc)
-                pieces.put(_END)
-
-        worker = threading.Thread(target=work, name="xmedgpt-audio-stream", daemon=True)
-        worker.start()
         try:
-            while True:
-                item = pieces.get()
-                if item is _END:
-                    break
-                yield item
-        finally:
-            stop.set()
-            worker.join()
-        if failure:
-            exc = failure[0]
-            if isinstance(exc, XMedError):
-                raise exc
+            yield from self.engine.stream_greedy(lambda: self.encode_audio(request, audio), request.max_new_tokens,
+                                                 self._suppress, cancel, name="xmedgpt-audio-stream")
+        except XMedError:
+            raise
+        except Exception as exc:
             raise XMedError(f"The model stopped with an error while listening: {exc}", detail=repr(exc)) from exc

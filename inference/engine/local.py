@@ -441,6 +441,12 @@ class LocalEngine:
     def stream(self, request: ChatRequest, cancel: CancelFn | None = None) -> Iterator[str]:
         """Greedy answer, piece by piece as decoded. Closing the iterator stops generation."""
         inputs = self.encode([request])
+        yield from self.stream_greedy(lambda: inputs, request.max_new_tokens, self._suppress, cancel)
+
+    def stream_greedy(self, make_inputs: Callable[[], dict], max_new_tokens: int, suppress,
+                      cancel: CancelFn | None = None, name: str = "xmedgpt-stream") -> Iterator[str]:
+        """Run greedy ``generate`` on a worker thread (inputs built under the model lock) and yield the
+        decoded pieces as they arrive; closing the iterator stops generation. Shared by text and audio."""
         pieces: queue.Queue = queue.Queue()
         stop = threading.Event()
         stopping, _ = self._stopping(lambda: stop.is_set() or bool(cancel and cancel()))
@@ -451,19 +457,19 @@ class LocalEngine:
             try:
                 with self._lock, torch.inference_mode():
                     self.model.generate(
-                        **inputs,
+                        **make_inputs(),
                         do_sample=False,
-                        max_new_tokens=request.max_new_tokens,
+                        max_new_tokens=max_new_tokens,
                         stopping_criteria=stopping,
                         streamer=streamer,
                         pad_token_id=self.pad_id,
-                logits_processor=LogitsProcessorList([self._suppress]),
+                        logits_processor=LogitsProcessorList([suppress]),
                     )
             except BaseException as exc:  # handed to the consumer below
                 failure.append(exc)
                 pieces.put(_END)
 
-        worker = threading.Thread(target=work, name="xmedgpt-stream", daemon=True)
+        worker = threading.Thread(target=work, name=name, daemon=True)
         worker.start()
         try:
             while True:

@@ -200,10 +200,14 @@ def test_every_shipped_config_loads_and_names_existing_deepspeed_files():
 @pytest.mark.slow
 def test_cluster_wrapper_runs_two_steps_through_torchrun(tiny, corpus, tmp_path):
     import os
+    import socket
     import subprocess
 
+    with socket.socket() as sock:  # a free port: a fixed one collides with another test run on this machine
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
     out = tmp_path / "torchrun"
-    env = {**os.environ, "GPUS_PER_NODE": "1", "MASTER_PORT": "29623", "CUDA_VISIBLE_DEVICES": ""}
+    env = {**os.environ, "GPUS_PER_NODE": "1", "MASTER_PORT": str(port), "CUDA_VISIBLE_DEVICES": ""}
     proc = subprocess.run(["bash", str(REPO / "training/launch/sft.sh"), str(MICRO), "--set", f"model.path={tiny}",
                            "--set", f"data.meta={corpus / 'meta.json'}", "--set", f"train.output_dir={out}"],
                           env=env, capture_output=True, text=True, timeout=300)
