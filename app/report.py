@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import re
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from enum import Enum
@@ -591,6 +591,27 @@ def template_named(name: str, folder: Path | None = None) -> ReportTemplate:
 
 
 # ---- from the assistant's output -----------------------------------------------------
+
+_TIER_ORDER = {Tier.RED: 0, Tier.AMBER: 1, Tier.GREEN: 2}
+_SENTENCE = re.compile(r"[^.!?\n]+[.!?]?")
+
+
+def sentence_reliability(text: str, findings: Sequence[Finding]) -> list[tuple[int, int, Tier]]:
+    """(start, end, tier) for each sentence of ``text`` (the impression) that names a finding with a
+    reliability: a sentence mentions a finding when it contains its finding type as a word
+    ("mass", "nodule"); several findings → the least reliable tier. Rejected findings are ignored."""
+    scored = [f for f in findings if f.reliability is not None and f.finding_type.strip()
+              and f.status is not FindingStatus.REJECTED]
+    spans: list[tuple[int, int, Tier]] = []
+    for m in _SENTENCE.finditer(text):
+        sentence = m.group(0).lower()
+        tiers = [f.reliability.tier for f in scored
+                 if re.search(rf"\b{re.escape(f.finding_type.strip().lower())}s?\b", sentence)]
+        if tiers:
+            start = m.start() + (len(m.group(0)) - len(m.group(0).lstrip()))
+            spans.append((start, m.end(), min(tiers, key=_TIER_ORDER.__getitem__)))
+    return spans
+
 
 @dataclass(frozen=True)
 class FrameRef:

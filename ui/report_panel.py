@@ -17,7 +17,7 @@ draft's SR and PDF now.
 from __future__ import annotations
 
 from PySide6.QtCore import QSignalBlocker, Qt, QTimer, Signal
-from PySide6.QtGui import QBrush, QColor, QGuiApplication
+from PySide6.QtGui import QBrush, QColor, QGuiApplication, QTextCursor
 from PySide6.QtWidgets import (
     QHBoxLayout,
     QLabel,
@@ -25,13 +25,14 @@ from PySide6.QtWidgets import (
     QListWidgetItem,
     QPlainTextEdit,
     QPushButton,
+    QTextEdit,
     QVBoxLayout,
     QWidget,
 )
 
 from app.errors import XMedError
 from app.export.text import display_date, person_name, render_text
-from app.report import DraftReport, Edit, Finding, FindingStatus, Origin
+from app.report import DraftReport, Edit, Finding, FindingStatus, Origin, sentence_reliability
 from ui.pdf_export import study_label
 
 COMMIT_MS = 800
@@ -178,6 +179,7 @@ class ReportPanel(QWidget):
         if self._pending != ("impression", None) and self.impression.toPlainText() != r.impression:
             with QSignalBlocker(self.impression):
                 self.impression.setPlainText(r.impression)
+        self._tint_impression()
         editable = not r.signed
         self.impression.setReadOnly(not editable)
         self.add_button.setEnabled(editable)
@@ -191,6 +193,20 @@ class ReportPanel(QWidget):
             self.blockers.setText(f"Signed by {person_name(r.signature.reader_name)} at {r.signature.signed_at}.")
         else:
             self.blockers.setText(" ".join(blockers) if blockers else "Ready to sign.")
+
+    def _tint_impression(self) -> None:
+        """Tint each impression sentence that names a finding by that finding's reliability."""
+        selections = []
+        for start, end, tier in sentence_reliability(self.impression.toPlainText(), self.report.findings):
+            sel = QTextEdit.ExtraSelection()
+            cursor = QTextCursor(self.impression.document())
+            cursor.setPosition(start)
+            cursor.setPosition(end, QTextCursor.MoveMode.KeepAnchor)
+            sel.cursor = cursor
+            sel.format.setBackground(QBrush(TIER_TINT[tier.value]))
+            sel.format.setForeground(QBrush(QColor(20, 20, 20)))
+            selections.append(sel)
+        self.impression.setExtraSelections(selections)
 
     def _item(self, f: Finding) -> QListWidgetItem:
         who = "AI" if f.origin is Origin.AI else "You"
@@ -238,6 +254,7 @@ class ReportPanel(QWidget):
             if self._pending and self._pending[0] == "finding":
                 self.commit_pending()
             self._pending = ("impression", None)
+            self._tint_impression()
         self._commit_timer.start()
 
     def _decide(self, action) -> None:

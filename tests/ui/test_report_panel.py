@@ -105,3 +105,17 @@ def test_sign_refusal_is_reported_not_raised(qtbot, report):
     with qtbot.waitSignal(w.problem) as sig:
         w.sign()
     assert "Cannot sign yet" in sig.args[0] and not report.signed
+
+
+def test_impression_sentences_are_tinted_by_the_reliability_of_the_finding_they_name(qtbot):
+    r = DraftReport(study=StudyContext("1.2.3", modality="CT"), provenance=Provenance("m", "1"))
+    r.add_finding("Spiculated mass.", [], origin=Origin.AI, finding_type="mass",
+                  reliability=FindingReliability(0.2, Tier.RED))
+    r.set_impression("Normal heart. Right lower lobe mass, suspicious.")
+    w = ReportPanel(r, reader_name="Smith^Jane")
+    qtbot.addWidget(w)
+    (sel,) = w.impression.extraSelections()
+    assert sel.cursor.selectedText() == "Right lower lobe mass, suspicious."
+    assert sel.format.background().color() == TIER_TINT["red"]
+    w.impression.setPlainText("Mass gone.")  # typing re-tints at once
+    assert [s.cursor.selectedText() for s in w.impression.extraSelections()] == ["Mass gone."]
