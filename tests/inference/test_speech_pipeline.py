@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from app.dictation import Dictation
-from inference.speech import make_recognizer, record_file
+from inference.speech import record_file
 from inference.speech.wer import edit_distance, word_error_rate, words
 
 REPO = Path(__file__).resolve().parents[2]
@@ -73,13 +73,6 @@ def speech_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def dictation() -> Dictation:
     return Dictation()
-
-
-@pytest.fixture(scope="module")
-def recognizer():
-    rec = make_recognizer("faster-whisper")  # bundled tiny.en, int8 on CPU
-    rec.load()
-    return rec
 
 
 def _corpus_wer(pairs: list[tuple[str, str]]) -> float:

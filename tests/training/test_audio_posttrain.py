@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import wave
 from pathlib import Path
 
 import numpy as np
@@ -12,22 +11,13 @@ import torch
 from transformers import InternVLForConditionalGeneration
 
 from training.audio_posttrain import AUDIO_CONTEXT, AudioProjector, load_audio_model, main, read_audio
+from tests.audio_model import write_tone
 from training.common import pad_batch
 from training.model_factory import build_tiny_model
 from training.phantoms import write_corpus
 
 REPO = Path(__file__).resolve().parents[2]
 MICRO = REPO / "training" / "configs" / "audio_micro.yaml"
-
-
-def _tone(path: Path, freq: float, seconds: float = 1.5, rate: int = 22050) -> None:
-    t = np.arange(int(seconds * rate)) / rate
-    pcm = (0.3 * np.sin(2 * np.pi * freq * t) * 32767).astype("<i2")
-    with wave.open(str(path), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(rate)
-        w.writeframes(pcm.tobytes())
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +32,7 @@ def audio_data(tmp_path_factory) -> Path:
     (root / "audio").mkdir()
     lines = []
     for i, (freq, answer) in enumerate([(300.0, "yes"), (900.0, "no"), (600.0, "2")]):
-        _tone(root / "audio" / f"{i}.wav", freq)
+        write_tone(root / "audio" / f"{i}.wav", freq)
         lines.append({"audio": f"audio/{i}.wav", "image": f"images/{i:06d}.png", "transcript": "question",
                       "conversations": [{"from": "human", "value": "<image>\n<audio>"},
                                         {"from": "gpt", "value": answer}]})
@@ -56,7 +46,7 @@ def _run(tiny: Path, data: Path, out: Path, *extra: str) -> int:
 
 
 def test_read_audio_resamples_to_16k(tmp_path):
-    _tone(tmp_path / "a.wav", 440.0, seconds=1.0, rate=22050)
+    write_tone(tmp_path / "a.wav", 440.0, seconds=1.0, rate=22050)
     x = read_audio(tmp_path / "a.wav")
     assert x.dtype == np.float32 and abs(len(x) - 16000) <= 1 and 0.25 < np.abs(x).max() <= 0.31
 

