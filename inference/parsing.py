@@ -310,7 +310,8 @@ def _is_cut_off(tail: str) -> bool:
     return j is not None and tail[j:].lstrip("[ \t").startswith(tuple("0123456789-+.n["))
 
 
-_PHRASE_BREAK_WORDS = frozenset(
+#: Linking words that end the phrase guessed for a bare ``[[…]]`` box (walking back from the box).
+PHRASE_BREAK_WORDS = frozenset(
     "and or but with without in at on of to from by near within into onto over under "
     "is are was were be been shows show showing seen see there here which that "
     "demonstrates demonstrating reveals revealing involving".split()
@@ -327,7 +328,7 @@ def _phrase_before(clean: str, end: int, floor: int = 0) -> tuple[str, int, int]
     kept: list[tuple[int, int]] = []
     for a, b in reversed(spans):
         word = window[begin + a : begin + b]
-        if word.casefold() in _PHRASE_BREAK_WORDS or len(kept) == _BARE_PHRASE_WORDS:
+        if word.casefold() in PHRASE_BREAK_WORDS or len(kept) == _BARE_PHRASE_WORDS:
             break
         if word.endswith(",") and kept:
             break  # "…, spleen[[…]]": the comma ends the phrase
