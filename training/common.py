@@ -605,6 +605,41 @@ class MetricsLogCallback(TrainerCallback):
         return control
 
 
+class RestoresFullWeights:
+    """Trainer mixin: resuming a full fine-tune restores the weights through ``from_pretrained``.
+
+    ``save_pretrained`` writes InternVL checkpoints in the original (hub) key layout, which the
+    stock ``Trainer._load_from_checkpoint`` loads with ``strict=False`` and without the key
+    conversion: every key is silently skipped and "resume" restarts from the base weights with
+    the step count and schedule of the checkpoint. Loading through ``from_pretrained`` applies the
+    conversion; ``strict=True`` makes any remaining mismatch an error. Adapters, FSDP and
+    DeepSpeed checkpoints keep the stock path.
+    """
+
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        from transformers import PreTrainedModel
+
+        model = self.model if model is None else model
+        folder = Path(resume_from_checkpoint)
+        if (isinstance(model, PreTrainedModel) and not getattr(self, "is_fsdp_enabled", False)
+                and (folder / "model.safetensors").is_file()):
+            restore_full_weights(model, folder)
+            return None
+        return super()._load_from_checkpoint(resume_from_checkpoint, model)
+
+
+def restore_full_weights(model, folder: Path) -> None:
+    """Copy the weights saved in ``folder`` into ``model`` (same architecture), strictly."""
+    saved = type(model).from_pretrained(folder, dtype=next(model.parameters()).dtype, local_files_only=True)
+    model.load_state_dict(saved.state_dict(), strict=True)
+    log.info("restored the weights of %s", folder)
+
+
+def resumable(trainer_cls: type) -> type:
+    """``trainer_cls`` with :class:`RestoresFullWeights` mixed in."""
+    return type(f"Resumable{trainer_cls.__name__}", (RestoresFullWeights, trainer_cls), {})
+
+
 def resume_checkpoint(output_dir: Path, resume: bool) -> str | None:
     """The last ``checkpoint-N`` in ``output_dir`` when resuming (None to start fresh)."""
     if not resume:

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file
 from transformers import InternVLForConditionalGeneration
 
 from training.audio_posttrain import AUDIO_CONTEXT, AudioProjector, load_audio_model, main, read_audio
@@ -91,6 +92,13 @@ def test_two_steps_train_only_the_projector_then_reload_and_resume(tiny, audio_d
     assert _run(tiny, audio_data, out, "--resume", "--set", "train.max_steps=3") == 0
     steps = [json.loads(x)["step"] for x in (out / "metrics.jsonl").read_text().splitlines() if '"loss"' in x]
     assert steps == [1, 2, 3]
+    # the resumed run continued from checkpoint-2's projector: 2 + 1 steps == 3 steps
+    straight = tmp_path / "straight"
+    assert _run(tiny, audio_data, straight, "--set", "train.max_steps=3") == 0
+    resumed = load_file(out / "final" / "audio_projector.safetensors")
+    direct = load_file(straight / "final" / "audio_projector.safetensors")
+    assert resumed.keys() == direct.keys()
+    assert all(torch.allclose(resumed[k], direct[k], atol=1e-6) for k in direct)
 
 
 def test_lora_on_the_llm(tiny, audio_data, tmp_path):

@@ -80,6 +80,12 @@ def test_full_dpo_two_steps_reference_in_memory_and_resume(tiny, corpus, tmp_pat
     steps = [r["step"] for r in _rows(out) if "loss" in r]
     assert steps == [1, 2, 3]
     assert json.loads((out / "checkpoint-3" / "trainer_state.json").read_text())["global_step"] == 3
+    # the resumed run continued from checkpoint-2's policy (the reference stays the base): 2 + 1 == 3 steps
+    straight = tmp_path / "straight"
+    assert _run(tiny, corpus, straight, "--set", "train.max_steps=3") == 0
+    resumed = InternVLForConditionalGeneration.from_pretrained(out / "final").state_dict()
+    direct = InternVLForConditionalGeneration.from_pretrained(straight / "final").state_dict()
+    assert all(torch.allclose(resumed[k], direct[k], atol=1e-6) for k in direct)
 
 
 def test_mpo_losses_with_lora(tiny, corpus, tmp_path):

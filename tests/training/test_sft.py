@@ -130,6 +130,13 @@ def test_full_sft_two_steps_writes_reloadable_checkpoint_and_resumes(tiny, corpu
     card = json.loads((out / "final" / "model_card.json").read_text())
     assert card["global_step"] == 3 and card["trained"] is True
 
+    # resuming continues from the checkpoint's weights, not the base's: 2 + 1 steps == 3 steps
+    straight = tmp_path / "straight"
+    assert _run(tiny, corpus, straight, "--set", "train.max_steps=3") == 0
+    resumed = InternVLForConditionalGeneration.from_pretrained(out / "final").state_dict()
+    direct = InternVLForConditionalGeneration.from_pretrained(straight / "final").state_dict()
+    assert all(torch.allclose(resumed[n], direct[n], atol=1e-6) for n in direct)
+
 
 def test_lora_with_gradient_checkpointing_merges_into_a_plain_model(tiny, corpus, tmp_path):
     pytest.importorskip("peft")
