@@ -100,7 +100,8 @@ def load_records(folder: Path) -> list[Record]:
                 raise XMedError(f"{where}: not a question/answer/label record.", detail=str(exc)) from exc
             samples = [Generation(str(s["text"]), [float(x) for x in s.get("token_logprobs", [])])
                        for s in d.get("samples", [])]
-            image = _load_image(f.parent / d["image"]) if d.get("image") else None
+            # the image is needed only to sample a record that has no samples yet
+            image = _load_image(f.parent / d["image"]) if d.get("image") and not samples else None
             records.append(Record(question, answer, _label(label, where), image, samples,
                                   [float(x) for x in d.get("greedy_token_logprobs", [])], where))
     return records

@@ -50,8 +50,10 @@ class Options:
     limit: int | None = None  # images
     samples: int = 5  # answers sampled per VQA question for the reliability AUROC (0: skip)
     tasks: tuple[str, ...] = ("grounding", "vqa", "report", "reasoning")
-    temperature: float = 1.0
+    temperature: float = 1.0  # sampling for the reliability AUROC: as the live pass
+    top_p: float = 0.9
     max_new_tokens: int | None = None  # caps every task's answer length (default: per task)
+    labelled_out: Path | None = None  # write the sampled VQA answers as an `xmedgpt calibrate` set here
 
 
 @dataclass
@@ -255,6 +257,13 @@ def evaluate(engine: Engine, data: Path, options: Options = Options()) -> dict:
     return _clean(result)
 
 
+def write_labelled(path: Path, rows: Sequence[dict]) -> None:
+    """The sampled VQA answers, labelled right/wrong, in the ``xmedgpt calibrate`` format (one file)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+
+
 def _reliability(runner: _Runner, rows, draft_right: dict[str, bool], options: Options) -> dict:
     """AUROC per estimator: per question (is this answer right?) and per image from its first k questions
     (is the image's grounded draft right?)."""
@@ -264,16 +273,24 @@ def _reliability(runner: _Runner, rows, draft_right: dict[str, bool], options: O
 
     judge = ClosedFormJudge()
     records: list[tuple[Example, dict[str, float], bool]] = []
+    labelled: list[dict] = []
     batch = 8
     for i in range(0, len(rows), batch):
         chunk = rows[i:i + batch]
         requests = [runner.request(ex, "vqa") for ex, *_ in chunk]
         start = time.perf_counter()
-        samples = runner.engine.sample(requests, n=options.samples, temperature=options.temperature)
+        samples = runner.engine.sample(requests, n=options.samples, temperature=options.temperature,
+                                       top_p=options.top_p)
         runner.timing.setdefault("reliability_sampling", ev.Timing()).add(time.perf_counter() - start)
         for (ex, pred, ok, lp), gens in zip(chunk, samples):
             rec = Record(ex.prompt, pred, int(ok), None, list(gens), list(lp), ex.record.get("image", ""))
             records.append((ex, uncertainties(rec, judge), ok))
+            labelled.append({"question": ex.prompt, "answer": pred, "label": int(ok),
+                             "image": str((runner.data / ex.image).resolve()) if ex.image else "",
+                             "samples": [{"text": g.text, "token_logprobs": list(g.token_logprobs)} for g in gens],
+                             "greedy_token_logprobs": list(lp)})
+    if options.labelled_out is not None:
+        write_labelled(options.labelled_out, labelled)
     names = list(records[0][1])
 
     def aurocs(us: list[dict[str, float]], labels: list[bool]) -> dict[str, float]:
@@ -366,6 +383,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--limit", type=int, help="evaluate only the first N images")
     p.add_argument("--samples", type=int, default=5, help="answers sampled per VQA question for the "
                    "reliability AUROC (default 5; 0 skips it)")
+    p.add_argument("--labelled-out", type=Path, help="write the sampled VQA answers, labelled right/wrong, "
+                   "as a JSONL file that 'xmedgpt calibrate --data' reads (calibrate on a split you do not report)")
     p.add_argument("--tasks", default=",".join(Options.tasks), help="comma-separated subset of "
                    "grounding,vqa,report,reasoning")
     p.add_argument("--max-new-tokens", type=int, help="cap on every answer's length in tokens")
@@ -390,7 +409,8 @@ def _run(args: argparse.Namespace) -> int:
     if unknown:
         raise XMedError(f"Unknown task(s) {', '.join(sorted(unknown))}; choose from {', '.join(Options.tasks)}.")
     result = run_eval(args.model, args.data, Options(limit=args.limit, samples=args.samples, tasks=tasks,
-                                                          max_new_tokens=args.max_new_tokens),
+                                                          max_new_tokens=args.max_new_tokens,
+                                                          labelled_out=args.labelled_out),
                       args.device, args.quantization)
     sys.stdout.write(format_table(result) + "\n")
     if args.json:

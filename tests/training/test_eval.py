@@ -221,3 +221,23 @@ def test_any_dataset_in_the_documented_format(corpus, tmp_path):
     assert len({r["outcome"] for r in vqa if "outcome" in r}) > 1  # seed 21: counts 2, 0, 2, 3, 3
     assert result["kendall_tau_b"]["outcome"]["tau_b"] == pytest.approx(1.0)
     assert result["kendall_tau_b"]["outcome"]["n"] == 5
+
+
+def test_labelled_answers_feed_xmedgpt_calibrate(corpus, tmp_path, capsys):
+    """eval --labelled-out writes the sampled VQA answers, labelled right/wrong, which calibrate reads as is."""
+    from ui.cli import main as cli_main
+
+    labelled = tmp_path / "calib" / "vqa_labelled.jsonl"
+    result = evaluate(ReferenceEngine(corpus, wrong_vqa=3), corpus,
+                      Options(samples=2, tasks=("vqa",), labelled_out=labelled))
+    rows = [json.loads(x) for x in labelled.read_text().splitlines()]
+    assert len(rows) == result["vqa"]["all"]["n"]
+    assert [r["label"] for r in rows].count(0) == 3 and rows[0]["answer"] == "wrong answer"
+    assert len(rows[0]["samples"]) == 2 and rows[0]["greedy_token_logprobs"] == [-0.1] * 5
+    out = tmp_path / "calibration.json"
+    assert cli_main(["calibrate", "--data", str(labelled.parent), "--out", str(out), "--judge", "closed-form",
+                           "--min-count", "2"]) == 0
+    cal = json.loads(out.read_text())
+    assert cal["calibrated"] is True and cal["metrics"]["per_estimator"]["discrete"]["n"] == len(rows)
+    # the three wrong answers disagree with every sample: disagreement with the draft ranks them perfectly
+    assert cal["metrics"]["per_estimator"]["draft_disagreement"]["auroc"] == pytest.approx(1.0)
