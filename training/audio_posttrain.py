@@ -55,10 +55,10 @@ from training.common import (
     pad_batch,
     processor_for,
     record_images,
-    resumable,
     resume_checkpoint,
     save_processor,
     seed_everything,
+    trainer_class,
     training_arguments,
     write_run_info,
 )
@@ -273,7 +273,7 @@ def train_audio(config: AudioConfig, resume: bool = False) -> Path:
              model.tokens_per_clip)
     write_run_info(out, config, {"records": len(samples), "tokens_per_clip": model.tokens_per_clip})
     args = training_arguments(config.train, workers=config.data.num_workers)
-    trainer = resumable(Trainer)(model=model, args=args, train_dataset=dataset,
+    trainer = trainer_class(Trainer)(model=model, args=args, train_dataset=dataset,
                       data_collator=AudioCollator(processor.tokenizer.pad_token_id),
                       callbacks=[MetricsLogCallback(out / "metrics.jsonl", config.stage),
                                  CheckpointFilesCallback(processor)])

@@ -98,7 +98,7 @@ class DemoConfig:
     stage_overrides: dict[str, list[str]] = field(default_factory=dict)  # stage → extra "section.key=value"
     #: repeat factors per phantom dataset: localization is the hard skill, so grounding dominates stage 1
     stage1_mix: dict[str, float] = field(default_factory=lambda: {
-        "phantom_grounding": 3, "phantom_reasoning": 1, "phantom_vqa": 0.5, "phantom_report": 0.5,
+        "phantom_grounding": 10, "phantom_reasoning": 0.5, "phantom_vqa": 0.5, "phantom_report": 0.5,
         "app_vqa": 0.25})
     reasoning_mix: dict[str, float] = field(default_factory=lambda: {
         "phantom_reasoning": 1, "app_reasoning": 1, "phantom_grounding": 0.5})

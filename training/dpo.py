@@ -45,9 +45,9 @@ from training.common import (
     load_samples,
     processor_for,
     record_images,
-    resumable,
     resume_checkpoint,
     seed_everything,
+    trainer_class,
     training_arguments,
     write_run_info,
 )
@@ -132,7 +132,7 @@ def train_dpo(config: DPOConfig, resume: bool = False) -> Path:
                               max_length=config.data.max_length,
                               truncation_mode="keep_start", precompute_ref_log_probs=False)
     write_run_info(out, config, {"pairs": len(dataset)})
-    trainer = resumable(DPOTrainer)(model=policy, ref_model=ref, args=args, train_dataset=dataset,
+    trainer = trainer_class(DPOTrainer)(model=policy, ref_model=ref, args=args, train_dataset=dataset,
                          processing_class=processor,
                          callbacks=[MetricsLogCallback(out / "metrics.jsonl", config.stage),
                                     CheckpointFilesCallback(processor)])

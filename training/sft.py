@@ -31,9 +31,9 @@ from training.common import (
     load_model,
     load_samples,
     processor_for,
-    resumable,
     resume_checkpoint,
     seed_everything,
+    trainer_class,
     training_arguments,
     write_run_info,
 )
@@ -50,7 +50,7 @@ def train_sft(config: SFTConfig, resume: bool = False) -> Path:
     dataset = ConversationDataset(samples, processor, config.data.max_length)
     model = load_model(config.model, config.train, config.lora)
     write_run_info(out, config, {"records": len(samples)})
-    trainer = resumable(Trainer)(
+    trainer = trainer_class(Trainer)(
         model=model,
         args=training_arguments(config.train, workers=config.data.num_workers),
         train_dataset=dataset,

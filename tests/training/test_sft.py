@@ -138,6 +138,32 @@ def test_full_sft_two_steps_writes_reloadable_checkpoint_and_resumes(tiny, corpu
     assert all(torch.allclose(resumed[n], direct[n], atol=1e-6) for n in direct)
 
 
+def test_group_by_length_batches_records_of_similar_length(tiny, corpus, tmp_path):
+    """Short grounding answers are not padded to the longest reasoning chain in the corpus."""
+    from transformers import Trainer
+
+    from training.common import Collator, TrainSection, trainer_class, training_arguments
+
+    processor = load_processor(tiny)
+    # 8 copies: transformers groups within megabatches of up to 50 batches, a quarter of the data at most
+    dataset = ConversationDataset(load_samples(corpus / "meta.json") * 8, processor, 4096)
+    lengths = dataset.lengths()
+    exact = [len(dataset[i]["input_ids"]) for i in range(len(dataset))]
+    assert all(abs(a - e) <= 8 for a, e in zip(lengths, exact))  # close enough to sort by, without images
+    batch = 4
+    args = training_arguments(TrainSection(output_dir=str(tmp_path), batch_size=batch, group_by_length=True,
+                                           max_steps=1, progress=False))
+    model = InternVLForConditionalGeneration.from_pretrained(tiny)
+    trainer = trainer_class(Trainer)(model=model, args=args, train_dataset=dataset,
+                                     data_collator=Collator(processor.tokenizer.pad_token_id))
+    order = list(trainer._get_train_sampler())
+    assert sorted(order) == list(range(len(dataset)))
+    padded = sum(batch * max(exact[i] for i in order[k:k + batch]) for k in range(0, len(order), batch))
+    rand = torch.randperm(len(exact), generator=torch.Generator().manual_seed(0)).tolist()  # the default sampler
+    shuffled = sum(batch * max(exact[i] for i in rand[k:k + batch]) for k in range(0, len(rand), batch))
+    assert padded < 0.8 * shuffled
+
+
 def test_lora_with_gradient_checkpointing_merges_into_a_plain_model(tiny, corpus, tmp_path):
     pytest.importorskip("peft")
     out = tmp_path / "lora"
