@@ -424,11 +424,21 @@ class ConversationDataset(torch.utils.data.Dataset):
         """Approximate token count of every record (text tokens + one tile of image tokens), without
         reading images: what length-grouped batching sorts by."""
         if getattr(self, "_lengths", None) is None:
-            texts = ["".join(text for text, _ in chat_segments(s.record["conversations"])) for s in self.samples]
-            counts = [len(ids) for ids in self.processor.tokenizer(texts, add_special_tokens=False)["input_ids"]]
+            segments = [chat_segments(s.record["conversations"]) for s in self.samples]
+            texts = ["".join(text for text, _ in segs) for segs in segments]
+            answers = ["".join(text for text, trained in segs if trained) for segs in segments]
+            tokenize = self.processor.tokenizer
+            counts = [len(ids) for ids in tokenize(texts, add_special_tokens=False)["input_ids"]]
             per_image = self.processor.image_seq_length - 1  # the placeholder is one token of the text already
             self._lengths = [c + per_image * t.count(IMAGE_CONTEXT) for c, t in zip(counts, texts)]
+            trained = [len(ids) for ids in tokenize(answers, add_special_tokens=False)["input_ids"]]
+            self._mean_trained = sum(trained) / max(1, len(trained))
         return self._lengths
+
+    def mean_trained_tokens(self) -> float:
+        """Mean number of trained (label) tokens per record."""
+        self.lengths()
+        return self._mean_trained
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         s = self.samples[i]
@@ -642,16 +652,45 @@ class RestoresFullWeights:
 class GroupsByLength:
     """Trainer mixin: ``train.group_by_length`` batches records of similar length together, with the
     lengths a dataset's ``lengths()`` gives (no image decoding); records of a 60-token grounding answer
-    are then not padded to a 900-token reasoning chain."""
+    are then not padded to a 900-token reasoning chain.
+
+    Grouped batches must not be averaged per batch: a batch of short answers ("No lesion is seen.")
+    would give each of its tokens ten times the weight of a token in a batch of long grounded answers,
+    and the model learns the short answers' first tokens as if they were the norm (it did: the demo
+    model said "No lesion is seen." for every image). The summed token loss is divided by a constant
+    instead, the expected number of trained tokens per optimizer step, so every token of the corpus
+    weighs the same, as with shuffled batches.
+    """
+
+    def _grouped_dataset(self, dataset=None):
+        dataset = self.train_dataset if dataset is None else dataset
+        if self.args.train_sampling_strategy == "group_by_length" and hasattr(dataset, "lengths"):
+            return dataset
+        return None
 
     def _get_train_sampler(self, train_dataset=None):
         from transformers.trainer_pt_utils import LengthGroupedSampler
 
-        dataset = self.train_dataset if train_dataset is None else train_dataset
-        if self.args.train_sampling_strategy == "group_by_length" and hasattr(dataset, "lengths"):
+        dataset = self._grouped_dataset(train_dataset)
+        if dataset is not None:
             return LengthGroupedSampler(self.args.train_batch_size * self.args.gradient_accumulation_steps,
                                         lengths=dataset.lengths())
         return super()._get_train_sampler(train_dataset)
+
+    def expected_step_tokens(self) -> float | None:
+        """Trained tokens per optimizer step on average over the corpus, all processes together."""
+        dataset = self._grouped_dataset()
+        if dataset is None or not self.model_accepts_loss_kwargs:
+            return None
+        return (dataset.mean_trained_tokens() * self.args.train_batch_size
+                * self.args.gradient_accumulation_steps * self.accelerator.num_processes)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        fixed = self.expected_step_tokens() if model.training else None
+        if fixed is not None:
+            num_items_in_batch = torch.tensor(fixed, dtype=torch.float32, device=inputs["input_ids"].device)
+        return super().compute_loss(model, inputs, return_outputs=return_outputs,
+                                    num_items_in_batch=num_items_in_batch)
 
 
 def restore_full_weights(model, folder: Path) -> None:

@@ -163,6 +163,21 @@ def test_group_by_length_batches_records_of_similar_length(tiny, corpus, tmp_pat
     shuffled = sum(batch * max(exact[i] for i in rand[k:k + batch]) for k in range(0, len(rand), batch))
     assert padded < 0.8 * shuffled
 
+    # grouped batches are not averaged per batch: summed token loss / expected trained tokens per step,
+    # so a short answer's tokens weigh the same in a batch of short answers as in a mixed one
+    fixed = trainer.expected_step_tokens()
+    answers = [sum(1 for t in dataset[i]["labels"] if t != IGNORE_INDEX) for i in range(len(dataset))]
+    assert fixed == pytest.approx(batch * sum(answers) / len(answers), rel=0.05)
+    short = sorted(range(len(dataset)), key=lambda i: answers[i])[:batch]
+    inputs = pad_batch([dataset[i] for i in short], processor.tokenizer.pad_token_id)
+    model.train()
+    with torch.no_grad():
+        grouped = trainer.compute_loss(model, dict(inputs))
+        logits = model(**{k: v for k, v in inputs.items() if k != "labels"}).logits
+    token_nll = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), inputs["labels"][:, 1:].flatten(),
+                                                  ignore_index=IGNORE_INDEX, reduction="sum")
+    assert float(grouped) == pytest.approx(float(token_nll) / fixed, rel=1e-4)
+
 
 def test_lora_with_gradient_checkpointing_merges_into_a_plain_model(tiny, corpus, tmp_path):
     pytest.importorskip("peft")
