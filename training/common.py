@@ -649,6 +649,40 @@ class RestoresFullWeights:
         return super()._load_from_checkpoint(resume_from_checkpoint, model)
 
 
+class LengthGroupedBatches(torch.utils.data.Sampler):
+    """Record order for batches of similar length, the batches themselves in random order.
+
+    Records are shuffled, cut into megabatches of ``mega`` batches, sorted by length inside each
+    megabatch and cut into batches; then the batches of the whole epoch are shuffled.
+    transformers' ``LengthGroupedSampler`` leaves each megabatch's batches sorted from long to
+    short, so training alternates 25 steps of long records with 25 steps of short ones, and a
+    checkpoint taken after the short half has just learned that "No lesion is seen." is the usual
+    answer. Draws from torch's global RNG, which the Trainer seeds (and restores on resume).
+    """
+
+    def __init__(self, lengths: Sequence[int], batch_size: int, mega: int = 50) -> None:
+        self.lengths = list(lengths)
+        self.batch_size = batch_size
+        self.mega = mega
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def __iter__(self):
+        order = torch.randperm(len(self.lengths)).tolist()
+        size = self.batch_size * self.mega
+        batches = []
+        for start in range(0, len(order), size):
+            group = sorted(order[start:start + size], key=lambda i: self.lengths[i], reverse=True)
+            batches += [group[k:k + self.batch_size] for k in range(0, len(group), self.batch_size)]
+        full = [b for b in batches if len(b) == self.batch_size]
+        for k in torch.randperm(len(full)).tolist():
+            yield from full[k]
+        for b in batches:  # the one short batch, if any, last: the DataLoader cuts every batch_size indices
+            if len(b) != self.batch_size:
+                yield from b
+
+
 class GroupsByLength:
     """Trainer mixin: ``train.group_by_length`` batches records of similar length together, with the
     lengths a dataset's ``lengths()`` gives (no image decoding); records of a 60-token grounding answer
@@ -669,12 +703,10 @@ class GroupsByLength:
         return None
 
     def _get_train_sampler(self, train_dataset=None):
-        from transformers.trainer_pt_utils import LengthGroupedSampler
-
         dataset = self._grouped_dataset(train_dataset)
         if dataset is not None:
-            return LengthGroupedSampler(self.args.train_batch_size * self.args.gradient_accumulation_steps,
-                                        lengths=dataset.lengths())
+            return LengthGroupedBatches(dataset.lengths(), self.args.train_batch_size
+                                        * self.args.gradient_accumulation_steps)
         return super()._get_train_sampler(train_dataset)
 
     def expected_step_tokens(self) -> float | None:

@@ -179,6 +179,24 @@ def test_group_by_length_batches_records_of_similar_length(tiny, corpus, tmp_pat
     assert float(grouped) == pytest.approx(float(token_nll) / fixed, rel=1e-4)
 
 
+def test_length_grouped_batches_come_in_random_order():
+    """Every batch holds records of one length class, and long and short batches alternate at random
+    (transformers' sampler runs 25 long batches, then 25 short ones, per megabatch)."""
+    from training.common import LengthGroupedBatches
+
+    torch.manual_seed(0)
+    lengths = [300 if i % 2 else 20 for i in range(403)]  # 403: one short batch at the end
+    order = list(LengthGroupedBatches(lengths, batch_size=4, mega=50))
+    assert sorted(order) == list(range(403))
+    batches = [order[k:k + 4] for k in range(0, 400, 4)]
+    kinds = [{lengths[i] for i in b} for b in batches]
+    assert sum(len(k) > 1 for k in kinds) <= 2  # at most the megabatch seams mix the two
+    long = [300 in k for k in kinds]
+    switches = sum(a != b for a, b in zip(long, long[1:]))
+    assert switches > 25  # ~50 for random order; 2 when sorted within each megabatch
+    assert order[400:] and len(order[400:]) == 3
+
+
 def test_lora_with_gradient_checkpointing_merges_into_a_plain_model(tiny, corpus, tmp_path):
     pytest.importorskip("peft")
     out = tmp_path / "lora"
