@@ -416,6 +416,8 @@ class ConversationDataset(torch.utils.data.Dataset):
         self.samples = list(samples)
         self.processor = processor
         self.max_length = max_length
+        self._lengths: list[int] | None = None  # computed by lengths(), with _mean_trained
+        self._mean_trained = 0.0
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -423,7 +425,7 @@ class ConversationDataset(torch.utils.data.Dataset):
     def lengths(self) -> list[int]:
         """Approximate token count of every record (text tokens + one tile of image tokens), without
         reading images: what length-grouped batching sorts by."""
-        if getattr(self, "_lengths", None) is None:
+        if self._lengths is None:
             segments = [chat_segments(s.record["conversations"]) for s in self.samples]
             texts = ["".join(text for text, _ in segs) for segs in segments]
             answers = ["".join(text for text, trained in segs if trained) for segs in segments]

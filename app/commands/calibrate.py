@@ -107,6 +107,17 @@ def load_records(folder: Path) -> list[Record]:
     return records
 
 
+def write_records(path: Path, records: Sequence[Record], images: Sequence[str]) -> None:
+    """``records`` as one ``.jsonl`` file that :func:`load_records` reads back, samples included
+    (``images``: each record's image path, or "")."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rows = [{"question": r.question, "answer": r.answer, "label": r.correct, "image": image,
+             "samples": [{"text": g.text, "token_logprobs": list(g.token_logprobs)} for g in r.samples],
+             "greedy_token_logprobs": list(r.greedy_token_logprobs)} for r, image in zip(records, images)]
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+
+
 def make_judge(name: str, nli_model: Path | None = None, threshold: float = 0.85) -> Judge:
     if name not in JUDGES:
         raise XMedError(f"Unknown judge {name!r}; choose one of {', '.join(JUDGES)}.")

@@ -257,23 +257,16 @@ def evaluate(engine: Engine, data: Path, options: Options = Options()) -> dict:
     return _clean(result)
 
 
-def write_labelled(path: Path, rows: Sequence[dict]) -> None:
-    """The sampled VQA answers, labelled right/wrong, in the ``xmedgpt calibrate`` format (one file)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-
-
 def _reliability(runner: _Runner, rows, draft_right: dict[str, bool], options: Options) -> dict:
     """AUROC per estimator: per question (is this answer right?) and per image from its first k questions
     (is the image's grounded draft right?)."""
-    from app.commands.calibrate import Record, uncertainties
+    from app.commands.calibrate import Record, uncertainties, write_records
     from inference.reliability import calibration as cal
     from inference.reliability.judges import ClosedFormJudge
 
     judge = ClosedFormJudge()
     records: list[tuple[Example, dict[str, float], bool]] = []
-    labelled: list[dict] = []
+    labelled: list[Record] = []
     batch = 8
     for i in range(0, len(rows), batch):
         chunk = rows[i:i + batch]
@@ -285,12 +278,10 @@ def _reliability(runner: _Runner, rows, draft_right: dict[str, bool], options: O
         for (ex, pred, ok, lp), gens in zip(chunk, samples):
             rec = Record(ex.prompt, pred, int(ok), None, list(gens), list(lp), ex.record.get("image", ""))
             records.append((ex, uncertainties(rec, judge), ok))
-            labelled.append({"question": ex.prompt, "answer": pred, "label": int(ok),
-                             "image": str((runner.data / ex.image).resolve()) if ex.image else "",
-                             "samples": [{"text": g.text, "token_logprobs": list(g.token_logprobs)} for g in gens],
-                             "greedy_token_logprobs": list(lp)})
+            labelled.append(rec)
     if options.labelled_out is not None:
-        write_labelled(options.labelled_out, labelled)
+        write_records(options.labelled_out, labelled,
+                      [str((runner.data / ex.image).resolve()) if ex.image else "" for ex, _u, _ok in records])
     names = list(records[0][1])
 
     def aurocs(us: list[dict[str, float]], labels: list[bool]) -> dict[str, float]:
