@@ -72,6 +72,22 @@ class CorpusSection:
     size: int = 224
     kinds: list[str] = field(default_factory=list)
     max_lesions: int = 3
+    #: lesion diameter range in mm ([] = the generator's per-organ 6-50 mm); the held-out corpus uses the same
+    lesion_mm: list[float] = field(default_factory=list)
+
+    def corpus_config(self):
+        from training.phantoms import CorpusConfig
+
+        mm = (float(self.lesion_mm[0]), float(self.lesion_mm[1])) if self.lesion_mm else None
+        return CorpusConfig.restricted(self.kinds or None, self.max_lesions, mm)
+
+    def cli_flags(self) -> str:
+        flags = f"--size {self.size} --max-lesions {self.max_lesions}"
+        if self.kinds:
+            flags += " --kinds " + ",".join(self.kinds)
+        if self.lesion_mm:
+            flags += f" --lesion-mm {self.lesion_mm[0]:g} {self.lesion_mm[1]:g}"
+        return flags
 
 
 @dataclass
@@ -82,6 +98,9 @@ class EvalSection:
     samples: int = 5
     max_new_tokens: int = 0  # 0: per-task defaults
     tasks: list[str] = field(default_factory=lambda: ["grounding", "vqa", "report", "reasoning"])
+    #: grounding-only eval on this many phantoms drawn with the generator's default (6-50 mm) lesions, so the
+    #: card shows how the model does outside its training sizes (0: skip)
+    default_sizes_n: int = 100
 
 
 @dataclass
@@ -98,7 +117,7 @@ class DemoConfig:
     stage_overrides: dict[str, list[str]] = field(default_factory=dict)  # stage → extra "section.key=value"
     #: repeat factors per phantom dataset: localization is the hard skill, so grounding dominates stage 1
     stage1_mix: dict[str, float] = field(default_factory=lambda: {
-        "phantom_grounding": 10, "phantom_reasoning": 0.5, "phantom_vqa": 0.5, "phantom_report": 0.5,
+        "phantom_grounding": 10, "phantom_reasoning": 0.25, "phantom_vqa": 0.5, "phantom_report": 0.5,
         "app_vqa": 0.25})
     reasoning_mix: dict[str, float] = field(default_factory=lambda: {
         "phantom_reasoning": 1, "app_reasoning": 1, "phantom_grounding": 0.5})
@@ -201,7 +220,7 @@ def _command(module: str, config: str, overrides: Sequence[str]) -> str:
 def run_recipe(config: DemoConfig, stop_after: str | None = None) -> Path:
     """Run (or continue) the recipe; returns the output folder (or the work folder when stopped early)."""
     from training.dpo import DPOConfig, train_dpo
-    from training.phantoms import CorpusConfig, write_corpus
+    from training.phantoms import write_corpus
     from training.sft import SFTConfig, train_sft
 
     if config.threads > 0:
@@ -223,8 +242,7 @@ def run_recipe(config: DemoConfig, stop_after: str | None = None) -> Path:
         state.finish(name, time.monotonic() - start, **details, **extra)
 
     def phantoms() -> dict:
-        kinds = config.corpus.kinds or None
-        corpus_cfg = CorpusConfig.restricted(kinds, config.corpus.max_lesions, None)
+        corpus_cfg = config.corpus.corpus_config()
         a = write_corpus(train_dir, config.corpus.n, config.corpus.seed, config.corpus.size, config=corpus_cfg)
         b = write_corpus(eval_dir, config.eval.n, config.eval.seed, config.corpus.size, config=corpus_cfg)
         return {"train_counts": a.counts, "eval_counts": b.counts, "train_lesions_per_image": a.lesions_per_image,
@@ -261,9 +279,9 @@ def run_recipe(config: DemoConfig, stop_after: str | None = None) -> Path:
     seed_everything(config.corpus.seed)
     stage("phantoms", phantoms)
     commands.append(f"python -m training.phantoms --out {train_dir} --n {config.corpus.n} --seed {config.corpus.seed} "
-                    f"--size {config.corpus.size} --max-lesions {config.corpus.max_lesions}")
+                    f"{config.corpus.cli_flags()}")
     commands.append(f"python -m training.phantoms --out {eval_dir} --n {config.eval.n} --seed {config.eval.seed} "
-                    f"--size {config.corpus.size} --max-lesions {config.corpus.max_lesions}")
+                    f"{config.corpus.cli_flags()}")
     if stop_after == "phantoms":
         return work
     stage("skeleton", skeleton_stage)
@@ -376,6 +394,7 @@ def _finish(config: DemoConfig, trained: Path, eval_dir: Path, state: RecipeStat
     start = time.monotonic()
     metrics = run_eval(out, eval_dir, options, device="cpu", quantization="none")
     (out / "eval.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    default_sizes = default_sizes_eval(config, out, eval_dir.parent / "phantoms-default-sizes", commands)
     wall = state.wall_s + (time.monotonic() - start)
     n_params = sum(p.numel() for p in __import__("transformers").InternVLForConditionalGeneration
                    .from_pretrained(out).parameters())
@@ -392,17 +411,40 @@ def _finish(config: DemoConfig, trained: Path, eval_dir: Path, state: RecipeStat
                   "model_init": config.spec.seed},
         "data": {"train": state.data["stages"]["phantoms"].get("train_counts"),
                  "held_out": state.data["stages"]["phantoms"].get("eval_counts"),
-                 "train_images": config.corpus.n, "held_out_images": config.eval.n, "image_size": config.corpus.size},
+                 "train_images": config.corpus.n, "held_out_images": config.eval.n, "image_size": config.corpus.size,
+                 "corpus": config.corpus.corpus_config().as_dict()},
         "stages": state.data["stages"],
         "commands": commands,
         "wall_time_s": round(wall, 1),
         "machine": {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
                     "torch": torch.__version__},
         "metrics": metrics,
+        "metrics_default_sizes": default_sizes,
     }
     (out / "model_card.json").write_text(json.dumps(card, indent=2) + "\n")
     (out / "MODEL_CARD.md").write_text(_markdown(card, format_table(metrics)))
     return {"size_bytes": size, "mean_iou": (metrics.get("localization") or {}).get("mean_iou")}
+
+
+def default_sizes_eval(config: DemoConfig, model: Path, folder: Path, commands: list[str]) -> dict | None:
+    """Localization on phantoms with the generator's default lesion sizes (6-50 mm): what the demo cannot do."""
+    from app.commands.eval import Options, run_eval
+    from training.phantoms import CorpusConfig, write_corpus
+
+    if config.eval.default_sizes_n <= 0:
+        return None
+    seed = config.eval.seed + 1
+    if seed == config.corpus.seed:
+        seed += 1
+    if not (folder / "annotations.jsonl").is_file():
+        write_corpus(folder, config.eval.default_sizes_n, seed, config.corpus.size,
+                     config=CorpusConfig.restricted(config.corpus.kinds or None, config.corpus.max_lesions))
+    commands.append(f"python -m training.phantoms --out {folder} --n {config.eval.default_sizes_n} --seed {seed} "
+                    f"--size {config.corpus.size} --max-lesions {config.corpus.max_lesions}")
+    commands.append(f"xmedgpt eval --data {folder} --model {config.out} --samples 0 --tasks grounding")
+    options = Options(samples=0, tasks=("grounding",), max_new_tokens=config.eval.max_new_tokens or None)
+    metrics = run_eval(model, folder, options, device="cpu", quantization="none")
+    return {"seed": seed, "images": config.eval.default_sizes_n, "localization": metrics.get("localization")}
 
 
 def _markdown(card: dict, table: str) -> str:
@@ -415,7 +457,21 @@ def _markdown(card: dict, table: str) -> str:
             f"phantoms ({card['data']['image_size']} px)\n"
             f"- wall time: {card['wall_time_s'] / 60:.1f} min on {card['machine']['threads']} CPU thread(s)\n\n"
             f"## How it was made\n\n```bash\n{cmds}\n```\n\n"
-            f"## Held-out evaluation (new seed)\n\n```text\n{table}\n```\n")
+            f"## Held-out evaluation (new seed)\n\n```text\n{table}\n```\n" + _default_sizes_markdown(card))
+
+
+def _default_sizes_markdown(card: dict) -> str:
+    extra = card.get("metrics_default_sizes") or {}
+    loc = extra.get("localization")
+    if not loc:
+        return ""
+    rows = "".join(f"| {name} | {b['n']} | {b['mean_iou']:.3f} | {b['accuracy_at_05']:.3f} |\n"
+                   for name, b in loc["per_bucket"].items())
+    corpus = card["data"].get("corpus") or {}
+    return (f"\n## Outside the training sizes\n\nTrained on lesions of {corpus.get('lesion_mm')} mm. On "
+            f"{extra['images']} phantoms with the generator's default 6-50 mm lesions (seed {extra['seed']}): "
+            f"mean IoU {loc['mean_iou']:.3f}, acc@0.5 {loc['accuracy_at_05']:.3f}.\n\n"
+            f"| size | lesions | mean IoU | acc@0.5 |\n|---|---|---|---|\n{rows}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -56,6 +56,14 @@ def test_micro_recipe_runs_end_to_end_and_resumes(tmp_path):
     assert metrics["images"] == 2 and "localization" in metrics and "vqa" in metrics
     assert json.loads((out / "eval.json").read_text()) == metrics
     assert "Held-out evaluation" in (out / "MODEL_CARD.md").read_text()
+    # trained and held out on the configured lesion sizes; also measured on the generator's default sizes
+    assert card["data"]["corpus"]["lesion_mm"] == [20.0, 40.0]
+    assert any("--lesion-mm 20 40" in c for c in card["commands"])
+    lesions = [les for line in (work / "phantoms-eval" / "annotations.jsonl").read_text().splitlines()
+               for les in json.loads(line)["lesions"]]
+    assert all(18.0 <= les["size_mm"] <= 40.5 for les in lesions)  # a slice may cut a lesion below its diameter
+    assert card["metrics_default_sizes"]["images"] == 2 and "localization" in card["metrics_default_sizes"]
+    assert "Outside the training sizes" in (out / "MODEL_CARD.md").read_text()
     assert sum(p.stat().st_size for p in out.rglob("*") if p.is_file()) <= MAX_MODEL_BYTES
 
     engine = LocalEngine.from_folder(out, device="cpu", quantization="none")
@@ -92,15 +100,20 @@ DEMO = REPO / "resources" / "models" / "demo"
 @pytest.mark.skipif(not (DEMO / "model_card.json").is_file(), reason="the demo model is not built (make demo-model)")
 def test_committed_demo_model_localizes_on_phantoms_from_a_new_seed(tmp_path):
     """The issue's bar: mean IoU >= 0.5 on fresh phantoms (0-3 lesions), lesion-free images called so,
-    attribute questions well above chance."""
+    attribute questions well above chance. The phantoms are drawn as the card says the model was trained
+    (image size, lesion diameters), with a seed the card does not list."""
     from app.commands.eval import main as eval_main
-    from training.phantoms import write_corpus
+    from training.phantoms import CorpusConfig, write_corpus
 
     card = json.loads((DEMO / "model_card.json").read_text())
     assert card.get("trained") is True
     used = set(card.get("seeds", {}).values())
     seed = next(s for s in range(1000, 2000) if s not in used)
-    data = write_corpus(tmp_path / "fresh", n=40, seed=seed, size=224).out
+    corpus = card["data"]["corpus"]
+    assert corpus["lesion_count_weights"][0] > 0 and len(corpus["lesion_count_weights"]) == 4  # 0-3 lesions
+    config = CorpusConfig(tuple(corpus["kinds"]), tuple(corpus["kind_weights"]), tuple(corpus["lesion_count_weights"]),
+                          tuple(corpus["lesion_mm"]) if corpus["lesion_mm"] else None)
+    data = write_corpus(tmp_path / "fresh", n=40, seed=seed, size=card["data"]["image_size"], config=config).out
     out = tmp_path / "eval.json"
     assert eval_main(["--data", str(data), "--model", str(DEMO), "--json", str(out), "--samples", "0",
                       "--tasks", "grounding,vqa", "--device", "cpu", "--quantization", "none"]) == 0
