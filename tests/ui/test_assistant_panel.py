@@ -15,7 +15,7 @@ from PySide6.QtWidgets import QHBoxLayout, QWidget
 
 from app.assistant_session import NO_MODEL_TEXT, AskContext, ModelChoice
 from app.settings import Settings
-from inference.reliability.scoring import State, Tier
+from inference.reliability.scoring import State, Thresholds, Tier
 from inference.types import ChatRequest, Generation
 from ui.assistant_controller import AssistantController
 from ui.assistant_panel import TIER_TINT, AssistantPanel
@@ -129,6 +129,15 @@ def make_host(qtbot, engine=None, volume=None, choice=None, settings=None) -> Ho
     host.show()
     qtbot.waitExposed(host)
     return host
+
+
+@pytest.fixture(autouse=True)
+def reference_thresholds(monkeypatch):
+    """The panel's behaviour under fixed tiers (green >= 0.7, amber >= 0.4), not the shipped calibration,
+    which belongs to the demo model and changes whenever it is recalibrated."""
+    import inference.reliability.pipeline as pipeline
+
+    monkeypatch.setattr(pipeline, "load_thresholds", lambda: Thresholds(green=0.7, amber=0.4))
 
 
 @pytest.fixture
