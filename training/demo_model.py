@@ -384,7 +384,7 @@ def _finish(config: DemoConfig, trained: Path, eval_dir: Path, state: RecipeStat
     out = Path(config.out)
     if out.exists():
         shutil.rmtree(out)
-    shutil.copytree(trained, out, ignore=shutil.ignore_patterns("adapter"))
+    shutil.copytree(trained, out, ignore=shutil.ignore_patterns("adapter", "training_args.bin"))
     (out / "model_card.json").write_text(json.dumps({"name": config.name, "trained": True}))  # until the full card
     size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
     if size > MAX_MODEL_BYTES:
