@@ -31,7 +31,7 @@ from app.report import FrameRef
 from app.settings import Settings
 from inference.parsing import Grounding
 from inference.reliability.decomposition import DraftFinding
-from inference.reliability.scoring import Reliability, State, Tier
+from inference.reliability.scoring import Reliability, State, Tier, thresholds_for
 from inference.types import Engine, ReasoningStep
 
 log = logging.getLogger(__name__)
@@ -322,12 +322,14 @@ def check_answer(
         return not_assessed(State.DONE, "Nothing to check: the answer states no finding.")
     rs = ReliabilitySettings(n_samples=n_samples, max_questions=max_questions)
     image = answer.image.rgb
-    result = assess(engine, findings, image, settings=rs, cancel=cancel, progress=progress)
+    thresholds = thresholds_for(getattr(engine, "folder", None))
+    result = assess(engine, findings, image, thresholds=thresholds, settings=rs, cancel=cancel, progress=progress)
     if result.state is State.DONE and not result.questions:
         fallback = presence_findings(findings)
         if fallback:
             log.info("no check question from the model; asking about presence of %d findings", len(fallback))
-            result = assess(engine, fallback, image, settings=rs, cancel=cancel, progress=progress)
+            result = assess(engine, fallback, image, thresholds=thresholds, settings=rs, cancel=cancel,
+                            progress=progress)
     return apply_guardrail(result, answer)
 
 

@@ -252,7 +252,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--data", type=Path, required=True, help="folder of labelled .jsonl records")
     p.add_argument("--model", type=Path, help="local model folder, to sample records that have no samples")
-    p.add_argument("--out", type=Path, default=CALIBRATION_FILE, help=f"calibration file to write (default {CALIBRATION_FILE})")
+    p.add_argument("--out", type=Path, default=CALIBRATION_FILE,
+                   help="calibration file to write: MODEL_DIR/reliability_calibration.json for one model "
+                        f"(default: the shipped defaults, {CALIBRATION_FILE})")
     p.add_argument("--estimator", default="confidence_weighted", choices=sorted(ESTIMATORS))
     p.add_argument("--judge", default="closed-form+embedding", choices=JUDGES)
     p.add_argument("--nli-model", type=Path, help="local NLI model folder for the nli judges")

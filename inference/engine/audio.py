@@ -205,6 +205,7 @@ class AudioQueryEngine:
         from inference.engine.local import _Suppress
 
         self.engine = engine  # the LocalEngine answering text questions
+        self.folder = engine.folder
         tok = engine.tokenizer
         if tok.convert_tokens_to_ids(AUDIO_CONTEXT) != audio_token_id:
             raise AudioModelError(f"The model's tokenizer has no {AUDIO_CONTEXT} token with id {audio_token_id}; "

@@ -211,6 +211,7 @@ class LocalEngine:
         self.device = device
         self.quantization = quantization
         self._lock = threading.Lock()  # one generation at a time on this model
+        self.folder: Path | None = None  # the model folder it was loaded from (its calibration lives there)
         eos = model.generation_config.eos_token_id
         eos_ids = eos if isinstance(eos, list) else [eos]
         self.eos_ids = {int(e) for e in eos_ids if e is not None}
@@ -297,6 +298,7 @@ class LocalEngine:
                                  detail=str(exc)) from exc
         model.eval()
         engine = cls(model, processor, _model_name(folder), plan.device, plan.quantization)
+        engine.folder = Path(folder)
         report("ready", 1.0)
         log.info("loaded %s (%s)", folder, engine.describe())
         return engine

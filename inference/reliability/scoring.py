@@ -40,6 +40,8 @@ from inference.reliability.sampling import QuestionSamples
 log = logging.getLogger(__name__)
 
 CALIBRATION_FILE = Path(__file__).resolve().parents[2] / "resources" / "reliability" / "calibration.json"
+#: a model's own calibration, inside its folder; it wins over the shipped (uncalibrated) defaults
+MODEL_CALIBRATION = "reliability_calibration.json"
 
 
 class Tier(str, Enum):
@@ -133,6 +135,13 @@ def load_thresholds(path: Path | str = CALIBRATION_FILE) -> Thresholds:
         )
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise XMedError(f"The reliability calibration file {path.name} is missing or damaged.", detail=str(exc)) from exc
+
+
+def thresholds_for(model_folder: Path | str | None) -> Thresholds:
+    """The tiers for a model: its folder's ``reliability_calibration.json`` when it has one (thresholds are
+    calibrated per model), else the shipped defaults."""
+    own = Path(model_folder) / MODEL_CALIBRATION if model_folder else None
+    return load_thresholds(own if own is not None and own.is_file() else CALIBRATION_FILE)
 
 
 def reliability_from_entropy(entropy: float) -> float:

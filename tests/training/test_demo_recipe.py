@@ -123,3 +123,18 @@ def test_committed_demo_model_localizes_on_phantoms_from_a_new_seed(tmp_path):
     assert loc["empty_images"] == 0 or loc["empty_correct"] >= 0.8, loc
     assert result["vqa"]["all"]["accuracy"] >= 0.6, result["vqa"]
     assert result["vqa"]["presence"]["accuracy"] >= 0.75, result["vqa"]
+
+
+@pytest.mark.skipif(not (DEMO / "model_card.json").is_file(), reason="the demo model is not built (make demo-model)")
+def test_committed_demo_model_carries_its_own_reliability_calibration():
+    """The tiers the viewer uses with the demo model are calibrated for it; other models keep the defaults."""
+    from inference.engine.local import LocalEngine
+    from inference.reliability.scoring import CALIBRATION_FILE, load_thresholds, thresholds_for
+
+    engine = LocalEngine.from_folder(DEMO, device="cpu", quantization="none")
+    assert engine.folder == DEMO
+    own = thresholds_for(engine.folder)
+    assert own.calibrated and own == load_thresholds(DEMO / "reliability_calibration.json")
+    assert thresholds_for(None) == load_thresholds(CALIBRATION_FILE) and not thresholds_for(None).calibrated
+    card = json.loads((DEMO / "reliability_calibration.json").read_text())
+    assert card["metrics"]["per_estimator"]["confidence_weighted"]["n"] >= 500

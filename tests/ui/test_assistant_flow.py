@@ -101,6 +101,25 @@ def test_a_cancelled_answer_is_not_checked():
     assert rel.state is State.CANCELLED and rel.tier is Tier.NONE and engine.sampled == []
 
 
+def test_a_model_folders_own_calibration_sets_its_tiers(tmp_path):
+    """Thresholds are calibrated per model: a model folder's reliability_calibration.json wins over the
+    shipped uncalibrated defaults, which every other model keeps."""
+    import json
+
+    from app.assistant import Assistant
+    from app.assistant_session import check_answer
+
+    engine = ScriptedEngine(samples="split")
+    answer = Assistant(engine).ask(synthetic_volume(n=2, rows=64, cols=64), 1, None, "")
+    assert check_answer(engine, answer, 5, 3).tier is Tier.RED  # shipped: green >= 0.7, amber >= 0.4
+    (tmp_path / "reliability_calibration.json").write_text(json.dumps(
+        {"version": 1, "thresholds": {"green": 0.9, "amber": 0.05}, "calibrated": True}))
+    engine.folder = tmp_path
+    assert check_answer(engine, answer, 5, 3).tier is Tier.AMBER
+    engine.folder = tmp_path / "another-model"
+    assert check_answer(engine, answer, 5, 3).tier is Tier.RED
+
+
 # ------------------------------------------------------------------ the tiny model
 
 def test_model_loads_in_the_background_and_the_indicator_names_it(qtbot, tiny_model_dir):

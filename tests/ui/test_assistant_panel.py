@@ -134,10 +134,10 @@ def make_host(qtbot, engine=None, volume=None, choice=None, settings=None) -> Ho
 @pytest.fixture(autouse=True)
 def reference_thresholds(monkeypatch):
     """The panel's behaviour under fixed tiers (green >= 0.7, amber >= 0.4), not the shipped calibration,
-    which belongs to the demo model and changes whenever it is recalibrated."""
-    import inference.reliability.pipeline as pipeline
+    which belongs to a model and changes whenever it is recalibrated."""
+    import app.assistant_session as session
 
-    monkeypatch.setattr(pipeline, "load_thresholds", lambda: Thresholds(green=0.7, amber=0.4))
+    monkeypatch.setattr(session, "thresholds_for", lambda _folder: Thresholds(green=0.7, amber=0.4))
 
 
 @pytest.fixture
