@@ -101,6 +101,11 @@ class EvalSection:
     #: grounding-only eval on this many phantoms drawn with the generator's default (6-50 mm) lesions, so the
     #: card shows how the model does outside its training sizes (0: skip)
     default_sizes_n: int = 100
+    #: reliability calibration on a third corpus (its own seed), written as the model's
+    #: reliability_calibration.json (0: skip)
+    calibration_n: int = 150
+    calibration_seed: int = 500
+    calibration_samples: int = 10
 
 
 @dataclass
@@ -395,6 +400,7 @@ def _finish(config: DemoConfig, trained: Path, eval_dir: Path, state: RecipeStat
     metrics = run_eval(out, eval_dir, options, device="cpu", quantization="none")
     (out / "eval.json").write_text(json.dumps(metrics, indent=2) + "\n")
     default_sizes = default_sizes_eval(config, out, eval_dir.parent / "phantoms-default-sizes", commands)
+    calibration = calibrate_reliability(config, out, eval_dir.parent, commands)
     wall = state.wall_s + (time.monotonic() - start)
     n_params = sum(p.numel() for p in __import__("transformers").InternVLForConditionalGeneration
                    .from_pretrained(out).parameters())
@@ -408,7 +414,8 @@ def _finish(config: DemoConfig, trained: Path, eval_dir: Path, state: RecipeStat
         "size_bytes": size,
         "spec": asdict(config.spec),
         "seeds": {"train_corpus": config.corpus.seed, "held_out_corpus": config.eval.seed,
-                  "model_init": config.spec.seed},
+                  "model_init": config.spec.seed,
+                  **({"calibration_corpus": config.eval.calibration_seed} if calibration else {})},
         "data": {"train": state.data["stages"]["phantoms"].get("train_counts"),
                  "held_out": state.data["stages"]["phantoms"].get("eval_counts"),
                  "train_images": config.corpus.n, "held_out_images": config.eval.n, "image_size": config.corpus.size,
@@ -420,6 +427,7 @@ def _finish(config: DemoConfig, trained: Path, eval_dir: Path, state: RecipeStat
                     "torch": torch.__version__},
         "metrics": metrics,
         "metrics_default_sizes": default_sizes,
+        "reliability_calibration": calibration,
     }
     (out / "model_card.json").write_text(json.dumps(card, indent=2) + "\n")
     (out / "MODEL_CARD.md").write_text(_markdown(card, format_table(metrics)))
@@ -447,6 +455,42 @@ def default_sizes_eval(config: DemoConfig, model: Path, folder: Path, commands: 
     return {"seed": seed, "images": config.eval.default_sizes_n, "localization": metrics.get("localization")}
 
 
+def calibrate_reliability(config: DemoConfig, model: Path, work: Path, commands: list[str]) -> dict | None:
+    """Tier thresholds for this model from a third corpus: sampled VQA answers labelled right/wrong,
+    closed-form judge (as the live pass), written to ``model/reliability_calibration.json``."""
+    from app.commands.calibrate import calibrate, load_records, make_judge
+    from app.commands.eval import Options, run_eval
+    from inference.reliability.scoring import MODEL_CALIBRATION
+    from training.phantoms import write_corpus
+
+    e = config.eval
+    if e.calibration_n <= 0:
+        return None
+    if e.calibration_seed in (config.corpus.seed, e.seed):
+        raise XMedError("The calibration corpus needs a seed used neither in training nor in the held-out eval.")
+    folder, labelled = work / "phantoms-calibration", work / "calibration"
+    if not (folder / "annotations.jsonl").is_file():
+        write_corpus(folder, e.calibration_n, e.calibration_seed, config.corpus.size,
+                     config=config.corpus.corpus_config())
+    options = Options(samples=e.calibration_samples, tasks=("vqa",), max_new_tokens=e.max_new_tokens or None,
+                      labelled_out=labelled / "vqa.jsonl")
+    run_eval(model, folder, options, device="cpu", quantization="none")
+    result = calibrate(load_records(labelled), make_judge("closed-form"))
+    target = model / MODEL_CALIBRATION
+    steps = [f"python -m training.phantoms --out {folder} --n {e.calibration_n} --seed {e.calibration_seed} "
+             f"{config.corpus.cli_flags()}",
+             f"xmedgpt eval --data {folder} --model {config.out} --tasks vqa --samples {e.calibration_samples} "
+             f"--labelled-out {labelled / 'vqa.jsonl'}",
+             f"xmedgpt calibrate --data {labelled} --judge closed-form --out {Path(config.out) / MODEL_CALIBRATION}"]
+    commands.extend(steps)
+    result["source"] = {"model": str(config.out), "data": f"{e.calibration_n} phantoms, seed {e.calibration_seed}",
+                        "commands": steps}
+    target.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    per = result["metrics"]["per_estimator"]
+    return {"thresholds": result["thresholds"], "answers": per.get("confidence_weighted", {}).get("n"),
+            "auroc": {name: m["auroc"] for name, m in per.items()}}
+
+
 def _markdown(card: dict, table: str) -> str:
     cmds = "\n".join(card["commands"])
     return (f"# {card['name']}\n\n**{card['intended_use']}**\n\n"
@@ -457,7 +501,18 @@ def _markdown(card: dict, table: str) -> str:
             f"phantoms ({card['data']['image_size']} px)\n"
             f"- wall time: {card['wall_time_s'] / 60:.1f} min on {card['machine']['threads']} CPU thread(s)\n\n"
             f"## How it was made\n\n```bash\n{cmds}\n```\n\n"
-            f"## Held-out evaluation (new seed)\n\n```text\n{table}\n```\n" + _default_sizes_markdown(card))
+            f"## Held-out evaluation (new seed)\n\n```text\n{table}\n```\n" + _default_sizes_markdown(card)
+            + _calibration_markdown(card))
+
+
+def _calibration_markdown(card: dict) -> str:
+    cal = card.get("reliability_calibration")
+    if not cal:
+        return ""
+    aurocs = ", ".join(f"{name} {v:.3f}" for name, v in cal["auroc"].items())
+    return (f"\n## Reliability calibration\n\n`reliability_calibration.json` (seed "
+            f"{card['seeds'].get('calibration_corpus')}, {cal['answers']} answers): green >= "
+            f"{cal['thresholds']['green']:.3f}, amber >= {cal['thresholds']['amber']:.3f}. AUROC per answer: {aurocs}.\n")
 
 
 def _default_sizes_markdown(card: dict) -> str:

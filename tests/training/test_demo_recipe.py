@@ -46,7 +46,7 @@ def test_micro_recipe_runs_end_to_end_and_resumes(tmp_path):
 
     card = json.loads((out / "model_card.json").read_text())
     assert card["trained"] is True and "Not a medical device" in card["intended_use"]
-    assert card["seeds"] == {"train_corpus": 0, "held_out_corpus": 7, "model_init": 0}
+    assert card["seeds"] == {"train_corpus": 0, "held_out_corpus": 7, "model_init": 0, "calibration_corpus": 11}
     assert card["data"]["train"]["grounding"] == 4 and card["data"]["held_out"]["grounding"] == 3
     assert any(c.startswith("python -m training.sft") for c in card["commands"])
     assert any(c.startswith("python -m training.dpo") for c in card["commands"])
@@ -64,6 +64,11 @@ def test_micro_recipe_runs_end_to_end_and_resumes(tmp_path):
     assert all(18.0 <= les["size_mm"] <= 40.5 for les in lesions)  # a slice may cut a lesion below its diameter
     assert card["metrics_default_sizes"]["images"] == 2 and "localization" in card["metrics_default_sizes"]
     assert "Outside the training sizes" in (out / "MODEL_CARD.md").read_text()
+    # the model's own reliability tiers, from a third seed, are what the viewer will use with it
+    from inference.reliability.scoring import load_thresholds, thresholds_for
+
+    assert thresholds_for(out) == load_thresholds(out / "reliability_calibration.json") and thresholds_for(out).calibrated
+    assert set(card["reliability_calibration"]["auroc"]) >= {"discrete", "rao_blackwell", "confidence_weighted"}
     assert sum(p.stat().st_size for p in out.rglob("*") if p.is_file()) <= MAX_MODEL_BYTES
 
     engine = LocalEngine.from_folder(out, device="cpu", quantization="none")
