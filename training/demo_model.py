@@ -30,7 +30,7 @@ import shutil
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -437,18 +437,18 @@ def _finish(config: DemoConfig, trained: Path, eval_dir: Path, state: RecipeStat
 def default_sizes_eval(config: DemoConfig, model: Path, folder: Path, commands: list[str]) -> dict | None:
     """Localization on phantoms with the generator's default lesion sizes (6-50 mm): what the demo cannot do."""
     from app.commands.eval import Options, run_eval
-    from training.phantoms import CorpusConfig, write_corpus
+    from training.phantoms import write_corpus
 
     if config.eval.default_sizes_n <= 0:
         return None
     seed = config.eval.seed + 1
     if seed == config.corpus.seed:
         seed += 1
+    corpus = replace(config.corpus, lesion_mm=[])  # the training corpus but for the lesion sizes
     if not (folder / "annotations.jsonl").is_file():
-        write_corpus(folder, config.eval.default_sizes_n, seed, config.corpus.size,
-                     config=CorpusConfig.restricted(config.corpus.kinds or None, config.corpus.max_lesions))
+        write_corpus(folder, config.eval.default_sizes_n, seed, corpus.size, config=corpus.corpus_config())
     commands.append(f"python -m training.phantoms --out {folder} --n {config.eval.default_sizes_n} --seed {seed} "
-                    f"--size {config.corpus.size} --max-lesions {config.corpus.max_lesions}")
+                    f"{corpus.cli_flags()}")
     commands.append(f"xmedgpt eval --data {folder} --model {config.out} --samples 0 --tasks grounding")
     options = Options(samples=0, tasks=("grounding",), max_new_tokens=config.eval.max_new_tokens or None)
     metrics = run_eval(model, folder, options, device="cpu", quantization="none")

@@ -89,6 +89,13 @@ class CorpusConfig:
                 "lesion_count_weights": list(self.lesion_count_weights),
                 "lesion_mm": list(self.lesion_mm) if self.lesion_mm else None}
 
+    @classmethod
+    def from_dict(cls, data: dict) -> "CorpusConfig":
+        """The inverse of :meth:`as_dict` (e.g. a model card's corpus)."""
+        mm = data.get("lesion_mm")
+        return cls(tuple(data["kinds"]), tuple(data["kind_weights"]), tuple(data["lesion_count_weights"]),
+                   (float(mm[0]), float(mm[1])) if mm else None)
+
 
 def size_class(size_mm: float) -> str:
     """"small" (< 10 mm), "medium" (10–20 mm) or "large" (≥ 20 mm)."""

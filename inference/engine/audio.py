@@ -205,7 +205,6 @@ class AudioQueryEngine:
         from inference.engine.local import _Suppress
 
         self.engine = engine  # the LocalEngine answering text questions
-        self.folder = engine.folder
         tok = engine.tokenizer
         if tok.convert_tokens_to_ids(AUDIO_CONTEXT) != audio_token_id:
             raise AudioModelError(f"The model's tokenizer has no {AUDIO_CONTEXT} token with id {audio_token_id}; "
@@ -243,6 +242,10 @@ class AudioQueryEngine:
     @property
     def name(self) -> str:
         return self.engine.name
+
+    @property
+    def folder(self):
+        return self.engine.folder
 
     @property
     def processor(self):

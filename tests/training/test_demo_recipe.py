@@ -58,6 +58,9 @@ def test_micro_recipe_runs_end_to_end_and_resumes(tmp_path):
     assert "Held-out evaluation" in (out / "MODEL_CARD.md").read_text()
     # trained and held out on the configured lesion sizes; also measured on the generator's default sizes
     assert card["data"]["corpus"]["lesion_mm"] == [20.0, 40.0]
+    from training.phantoms import CorpusConfig
+
+    assert CorpusConfig.from_dict(card["data"]["corpus"]).as_dict() == card["data"]["corpus"]
     assert any("--lesion-mm 20 40" in c for c in card["commands"])
     lesions = [les for line in (work / "phantoms-eval" / "annotations.jsonl").read_text().splitlines()
                for les in json.loads(line)["lesions"]]
@@ -116,8 +119,7 @@ def test_committed_demo_model_localizes_on_phantoms_from_a_new_seed(tmp_path):
     seed = next(s for s in range(1000, 2000) if s not in used)
     corpus = card["data"]["corpus"]
     assert corpus["lesion_count_weights"][0] > 0 and len(corpus["lesion_count_weights"]) == 4  # 0-3 lesions
-    config = CorpusConfig(tuple(corpus["kinds"]), tuple(corpus["kind_weights"]), tuple(corpus["lesion_count_weights"]),
-                          tuple(corpus["lesion_mm"]) if corpus["lesion_mm"] else None)
+    config = CorpusConfig.from_dict(corpus)
     data = write_corpus(tmp_path / "fresh", n=40, seed=seed, size=card["data"]["image_size"], config=config).out
     out = tmp_path / "eval.json"
     assert eval_main(["--data", str(data), "--model", str(DEMO), "--json", str(out), "--samples", "0",
