@@ -1,6 +1,6 @@
 """The ``xmedgpt`` command line: parser and dispatch for the headless commands.
 
-Qt-free. The GUI commands (``view``, ``screenshot``) are added by ``ui.cli``,
+Qt-free. The GUI commands (``view``, ``screenshot``) are added by ``ui.shell.cli``,
 which is the console-script entry point and reuses :func:`build_parser`.
 """
 
@@ -14,7 +14,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from app import commands
-from app.errors import XMedError
+from app.core.errors import XMedError
 
 log = logging.getLogger(__name__)
 

@@ -52,9 +52,12 @@ def synthesize(folder: Path) -> dict[int, Path]:
 
 def worker(args: argparse.Namespace) -> None:
     """One configuration in this process; prints one JSON line."""
-    from app.dictation import Dictation
+    from app.dictation.text import Dictation
     from inference.speech.capture import FileSource
-    from inference.speech.engines import FasterWhisperRecognizer, OpenAIWhisperRecognizer
+    from inference.speech.engines import (
+        FasterWhisperRecognizer,
+        OpenAIWhisperRecognizer,
+    )
     from inference.speech.wer import word_error_rate
 
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

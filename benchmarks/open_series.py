@@ -1,14 +1,14 @@
 """Open-a-series benchmark: our loader against a plain pydicom loop, SimpleITK and the I/O floor.
 
 On a generated CT series (default 300 slices of 512×512, explicit VR little
-endian, from ``app.sample.write_ct_study``) each method runs in its own fresh
+endian, from ``app.synthetic.sample.write_ct_study``) each method runs in its own fresh
 process (so peak RSS is its own) after one warm-up read of all files (warm
 page cache for everyone). Prints one table, measured in this run:
 
 - time to first slice (for us: scan + first frame landed), time to full volume,
 - peak RSS of the process and its growth over the process after imports,
 - scroll frame time (mean, p95) through all slices in the viewer's Viewport
-  offscreen (``ui.viewport.Viewport.set_slice`` + event processing: the frame
+  offscreen (``ui.viewer.viewport.Viewport.set_slice`` + event processing: the frame
   is drawn nearest-neighbour while slices change, as in RadiAnt), the smooth
   (bilinear) redraw the viewport makes once scrolling pauses for 150 ms, and
   ``display.render`` alone (the viewport frame includes Qt's paint, which
@@ -126,7 +126,7 @@ def _scroll(vol) -> dict:
         os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
         from PySide6.QtWidgets import QApplication
 
-        from ui.viewport import Viewport
+        from ui.viewer.viewport import Viewport
 
         app = QApplication.instance() or QApplication([])
         vp = Viewport()
@@ -141,7 +141,7 @@ def _scroll(vol) -> dict:
             app.processEvents()  # delivers the update: one paint per slice, as on screen
             frames.append(time.perf_counter() - t)
         out.update({"scroll_mean": float(np.mean(frames)), "scroll_p95": float(np.percentile(frames, 95)),
-                    "scroll_with": "ui.viewport.Viewport"})
+                    "scroll_with": "ui.viewer.viewport.Viewport"})
         # While slices change the viewport draws nearest-neighbour; once they stop it redraws
         # the frame smoothed (bilinear). That one redraw per pause is timed here.
         settle = []
@@ -155,7 +155,7 @@ def _scroll(vol) -> dict:
         out.update({"settle_mean": float(np.mean(settle)), "settle_p95": float(np.percentile(settle, 95))})
         # The same scroll with the workstation's own style sheet (what the app shows); the rows
         # above use Qt's default style, whose slice bar alone costs ~0.7 ms of paint per frame.
-        from ui.app_setup import STYLE
+        from ui.shell.app_setup import STYLE
 
         app.setStyleSheet(STYLE.read_text(encoding="utf-8"))
         vp.set_slice(len(vol) - 1)
@@ -204,7 +204,7 @@ def main() -> int:
         return 0
 
     if len(_files(folder)) != args.slices:
-        from app.sample import write_ct_study
+        from app.synthetic.sample import write_ct_study
 
         print(f"generating {args.slices} slices of {args.size}×{args.size} in {folder} …", flush=True)
         write_ct_study(folder, n_slices=args.slices, size=args.size, seed=0)

@@ -25,7 +25,9 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from inference.engine.processor import CHAT_TEMPLATE  # the same for InternLM2 and Qwen2 backbones
+from inference.engine.processor import (
+    CHAT_TEMPLATE,  # the same for InternLM2 and Qwen2 backbones
+)
 from inference.errors import XMedError
 
 log = logging.getLogger(__name__)

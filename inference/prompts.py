@@ -26,11 +26,11 @@ from pathlib import Path
 from string import Template
 
 from inference.errors import XMedError
+from inference.resources import PROMPTS_DIR
 from inference.types import STEP_NAMES
 
 log = logging.getLogger(__name__)
 
-PROMPTS_DIR = Path(__file__).resolve().parents[1] / "resources" / "prompts"
 
 _DEFAULT_QUESTION = "Analyse this image."
 

@@ -3,7 +3,7 @@
 import multiprocessing
 import sys
 
-from ui.cli import main
+from ui.shell.cli import main
 
 if __name__ == "__main__":
     multiprocessing.freeze_support()

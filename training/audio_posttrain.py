@@ -38,7 +38,6 @@ from inference.engine.audio import AUDIO_CONTEXT, SAMPLE_RATE, AudioProjector, A
 from inference.engine.audio import load_audio_model as _load_audio_model
 from inference.errors import XMedError
 from training.common import (
-    run_stage,
     AUDIO_PLACEHOLDER,
     CheckpointFilesCallback,
     ConfigError,
@@ -56,6 +55,7 @@ from training.common import (
     processor_for,
     record_images,
     resume_checkpoint,
+    run_stage,
     save_processor,
     seed_everything,
     trainer_class,

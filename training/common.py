@@ -41,7 +41,11 @@ from PIL import Image
 from transformers import TrainerCallback
 from transformers.trainer_utils import get_last_checkpoint
 
-from inference.engine.processor import IMAGE_CONTEXT, ImageOnlyInternVLProcessor, load_processor
+from inference.engine.processor import (
+    IMAGE_CONTEXT,
+    ImageOnlyInternVLProcessor,
+    load_processor,
+)
 from inference.errors import XMedError
 
 log = logging.getLogger(__name__)

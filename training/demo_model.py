@@ -36,11 +36,12 @@ from pathlib import Path
 import torch
 
 from inference.errors import XMedError
+from inference.resources import ROOT
 from training.common import apply_overrides, from_dict, load_config, seed_everything
 
 log = logging.getLogger(__name__)
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = ROOT
 STAGES = ("phantoms", "skeleton", "sft", "reasoning", "dpo", "eval")
 MAX_MODEL_BYTES = 50 * 1024 * 1024
 

@@ -31,7 +31,6 @@ from pathlib import Path
 
 from inference.errors import XMedError
 from training.common import (
-    run_stage,
     IMAGE_PLACEHOLDER,
     CheckpointFilesCallback,
     ConfigError,
@@ -46,6 +45,7 @@ from training.common import (
     processor_for,
     record_images,
     resume_checkpoint,
+    run_stage,
     seed_everything,
     trainer_class,
     training_arguments,

@@ -199,7 +199,9 @@ def corrupt(case: PhantomCase, rng: np.random.Generator) -> tuple[str, list[Lesi
 
 def _invented(case: PhantomCase, rng: np.random.Generator) -> LesionTruth:
     """A lesion that is not there, placed where none is, with a plausible description."""
-    from training.phantoms import LesionTruth  # imported here: training.phantoms imports this module
+    from training.phantoms import (
+        LesionTruth,  # imported here: training.phantoms imports this module
+    )
 
     size_mm = float(round(rng.uniform(6, 30), 1))
     side_px = max(8, int(round(size_mm / max(case.pixel_spacing_mm, 1e-3) * BOX_SCALE / case.image.shape[1])))

@@ -4,7 +4,7 @@
 
 Every case is a CT slice of the chest (lung window) or upper abdomen (soft
 tissue or liver window), or a frontal chest radiograph, rasterised by
-:mod:`app.phantom` and turned into 8-bit pixels by the viewer's own window
+:mod:`app.synthetic.anatomy` and turned into 8-bit pixels by the viewer's own window
 pipeline (:mod:`app.dicom.display`), with 0–3 lesions of varied size, density,
 margin and position. From the ground truth it writes (formats in
 training/README.md):
@@ -38,13 +38,21 @@ from pathlib import Path
 
 import numpy as np
 
+from app.core.errors import XMedError
 from app.dicom.display import to_uint8, window_to_unit
 from app.dicom.model import Window
 from app.dicom.png import write_png
 from app.dicom.presets import find_preset
-from app.errors import XMedError
-from app.phantom import Anatomy, Grid, Lesion, Tissue, add_noise, place_lesion, render_ct_slice
-from app.phantom_xray import add_xray_lesions, render_xray
+from app.synthetic.anatomy import (
+    Anatomy,
+    Grid,
+    Lesion,
+    Tissue,
+    add_noise,
+    place_lesion,
+    render_ct_slice,
+)
+from app.synthetic.xray import add_xray_lesions, render_xray
 from inference.parsing import BOX_SCALE
 from inference.types import STEP_NAMES
 

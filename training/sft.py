@@ -21,7 +21,6 @@ from pathlib import Path
 from transformers import Trainer
 
 from training.common import (
-    run_stage,
     CheckpointFilesCallback,
     Collator,
     ConversationDataset,
@@ -32,6 +31,7 @@ from training.common import (
     load_samples,
     processor_for,
     resume_checkpoint,
+    run_stage,
     seed_everything,
     trainer_class,
     training_arguments,

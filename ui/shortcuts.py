@@ -67,7 +67,7 @@ SHORTCUTS: tuple[Shortcut, ...] = (
     Shortcut("quit", ("Ctrl+Q",), "Quit", "Application", "window"),
 )
 
-#: Mouse gestures in the viewport (bound in ui/viewport.py, listed in Help).
+#: Mouse gestures in the viewport (bound in ui/viewer/viewport.py, listed in Help).
 MOUSE: tuple[tuple[str, str], ...] = (
     ("Wheel", "Scroll slices"),
     ("Ctrl + wheel", "Zoom about the pointer"),

@@ -9,7 +9,7 @@ scale, patient mm), the guardrail's warnings, the model that answered and timing
 UNVERIFIED): the TID 1500 measurement SR at OUT.dcm with the narrative SR beside
 it as OUT-report.dcm, and the PDF. The AI request and output go into the audit
 log as in the viewer. PDF is drawn with Qt, which this package does not import:
-the ``xmedgpt`` console script (ui.cli) supplies the writer as ``args.pdf_writer``.
+the ``xmedgpt`` console script (ui.shell.cli) supplies the writer as ``args.pdf_writer``.
 
 The model folder is ``--model``, else the one chosen in Settings, else the bundled
 demo model (``resources/models/demo``). Nothing is downloaded.
@@ -23,27 +23,27 @@ import logging
 import tempfile
 from pathlib import Path
 
-from app.assistant import Assistant
-from app.assistant_session import choose_model
-from app.audit import AuditLog
+from app.assistant.ask import Assistant
+from app.assistant.session import choose_model
+from app.core.errors import XMedError
+from app.core.paths import write_atomic
+from app.core.settings import Settings
 from app.dicom.display import render
 from app.dicom.model import ScanResult, Series
 from app.dicom.slice_request import open_slice
-from app.errors import XMedError
-from app.export.sr import SrOptions
-from app.model_registry import ModelRegistry
-from app.paths import write_atomic
-from app.report import Provenance
-from app.report_session import ReportSession, source_paths, study_context
-from app.settings import Settings
-from app.workspace import Workspace
+from app.models.registry import ModelRegistry
+from app.report.audit import AuditLog
+from app.report.draft import Provenance
+from app.report.export.sr import SrOptions
+from app.report.session import ReportSession, source_paths, study_context
+from app.report.workspace import Workspace
 from inference.imaging import ImageSpec
 from inference.prompts import Task
+from inference.resources import DEMO_MODEL_DIR
 from inference.types import Engine
 
 log = logging.getLogger(__name__)
 
-DEMO_MODEL = Path(__file__).resolve().parents[2] / "resources" / "models" / "demo"
 QUANTIZATIONS = ("auto", "nf4", "int8", "bf16", "none")
 
 
@@ -77,12 +77,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def resolve_model(explicit: Path | None) -> Path:
-    """The same choice as the viewer (app.assistant_session.choose_model): --model, the Settings
+    """The same choice as the viewer (app.assistant.session.choose_model): --model, the Settings
     folder, the registered default, the bundled demo model. Runs locally: a remote server set in
     Settings is not used here."""
     settings = Settings.load()
     settings.remote_url = ""  # analyze always runs the model on this machine
-    choice = choose_model(explicit, settings, ModelRegistry(), demo_dir=DEMO_MODEL)
+    choice = choose_model(explicit, settings, ModelRegistry(), demo_dir=DEMO_MODEL_DIR)
     if choice.kind == "none" or choice.folder is None:
         raise XMedError("No model configured: pass --model DIR with a model folder, or choose one in Settings.")
     folder = Path(choice.folder)
@@ -93,7 +93,9 @@ def resolve_model(explicit: Path | None) -> Path:
 
 def load_engine(folder: Path, device: str, quantization: str) -> tuple[Engine, ImageSpec]:
     """The local engine for ``folder`` and the image layout its processor uses."""
-    from inference.engine.local import LocalEngine  # torch/transformers load only when a model is used
+    from inference.engine.local import (
+        LocalEngine,  # torch/transformers load only when a model is used
+    )
 
     def progress(message: str, fraction: float) -> None:
         log.info("model: %s (%d%%)", message, round(fraction * 100))

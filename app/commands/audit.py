@@ -6,9 +6,9 @@ import argparse
 import logging
 from pathlib import Path
 
-from app.audit import export_deidentified, verify
-from app.errors import XMedError
-from app.settings import Settings
+from app.core.errors import XMedError
+from app.core.settings import Settings
+from app.report.audit import export_deidentified, verify
 
 log = logging.getLogger(__name__)
 

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from app.errors import XMedError
+from app.core.errors import XMedError
 from inference.reliability import calibration as cal
 from inference.reliability.clustering import cluster_answers
 from inference.reliability.estimators import (
@@ -38,8 +38,17 @@ from inference.reliability.estimators import (
     naive_predictive_entropy,
     rao_blackwell_semantic_entropy,
 )
-from inference.reliability.judges import ClosedFormJudge, EmbeddingJudge, Judge, NLIJudge
-from inference.reliability.scoring import CALIBRATION_FILE, ESTIMATORS, reliability_from_entropy
+from inference.reliability.judges import (
+    ClosedFormJudge,
+    EmbeddingJudge,
+    Judge,
+    NLIJudge,
+)
+from inference.reliability.scoring import (
+    CALIBRATION_FILE,
+    ESTIMATORS,
+    reliability_from_entropy,
+)
 from inference.types import ChatRequest, Engine, Generation
 
 log = logging.getLogger(__name__)

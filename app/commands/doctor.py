@@ -13,7 +13,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from app.doctor import format_report, run_doctor
+    from app.models.doctor import format_report, run_doctor
 
     report = run_doctor()
     print(json.dumps(report.to_dict(), indent=2) if args.json else format_report(report))

@@ -33,14 +33,14 @@ from pathlib import Path
 
 import numpy as np
 
-from app.errors import XMedError
-from inference import evaluation as ev
+from app.core.errors import XMedError
+from inference.evaluation import metrics as ev
 from inference.parsing import parse_answer
+from inference.resources import DEMO_MODEL_DIR
 from inference.types import Box, ChatRequest, Engine
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MODEL = Path(__file__).resolve().parents[2] / "resources" / "models" / "demo"
 QUESTION_COUNTS = (1, 3, 5)
 TOKENS = {"grounding": 96, "vqa": 16, "report": 192, "reasoning": 448}
 
@@ -369,7 +369,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "precision/recall/F1, reliability AUROC per estimator, Kendall's tau-b and timing; --json writes them.",
     )
     p.add_argument("--data", type=Path, required=True, help="folder with grounding/vqa/report/reasoning .jsonl")
-    p.add_argument("--model", type=Path, default=DEFAULT_MODEL, help=f"model folder (default {DEFAULT_MODEL})")
+    p.add_argument("--model", type=Path, default=DEMO_MODEL_DIR, help=f"model folder (default {DEMO_MODEL_DIR})")
     p.add_argument("--json", type=Path, help="write the metrics as JSON to this file")
     p.add_argument("--limit", type=int, help="evaluate only the first N images")
     p.add_argument("--samples", type=int, default=5, help="answers sampled per VQA question for the "
@@ -387,7 +387,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run_eval(model: Path, data: Path, options: Options, device: str = "auto", quantization: str = "auto") -> dict:
     from inference.engine.local import LocalEngine
 
-    if Path(model) == DEFAULT_MODEL and not (DEFAULT_MODEL / "config.json").is_file():
+    if Path(model) == DEMO_MODEL_DIR and not (DEMO_MODEL_DIR / "config.json").is_file():
         raise XMedError("The demo model has not been built yet: run 'make demo-model' "
                         "(python -m training.demo_model) or give --model DIR.")
     engine = LocalEngine.from_folder(model, device=device, quantization=quantization)

@@ -6,7 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
-from app.model_registry import DEMO_MODEL_DIR, ModelRegistry, describe_size
+from app.models.registry import ModelRegistry, describe_size
+from inference.resources import DEMO_MODEL_DIR
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -7,7 +7,7 @@ import logging
 import sys
 from pathlib import Path
 
-from app.sample import GROUND_TRUTH_NAME, write_ct_study
+from app.synthetic.sample import GROUND_TRUTH_NAME, write_ct_study
 
 log = logging.getLogger(__name__)
 

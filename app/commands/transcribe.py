@@ -11,7 +11,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from app.dictation import Dictation
+from app.dictation.text import Dictation
 from inference.speech.capture import record_file
 from inference.speech.engines import DEFAULT_ENGINE, ENGINES, make_recognizer
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import logging
 import struct
-from contextlib import contextmanager
 import threading
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path

@@ -25,12 +25,12 @@ from pathlib import Path
 import numpy as np
 import pydicom
 
+from app.core.errors import XMedError
 from app.dicom import geometry as geo
-from app.dicom.header import DicomInstance, describe_syntax, quiet_pydicom
 from app.dicom.display import auto_window_for
+from app.dicom.header import DicomInstance, describe_syntax, quiet_pydicom
 from app.dicom.luts import Lut
 from app.dicom.model import Series, Volume, Window
-from app.errors import XMedError
 
 log = logging.getLogger(__name__)
 

@@ -9,12 +9,12 @@ import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from app.core.errors import XMedError
 from app.dicom.display import VOI_LUT, auto_window_for
 from app.dicom.loader import load_series
 from app.dicom.model import ScanResult, Series, Volume, Window
 from app.dicom.presets import parse_window
 from app.dicom.scan import scan
-from app.errors import XMedError
 
 log = logging.getLogger(__name__)
 

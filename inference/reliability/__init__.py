@@ -19,9 +19,21 @@ from inference.reliability.estimators import (
     naive_predictive_entropy,
     rao_blackwell_semantic_entropy,
 )
-from inference.reliability.judges import ClosedFormJudge, EmbeddingJudge, Judge, NLIJudge
+from inference.reliability.judges import (
+    ClosedFormJudge,
+    EmbeddingJudge,
+    Judge,
+    NLIJudge,
+)
 from inference.reliability.pipeline import ReliabilitySettings, assess
-from inference.reliability.scoring import QuestionResult, Reliability, State, Thresholds, Tier, load_thresholds
+from inference.reliability.scoring import (
+    QuestionResult,
+    Reliability,
+    State,
+    Thresholds,
+    Tier,
+    load_thresholds,
+)
 
 __all__ = [
     "AttributeQuestion",

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from inference.errors import XMedError
+from inference.resources import PROMPTS_DIR
 from inference.types import CancelFn, ChatRequest, Engine
 
 log = logging.getLogger(__name__)
@@ -30,7 +31,7 @@ _TEMPLATES: dict[str, str] = {
     "count": "How many {plural} are there? Answer with a number.",
 }
 
-PROMPT_FILE = Path(__file__).resolve().parents[2] / "resources" / "prompts" / "reliability_decompose.txt"
+PROMPT_FILE = PROMPTS_DIR / "reliability_decompose.txt"
 
 
 @dataclass

@@ -9,7 +9,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from inference.errors import XMedError
-from inference.reliability.decomposition import AttributeQuestion, DraftFinding, decompose
+from inference.reliability.decomposition import (
+    AttributeQuestion,
+    DraftFinding,
+    decompose,
+)
 from inference.reliability.judges import ClosedFormJudge, Judge
 from inference.reliability.sampling import sample_answers
 from inference.reliability.scoring import (

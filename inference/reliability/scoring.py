@@ -36,10 +36,11 @@ from inference.reliability.estimators import (
 )
 from inference.reliability.judges import Judge
 from inference.reliability.sampling import QuestionSamples
+from inference.resources import resource
 
 log = logging.getLogger(__name__)
 
-CALIBRATION_FILE = Path(__file__).resolve().parents[2] / "resources" / "reliability" / "calibration.json"
+CALIBRATION_FILE = resource("reliability", "calibration.json")
 #: a model's own calibration, inside its folder; it wins over the shipped (uncalibrated) defaults
 MODEL_CALIBRATION = "reliability_calibration.json"
 

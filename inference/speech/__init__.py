@@ -29,7 +29,12 @@ from inference.speech.engines import (
     Transcript,
     make_recognizer,
 )
-from inference.speech.models import SpeechModel, SpeechModelError, embedded_model_dir, locate_model
+from inference.speech.models import (
+    SpeechModel,
+    SpeechModelError,
+    embedded_model_dir,
+    locate_model,
+)
 
 __all__ = [
     "AudioDevice", "AudioInputError", "FileSource", "MicrophoneRecorder", "Recording",

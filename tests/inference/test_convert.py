@@ -246,9 +246,10 @@ def test_split_wqkv_takes_query_key_value_rows_per_kv_group():
     [("internlm2", "rms_norm", True, 3), ("qwen2", "layer_norm", False, 1)],
 )
 def test_converted_model_gives_the_original_logits(tmp_path, backbone, norm_type, qk_norm, shards):
+    from transformers import InternVLForConditionalGeneration
+
     from inference.engine.local import LocalEngine
     from inference.engine.processor import load_processor
-    from transformers import InternVLForConditionalGeneration
 
     src = tmp_path / f"XMedGPT-{backbone}"
     cfg, sd = write_original(src, backbone, norm_type, qk_norm, shards)

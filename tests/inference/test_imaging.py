@@ -9,7 +9,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from transformers import GotOcr2ImageProcessorPil
 from transformers.image_utils import SizeDict
-from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import get_optimal_tiled_canvas
+from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import (
+    get_optimal_tiled_canvas,
+)
 
 from inference.imaging import (
     ImageSpec,

@@ -11,8 +11,14 @@ import torch
 from safetensors.torch import load_file
 from transformers import InternVLForConditionalGeneration
 
-from training.audio_posttrain import AUDIO_CONTEXT, AudioProjector, load_audio_model, main, read_audio
 from tests.audio_model import write_tone
+from training.audio_posttrain import (
+    AUDIO_CONTEXT,
+    AudioProjector,
+    load_audio_model,
+    main,
+    read_audio,
+)
 from training.common import pad_batch
 from training.model_factory import build_tiny_model
 from training.phantoms import write_corpus

@@ -136,7 +136,11 @@ def test_committed_demo_model_localizes_on_phantoms_from_a_new_seed(tmp_path):
 def test_committed_demo_model_carries_its_own_reliability_calibration():
     """The tiers the viewer uses with the demo model are calibrated for it; other models keep the defaults."""
     from inference.engine.local import LocalEngine
-    from inference.reliability.scoring import CALIBRATION_FILE, load_thresholds, thresholds_for
+    from inference.reliability.scoring import (
+        CALIBRATION_FILE,
+        load_thresholds,
+        thresholds_for,
+    )
 
     engine = LocalEngine.from_folder(DEMO, device="cpu", quantization="none")
     assert engine.folder == DEMO

@@ -11,11 +11,10 @@ import numpy as np
 import pytest
 
 from app.commands.eval import Options, evaluate, format_table, main
-from inference import evaluation as ev
+from inference.evaluation import metrics as ev
 from inference.types import Box, ChatRequest, Generation
 from training.model_factory import build_tiny_model
 from training.phantoms import write_corpus
-
 
 # ----------------------------------------------------------------------------- metrics by hand
 
@@ -225,7 +224,7 @@ def test_any_dataset_in_the_documented_format(corpus, tmp_path):
 
 def test_labelled_answers_feed_xmedgpt_calibrate(corpus, tmp_path, capsys):
     """eval --labelled-out writes the sampled VQA answers, labelled right/wrong, which calibrate reads as is."""
-    from ui.cli import main as cli_main
+    from ui.shell.cli import main as cli_main
 
     labelled = tmp_path / "calib" / "vqa_labelled.jsonl"
     result = evaluate(ReferenceEngine(corpus, wrong_vqa=3), corpus,

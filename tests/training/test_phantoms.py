@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from app.dicom.png import read_png, write_png
-from app.phantom import Anatomy, Lesion
-from app.phantom_xray import add_xray_lesions, render_xray
+from app.synthetic.anatomy import Anatomy, Lesion
+from app.synthetic.xray import add_xray_lesions, render_xray
 from inference.parsing import parse_answer
 from inference.types import STEP_NAMES, Box
 from training.phantoms import main, make_case, size_class, to_1000, write_corpus

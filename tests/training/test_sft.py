@@ -141,7 +141,12 @@ def test_group_by_length_batches_records_of_similar_length(tiny, corpus, tmp_pat
     """Short grounding answers are not padded to the longest reasoning chain in the corpus."""
     from transformers import Trainer
 
-    from training.common import Collator, TrainSection, trainer_class, training_arguments
+    from training.common import (
+        Collator,
+        TrainSection,
+        trainer_class,
+        training_arguments,
+    )
 
     processor = load_processor(tiny)
     # 8 copies: transformers groups within megabatches of up to 50 batches, a quarter of the data at most
@@ -237,8 +242,8 @@ def _config_class(stage: str):
 def test_every_shipped_config_loads_and_names_existing_deepspeed_files():
     import yaml
 
-    from training.demo_model import DemoConfig
     from training.common import from_dict
+    from training.demo_model import DemoConfig
 
     configs = sorted((REPO / "training" / "configs").glob("*.yaml"))
     assert len(configs) >= 10

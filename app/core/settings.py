@@ -1,0 +1,149 @@
+"""The reader's settings: one JSON file at the platform location (see :mod:`app.core.paths`).
+
+``Settings.load()`` never fails on a bad file: a file that is not valid JSON is
+set aside as ``settings.json.corrupt-N`` and defaults are used; a value of the
+wrong type falls back to its default. Either way the problem is kept in
+``Settings.problems`` so the UI can tell the reader. Keys this version does not
+know (written by a newer version, or by hand) are kept in ``extra`` and written
+back on save.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+from app.core.paths import AppPaths, set_aside, write_atomic
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+
+
+@dataclass
+class Settings:
+    """Everything the reader can change. Empty path strings mean "the default location"."""
+
+    # who signs
+    reader_name: str = ""  # as it appears on the signed report, e.g. "Smith^Jane" or "Dr Jane Smith"
+    institution_name: str = ""
+    department_name: str = ""
+    # the model
+    model_dir: str = ""  # empty: the embedded demo model (resources/models/demo)
+    remote_url: str = ""  # an OpenAI-compatible server; empty: run locally
+    remote_model: str = ""
+    use_gpu: bool = True
+    quantization: str = "auto"  # auto (NF4 on CUDA, full precision on CPU), nf4, int8, bf16, none
+    # dictation
+    dictation_device: str = ""  # sounddevice input name; empty: the system default
+    dictation_key: str = "F4"  # push-to-talk key
+    dictation_model: str = ""  # Whisper model folder; empty: the bundled one
+    dictation_language: str = "en"
+    dictation_auto_ask: bool = False  # dictated text in the query box is asked at once
+    spoken_query_audio: bool = True  # a model that can hear gets spoken queries as audio (else Whisper)
+    # reliability
+    reliability_samples: int = 5  # N answers sampled per question
+    reliability_questions: int = 5  # attribute-level questions per draft
+    # files
+    workspace_dir: str = ""  # empty: <data>/workspace
+    audit_log: str = ""  # empty: <data>/audit/audit.jsonl
+    autosave_seconds: float = 2.0
+
+    extra: dict[str, Any] = field(default_factory=dict, repr=False)
+    problems: list[str] = field(default_factory=list, repr=False, compare=False)
+    path: Path | None = field(default=None, repr=False, compare=False)
+
+    _NOT_SAVED: ClassVar[frozenset[str]] = frozenset({"extra", "problems", "path"})
+
+    # ---- resolved locations -------------------------------------------------------
+    def workspace_path(self, paths: AppPaths | None = None) -> Path:
+        return Path(self.workspace_dir).expanduser() if self.workspace_dir else (paths or AppPaths.detect()).workspace
+
+    def audit_log_path(self, paths: AppPaths | None = None) -> Path:
+        return Path(self.audit_log).expanduser() if self.audit_log else (paths or AppPaths.detect()).audit_log
+
+    def model_path(self) -> Path | None:
+        return Path(self.model_dir).expanduser() if self.model_dir else None
+
+    # ---- file I/O -------------------------------------------------------------------
+    @classmethod
+    def fields_saved(cls) -> list[dataclasses.Field]:
+        return [f for f in dataclasses.fields(cls) if f.name not in cls._NOT_SAVED]
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = dict(self.extra)
+        out.update({f.name: getattr(self, f.name) for f in self.fields_saved()})
+        out["schema_version"] = SCHEMA_VERSION
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Settings":
+        settings = cls()
+        known = {f.name: f for f in cls.fields_saved()}
+        for key, value in data.items():
+            if key == "schema_version":
+                continue
+            f = known.get(key)
+            if f is None:
+                settings.extra[key] = value
+                continue
+            default = getattr(settings, key)
+            coerced = _coerce(value, default)
+            if coerced is None:
+                settings.problems.append(
+                    f"Setting '{key}' has an unusable value ({value!r}); using the default ({default!r})."
+                )
+                continue
+            setattr(settings, key, coerced)
+        return settings
+
+    @classmethod
+    def load(cls, path: Path | None = None) -> "Settings":
+        """Read the settings file; missing → defaults; damaged → set aside, defaults, and a problem noted."""
+        path = Path(path) if path else AppPaths.detect().settings_file
+        if not path.exists():
+            settings = cls()
+        else:
+            try:
+                data = json.loads(path.read_text(encoding="utf-8"))
+                if not isinstance(data, dict):
+                    raise ValueError("the file does not hold a settings object")
+            except (OSError, UnicodeDecodeError, ValueError) as exc:
+                moved = set_aside(path, str(exc))
+                settings = cls()
+                settings.problems.append(
+                    f"The settings file was damaged and has been kept as {moved.name}; default settings are in use."
+                )
+            else:
+                settings = cls.from_dict(data)
+        settings.path = path
+        for problem in settings.problems:
+            log.warning("%s", problem)
+        return settings
+
+    def save(self, path: Path | None = None) -> Path:
+        path = Path(path) if path else (self.path or AppPaths.detect().settings_file)
+        write_atomic(path, json.dumps(self.to_dict(), indent=2, sort_keys=True, ensure_ascii=False) + "\n")
+        self.path = path
+        return path
+
+
+def _coerce(value: Any, default: Any) -> Any:
+    """``value`` as the type of ``default``, or None when it cannot be one."""
+    if isinstance(default, bool):
+        return value if isinstance(value, bool) else None
+    if isinstance(default, int):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value) or value < 1:
+            return None
+        return int(value)
+    if isinstance(default, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+            return None
+        return float(value)
+    if isinstance(default, str):
+        return value if isinstance(value, str) else None
+    return value

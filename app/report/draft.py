@@ -1,0 +1,702 @@
+"""The draft report: findings the reader decides on, an impression, and who signed it.
+
+Qt-free. The assistant fills a :class:`DraftReport` with AI findings (status
+``proposed``); the reader accepts, rejects or edits each one, may add their own,
+writes the impression, and signs. Signing needs a reader name and every AI
+finding decided; a signed report refuses further edits.
+
+Every change goes through :meth:`DraftReport.apply` as an :class:`Edit` that
+carries the affected state *before and after*. That one record serves undo/redo
+(apply the reverse), the workspace journal (replay the "after" state) and the
+audit trail (the diff). Listeners registered with :meth:`DraftReport.subscribe`
+see every edit, including undo and redo.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import uuid
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from datetime import datetime, timezone
+from enum import Enum
+from pathlib import Path
+from typing import Any, Protocol
+
+import yaml
+
+from app.core.errors import XMedError
+from inference.resources import resource
+from inference.types import STEP_NAMES, Box, ReasoningStep
+
+log = logging.getLogger(__name__)
+
+
+class ReportError(XMedError):
+    """An edit or sign-off the report cannot take, with the reason."""
+
+
+class FindingStatus(str, Enum):
+    PROPOSED = "proposed"  # from the AI, not yet looked at
+    ACCEPTED = "accepted"
+    REJECTED = "rejected"
+    EDITED = "edited"  # accepted with the reader's changes
+
+
+class Origin(str, Enum):
+    AI = "ai"
+    READER = "reader"
+
+
+class Tier(str, Enum):
+    GREEN = "green"
+    AMBER = "amber"
+    RED = "red"
+
+
+@dataclass(frozen=True)
+class FindingReliability:
+    """The reliability index of one finding: score in [0, 1] (1 = consistent answers) and its tier."""
+
+    score: float
+    tier: Tier
+    detail: str = ""
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.score <= 1.0:
+            raise ValueError(f"reliability score {self.score} outside [0, 1]")
+        object.__setattr__(self, "tier", Tier(self.tier))
+
+
+@dataclass(frozen=True)
+class ReportBox:
+    """A box on one frame of the study: image pixels (x = column, y = row, x1/y1 exclusive edges)."""
+
+    box: Box
+    slice_index: int  # position in the loaded series (the viewer's frame index)
+    sop_instance_uid: str
+    series_uid: str
+    frame_number: int = 1  # 1-based frame within a multi-frame instance
+    tracking_uid: str = field(default_factory=lambda: _new_uid())
+
+
+@dataclass(frozen=True)
+class Finding:
+    id: str
+    text: str
+    boxes: tuple[ReportBox, ...] = ()
+    origin: Origin = Origin.AI
+    status: FindingStatus = FindingStatus.PROPOSED
+    finding_type: str = ""  # short term for coding, e.g. "nodule"; empty: a generic finding
+    reliability: FindingReliability | None = None
+    source_step: int | None = None  # 1..5: the reasoning step the finding came from
+    ai_text: str = ""  # what the model wrote, kept when the reader edits
+
+    @property
+    def decided(self) -> bool:
+        return self.status is not FindingStatus.PROPOSED
+
+    @property
+    def included(self) -> bool:
+        """Whether the finding goes into the report the reader signs."""
+        return self.status in (FindingStatus.ACCEPTED, FindingStatus.EDITED)
+
+
+@dataclass(frozen=True)
+class StudyContext:
+    study_uid: str
+    patient_name: str = ""
+    patient_id: str = ""
+    patient_birth_date: str = ""
+    patient_sex: str = ""
+    accession_number: str = ""
+    study_date: str = ""
+    study_description: str = ""
+    modality: str = ""
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """Which model wrote the AI part of the draft."""
+
+    model_id: str = ""
+    model_version: str = ""
+    weights_sha256: str = ""
+    engine: str = ""  # e.g. "XMedGPT-8B · 4-bit · RTX A4000"
+
+
+@dataclass(frozen=True)
+class Signature:
+    reader_name: str
+    signed_at: str  # ISO 8601, UTC
+
+
+@dataclass(frozen=True)
+class Edit:
+    """One change to a report. ``index`` is the finding's position (before for removal, after otherwise).
+
+    Finding edits carry ``before``/``after`` (None: the finding did not exist / no
+    longer exists); impression edits carry ``impression_before``/``impression_after``;
+    sign-off carries ``signature``.
+    """
+
+    action: str
+    finding_id: str | None = None
+    index: int = -1
+    before: Finding | None = None
+    after: Finding | None = None
+    impression_before: str | None = None
+    impression_after: str | None = None
+    signature: Signature | None = None
+    revision: int = 0
+    at: str = ""
+
+    def reversed(self, action: str) -> "Edit":
+        return replace(
+            self,
+            action=action,
+            before=self.after,
+            after=self.before,
+            impression_before=self.impression_after,
+            impression_after=self.impression_before,
+        )
+
+
+Listener = Callable[["DraftReport", Edit], None]
+
+
+@dataclass
+class DraftReport:
+    study: StudyContext
+    findings: list[Finding] = field(default_factory=list)
+    impression: str = ""
+    provenance: Provenance = field(default_factory=Provenance)
+    template: str = ""  # empty: the template for the study's modality
+    report_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    created_at: str = field(default_factory=lambda: utc_now())
+    revision: int = 0  # increases with every applied edit (journal ordering)
+    signature: Signature | None = None
+    _undo: list[Edit] = field(default_factory=list, repr=False, compare=False)
+    _redo: list[Edit] = field(default_factory=list, repr=False, compare=False)
+    _listeners: list[Listener] = field(default_factory=list, repr=False, compare=False)
+
+    # ---- queries ----------------------------------------------------------------
+    @property
+    def signed(self) -> bool:
+        return self.signature is not None
+
+    def finding(self, finding_id: str) -> Finding:
+        for f in self.findings:
+            if f.id == finding_id:
+                return f
+        raise ReportError(f"That finding is no longer in the report (id {finding_id}).")
+
+    def index_of(self, finding_id: str) -> int:
+        for i, f in enumerate(self.findings):
+            if f.id == finding_id:
+                return i
+        raise ReportError(f"That finding is no longer in the report (id {finding_id}).")
+
+    def undecided(self) -> list[Finding]:
+        return [f for f in self.findings if f.origin is Origin.AI and not f.decided]
+
+    def included_findings(self) -> list[Finding]:
+        return [f for f in self.findings if f.included]
+
+    def sign_blockers(self, reader_name: str) -> list[str]:
+        """Why the report cannot be signed now, as sentences; empty when it can."""
+        reasons = []
+        if self.signed:
+            reasons.append("The report is already signed.")
+        if not reader_name.strip():
+            reasons.append("Enter your name in Settings before signing.")
+        n = len(self.undecided())
+        if n:
+            reasons.append(f"{n} AI finding{'s' if n > 1 else ''} still to accept or reject.")
+        return reasons
+
+    @property
+    def can_undo(self) -> bool:
+        return bool(self._undo) and not self.signed
+
+    @property
+    def can_redo(self) -> bool:
+        return bool(self._redo) and not self.signed
+
+    # ---- listeners --------------------------------------------------------------
+    def subscribe(self, listener: Listener) -> Callable[[], None]:
+        self._listeners.append(listener)
+        return lambda: self._listeners.remove(listener)
+
+    # ---- edits ------------------------------------------------------------------
+    def add_finding(
+        self,
+        text: str,
+        boxes: Iterable[ReportBox] = (),
+        *,
+        origin: Origin = Origin.READER,
+        finding_type: str = "",
+        reliability: FindingReliability | None = None,
+        source_step: int | None = None,
+    ) -> Finding:
+        status = FindingStatus.PROPOSED if origin is Origin.AI else FindingStatus.ACCEPTED
+        f = Finding(
+            id=uuid.uuid4().hex[:12],
+            text=text.strip(),
+            boxes=tuple(boxes),
+            origin=origin,
+            status=status,
+            finding_type=finding_type,
+            reliability=reliability,
+            source_step=source_step,
+            ai_text=text.strip() if origin is Origin.AI else "",
+        )
+        self.apply(Edit("add", f.id, len(self.findings), None, f))
+        return f
+
+    def accept(self, finding_id: str) -> None:
+        """Accept a finding; an AI finding the reader changed stays marked as edited."""
+        f = self.finding(finding_id)
+        changed = f.origin is Origin.AI and (f.status is FindingStatus.EDITED or f.text != f.ai_text)
+        self._set_finding("accept", replace(f, status=FindingStatus.EDITED if changed else FindingStatus.ACCEPTED))
+
+    def reject(self, finding_id: str) -> None:
+        self._set_finding("reject", replace(self.finding(finding_id), status=FindingStatus.REJECTED))
+
+    def reset(self, finding_id: str) -> None:
+        """Back to undecided (an AI finding only)."""
+        f = self.finding(finding_id)
+        if f.origin is not Origin.AI:
+            raise ReportError("Only AI findings can be set back to undecided.")
+        self._set_finding("reset", replace(f, status=FindingStatus.PROPOSED))
+
+    def edit_text(self, finding_id: str, text: str) -> None:
+        f = self.finding(finding_id)
+        text = text.strip()
+        if not text:
+            raise ReportError("A finding needs some text; reject or delete it instead.")
+        if text == f.text:
+            return
+        self._set_finding("edit_text", replace(f, text=text, status=self._edited_status(f)))
+
+    def set_finding_type(self, finding_id: str, finding_type: str) -> None:
+        f = self.finding(finding_id)
+        self._set_finding("edit_type", replace(f, finding_type=finding_type.strip()))
+
+    def move_box(self, finding_id: str, box_index: int, box: Box) -> None:
+        """The reader moved or resized a box (image pixels on the same frame)."""
+        f = self.finding(finding_id)
+        if not 0 <= box_index < len(f.boxes):
+            raise ReportError("That box is no longer part of the finding.")
+        if box.width <= 0 or box.height <= 0:
+            raise ReportError("A box needs a width and a height.")
+        boxes = list(f.boxes)
+        if boxes[box_index].box == box:
+            return
+        boxes[box_index] = replace(boxes[box_index], box=box)
+        self._set_finding("move_box", replace(f, boxes=tuple(boxes), status=self._edited_status(f)))
+
+    def add_box(self, finding_id: str, box: ReportBox) -> None:
+        f = self.finding(finding_id)
+        self._set_finding("add_box", replace(f, boxes=(*f.boxes, box), status=self._edited_status(f)))
+
+    def remove_box(self, finding_id: str, box_index: int) -> None:
+        f = self.finding(finding_id)
+        if not 0 <= box_index < len(f.boxes):
+            raise ReportError("That box is no longer part of the finding.")
+        boxes = f.boxes[:box_index] + f.boxes[box_index + 1:]
+        self._set_finding("remove_box", replace(f, boxes=boxes, status=self._edited_status(f)))
+
+    def delete_finding(self, finding_id: str) -> None:
+        """Remove a reader's own finding. AI findings are rejected, not deleted, so the record stays."""
+        f = self.finding(finding_id)
+        if f.origin is Origin.AI:
+            raise ReportError("AI findings cannot be deleted; reject them instead.")
+        self.apply(Edit("delete", f.id, self.index_of(f.id), f, None))
+
+    def set_impression(self, text: str) -> None:
+        if text == self.impression:
+            return
+        self.apply(Edit("impression", impression_before=self.impression, impression_after=text))
+
+    def sign(self, reader_name: str, when: datetime | None = None) -> Signature:
+        blockers = self.sign_blockers(reader_name)
+        if blockers:
+            raise ReportError("Cannot sign yet: " + " ".join(blockers))
+        sig = Signature(reader_name.strip(), utc_now(when))
+        self.apply(Edit("sign", signature=sig))
+        return sig
+
+    def undo(self) -> Edit | None:
+        if not self.can_undo:
+            return None
+        edit = self._undo[-1]
+
+        def move(_: Edit) -> None:
+            self._redo.append(self._undo.pop())
+
+        return self._commit(edit.reversed(f"undo {edit.action}"), move)
+
+    def redo(self) -> Edit | None:
+        if not self.can_redo:
+            return None
+        edit = self._redo[-1]
+
+        def move(_: Edit) -> None:
+            self._undo.append(self._redo.pop())
+
+        return self._commit(replace(edit, action=f"redo {edit.action}"), move)
+
+    def apply(self, edit: Edit) -> Edit:
+        """Apply a new edit (undoable, clears redo) and tell the listeners."""
+
+        def record(done: Edit) -> None:
+            if done.signature is None:
+                self._undo.append(done)
+                self._redo.clear()
+
+        return self._commit(edit, record)
+
+    def replay(self, edit: Edit) -> None:
+        """Apply an edit's "after" state without undo history or listeners (restoring from a journal)."""
+        self._mutate(edit)
+        self.revision = max(self.revision, edit.revision)
+
+    # ---- internals --------------------------------------------------------------
+    @staticmethod
+    def _edited_status(f: Finding) -> FindingStatus:
+        return FindingStatus.EDITED if f.origin is Origin.AI else f.status
+
+    def _set_finding(self, action: str, after: Finding) -> None:
+        before = self.finding(after.id)
+        if before == after:
+            return
+        self.apply(Edit(action, after.id, self.index_of(after.id), before, after))
+
+    def _commit(self, edit: Edit, bookkeeping: Callable[[Edit], None]) -> Edit:
+        """Apply, update undo/redo (``bookkeeping``), then tell the listeners: they see a consistent report."""
+        if self.signed:
+            raise ReportError("This report is signed and can no longer be changed.")
+        edit = replace(edit, revision=self.revision + 1, at=utc_now())
+        self._mutate(edit)
+        self.revision = edit.revision
+        bookkeeping(edit)
+        for listener in list(self._listeners):
+            try:
+                listener(self, edit)
+            except Exception:  # a failing listener must not lose the reader's edit
+                log.exception("report listener failed for %s", edit.action)
+        return edit
+
+    def _mutate(self, edit: Edit) -> None:
+        if edit.signature is not None:
+            self.signature = edit.signature
+            return
+        if edit.impression_after is not None:
+            self.impression = edit.impression_after
+            return
+        fid = edit.finding_id
+        pos = next((i for i, f in enumerate(self.findings) if f.id == fid), None)
+        if edit.after is None:
+            if pos is not None:
+                del self.findings[pos]
+        elif pos is None:
+            self.findings.insert(min(max(edit.index, 0), len(self.findings)), edit.after)
+        else:
+            self.findings[pos] = edit.after
+
+    # ---- persistence ------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "report_id": self.report_id,
+            "created_at": self.created_at,
+            "revision": self.revision,
+            "template": self.template,
+            "study": asdict(self.study),
+            "provenance": asdict(self.provenance),
+            "findings": [finding_to_dict(f) for f in self.findings],
+            "impression": self.impression,
+            "signature": asdict(self.signature) if self.signature else None,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "DraftReport":
+        sig = data.get("signature")
+        return cls(
+            study=StudyContext(**data["study"]),
+            findings=[finding_from_dict(f) for f in data.get("findings", [])],
+            impression=data.get("impression", ""),
+            provenance=Provenance(**data.get("provenance", {})),
+            template=data.get("template", ""),
+            report_id=data["report_id"],
+            created_at=data.get("created_at", ""),
+            revision=int(data.get("revision", 0)),
+            signature=Signature(**sig) if sig else None,
+        )
+
+
+def finding_to_dict(f: Finding) -> dict[str, Any]:
+    return {
+        "id": f.id,
+        "text": f.text,
+        "boxes": [
+            {
+                "box": [b.box.x0, b.box.y0, b.box.x1, b.box.y1],
+                "slice_index": b.slice_index,
+                "sop_instance_uid": b.sop_instance_uid,
+                "series_uid": b.series_uid,
+                "frame_number": b.frame_number,
+                "tracking_uid": b.tracking_uid,
+            }
+            for b in f.boxes
+        ],
+        "origin": f.origin.value,
+        "status": f.status.value,
+        "finding_type": f.finding_type,
+        "reliability": (
+            {"score": f.reliability.score, "tier": f.reliability.tier.value, "detail": f.reliability.detail}
+            if f.reliability
+            else None
+        ),
+        "source_step": f.source_step,
+        "ai_text": f.ai_text,
+    }
+
+
+def finding_from_dict(d: dict[str, Any]) -> Finding:
+    rel = d.get("reliability")
+    return Finding(
+        id=d["id"],
+        text=d["text"],
+        boxes=tuple(
+            ReportBox(
+                box=Box(*map(float, b["box"])),
+                slice_index=int(b["slice_index"]),
+                sop_instance_uid=b["sop_instance_uid"],
+                series_uid=b["series_uid"],
+                frame_number=int(b.get("frame_number", 1)),
+                tracking_uid=b["tracking_uid"],
+            )
+            for b in d.get("boxes", [])
+        ),
+        origin=Origin(d.get("origin", "ai")),
+        status=FindingStatus(d.get("status", "proposed")),
+        finding_type=d.get("finding_type", ""),
+        reliability=FindingReliability(float(rel["score"]), Tier(rel["tier"]), rel.get("detail", "")) if rel else None,
+        source_step=d.get("source_step"),
+        ai_text=d.get("ai_text", ""),
+    )
+
+
+def edit_to_dict(e: Edit) -> dict[str, Any]:
+    return {
+        "action": e.action,
+        "finding_id": e.finding_id,
+        "index": e.index,
+        "before": finding_to_dict(e.before) if e.before else None,
+        "after": finding_to_dict(e.after) if e.after else None,
+        "impression_before": e.impression_before,
+        "impression_after": e.impression_after,
+        "signature": asdict(e.signature) if e.signature else None,
+        "revision": e.revision,
+        "at": e.at,
+    }
+
+
+def edit_from_dict(d: dict[str, Any]) -> Edit:
+    return Edit(
+        action=d["action"],
+        finding_id=d.get("finding_id"),
+        index=int(d.get("index", -1)),
+        before=finding_from_dict(d["before"]) if d.get("before") else None,
+        after=finding_from_dict(d["after"]) if d.get("after") else None,
+        impression_before=d.get("impression_before"),
+        impression_after=d.get("impression_after"),
+        signature=Signature(**d["signature"]) if d.get("signature") else None,
+        revision=int(d.get("revision", 0)),
+        at=d.get("at", ""),
+    )
+
+
+def utc_now(when: datetime | None = None) -> str:
+    when = when or datetime.now(timezone.utc)
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    return when.astimezone(timezone.utc).isoformat(timespec="seconds")
+
+
+def _new_uid() -> str:
+    # DICOM UID from a UUID (PS3.5 B.2): "2.25." + the UUID as an integer.
+    return f"2.25.{uuid.uuid4().int}"
+
+
+# ---- templates ----------------------------------------------------------------------
+
+TEMPLATE_DIR = resource("report_templates")
+
+
+@dataclass(frozen=True)
+class ReportTemplate:
+    """Per-modality wording of a report (resources/report_templates/*.yaml)."""
+
+    name: str
+    title: str
+    modalities: tuple[str, ...] = ()
+    findings_heading: str = "Findings"
+    impression_heading: str = "Impression"
+    no_findings_text: str = "No abnormality identified on the reviewed images."
+    finding_types: tuple[str, ...] = ()
+
+
+def load_templates(folder: Path | None = None) -> dict[str, ReportTemplate]:
+    folder = folder or TEMPLATE_DIR
+    out: dict[str, ReportTemplate] = {}
+    for path in sorted(folder.glob("*.yaml")):
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8"))
+            t = ReportTemplate(
+                name=str(data.get("name") or path.stem),
+                title=str(data["title"]),
+                modalities=tuple(str(m).upper() for m in data.get("modalities") or ()),
+                findings_heading=str(data.get("findings_heading", "Findings")),
+                impression_heading=str(data.get("impression_heading", "Impression")),
+                no_findings_text=str(data.get("no_findings_text", ReportTemplate.no_findings_text)),
+                finding_types=tuple(str(x) for x in data.get("finding_types") or ()),
+            )
+        except (OSError, yaml.YAMLError, KeyError, TypeError, AttributeError) as exc:
+            raise ReportError(f"The report template {path.name} is damaged ({exc}).") from exc
+        out[t.name] = t
+    return out
+
+
+def template_for(modality: str, folder: Path | None = None) -> ReportTemplate:
+    """The template whose ``modalities`` list the modality, else ``default``."""
+    templates = load_templates(folder)
+    for t in templates.values():
+        if modality.upper() in t.modalities:
+            return t
+    if "default" in templates:
+        return templates["default"]
+    return ReportTemplate(name="default", title="Imaging Report")
+
+
+def template_of(report: DraftReport, folder: Path | None = None) -> ReportTemplate:
+    """The report's chosen template, or the one for its study's modality."""
+    return template_named(report.template, folder) if report.template else template_for(report.study.modality, folder)
+
+
+def template_named(name: str, folder: Path | None = None) -> ReportTemplate:
+    templates = load_templates(folder)
+    return templates.get(name) or templates.get("default") or ReportTemplate(name="default", title="Imaging Report")
+
+
+# ---- from the assistant's output -----------------------------------------------------
+
+_TIER_ORDER = {Tier.RED: 0, Tier.AMBER: 1, Tier.GREEN: 2}
+_SENTENCE = re.compile(r"[^.!?\n]+[.!?]?")
+
+
+def sentence_reliability(text: str, findings: Sequence[Finding]) -> list[tuple[int, int, Tier]]:
+    """(start, end, tier) for each sentence of ``text`` (the impression) that names a finding with a
+    reliability: a sentence mentions a finding when it contains its finding type as a word
+    ("mass", "nodule"); several findings → the least reliable tier. Rejected findings are ignored."""
+    scored = [f for f in findings if f.reliability is not None and f.finding_type.strip()
+              and f.status is not FindingStatus.REJECTED]
+    spans: list[tuple[int, int, Tier]] = []
+    for m in _SENTENCE.finditer(text):
+        sentence = m.group(0).lower()
+        tiers = [f.reliability.tier for f in scored
+                 if re.search(rf"\b{re.escape(f.finding_type.strip().lower())}s?\b", sentence)]
+        if tiers:
+            start = m.start() + (len(m.group(0)) - len(m.group(0).lstrip()))
+            spans.append((start, m.end(), min(tiers, key=_TIER_ORDER.__getitem__)))
+    return spans
+
+
+@dataclass(frozen=True)
+class FrameRef:
+    """Where a frame of the loaded series comes from (for the boxes drawn on it)."""
+
+    slice_index: int
+    sop_instance_uid: str
+    series_uid: str
+    frame_number: int = 1
+
+
+class PixelFinding(Protocol):
+    """What the assistant reports per box (``app.assistant.ask.Finding`` has these attributes)."""
+
+    phrase: str
+    frame: int  # slice index in the loaded series
+    box_px: Box  # frame pixels, edge coordinates
+    step: int | None
+
+
+def draft_from_answer(
+    study: StudyContext,
+    steps: Iterable[ReasoningStep],
+    findings: Iterable[PixelFinding],
+    frame_ref: Callable[[int], FrameRef],
+    provenance: Provenance,
+    reliability: Mapping[str, FindingReliability] | None = None,
+) -> DraftReport:
+    """A draft from an answer: one AI finding per phrase (its boxes merged), the synthesis step as impression.
+
+    A finding's text is the sentence of its reasoning step that mentions the phrase
+    (tags removed), else the phrase. ``frame_ref(k)`` names the image of slice k;
+    ``reliability`` maps a phrase (lower case) to its reliability.
+    """
+    steps = sorted(steps, key=lambda s: s.index)
+    text_of_step = {s.index: s.text for s in steps}
+    template = template_for(study.modality)
+    report = DraftReport(study=study, provenance=provenance, template=template.name)
+    by_phrase: dict[str, Finding] = {}
+    for pf in findings:
+        key = " ".join(pf.phrase.split()).lower()
+        if not key or pf.box_px.area <= 0:
+            continue
+        ref = frame_ref(pf.frame)
+        box = ReportBox(pf.box_px, ref.slice_index, ref.sop_instance_uid, ref.series_uid, ref.frame_number)
+        if key in by_phrase:
+            old = by_phrase[key]
+            by_phrase[key] = replace(old, boxes=(*old.boxes, box))
+            continue
+        candidates = [text_of_step.get(pf.step or 0, "")] + [s.text for s in steps]
+        text = next((t for t in (_sentence_with(c, pf.phrase) for c in candidates) if t), pf.phrase.strip())
+        by_phrase[key] = Finding(
+            id=uuid.uuid4().hex[:12],
+            text=text,
+            boxes=(box,),
+            origin=Origin.AI,
+            finding_type=_guess_type(key, template),
+            reliability=(reliability or {}).get(key),
+            source_step=pf.step,
+            ai_text=text,
+        )
+    report.findings = list(by_phrase.values())
+    synthesis = [s for s in steps if s.index == len(STEP_NAMES)]
+    report.impression = _strip_tags(synthesis[-1].text).strip() if synthesis else ""
+    return report
+
+
+_TAG = re.compile(r"</?ref>|<box>.*?</box>|\[\[[\d\s,.\[\]]*\]\]", re.S)
+
+
+def _strip_tags(text: str) -> str:
+    return re.sub(r"[ \t]{2,}", " ", _TAG.sub("", text))
+
+
+def _sentence_with(text: str, phrase: str) -> str:
+    clean = _strip_tags(text)
+    for sentence in re.split(r"(?<=[.!?])\s+", clean):
+        if phrase.strip().lower() in sentence.lower():
+            return sentence.strip()
+    return ""
+
+
+def _guess_type(phrase: str, template: ReportTemplate) -> str:
+    for t in sorted(template.finding_types, key=len, reverse=True):
+        if t != "other" and t in phrase:
+            return t
+    return ""

@@ -1,0 +1,85 @@
+"""The report as plain text, for the clipboard and for pasting into a RIS.
+
+Only what the reader keeps goes in: accepted, edited and the reader's own
+findings; rejected AI findings are left out (they stay in the audit trail).
+The footer says whether the report is signed, by whom, and that an AI assisted.
+"""
+
+from __future__ import annotations
+
+import textwrap
+
+from app.report.draft import DraftReport, ReportTemplate, template_of
+
+
+def render_text(
+    report: DraftReport,
+    template: ReportTemplate | None = None,
+    *,
+    width: int = 80,
+    include_reliability: bool = False,
+) -> str:
+    t = template or template_of(report)
+    s = report.study
+    lines: list[str] = [t.title.upper(), ""]
+    header = [
+        ("Patient", person_name(s.patient_name)),
+        ("Patient ID", s.patient_id),
+        ("Birth date", display_date(s.patient_birth_date)),
+        ("Sex", s.patient_sex),
+        ("Study", " ".join(x for x in (s.modality, s.study_description) if x)),
+        ("Study date", display_date(s.study_date)),
+        ("Accession", s.accession_number),
+    ]
+    label_w = max(len(k) for k, _ in header) + 1
+    lines += [f"{k + ':':<{label_w}} {v}" for k, v in header if v]
+    lines += ["", t.findings_heading.upper()]
+    kept = report.included_findings()
+    if not kept:
+        lines += _wrap(t.no_findings_text, width)
+    for n, f in enumerate(kept, 1):
+        text = f.text
+        if include_reliability and f.reliability is not None:
+            text += f" [AI reliability: {f.reliability.tier.value}, {f.reliability.score:.2f}]"
+        lines += _wrap(text, width, first=f"{n}. ", rest=" " * (len(str(n)) + 2))
+    lines += ["", t.impression_heading.upper()]
+    lines += _wrap(report.impression.strip() or "-", width)
+    lines.append("")
+    if report.signature:
+        sig = report.signature
+        lines += _wrap(f"Signed by {person_name(sig.reader_name)} on {sig.signed_at} (UTC).", width)
+    else:
+        lines.append("DRAFT - NOT SIGNED.")
+    p = report.provenance
+    if p.model_id and any(f.origin.value == "ai" for f in report.findings):
+        model = " ".join(x for x in (p.model_id, p.model_version) if x)
+        note = f"Prepared with AI assistance ({model}"
+        if p.weights_sha256:
+            note += f", weights {p.weights_sha256[:12]}"
+        lines += _wrap(note + "); findings reviewed by the signing radiologist.", width)
+    return "\n".join(lines) + "\n"
+
+
+def _wrap(text: str, width: int, first: str = "", rest: str = "") -> list[str]:
+    out: list[str] = []
+    for i, para in enumerate(text.splitlines() or [""]):
+        out += textwrap.wrap(
+            para, width=width, initial_indent=first if i == 0 else rest, subsequent_indent=rest
+        ) or [first.rstrip() if i == 0 else ""]
+    return out
+
+
+def person_name(name: str) -> str:
+    """DICOM PN "Family^Given^Middle^Prefix^Suffix" → "Prefix Given Middle Family Suffix"."""
+    if "^" not in name:
+        return name
+    parts = (name.split("=")[0].split("^") + [""] * 5)[:5]
+    family, given, middle, prefix, suffix = (p.strip() for p in parts)
+    return " ".join(x for x in (prefix, given, middle, family, suffix) if x)
+
+
+def display_date(da: str) -> str:
+    """DICOM DA "YYYYMMDD" → "YYYY-MM-DD"; anything else unchanged."""
+    if len(da) == 8 and da.isdigit():
+        return f"{da[:4]}-{da[4:6]}-{da[6:]}"
+    return da

@@ -1,0 +1,49 @@
+"""Shared start-up for the GUI commands: the QApplication, style, the main window."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+from PySide6.QtWidgets import QApplication
+
+from inference.resources import SAMPLE_STUDY, STYLE_SHEET
+
+log = logging.getLogger(__name__)
+
+STYLE = STYLE_SHEET
+SAMPLE = SAMPLE_STUDY
+
+
+def application(offscreen: bool = False) -> QApplication:
+    """The one QApplication, created with the offscreen platform when asked or when there is no display."""
+    app = QApplication.instance()
+    if app is None:
+        no_display = sys.platform.startswith("linux") and not (
+            os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")
+        )
+        if (offscreen or no_display) and "QT_QPA_PLATFORM" not in os.environ:
+            os.environ["QT_QPA_PLATFORM"] = "offscreen"
+        app = QApplication(sys.argv[:1])
+        app.setApplicationName("XMedGPT Workstation")
+        app.setOrganizationName("XMedGPT")
+        if STYLE.exists():
+            app.setStyleSheet(STYLE.read_text(encoding="utf-8"))
+    assert isinstance(app, QApplication)
+    return app
+
+
+def has_display() -> bool:
+    """False on a Linux box without X11/Wayland, unless a Qt platform was chosen explicitly."""
+    if not sys.platform.startswith("linux") or os.environ.get("QT_QPA_PLATFORM"):
+        return True
+    return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+
+
+def default_study(path: Path | None) -> Path | None:
+    """The study to open: ``path``, else the bundled sample when present."""
+    if path is not None:
+        return path
+    return SAMPLE if SAMPLE.exists() else None

@@ -1,0 +1,547 @@
+"""The workstation's main window: study browser and tag browser on the left,
+viewports in the middle, the right-hand dock area kept for the assistant,
+menus, toolbar and a status bar with load progress, cancel and problems."""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from pathlib import Path
+
+from PySide6.QtCore import Qt, QTimer, Signal
+from PySide6.QtGui import QAction, QActionGroup, QKeySequence
+from PySide6.QtWidgets import (
+    QDockWidget,
+    QFileDialog,
+    QLabel,
+    QMainWindow,
+    QMessageBox,
+    QProgressBar,
+    QPushButton,
+    QToolBar,
+    QWidget,
+)
+
+from app.dicom.loader import load_series
+from app.dicom.model import ScanResult, Series, Volume
+from app.viewer.viewport import KEYED_PRESETS, StudyInfo
+from ui.shell.help_dialog import HelpDialog
+from ui.shortcuts import SHORTCUTS, by_action, pretty_keys
+from ui.study.browser import StudyBrowser
+from ui.study.problems_dialog import ProblemsDialog, problem_rows
+from ui.study.tag_browser import TagBrowser
+from ui.viewer.grid import ViewportGrid
+from ui.viewer.load_worker import ScanWorker, SeriesLoadWorker, ThumbnailWorker
+from ui.viewer.viewport import Viewport
+
+log = logging.getLogger(__name__)
+
+#: Loaded volumes kept in memory for quick switching (most recent last).
+VOLUME_CACHE = 4
+
+
+class MainWindow(QMainWindow):
+    #: Emitted when no scan, series load or thumbnail job is running any more.
+    idle = Signal()
+    #: The function that decodes a series (replaceable in tests to simulate a slow disk).
+    load_fn = staticmethod(load_series)
+
+    def __init__(self, model_path: Path | None = None) -> None:
+        super().__init__()
+        self.setWindowTitle("XMedGPT Workstation")
+        self.resize(1600, 1000)
+        self.model_path = model_path
+        self.result: ScanResult | None = None
+        self._series: list[Series] = []
+        self._study_info: list[StudyInfo] = []
+        self._volumes: OrderedDict[int, Volume] = OrderedDict()
+        self._shown: dict[int, int] = {}  # id(viewport) → series index
+        self._loads: dict[int, SeriesLoadWorker] = {}  # id(viewport) → worker
+        self._scan: ScanWorker | None = None
+        self._thumbs: ThumbnailWorker | None = None
+        self._extra_problems: list[tuple[str, str]] = []
+
+        self.grid = ViewportGrid(self)
+        self.setCentralWidget(self.grid)
+        self.browser = StudyBrowser()
+        self.tags = TagBrowser()
+        self._docks()
+        self._status_bar()
+        self._actions()
+        self._menus_and_toolbar()
+        for vp in self.grid.viewports:
+            self._wire(vp)
+        self.grid.active_changed.connect(self._active_changed)
+        self.browser.series_activated.connect(lambda i: self.show_series(i, self.grid.active))
+
+    # -- construction --------------------------------------------------------------------
+
+    def _docks(self) -> None:
+        self.setDockNestingEnabled(True)
+        self.browser_dock = QDockWidget("Studies", self)
+        self.browser_dock.setObjectName("studies")
+        self.browser_dock.setWidget(self.browser)
+        self.addDockWidget(Qt.DockWidgetArea.LeftDockWidgetArea, self.browser_dock)
+        self.tags_dock = QDockWidget("DICOM tags", self)
+        self.tags_dock.setObjectName("tags")
+        self.tags_dock.setWidget(self.tags)
+        self.addDockWidget(Qt.DockWidgetArea.LeftDockWidgetArea, self.tags_dock)
+        self.splitDockWidget(self.browser_dock, self.tags_dock, Qt.Orientation.Vertical)
+        self.resizeDocks([self.browser_dock], [380], Qt.Orientation.Horizontal)
+        self.resizeDocks([self.browser_dock, self.tags_dock], [380, 520], Qt.Orientation.Vertical)
+        self.tags_dock.visibilityChanged.connect(lambda _v: self._update_tags())
+
+    def add_panel(self, widget: QWidget, title: str, area: Qt.DockWidgetArea = Qt.DockWidgetArea.RightDockWidgetArea) -> QDockWidget:
+        """Dock a panel (the assistant goes to the right-hand area)."""
+        dock = QDockWidget(title, self)
+        dock.setObjectName(title.lower().replace(" ", "_"))
+        dock.setWidget(widget)
+        self.addDockWidget(area, dock)
+        return dock
+
+    def _status_bar(self) -> None:
+        sb = self.statusBar()
+        self.progress = QProgressBar()
+        self.progress.setMaximumWidth(220)
+        self.progress.setTextVisible(True)
+        self.progress.hide()
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setToolTip(f"Stop loading ({pretty_keys(by_action('cancel_load'))})")
+        self.cancel_button.clicked.connect(self.cancel_loading)
+        self.cancel_button.hide()
+        self.problems_button = QPushButton("")
+        self.problems_button.setFlat(True)
+        self.problems_button.clicked.connect(self.show_problems)
+        self.problems_button.hide()
+        self.cursor_label = QLabel("")
+        sb.addPermanentWidget(self.cursor_label)
+        sb.addPermanentWidget(self.problems_button)
+        sb.addPermanentWidget(self.progress)
+        sb.addPermanentWidget(self.cancel_button)
+        model = f"  ·  assistant model: {self.model_path}" if self.model_path else ""
+        sb.showMessage(f"Open a study folder, files or a zip (Ctrl+O){model}")
+
+    def _actions(self) -> None:
+        """One QAction per shortcut table entry.
+
+        Window-scope entries are bound as shortcuts; viewport-scope entries show
+        their key in the menu and run on the active viewport (the viewport binds
+        those keys itself when it has focus, from the same table).
+        """
+        self.actions_by_name: dict[str, QAction] = {}
+        handlers = {
+            "open_folder": self.open_folder_dialog,
+            "open_files": self.open_files_dialog,
+            "layout_1x1": lambda: self.set_layout("1x1"),
+            "layout_1x2": lambda: self.set_layout("1x2"),
+            "layout_2x2": lambda: self.set_layout("2x2"),
+            "next_viewport": self.grid.next_viewport,
+            "cancel_load": self.cancel_loading,
+            "show_problems": self.show_problems,
+            "show_help": self.show_help,
+            "quit": self.close,
+        }
+        for sc in SHORTCUTS:
+            if sc.scope == "window":
+                act = QAction(sc.description, self)
+                act.setShortcuts([QKeySequence(k) for k in sc.keys])
+                act.setShortcutContext(Qt.ShortcutContext.WindowShortcut)
+                act.triggered.connect(handlers[sc.action])
+                self.addAction(act)
+            else:
+                act = QAction(f"{sc.description}\t{pretty_keys(sc)}", self)
+                act.triggered.connect(lambda _=False, name=sc.action: self._on_active(name))
+            act.setToolTip(f"{sc.description} ({pretty_keys(sc)})")
+            self.actions_by_name[sc.action] = act
+
+    def _menus_and_toolbar(self) -> None:
+        a = self.actions_by_name
+        mb = self.menuBar()
+        m = mb.addMenu("&File")
+        for name in ("open_folder", "open_files", None, "show_problems", None, "quit"):
+            m.addSeparator() if name is None else m.addAction(a[name])
+        m = mb.addMenu("&View")
+        for name in ("layout_1x1", "layout_1x2", "layout_2x2", "next_viewport", None, "fit", "zoom_in",
+                     "zoom_out", "rotate_cw", "rotate_ccw", "flip_h", "flip_v", "reset", None,
+                     "previous_series", "next_series", "toggle_cine", "cine_faster", "cine_slower"):
+            m.addSeparator() if name is None else m.addAction(a[name])
+        m.addSeparator()
+        m.addAction(self.browser_dock.toggleViewAction())
+        m.addAction(self.tags_dock.toggleViewAction())
+        m = mb.addMenu("&Window")
+        for name in ("preset_1", "preset_2", "preset_3", "preset_4", "preset_5", "preset_0", None, "toggle_invert"):
+            m.addSeparator() if name is None else m.addAction(a[name])
+        m = mb.addMenu("&Tools")
+        for name in ("tool_pan", "tool_length", "tool_rect", "tool_ellipse", None, "delete_measurement",
+                     "clear_measurements"):
+            m.addSeparator() if name is None else m.addAction(a[name])
+        m = mb.addMenu("&Help")
+        m.addAction(a["show_help"])
+        about = QAction("About", self)
+        about.triggered.connect(self._about)
+        m.addAction(about)
+
+        tb = QToolBar("Main")
+        tb.setObjectName("main_toolbar")
+        tb.setMovable(False)
+        tb.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextOnly)
+        self.addToolBar(tb)
+        labels = {
+            "open_folder": "Open", "layout_1x1": "1×1", "layout_1x2": "1×2", "layout_2x2": "2×2",
+            "tool_pan": "Pan", "tool_length": "Length", "tool_rect": "Rect ROI", "tool_ellipse": "Ellipse ROI",
+            "toggle_invert": "Invert", "rotate_cw": "Rotate", "flip_h": "Flip H", "flip_v": "Flip V",
+            "reset": "Reset", "toggle_cine": "Cine", "show_help": "Help",
+        }
+        for i, p in enumerate(KEYED_PRESETS, start=1):
+            labels[f"preset_{i}"] = p.name.title()
+        order = ["open_folder", None, "layout_1x1", "layout_1x2", "layout_2x2", None, "tool_pan", "tool_length",
+                 "tool_rect", "tool_ellipse", None, *[f"preset_{i}" for i in range(1, len(KEYED_PRESETS) + 1)],
+                 "toggle_invert", None, "rotate_cw", "flip_h", "flip_v", "reset", "toggle_cine", None, "show_help"]
+        self.tool_buttons: dict[str, QAction] = {}
+        tools = QActionGroup(self)
+        tools.setExclusive(True)
+        for name in order:
+            if name is None:
+                tb.addSeparator()
+                continue
+            src = a[name]
+            btn = QAction(labels[name], self)
+            btn.setToolTip(src.toolTip())
+            btn.triggered.connect(src.trigger)
+            if name.startswith("tool_"):
+                btn.setCheckable(True)
+                btn.setChecked(name == "tool_pan")
+                tools.addAction(btn)
+                self.tool_buttons[name] = btn
+            tb.addAction(btn)
+        self.toolbar = tb
+
+    def _wire(self, vp: Viewport) -> None:
+        vp.slice_changed.connect(lambda _k, vp=vp: self._viewport_slice(vp))
+        vp.series_step_requested.connect(lambda d, vp=vp: self._step_series(vp, d))
+        vp.series_dropped.connect(lambda key, vp=vp: self.show_series(int(key), vp))
+        vp.measurement_added.connect(lambda text: self.statusBar().showMessage(f"Measured: {text}", 8000))
+        vp.message.connect(lambda text: self.statusBar().showMessage(text, 4000))
+        vp.tool_changed.connect(self._tool_changed)
+        vp.cursor_text.connect(self.cursor_label.setText)
+
+    # -- opening -------------------------------------------------------------------------
+
+    def open_folder_dialog(self) -> None:
+        path = QFileDialog.getExistingDirectory(self, "Open study folder")
+        if path:
+            self.open_paths([Path(path)])
+
+    def open_files_dialog(self) -> None:
+        paths, _ = QFileDialog.getOpenFileNames(
+            self, "Open DICOM files, a DICOMDIR or a zip", "", "DICOM (*.dcm *.DCM DICOMDIR *.zip *);;All files (*)"
+        )
+        if paths:
+            self.open_paths([Path(p) for p in paths])
+
+    def open_paths(self, paths: list[Path]) -> None:
+        """Scan ``paths`` in the background, then show the first series."""
+        self.cancel_loading()
+        if self._scan is not None and self._scan.isRunning():
+            return
+        self.statusBar().showMessage(f"Reading {', '.join(p.name or str(p) for p in paths)}…")
+        self._set_progress(0, 0, "Reading headers")
+        worker = ScanWorker(paths, self)
+        worker.progress.connect(lambda d, t: self._set_progress(d, t, "Reading headers"))
+        worker.scanned.connect(self._scanned)
+        worker.failed.connect(self._scan_failed)
+        worker.finished.connect(self._maybe_idle)
+        self._scan = worker
+        worker.start()
+
+    def _scan_failed(self, message: str) -> None:
+        self._hide_progress()
+        self.statusBar().showMessage(message)
+
+    def _scanned(self, result: ScanResult) -> None:
+        self._hide_progress()
+        for vp in self.grid.viewports:
+            vp.set_volume(None)
+        self.result = result
+        self._volumes.clear()
+        self._shown.clear()
+        self._extra_problems = []
+        self._series = result.all_series()
+        self._study_info = []
+        for p in result.patients:
+            for st in p.studies:
+                info = StudyInfo(p.name, p.id, p.birth_date, p.sex, st.date, st.description, st.accession)
+                self._study_info += [info] * len(st.series)
+        self.browser.set_result(result)
+        self._update_problems()
+        if not self._series:
+            reason = f": {result.problems[0].reason}" if len(result.problems) == 1 else ""
+            more = f" ({len(result.problems)} unreadable files, Ctrl+P)" if len(result.problems) > 1 else ""
+            self.statusBar().showMessage(f"No DICOM images found{reason}{more}")
+            return
+        n = len(self._series)
+        self.statusBar().showMessage(f"{n} series found", 5000)
+        for i, vp in enumerate(self.grid.visible()):
+            self.show_series(i % n, vp)
+        self.grid.set_active(self.grid.viewports[0])
+        self.grid.viewports[0].setFocus()
+        if self._thumbs is not None:
+            self._thumbs.cancel()
+        thumbs = ThumbnailWorker(self._series, parent=self)
+        thumbs.thumbnail.connect(self.browser.set_thumbnail)
+        thumbs.finished.connect(self._maybe_idle)
+        self._thumbs = thumbs
+        thumbs.start()
+
+    # -- series in viewports -----------------------------------------------------------------
+
+    def show_series(self, index: int, vp: Viewport) -> None:
+        """Show series ``index`` in ``vp``: from memory, or loaded in the background."""
+        if not 0 <= index < len(self._series):
+            return
+        self._cancel_viewport_load(vp)
+        self._shown[id(vp)] = index
+        if vp is self.grid.active:
+            self.browser.mark_current(index)
+        if index in self._volumes:
+            self._volumes.move_to_end(index)
+            vp.set_volume(self._volumes[index], self._study_info[index])
+            self._update_tags()
+            return
+        series = self._series[index]
+        vp.set_volume(None)
+        vp.corner.set_message(f"Loading {series.description or 'series'}…")
+        worker = SeriesLoadWorker(series, self, load_fn=self.load_fn)
+        worker.first_frame.connect(lambda v, vp=vp, i=index: self._first_frame(vp, i, v))
+        worker.frame_loaded.connect(lambda k, n, vp=vp: self._frame_loaded(vp, k, n))
+        worker.loaded.connect(lambda v, vp=vp, i=index: self._loaded(vp, i, v))
+        worker.failed.connect(lambda msg, vp=vp: self._load_failed(vp, msg))
+        worker.cancelled.connect(lambda vp=vp: self._load_cancelled(vp))
+        worker.finished.connect(lambda w=worker: self._retire(w))
+        self._loads[id(vp)] = worker
+        self._set_progress(0, series.frame_count, "Loading")
+        worker.start()
+
+    def _first_frame(self, vp: Viewport, index: int, volume: Volume) -> None:
+        if self._shown.get(id(vp)) != index:
+            return
+        vp.set_volume(volume, self._study_info[index], complete=False)
+        vp.frames_loaded(volume.loaded)
+        self._update_tags()
+
+    def _frame_loaded(self, vp: Viewport, k: int, n: int) -> None:
+        vp.frames_loaded(k + 1)
+        self._set_progress(k + 1, n, "Loading")
+
+    def _loaded(self, vp: Viewport, index: int, volume: Volume) -> None:
+        self._volumes[index] = volume
+        self._volumes.move_to_end(index)
+        while len(self._volumes) > VOLUME_CACHE:
+            self._volumes.popitem(last=False)
+        if self._shown.get(id(vp)) == index:
+            vp.load_finished()
+        if volume.frame_problems:
+            name = self._series[index].description
+            self._extra_problems += [(f"{name} image {k + 1}", r) for k, r in sorted(volume.frame_problems.items())]
+            self._update_problems()
+        self.statusBar().showMessage(f"Loaded {len(volume)} images", 3000)
+
+    def _load_failed(self, vp: Viewport, message: str) -> None:
+        vp.corner.set_message(message)
+        self.statusBar().showMessage(message)
+
+    def _load_cancelled(self, vp: Viewport) -> None:
+        v = vp.volume
+        shown = f" ({v.loaded} of {len(v)} images shown)" if v is not None else ""
+        self.statusBar().showMessage(f"Loading cancelled{shown}")
+
+    def _retire(self, worker: SeriesLoadWorker) -> None:
+        for key, w in list(self._loads.items()):
+            if w is worker:
+                del self._loads[key]
+        worker.deleteLater()
+        if not self._loads:
+            self._hide_progress()
+        self._maybe_idle()
+
+    def _cancel_viewport_load(self, vp: Viewport) -> None:
+        worker = self._loads.get(id(vp))
+        if worker is not None:
+            worker.cancel()
+
+    def cancel_loading(self) -> None:
+        for worker in list(self._loads.values()):
+            worker.cancel()
+
+    def is_busy(self) -> bool:
+        jobs = [self._scan, self._thumbs, *self._loads.values()]
+        return any(j is not None and j.isRunning() for j in jobs) or bool(self._loads)
+
+    def _maybe_idle(self) -> None:
+        QTimer.singleShot(0, lambda: None if self.is_busy() else self.idle.emit())
+
+    def _step_series(self, vp: Viewport, delta: int) -> None:
+        if not self._series:
+            return
+        current = self._shown.get(id(vp), 0)
+        target = (current + delta) % len(self._series)
+        if target == current:
+            self.statusBar().showMessage("This study has no other series", 3000)
+            return
+        self.show_series(target, vp)
+
+    def set_layout(self, name: str) -> None:
+        before = set(map(id, self.grid.visible()))
+        self.grid.set_layout(name)
+        if not self._series:
+            return
+        start = max(self._shown.values(), default=-1) + 1
+        for vp in self.grid.visible():
+            if id(vp) not in before and vp.volume is None and id(vp) not in self._loads:
+                self.show_series(start % len(self._series), vp)
+                start += 1
+
+    # -- active viewport, tags, problems ------------------------------------------------------
+
+    def _on_active(self, action: str) -> None:
+        self.grid.active.trigger(action)
+        self.grid.active.setFocus()
+
+    def _tool_changed(self, tool: str) -> None:
+        """A tool applies to every viewport, as in RadiAnt and OHIF; the toolbar shows which."""
+        for vp in self.grid.viewports:
+            if vp.tool != tool:
+                vp.set_tool(tool)
+        for name, act in self.tool_buttons.items():
+            act.setChecked(name == f"tool_{tool}")
+        self.statusBar().showMessage(f"Tool: {by_action(f'tool_{tool}').description}", 3000)
+
+    def _active_changed(self, vp: Viewport) -> None:
+        self.browser.mark_current(self._shown.get(id(vp)))
+        self._update_tags()
+
+    def _viewport_slice(self, vp: Viewport) -> None:
+        if vp is self.grid.active:
+            self._update_tags()
+
+    def _update_tags(self) -> None:
+        vp = self.grid.active
+        v = vp.volume
+        if v is None or not self.tags_dock.isVisible():
+            return
+        sources = getattr(v, "frame_sources", None)
+        if sources and vp.slice_index < len(sources):
+            path, frame = sources[vp.slice_index]
+        else:
+            path, frame = _instance_path(v, vp.slice_index)
+        self.tags.show_instance(path, frame)
+
+    def _update_problems(self) -> None:
+        rows = problem_rows(self.result, self._extra_problems)
+        if rows:
+            self.problems_button.setText(f"⚠ {len(rows)} problem{'s' if len(rows) != 1 else ''}")
+            self.problems_button.setToolTip("; ".join(f"{Path(w).name}: {r}" for w, r in rows[:5]))
+            self.problems_button.show()
+        else:
+            self.problems_button.hide()
+
+    def problem_rows(self) -> list[tuple[str, str]]:
+        return problem_rows(self.result, self._extra_problems)
+
+    def show_problems(self) -> None:
+        ProblemsDialog(self.problem_rows(), self).exec()
+
+    def show_help(self) -> None:
+        HelpDialog(self).exec()
+
+    def _about(self) -> None:
+        QMessageBox.about(self, "XMedGPT Workstation", "XMedGPT Workstation\nDICOM viewer with a local AI assistant.\n"
+                          "For research use; findings must be confirmed by a radiologist.")
+
+    # -- progress --------------------------------------------------------------------------------
+
+    def _set_progress(self, done: int, total: int, what: str) -> None:
+        self.progress.setMaximum(max(total, 0))
+        self.progress.setValue(done)
+        self.progress.setFormat(f"{what} %v/%m" if total else what)
+        self.progress.show()
+        self.cancel_button.setVisible(what == "Loading")
+
+    def _hide_progress(self) -> None:
+        self.progress.hide()
+        self.cancel_button.hide()
+
+    def closeEvent(self, event) -> None:  # noqa: N802
+        self.shutdown()
+        super().closeEvent(event)
+
+    def shutdown(self, timeout_ms: int = 5000) -> None:
+        """Stop background work and wait for the threads (on close and in tests)."""
+        self.cancel_loading()
+        if self._thumbs is not None:
+            self._thumbs.cancel()
+        for w in [self._scan, self._thumbs, *self._loads.values()]:
+            if w is not None:
+                w.wait(timeout_ms)
+        if getattr(self, "assistant", None) is not None:
+            self.assistant.shutdown()
+
+    # -- the assistant (ui/assistant_panel.install_assistant attaches it) ---------------------
+
+    def attach_assistant(self, controller, panel) -> QDockWidget:
+        """Dock the assistant panel on the right; ``self.assistant`` is its
+        :class:`ui.assistant.controller.AssistantController` (signals ``answer_ready``,
+        ``reliability_ready``, …, documented there)."""
+        self.assistant = controller
+        self.assistant_panel = panel
+        panel.message.connect(lambda text: self.statusBar().showMessage(text, 8000))
+        dock = self.add_panel(panel, "Assistant")
+        self.resizeDocks([dock], [470], Qt.Orientation.Horizontal)
+        settings = QAction("Settings…", self)
+        settings.triggered.connect(panel.settings_requested)
+        self.menuBar().actions()[0].menu().insertAction(self.actions_by_name["show_problems"], settings)
+        return dock
+
+    def assistant_target(self) -> tuple[Viewport, str] | None:
+        """The active viewport and its study's description, when it shows an image."""
+        vp = self.grid.active
+        if vp.volume is None:
+            return None
+        index = self._shown.get(id(vp))
+        info = self._study_info[index] if index is not None and index < len(self._study_info) else None
+        return vp, info.study_description if info is not None else ""
+
+    # -- the report (ui/report/controller.py) -----------------------------------------------------
+
+    def attach_report(self, settings=None):
+        """Dock the report editor and wire it to the viewports, the workspace and the audit log;
+        ``self.report`` is the :class:`ui.report.controller.ReportController`."""
+        from app.core.settings import Settings
+        from ui.report.controller import ReportController
+
+        self.report = ReportController(self, settings if settings is not None else Settings.load())
+        assistant_panel = getattr(self, "assistant_panel", None)
+        if assistant_panel is not None and assistant_panel.parentWidget() is not None:
+            # stacked under the assistant the two panels need ~975 px of height: share the space as tabs
+            self.tabifyDockWidget(assistant_panel.parentWidget(), self.report.dock)
+        return self.report
+
+    # -- dictation (ui/dictation/controller.py) ---------------------------------------------------
+
+    def attach_dictation(self, settings=None, **kwargs):
+        """Put the push-to-talk microphone in the status bar (F4 anywhere in the window); text follows the
+        focus into the query box or the report, voice commands run the window's actions.
+        ``self.dictation`` is the :class:`ui.dictation.controller.DictationController`."""
+        from ui.dictation.controller import DictationController
+
+        self.dictation = DictationController(self, settings, **kwargs)
+        return self.dictation
+
+
+def _instance_path(volume: Volume, k: int) -> tuple[Path | None, int]:
+    for inst in volume.series.instances:
+        if k < inst.number_of_frames:
+            return Path(inst.path), k
+        k -= inst.number_of_frames
+    return None, 0
+
