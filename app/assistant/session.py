@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,10 +25,10 @@ from pathlib import Path
 from app.assistant.ask import AssistantAnswer
 from app.core.errors import XMedError
 from app.core.settings import Settings
-from app.dicom.model import Volume, Window
+from app.dicom.model import FrameRef, Volume, Window
 from app.models.registry import ModelRegistry
-from app.report.draft import FrameRef
 from inference.parsing import Grounding
+from inference.phrases import phrase_key, sentence_with
 from inference.reliability.decomposition import DraftFinding
 from inference.reliability.scoring import Reliability, State, Tier, thresholds_for
 from inference.resources import DEMO_MODEL_DIR
@@ -218,10 +217,6 @@ class ReliabilityResult:
 
 # ---------------------------------------------------------------------- step text with links
 
-def phrase_key(phrase: str) -> str:
-    return " ".join(phrase.split()).casefold()
-
-
 @dataclass(frozen=True)
 class Segment:
     text: str
@@ -256,19 +251,12 @@ def text_segments(text: str, groundings: Sequence[Grounding], step: int | None) 
 
 # ---------------------------------------------------------------------- reliability inputs and outputs
 
-_SENTENCE = re.compile(r"(?<=[.!?])\s+")
-
-
-def _sentence_with(text: str, phrase: str) -> str:
-    for sentence in _SENTENCE.split(text):
-        if phrase.casefold() in sentence.casefold():
-            return sentence.strip()
-    return ""
-
-
 def draft_findings(answer: AssistantAnswer) -> list[DraftFinding]:
     """What the reliability pass checks: each boxed phrase once (free text: its sentence,
-    decomposed by the model), else the answer's conclusion as one free-text finding."""
+    decomposed by the model), else the answer's conclusion as one free-text finding.
+
+    The sentence is :func:`inference.phrases.sentence_with`'s, the same the report takes
+    as the finding's text (:func:`app.report.from_answer.draft_from_answer`)."""
     out: list[DraftFinding] = []
     seen: set[str] = set()
     for f in answer.findings:
@@ -277,7 +265,7 @@ def draft_findings(answer: AssistantAnswer) -> list[DraftFinding]:
             continue
         seen.add(key)
         texts = [s.text for s in answer.steps if s.index == f.step] + [s.text for s in answer.steps]
-        sentence = next((t for t in (_sentence_with(t, f.phrase) for t in texts) if t), "")
+        sentence = next((t for t in (sentence_with(t, f.phrase) for t in texts) if t), "")
         out.append(DraftFinding(id=key, text=sentence or f"There is {f.phrase}.", label=f.phrase))
     if out:
         return out

@@ -96,6 +96,17 @@ class Series:
         return sum(i.number_of_frames for i in self.instances)
 
 
+@dataclass(frozen=True)
+class FrameRef:
+    """Where a frame of a loaded series comes from: its slice index and the instance (and frame
+    within it) that holds it. Boxes on that frame are stored against it (report, SR)."""
+
+    slice_index: int
+    sop_instance_uid: str
+    series_uid: str
+    frame_number: int = 1  # 1-based frame within a multi-frame instance
+
+
 @dataclass
 class StudyEntry:
     uid: str

@@ -10,25 +10,25 @@ carries the affected state *before and after*. That one record serves undo/redo
 (apply the reverse), the workspace journal (replay the "after" state) and the
 audit trail (the diff). Listeners registered with :meth:`DraftReport.subscribe`
 see every edit, including undo and redo.
+
+The rest of the report lives beside this module: :mod:`app.report.serialize`
+(dicts for the workspace), :mod:`app.report.templates` (per-modality wording),
+:mod:`app.report.display` (impression tints) and :mod:`app.report.from_answer`
+(the assistant's answer as a draft).
 """
 
 from __future__ import annotations
 
 import logging
-import re
 import uuid
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from enum import Enum
-from pathlib import Path
-from typing import Any, Protocol
-
-import yaml
 
 from app.core.errors import XMedError
-from inference.resources import resource
-from inference.types import STEP_NAMES, Box, ReasoningStep
+from inference.reliability.scoring import Tier
+from inference.types import Box
 
 log = logging.getLogger(__name__)
 
@@ -49,15 +49,13 @@ class Origin(str, Enum):
     READER = "reader"
 
 
-class Tier(str, Enum):
-    GREEN = "green"
-    AMBER = "amber"
-    RED = "red"
-
-
 @dataclass(frozen=True)
 class FindingReliability:
-    """The reliability index of one finding: score in [0, 1] (1 = consistent answers) and its tier."""
+    """The reliability index of one finding: score in [0, 1] (1 = consistent answers) and its tier.
+
+    The tier is green, amber or red: a finding that was not assessed has no reliability at all
+    (``Finding.reliability`` None), never :attr:`Tier.NONE`.
+    """
 
     score: float
     tier: Tier
@@ -66,7 +64,10 @@ class FindingReliability:
     def __post_init__(self) -> None:
         if not 0.0 <= self.score <= 1.0:
             raise ValueError(f"reliability score {self.score} outside [0, 1]")
-        object.__setattr__(self, "tier", Tier(self.tier))
+        tier = Tier(self.tier)
+        if tier is Tier.NONE:
+            raise ValueError("a finding's reliability tier is green, amber or red, not 'none'")
+        object.__setattr__(self, "tier", tier)
 
 
 @dataclass(frozen=True)
@@ -406,118 +407,6 @@ class DraftReport:
         else:
             self.findings[pos] = edit.after
 
-    # ---- persistence ------------------------------------------------------------
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "report_id": self.report_id,
-            "created_at": self.created_at,
-            "revision": self.revision,
-            "template": self.template,
-            "study": asdict(self.study),
-            "provenance": asdict(self.provenance),
-            "findings": [finding_to_dict(f) for f in self.findings],
-            "impression": self.impression,
-            "signature": asdict(self.signature) if self.signature else None,
-        }
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "DraftReport":
-        sig = data.get("signature")
-        return cls(
-            study=StudyContext(**data["study"]),
-            findings=[finding_from_dict(f) for f in data.get("findings", [])],
-            impression=data.get("impression", ""),
-            provenance=Provenance(**data.get("provenance", {})),
-            template=data.get("template", ""),
-            report_id=data["report_id"],
-            created_at=data.get("created_at", ""),
-            revision=int(data.get("revision", 0)),
-            signature=Signature(**sig) if sig else None,
-        )
-
-
-def finding_to_dict(f: Finding) -> dict[str, Any]:
-    return {
-        "id": f.id,
-        "text": f.text,
-        "boxes": [
-            {
-                "box": [b.box.x0, b.box.y0, b.box.x1, b.box.y1],
-                "slice_index": b.slice_index,
-                "sop_instance_uid": b.sop_instance_uid,
-                "series_uid": b.series_uid,
-                "frame_number": b.frame_number,
-                "tracking_uid": b.tracking_uid,
-            }
-            for b in f.boxes
-        ],
-        "origin": f.origin.value,
-        "status": f.status.value,
-        "finding_type": f.finding_type,
-        "reliability": (
-            {"score": f.reliability.score, "tier": f.reliability.tier.value, "detail": f.reliability.detail}
-            if f.reliability
-            else None
-        ),
-        "source_step": f.source_step,
-        "ai_text": f.ai_text,
-    }
-
-
-def finding_from_dict(d: dict[str, Any]) -> Finding:
-    rel = d.get("reliability")
-    return Finding(
-        id=d["id"],
-        text=d["text"],
-        boxes=tuple(
-            ReportBox(
-                box=Box(*map(float, b["box"])),
-                slice_index=int(b["slice_index"]),
-                sop_instance_uid=b["sop_instance_uid"],
-                series_uid=b["series_uid"],
-                frame_number=int(b.get("frame_number", 1)),
-                tracking_uid=b["tracking_uid"],
-            )
-            for b in d.get("boxes", [])
-        ),
-        origin=Origin(d.get("origin", "ai")),
-        status=FindingStatus(d.get("status", "proposed")),
-        finding_type=d.get("finding_type", ""),
-        reliability=FindingReliability(float(rel["score"]), Tier(rel["tier"]), rel.get("detail", "")) if rel else None,
-        source_step=d.get("source_step"),
-        ai_text=d.get("ai_text", ""),
-    )
-
-
-def edit_to_dict(e: Edit) -> dict[str, Any]:
-    return {
-        "action": e.action,
-        "finding_id": e.finding_id,
-        "index": e.index,
-        "before": finding_to_dict(e.before) if e.before else None,
-        "after": finding_to_dict(e.after) if e.after else None,
-        "impression_before": e.impression_before,
-        "impression_after": e.impression_after,
-        "signature": asdict(e.signature) if e.signature else None,
-        "revision": e.revision,
-        "at": e.at,
-    }
-
-
-def edit_from_dict(d: dict[str, Any]) -> Edit:
-    return Edit(
-        action=d["action"],
-        finding_id=d.get("finding_id"),
-        index=int(d.get("index", -1)),
-        before=finding_from_dict(d["before"]) if d.get("before") else None,
-        after=finding_from_dict(d["after"]) if d.get("after") else None,
-        impression_before=d.get("impression_before"),
-        impression_after=d.get("impression_after"),
-        signature=Signature(**d["signature"]) if d.get("signature") else None,
-        revision=int(d.get("revision", 0)),
-        at=d.get("at", ""),
-    )
-
 
 def utc_now(when: datetime | None = None) -> str:
     when = when or datetime.now(timezone.utc)
@@ -529,174 +418,3 @@ def utc_now(when: datetime | None = None) -> str:
 def _new_uid() -> str:
     # DICOM UID from a UUID (PS3.5 B.2): "2.25." + the UUID as an integer.
     return f"2.25.{uuid.uuid4().int}"
-
-
-# ---- templates ----------------------------------------------------------------------
-
-TEMPLATE_DIR = resource("report_templates")
-
-
-@dataclass(frozen=True)
-class ReportTemplate:
-    """Per-modality wording of a report (resources/report_templates/*.yaml)."""
-
-    name: str
-    title: str
-    modalities: tuple[str, ...] = ()
-    findings_heading: str = "Findings"
-    impression_heading: str = "Impression"
-    no_findings_text: str = "No abnormality identified on the reviewed images."
-    finding_types: tuple[str, ...] = ()
-
-
-def load_templates(folder: Path | None = None) -> dict[str, ReportTemplate]:
-    folder = folder or TEMPLATE_DIR
-    out: dict[str, ReportTemplate] = {}
-    for path in sorted(folder.glob("*.yaml")):
-        try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8"))
-            t = ReportTemplate(
-                name=str(data.get("name") or path.stem),
-                title=str(data["title"]),
-                modalities=tuple(str(m).upper() for m in data.get("modalities") or ()),
-                findings_heading=str(data.get("findings_heading", "Findings")),
-                impression_heading=str(data.get("impression_heading", "Impression")),
-                no_findings_text=str(data.get("no_findings_text", ReportTemplate.no_findings_text)),
-                finding_types=tuple(str(x) for x in data.get("finding_types") or ()),
-            )
-        except (OSError, yaml.YAMLError, KeyError, TypeError, AttributeError) as exc:
-            raise ReportError(f"The report template {path.name} is damaged ({exc}).") from exc
-        out[t.name] = t
-    return out
-
-
-def template_for(modality: str, folder: Path | None = None) -> ReportTemplate:
-    """The template whose ``modalities`` list the modality, else ``default``."""
-    templates = load_templates(folder)
-    for t in templates.values():
-        if modality.upper() in t.modalities:
-            return t
-    if "default" in templates:
-        return templates["default"]
-    return ReportTemplate(name="default", title="Imaging Report")
-
-
-def template_of(report: DraftReport, folder: Path | None = None) -> ReportTemplate:
-    """The report's chosen template, or the one for its study's modality."""
-    return template_named(report.template, folder) if report.template else template_for(report.study.modality, folder)
-
-
-def template_named(name: str, folder: Path | None = None) -> ReportTemplate:
-    templates = load_templates(folder)
-    return templates.get(name) or templates.get("default") or ReportTemplate(name="default", title="Imaging Report")
-
-
-# ---- from the assistant's output -----------------------------------------------------
-
-_TIER_ORDER = {Tier.RED: 0, Tier.AMBER: 1, Tier.GREEN: 2}
-_SENTENCE = re.compile(r"[^.!?\n]+[.!?]?")
-
-
-def sentence_reliability(text: str, findings: Sequence[Finding]) -> list[tuple[int, int, Tier]]:
-    """(start, end, tier) for each sentence of ``text`` (the impression) that names a finding with a
-    reliability: a sentence mentions a finding when it contains its finding type as a word
-    ("mass", "nodule"); several findings → the least reliable tier. Rejected findings are ignored."""
-    scored = [f for f in findings if f.reliability is not None and f.finding_type.strip()
-              and f.status is not FindingStatus.REJECTED]
-    spans: list[tuple[int, int, Tier]] = []
-    for m in _SENTENCE.finditer(text):
-        sentence = m.group(0).lower()
-        tiers = [f.reliability.tier for f in scored
-                 if re.search(rf"\b{re.escape(f.finding_type.strip().lower())}s?\b", sentence)]
-        if tiers:
-            start = m.start() + (len(m.group(0)) - len(m.group(0).lstrip()))
-            spans.append((start, m.end(), min(tiers, key=_TIER_ORDER.__getitem__)))
-    return spans
-
-
-@dataclass(frozen=True)
-class FrameRef:
-    """Where a frame of the loaded series comes from (for the boxes drawn on it)."""
-
-    slice_index: int
-    sop_instance_uid: str
-    series_uid: str
-    frame_number: int = 1
-
-
-class PixelFinding(Protocol):
-    """What the assistant reports per box (``app.assistant.ask.Finding`` has these attributes)."""
-
-    phrase: str
-    frame: int  # slice index in the loaded series
-    box_px: Box  # frame pixels, edge coordinates
-    step: int | None
-
-
-def draft_from_answer(
-    study: StudyContext,
-    steps: Iterable[ReasoningStep],
-    findings: Iterable[PixelFinding],
-    frame_ref: Callable[[int], FrameRef],
-    provenance: Provenance,
-    reliability: Mapping[str, FindingReliability] | None = None,
-) -> DraftReport:
-    """A draft from an answer: one AI finding per phrase (its boxes merged), the synthesis step as impression.
-
-    A finding's text is the sentence of its reasoning step that mentions the phrase
-    (tags removed), else the phrase. ``frame_ref(k)`` names the image of slice k;
-    ``reliability`` maps a phrase (lower case) to its reliability.
-    """
-    steps = sorted(steps, key=lambda s: s.index)
-    text_of_step = {s.index: s.text for s in steps}
-    template = template_for(study.modality)
-    report = DraftReport(study=study, provenance=provenance, template=template.name)
-    by_phrase: dict[str, Finding] = {}
-    for pf in findings:
-        key = " ".join(pf.phrase.split()).lower()
-        if not key or pf.box_px.area <= 0:
-            continue
-        ref = frame_ref(pf.frame)
-        box = ReportBox(pf.box_px, ref.slice_index, ref.sop_instance_uid, ref.series_uid, ref.frame_number)
-        if key in by_phrase:
-            old = by_phrase[key]
-            by_phrase[key] = replace(old, boxes=(*old.boxes, box))
-            continue
-        candidates = [text_of_step.get(pf.step or 0, "")] + [s.text for s in steps]
-        text = next((t for t in (_sentence_with(c, pf.phrase) for c in candidates) if t), pf.phrase.strip())
-        by_phrase[key] = Finding(
-            id=uuid.uuid4().hex[:12],
-            text=text,
-            boxes=(box,),
-            origin=Origin.AI,
-            finding_type=_guess_type(key, template),
-            reliability=(reliability or {}).get(key),
-            source_step=pf.step,
-            ai_text=text,
-        )
-    report.findings = list(by_phrase.values())
-    synthesis = [s for s in steps if s.index == len(STEP_NAMES)]
-    report.impression = _strip_tags(synthesis[-1].text).strip() if synthesis else ""
-    return report
-
-
-_TAG = re.compile(r"</?ref>|<box>.*?</box>|\[\[[\d\s,.\[\]]*\]\]", re.S)
-
-
-def _strip_tags(text: str) -> str:
-    return re.sub(r"[ \t]{2,}", " ", _TAG.sub("", text))
-
-
-def _sentence_with(text: str, phrase: str) -> str:
-    clean = _strip_tags(text)
-    for sentence in re.split(r"(?<=[.!?])\s+", clean):
-        if phrase.strip().lower() in sentence.lower():
-            return sentence.strip()
-    return ""
-
-
-def _guess_type(phrase: str, template: ReportTemplate) -> str:
-    for t in sorted(template.finding_types, key=len, reverse=True):
-        if t != "other" and t in phrase:
-            return t
-    return ""

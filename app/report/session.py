@@ -27,29 +27,28 @@ from typing import TYPE_CHECKING, Any
 
 from app.core.errors import XMedError
 from app.core.paths import write_atomic
-from app.dicom.model import ScanResult, Series, Volume
+from app.dicom.model import FrameRef, ScanResult, Series, Volume
 from app.report.audit import AuditLog
 from app.report.draft import (
     DraftReport,
     Edit,
     FindingReliability,
-    FrameRef,
     Origin,
     Provenance,
     ReportBox,
     ReportError,
     StudyContext,
-    Tier,
-    draft_from_answer,
 )
 from app.report.export.sr import SrFiles, SrOptions, export_sr, read_sources
 from app.report.export.text import render_text
+from app.report.from_answer import draft_from_answer
 from app.report.workspace import Autosave, Workspace
+from inference.phrases import phrase_key
+from inference.reliability.scoring import Reliability, Tier
 from inference.types import Box
 
 if TYPE_CHECKING:  # only for type hints: the session works on any object with these attributes
     from app.assistant.ask import AssistantAnswer
-    from inference.reliability.scoring import Reliability
 
 log = logging.getLogger(__name__)
 
@@ -102,11 +101,6 @@ def frame_refs(volume: Volume) -> Callable[[int], FrameRef]:
         return FrameRef(k, sop, series_uid, frame)
 
     return ref
-
-
-def phrase_key(phrase: str) -> str:
-    """How the assistant names a finding (its phrase, spaces folded, case-insensitive)."""
-    return " ".join(phrase.split()).casefold()
 
 
 def source_paths(volume: Volume) -> list[Path]:
@@ -241,9 +235,9 @@ class ReportSession:
         changed = 0
         for f in list(report.findings):
             fr = by_id.get(f.id)
-            if fr is None or fr.reliability is None or fr.tier.value not in {t.value for t in Tier}:
+            if fr is None or fr.reliability is None or fr.tier is Tier.NONE:
                 continue
-            rel = FindingReliability(min(max(fr.reliability, 0.0), 1.0), Tier(fr.tier.value))
+            rel = FindingReliability(min(max(fr.reliability, 0.0), 1.0), fr.tier)
             if rel != f.reliability:
                 report.replay(Edit("reliability", f.id, report.index_of(f.id), f, replace(f, reliability=rel),
                                    revision=report.revision))

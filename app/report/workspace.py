@@ -28,7 +28,13 @@ from pathlib import Path
 
 from app.core.errors import XMedError
 from app.core.paths import fsync_dir, set_aside, write_atomic
-from app.report.draft import DraftReport, Edit, edit_from_dict, edit_to_dict
+from app.report.draft import DraftReport, Edit
+from app.report.serialize import (
+    edit_from_dict,
+    edit_to_dict,
+    report_from_dict,
+    report_to_dict,
+)
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +88,7 @@ class Workspace:
         """Write the snapshot atomically, then start the journal over."""
         uid = report.study.study_uid
         try:
-            write_atomic(self.snapshot_path(uid), json.dumps(report.to_dict(), ensure_ascii=False, indent=1))
+            write_atomic(self.snapshot_path(uid), json.dumps(report_to_dict(report), ensure_ascii=False, indent=1))
             journal = self.journal_path(uid)
             if journal.exists():
                 # Lines up to this revision are now in the snapshot; replay skips them anyway,
@@ -134,7 +140,7 @@ class Workspace:
         snap = self.snapshot_path(study_uid)
         if snap.exists():
             try:
-                result.report = DraftReport.from_dict(json.loads(snap.read_text(encoding="utf-8")))
+                result.report = report_from_dict(json.loads(snap.read_text(encoding="utf-8")))
                 if result.report.study.study_uid != study_uid:
                     raise ValueError("it belongs to another study")
             except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:

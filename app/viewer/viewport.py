@@ -19,6 +19,7 @@ from app.core.errors import XMedError
 from app.dicom.display import auto_window_for
 from app.dicom.model import Geometry, Volume, Window
 from app.dicom.presets import CT_PRESETS
+from app.core.names import NameStyle, display_date, person_name
 
 # --- window / level -----------------------------------------------------------------
 
@@ -194,23 +195,6 @@ class StudyInfo:
     accession: str = ""
 
 
-def format_person_name(pn: str) -> str:
-    """DICOM PN "DOE^JOHN^^DR" → "DOE, JOHN"."""
-    parts = [p.strip() for p in str(pn).split("=")[0].split("^")]
-    family, given = (parts + ["", ""])[:2]
-    if family and given:
-        return f"{family}, {given}"
-    return family or given
-
-
-def format_date(da: str) -> str:
-    """DICOM DA "20240131" → "2024-01-31" (anything else unchanged)."""
-    s = str(da).strip()
-    if len(s) == 8 and s.isdigit():
-        return f"{s[:4]}-{s[4:6]}-{s[6:]}"
-    return s
-
-
 def slice_normal(geometry: Geometry) -> np.ndarray:
     return np.cross(np.asarray(geometry.row_direction, float), np.asarray(geometry.col_direction, float))
 
@@ -255,10 +239,10 @@ def corner_texts(
     study = study or StudyInfo()
     s = volume.series
     n = len(volume)
-    top_left = [x for x in (format_person_name(study.patient_name), study.patient_id) if x]
+    top_left = [x for x in (person_name(study.patient_name, NameStyle.LIST), study.patient_id) if x]
     if study.birth_date or study.sex:
-        top_left.append(" ".join(x for x in (format_date(study.birth_date), study.sex) if x))
-    top_right = [x for x in (format_date(study.study_date), study.study_description) if x]
+        top_left.append(" ".join(x for x in (display_date(study.birth_date), study.sex) if x))
+    top_right = [x for x in (display_date(study.study_date), study.study_description) if x]
     series_line = f"Se {s.number}" if s.number is not None else "Se"
     series_line += f": {s.description}" if s.description else ""
     top_right.append(series_line)

@@ -19,7 +19,7 @@ import logging
 import math
 import re
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -75,7 +75,8 @@ STATE_MEANING: dict[State, str] = {
     State.FAILED: "The reliability check failed; the draft is unverified.",
     State.CANCELLED: "The reliability check was cancelled; the draft is unverified.",
 }
-_TIER_RANK = {Tier.RED: 0, Tier.AMBER: 1, Tier.GREEN: 2}
+#: assessed tiers from least to most reliable (Tier.NONE is not assessed and has no rank)
+TIER_RANK = {Tier.RED: 0, Tier.AMBER: 1, Tier.GREEN: 2}
 _STATE_RANK = [State.FAILED, State.CANCELLED, State.REFUSED, State.RUNNING, State.PENDING]
 
 #: name → (function of cluster ids and log-likelihoods → entropy)
@@ -143,6 +144,11 @@ def thresholds_for(model_folder: Path | str | None) -> Thresholds:
     calibrated per model), else the shipped defaults."""
     own = Path(model_folder) / MODEL_CALIBRATION if model_folder else None
     return load_thresholds(own if own is not None and own.is_file() else CALIBRATION_FILE)
+
+
+def worst_tier(tiers: Iterable[Tier]) -> Tier:
+    """The least reliable of assessed tiers (red before amber before green)."""
+    return min(tiers, key=TIER_RANK.__getitem__)
 
 
 def reliability_from_entropy(entropy: float) -> float:
@@ -260,7 +266,7 @@ def _combine(results: Sequence[QuestionResult]) -> tuple[float | None, float | N
         return None, None, Tier.NONE, state
     worst = min(r.reliability for r in done)
     mean = float(np.mean([r.reliability for r in done]))
-    tier = min((r.tier for r in done), key=_TIER_RANK.__getitem__)
+    tier = worst_tier(r.tier for r in done)
     if state is not State.DONE and tier is Tier.GREEN:
         tier = Tier.AMBER  # partly assessed: never green
     return worst, mean, tier, state

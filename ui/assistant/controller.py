@@ -19,14 +19,14 @@ window exposes it as ``main_window.assistant`` (see
 - ``reliability_progress(str, float)``;
 - ``reliability_ready(object)``: an :class:`app.assistant.session.ReliabilityResult`
   (the Reliability, the answer and context, and per-phrase (score, tier) in
-  ``by_phrase``, keyed by :func:`app.assistant.session.phrase_key`); a check stopped
+  ``by_phrase``, keyed by :func:`inference.phrases.phrase_key`); a check stopped
   because a new question was asked arrives too, with state CANCELLED — compare
   ``result.context`` with the latest ``asking`` context; findings the guardrail
   flags are at most amber;
 - ``busy_changed(bool)``.
 
 The panel is ``main_window.assistant_panel`` (:class:`ui.assistant.panel.AssistantPanel`);
-``ui.assistant.panel.install_assistant(window, model_dir)`` creates both.
+``ui.shell.assistant_setup.install_assistant(window, model_dir)`` creates both.
 
 Everything that decides something lives in :mod:`app.assistant.session` and
 :mod:`app.assistant.ask`; this module only moves work onto threads and back.

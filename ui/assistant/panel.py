@@ -18,7 +18,6 @@ from __future__ import annotations
 import html
 import itertools
 from collections.abc import Callable
-from pathlib import Path
 
 from PySide6.QtCore import Qt, QTimer, Signal
 from PySide6.QtGui import QBrush, QColor
@@ -45,18 +44,14 @@ from app.assistant.session import (
     AskContext,
     ReliabilityResult,
     Segment,
-    choose_model,
-    device_for,
-    phrase_key,
-    quantization_for,
     step_segments,
     text_segments,
 )
-from app.core.settings import Settings
-from app.models.registry import ModelRegistry
 from inference.parsing import ParsedAnswer
+from inference.phrases import phrase_key
 from inference.reliability.scoring import Reliability, State, Tier
-from inference.types import STEP_NAMES, Engine
+from inference.types import STEP_NAMES
+from ui.actions import append_text
 from ui.assistant.controller import AssistantController
 from ui.assistant.reliability_panel import ReliabilityPanel
 from ui.viewer.viewport import Viewport
@@ -156,6 +151,7 @@ class AssistantPanel(QWidget):
         super().__init__(parent)
         self.controller = controller
         self.target = target
+        self.last_problem = ""  # why the last question could not be asked or answered
         self.viewport: Viewport | None = None  # the viewport the current answer is about
         self._next_viewport: Viewport | None = None  # the one the question being sent is about
         self.context: AskContext | None = None
@@ -297,9 +293,7 @@ class AssistantPanel(QWidget):
     # ------------------------------------------------------------------ asking
     def add_to_query(self, text: str) -> None:
         """Dictated text (``DictationWidget.text_ready`` with target "query") goes into the query box."""
-        current = self.query.text().rstrip()
-        self.query.setText(f"{current} {text.strip()}".strip())
-        self.query.setFocus()
+        append_text(self.query, text)
 
     def ask(self, question: str | None = None) -> bool:
         """Ask ``question`` (default: the query box) about the active viewport's slice."""
@@ -314,6 +308,15 @@ class AssistantPanel(QWidget):
             return False
         self._next_viewport, context = target
         return self.controller.ask(context)
+
+    # ---- named actions (ui.actions) ---------------------------------------------------------------
+    def named_actions(self) -> dict:
+        """``ask_assistant``: send the query box, as Enter or the Ask button do."""
+        return {"ask_assistant": lambda: None if self.ask() else (self.last_problem or "The assistant cannot ask now.")}
+
+    def text_targets(self) -> dict:
+        """Dictated questions go into the query box."""
+        return {"query": lambda: [self.query]}
 
     def _asking(self, context: AskContext) -> None:
         self._clear_answer()  # the previous answer's boxes, in the viewport they were drawn in
@@ -412,6 +415,7 @@ class AssistantPanel(QWidget):
         self._sync_buttons()
 
     def _failed(self, message: str) -> None:
+        self.last_problem = message
         self.status.setText(message)
         self.status.setStyleSheet(ERROR)
         self.message.emit(message)
@@ -481,52 +485,3 @@ class AssistantPanel(QWidget):
             return
         vp.set_slice(vp.overlays.frame_of(box_id))
         vp.overlays.highlight(box_id)
-
-
-# ---------------------------------------------------------------------- wiring into the main window
-
-def install_assistant(window, explicit_model: Path | None = None, settings: Settings | None = None,
-                      registry: ModelRegistry | None = None, engine: Engine | None = None) -> AssistantController:
-    """Create the controller and panel, dock them in ``window`` (a MainWindow) and start
-    loading the model (``engine``: use this one instead, e.g. a test double)."""
-    settings = settings if settings is not None else Settings.load()
-    registry = registry if registry is not None else ModelRegistry()
-    choice = choose_model(explicit_model, settings, registry)
-    controller = AssistantController(choice, settings, parent=window, engine=engine)
-
-    def target(question: str) -> tuple[Viewport, AskContext] | None:
-        found = window.assistant_target()
-        if found is None:
-            return None
-        vp, study_description = found
-        return vp, AskContext(vp.volume, vp.slice_index, vp.window, question, vp.inverted, study_description)
-
-    panel = AssistantPanel(controller, target)
-    panel.settings_requested.connect(lambda: open_settings(window, controller, registry))
-    window.attach_assistant(controller, panel)
-    if engine is None:
-        controller.load_model()
-    return controller
-
-
-def open_settings(window, controller: AssistantController, registry: ModelRegistry) -> bool:
-    """Show the Settings dialog; after OK, reload the model when its choice changed.
-    A model chosen in Settings replaces ``--model`` for the rest of the session."""
-    from ui.shell.settings_dialog import SettingsDialog
-
-    s = controller.settings
-    before = (controller.choice, device_for(s), quantization_for(s))
-    dialog = SettingsDialog(s, registry, window)
-    if dialog.exec() != SettingsDialog.DialogCode.Accepted:
-        return False
-    report = getattr(window, "report", None)
-    if report is not None:
-        report.set_reader_name(s.reader_name)  # signs from now on; the user in the audit trail
-    dictation = getattr(window, "dictation", None)
-    if dictation is not None:
-        dictation.apply_settings(s)  # push-to-talk key, microphone, auto-Ask take effect now
-    explicit = controller.choice.folder if controller.choice.source == "--model" and not s.model_dir else None
-    choice = choose_model(explicit, s, registry)
-    if (choice, device_for(s), quantization_for(s)) != before or not controller.ready:
-        controller.load_model(choice)
-    return True

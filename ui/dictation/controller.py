@@ -46,6 +46,7 @@ from app.core.errors import XMedError
 from app.core.settings import Settings
 from app.dictation.text import Dictation, fit_to_cursor
 from inference.speech.engines import DEFAULT_ENGINE, Recognizer, make_recognizer
+from ui.actions import append_text
 from ui.dictation.widget import DictationWidget, SourceFactory, microphone_factory
 
 log = logging.getLogger(__name__)
@@ -176,18 +177,17 @@ class DictationController(QObject):
         if reason is None:
             self.widget.warm_up()
 
-    # ---- where text goes ---------------------------------------------------------------------
-    def _query_box(self) -> QLineEdit | None:
-        panel = getattr(self.window, "assistant_panel", None)
-        return getattr(panel, "query", None)
+    # ---- where text goes: the text targets panels register (ui.actions) --------------------------
+    @property
+    def _actions(self):
+        return self.window.actions
 
-    def _report_panel(self):
-        report = getattr(self.window, "report", None)
-        return getattr(report, "panel", None)
+    def _query_box(self) -> QLineEdit | None:
+        widgets = self._actions.target_widgets("query")
+        return widgets[0] if widgets else None
 
     def _report_editors(self) -> list[QPlainTextEdit]:
-        panel = self._report_panel()
-        return [panel.finding_text, panel.impression] if panel is not None else []
+        return self._actions.target_widgets("report")
 
     def _focus_changed(self, _old: QWidget | None, new: QWidget | None) -> None:
         if new is None:
@@ -218,8 +218,8 @@ class DictationController(QObject):
         return engine
 
     def _to_query(self, text: str) -> None:
-        panel = getattr(self.window, "assistant_panel", None)
-        if panel is None:
+        query = self._query_box()
+        if query is None:
             self._status("There is no assistant in this window; the dictated question was not used.")
             return
         recognizer = self.widget.recognizer
@@ -227,23 +227,27 @@ class DictationController(QObject):
         engine = self._hearing_engine()
         if engine is not None and audio is not None and self.ask_by_audio(engine, audio):
             return
-        before = panel.query.text()
-        panel.add_to_query(text)
-        self._last = _Inserted(panel.query, 0, panel.query.text(), before)
+        before = query.text()
+        append_text(query, text)
+        self._last = _Inserted(query, 0, query.text(), before)
         if getattr(recognizer, "model", None) is not None:
             self.last_path = f"Spoken query transcribed by {whisper_label(recognizer)}"
             self._status(f"{self.last_path}: “{text}”")
 
     def ask_by_audio(self, engine, audio) -> bool:
-        """Ask the recorded question as audio through the assistant panel (its boxes, steps, report, reliability)."""
+        """Ask the recorded question as audio through the assistant (its boxes, steps, report, reliability):
+        the assistant's ask action runs with the heard audio in place of a typed question."""
         controller = self.window.assistant
-        panel = self.window.assistant_panel
+        query_box = self._query_box()
+        if query_box is None:
+            return False
         query = SpokenQuery(engine, None, self.dictation, prefer_audio=True, assistant=controller.assistant)
         path = choose_path(engine, None, prefer_audio=True)
         own = controller.assistant
         controller.assistant = _HeardAssistant(query, audio)  # the next AskWorker takes this one
         try:
-            asked = panel.ask(HEARD_QUESTION)
+            query_box.setText(HEARD_QUESTION)
+            asked = bool(self._actions.run("ask_assistant"))
         finally:
             controller.assistant = own
         if asked:
@@ -253,25 +257,24 @@ class DictationController(QObject):
         return asked
 
     def _report_editor(self) -> QPlainTextEdit | None:
-        panel = self._report_panel()
-        if panel is None:
-            report = getattr(self.window, "report", None)
-            if report is None:
+        editors = self._report_editors()
+        if not editors:
+            outcome = self._actions.run("start_report")  # dictating is starting the report
+            if not outcome:
                 return None
-            report.start_report()  # dictating is starting the report
-            panel = self._report_panel()
-            if panel is None:
+            editors = self._report_editors()
+            if not editors:
                 return None
-        editor = self._editor if self._editor in self._report_editors() else None
+        editor = self._editor if self._editor in editors else None
         if editor is None or editor.isReadOnly():
-            editor = panel.impression if not panel.impression.isReadOnly() else None
+            impression = editors[-1]
+            editor = impression if not impression.isReadOnly() else None
         return editor
 
     def _to_report(self, text: str) -> None:
         editor = self._report_editor()
         if editor is None:
-            panel = self._report_panel()
-            self._status("The report is signed; it cannot be changed." if panel is not None
+            self._status("The report is signed; it cannot be changed." if self._report_editors()
                          else "Open a study first: dictated text goes into its report.")
             return
         cursor = editor.textCursor()
@@ -311,51 +314,26 @@ class DictationController(QObject):
         self._status("Removed the last dictated text.")
         return True
 
-    # ---- voice commands ------------------------------------------------------------------------
+    # ---- voice commands: named actions (ui.actions) ------------------------------------------------
     def run_command(self, command: str) -> bool:
-        """The slot for ``command``: run the action a voice command names. False when it cannot run now."""
-        actions = getattr(self.window, "actions_by_name", {})
-        if command in actions:
-            actions[command].trigger()
-            return True
-        if command in REPORT_COMMANDS:
-            return self._report_command(command)
-        if command == "ask_assistant":
-            if self._sent_as_audio:  # auto-Ask after a question already sent as audio
-                self._sent_as_audio = False
-                return True
-            panel = getattr(self.window, "assistant_panel", None)
-            if panel is None:
-                self._status("There is no assistant in this window.")
-                return False
-            return bool(panel.ask())
+        """The slot for ``command``: run the action a voice command names. False when it cannot run now
+        (the status bar says why)."""
         if command == "undo_dictation":
             return self.undo_dictation()
-        self._status(f"The voice command '{command}' does nothing in this window.")
-        return False
-
-    def _report_command(self, command: str) -> bool:
-        panel = self._report_panel()
-        if panel is None:
+        if command == "ask_assistant" and self._sent_as_audio:  # auto-Ask after a question already sent as audio
+            self._sent_as_audio = False
+            return True
+        if command == "ask_assistant" and "ask_assistant" not in self._actions:
+            self._status("There is no assistant in this window.")
+            return False
+        if command in REPORT_COMMANDS and command not in self._actions:
             self._status("There is no draft report yet: ask the assistant or start a report.")
             return False
-        if command == "sign_report":
-            if not panel.sign_button.isEnabled():
-                self._status(f"Not signed: {panel.blockers.text()}")
-                return False
-            panel.sign_button.click()
-            return True
-        finding = panel.current_finding()
-        if finding is None:
-            self._status("Select a finding first (click it in the report or its box on the image).")
-            return False
-        button = panel.accept_button if command == "accept_finding" else panel.reject_button
-        if not button.isEnabled():
-            what = "accepted" if command == "accept_finding" else "rejected"
-            self._status(f"The selected finding cannot be {what} now.")
-            return False
-        button.click()
-        return True
+        outcome = self._actions.run(command)
+        if not outcome:
+            self._status(outcome.message if command in self._actions
+                         else f"The voice command '{command}' does nothing in this window.")
+        return bool(outcome)
 
     # ---- settings and plumbing -----------------------------------------------------------------
     def apply_settings(self, settings: Settings) -> None:

@@ -205,6 +205,47 @@ class ReportController(QObject):
         layout.addStretch(1)
         return box
 
+    # ---- named actions (ui.actions): voice commands and keys run these by name ------------------
+    def named_actions(self) -> dict:
+        """The actions this controller answers: accepting, rejecting and signing from the keyboard or
+        by voice go through the same buttons' rules as a click."""
+        return {
+            "accept_finding": lambda: self._decide_selected("accept"),
+            "reject_finding": lambda: self._decide_selected("reject"),
+            "sign_report": self._sign_from_action,
+            "start_report": self._start_from_action,
+        }
+
+    def text_targets(self) -> dict:
+        """Where dictated text can go in the report: the finding text box, then the impression."""
+        return {"report": lambda: [self.panel.finding_text, self.panel.impression] if self.panel is not None else []}
+
+    def _decide_selected(self, decision: str) -> str | None:
+        panel = self.panel
+        if panel is None:
+            return "There is no draft report yet: ask the assistant or start a report."
+        if panel.current_finding() is None:
+            return "Select a finding first (click it in the report or its box on the image)."
+        button = panel.accept_button if decision == "accept" else panel.reject_button
+        if not button.isEnabled():
+            return f"The selected finding cannot be {decision}ed now."
+        button.click()
+        return None
+
+    def _sign_from_action(self) -> str | None:
+        panel = self.panel
+        if panel is None:
+            return "There is no draft report yet: ask the assistant or start a report."
+        if not panel.sign_button.isEnabled():
+            return f"Not signed: {panel.blockers.text()}"
+        panel.sign_button.click()
+        return None
+
+    def _start_from_action(self) -> str | None:
+        if self.panel is None:
+            self.start_report()
+        return None if self.panel is not None else "Open a study first: dictated text goes into its report."
+
     def start_report(self) -> None:
         """A draft without an AI part, for the study in the active viewport."""
         vp = self.window.grid.active

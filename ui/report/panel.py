@@ -31,15 +31,16 @@ from PySide6.QtWidgets import (
 )
 
 from app.core.errors import XMedError
+from app.core.names import NameStyle, display_date, person_name
+from app.report.display import sentence_reliability
 from app.report.draft import (
     DraftReport,
     Edit,
     Finding,
     FindingStatus,
     Origin,
-    sentence_reliability,
 )
-from app.report.export.text import display_date, person_name, render_text
+from app.report.export.text import render_text
 from ui.report.pdf_export import study_label
 
 COMMIT_MS = 800
@@ -173,7 +174,7 @@ class ReportPanel(QWidget):
     def refresh(self) -> None:
         r = self.report
         s = r.study
-        self.header.setText(" · ".join(x for x in (person_name(s.patient_name), s.patient_id,
+        self.header.setText(" · ".join(x for x in (person_name(s.patient_name, NameStyle.FULL), s.patient_id,
                                                  study_label(s.modality, s.study_description),
                                                  display_date(s.study_date)) if x))
         row = self.findings.currentRow()
@@ -197,7 +198,7 @@ class ReportPanel(QWidget):
         blockers = r.sign_blockers(self.reader_name)
         self.sign_button.setEnabled(not blockers)
         if r.signed:
-            self.blockers.setText(f"Signed by {person_name(r.signature.reader_name)} at {r.signature.signed_at}.")
+            self.blockers.setText(f"Signed by {person_name(r.signature.reader_name, NameStyle.FULL)} at {r.signature.signed_at}.")
         else:
             self.blockers.setText(" ".join(blockers) if blockers else "Ready to sign.")
 

@@ -31,8 +31,9 @@ from PySide6.QtGui import (
 from PySide6.QtWidgets import QApplication
 
 from app.core.errors import XMedError
-from app.report.draft import DraftReport, Finding, FindingStatus, template_of
-from app.report.export.text import display_date, person_name
+from app.core.names import NameStyle, display_date, person_name
+from app.report.draft import DraftReport, Finding, FindingStatus
+from app.report.templates import template_of
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +143,7 @@ def _draw(report: DraftReport, page: _Page, key_images: Mapping[int, np.ndarray]
     t = template_of(report)
     s = report.study
     page.text(t.title, size=16, bold=True)
-    header = [("Patient", person_name(s.patient_name)), ("Patient ID", s.patient_id),
+    header = [("Patient", person_name(s.patient_name, NameStyle.FULL)), ("Patient ID", s.patient_id),
               ("Birth date", display_date(s.patient_birth_date)), ("Sex", s.patient_sex),
               ("Study", study_label(s.modality, s.study_description)),
               ("Study date", display_date(s.study_date)), ("Accession", s.accession_number)]
@@ -174,7 +175,7 @@ def _draw(report: DraftReport, page: _Page, key_images: Mapping[int, np.ndarray]
             "findings to be reviewed by a radiologist before signing"
         page.text(f"Prepared with AI assistance ({model}{weights}); {review}.", size=8, colour=QColor(80, 80, 80))
     if report.signature:
-        page.text(f"Signed by {person_name(report.signature.reader_name)} on {report.signature.signed_at} (UTC).",
+        page.text(f"Signed by {person_name(report.signature.reader_name, NameStyle.FULL)} on {report.signature.signed_at} (UTC).",
                   bold=True)
     else:
         page.text("Draft – not signed.", bold=True, colour=QColor(200, 40, 40))

@@ -25,7 +25,7 @@ def open_window(args: argparse.Namespace):
             "or use `xmedgpt screenshot` for a PNG"
         )
     application()
-    from ui.assistant.panel import install_assistant
+    from ui.shell.assistant_setup import install_assistant
     from ui.shell.main_window import MainWindow
 
     window = MainWindow(model_path=model)

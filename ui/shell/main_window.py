@@ -25,6 +25,7 @@ from PySide6.QtWidgets import (
 from app.dicom.loader import load_series
 from app.dicom.model import ScanResult, Series, Volume
 from app.viewer.viewport import KEYED_PRESETS, StudyInfo
+from ui.actions import Actions
 from ui.shell.help_dialog import HelpDialog
 from ui.shortcuts import SHORTCUTS, by_action, pretty_keys
 from ui.study.browser import StudyBrowser
@@ -129,6 +130,8 @@ class MainWindow(QMainWindow):
         those keys itself when it has focus, from the same table).
         """
         self.actions_by_name: dict[str, QAction] = {}
+        #: named actions of every panel (ui.actions): keys, menus and voice commands run them by name
+        self.actions = Actions()
         handlers = {
             "open_folder": self.open_folder_dialog,
             "open_files": self.open_files_dialog,
@@ -153,6 +156,7 @@ class MainWindow(QMainWindow):
                 act.triggered.connect(lambda _=False, name=sc.action: self._on_active(name))
             act.setToolTip(f"{sc.description} ({pretty_keys(sc)})")
             self.actions_by_name[sc.action] = act
+            self.actions.register(sc.action, lambda act=act: act.trigger(), owner="window")
 
     def _menus_and_toolbar(self) -> None:
         a = self.actions_by_name
@@ -486,7 +490,7 @@ class MainWindow(QMainWindow):
         if getattr(self, "assistant", None) is not None:
             self.assistant.shutdown()
 
-    # -- the assistant (ui/assistant_panel.install_assistant attaches it) ---------------------
+    # -- the assistant (ui/shell/assistant_setup.install_assistant attaches it) ---------------------
 
     def attach_assistant(self, controller, panel) -> QDockWidget:
         """Dock the assistant panel on the right; ``self.assistant`` is its
@@ -494,6 +498,7 @@ class MainWindow(QMainWindow):
         ``reliability_ready``, …, documented there)."""
         self.assistant = controller
         self.assistant_panel = panel
+        self._register(panel, "assistant")
         panel.message.connect(lambda text: self.statusBar().showMessage(text, 8000))
         dock = self.add_panel(panel, "Assistant")
         self.resizeDocks([dock], [470], Qt.Orientation.Horizontal)
@@ -501,6 +506,12 @@ class MainWindow(QMainWindow):
         settings.triggered.connect(panel.settings_requested)
         self.menuBar().actions()[0].menu().insertAction(self.actions_by_name["show_problems"], settings)
         return dock
+
+    def _register(self, panel, owner: str) -> None:
+        """Register what a panel offers by name: its actions and where dictated text can go."""
+        self.actions.register_all(panel.named_actions(), owner)
+        for name, widgets in panel.text_targets().items():
+            self.actions.register_target(name, widgets)
 
     def assistant_target(self) -> tuple[Viewport, str] | None:
         """The active viewport and its study's description, when it shows an image."""
@@ -520,6 +531,7 @@ class MainWindow(QMainWindow):
         from ui.report.controller import ReportController
 
         self.report = ReportController(self, settings if settings is not None else Settings.load())
+        self._register(self.report, "report")
         assistant_panel = getattr(self, "assistant_panel", None)
         if assistant_panel is not None and assistant_panel.parentWidget() is not None:
             # stacked under the assistant the two panels need ~975 px of height: share the space as tabs

@@ -12,7 +12,7 @@ from PySide6.QtGui import QColor, QIcon, QImage, QPixmap
 from PySide6.QtWidgets import QAbstractItemView, QTreeWidget, QTreeWidgetItem
 
 from app.dicom.model import ScanResult, Series
-from app.viewer.viewport import format_date, format_person_name
+from app.core.names import NameStyle, display_date, person_name
 from ui.viewer.viewport import SERIES_MIME
 
 THUMB = 64
@@ -68,12 +68,12 @@ class StudyBrowser(QTreeWidget):
         placeholder = QPixmap(THUMB, THUMB)
         placeholder.fill(QColor(30, 30, 30))
         for patient in result.patients:
-            name = format_person_name(patient.name) or "(no name)"
+            name = person_name(patient.name, NameStyle.LIST) or "(no name)"
             p_item = QTreeWidgetItem([f"{name}  ·  {patient.id}" if patient.id else name])
-            p_item.setToolTip(0, f"Patient {name}\nID {patient.id}\nBorn {format_date(patient.birth_date)} {patient.sex}")
+            p_item.setToolTip(0, f"Patient {name}\nID {patient.id}\nBorn {display_date(patient.birth_date)} {patient.sex}")
             self.addTopLevelItem(p_item)
             for study in patient.studies:
-                label = "  ".join(x for x in (format_date(study.date), study.description or "(no description)") if x)
+                label = "  ".join(x for x in (display_date(study.date), study.description or "(no description)") if x)
                 st_item = QTreeWidgetItem([label])
                 st_item.setToolTip(0, f"Study {study.description}\nAccession {study.accession}\nUID {study.uid}")
                 p_item.addChild(st_item)

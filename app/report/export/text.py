@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import textwrap
 
-from app.report.draft import DraftReport, ReportTemplate, template_of
+from app.core.names import NameStyle, display_date, person_name
+from app.report.draft import DraftReport
+from app.report.templates import ReportTemplate, template_of
 
 
 def render_text(
@@ -23,7 +25,7 @@ def render_text(
     s = report.study
     lines: list[str] = [t.title.upper(), ""]
     header = [
-        ("Patient", person_name(s.patient_name)),
+        ("Patient", person_name(s.patient_name, NameStyle.FULL)),
         ("Patient ID", s.patient_id),
         ("Birth date", display_date(s.patient_birth_date)),
         ("Sex", s.patient_sex),
@@ -47,7 +49,7 @@ def render_text(
     lines.append("")
     if report.signature:
         sig = report.signature
-        lines += _wrap(f"Signed by {person_name(sig.reader_name)} on {sig.signed_at} (UTC).", width)
+        lines += _wrap(f"Signed by {person_name(sig.reader_name, NameStyle.FULL)} on {sig.signed_at} (UTC).", width)
     else:
         lines.append("DRAFT - NOT SIGNED.")
     p = report.provenance
@@ -67,19 +69,3 @@ def _wrap(text: str, width: int, first: str = "", rest: str = "") -> list[str]:
             para, width=width, initial_indent=first if i == 0 else rest, subsequent_indent=rest
         ) or [first.rstrip() if i == 0 else ""]
     return out
-
-
-def person_name(name: str) -> str:
-    """DICOM PN "Family^Given^Middle^Prefix^Suffix" → "Prefix Given Middle Family Suffix"."""
-    if "^" not in name:
-        return name
-    parts = (name.split("=")[0].split("^") + [""] * 5)[:5]
-    family, given, middle, prefix, suffix = (p.strip() for p in parts)
-    return " ".join(x for x in (prefix, given, middle, family, suffix) if x)
-
-
-def display_date(da: str) -> str:
-    """DICOM DA "YYYYMMDD" → "YYYY-MM-DD"; anything else unchanged."""
-    if len(da) == 8 and da.isdigit():
-        return f"{da[:4]}-{da[4:6]}-{da[6:]}"
-    return da

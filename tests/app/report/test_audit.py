@@ -24,8 +24,8 @@ from app.report.draft import (
     Provenance,
     ReportBox,
     StudyContext,
-    Tier,
 )
+from inference.reliability.scoring import Tier
 from inference.types import Box
 
 STUDY_UID = "1.2.826.0.1.3680043.8.498.77"

@@ -18,10 +18,10 @@ from app.report.draft import (
     Provenance,
     ReportBox,
     StudyContext,
-    Tier,
 )
 from app.report.export.sr import SrExportError, SrOptions, export_sr, read_sources
 from app.synthetic.sample import write_ct_study
+from inference.reliability.scoring import Tier
 from inference.types import Box
 
 WEIGHTS = "ab" * 32

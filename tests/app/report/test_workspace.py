@@ -200,9 +200,10 @@ def test_whole_reporting_flow_keeps_workspace_audit_and_exports_consistent(tmp_p
     import pydicom
 
     from app.report.audit import AuditLog, verify
-    from app.report.draft import FindingReliability, ReportBox, Tier
+    from app.report.draft import FindingReliability, ReportBox
     from app.report.export.sr import export_sr, read_sources
     from app.synthetic.sample import write_ct_study
+    from inference.reliability.scoring import Tier
     from inference.types import Box
 
     sources = read_sources(sorted(write_ct_study(tmp_path / "ct", n_slices=3, size=64, noise_hu=0).glob("*.dcm")))

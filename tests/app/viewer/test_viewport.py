@@ -16,8 +16,6 @@ from app.viewer.viewport import (
     corner_texts,
     default_window,
     drag_window,
-    format_date,
-    format_person_name,
     orientation_label,
     pixel_aspect,
     slice_position_mm,
@@ -138,13 +136,6 @@ def test_default_window_from_header_or_data():
     assert default_window(_volume()) == Window(400, 40, "Header")
     auto = default_window(_volume(window=None))
     assert auto.name.lower() == "auto" and auto.width > 0
-
-
-def test_formatting_helpers():
-    assert format_person_name("DOE^JOHN^^DR") == "DOE, JOHN"
-    assert format_person_name("ANON") == "ANON"
-    assert format_date("20240131") == "2024-01-31"
-    assert format_date("") == ""
 
 
 def test_pixel_aspect_honours_spacing():

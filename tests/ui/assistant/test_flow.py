@@ -17,7 +17,7 @@ from app.synthetic.sample import load_ground_truth
 from inference.reliability.scoring import State, Tier
 from tests.ui.assistant.test_panel import ScriptedEngine, make_host
 from ui.assistant.controller import AssistantController
-from ui.assistant.panel import install_assistant
+from ui.shell.assistant_setup import install_assistant
 from ui.shell.app_setup import SAMPLE
 from ui.shell.main_window import MainWindow
 from ui.shell.screenshot import wait_until_idle

@@ -340,7 +340,7 @@ def test_a_model_folder_with_audio_parts_loads_able_to_hear(qtbot, tmp_path, tin
     from app.assistant.spoken_query import can_hear
     from app.models.registry import ModelRegistry
     from tests.audio_model import build_audio_model
-    from ui.assistant.panel import install_assistant
+    from ui.shell.assistant_setup import install_assistant
     from ui.shell.main_window import MainWindow
 
     folder = build_audio_model(tiny_model_dir, tmp_path)  # the session's folder (built once)

@@ -29,8 +29,8 @@ from tests.app.report.test_session import (
     SPEC,
     dciodvfy_errors,
 )
-from ui.assistant.panel import install_assistant
 from ui.report.controller import PREFIX
+from ui.shell.assistant_setup import install_assistant
 from ui.shell.main_window import MainWindow
 from ui.testing import image_to_widget, mouse_drag
 

@@ -14,8 +14,8 @@ from app.report.draft import (
     Provenance,
     ReportBox,
     StudyContext,
-    Tier,
 )
+from inference.reliability.scoring import Tier
 from inference.types import Box
 from ui.report.panel import TIER_TINT, ReportPanel
 

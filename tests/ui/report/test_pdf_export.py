@@ -20,9 +20,9 @@ from app.report.draft import (
     Provenance,
     ReportBox,
     StudyContext,
-    Tier,
 )
 from app.synthetic.sample import write_ct_study
+from inference.reliability.scoring import Tier
 from inference.types import Box
 from ui.report.pdf_export import write_pdf
 

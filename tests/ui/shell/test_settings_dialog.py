@@ -13,7 +13,7 @@ from app.assistant.session import ModelChoice, quantization_for
 from app.core.settings import Settings
 from app.models.registry import ModelRegistry
 from ui.assistant.controller import AssistantController
-from ui.assistant.panel import open_settings
+from ui.shell.assistant_setup import open_settings
 from ui.shell.settings_dialog import SettingsDialog
 
 

@@ -1,0 +1,44 @@
+"""How people and dates are written: one rule, with the style named at each use.
+
+DICOM person names (PN) are ``Family^Given^Middle^Prefix^Suffix`` (with optional
+``=``-separated ideographic/phonetic groups, of which the first is shown). Two styles:
+
+- ``NameStyle.LIST`` — family first, as a study list or image corner shows it:
+  ``DOE^JOHN^^DR`` → ``DOE, JOHN`` (only family and given names);
+- ``NameStyle.FULL`` — as a person is named in running text (a report, a signature):
+  ``DOE^JOHN^^DR`` → ``DR JOHN DOE``.
+
+DICOM dates (DA, ``YYYYMMDD``) are shown as ISO dates, ``2024-01-31``.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+
+
+class NameStyle(Enum):
+    LIST = "list"
+    FULL = "full"
+
+
+def _components(pn: str) -> list[str]:
+    return [p.strip() for p in (str(pn).split("=")[0].split("^") + [""] * 5)[:5]]
+
+
+def person_name(pn: str, style: NameStyle) -> str:
+    """A DICOM PN written in ``style``; a name without ``^`` is returned as it is (trimmed)."""
+    text = str(pn)
+    if "^" not in text:
+        return text.split("=")[0].strip()
+    family, given, middle, prefix, suffix = _components(text)
+    if style is NameStyle.LIST:
+        return f"{family}, {given}" if family and given else family or given
+    return " ".join(x for x in (prefix, given, middle, family, suffix) if x)
+
+
+def display_date(da: str) -> str:
+    """DICOM DA ``"20240131"`` → ``"2024-01-31"``; anything else unchanged (trimmed)."""
+    s = str(da).strip()
+    if len(s) == 8 and s.isdigit():
+        return f"{s[:4]}-{s[4:6]}-{s[6:]}"
+    return s

@@ -1,0 +1,93 @@
+"""The assistant's answer as a draft report: one AI finding per grounded phrase.
+
+The adapter between the assistant (``app.assistant``) and the report: it only needs
+the answer's reasoning steps and, per box, the attributes of :class:`PixelFinding`,
+so the report does not depend on the assistant's classes. Phrases and sentences
+are matched by the rules of :mod:`inference.phrases`, the ones the assistant uses
+for its links and reliability checks.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import replace
+from typing import Protocol
+
+from app.dicom.model import FrameRef
+from app.report.draft import (
+    DraftReport,
+    Finding,
+    FindingReliability,
+    Origin,
+    Provenance,
+    ReportBox,
+    StudyContext,
+)
+from app.report.templates import ReportTemplate, template_for
+from inference.phrases import phrase_key, sentence_with, strip_grounding
+from inference.types import STEP_NAMES, Box, ReasoningStep
+
+
+class PixelFinding(Protocol):
+    """What the assistant reports per box (``app.assistant.ask.Finding`` has these attributes)."""
+
+    phrase: str
+    frame: int  # slice index in the loaded series
+    box_px: Box  # frame pixels, edge coordinates
+    step: int | None
+
+
+def draft_from_answer(
+    study: StudyContext,
+    steps: Iterable[ReasoningStep],
+    findings: Iterable[PixelFinding],
+    frame_ref: Callable[[int], FrameRef],
+    provenance: Provenance,
+    reliability: Mapping[str, FindingReliability] | None = None,
+) -> DraftReport:
+    """A draft from an answer: one AI finding per phrase (its boxes merged), the synthesis step as impression.
+
+    A finding's text is the sentence of its reasoning step that mentions the phrase
+    (tags removed; :func:`inference.phrases.sentence_with`, the sentence the assistant
+    links and checks), else the phrase. ``frame_ref(k)`` names the image of slice k (:class:`FrameRef`);
+    ``reliability`` maps a phrase (:func:`inference.phrases.phrase_key`) to its reliability.
+    """
+    steps = sorted(steps, key=lambda s: s.index)
+    text_of_step = {s.index: s.text for s in steps}
+    template = template_for(study.modality)
+    report = DraftReport(study=study, provenance=provenance, template=template.name)
+    by_phrase: dict[str, Finding] = {}
+    for pf in findings:
+        key = phrase_key(pf.phrase)
+        if not key or pf.box_px.area <= 0:
+            continue
+        ref = frame_ref(pf.frame)
+        box = ReportBox(pf.box_px, ref.slice_index, ref.sop_instance_uid, ref.series_uid, ref.frame_number)
+        if key in by_phrase:
+            old = by_phrase[key]
+            by_phrase[key] = replace(old, boxes=(*old.boxes, box))
+            continue
+        candidates = [text_of_step.get(pf.step or 0, "")] + [s.text for s in steps]
+        text = next((t for t in (sentence_with(c, pf.phrase) for c in candidates) if t), pf.phrase.strip())
+        by_phrase[key] = Finding(
+            id=uuid.uuid4().hex[:12],
+            text=text,
+            boxes=(box,),
+            origin=Origin.AI,
+            finding_type=_guess_type(key, template),
+            reliability=(reliability or {}).get(key),
+            source_step=pf.step,
+            ai_text=text,
+        )
+    report.findings = list(by_phrase.values())
+    synthesis = [s for s in steps if s.index == len(STEP_NAMES)]
+    report.impression = strip_grounding(synthesis[-1].text).strip() if synthesis else ""
+    return report
+
+
+def _guess_type(phrase: str, template: ReportTemplate) -> str:
+    for t in sorted(template.finding_types, key=len, reverse=True):
+        if t != "other" and t in phrase:
+            return t
+    return ""

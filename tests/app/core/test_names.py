@@ -1,0 +1,35 @@
+"""One rule for people and dates, with the style named at each use."""
+
+from app.core.names import NameStyle, display_date, person_name
+
+
+def test_list_style_is_family_first_as_a_study_list_shows_it():
+    assert person_name("DOE^JOHN^^DR", NameStyle.LIST) == "DOE, JOHN"
+    assert person_name("ANON", NameStyle.LIST) == "ANON"
+    assert person_name("DOE^", NameStyle.LIST) == "DOE"
+    assert person_name("^JOHN", NameStyle.LIST) == "JOHN"
+
+
+def test_full_style_names_a_person_in_running_text():
+    assert person_name("Doe^John^Q^Dr^Jr", NameStyle.FULL) == "Dr John Q Doe Jr"
+    assert person_name("Doe^John", NameStyle.FULL) == "John Doe"
+    assert person_name("Jane Reader", NameStyle.FULL) == "Jane Reader"
+
+
+def test_only_the_first_component_group_is_shown():
+    assert person_name("Yamada^Tarou=山田^太郎=やまだ^たろう", NameStyle.FULL) == "Tarou Yamada"
+    assert person_name("Yamada^Tarou=山田^太郎", NameStyle.LIST) == "Yamada, Tarou"
+
+
+def test_the_viewer_and_the_report_name_the_same_patient_from_one_rule():
+    from app.report.export.text import render_text  # noqa: F401 - the report imports the same function
+    from app.viewer import viewport
+
+    assert viewport.person_name is person_name
+
+
+def test_dates():
+    assert display_date("20240131") == "2024-01-31"
+    assert display_date("") == ""
+    assert display_date(" 20240131 ") == "2024-01-31"
+    assert display_date("2024") == "2024"
