@@ -37,30 +37,32 @@ from safetensors.torch import save_file
 from inference.engine.audio import AUDIO_CONTEXT, SAMPLE_RATE, AudioProjector, AudioVLM
 from inference.engine.audio import load_audio_model as _load_audio_model
 from inference.errors import XMedError
-from training.common import (
-    AUDIO_PLACEHOLDER,
-    CheckpointFilesCallback,
+from training.config import (
     ConfigError,
     DataSection,
     LoraSection,
-    MetricsLogCallback,
     ModelSection,
-    Sample,
     TrainSection,
+    seed_everything,
+)
+from training.data import (
+    AUDIO_PLACEHOLDER,
+    Sample,
     chat_segments,
     encode_segments,
-    export_model,
     load_samples,
     pad_batch,
-    processor_for,
     record_images,
+)
+from training.model import processor_for
+from training.saving import export_model, save_processor, write_run_info
+from training.stage import run_stage
+from training.trainer import (
+    CheckpointFilesCallback,
+    MetricsLogCallback,
     resume_checkpoint,
-    run_stage,
-    save_processor,
-    seed_everything,
     trainer_class,
     training_arguments,
-    write_run_info,
 )
 
 log = logging.getLogger(__name__)
@@ -206,7 +208,7 @@ def add_audio_token(processor, vlm) -> int:
 def build_model(config: AudioConfig, processor):
     from transformers import InternVLForConditionalGeneration
 
-    from training.common import freeze, lora_target_regex, torch_dtype
+    from training.model import freeze, lora_target_regex, torch_dtype
 
     if config.train.mode not in ("full", "lora"):
         raise ConfigError("audio post-training runs with train.mode full (frozen or trained LLM) or lora.")

@@ -37,7 +37,7 @@ import torch
 
 from inference.errors import XMedError
 from inference.resources import ROOT
-from training.common import apply_overrides, from_dict, load_config, seed_everything
+from training.config import apply_overrides, from_dict, load_config, seed_everything
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +77,7 @@ class CorpusSection:
     lesion_mm: list[float] = field(default_factory=list)
 
     def corpus_config(self):
-        from training.phantoms import CorpusConfig
+        from app.synthetic.cases import CorpusConfig
 
         mm = (float(self.lesion_mm[0]), float(self.lesion_mm[1])) if self.lesion_mm else None
         return CorpusConfig.restricted(self.kinds or None, self.max_lesions, mm)
@@ -385,7 +385,7 @@ def _mix_meta(train_dir: Path, name: str, mix: dict[str, float]) -> Path:
 
 def _finish(config: DemoConfig, trained: Path, eval_dir: Path, state: RecipeState, commands: list[str]) -> dict:
     """Copy the model to ``config.out``, evaluate it on the held-out phantoms, write the model cards."""
-    from app.commands.eval import Options, format_table, run_eval
+    from inference.evaluation.harness import Options, format_table, run_eval
 
     out = Path(config.out)
     if out.exists():
@@ -437,7 +437,7 @@ def _finish(config: DemoConfig, trained: Path, eval_dir: Path, state: RecipeStat
 
 def default_sizes_eval(config: DemoConfig, model: Path, folder: Path, commands: list[str]) -> dict | None:
     """Localization on phantoms with the generator's default lesion sizes (6-50 mm): what the demo cannot do."""
-    from app.commands.eval import Options, run_eval
+    from inference.evaluation.harness import Options, run_eval
     from training.phantoms import write_corpus
 
     if config.eval.default_sizes_n <= 0:
@@ -459,8 +459,8 @@ def default_sizes_eval(config: DemoConfig, model: Path, folder: Path, commands: 
 def calibrate_reliability(config: DemoConfig, model: Path, work: Path, commands: list[str]) -> dict | None:
     """Tier thresholds for this model from a third corpus: sampled VQA answers labelled right/wrong,
     closed-form judge (as the live pass), written to ``model/reliability_calibration.json``."""
-    from app.commands.calibrate import calibrate, load_records, make_judge
-    from app.commands.eval import Options, run_eval
+    from inference.evaluation.calibrate import calibrate, load_records, make_judge
+    from inference.evaluation.harness import Options, run_eval
     from inference.reliability.scoring import MODEL_CALIBRATION
     from training.phantoms import write_corpus
 

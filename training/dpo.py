@@ -30,26 +30,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from inference.errors import XMedError
-from training.common import (
-    IMAGE_PLACEHOLDER,
-    CheckpointFilesCallback,
+from training.config import (
     ConfigError,
     DataSection,
     LoraSection,
-    MetricsLogCallback,
     ModelSection,
     TrainSection,
-    finish_training,
-    load_model,
-    load_samples,
-    processor_for,
-    record_images,
-    resume_checkpoint,
-    run_stage,
     seed_everything,
+)
+from training.data import IMAGE_PLACEHOLDER, load_samples, record_images
+from training.model import load_model, processor_for
+from training.saving import finish_training, write_run_info
+from training.stage import run_stage
+from training.trainer import (
+    CheckpointFilesCallback,
+    MetricsLogCallback,
+    resume_checkpoint,
     trainer_class,
     training_arguments,
-    write_run_info,
 )
 
 log = logging.getLogger(__name__)

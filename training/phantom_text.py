@@ -1,24 +1,22 @@
 """The words of the phantom corpus: prompts, five-step reasoning, reports, VQA, preference pairs.
 
-Everything is built from a :class:`~training.phantoms.PhantomCase`'s ground
-truth, so a target never says more than the image shows. Grounding uses the
-project's own formatter (:func:`inference.parsing.format_grounding`), boxes on
-the 0–1000 scale, so the model is trained on exactly what the parser reads.
+Everything is built from a :class:`~app.synthetic.cases.PhantomCase`'s ground truth
+(:class:`~app.synthetic.truth.LesionTruth`), so a target never says more than the image
+shows. Grounding uses the project's own formatter (:func:`inference.parsing.format_grounding`),
+boxes on the 0–1000 scale, so the model is trained on exactly what the parser reads.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
 
 import numpy as np
 
+from app.synthetic.cases import PhantomCase
+from app.synthetic.truth import LesionTruth
 from inference.parsing import BOX_SCALE, format_grounding
 from inference.types import STEP_NAMES, Box
-
-if TYPE_CHECKING:
-    from training.phantoms import LesionTruth, PhantomCase
 
 COUNT_WORDS = ("No", "One", "Two", "Three", "Four")
 
@@ -199,10 +197,6 @@ def corrupt(case: PhantomCase, rng: np.random.Generator) -> tuple[str, list[Lesi
 
 def _invented(case: PhantomCase, rng: np.random.Generator) -> LesionTruth:
     """A lesion that is not there, placed where none is, with a plausible description."""
-    from training.phantoms import (
-        LesionTruth,  # imported here: training.phantoms imports this module
-    )
-
     size_mm = float(round(rng.uniform(6, 30), 1))
     side_px = max(8, int(round(size_mm / max(case.pixel_spacing_mm, 1e-3) * BOX_SCALE / case.image.shape[1])))
     for _ in range(50):

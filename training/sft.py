@@ -20,22 +20,17 @@ from pathlib import Path
 
 from transformers import Trainer
 
-from training.common import (
+from training.config import SFTConfig, seed_everything
+from training.data import Collator, ConversationDataset, load_samples
+from training.model import load_model, processor_for
+from training.saving import finish_training, write_run_info
+from training.stage import run_stage
+from training.trainer import (
     CheckpointFilesCallback,
-    Collator,
-    ConversationDataset,
     MetricsLogCallback,
-    SFTConfig,
-    finish_training,
-    load_model,
-    load_samples,
-    processor_for,
     resume_checkpoint,
-    run_stage,
-    seed_everything,
     trainer_class,
     training_arguments,
-    write_run_info,
 )
 
 log = logging.getLogger(__name__)

@@ -1,7 +1,7 @@
 """A Qt-free anatomical phantom: chest and upper abdomen in Hounsfield units.
 
-Shared by the synthetic sample study (:mod:`app.synthetic.sample`) and the training
-corpus (``training.phantoms``). Anatomy is described in millimetres, in a body
+Shared by the synthetic sample study (:mod:`app.synthetic.sample`) and the cases of the
+training corpus (:mod:`app.synthetic.cases`). Anatomy is described in millimetres, in a body
 frame that matches DICOM patient coordinates (LPS) of an axial slice:
 
 - ``x`` grows towards the patient's left (image right in radiological view),

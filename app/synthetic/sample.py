@@ -39,6 +39,7 @@ from app.synthetic.anatomy import (
     place_lesion,
     render_ct_slice,
 )
+from app.synthetic.truth import LesionTruth, density_of
 
 log = logging.getLogger(__name__)
 
@@ -115,11 +116,23 @@ def ground_truth_path(dicom_folder: Path | str) -> Path | None:
 
 
 def load_ground_truth(dicom_folder: Path | str) -> dict:
-    """The parsed ground truth of a sample study (see :func:`ground_truth_path`)."""
+    """The parsed ground truth of a sample study (see :func:`ground_truth_path`).
+
+    Its ``lesions`` are read through :meth:`LesionTruth.from_dict` and given back as
+    :meth:`LesionTruth.to_dict`, so a file written before the record gained ``density`` and
+    ``size_class`` (the bundled sample's) reads the same as a fresh one.
+    """
     path = ground_truth_path(dicom_folder)
     if path is None:
         raise XMedError(f"No lesion ground truth found for {dicom_folder}.")
-    return json.loads(path.read_text())
+    doc = json.loads(path.read_text())
+    doc["lesions"] = [les.to_dict() for les in ground_truth_lesions(doc)]
+    return doc
+
+
+def ground_truth_lesions(doc: dict) -> list[LesionTruth]:
+    """The lesions of a parsed ground-truth document (old or new keys)."""
+    return [LesionTruth.from_dict(les) for les in doc.get("lesions", [])]
 
 
 def _uid(seed: int, *parts: object) -> str:
@@ -304,8 +317,15 @@ def write_ct_study(
 
 def _write_ground_truth(path: Path, out: Path, ds: Dataset, grid: Grid, step: float, lesions: list[Lesion],
                        extent_of: dict[str, list[int]], slices_gt: list[dict]) -> None:
-    def patient_xyz(lesion: Lesion) -> list[float]:
-        return [round(lesion.x, 2), round(lesion.y, 2), round(-lesion.s, 2)]
+    def truth(lesion: Lesion) -> LesionTruth:
+        span = extent_of.get(lesion.id)
+        return LesionTruth(
+            id=lesion.id, organ=lesion.organ, side=lesion.side, location=lesion.location, kind=lesion.kind,
+            density=density_of(lesion.organ, lesion.kind), margin=lesion.margin_name,
+            size_mm=round(lesion.diameter_mm, 1), hu=lesion.hu,
+            center_patient_mm=(round(lesion.x, 2), round(lesion.y, 2), round(-lesion.s, 2)),
+            slices=(min(span), max(span)) if span else (),
+        )
 
     doc = {
         "description": "Synthetic CT phantom: lesion boxes per slice",
@@ -317,15 +337,7 @@ def _write_ground_truth(path: Path, out: Path, ds: Dataset, grid: Grid, step: fl
         "columns": int(ds.Columns),
         "pixel_spacing_mm": [grid.spacing, grid.spacing],
         "slice_spacing_mm": step,
-        "lesions": [
-            {
-                "id": lesion.id, "organ": lesion.organ, "location": lesion.location, "side": lesion.side,
-                "kind": lesion.kind, "margin": lesion.margin_name, "size_mm": round(lesion.diameter_mm, 1),
-                "hu": lesion.hu, "center_patient_mm": patient_xyz(lesion),
-                "slices": [min(extent_of[lesion.id]), max(extent_of[lesion.id])] if lesion.id in extent_of else [],
-            }
-            for lesion in lesions
-        ],
+        "lesions": [truth(lesion).to_dict() for lesion in lesions],
         "slices": slices_gt,
     }
     try:

@@ -2,8 +2,9 @@
 
 - localization: predicted boxes matched one-to-one to ground truth by IoU
   (greedy, best pair first); per lesion its IoU (0 when missed); mean IoU and
-  accuracy@0.5 overall and per lesion-size bucket; images without lesions
-  count as right when the model draws no box;
+  accuracy@0.5 overall and per lesion-size bucket (the caller's buckets,
+  "unknown" when it gives none); images without lesions count as right when
+  the model draws no box;
 - VQA accuracy: normalised exact match (case, punctuation, articles ignored);
 - finding-level precision / recall / F1 (micro over images, multiset matching);
 - Kendall's tau-b with the tie correction and its asymptotic p-value;
@@ -22,10 +23,13 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
+from inference.evaluation.sizes import BUCKET_NAMES
 from inference.types import Box
 
-#: Lesion size buckets (as the phantom annotations: small < 10 mm ≤ medium < 20 mm ≤ large).
-SIZE_BUCKETS: tuple[str, ...] = ("small", "medium", "large")
+#: Lesion size buckets in report order (the one size rule: :mod:`inference.evaluation.sizes`).
+SIZE_BUCKETS: tuple[str, ...] = BUCKET_NAMES
+#: The bucket of a lesion whose size is not annotated (never guessed from its box).
+UNKNOWN_SIZE = "unknown"
 IOU_THRESHOLD = 0.5
 
 
@@ -46,12 +50,6 @@ def match_boxes(predicted: Sequence[Box], truth: Sequence[Box]) -> list[tuple[in
         used_t.add(j)
         matches.append((i, j, iou))
     return matches
-
-
-def size_bucket_from_box(box: Box, scale: float = 1000.0) -> str:
-    """Bucket by the box's mean side as a fraction of the image when no size is annotated."""
-    side = math.sqrt(max(box.area, 0.0)) / scale
-    return "small" if side < 0.05 else "medium" if side < 0.10 else "large"
 
 
 @dataclass
@@ -75,7 +73,7 @@ class ImageLocalization:
 
 def score_image(predicted: Sequence[Box], truth: Sequence[Box], buckets: Sequence[str] | None = None,
                 threshold: float = IOU_THRESHOLD) -> ImageLocalization:
-    buckets = list(buckets) if buckets is not None else [size_bucket_from_box(t) for t in truth]
+    buckets = list(buckets) if buckets is not None else [UNKNOWN_SIZE] * len(truth)
     ious = [0.0] * len(truth)
     matches = match_boxes(predicted, truth)
     for _i, j, iou in matches:

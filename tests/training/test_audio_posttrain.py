@@ -19,7 +19,7 @@ from training.audio_posttrain import (
     main,
     read_audio,
 )
-from training.common import pad_batch
+from training.data import pad_batch
 from training.model_factory import build_tiny_model
 from training.phantoms import write_corpus
 
@@ -84,7 +84,7 @@ def test_two_steps_train_only_the_projector_then_reload_and_resume(tiny, audio_d
     model, processor, features = load_audio_model(final)
     assert processor.tokenizer.convert_tokens_to_ids(AUDIO_CONTEXT) == model.audio_token_id
     from training.audio_posttrain import AudioDataset
-    from training.common import load_samples
+    from training.data import load_samples
 
     item = AudioDataset(load_samples(audio_data / "audio.jsonl"), processor, features, model.tokens_per_clip,
                         1024)[0]

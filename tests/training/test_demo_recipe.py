@@ -58,7 +58,7 @@ def test_micro_recipe_runs_end_to_end_and_resumes(tmp_path):
     assert "Held-out evaluation" in (out / "MODEL_CARD.md").read_text()
     # trained and held out on the configured lesion sizes; also measured on the generator's default sizes
     assert card["data"]["corpus"]["lesion_mm"] == [20.0, 40.0]
-    from training.phantoms import CorpusConfig
+    from app.synthetic.cases import CorpusConfig
 
     assert CorpusConfig.from_dict(card["data"]["corpus"]).as_dict() == card["data"]["corpus"]
     assert any("--lesion-mm 20 40" in c for c in card["commands"])
@@ -86,7 +86,7 @@ def test_held_out_seed_must_differ(tmp_path):
 
 def test_app_prompt_sets_use_the_workstation_prompts(tmp_path):
     from inference.prompts import Task, build_prompt
-    from training.common import chat_segments
+    from training.data import chat_segments
     from training.demo_model import write_app_prompt_sets
     from training.phantoms import write_corpus
 
@@ -111,7 +111,8 @@ def test_committed_demo_model_localizes_on_phantoms_from_a_new_seed(tmp_path):
     attribute questions well above chance. The phantoms are drawn as the card says the model was trained
     (image size, lesion diameters), with a seed the card does not list."""
     from app.commands.eval import main as eval_main
-    from training.phantoms import CorpusConfig, write_corpus
+    from app.synthetic.cases import CorpusConfig
+    from training.phantoms import write_corpus
 
     card = json.loads((DEMO / "model_card.json").read_text())
     assert card.get("trained") is True

@@ -12,7 +12,7 @@ from transformers import InternVLForConditionalGeneration
 
 from inference.engine.processor import load_processor
 from tests.training.weights import same_weights
-from training.common import ConfigError
+from training.config import ConfigError
 from training.dpo import DPOSection, chat_prompt, losses, main, preference_dataset
 from training.model_factory import build_tiny_model
 from training.phantoms import write_corpus

@@ -13,13 +13,11 @@ from transformers import InternVLForConditionalGeneration
 from inference.engine.processor import load_processor
 from inference.errors import XMedError
 from tests.training.weights import same_weights
-from training.common import (
+from training.config import ConfigError, SFTConfig, load_config
+from training.data import (
     IGNORE_INDEX,
-    ConfigError,
     ConversationDataset,
-    SFTConfig,
     chat_segments,
-    load_config,
     load_samples,
     pad_batch,
 )
@@ -56,7 +54,7 @@ def test_labels_cover_only_the_assistant_turns(tiny, corpus):
         {"from": "system", "value": "You are a radiologist."},
         {"from": "human", "value": "<image>\nIs there a lesion?"}, {"from": "gpt", "value": "yes"},
         {"from": "human", "value": "Where?"}, {"from": "gpt", "value": "<ref>nodule</ref><box>[[1, 2, 30, 40]]</box>"}]}
-    from training.common import Sample
+    from training.data import Sample
 
     item = ConversationDataset([Sample(rec, corpus, "t:1")], processor, 4096)[0]
     tok = processor.tokenizer
@@ -141,12 +139,9 @@ def test_group_by_length_batches_records_of_similar_length(tiny, corpus, tmp_pat
     """Short grounding answers are not padded to the longest reasoning chain in the corpus."""
     from transformers import Trainer
 
-    from training.common import (
-        Collator,
-        TrainSection,
-        trainer_class,
-        training_arguments,
-    )
+    from training.config import TrainSection
+    from training.data import Collator
+    from training.trainer import trainer_class, training_arguments
 
     processor = load_processor(tiny)
     # 8 copies: transformers groups within megabatches of up to 50 batches, a quarter of the data at most
@@ -186,7 +181,7 @@ def test_group_by_length_batches_records_of_similar_length(tiny, corpus, tmp_pat
 def test_length_grouped_batches_come_in_random_order():
     """Every batch holds records of one length class, and long and short batches alternate at random
     (transformers' sampler runs 25 long batches, then 25 short ones, per megabatch)."""
-    from training.common import LengthGroupedBatches
+    from training.data import LengthGroupedBatches
 
     torch.manual_seed(0)
     lengths = [300 if i % 2 else 20 for i in range(403)]  # 403: one short batch at the end
@@ -242,7 +237,7 @@ def _config_class(stage: str):
 def test_every_shipped_config_loads_and_names_existing_deepspeed_files():
     import yaml
 
-    from training.common import from_dict
+    from training.config import from_dict
     from training.demo_model import DemoConfig
 
     configs = sorted((REPO / "training" / "configs").glob("*.yaml"))
@@ -303,7 +298,7 @@ def test_every_stage_has_a_wrapper_naming_a_real_module():
 def test_fast_image_expansion_equals_the_processor(tiny, corpus):
     from PIL import Image
 
-    from training.common import expand_images
+    from training.data import expand_images
 
     processor = load_processor(tiny)
     text = "<|im_start|>user\n<IMG_CONTEXT>\nFirst and <IMG_CONTEXT> second<|im_end|>\n"

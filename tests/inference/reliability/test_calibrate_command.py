@@ -9,8 +9,13 @@ import numpy as np
 import pytest
 
 from app.cli import main
-from app.commands.calibrate import Record, calibrate, load_records, sample_missing
 from inference.errors import XMedError
+from inference.evaluation.calibrate import (
+    Record,
+    calibrate,
+    load_records,
+    sample_missing,
+)
 from inference.reliability.judges import ClosedFormJudge
 from inference.reliability.scoring import load_thresholds
 from inference.types import Generation

@@ -10,8 +10,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from app.commands.eval import Options, evaluate, format_table, main
+from app.commands.eval import main
 from inference.evaluation import metrics as ev
+from inference.evaluation.harness import (
+    Options,
+    evaluate,
+    format_table,
+    lesion_bucket,
+    load_rgb,
+)
+from inference.evaluation.sizes import size_bucket
 from inference.types import Box, ChatRequest, Generation
 from training.model_factory import build_tiny_model
 from training.phantoms import write_corpus
@@ -39,9 +47,20 @@ def test_boxes_matched_one_to_one_with_misses_and_false_positives():
     assert s.empty_images == 2 and s.empty_correct == 0.5
     assert s.false_positives_per_image == pytest.approx((2 + 0 + 0 + 1) / 4)
     assert s.image_accuracy == pytest.approx(2 / 4)
-    assert ev.size_bucket_from_box(Box(0, 0, 40, 40)) == "small"
-    assert ev.size_bucket_from_box(Box(0, 0, 80, 80)) == "medium"
-    assert ev.size_bucket_from_box(Box(0, 0, 200, 200)) == "large"
+
+
+def test_one_size_rule_buckets_lesions_by_diameter():
+    assert size_bucket(9.9) == "small"
+    assert size_bucket(10) == "medium"
+    assert size_bucket(19.9) == "medium"
+    assert size_bucket(20) == "large"
+    for bad in (-1.0, float("nan")):
+        with pytest.raises(ValueError):
+            size_bucket(bad)
+    # the harness buckets an annotated lesion by its size_mm; without one it is not guessed from the box
+    assert lesion_bucket({"size_mm": 12.0, "box_1000": [0, 0, 10, 10]}) == "medium"
+    assert lesion_bucket({"box_1000": [0, 0, 200, 200]}) == "unknown"
+    assert ev.score_image([], [Box(0, 0, 200, 200)]).buckets == ["unknown"]
 
 
 def test_vqa_accuracy_normalises_case_punctuation_and_articles():
@@ -113,8 +132,6 @@ class ReferenceEngine:
     """Answers every dataset prompt with its reference (a perfect model); samples agree with it."""
 
     def __init__(self, data: Path, wrong_vqa: int = 0) -> None:
-        from app.commands.eval import load_rgb
-
         self.answers: dict[tuple[str, str], str] = {}
         for task in ("grounding", "vqa", "report", "reasoning"):
             for line in (data / f"{task}.jsonl").read_text().splitlines():
@@ -159,6 +176,8 @@ def test_perfect_answers_score_perfectly(corpus):
     ann = [json.loads(x) for x in (corpus / "annotations.jsonl").read_text().splitlines()]
     assert loc["lesions"] == sum(len(a["lesions"]) for a in ann) > 0
     assert loc["mean_iou"] == pytest.approx(1.0) and loc["accuracy_at_05"] == 1.0
+    by_size = [size_bucket(les["size_mm"]) for a in ann for les in a["lesions"]]
+    assert {b: m["n"] for b, m in loc["per_bucket"].items()} == {b: by_size.count(b) for b in set(by_size)}
     assert result["reasoning_localization"]["mean_iou"] == pytest.approx(1.0)
     assert result["vqa"]["all"]["accuracy"] == 1.0
     assert result["findings"]["f1"] == 1.0 and result["findings"]["fn"] == 0
@@ -215,7 +234,8 @@ def test_any_dataset_in_the_documented_format(corpus, tmp_path):
     engine = ReferenceEngine(corpus)
     result = evaluate(engine, data, Options(samples=0))
     assert result["localization"]["mean_iou"] == pytest.approx(1.0)
-    assert set(result["localization"]["per_bucket"]) <= {"small", "medium", "large"}
+    # no annotations: the boxes of a reference answer carry no size, so no bucket is guessed (issue #18)
+    assert set(result["localization"]["per_bucket"]) == {"unknown"}
     assert result["findings"]["fn"] == 0 and result["findings"]["fp"] == 0
     assert len({r["outcome"] for r in vqa if "outcome" in r}) > 1  # seed 21: counts 2, 0, 2, 3, 3
     assert result["kendall_tau_b"]["outcome"]["tau_b"] == pytest.approx(1.0)
