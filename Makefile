@@ -11,10 +11,12 @@ SAMPLE := resources/sample/ct-demo
 OUTPUT := test-output
 
 # Debian packages: Qt runtime (offscreen + xcb), audio (PortAudio, espeak-ng, sox),
-# PDF to PNG (poppler), Xvfb for real windows.
+# PDF to PNG (poppler), Xvfb + xdotool + ImageMagick for scripted readings in a real window; a local PACS (Orthanc + DICOMweb plug-in) for the DICOM
+# networking tests and dcmtk's getscu/movescu as the benchmark baseline.
 APT_PACKAGES := libgl1 libegl1 libxkbcommon0 libxkbcommon-x11-0 libfontconfig1 libdbus-1-3 \
 	libglib2.0-0 libxcb-cursor0 libxcb-icccm4 libxcb-keysyms1 libxcb-shape0 libxcb-xinerama0 \
-	libxcb-randr0 libxcb-render-util0 libxcb-image0 xvfb libportaudio2 espeak-ng sox poppler-utils
+	libxcb-randr0 libxcb-render-util0 libxcb-image0 xvfb libportaudio2 espeak-ng sox poppler-utils \
+	xdotool imagemagick orthanc orthanc-dicomweb dcmtk
 
 .PHONY: run test system-deps venv benchmarks installer installer-test demo-model demo-model-resume clean help
 

@@ -1,0 +1,47 @@
+"""Where the study database, managed storage and PACS node list live (below the data folder).
+
+==========================  ===================================================
+``<data>/studies/studies.sqlite``  the study index (SQLite, WAL)
+``<data>/studies/storage/``        managed storage: imported copies and received instances,
+                                   ``<StudyUID>/<SeriesUID>/<SOPInstanceUID>.dcm``
+``<data>/studies/sources.json``    folders imported in place (to rebuild a damaged index)
+``<data>/pacs/nodes.json``         remote DICOM nodes and this workstation's listener identity
+==========================  ===================================================
+
+``XMEDGPT_HOME`` is honoured through :class:`app.core.paths.AppPaths`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from app.core.paths import AppPaths
+
+
+@dataclass(frozen=True)
+class StudyPaths:
+    root: Path
+    nodes_file: Path
+
+    @property
+    def database(self) -> Path:
+        return self.root / "studies.sqlite"
+
+    @property
+    def storage(self) -> Path:
+        return self.root / "storage"
+
+    @property
+    def sources_file(self) -> Path:
+        return self.root / "sources.json"
+
+    @classmethod
+    def detect(cls, paths: AppPaths | None = None) -> "StudyPaths":
+        paths = paths or AppPaths.detect()
+        return cls(root=paths.data / "studies", nodes_file=paths.data / "pacs" / "nodes.json")
+
+    def ensure(self) -> "StudyPaths":
+        for d in (self.root, self.storage, self.nodes_file.parent):
+            d.mkdir(parents=True, exist_ok=True, mode=0o700)
+        return self

@@ -1,0 +1,454 @@
+"""Talking to remote DICOM nodes with pynetdicom: C-ECHO, C-FIND (study/series), C-GET,
+C-MOVE (to our own listener) and C-STORE (:func:`send_files`, also what the report side calls
+to send signed reports).
+
+Every association, query, retrieve and send is recorded in the audit trail handed in (who, which
+node, which study, how many instances). Network waits are bounded (:data:`app.studies.scp.TIMEOUT`).
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import socket
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+from pynetdicom import (
+    AE,
+    ALL_TRANSFER_SYNTAXES,
+    StoragePresentationContexts,
+    build_role,
+    evt,
+)
+from pynetdicom.presentation import build_context
+from pynetdicom.sop_class import (
+    StudyRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelGet,
+    StudyRootQueryRetrieveInformationModelMove,
+    Verification,
+)
+
+from app.core.errors import XMedError
+from app.dicom.sources import expand
+from app.studies.db import StudyDB
+from app.studies.importer import Audit
+from app.studies.nodes import LocalAE, Node, NodeStore
+from app.studies.scp import TIMEOUT, Listener, Receiver, no_delay
+
+log = logging.getLogger(__name__)
+
+
+class PacsError(XMedError):
+    """A remote node could not be reached or refused what was asked."""
+
+
+STUDY_KEYS = ("PatientName", "PatientID", "PatientBirthDate", "StudyInstanceUID", "StudyDate", "StudyTime",
+              "AccessionNumber", "StudyDescription", "ModalitiesInStudy", "NumberOfStudyRelatedSeries",
+              "NumberOfStudyRelatedInstances")
+SERIES_KEYS = ("StudyInstanceUID", "SeriesInstanceUID", "Modality", "SeriesNumber", "SeriesDescription",
+               "NumberOfSeriesRelatedInstances")
+
+
+def _ae(local: LocalAE) -> AE:
+    ae = AE(ae_title=local.ae_title)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = TIMEOUT
+    ae.connection_timeout = 10
+    ae.maximum_pdu_size = 0
+    return ae
+
+
+def _audit(audit: Audit | None, action: str, data: dict[str, Any], study_uid: str = "") -> None:
+    if audit is not None:
+        audit.append(action, data, study_uid=study_uid)
+
+
+def _node_data(node: Node) -> dict[str, Any]:
+    return {"node": node.name, "ae_title": node.ae_title, "host": node.host, "port": node.port}
+
+
+def _associate(ae: AE, node: Node, audit: Audit | None, purpose: str, **kw: Any) -> Any:
+    kw["evt_handlers"] = [(evt.EVT_CONN_OPEN, no_delay), *kw.get("evt_handlers", [])]
+    assoc = ae.associate(node.host, node.port, ae_title=node.ae_title, **kw)
+    if assoc.is_established:
+        _audit(audit, "pacs.association", {"direction": "out", **_node_data(node), "purpose": purpose,
+                                           "result": "accepted"})
+        return assoc
+    if assoc.is_rejected:
+        why = "the node rejected the association (is this workstation's AE title " \
+              f"'{ae.ae_title}' configured on it?)"
+    elif assoc.is_aborted:
+        why = "the association was aborted during negotiation"
+    else:
+        why = "no answer (connection refused or timed out)"
+    _audit(audit, "pacs.association", {"direction": "out", **_node_data(node), "purpose": purpose,
+                                       "result": "failed", "reason": why})
+    raise PacsError(f"Cannot reach '{node.name}' ({node.ae_title} at {node.host}:{node.port}): {why}.")
+
+
+def _status_text(status: Dataset | None) -> str:
+    if status is None or "Status" not in status:
+        return "no response (timeout or connection lost)"
+    code = int(status.Status)
+    comment = f": {status.ErrorComment}" if "ErrorComment" in status else ""
+    return f"status 0x{code:04X}{comment}"
+
+
+# ---- C-ECHO ------------------------------------------------------------------------------------
+
+def echo(node: Node, local: LocalAE, *, audit: Audit | None = None) -> float:
+    """C-ECHO ``node``; returns the round-trip time in seconds (PacsError if it fails)."""
+    import time
+    ae = _ae(local)
+    ae.add_requested_context(Verification)
+    t0 = time.perf_counter()
+    assoc = _associate(ae, node, audit, "echo")
+    try:
+        status = assoc.send_c_echo()
+    finally:
+        assoc.release()
+    ok = status is not None and "Status" in status and int(status.Status) == 0
+    seconds = time.perf_counter() - t0
+    _audit(audit, "pacs.echo", {**_node_data(node), "ok": ok, "ms": round(seconds * 1000, 1)})
+    if not ok:
+        raise PacsError(f"C-ECHO to '{node.name}' failed: {_status_text(status)}.")
+    return seconds
+
+
+# ---- C-FIND ------------------------------------------------------------------------------------
+
+@dataclass
+class Query:
+    level: str = "study"  # study | series
+    patient_name: str = ""  # DICOM wildcards allowed: DOE*
+    patient_id: str = ""
+    accession: str = ""
+    study_date: str = ""  # YYYYMMDD or a range YYYYMMDD-YYYYMMDD
+    modality: str = ""
+    study_uid: str = ""
+
+    def identifier(self) -> Dataset:
+        ds = Dataset()
+        if self.level == "study":
+            ds.QueryRetrieveLevel = "STUDY"
+            for k in STUDY_KEYS:
+                setattr(ds, k, "")
+            ds.PatientName = self.patient_name
+            ds.PatientID = self.patient_id
+            ds.AccessionNumber = self.accession
+            ds.StudyDate = self.study_date
+            ds.ModalitiesInStudy = self.modality
+            ds.StudyInstanceUID = self.study_uid
+        elif self.level == "series":
+            if not self.study_uid:
+                raise PacsError("A series-level query needs --study UID.")
+            ds.QueryRetrieveLevel = "SERIES"
+            for k in SERIES_KEYS:
+                setattr(ds, k, "")
+            ds.StudyInstanceUID = self.study_uid
+            ds.Modality = self.modality
+        else:
+            raise PacsError(f"Unknown query level {self.level!r}: study or series.")
+        return ds
+
+    def summary(self) -> dict[str, str]:
+        return {k: v for k, v in self.__dict__.items() if v}
+
+
+def _plain(ds: Dataset, keys: Sequence[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k in keys:
+        v = ds.get(k)
+        if v is None or v == "":
+            out[k] = "" if not k.startswith("NumberOf") else None
+        elif k.startswith("NumberOf") or k == "SeriesNumber":
+            try:
+                out[k] = int(v)
+            except (TypeError, ValueError):
+                out[k] = None
+        elif k == "ModalitiesInStudy":
+            out[k] = list(v) if isinstance(v, (list, tuple, pydicom.multival.MultiValue)) else [str(v)]
+        else:
+            out[k] = str(v)
+    return out
+
+
+def _find_on(assoc: Any, query: Query) -> list[dict[str, Any]]:
+    keys = STUDY_KEYS if query.level == "study" else SERIES_KEYS
+    results: list[dict[str, Any]] = []
+    final: Dataset | None = None
+    for status, identifier in assoc.send_c_find(query.identifier(), StudyRootQueryRetrieveInformationModelFind):
+        final = status
+        if status is None or "Status" not in status:
+            break
+        if int(status.Status) in (0xFF00, 0xFF01) and identifier is not None:
+            results.append(_plain(identifier, keys))
+    if final is None or "Status" not in final or int(final.Status) != 0:
+        raise PacsError(f"C-FIND failed: {_status_text(final)}.")
+    return results
+
+
+def find(node: Node, local: LocalAE, query: Query, *, audit: Audit | None = None) -> list[dict[str, Any]]:
+    """C-FIND at study or series level; one plain dict per match (DICOM keywords as keys)."""
+    ae = _ae(local)
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
+    assoc = _associate(ae, node, audit, "find")
+    try:
+        results = _find_on(assoc, query)
+    finally:
+        assoc.release()
+    _audit(audit, "pacs.find", {**_node_data(node), "level": query.level, "query": query.summary(),
+                                "matches": len(results)}, study_uid=query.study_uid)
+    return results
+
+
+# ---- retrieve ----------------------------------------------------------------------------------
+
+@dataclass
+class RetrieveResult:
+    study_uid: str
+    method: str
+    status: str = ""
+    completed: int = 0
+    failed: int = 0
+    warning: int = 0
+    received: int = 0  # new instances stored here
+    duplicates: int = 0
+    expected: int | None = None
+    state: str = ""
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.state == "complete"
+
+
+def _expected(assoc: Any, study_uid: str) -> int | None:
+    try:
+        found = _find_on(assoc, Query(level="study", study_uid=study_uid))
+    except PacsError as exc:
+        log.info("could not count the study's instances before retrieving: %s", exc)
+        return None
+    if not found:
+        raise PacsError(f"The node does not have study {study_uid}.")
+    return found[0].get("NumberOfStudyRelatedInstances")
+
+
+def _retrieve_identifier(study_uid: str) -> Dataset:
+    ds = Dataset()
+    ds.QueryRetrieveLevel = "STUDY"
+    ds.StudyInstanceUID = study_uid
+    return ds
+
+
+def _consume(responses: Iterable, result: RetrieveResult) -> None:
+    final: Dataset | None = None
+    for status, _identifier in responses:
+        final = status
+        if status is None or "Status" not in status:
+            break
+        for attr, key in (("completed", "NumberOfCompletedSuboperations"), ("failed", "NumberOfFailedSuboperations"),
+                          ("warning", "NumberOfWarningSuboperations")):
+            if key in status and status[key].value is not None:
+                setattr(result, attr, int(status[key].value))
+    result.status = _status_text(final)
+    if final is None or "Status" not in final or int(final.Status) not in (0x0000, 0xB000):
+        result.problems.append(f"the retrieve ended with {result.status}")
+
+
+def _settle(db: StudyDB, result: RetrieveResult, transfer_ok: bool) -> None:
+    if db.get(result.study_uid) is None:
+        result.state = ""
+        return
+    if result.expected is not None:
+        db.set_expected(result.study_uid, result.expected)
+    if transfer_ok and not result.failed and not result.problems:
+        result.state = db.settle(result.study_uid)
+    else:
+        db.set_state(result.study_uid, "incomplete")
+        result.state = "incomplete"
+
+
+def get_study(node: Node, local: LocalAE, study_uid: str, db: StudyDB, storage: Path, *,
+              audit: Audit | None = None, nodes: NodeStore | None = None) -> RetrieveResult:
+    """C-GET a whole study over one association (instances come back on it) into storage and the index."""
+    result = RetrieveResult(study_uid, "get")
+    receiver = Receiver(db, storage, audit=audit, nodes=nodes, origin="retrieved")
+    ae = _ae(local)
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
+    storage_cx = StoragePresentationContexts[: 128 - 2]
+    for cx in storage_cx:
+        ae.add_requested_context(cx.abstract_syntax, ALL_TRANSFER_SYNTAXES)
+    roles = [build_role(cx.abstract_syntax, scp_role=True) for cx in storage_cx]
+    assoc = _associate(ae, node, audit, "get", ext_neg=roles,
+                       evt_handlers=[(evt.EVT_C_STORE, receiver.handle_store)])
+    try:
+        result.expected = _expected(assoc, study_uid)
+        _consume(assoc.send_c_get(_retrieve_identifier(study_uid), StudyRootQueryRetrieveInformationModelGet), result)
+    finally:
+        clean = assoc.is_established
+        if clean:
+            assoc.release()
+        transfer = receiver.finish(assoc, "released" if clean else "aborted")
+    if transfer is not None:
+        result.received = transfer.received
+        result.duplicates = sum(transfer.duplicates.values())
+        if transfer.disk_full:
+            result.problems.append("disk full: some instances could not be stored")
+    _settle(db, result, clean)
+    _audit(audit, "pacs.get", {**_node_data(node), "instances": result.received, "duplicates": result.duplicates,
+                               "completed": result.completed, "failed": result.failed, "expected": result.expected,
+                               "state": result.state, "status": result.status}, study_uid=study_uid)
+    return result
+
+
+def _port_in_use(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as exc:
+            return exc.errno == errno.EADDRINUSE
+    return False
+
+
+def move_study(node: Node, local: LocalAE, study_uid: str, db: StudyDB, storage: Path, *,
+               audit: Audit | None = None, nodes: NodeStore | None = None,
+               listener: Listener | None = None) -> RetrieveResult:
+    """C-MOVE a study to our own AE title; the node sends it to our listener.
+
+    ``listener``: one already running in this process. None: if something listens on the local
+    port already (``xmedgpt listen``) it receives the study; else a listener is started here for
+    the duration of the move (accepting only ``node``'s AE title).
+    """
+    result = RetrieveResult(study_uid, "move")
+    own: Listener | None = None
+    if listener is None and not _port_in_use(local.host, local.port):
+        receiver = Receiver(db, storage, audit=audit, nodes=nodes, origin="retrieved")
+        allowed = sorted({n.ae_title for n in nodes.nodes.values()} | {node.ae_title}) if nodes else [node.ae_title]
+        own = listener = Listener(receiver, local, allowed_ae_titles=allowed).start()
+    try:
+        ae = _ae(local)
+        ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
+        ae.add_requested_context(StudyRootQueryRetrieveInformationModelMove)
+        assoc = _associate(ae, node, audit, "move")
+        try:
+            result.expected = _expected(assoc, study_uid)
+            _consume(assoc.send_c_move(_retrieve_identifier(study_uid), local.ae_title,
+                                       StudyRootQueryRetrieveInformationModelMove), result)
+        finally:
+            clean = assoc.is_established
+            if clean:
+                assoc.release()
+        if listener is not None:
+            listener.wait_idle()  # the node's store association may still be closing
+            mine = [t for t in listener.receiver.finished if study_uid in t.studies or study_uid in t.duplicates]
+            result.received = sum(t.studies.get(study_uid, 0) for t in mine)
+            result.duplicates = sum(t.duplicates.get(study_uid, 0) for t in mine)
+            if any(t.disk_full for t in mine):
+                result.problems.append("disk full: some instances could not be stored")
+    finally:
+        if own is not None:
+            own.stop()
+    if listener is None and result.completed and db.get(study_uid) is None:
+        result.problems.append("the node reports the study sent, but it is not in the local database "
+                               f"(is the listener on {local.host}:{local.port} this workstation's?)")
+    _settle(db, result, clean)
+    _audit(audit, "pacs.move", {**_node_data(node), "destination": local.ae_title, "instances": result.received,
+                                "duplicates": result.duplicates, "completed": result.completed,
+                                "failed": result.failed, "expected": result.expected, "state": result.state,
+                                "status": result.status}, study_uid=study_uid)
+    return result
+
+
+def retrieve(node: Node, local: LocalAE, study_uid: str, db: StudyDB, storage: Path, **kw: Any) -> RetrieveResult:
+    """The node's configured method (get or move)."""
+    if node.retrieve == "get":
+        kw.pop("listener", None)
+        return get_study(node, local, study_uid, db, storage, **kw)
+    return move_study(node, local, study_uid, db, storage, **kw)
+
+
+# ---- C-STORE -----------------------------------------------------------------------------------
+
+@dataclass
+class SendResult:
+    sent: int = 0
+    failed: list[tuple[str, str]] = field(default_factory=list)  # (path, reason): refused or not sent
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason): not DICOM, unreadable
+    studies: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+
+def _headers(paths: Iterable[Path]) -> tuple[list[tuple[Path, str, str, str]], list[tuple[str, str]]]:
+    cands = expand([Path(p) for p in paths])
+    good: list[tuple[Path, str, str, str]] = []
+    bad = [(str(p.path), p.reason) for p in cands.problems]
+    for path in cands.files:
+        try:
+            ds = pydicom.dcmread(path, stop_before_pixels=True,
+                                 specific_tags=["SOPClassUID", "SOPInstanceUID", "StudyInstanceUID"])
+            sop_class = str(ds.get("SOPClassUID") or ds.file_meta.get("MediaStorageSOPClassUID") or "")
+            syntax = str(ds.file_meta.get("TransferSyntaxUID") or "")
+            if not sop_class or not syntax:
+                raise InvalidDicomError("no SOP class or transfer syntax in the file")
+            good.append((Path(path), sop_class, syntax, str(ds.get("StudyInstanceUID", ""))))
+        except (InvalidDicomError, OSError, AttributeError, ValueError) as exc:
+            bad.append((str(path), f"not a DICOM file ({exc})"))
+    return good, bad
+
+
+def send_files(node: Node, paths: Iterable[Path], *, local: LocalAE | None = None,
+               audit: Audit | None = None) -> SendResult:
+    """C-STORE files (or folders, DICOMDIR, zip) to ``node``, each in its own transfer syntax.
+
+    The one entry point for sending: ``xmedgpt pacs send`` and, later, signed reports.
+    """
+    local = local or LocalAE()
+    files, bad = _headers(paths)
+    result = SendResult(skipped=list(bad))
+    if not files:
+        raise PacsError("Nothing to send: no DICOM files" + (f" ({len(bad)} skipped: {bad[0][1]})." if bad else "."))
+    pairs = sorted({(sop, ts) for _, sop, ts, _ in files})
+    for start in range(0, len(pairs), 128):  # one association per 128 presentation contexts
+        chunk = pairs[start:start + 128]
+        wanted = set(chunk)
+        ae = _ae(local)
+        ae.requested_contexts = [build_context(sop, [ts]) for sop, ts in chunk]
+        assoc = _associate(ae, node, audit, "send")
+        try:
+            for path, sop, ts, study in files:
+                if (sop, ts) not in wanted:
+                    continue
+                if not assoc.is_established:
+                    result.failed.append((str(path), "association lost"))
+                    continue
+                try:
+                    status = assoc.send_c_store(path)
+                except (ValueError, RuntimeError) as exc:  # no accepted context for this SOP class/syntax
+                    result.failed.append((str(path), str(exc)))
+                    continue
+                code = int(status.Status) if status is not None and "Status" in status else None
+                if code is not None and (code == 0 or 0xB000 <= code <= 0xBFFF):
+                    result.sent += 1
+                    result.studies[study] = result.studies.get(study, 0) + 1
+                else:
+                    result.failed.append((str(path), _status_text(status)))
+        finally:
+            if assoc.is_established:
+                assoc.release()
+    for uid, n in result.studies.items():
+        _audit(audit, "pacs.send", {**_node_data(node), "instances": n}, study_uid=uid)
+    if result.failed:
+        _audit(audit, "pacs.send", {**_node_data(node), "instances": 0, "failed": len(result.failed),
+                                    "reasons": sorted({r for _, r in result.failed})[:5]})
+    return result
