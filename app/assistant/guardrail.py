@@ -9,8 +9,13 @@ flagged by :meth:`GuardrailResult.flag`.
 
 The image's region comes from BodyPartExamined, the series and study descriptions
 and the modality (a mammogram is a breast), all of them together: a warning is only
-given when none of them can hold the structure. An image whose region cannot be
-told gets no warning. The vocabulary lives in ``resources/anatomy.yaml``.
+given when none of them can hold the structure. When the header names no region
+(no BodyPartExamined, a description such as "Series 3"), the frame itself is looked
+at (:func:`app.assistant.body_region.estimate_region`: lung, skull, body size); its
+warning says it was judged from the image. When neither can tell, nothing is warned
+but the result says so: ``region_checked`` is False and ``region_note`` reads "Could
+not check the body region: …", so a reliability light never claims the question was
+checked against the image. The vocabulary lives in ``resources/anatomy.yaml``.
 """
 
 from __future__ import annotations
@@ -22,8 +27,10 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
+import numpy as np
 import yaml
 
+from app.assistant.body_region import RegionEstimate, estimate_region
 from app.core.errors import XMedError
 from inference.resources import resource
 
@@ -33,6 +40,8 @@ ANATOMY_FILE = resource("anatomy.yaml")
 
 _SIDES = {"right": "right", "rt": "right", "left": "left", "lt": "left", "bilateral": "both", "both": "both"}
 _SIDE_CHECK_REGIONS = frozenset({"upper_limb", "lower_limb", "breast"})
+#: an image estimate less sure than this is not used ("could not check" instead)
+MIN_IMAGE_CONFIDENCE = 0.5
 
 
 @dataclass(frozen=True)
@@ -165,17 +174,32 @@ def _load(path: Path) -> Anatomy:
 
 @dataclass
 class GuardrailResult:
-    """What the check found; ``warnings`` are ready to show."""
+    """What the check found; ``warnings`` are ready to show.
+
+    ``region_checked`` tells whether the body region was known (from the header or the
+    image, ``region_source``); when it was not, ``region_note`` says "Could not check the
+    body region: …" and no structure of the question could be checked
+    (:attr:`structures_unchecked`).
+    """
 
     mentions: list[Mention]
     image_regions: frozenset[str]
     image_label: str  # e.g. "a BRAIN MR"
     mismatched: list[Mention] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    region_checked: bool = False  # the body region is known (header or image)
+    region_source: str | None = None  # "header" | "image" | None
+    region_estimate: RegionEstimate | None = None  # what the image said, when it was looked at
+    region_note: str = ""  # "Could not check the body region: …" when it is not known
 
     @property
     def ok(self) -> bool:
         return not self.warnings
+
+    @property
+    def structures_unchecked(self) -> bool:
+        """The question names a structure that could not be checked against the image."""
+        return bool(self.mentions) and not self.region_checked
 
     def flag(self, phrase: str, anatomy: Anatomy | None = None) -> str | None:
         """The warning that applies to a box labelled ``phrase``, if it names a mismatched structure."""
@@ -233,8 +257,18 @@ def check_query(
     study_description: str = "",
     laterality: str = "",
     anatomy: Anatomy | None = None,
+    pixels: np.ndarray | None = None,
+    spacing_mm: tuple[float, float] | None = None,
+    rescaled: bool = True,
+    image_region: RegionEstimate | None = None,
 ) -> GuardrailResult:
-    """Check a question against what the DICOM header says the image shows."""
+    """Check a question against what the DICOM header says the image shows; when the
+    header names no region, against what the frame itself shows.
+
+    ``pixels`` is the frame after the modality LUT (HU for CT), ``spacing_mm`` its (row,
+    column) pixel spacing; ``image_region`` an estimate made already (then ``pixels`` is
+    not looked at). The image is only looked at when the header tells nothing.
+    """
     anatomy = anatomy or Anatomy.load()
     texts = [t for t in (body_part, series_description, study_description) if t and t.strip()]
     regions: set[str] = set()
@@ -248,19 +282,39 @@ def check_query(
         image_regions=frozenset(regions),
         image_label=_image_label(anatomy, modality, body_part, texts, ""),
     )
-    if not regions:
-        if mentions:
-            log.info("guardrail: cannot tell the body part of this series; no check made")
-        return result
+    if regions:
+        result.region_checked, result.region_source = True, "header"
+    else:
+        estimate = image_region
+        if estimate is None and pixels is not None:
+            estimate = estimate_region(pixels, modality, spacing_mm, rescaled=rescaled)
+        result.region_estimate = estimate
+        if estimate is not None and estimate.region is not None and estimate.confidence >= MIN_IMAGE_CONFIDENCE:
+            regions = anatomy.expand(r for r in estimate.regions() if r in anatomy.regions)
+            if regions:
+                result.image_regions = frozenset(regions)
+                result.image_label = _estimate_label(anatomy, modality, estimate.region)
+                result.region_checked, result.region_source = True, "image"
+        if not regions:
+            if estimate is None:
+                why = "the header names none and the image was not available"
+            elif estimate.region is None:
+                why = f"the header names none and the image cannot tell ({_sentence(estimate.evidence)})"
+            else:
+                why = (f"the header names none and the image is not clear enough ({_sentence(estimate.evidence)}; "
+                       f"confidence {estimate.confidence:.0%})")
+            result.region_note = f"Could not check the body region: {why}."
+            if mentions:
+                log.info("guardrail: %s", result.region_note)
+            return result
     for m in mentions:
         s = m.structure
         if not (s.regions & regions):
             result.mismatched.append(m)
-            result.warnings.append(
-                f"The question asks about {m.label} but this series is {result.image_label}."
-            )
+            result.warnings.append(_mismatch_warning(m, result))
         elif (
-            s.lateral and m.side in ("right", "left") and side and side != m.side
+            result.region_source == "header"
+            and s.lateral and m.side in ("right", "left") and side and side != m.side
             and (s.regions & regions) <= _SIDE_CHECK_REGIONS
         ):
             result.mismatched.append(m)
@@ -271,8 +325,36 @@ def check_query(
     return result
 
 
-def check_series(question: str, series, study_description: str = "", laterality: str = "") -> GuardrailResult:
-    """:func:`check_query` for an :class:`app.dicom.model.Series`."""
+def _mismatch_warning(m: Mention, result: GuardrailResult) -> str:
+    if result.region_source == "image" and result.region_estimate is not None:
+        evidence = _sentence(result.region_estimate.evidence)
+        return (f"The question asks about {m.label} but this image looks like {result.image_label}. "
+                f"Judged from the image, as the header names no body part: {evidence}.")
+    return f"The question asks about {m.label} but this series is {result.image_label}."
+
+
+def _estimate_label(anatomy: Anatomy, modality: str, region: str) -> str:
+    mod = modality.strip().upper()
+    mod_label = str(anatomy.modalities.get(mod, {}).get("label", mod)) if mod else ""
+    body = anatomy.regions[region].label if region in anatomy.regions else region.upper()
+    words = " ".join(w for w in (body, mod_label) if w)
+    return f"{_article(words)} {words}"
+
+
+def _sentence(text: str) -> str:
+    """An evidence sentence to quote inside another: no final full stop, first letter lower case
+    unless it starts a number or an acronym."""
+    t = text.strip().rstrip(".")
+    if len(t) > 1 and t[0].isupper() and not t[1].isupper():
+        t = t[0].lower() + t[1:]
+    return t
+
+
+def check_series(question: str, series, study_description: str = "", laterality: str = "",
+                 pixels: np.ndarray | None = None, spacing_mm: tuple[float, float] | None = None,
+                 rescaled: bool = True) -> GuardrailResult:
+    """:func:`check_query` for an :class:`app.dicom.model.Series` (and, optionally, the frame
+    asked about: its pixels after the modality LUT and its pixel spacing)."""
     return check_query(
         question,
         modality=series.modality,
@@ -280,4 +362,7 @@ def check_series(question: str, series, study_description: str = "", laterality:
         series_description=series.description,
         study_description=study_description,
         laterality=laterality,
+        pixels=pixels,
+        spacing_mm=spacing_mm,
+        rescaled=rescaled,
     )
