@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import json
 import logging
+import pickle
 import re
 import shutil
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -246,7 +248,13 @@ def _weight_files(src: Path) -> list[Path]:
     for index_name in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
         index = src / index_name
         if index.is_file():
-            names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+            try:
+                weight_map = json.loads(index.read_text())["weight_map"]
+                names = sorted(set(weight_map.values()))
+                if not all(isinstance(n, str) and n and "/" not in n and "\\" not in n and n != ".." for n in names):
+                    raise ValueError("a file name in it is not a plain file name")
+            except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
+                raise ConversionError(f"{index_name} in {src} cannot be read ({exc.__class__.__name__}: {exc}).") from None
             return [src / n for n in names]
     for single in ("model.safetensors", "pytorch_model.bin"):
         if (src / single).is_file():
@@ -258,13 +266,34 @@ def iter_tensors(files: list[Path]) -> Iterator[tuple[str, torch.Tensor]]:
     """Every tensor of the checkpoint, one at a time (safetensors lazily; .bin one file at a time)."""
     for path in files:
         if path.suffix == ".safetensors":
-            with safe_open(str(path), framework="pt") as f:
+            try:
+                handle = safe_open(str(path), framework="pt")
+            except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types
+                raise ConversionError(f"{path.name} is not a readable safetensors file ({exc}).") from None
+            with handle as f:
                 for key in f.keys():
                     yield key, f.get_tensor(key)
         else:
+            yield from _load_plain_tensors(path).items()
+
+
+def _load_plain_tensors(path: Path) -> dict[str, torch.Tensor]:
+    """A ``.bin`` checkpoint read as plain tensors only (``weights_only``). Anything else in the
+    pickle (code, custom objects) is refused in one sentence: loading it would run it."""
+    try:
+        with warnings.catch_warnings():  # torch's notes about unusual pickles: the refusal below says it all
+            warnings.simplefilter("ignore", UserWarning)
             state = torch.load(path, map_location="cpu", weights_only=True)
-            yield from state.items()
-            del state
+    except pickle.UnpicklingError:
+        raise ConversionError(
+            f"{path.name} contains code or objects we refuse to load (only plain tensors are read from "
+            "a checkpoint); get the weights as safetensors from a source you trust.") from None
+    except (OSError, RuntimeError, EOFError, ValueError) as exc:
+        raise ConversionError(f"{path.name} is not a readable PyTorch checkpoint ({exc.__class__.__name__}).") from None
+    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                              for k, v in state.items()):
+        raise ConversionError(f"{path.name} does not hold a plain mapping of tensor names to tensors.")
+    return state
 
 
 class _ShardWriter:
@@ -391,6 +420,42 @@ def _write_image_processor(cfg: dict, dst: Path, size: int) -> None:
     ).save_pretrained(dst)
 
 
+# --------------------------------------------------------------------- config checks
+def _read_config(src: Path) -> dict:
+    try:
+        cfg = json.loads((src / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError) as exc:
+        raise ConversionError(f"The config.json in {src} cannot be read ({exc.__class__.__name__}).") from None
+    if not isinstance(cfg, dict):
+        raise ConversionError(f"The config.json in {src} is not a JSON object.")
+    return cfg
+
+
+def _check_config(cfg: dict) -> None:
+    """Run the config translation once on its own, so that a missing or mistyped field is reported
+    as one sentence naming it (and before the output folder is touched)."""
+    for section, translate in (("llm_config", lambda: _text_config(_section(cfg, "llm_config"))),
+                               ("vision_config", lambda: _vision_config({**cfg, "vision_config":
+                                                                         _section(cfg, "vision_config")}))):
+        try:
+            translate()
+        except KeyError as exc:
+            raise ConversionError(f"The checkpoint's config.json lacks '{section}.{exc.args[0]}', "
+                                  "which the conversion needs.") from None
+        except (TypeError, ValueError, AttributeError, IndexError, ZeroDivisionError) as exc:
+            raise ConversionError(f"The checkpoint's config.json has an unusable '{section}' "
+                                  f"({exc.__class__.__name__}: {exc}).") from None
+
+
+def _section(cfg: dict, name: str) -> dict:
+    value = cfg.get(name)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ConversionError(f"The checkpoint's config.json has an unusable '{name}' (not an object).")
+    return value
+
+
 # --------------------------------------------------------------------- entry point
 def convert_checkpoint(
     src: Path | str,
@@ -400,26 +465,35 @@ def convert_checkpoint(
     overwrite: bool = False,
 ) -> ConversionReport:
     """Convert the ``internvl_chat`` checkpoint in ``src`` into a native model folder ``dst``."""
-    from transformers import GenerationConfig, InternVLForConditionalGeneration
-
     report = progress or (lambda message, fraction: None)
     src, dst = Path(src), Path(dst)
     if not (src / "config.json").is_file():
         raise ConversionError(f"No checkpoint in {src} (config.json is missing).")
-    cfg = json.loads((src / "config.json").read_text())
+    cfg = _read_config(src)
     if cfg.get("model_type") == "internvl":
         raise ConversionError(f"{src} is already in the native format; no conversion needed.")
-    if cfg.get("model_type") != "internvl_chat" and "InternVLChatModel" not in (cfg.get("architectures") or []):
+    archs = cfg.get("architectures") if isinstance(cfg.get("architectures"), list) else []
+    if cfg.get("model_type") != "internvl_chat" and "InternVLChatModel" not in archs:
         raise ConversionError(f"{src} is not an original InternVL2 checkpoint (model_type '{cfg.get('model_type')}').")
+    _check_config(cfg)  # before anything is written: a missing field is named, not a KeyError
     if dst.exists() and any(dst.iterdir()):
         if not overwrite:
             raise ConversionError(f"{dst} is not empty; choose an empty or new folder.")
         shutil.rmtree(dst)
     dst.mkdir(parents=True, exist_ok=True)
+    from transformers import (  # slow to import: only once the source is known to be convertible
+        GenerationConfig,
+        InternVLForConditionalGeneration,
+    )
 
     report("tokenizer", 0.02)
     image_token_id, im_end = _write_tokenizer(src, dst)
-    backbone, config = native_config(cfg, image_token_id, im_end)
+    try:
+        backbone, config = native_config(cfg, image_token_id, im_end)
+    except (KeyError, TypeError, ValueError) as exc:
+        shutil.rmtree(dst, ignore_errors=True)
+        raise ConversionError(f"The checkpoint's config.json cannot be converted ({exc.__class__.__name__}: {exc}).") \
+            from None
     result = ConversionReport(src=src, dst=dst, backbone=backbone)
 
     with torch.device("meta"):

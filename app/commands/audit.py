@@ -1,4 +1,5 @@
-"""``xmedgpt audit verify|export``: check the audit trail's hash chain; export it de-identified."""
+"""``xmedgpt audit verify|repair|export``: check the audit trail's hash chain, seal what a crash
+left (as a recorded event), export it de-identified."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from pathlib import Path
 
 from app.core.errors import XMedError
 from app.core.settings import Settings
-from app.report.audit import export_deidentified, verify
+from app.report.audit import export_deidentified, repair, verify
 
 log = logging.getLogger(__name__)
 
@@ -20,6 +21,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     v = sub.add_parser("verify", help="check that no audit record was altered or removed")
     v.add_argument("--log", type=Path, help="audit log file (default: the one in Settings)")
     v.set_defaults(func=_verify)
+
+    r = sub.add_parser("repair", help="seal an unfinished last record (after a crash) as a recorded repair event",
+                       description="Move an unfinished last line (a write interrupted by a crash or a full disk) to a "
+                       "side file beside the log, and record in the chain what was sealed and what the head said. "
+                       "Damage elsewhere in the chain is not repaired.")
+    r.add_argument("--log", type=Path, help="audit log file (default: the one in Settings)")
+    r.set_defaults(func=_repair)
 
     e = sub.add_parser("export", help="write a de-identified copy for research")
     e.add_argument("--deidentify", type=Path, metavar="OUT", required=True,
@@ -42,6 +50,18 @@ def _verify(args: argparse.Namespace) -> int:
     for note in result.notes:
         print(f"note: {note}")
     return 0 if result.ok else 1
+
+
+def _repair(args: argparse.Namespace) -> int:
+    path = _log_path(args)
+    result = repair(path, user=Settings.load().reader_name or None)
+    if result.record is None:
+        print(f"{path}: {result.summary}")
+        return 0
+    print(f"{path}: repaired as record {result.record.seq}: {result.summary}")
+    check = verify(path)
+    print(f"{path}: {check.summary()}")
+    return 0 if check.ok else 1
 
 
 def _export(args: argparse.Namespace) -> int:

@@ -22,16 +22,22 @@ Below *data*: ``workspace/`` (autosaved drafts), ``audit/audit.jsonl`` (the
 audit trail), ``models/`` (model folders the reader added).
 
 :func:`write_atomic` is the one way files that must survive a crash are written:
-temp file in the same folder, fsync, rename over the target, fsync the folder.
+temp file in the same folder, fsync, rename over the target, fsync the folder. A
+crash between the first and the last step leaves the temp file (``.<name>.XXXXXXXX.tmp``)
+behind; the next write of the same target removes such orphans once they are older
+than :data:`STALE_TEMP_SECONDS` (younger ones may belong to a writer still at work),
+and :func:`clean_stale_temps` does the same for a whole folder at start-up.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 import tempfile
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -116,13 +122,48 @@ def fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+#: Temp files of interrupted atomic writes older than this are removed (an hour: no write takes that long).
+STALE_TEMP_SECONDS = 3600.0
+# tempfile.mkstemp names: prefix, 8 characters from [a-z0-9_], suffix
+_TEMP_RE = re.compile(r"^\.(?P<target>.+)\.[a-z0-9_]{8}\.tmp$")
+
+
+def clean_stale_temps(folder: Path, target: str | None = None, *,
+                      older_than: float = STALE_TEMP_SECONDS, now: float | None = None) -> list[Path]:
+    """Remove temp files that interrupted :func:`write_atomic` calls left in ``folder`` (only those of
+    ``target`` when given) and that are older than ``older_than`` seconds; returns what was removed.
+    Never raises: cleaning up is a courtesy, not a reason to fail a write."""
+    removed: list[Path] = []
+    now = time.time() if now is None else now
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return removed
+    for entry in entries:
+        m = _TEMP_RE.match(entry.name)
+        if m is None or (target is not None and m.group("target") != target):
+            continue
+        try:
+            st = entry.stat(follow_symlinks=False)
+            if not entry.is_file(follow_symlinks=False) or now - st.st_mtime < older_than:
+                continue
+            os.unlink(entry.path)
+        except OSError:
+            continue
+        removed.append(Path(entry.path))
+        log.info("removed %s, left by an interrupted write", entry.name)
+    return removed
+
+
 def write_atomic(path: Path, data: bytes | str, *, mode: int = 0o600) -> None:
     """Replace ``path`` with ``data`` so a crash leaves either the old or the new file, never half.
 
     Temp file in the same folder → write → fsync → rename over ``path`` → fsync the folder.
+    Orphaned temp files of earlier interrupted writes of ``path`` are removed first.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    clean_stale_temps(path.parent, path.name)
     payload = data.encode("utf-8") if isinstance(data, str) else data
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     tmp = Path(tmp_name)
@@ -140,15 +181,61 @@ def write_atomic(path: Path, data: bytes | str, *, mode: int = 0o600) -> None:
 
 
 def set_aside(path: Path, reason: str) -> Path:
-    """Rename a damaged file to ``<name>.corrupt-<n>`` beside it (never delete it); return the new path."""
+    """Rename a damaged file to ``<name>.corrupt-<n>`` beside it (never delete it); return the new path.
+
+    Logs one warning line. When the rename itself fails (a read-only folder), the file stays
+    where it is, that is logged, and ``path`` is returned: the caller goes on with defaults.
+    """
     path = Path(path)
     n = 1
     while True:
         target = path.with_name(f"{path.name}.corrupt-{n}")
-        if not target.exists():
+        if not os.path.lexists(target):
             break
         n += 1
-    os.replace(path, target)
-    fsync_dir(path.parent)
+    try:
+        os.replace(path, target)
+    except OSError as exc:
+        log.warning("%s is damaged (%s) and could not be set aside: %s", path, reason, exc.strerror or exc)
+        return path
+    try:
+        fsync_dir(path.parent)
+    except OSError:
+        pass
     log.warning("set aside %s as %s: %s", path, target.name, reason)
     return target
+
+
+#: Owner-only modes for patient data: files 0600, folders 0700 (where the platform honours modes).
+PRIVATE_FILE, PRIVATE_DIR = 0o600, 0o700
+
+
+def write_private(path: Path, data: bytes | str | Callable[[Path], object]) -> Path:
+    """Write a patient-data file (an export: SR, PDF, text) owner-only, atomically; return ``path``.
+
+    Folders it has to create are made 0700 (existing ones are left alone: they may be the
+    reader's); the file is 0600 from its creation on. ``data`` is the content, or a function
+    that writes the file at the path it is given (pydicom's ``save_as``, Qt's PDF writer): it
+    writes a temp file beside ``path`` (named as :func:`write_atomic` names its own), renamed
+    over ``path`` once complete.
+    """
+    path = Path(path)
+    missing = [p for p in (path.parent, *path.parent.parents) if not p.exists()]
+    for folder in reversed(missing):
+        folder.mkdir(mode=PRIVATE_DIR, exist_ok=True)
+        os.chmod(folder, PRIVATE_DIR)  # mkdir's mode is filtered by the umask
+    if not callable(data):
+        write_atomic(path, data, mode=PRIVATE_FILE)
+        return path
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)  # 0600
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        data(tmp)
+        os.chmod(tmp, PRIVATE_FILE)  # a writer that replaced the file may have used the umask
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+    return path

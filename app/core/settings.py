@@ -1,11 +1,14 @@
 """The reader's settings: one JSON file at the platform location (see :mod:`app.core.paths`).
 
-``Settings.load()`` never fails on a bad file: a file that is not valid JSON is
-set aside as ``settings.json.corrupt-N`` and defaults are used; a value of the
-wrong type falls back to its default. Either way the problem is kept in
-``Settings.problems`` so the UI can tell the reader. Keys this version does not
-know (written by a newer version, or by hand) are kept in ``extra`` and written
-back on save.
+``Settings.load()`` never fails on a bad file. A file that cannot be read as a
+settings object (not JSON, ``NaN``/``Infinity``, nested absurdly deep, not an
+object, a device or FIFO, too big) is set aside as ``settings.json.corrupt-N`` and
+defaults are used. Each field is checked against its type and a sane range
+(:data:`RANGES`, :data:`CHOICES`; paths must not name the wrong kind of thing, e.g.
+an audit log that is a folder); a bad field falls back to its default. Either way
+the problem is logged as a warning and kept in ``Settings.problems`` so the UI can
+tell the reader. Keys this version does not know (written by a newer version, or by
+hand) are kept in ``extra`` and written back on save.
 """
 
 from __future__ import annotations
@@ -13,15 +16,35 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+from app.core import strict_json
 from app.core.paths import AppPaths, set_aside, write_atomic
 
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
+MAX_SETTINGS_BYTES = 1024 * 1024
+
+#: Allowed ranges of the numeric settings (inclusive); the Settings dialog offers the same.
+RANGES: dict[str, tuple[float, float]] = {
+    "reliability_samples": (1, 50),
+    "reliability_questions": (1, 10),
+    "autosave_seconds": (0.2, 600.0),
+}
+#: Settings that take one of a few words.
+CHOICES: dict[str, frozenset[str]] = {
+    "quantization": frozenset({"auto", "nf4", "int8", "bf16", "none"}),
+}
+#: Longest accepted text per setting (paths, names, keys).
+MAX_TEXT: dict[str, int] = {"dictation_key": 64, "dictation_language": 16}
+DEFAULT_MAX_TEXT = 4096
+#: Path settings: what the path must be when it exists ("dir" or "file").
+PATH_KINDS: dict[str, str] = {"workspace_dir": "dir", "audit_log": "file", "model_dir": "dir",
+                              "dictation_model": "dir"}
 
 
 @dataclass
@@ -92,10 +115,12 @@ class Settings:
                 settings.extra[key] = value
                 continue
             default = getattr(settings, key)
-            coerced = _coerce(value, default)
-            if coerced is None:
+            coerced, why = _check(key, value, default)
+            if why:
+                shown = repr(value)
+                shown = shown if len(shown) <= 60 else shown[:57] + "..."
                 settings.problems.append(
-                    f"Setting '{key}' has an unusable value ({value!r}); using the default ({default!r})."
+                    f"Setting '{key}' has an unusable value ({shown}: {why}); using the default ({default!r})."
                 )
                 continue
             setattr(settings, key, coerced)
@@ -105,15 +130,15 @@ class Settings:
     def load(cls, path: Path | None = None) -> "Settings":
         """Read the settings file; missing → defaults; damaged → set aside, defaults, and a problem noted."""
         path = Path(path) if path else AppPaths.detect().settings_file
-        if not path.exists():
+        if not path.exists() and not path.is_symlink():
             settings = cls()
         else:
             try:
-                data = json.loads(path.read_text(encoding="utf-8"))
+                data = strict_json.read_file(path, max_bytes=MAX_SETTINGS_BYTES)
                 if not isinstance(data, dict):
                     raise ValueError("the file does not hold a settings object")
-            except (OSError, UnicodeDecodeError, ValueError) as exc:
-                moved = set_aside(path, str(exc))
+            except (OSError, ValueError) as exc:
+                moved = set_aside(path, str(exc) or exc.__class__.__name__)
                 settings = cls()
                 settings.problems.append(
                     f"The settings file was damaged and has been kept as {moved.name}; default settings are in use."
@@ -132,18 +157,39 @@ class Settings:
         return path
 
 
-def _coerce(value: Any, default: Any) -> Any:
-    """``value`` as the type of ``default``, or None when it cannot be one."""
+def _check(key: str, value: Any, default: Any) -> tuple[Any, str]:
+    """``(value as the type of default, "")`` or ``(None, why it cannot be used)``."""
     if isinstance(default, bool):
-        return value if isinstance(value, bool) else None
-    if isinstance(default, int):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value) or value < 1:
-            return None
-        return int(value)
-    if isinstance(default, float):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-            return None
-        return float(value)
+        return (value, "") if isinstance(value, bool) else (None, "not true or false")
+    if isinstance(default, (int, float)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return None, "not a number"
+        if isinstance(value, float) and not math.isfinite(value):
+            return None, "not a finite number"
+        if isinstance(default, int) and value != int(value):
+            return None, "not a whole number"
+        lo, hi = RANGES.get(key, (1, 1_000_000))
+        if not lo <= value <= hi:
+            return None, f"outside {lo:g} to {hi:g}"
+        return (int(value) if isinstance(default, int) else float(value)), ""
     if isinstance(default, str):
-        return value if isinstance(value, str) else None
-    return value
+        if not isinstance(value, str):
+            return None, "not text"
+        if len(value) > MAX_TEXT.get(key, DEFAULT_MAX_TEXT):
+            return None, "too long"
+        if "\x00" in value:
+            return None, "contains a NUL character"
+        if key in CHOICES and value not in CHOICES[key]:
+            return None, f"not one of {', '.join(sorted(CHOICES[key]))}"
+        kind = PATH_KINDS.get(key)
+        if kind and value:
+            try:
+                p = Path(value).expanduser()
+                if kind == "dir" and p.exists() and not p.is_dir():
+                    return None, "names a file, not a folder"
+                if kind == "file" and p.is_dir():
+                    return None, "names a folder, not a file"
+            except (OSError, RuntimeError, ValueError):
+                return None, "not a usable path"
+        return value, ""
+    return value, ""

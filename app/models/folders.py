@@ -9,19 +9,19 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from app.models.registry import ModelFolderError, ModelInfo, ModelRegistry
-from app.models.registry import check_model_folder as inspect_without_hashing
+from app.models.registry import (
+    ModelInfo,
+    ModelRegistry,
+    require_native_model_folder,
+)
 
 
 def check_model_folder(folder: Path) -> str:
     """A quick check of a model folder chosen in Settings (no hashing): the same reasons as
     ``xmedgpt models add``, and an original checkpoint is refused with the conversion command.
-    Returns a one-line description; raises :class:`app.models.registry.ModelFolderError`."""
-    checked = inspect_without_hashing(folder)
-    if checked.format != "native":
-        raise ModelFolderError(
-            f"{checked.path} is an original InternVL2/XMedGPT checkpoint; convert it first: "
-            f"xmedgpt convert-checkpoint {checked.path} {checked.path}-native")
+    Returns a one-line description; raises :class:`app.models.registry.ModelFolderError`.
+    The same check as ``--model DIR`` (:func:`app.models.registry.require_native_model_folder`)."""
+    checked = require_native_model_folder(folder)
     size = checked.size_bytes / 2**20
     return f"InternVL model, {len(checked.weights)} weight file(s), {size:,.0f} MB"
 

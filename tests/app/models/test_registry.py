@@ -21,6 +21,11 @@ def _write_model(folder: Path, architectures: list[str], model_type: str, seed: 
     return folder
 
 
+def write_model_folder(folder: Path) -> Path:
+    """The smallest folder that passes the model-folder check (for commands whose engine a test replaces)."""
+    return _write_model(folder, ["InternVLForConditionalGeneration"], "internvl")
+
+
 @pytest.fixture
 def native(tmp_path):
     return _write_model(tmp_path / "tiny-native", ["InternVLForConditionalGeneration"], "internvl")
