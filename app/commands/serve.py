@@ -94,6 +94,9 @@ def check_arguments(args: argparse.Namespace) -> tuple[str | None, srv.ServerLim
     srv.check_bindable(args.host, args.port)
     if not args.model.is_dir():
         raise XMedError(f"No model folder at {args.model}.")
+    from app.models.registry import require_native_model_folder
+
+    require_native_model_folder(args.model)  # the same folder check as models add and analyze --model
     return api_key, limits
 
 

@@ -523,3 +523,15 @@ def test_serve_command_reports_a_busy_port_before_loading_the_model(tmp_path, mo
         args = _serve(["--model", str(tmp_path), "--port", str(taken.getsockname()[1])], monkeypatch)
         with pytest.raises(XMedError, match="Cannot listen"):
             args.func(args)
+
+
+@pytest.mark.parametrize("config", ['{"architectures": {"a": 1}}', "[]", '{"text_config": "x"}'])
+def test_serve_command_refuses_a_malformed_model_folder_before_loading(config, tmp_path, monkeypatch):
+    """The same folder check as models add and analyze --model: a broken config is one line, not a traceback."""
+    monkeypatch.delenv("XMEDGPT_API_KEY", raising=False)
+    (tmp_path / "config.json").write_text(config)
+    (tmp_path / "model.safetensors").write_bytes(b"\0" * 64)
+    args = _serve(["--model", str(tmp_path), "--port", "0"], monkeypatch)
+    with pytest.raises(XMedError) as info:
+        args.func(args)
+    assert "\n" not in str(info.value)
