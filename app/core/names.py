@@ -1,4 +1,4 @@
-"""How people and dates are written: one rule, with the style named at each use.
+"""How people, dates, windows and finding boxes are written: one rule, with the style named at each use.
 
 DICOM person names (PN) are ``Family^Given^Middle^Prefix^Suffix`` (with optional
 ``=``-separated ideographic/phonetic groups, of which the first is shown). Two styles:
@@ -9,6 +9,8 @@ DICOM person names (PN) are ``Family^Given^Middle^Prefix^Suffix`` (with optional
   ``DOE^JOHN^^DR`` → ``DR JOHN DOE``.
 
 DICOM dates (DA, ``YYYYMMDD``) are shown as ISO dates, ``2024-01-31``.
+Window names, whether a preset's or a header's explanation, are shown in sentence case
+(``Soft tissue``), and a finding's box on the image is labelled ``AI 1 · lesion · green``.
 """
 
 from __future__ import annotations
@@ -42,3 +44,24 @@ def display_date(da: str) -> str:
     if len(s) == 8 and s.isdigit():
         return f"{s[:4]}-{s[4:6]}-{s[6:]}"
     return s
+
+
+def window_name(name: str) -> str:
+    """A window's name as every view shows it: sentence case, ``"SOFT TISSUE"`` / ``"soft tissue"`` →
+    ``"Soft tissue"``; a width/level name (``"400/40"``) unchanged."""
+    s = " ".join(str(name).replace("_", " ").split())
+    if not any(c.isalpha() for c in s):
+        return s
+    return s[:1].upper() + s[1:].lower()
+
+
+def box_label(who: str, number: int, what: str, tier: str = "", *, limit: int = 32) -> str:
+    """The label of a finding's box on the image, the one form everywhere: ``"AI 1 · lesion · green"``.
+
+    ``who``: ``"AI"`` or ``"You"``; ``what``: the finding's type or phrase (shortened to ``limit``
+    characters with "…"); ``tier``: its reliability tier, when known.
+    """
+    what = " ".join(str(what).split())
+    if len(what) > limit:
+        what = what[: limit - 1].rstrip() + "…"
+    return " · ".join(x for x in (f"{who} {number}", what, tier) if x)

@@ -1,8 +1,9 @@
-"""How the report editor marks reliability in the impression the reader writes.
+"""How the report shows things: reliability in the impression, the study line.
 
 Qt-free: :func:`sentence_reliability` says which stretches of the impression to tint
 and in which tier; ``ui/report/panel.py`` paints them. Sentences are cut by the rule
 every part of the app shares (:func:`inference.phrases.sentence_spans`).
+:func:`study_label` is the study as the panel header, the text and the PDF name it.
 """
 
 from __future__ import annotations
@@ -29,3 +30,13 @@ def sentence_reliability(text: str, findings: Sequence[Finding]) -> list[tuple[i
         if tiers:
             spans.append((start, end, worst_tier(tiers)))
     return spans
+
+
+def study_label(modality: str, description: str) -> str:
+    """"CT Chest" from ("CT", "Chest"); the description alone when it already names the modality
+    ("CT CHEST ABDOMEN", "CT" → "CT CHEST ABDOMEN", never "CT CT CHEST ABDOMEN")."""
+    modality, description = modality.strip(), " ".join(description.split())
+    if modality and (description.upper() == modality.upper()
+                     or description.upper().startswith(modality.upper() + " ")):
+        return description
+    return " ".join(x for x in (modality, description) if x)

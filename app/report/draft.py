@@ -5,6 +5,14 @@ Qt-free. The assistant fills a :class:`DraftReport` with AI findings (status
 writes the impression, and signs. Signing needs a reader name and every AI
 finding decided; a signed report refuses further edits.
 
+Besides findings and the impression a report has the sections a radiologist writes
+first: indication, technique and comparison (:data:`SECTIONS`). After signing, the
+report stays as signed; a correction or late information goes into an
+:class:`Addendum` (text, author, time) appended to it and signed on its own
+(:meth:`DraftReport.add_addendum`, :meth:`DraftReport.sign_addendum`). Each finding
+remembers the display window it was found or drawn in (``Finding.window``), so its key
+image is shown as the reader saw it.
+
 Every change goes through :meth:`DraftReport.apply` as an :class:`Edit` that
 carries the affected state *before and after*. That one record serves undo/redo
 (apply the reverse), the workspace journal (replay the "after" state) and the
@@ -27,10 +35,14 @@ from datetime import datetime, timezone
 from enum import Enum
 
 from app.core.errors import XMedError
+from app.dicom.model import Window
 from inference.reliability.scoring import Tier
 from inference.types import Box
 
 log = logging.getLogger(__name__)
+
+#: the free-text sections of a report besides findings and impression, in report order
+SECTIONS = ("indication", "technique", "comparison")
 
 
 class ReportError(XMedError):
@@ -93,6 +105,7 @@ class Finding:
     reliability: FindingReliability | None = None
     source_step: int | None = None  # 1..5: the reasoning step the finding came from
     ai_text: str = ""  # what the model wrote, kept when the reader edits
+    window: Window | None = None  # the display window it was found (AI) or drawn (reader) in
 
     @property
     def decided(self) -> bool:
@@ -134,12 +147,29 @@ class Signature:
 
 
 @dataclass(frozen=True)
+class Addendum:
+    """Text added to a signed report, by one reader, signed on its own (the report itself stays as signed)."""
+
+    id: str
+    text: str = ""
+    author: str = ""  # who started it (the reader's name from Settings)
+    created_at: str = ""  # ISO 8601, UTC
+    signature: Signature | None = None
+
+    @property
+    def signed(self) -> bool:
+        return self.signature is not None
+
+
+@dataclass(frozen=True)
 class Edit:
     """One change to a report. ``index`` is the finding's position (before for removal, after otherwise).
 
     Finding edits carry ``before``/``after`` (None: the finding did not exist / no
     longer exists); impression edits carry ``impression_before``/``impression_after``;
-    sign-off carries ``signature``.
+    section edits (indication, technique, comparison) ``section`` and
+    ``section_before``/``section_after``; sign-off carries ``signature``; addendum edits
+    ``addendum_before``/``addendum_after`` (they may follow the sign-off and are not undoable).
     """
 
     action: str
@@ -152,6 +182,11 @@ class Edit:
     signature: Signature | None = None
     revision: int = 0
     at: str = ""
+    section: str | None = None
+    section_before: str | None = None
+    section_after: str | None = None
+    addendum_before: Addendum | None = None
+    addendum_after: Addendum | None = None
 
     def reversed(self, action: str) -> "Edit":
         return replace(
@@ -161,6 +196,8 @@ class Edit:
             after=self.before,
             impression_before=self.impression_after,
             impression_after=self.impression_before,
+            section_before=self.section_after,
+            section_after=self.section_before,
         )
 
 
@@ -172,12 +209,16 @@ class DraftReport:
     study: StudyContext
     findings: list[Finding] = field(default_factory=list)
     impression: str = ""
+    indication: str = ""
+    technique: str = ""
+    comparison: str = ""
     provenance: Provenance = field(default_factory=Provenance)
     template: str = ""  # empty: the template for the study's modality
     report_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     created_at: str = field(default_factory=lambda: utc_now())
     revision: int = 0  # increases with every applied edit (journal ordering)
     signature: Signature | None = None
+    addenda: list[Addendum] = field(default_factory=list)
     _undo: list[Edit] = field(default_factory=list, repr=False, compare=False)
     _redo: list[Edit] = field(default_factory=list, repr=False, compare=False)
     _listeners: list[Listener] = field(default_factory=list, repr=False, compare=False)
@@ -204,6 +245,37 @@ class DraftReport:
 
     def included_findings(self) -> list[Finding]:
         return [f for f in self.findings if f.included]
+
+    def section(self, name: str) -> str:
+        """The text of a section (:data:`SECTIONS`)."""
+        if name not in SECTIONS:
+            raise ReportError(f"A report has no section '{name}'.")
+        return getattr(self, name)
+
+    def addendum(self, addendum_id: str) -> Addendum:
+        for a in self.addenda:
+            if a.id == addendum_id:
+                return a
+        raise ReportError(f"That addendum is no longer in the report (id {addendum_id}).")
+
+    def pending_addendum(self) -> Addendum | None:
+        """The addendum being written (not signed yet), if any."""
+        return next((a for a in self.addenda if not a.signed), None)
+
+    def signed_addenda(self) -> list[Addendum]:
+        return [a for a in self.addenda if a.signed]
+
+    def addendum_blockers(self, addendum_id: str, reader_name: str) -> list[str]:
+        """Why the addendum cannot be signed now, as sentences; empty when it can."""
+        a = self.addendum(addendum_id)
+        reasons = []
+        if a.signed:
+            reasons.append("The addendum is already signed.")
+        if not reader_name.strip():
+            reasons.append("Enter your name in Settings before signing.")
+        if not a.text.strip():
+            reasons.append("Write the addendum first.")
+        return reasons
 
     def sign_blockers(self, reader_name: str) -> list[str]:
         """Why the report cannot be signed now, as sentences; empty when it can."""
@@ -240,6 +312,7 @@ class DraftReport:
         finding_type: str = "",
         reliability: FindingReliability | None = None,
         source_step: int | None = None,
+        window: Window | None = None,
     ) -> Finding:
         status = FindingStatus.PROPOSED if origin is Origin.AI else FindingStatus.ACCEPTED
         f = Finding(
@@ -252,6 +325,7 @@ class DraftReport:
             reliability=reliability,
             source_step=source_step,
             ai_text=text.strip() if origin is Origin.AI else "",
+            window=window,
         )
         self.apply(Edit("add", f.id, len(self.findings), None, f))
         return f
@@ -321,6 +395,42 @@ class DraftReport:
             return
         self.apply(Edit("impression", impression_before=self.impression, impression_after=text))
 
+    def set_section(self, name: str, text: str) -> None:
+        """Indication, technique or comparison (:data:`SECTIONS`)."""
+        before = self.section(name)
+        if text == before:
+            return
+        self.apply(Edit("section", section=name, section_before=before, section_after=text))
+
+    def add_addendum(self, text: str = "", author: str = "", when: datetime | None = None) -> Addendum:
+        """Start an addendum to the signed report (one at a time; sign it with :meth:`sign_addendum`)."""
+        if not self.signed:
+            raise ReportError("Addenda are added to a signed report; change the draft itself instead.")
+        if self.pending_addendum() is not None:
+            raise ReportError("An addendum is already being written; sign it first.")
+        a = Addendum(uuid.uuid4().hex[:12], text.strip(), author.strip(), utc_now(when))
+        self.apply(Edit("addendum", addendum_after=a))
+        return a
+
+    def edit_addendum(self, addendum_id: str, text: str) -> None:
+        a = self.addendum(addendum_id)
+        if a.signed:
+            raise ReportError("This addendum is signed and can no longer be changed.")
+        if text == a.text:
+            return
+        self.apply(Edit("addendum_text", addendum_before=a, addendum_after=replace(a, text=text)))
+
+    def sign_addendum(self, addendum_id: str, reader_name: str, when: datetime | None = None) -> Signature:
+        blockers = self.addendum_blockers(addendum_id, reader_name)
+        if blockers:
+            raise ReportError("Cannot sign the addendum yet: " + " ".join(blockers))
+        a = self.addendum(addendum_id)
+        sig = Signature(reader_name.strip(), utc_now(when))
+        self.apply(Edit("sign_addendum", addendum_before=a,
+                        addendum_after=replace(a, text=a.text.strip(), author=a.author or sig.reader_name,
+                                               signature=sig)))
+        return sig
+
     def sign(self, reader_name: str, when: datetime | None = None) -> Signature:
         blockers = self.sign_blockers(reader_name)
         if blockers:
@@ -353,7 +463,7 @@ class DraftReport:
         """Apply a new edit (undoable, clears redo) and tell the listeners."""
 
         def record(done: Edit) -> None:
-            if done.signature is None:
+            if done.signature is None and done.addendum_after is None:
                 self._undo.append(done)
                 self._redo.clear()
 
@@ -377,8 +487,10 @@ class DraftReport:
 
     def _commit(self, edit: Edit, bookkeeping: Callable[[Edit], None]) -> Edit:
         """Apply, update undo/redo (``bookkeeping``), then tell the listeners: they see a consistent report."""
-        if self.signed:
-            raise ReportError("This report is signed and can no longer be changed.")
+        if self.signed and edit.addendum_after is None:
+            raise ReportError("This report is signed and can no longer be changed; add an addendum instead.")
+        if edit.addendum_before is not None and self.addendum(edit.addendum_before.id).signed:
+            raise ReportError("This addendum is signed and can no longer be changed.")
         edit = replace(edit, revision=self.revision + 1, at=utc_now())
         self._mutate(edit)
         self.revision = edit.revision
@@ -393,6 +505,18 @@ class DraftReport:
     def _mutate(self, edit: Edit) -> None:
         if edit.signature is not None:
             self.signature = edit.signature
+            return
+        if edit.addendum_after is not None:
+            a = edit.addendum_after
+            pos = next((i for i, old in enumerate(self.addenda) if old.id == a.id), None)
+            if pos is None:
+                self.addenda.append(a)
+            else:
+                self.addenda[pos] = a
+            return
+        if edit.section is not None:
+            if edit.section in SECTIONS and edit.section_after is not None:
+                setattr(self, edit.section, edit.section_after)
             return
         if edit.impression_after is not None:
             self.impression = edit.impression_after

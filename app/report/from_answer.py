@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
 from typing import Protocol
 
-from app.dicom.model import FrameRef
+from app.dicom.model import FrameRef, Window
 from app.report.draft import (
     DraftReport,
     Finding,
@@ -45,13 +45,15 @@ def draft_from_answer(
     frame_ref: Callable[[int], FrameRef],
     provenance: Provenance,
     reliability: Mapping[str, FindingReliability] | None = None,
+    window: Window | None = None,
 ) -> DraftReport:
     """A draft from an answer: one AI finding per phrase (its boxes merged), the synthesis step as impression.
 
     A finding's text is the sentence of its reasoning step that mentions the phrase
     (tags removed; :func:`inference.phrases.sentence_with`, the sentence the assistant
     links and checks), else the phrase. ``frame_ref(k)`` names the image of slice k (:class:`FrameRef`);
-    ``reliability`` maps a phrase (:func:`inference.phrases.phrase_key`) to its reliability.
+    ``reliability`` maps a phrase (:func:`inference.phrases.phrase_key`) to its reliability;
+    ``window``: the display window the model was shown (each finding keeps it for its key image).
     """
     steps = sorted(steps, key=lambda s: s.index)
     text_of_step = {s.index: s.text for s in steps}
@@ -79,6 +81,7 @@ def draft_from_answer(
             reliability=(reliability or {}).get(key),
             source_step=pf.step,
             ai_text=text,
+            window=window,
         )
     report.findings = list(by_phrase.values())
     synthesis = [s for s in steps if s.index == len(STEP_NAMES)]

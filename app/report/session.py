@@ -14,20 +14,28 @@ without a window.
   (:meth:`app.report.audit.AuditLog.watch`).
 - :meth:`ReportSession.export` writes SR (TID 1500 + narrative), PDF (through the
   ``pdf_writer`` the caller gives, since PDF needs Qt) and plain text, and logs
-  each file in the audit trail.
+  each file in the audit trail; :meth:`ReportSession.export_addendum` writes a signed
+  addendum (the whole report with its addenda as text and PDF, and a new narrative SR
+  whose predecessor is the signed one).
+
+Every file is written owner-only (:func:`app.core.paths.write_private`: 0600, new
+folders 0700) and named so a person can tell it apart in a folder:
+``<PatientID>_<StudyDate>_report_signed_<YYYYMMDD-HHMMSS>.pdf`` (:func:`export_stem`).
 """
 
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from app.core.errors import XMedError
-from app.core.paths import write_atomic
-from app.dicom.model import FrameRef, ScanResult, Series, Volume
+from app.core.paths import write_private
+from app.dicom.model import FrameRef, ScanResult, Series, Volume, Window
 from app.report.audit import AuditLog
 from app.report.draft import (
     DraftReport,
@@ -39,7 +47,13 @@ from app.report.draft import (
     ReportError,
     StudyContext,
 )
-from app.report.export.sr import SrFiles, SrOptions, export_sr, read_sources
+from app.report.export.sr import (
+    SrFiles,
+    SrOptions,
+    export_addendum_sr,
+    export_sr,
+    read_sources,
+)
 from app.report.export.text import render_text
 from app.report.from_answer import draft_from_answer
 from app.report.workspace import Autosave, Workspace
@@ -64,11 +78,40 @@ class Exported:
     pdf: Path | None = None
     text: str = ""
     text_path: Path | None = None
+    addendum_sr: Path | None = None  # the addendum's narrative SR (export_addendum)
 
     @property
     def paths(self) -> list[Path]:
         out = list(self.sr.paths) if self.sr else []
-        return out + [p for p in (self.pdf, self.text_path) if p is not None]
+        return out + [p for p in (self.addendum_sr, self.pdf, self.text_path) if p is not None]
+
+
+# ---- file names ---------------------------------------------------------------------------
+
+def _safe(text: str, limit: int = 40) -> str:
+    """Letters, digits, dots and hyphens only (no separators, spaces or shell characters)."""
+    return re.sub(r"[^A-Za-z0-9.]+", "-", text).strip("-.")[:limit].strip("-.")
+
+
+def _stamp(iso: str | None) -> str:
+    """ISO 8601 time (UTC) → ``YYYYMMDD-HHMMSS``; now when None or unreadable."""
+    try:
+        when = datetime.fromisoformat(iso) if iso else datetime.now(timezone.utc)
+    except ValueError:
+        when = datetime.now(timezone.utc)
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    return when.astimezone(timezone.utc).strftime("%Y%m%d-%H%M%S")
+
+
+def export_stem(report: DraftReport, kind: str, at: str | None = None) -> str:
+    """``<PatientID>_<StudyDate>_report_<kind>_<YYYYMMDD-HHMMSS>`` in safe characters only; ``kind``
+    is ``signed``, ``draft`` or ``addendum-N_signed``; the time is ``at`` (ISO, e.g. the signature's),
+    else now."""
+    s = report.study
+    parts = (_safe(s.patient_id) or "no-patient-id", _safe(s.study_date) or "no-study-date", "report",
+             "_".join(_safe(k) for k in kind.split("_")), _stamp(at))
+    return "_".join(parts)
 
 
 # ---- where things are in the loaded study ---------------------------------------------
@@ -185,7 +228,8 @@ class ReportSession:
             reasoning=data["steps"], boxes=data["findings"], engine=answer.engine,
             finish_reason=answer.finish_reason, warnings=answer.warnings,
         )
-        fresh = draft_from_answer(study, answer.steps, answer.findings, refs, prov)
+        fresh = draft_from_answer(study, answer.steps, answer.findings, refs, prov,
+                                  window=getattr(answer, "window", None))
         keys = list(dict.fromkeys(phrase_key(f.phrase) for f in answer.findings
                                   if phrase_key(f.phrase) and f.box_px.area > 0))
         ids = dict(zip(keys, (f.id for f in fresh.findings)))  # draft_from_answer keeps the phrases' order
@@ -247,12 +291,13 @@ class ReportSession:
         return changed
 
     # ---- reader actions the report does not have as one call ------------------------------------
-    def add_reader_finding(self, text: str, box: Box, slice_index: int, volume: Volume) -> str:
-        """A finding the reader drew (a box on a slice) and typed; returns its id."""
+    def add_reader_finding(self, text: str, box: Box, slice_index: int, volume: Volume,
+                           window: Window | None = None) -> str:
+        """A finding the reader drew (a box on a slice, in ``window``) and typed; returns its id."""
         report = self._require()
         ref = frame_refs(volume)(slice_index)
         f = report.add_finding(text, [ReportBox(box, ref.slice_index, ref.sop_instance_uid, ref.series_uid,
-                                                ref.frame_number)], origin=Origin.READER)
+                                                ref.frame_number)], origin=Origin.READER, window=window)
         return f.id
 
     def ensure_report(self, study: StudyContext) -> DraftReport:
@@ -288,20 +333,50 @@ class ReportSession:
             if done.sr.measurement is not None:
                 self.audit.export(report, "sr-measurements", done.sr.measurement, done.sr.measurement_uid)
             self.audit.export(report, "sr-report", done.sr.narrative, done.sr.narrative_uid)
-        stamp = report.signature.signed_at if report.signature else f"r{report.revision}"
-        stem = f"{kind}-{stamp.replace(':', '').replace('+', 'Z')}"
+        stem = export_stem(report, kind, report.signature.signed_at if report.signature else None)
+        self._write_pdf_and_text(report, done, out_dir, stem, pdf_writer, pdf_path, text_file)
+        return done
+
+    def export_addendum(self, sources: Iterable[Path] | Mapping[str, Any], out_dir: Path | None = None, *,
+                        pdf_writer: PdfWriter | None = None) -> Exported:
+        """After an addendum is signed: the whole report with its addenda as a new narrative SR (the signed
+        narrative SR, or the last addendum SR, as its predecessor), a PDF and text, each audited."""
+        report = self._require()
+        addenda = report.signed_addenda()
+        if not report.signed or not addenda:
+            raise ReportError("Sign the addendum first; then it is exported.")
+        uid = report.study.study_uid
+        out_dir = Path(out_dir) if out_dir is not None else self.workspace.exports_dir(uid)
+        headers = sources if isinstance(sources, Mapping) else read_sources(sources)
+        done = Exported()
+        done.addendum_sr, sop = export_addendum_sr(report, headers, out_dir, predecessor=latest_signed_narrative(out_dir),
+                                                   options=self.sr_options)
+        self.audit.export(report, "sr-addendum", done.addendum_sr, sop)
+        last = addenda[-1]
+        stem = export_stem(report, f"addendum-{len(addenda)}_signed", last.signature.signed_at)
+        self._write_pdf_and_text(report, done, out_dir, stem, pdf_writer, None, True)
+        return done
+
+    def _write_pdf_and_text(self, report: DraftReport, done: Exported, out_dir: Path, stem: str,
+                            pdf_writer: PdfWriter | None, pdf_path: Path | None, text_file: bool) -> None:
         if pdf_writer is not None:
-            done.pdf = pdf_writer(report, pdf_path or out_dir / f"report-{stem}.pdf")
+            done.pdf = write_private(pdf_path or out_dir / f"{stem}.pdf", lambda p: pdf_writer(report, p))
             self.audit.export(report, "pdf", done.pdf)
         done.text = render_text(report)
         if text_file:
-            done.text_path = out_dir / f"report-{stem}.txt"
-            write_atomic(done.text_path, done.text, mode=0o600)
+            done.text_path = write_private(out_dir / f"{stem}.txt", done.text)
             self.audit.export(report, "text", done.text_path)
-        return done
 
     def _require(self) -> DraftReport:
         if self.report is None:
             raise ReportError("There is no report for this study yet; ask the assistant or add a finding first.")
         return self.report
 
+
+
+def latest_signed_narrative(out_dir: Path) -> Path | None:
+    """The newest signed narrative SR or addendum SR in a study's exports folder (an addendum's predecessor)."""
+    if not Path(out_dir).is_dir():
+        return None
+    found = [p for pattern in ("SR-signed-report-*.dcm", "SR-addendum-report-*.dcm") for p in Path(out_dir).glob(pattern)]
+    return max(found, key=lambda p: p.stat().st_mtime_ns, default=None)

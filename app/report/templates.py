@@ -1,7 +1,8 @@
 """Report templates: the per-modality wording of a report (``resources/report_templates/*.yaml``).
 
-A template names the report's title, its headings, the sentence used when nothing
-is kept, and the finding types offered for coding. :func:`template_for` picks
+A template names the report's title, its headings (indication, technique, comparison,
+findings, impression, addendum), the sentence used when nothing is kept, and the
+finding types offered for coding. :func:`template_for` picks
 one by modality, :func:`template_of` the one a report uses.
 """
 
@@ -27,6 +28,10 @@ class ReportTemplate:
     modalities: tuple[str, ...] = ()
     findings_heading: str = "Findings"
     impression_heading: str = "Impression"
+    indication_heading: str = "Indication"
+    technique_heading: str = "Technique"
+    comparison_heading: str = "Comparison"
+    addendum_heading: str = "Addendum"
     no_findings_text: str = "No abnormality identified on the reviewed images."
     finding_types: tuple[str, ...] = ()
 
@@ -43,6 +48,8 @@ def load_templates(folder: Path | None = None) -> dict[str, ReportTemplate]:
                 modalities=tuple(str(m).upper() for m in data.get("modalities") or ()),
                 findings_heading=str(data.get("findings_heading", "Findings")),
                 impression_heading=str(data.get("impression_heading", "Impression")),
+                **{f"{k}_heading": str(data.get(f"{k}_heading", k.capitalize()))
+                   for k in ("indication", "technique", "comparison", "addendum")},
                 no_findings_text=str(data.get("no_findings_text", ReportTemplate.no_findings_text)),
                 finding_types=tuple(str(x) for x in data.get("finding_types") or ()),
             )
@@ -50,6 +57,11 @@ def load_templates(folder: Path | None = None) -> dict[str, ReportTemplate]:
             raise ReportError(f"The report template {path.name} is damaged ({exc}).") from exc
         out[t.name] = t
     return out
+
+
+def heading(template: ReportTemplate, section: str) -> str:
+    """The template's heading of a section: indication, technique, comparison, findings, impression, addendum."""
+    return getattr(template, f"{section}_heading")
 
 
 def template_for(modality: str, folder: Path | None = None) -> ReportTemplate:

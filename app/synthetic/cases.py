@@ -31,7 +31,7 @@ from app.synthetic.anatomy import (
     place_lesion,
     render_ct_slice,
 )
-from app.synthetic.truth import LesionTruth, density_of, to_1000
+from app.synthetic.truth import LesionTruth, density_of, side_of, to_1000
 from app.synthetic.xray import add_xray_lesions, render_xray
 
 KINDS = ("ct_chest", "ct_abdomen", "xray")
@@ -168,7 +168,7 @@ def _ct_liver_lesion(rng: np.random.Generator, anatomy: Anatomy, s: float, i: in
         kind, hu = "hypodense lesion", liver_hu - float(rng.uniform(35, 80))
     else:
         kind, hu = "hyperdense lesion", liver_hu + float(rng.uniform(45, 90))
-    side = "right" if spot[0] < -0.05 * anatomy.cavity[0] else "left"
+    side = side_of(spot[0])  # LPS: +x is the patient's left
     return Lesion(id=f"L{i + 1}", organ="liver", location=f"{side} hepatic lobe", side=side, kind=kind,
                   x=spot[0], y=spot[1], s=s, rx=r, ry=r * float(rng.uniform(0.8, 1.0)), rs=r, hu=hu,
                   margin=margin, lobes=int(rng.integers(4, 8)), phase=float(rng.uniform(0, 2 * math.pi)))
@@ -253,7 +253,7 @@ def _xray_case(index: int, rng: np.random.Generator, size: int, n_lesions: int,
                 break
         else:
             continue
-        side = "right" if x < 0 else "left"
+        side = side_of(x)
         third = (rows[k] - top) / max(bottom - top, 1.0)
         zone = "upper" if third < 1 / 3 else ("middle" if third < 2 / 3 else "lower")
         lesions.append(Lesion(

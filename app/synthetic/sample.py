@@ -39,7 +39,7 @@ from app.synthetic.anatomy import (
     place_lesion,
     render_ct_slice,
 )
-from app.synthetic.truth import LesionTruth, density_of
+from app.synthetic.truth import LesionTruth, density_of, side_of, with_side
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +61,9 @@ class _LesionPlan:
     margin: float
 
 
-# A handful of findings of different sizes, densities and margins, in both lungs and the liver.
+# A handful of findings of different sizes, densities and margins, in both lungs and the liver. A lung
+# lesion is placed in its side's lung; a liver lesion anywhere in the liver, its side (and the side word
+# of its location) then read from where it landed (:func:`side_of`).
 _PLAN: tuple[_LesionPlan, ...] = (
     _LesionPlan("L1", "lung", "right", "right upper lobe", "solid nodule", 0.22, 6.0, 30.0, 0.0),
     _LesionPlan("L2", "lung", "left", "left upper lobe", "ground-glass nodule", 0.34, 14.0, -480.0, 0.10),
@@ -97,8 +99,9 @@ def plan_lesions(anatomy: Anatomy, seed: int) -> list[Lesion]:
         if any(math.dist((spot[0], spot[1], s), (o.x, o.y, o.s)) < (r + max(o.rx, o.ry)) * 1.3 for o in lesions):
             s += 2.5 * r
         squash = float(rng.uniform(0.85, 1.0))
+        side = p.side if p.organ == "lung" else side_of(spot[0])
         lesions.append(Lesion(
-            id=p.id, organ=p.organ, location=p.location, side=p.side, kind=p.kind,
+            id=p.id, organ=p.organ, location=with_side(p.location, side), side=side, kind=p.kind,
             x=spot[0], y=spot[1], s=s, rx=r, ry=r * squash, rs=r * float(rng.uniform(0.85, 1.1)),
             hu=p.hu, margin=p.margin, lobes=int(rng.integers(5, 10)), phase=float(rng.uniform(0, 2 * math.pi)),
         ))

@@ -5,7 +5,8 @@ Both synthetic sources describe their lesions with :class:`LesionTruth`: the sam
 training corpus (:mod:`app.synthetic.cases`, the ``lesions`` of ``annotations.jsonl``). Same
 field names, same units everywhere: sizes in millimetres, boxes in pixels of the image
 (x = column, y = row, x1/y1 exclusive) and on the 0–1000 grounding scale, ``side`` the
-patient's, and the size class from the one lesion-size rule
+patient's (:func:`side_of`: DICOM LPS, +x is the patient's left; the side word of
+``location`` is always ``side``), and the size class from the one lesion-size rule
 (:func:`inference.evaluation.sizes.size_bucket`).
 
 :meth:`LesionTruth.from_dict` also reads the records written before this format was shared
@@ -32,6 +33,17 @@ def to_1000(box: BoxPx, width: int, height: int) -> BoxPx:
     x1 = max(x0 + 1, min(BOX_SCALE, int(math.ceil(box[2] * BOX_SCALE / width))))
     y1 = max(y0 + 1, min(BOX_SCALE, int(math.ceil(box[3] * BOX_SCALE / height))))
     return x0, y0, x1, y1
+
+
+def side_of(x_mm: float) -> str:
+    """The patient's side of a point at patient coordinate x (DICOM LPS: +x points to the patient's left)."""
+    return "left" if x_mm > 0 else "right"
+
+
+def with_side(location: str, side: str) -> str:
+    """``location`` with its side word set to ``side`` ("right hepatic lobe", "left" → "left hepatic lobe")."""
+    words = location.split(" ")
+    return " ".join(side if w in ("right", "left") else w for w in words)
 
 
 def density_of(organ: str, kind: str) -> str:
@@ -73,6 +85,17 @@ class LesionTruth:
     def size_class(self) -> str:
         """small | medium | large, by :func:`inference.evaluation.sizes.size_bucket`."""
         return size_bucket(self.size_mm)
+
+    def side_problems(self) -> list[str]:
+        """Why the side words disagree with each other or with the centre (empty when they agree)."""
+        problems = []
+        words = set(self.location.split())
+        if self.side not in words or ({"right", "left"} - {self.side}) & words:
+            problems.append(f"{self.id}: location '{self.location}' does not say side '{self.side}'")
+        if self.center_patient_mm is not None and side_of(self.center_patient_mm[0]) != self.side:
+            problems.append(f"{self.id}: side '{self.side}' but centre x {self.center_patient_mm[0]:+.1f} mm is the "
+                            f"patient's {side_of(self.center_patient_mm[0])}")
+        return problems
 
     @property
     def phrase(self) -> str:

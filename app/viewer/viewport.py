@@ -16,10 +16,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from app.core.errors import XMedError
+from app.core.names import NameStyle, display_date, person_name, window_name
 from app.dicom.display import auto_window_for
 from app.dicom.model import Geometry, Volume, Window
 from app.dicom.presets import CT_PRESETS
-from app.core.names import NameStyle, display_date, person_name
 
 # --- window / level -----------------------------------------------------------------
 
@@ -55,7 +55,7 @@ def default_window(volume: Volume) -> Window:
 
 
 def window_label(window: Window) -> str:
-    name = f" ({window.name})" if window.name else ""
+    name = f" ({window_name(window.name)})" if window.name else ""  # "Soft tissue", from a preset or a header
     return f"W {window.width:.0f}  L {window.center:.0f}{name}"
 
 
@@ -227,6 +227,84 @@ def _instance_for_frame(volume: Volume, k: int):
     return None
 
 
+@dataclass(frozen=True)
+class CornerLine:
+    """One line of corner text, and how it gives way when the viewport is small.
+
+    ``rank`` 0 is always shown; when lines do not fit, the highest ranks go first. ``shorter``
+    forms are tried, in order, before a line is dropped or cut. Free text (``elide``: names,
+    descriptions) may be cut with "…"; numbers are not cut while a line can still be dropped.
+    """
+
+    text: str
+    rank: int = 0
+    shorter: tuple[str, ...] = ()
+    elide: bool = False
+
+    def __str__(self) -> str:
+        return self.text
+
+
+def corner_lines(
+    volume: Volume,
+    k: int,
+    window: Window,
+    zoom: float,
+    study: StudyInfo | None = None,
+    inverted: bool = False,
+) -> dict[str, list[CornerLine]]:
+    """The four corner overlays with their priorities: keys top_left, top_right, bottom_left, bottom_right."""
+    study = study or StudyInfo()
+    s = volume.series
+    n = len(volume)
+    top_left = []
+    name = person_name(study.patient_name, NameStyle.LIST)
+    if name:
+        top_left.append(CornerLine(name, 0, elide=True))
+    if study.patient_id:
+        top_left.append(CornerLine(study.patient_id, 2))
+    if study.birth_date or study.sex:
+        top_left.append(CornerLine(" ".join(x for x in (display_date(study.birth_date), study.sex) if x), 4))
+    top_right = []
+    if study.study_date:
+        top_right.append(CornerLine(display_date(study.study_date), 4))
+    if study.study_description:
+        top_right.append(CornerLine(study.study_description, 5, elide=True))
+    series_line = f"Se {s.number}" if s.number is not None else "Se"
+    top_right.append(CornerLine(series_line + (f": {s.description}" if s.description else ""), 0,
+                                shorter=(series_line,) if s.description else (), elide=True))
+    if s.modality:
+        top_right.append(CornerLine(s.modality, 3))
+
+    bottom_left = [CornerLine(f"Im {k + 1}/{n}", 0)]
+    pos = slice_position_mm(volume.geometry, k)
+    th = slice_thickness_mm(volume, k)
+    if pos is not None and th is not None:
+        bottom_left.append(CornerLine(f"Pos {pos:.1f} mm  Th {th:.2f} mm", 1,
+                                      shorter=(f"Pos {pos:.1f}  Th {th:.2f}", f"Th {th:.2f} mm")))
+    elif pos is not None:
+        bottom_left.append(CornerLine(f"Pos {pos:.1f} mm", 1))
+    elif th is not None:
+        bottom_left.append(CornerLine(f"Th {th:.2f} mm", 1))
+    if volume.loaded and volume.loaded < n:
+        bottom_left.append(CornerLine(f"Loading {volume.loaded}/{n}", 1))
+
+    inv = "  INV" if inverted else ""
+    if volume.is_color:  # colour has no window
+        levels = CornerLine("RGB" + inv, 0)
+    else:
+        compact = f"W {window.width:.0f}  L {window.center:.0f}"  # the preset's name goes first
+        tight = f"W{window.width:.0f} L{window.center:.0f}" + (" INV" if inverted else "")
+        levels = CornerLine(window_label(window) + inv, 0, shorter=(compact + inv, tight))
+    bottom_right = [levels, CornerLine(f"Zoom {zoom * 100:.0f}%", 2)]
+    return {
+        "top_left": top_left,
+        "top_right": top_right,
+        "bottom_left": bottom_left,
+        "bottom_right": bottom_right,
+    }
+
+
 def corner_texts(
     volume: Volume,
     k: int,
@@ -236,40 +314,127 @@ def corner_texts(
     inverted: bool = False,
 ) -> dict[str, list[str]]:
     """The four corner overlays, as lines: keys top_left, top_right, bottom_left, bottom_right."""
-    study = study or StudyInfo()
-    s = volume.series
-    n = len(volume)
-    top_left = [x for x in (person_name(study.patient_name, NameStyle.LIST), study.patient_id) if x]
-    if study.birth_date or study.sex:
-        top_left.append(" ".join(x for x in (display_date(study.birth_date), study.sex) if x))
-    top_right = [x for x in (display_date(study.study_date), study.study_description) if x]
-    series_line = f"Se {s.number}" if s.number is not None else "Se"
-    series_line += f": {s.description}" if s.description else ""
-    top_right.append(series_line)
-    if s.modality:
-        top_right.append(s.modality)
+    lines = corner_lines(volume, k, window, zoom, study, inverted)
+    return {corner: [line.text for line in block] for corner, block in lines.items()}
 
-    bottom_left = [f"Im {k + 1}/{n}"]
-    pos = slice_position_mm(volume.geometry, k)
-    th = slice_thickness_mm(volume, k)
-    details = []
-    if pos is not None:
-        details.append(f"Pos {pos:.1f} mm")
-    if th is not None:
-        details.append(f"Th {th:.2f} mm")
-    if details:
-        bottom_left.append("  ".join(details))
-    if volume.loaded and volume.loaded < n:
-        bottom_left.append(f"Loading {volume.loaded}/{n}")
 
-    levels = "RGB" if volume.is_color else window_label(window)  # colour has no window
-    bottom_right = [levels + ("  INV" if inverted else ""), f"Zoom {zoom * 100:.0f}%"]
-    return {
-        "top_left": top_left,
-        "top_right": top_right,
-        "bottom_left": bottom_left,
-        "bottom_right": bottom_right,
-    }
+#: A cut line keeps at least this many characters before "…", else it is dropped (when it may be).
+MIN_ELIDED_CHARS = 6
+ELLIPSIS = "…"
+
+
+def _elide_by_width(text: str, room: float, text_width) -> str:
+    if text_width(text) <= room:
+        return text
+    lo, hi = 0, len(text)
+    while lo < hi:  # the longest prefix that fits with the ellipsis
+        mid = (lo + hi + 1) // 2
+        if text_width(text[:mid].rstrip() + ELLIPSIS) <= room:
+            lo = mid
+        else:
+            hi = mid - 1
+    return text[:lo].rstrip() + ELLIPSIS if lo else ""
+
+
+def fit_corner_lines(
+    corners: dict[str, list[CornerLine]],
+    width: float,
+    height: float,
+    text_width,
+    line_height: float,
+    marker_width: float = 0.0,
+    gap: float = 8.0,
+    elide=None,
+) -> dict[str, list[str]]:
+    """The corner lines that fit a ``width`` × ``height`` text area, ready to paint.
+
+    ``text_width(text)`` measures a line in the same units; ``elide(text, room)`` cuts one with
+    "…" (a measuring fallback is used without it). Each corner gets the rows above (below) the
+    middle, where the left and right orientation letters sit; lines beyond those rows are
+    dropped, highest rank first. Row by row, the left and right lines share the width (the first
+    row on top and the last at the bottom leave ``marker_width`` in the middle to the top/bottom
+    letter). A line too wide for its room takes its first shorter form that fits; else free text
+    is cut if enough of it stays; else a line that may go (rank > 0) is dropped, before any
+    essential line is cut.
+    """
+    elide = elide or (lambda text, room: _elide_by_width(text, room, text_width))
+    rows = max(1, int((height / 2.0 - line_height / 2.0) // line_height)) if line_height > 0 else 1
+    state: dict[str, list[list]] = {}  # corner -> [[CornerLine, shown text], ...]
+    for corner in ("top_left", "top_right", "bottom_left", "bottom_right"):
+        block = [[line if isinstance(line, CornerLine) else CornerLine(str(line)), None] for line in corners.get(corner, [])]
+        for entry in block:
+            entry[1] = entry[0].text
+        while len(block) > rows:  # drop the least important (the later one of equal rank)
+            worst = max(range(len(block)), key=lambda i: (block[i][0].rank, i))
+            del block[worst]
+        state[corner] = block
+
+    def shrink(line: CornerLine, room: float) -> str | None:
+        if line.elide:  # free text: a cut that keeps a fair part reads better than a terse form
+            cut = elide(line.text, room)
+            if len(cut.rstrip(ELLIPSIS)) >= MIN_ELIDED_CHARS:
+                return cut
+        for form in line.shorter:
+            if text_width(form) <= room:
+                return form
+        if line.rank > 0:
+            return None
+        return elide(line.shorter[-1] if line.shorter else line.text, room)
+
+    def rooms(wl: float | None, wr: float | None, marker_row: bool) -> tuple[float, float]:
+        if marker_row and marker_width > 0:
+            half = (width - marker_width) / 2.0 - gap
+            return half, half
+        if wl is None or wr is None:
+            return width, width
+        shared = width - gap
+        if wl + wr <= shared:
+            return wl, wr
+        half = shared / 2.0
+        if wl <= half:
+            return wl, shared - wl
+        if wr <= half:
+            return shared - wr, wr
+        return half, half
+
+    for _ in range(200):  # every pass shortens or drops a line, so this ends; the cap is a guard
+        changed = False
+        for left_key, right_key, top in (("top_left", "top_right", True), ("bottom_left", "bottom_right", False)):
+            left, right = state[left_key], state[right_key]
+            for r in range(max(len(left), len(right))):
+                li = r if top else len(left) - 1 - r
+                ri = r if top else len(right) - 1 - r
+                le = left[li] if 0 <= li < len(left) else None
+                re = right[ri] if 0 <= ri < len(right) else None
+                wl = text_width(le[1]) if le else None
+                wr = text_width(re[1]) if re else None
+                marker_row = r == 0 and marker_width > 0
+                room_l, room_r = rooms(wl, wr, marker_row)
+                for entry, w, room, block, partner, partner_block in (
+                    (le, wl, room_l, left, re, right), (re, wr, room_r, right, le, left)
+                ):
+                    if entry is None or w is None or w <= room + 0.5:
+                        continue
+                    if partner is not None and not marker_row and partner[0].rank > entry[0].rank:
+                        # the less important line beside it goes first: this one gets the whole row
+                        partner_block.remove(partner)
+                        changed = True
+                        break
+                    shorter = shrink(entry[0], room)
+                    if shorter is None:
+                        block.remove(entry)
+                        changed = True
+                        break
+                    if shorter != entry[1] and text_width(shorter) < w:
+                        entry[1] = shorter
+                        changed = True
+                if changed:
+                    break
+            if changed:
+                break
+        if not changed:
+            break
+    return {corner: [text for _, text in block] for corner, block in state.items()}
 
 
 def pixel_aspect(geometry: Geometry | None) -> tuple[float, float]:

@@ -208,10 +208,11 @@ def input_unavailable_reason(device: str | int | None = None) -> str | None:
         return reason
     devices = list_input_devices()
     if not devices:
-        return "No microphone was found: connect one, then choose it in Settings."
+        return "No microphone was found: connect one, then choose it in Settings → Dictation → Microphone."
     chosen = find_device(device, devices)
     if chosen is None:
-        return f"The microphone '{device}' chosen in Settings is not connected."
+        return (f"The microphone '{device}' chosen in Settings is not connected: connect it, or choose another "
+                "in Settings → Dictation → Microphone.")
     return None
 
 

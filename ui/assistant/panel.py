@@ -26,6 +26,7 @@ from PySide6.QtWidgets import (
     QHBoxLayout,
     QLabel,
     QLineEdit,
+    QListView,
     QListWidget,
     QListWidgetItem,
     QProgressBar,
@@ -47,6 +48,7 @@ from app.assistant.session import (
     step_segments,
     text_segments,
 )
+from app.core.names import box_label
 from inference.parsing import ParsedAnswer
 from inference.phrases import phrase_key
 from inference.reliability.scoring import Reliability, State, Tier
@@ -239,6 +241,9 @@ class AssistantPanel(QWidget):
         self.steps_scroll.setMinimumHeight(120)
         self.findings_list = QListWidget()
         self.findings_list.setMaximumHeight(90)
+        self.findings_list.setWordWrap(True)  # a long row wraps instead of being cut mid-word ...
+        self.findings_list.setResizeMode(QListView.ResizeMode.Adjust)  # ... at the panel's width now
+        self.findings_list.setTextElideMode(Qt.TextElideMode.ElideRight)  # and its tooltip has it all
         self.findings_list.itemClicked.connect(lambda item: self.show_finding(self.findings_list.row(item)))
         self.provenance = QLabel("")
         self.provenance.setObjectName("answerProvenance")
@@ -377,15 +382,20 @@ class AssistantPanel(QWidget):
     def _add_finding(self, f: Finding) -> None:
         box_id = f"ai{self._answer_no}-{len(self.findings) + 1}"
         if self._asked_series_shown():  # never draw on a series the reader switched to meanwhile
-            label = f"AI ⚠: {f.label} (not in this series?)" if f.warning else f"AI: {f.label}"
-            self.viewport.overlays.add_box(f.frame, f.box_px, label, source="ai", box_id=box_id)
+            self.viewport.overlays.add_box(f.frame, f.box_px, self._box_label(len(self.findings), f), source="ai",
+                                           box_id=box_id)
             self._own.add(box_id)
         self.box_ids[(phrase_key(f.phrase), f.box_norm)] = box_id
         self.findings.append(f)
         item = QListWidgetItem(self._finding_text(f))
-        if f.warning:
-            item.setToolTip(f.warning)
+        item.setToolTip(self._finding_text(f) + (f"\n⚠ {f.warning}" if f.warning else ""))
         self.findings_list.addItem(item)
+
+    def _box_label(self, i: int, f: Finding) -> str:
+        """The box's label as the report labels its boxes: "AI 1 · mass · green" (i: 0-based)."""
+        tier = self.tiers.get(phrase_key(f.phrase), (None, Tier.NONE))[1]
+        label = box_label("AI", i + 1, f.label, tier.value if tier is not Tier.NONE else "")
+        return label + " · ⚠ not in this series?" if f.warning else label
 
     def _finding_text(self, f: Finding) -> str:
         score, tier = self.tiers.get(phrase_key(f.phrase), (None, Tier.NONE))
@@ -429,6 +439,10 @@ class AssistantPanel(QWidget):
         for i, f in enumerate(self.findings):
             item = self.findings_list.item(i)
             item.setText(self._finding_text(f))
+            item.setToolTip(self._finding_text(f) + (f"\n⚠ {f.warning}" if f.warning else ""))
+            box_id = self.box_ids.get((phrase_key(f.phrase), f.box_norm))
+            if box_id in self._own and self.viewport is not None and box_id in self.viewport.overlays.ids():
+                self.viewport.overlays.set_label(box_id, self._box_label(i, f))
             tier = self.tiers.get(phrase_key(f.phrase), (None, Tier.NONE))[1]
             tinted = tier in TIER_TINT
             item.setBackground(QBrush(TIER_TINT[tier]) if tinted else QBrush())

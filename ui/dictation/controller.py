@@ -274,7 +274,8 @@ class DictationController(QObject):
     def _to_report(self, text: str) -> None:
         editor = self._report_editor()
         if editor is None:
-            self._status("The report is signed; it cannot be changed." if self._report_editors()
+            self._status("The report is signed; it cannot be changed. Add an addendum to dictate into it."
+                         if self._report_editors()
                          else "Open a study first: dictated text goes into its report.")
             return
         cursor = editor.textCursor()

@@ -5,7 +5,9 @@ button, speak, release: the audio is transcribed off the UI thread and the
 widget emits ``text_ready(text, target)`` (``target`` is ``"query"`` or
 ``"report"``) or ``command(id)`` for a voice command. Pressing again while a
 transcription runs cancels it. Without a usable microphone the button is
-disabled and its tooltip says why.
+disabled and its tooltip says why; pressing the push-to-talk key then puts the
+same reason in the status bar (``status``), so the key never fails silently. The
+button shows a microphone (:func:`microphone_icon`, drawn here: no icon files).
 
 All decisions (text rules, commands) are :class:`app.dictation.text.Dictation`'s;
 capture and recognition are :mod:`inference.speech`'s. This module only wires
@@ -20,13 +22,20 @@ from collections.abc import Callable
 from typing import Protocol
 
 import numpy as np
-from PySide6.QtCore import QEvent, QObject, Qt, Signal
-from PySide6.QtGui import QKeySequence
+from PySide6.QtCore import QEvent, QObject, QPointF, QRectF, Qt, Signal
+from PySide6.QtGui import (
+    QColor,
+    QIcon,
+    QKeySequence,
+    QPainter,
+    QPainterPath,
+    QPen,
+    QPixmap,
+)
 from PySide6.QtWidgets import (
     QHBoxLayout,
     QLabel,
     QProgressBar,
-    QStyle,
     QToolButton,
     QWidget,
 )
@@ -52,6 +61,41 @@ SourceFactory = Callable[[Callable[[float], None], Callable[[], None]], AudioSou
 def microphone_factory(device: str | int | None = None, max_seconds: float = 120.0) -> SourceFactory:
     return lambda on_level, on_limit: MicrophoneRecorder(device, max_seconds=max_seconds,
                                                          on_level=on_level, on_limit=on_limit)
+
+
+def microphone_pixmap(size: int, colour: QColor) -> QPixmap:
+    """A studio microphone, drawn: a capsule on a U-shaped holder, a stem and a foot."""
+    pm = QPixmap(size, size)
+    pm.fill(Qt.GlobalColor.transparent)
+    p = QPainter(pm)
+    p.setRenderHint(QPainter.RenderHint.Antialiasing)
+    u = size / 16.0
+    p.setPen(Qt.PenStyle.NoPen)
+    p.setBrush(colour)
+    p.drawRoundedRect(QRectF(5.5 * u, 1 * u, 5 * u, 8.5 * u), 2.5 * u, 2.5 * u)  # capsule
+    pen = QPen(colour, 1.3 * u)
+    pen.setCapStyle(Qt.PenCapStyle.RoundCap)
+    p.setPen(pen)
+    p.setBrush(Qt.BrushStyle.NoBrush)
+    holder = QPainterPath()
+    holder.moveTo(3.5 * u, 6 * u)  # the U around the capsule's foot: left arm, bow, right arm
+    holder.lineTo(3.5 * u, 7.5 * u)
+    holder.arcTo(QRectF(3.5 * u, 3 * u, 9 * u, 9 * u), 180, 180)
+    holder.lineTo(12.5 * u, 6 * u)
+    p.drawPath(holder)
+    p.drawLine(QPointF(8 * u, 12 * u), QPointF(8 * u, 14.2 * u))  # stem
+    p.drawLine(QPointF(5.2 * u, 14.6 * u), QPointF(10.8 * u, 14.6 * u))  # foot
+    p.end()
+    return pm
+
+
+def microphone_icon(colour: QColor | None = None) -> QIcon:
+    """The Dictate button's icon at the sizes toolbars use (Qt greys it when the button is disabled)."""
+    colour = colour or QColor(216, 216, 216)  # the dark theme's text colour
+    icon = QIcon()
+    for size in (16, 20, 24, 32, 48):
+        icon.addPixmap(microphone_pixmap(size, colour))
+    return icon
 
 
 class _Job:
@@ -89,7 +133,7 @@ class DictationWidget(QWidget):
         self.auto_ask = False
 
         self.button = QToolButton(self)
-        self.button.setIcon(self.style().standardIcon(QStyle.StandardPixmap.SP_MediaVolume))
+        self.button.setIcon(microphone_icon())
         self.button.setText("Dictate")
         self.button.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextBesideIcon)
         self.button.setCheckable(False)
@@ -166,7 +210,10 @@ class DictationWidget(QWidget):
 
     # ---- push-to-talk -------------------------------------------------------------
     def press(self) -> None:
-        if self._reason is not None or self._source is not None:
+        if self._reason is not None:  # the key was pressed, the button is disabled: say why, every time
+            self.status.emit(self._reason)
+            return
+        if self._source is not None:
             return
         if self._job is not None:  # a new utterance replaces the one still being transcribed
             self._job.cancelled = True

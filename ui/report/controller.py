@@ -14,7 +14,12 @@ All decisions live in :class:`app.report.session.ReportSession` and
 - a timer writes autosave snapshots; when the study is opened again its draft comes
   back from the workspace;
 - on sign: signed SR pair + PDF + text in the study's exports folder and the text
-  on the clipboard; "Export draft SR/PDF" writes the draft the same way.
+  on the clipboard; "Export draft SR/PDF" writes the draft the same way; a signed
+  addendum writes its own narrative SR (the signed one as predecessor), PDF and text;
+- each finding's key image in the PDF is rendered in the window the finding was found
+  (the answer's) or drawn (the viewport's) in, whatever window is on screen now;
+- a box is labelled as everywhere in the viewer: ``AI 1 · lesion · green``
+  (:func:`app.core.names.box_label`).
 """
 
 from __future__ import annotations
@@ -26,9 +31,10 @@ from PySide6.QtGui import QGuiApplication
 from PySide6.QtWidgets import QLabel, QMainWindow, QPushButton, QVBoxLayout, QWidget
 
 from app.core.errors import XMedError
+from app.core.names import box_label
 from app.core.settings import Settings
 from app.dicom.display import render
-from app.dicom.model import Volume
+from app.dicom.model import Volume, Window
 from app.report.audit import AuditLog
 from app.report.draft import DraftReport, FindingStatus, Origin
 from app.report.export.sr import SrOptions
@@ -150,8 +156,8 @@ class ReportController(QObject):
         self.session.open_study(study)
         if self.session.report is None:
             self._show_panel()
-        for problem in self.session.problems:
-            self._status(problem)
+        if self.session.problems:  # all of them: a second one must not hide the first
+            self._status(" ".join(self.session.problems))
         if self.session.report is not None and not self.session.problems:
             self._status("The saved draft report of this study was restored.")
 
@@ -181,6 +187,7 @@ class ReportController(QObject):
         panel = ReportPanel(report, self.settings.reader_name)
         panel.finding_selected.connect(self._finding_selected)
         panel.signed.connect(self._signed)
+        panel.addendum_signed.connect(self._addendum_signed)
         panel.problem.connect(self._status)
         panel.draw_finding.connect(self.set_drawing)
         panel.export_draft.connect(lambda: self.export())
@@ -218,7 +225,7 @@ class ReportController(QObject):
 
     def text_targets(self) -> dict:
         """Where dictated text can go in the report: the finding text box, then the impression."""
-        return {"report": lambda: [self.panel.finding_text, self.panel.impression] if self.panel is not None else []}
+        return {"report": lambda: self.panel.text_editors() if self.panel is not None else []}
 
     def _decide_selected(self, decision: str) -> str | None:
         panel = self.panel
@@ -282,6 +289,13 @@ class ReportController(QObject):
         QGuiApplication.clipboard().setText(done.text)
         self._status(f"Signed. Report written to {done.paths[0].parent} and copied as text.")
 
+    def _addendum_signed(self, _addendum_id: str) -> None:
+        done = self.export(addendum=True)
+        if done is None:
+            return
+        QGuiApplication.clipboard().setText(done.text)
+        self._status(f"Addendum signed. Written to {done.paths[0].parent} and copied as text.")
+
     # ---- viewport -------------------------------------------------------------------------------
     def _viewports_of_report(self) -> list[Viewport]:
         report = self.session.report
@@ -307,9 +321,8 @@ class ReportController(QObject):
         if report is not None and vp.volume is not None:
             uid = _series_uid(vp.volume)
             for n, f in enumerate(report.findings, 1):
-                label = f"{n} {f.finding_type or ('finding' if f.origin is Origin.AI else 'yours')}"
-                if f.reliability is not None:
-                    label += f" · {f.reliability.tier.value}"
+                label = box_label("AI" if f.origin is Origin.AI else "You", n, f.finding_type or "finding",
+                                  f.reliability.tier.value if f.reliability is not None else "")
                 for i, b in enumerate(f.boxes):
                     if b.series_uid == uid and b.slice_index < len(vp.volume):
                         wanted[f"{PREFIX}{f.id}:{i}"] = (b.slice_index, b.box, label, overlay_source(f.status, f.origin))
@@ -362,7 +375,7 @@ class ReportController(QObject):
             self.session.ensure_report(study)
             self._show_panel()
             fid = self.session.add_reader_finding("New finding", Box(min(x0, x1), min(y0, y1), max(x0, x1),
-                                                                     max(y0, y1)), m.frame, vp.volume)
+                                                                     max(y0, y1)), m.frame, vp.volume, vp.window)
         except XMedError as exc:
             self._status(str(exc))
             return
@@ -371,8 +384,9 @@ class ReportController(QObject):
         self.panel.edit_new_finding(fid)
 
     # ---- exports --------------------------------------------------------------------------------
-    def export(self) -> Exported | None:
-        """SR pair + PDF + text of the report as it is now, into the study's exports folder."""
+    def export(self, addendum: bool = False) -> Exported | None:
+        """SR pair + PDF + text of the report as it is now, into the study's exports folder
+        (``addendum``: the signed addendum's SR, PDF and text)."""
         report = self.session.report
         vps = self._viewports_of_report() or [vp for vp in self.window.grid.viewports if vp.volume is not None]
         if report is None or not vps:
@@ -382,10 +396,21 @@ class ReportController(QObject):
             self.panel.commit_pending()
         vp = vps[0]
         volume = vp.volume
+        shown = vp.window
         slices = {b.slice_index for f in report.findings for b in f.boxes if b.series_uid == _series_uid(volume)}
-        keys = {k: render(volume, k, vp.window, vp.inverted) for k in sorted(slices) if k < volume.loaded}
+
+        def key_image(k: int, window: Window | None):
+            """Slice k as the finding was seen: in its own window (the one on screen for older drafts)."""
+            return render(volume, k, window or shown, vp.inverted) if k in slices and k < volume.loaded else None
+
+        def writer(r, p):
+            return write_pdf(r, p, key_image)
+
         try:
-            done = self.session.export(source_paths(volume), pdf_writer=lambda r, p: write_pdf(r, p, keys))
+            if addendum:
+                done = self.session.export_addendum(source_paths(volume), pdf_writer=writer)
+            else:
+                done = self.session.export(source_paths(volume), pdf_writer=writer)
         except XMedError as exc:
             self._status(str(exc))
             return None

@@ -1,17 +1,27 @@
-"""The report editor: findings to accept, reject or edit, the impression, undo/redo and sign-off.
+"""The report editor: indication, technique, comparison, findings to accept, reject or edit, the
+impression, undo/redo, sign-off and addenda.
 
 Shows an :class:`app.report.draft.DraftReport` and turns clicks into its methods; all
 rules (what can be signed, what an edit does) live there. Text typed into a
-finding or the impression becomes one edit when the reader pauses
-(``COMMIT_MS``), moves to another finding, or signs, so undo steps back a phrase,
+section, a finding, the impression or an addendum becomes one edit when the reader
+pauses (``COMMIT_MS``), moves to another finding, or signs, so undo steps back a phrase,
 not a keystroke.
+
+Signing asks first: a confirmation names the reader who signs and how many findings go
+into the signed report (:meth:`ReportPanel.confirm`; :attr:`ReportPanel.auto_answer` answers
+it without a dialog, for tests). A signed report does not change; "Add addendum" opens a
+text box for an addendum, signed on its own ("Sign addendum", confirmed the same way).
+
+Findings rows carry their reliability tier as a background with a text colour that keeps
+WCAG AA contrast (≥ 4.5:1, :data:`TIER_TINT` / :data:`TIER_TEXT`), wrap to the panel's
+width and show their whole text as a tooltip.
 
 Signals for the main window: ``finding_selected(finding_id, slice_index)`` to
 jump to the finding's slice and highlight its box (slice -1: no box), and
-``signed()`` after a successful sign-off. ``problem(str)`` carries messages for
-the status bar. ``draw_finding(bool)``: the reader wants to (or no longer wants to)
-draw a box in the viewport for a new finding; ``export_draft()``: write the
-draft's SR and PDF now.
+``signed()`` after a successful sign-off, ``addendum_signed(addendum_id)`` after an
+addendum is signed. ``problem(str)`` carries messages for the status bar.
+``draw_finding(bool)``: the reader wants to (or no longer wants to) draw a box in the
+viewport for a new finding; ``export_draft()``: write the draft's SR and PDF now.
 """
 
 from __future__ import annotations
@@ -19,10 +29,13 @@ from __future__ import annotations
 from PySide6.QtCore import QSignalBlocker, Qt, QTimer, Signal
 from PySide6.QtGui import QBrush, QColor, QGuiApplication, QTextCursor
 from PySide6.QtWidgets import (
+    QFormLayout,
     QHBoxLayout,
     QLabel,
+    QListView,
     QListWidget,
     QListWidgetItem,
+    QMessageBox,
     QPlainTextEdit,
     QPushButton,
     QTextEdit,
@@ -32,8 +45,9 @@ from PySide6.QtWidgets import (
 
 from app.core.errors import XMedError
 from app.core.names import NameStyle, display_date, person_name
-from app.report.display import sentence_reliability
+from app.report.display import sentence_reliability, study_label
 from app.report.draft import (
+    SECTIONS,
     DraftReport,
     Edit,
     Finding,
@@ -41,12 +55,18 @@ from app.report.draft import (
     Origin,
 )
 from app.report.export.text import render_text
-from ui.report.pdf_export import study_label
+from app.report.templates import heading, template_of
 
 COMMIT_MS = 800
 
-#: reliability tier → row tint (light, so text stays readable)
-TIER_TINT = {"green": QColor(220, 242, 220), "amber": QColor(252, 236, 204), "red": QColor(248, 215, 215)}
+#: reliability tier → row background, and the text colour drawn on it: dark tints that sit in the
+#: dark reading-room theme, light text on them, every pair at least 4.5:1 (WCAG AA; tests check it)
+TIER_TINT = {"green": QColor(28, 74, 40), "amber": QColor(92, 62, 0), "red": QColor(96, 28, 28)}
+TIER_TEXT = {"green": QColor(235, 247, 237), "amber": QColor(255, 243, 220), "red": QColor(253, 232, 232)}
+#: a finding without a reliability (a reader's, or not assessed yet)
+PLAIN_TINT, PLAIN_TEXT = QColor(37, 38, 42), QColor(224, 224, 224)
+#: a rejected finding's text (struck out), on whichever background
+REJECTED_TEXT = QColor(190, 190, 190)
 STATUS_MARK = {
     FindingStatus.PROPOSED: "?",
     FindingStatus.ACCEPTED: "✓",
@@ -55,25 +75,57 @@ STATUS_MARK = {
 }
 
 
+def row_colours(f: Finding) -> tuple[QColor, QColor]:
+    """(background, text) of a finding's row."""
+    tier = f.reliability.tier.value if f.reliability is not None else None
+    background = TIER_TINT.get(tier, PLAIN_TINT)
+    text = REJECTED_TEXT if f.status is FindingStatus.REJECTED else TIER_TEXT.get(tier, PLAIN_TEXT)
+    return background, text
+
+
+def _short_editor(placeholder: str, lines: int) -> QPlainTextEdit:
+    edit = QPlainTextEdit()
+    edit.setPlaceholderText(placeholder)
+    edit.setTabChangesFocus(True)
+    edit.setMaximumHeight(edit.fontMetrics().lineSpacing() * lines + 14)
+    return edit
+
+
 class ReportPanel(QWidget):
     finding_selected = Signal(str, int)
     signed = Signal()
+    addendum_signed = Signal(str)
     problem = Signal(str)
     draw_finding = Signal(bool)
     export_draft = Signal()
+
+    #: Test hook: True or False answers every confirmation (sign, sign addendum) without showing a
+    #: dialog; None (the default) asks the reader.
+    auto_answer: bool | None = None
 
     def __init__(self, report: DraftReport, reader_name: str = "", parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.report = report
         self.reader_name = reader_name
-        self._pending: tuple[str, str | None] | None = None  # ("finding", id) or ("impression", None)
+        #: ("finding", id), ("impression", None), ("section", name) or ("addendum", id)
+        self._pending: tuple[str, str | None] | None = None
+        self.last_question = ""  # the text of the last confirmation asked (tests read it)
         self._commit_timer = QTimer(self, singleShot=True, interval=COMMIT_MS)
         self._commit_timer.timeout.connect(self.commit_pending)
+        t = template_of(report)
 
         self.header = QLabel()
         self.header.setWordWrap(True)
+        self.sections: dict[str, QPlainTextEdit] = {}
+        for name in SECTIONS:
+            edit = _short_editor(heading(t, name), 2)
+            edit.setObjectName(f"section_{name}")
+            edit.textChanged.connect(lambda name=name: self._typed("section", name))
+            self.sections[name] = edit
         self.findings = QListWidget()
-        self.findings.setWordWrap(True)
+        self.findings.setWordWrap(True)  # long findings wrap to the panel's width ...
+        self.findings.setResizeMode(QListView.ResizeMode.Adjust)  # ... again whenever it changes
+        self.findings.setTextElideMode(Qt.TextElideMode.ElideRight)  # ... and a row taller than the list ends in "…"
         self.findings.setMinimumHeight(120)  # about four findings, also when docked under the assistant
         self.findings.currentRowChanged.connect(self._on_row)
         self.finding_text = QPlainTextEdit()
@@ -106,24 +158,49 @@ class ReportPanel(QWidget):
         self.sign_button.clicked.connect(self.sign)
         self.blockers = QLabel()
         self.blockers.setWordWrap(True)
+        # addenda: after signing
+        self.addenda_view = QLabel()
+        self.addenda_view.setObjectName("addenda")
+        self.addenda_view.setWordWrap(True)
+        self.addenda_view.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.addendum_button = QPushButton("Add addendum")
+        self.addendum_button.setToolTip("The signed report stays as it is; the addendum is added to it and "
+                                        "signed on its own")
+        self.addendum_button.clicked.connect(self.add_addendum)
+        self.addendum_text = _short_editor("Addendum: what is added to the signed report", 3)
+        self.addendum_text.setObjectName("addendum_text")
+        self.addendum_text.textChanged.connect(lambda: self._typed("addendum"))
+        self.sign_addendum_button = QPushButton("Sign addendum")
+        self.sign_addendum_button.clicked.connect(self.sign_addendum)
 
+        sections = QFormLayout()
+        sections.setContentsMargins(0, 0, 0, 0)
+        for name, edit in self.sections.items():
+            sections.addRow(heading(t, name), edit)
         decide = QHBoxLayout()
         for b in (self.accept_button, self.reject_button, self.add_button, self.draw_button):
             decide.addWidget(b)
         actions = QHBoxLayout()
         for b in (self.undo_button, self.redo_button, self.copy_button, self.sign_button):
             actions.addWidget(b)
+        addendum = QHBoxLayout()
+        addendum.addWidget(self.addendum_button)
+        addendum.addWidget(self.sign_addendum_button)
         layout = QVBoxLayout(self)
         layout.addWidget(self.header)
-        layout.addWidget(QLabel("Findings"))
+        layout.addLayout(sections)
+        layout.addWidget(QLabel(t.findings_heading))
         layout.addWidget(self.findings, 1)
         layout.addWidget(self.finding_text)
         layout.addLayout(decide)
-        layout.addWidget(QLabel("Impression"))
+        layout.addWidget(QLabel(t.impression_heading))
         layout.addWidget(self.impression)
         layout.addLayout(actions)
         layout.addWidget(self.export_button)
         layout.addWidget(self.blockers)
+        layout.addWidget(self.addenda_view)
+        layout.addWidget(self.addendum_text)
+        layout.addLayout(addendum)
 
         self._unsubscribe = report.subscribe(self._on_edit)
         self.destroyed.connect(lambda *_: self._unsubscribe())
@@ -145,18 +222,79 @@ class ReportPanel(QWidget):
         """Turn text typed since the last pause into one edit."""
         self._commit_timer.stop()
         pending, self._pending = self._pending, None
-        if pending is None or self.report.signed:
+        if pending is None:
             return
-        kind, fid = pending
+        kind, key = pending
+        if kind == "addendum":
+            a = self.report.pending_addendum()
+            if a is not None and a.id == key:
+                self._run(lambda: self.report.edit_addendum(a.id, self.addendum_text.toPlainText()))
+            return
+        if self.report.signed:
+            return
         if kind == "impression":
             self._run(lambda: self.report.set_impression(self.impression.toPlainText()))
-        elif fid is not None and any(f.id == fid for f in self.report.findings):
-            self._run(lambda: self.report.edit_text(fid, self.finding_text.toPlainText()))
+        elif kind == "section" and key in self.sections:
+            self._run(lambda: self.report.set_section(key, self.sections[key].toPlainText()))
+        elif kind == "finding" and key is not None and any(f.id == key for f in self.report.findings):
+            self._run(lambda: self.report.edit_text(key, self.finding_text.toPlainText()))
+
+    def confirm(self, title: str, question: str, yes: str) -> bool:
+        """Ask the reader (``yes`` names the action); :attr:`auto_answer` answers without a dialog."""
+        self.last_question = question
+        if self.auto_answer is not None:
+            return bool(self.auto_answer)
+        box = QMessageBox(QMessageBox.Icon.Question, title, question, QMessageBox.StandardButton.Cancel, self)
+        box.setObjectName("confirm")
+        go = box.addButton(yes, QMessageBox.ButtonRole.AcceptRole)
+        box.setDefaultButton(QMessageBox.StandardButton.Cancel)
+        box.exec()
+        return box.clickedButton() is go
+
+    def sign_question(self) -> str:
+        r = self.report
+        kept = len(r.included_findings())
+        rejected = sum(1 for f in r.findings if f.status is FindingStatus.REJECTED)
+        left_out = f" ({rejected} rejected AI finding{'s' if rejected != 1 else ''} left out)" if rejected else ""
+        return (f"Sign this report as {person_name(self.reader_name, NameStyle.FULL)}?\n\n"
+                f"{kept} accepted finding{'s' if kept != 1 else ''} will be in the signed report{left_out}.\n"
+                "A signed report cannot be changed; later corrections go into an addendum.")
 
     def sign(self) -> None:
         self.commit_pending()
+        blockers = self.report.sign_blockers(self.reader_name)
+        if blockers:
+            self.problem.emit("Cannot sign yet: " + " ".join(blockers))
+            return
+        if not self.confirm("Sign the report", self.sign_question(), "Sign"):
+            self.problem.emit("Not signed.")
+            return
         if self._run(lambda: self.report.sign(self.reader_name)):
             self.signed.emit()
+
+    def add_addendum(self) -> None:
+        """Start an addendum to the signed report, with its text box ready to type."""
+        if self._run(lambda: self.report.add_addendum("", self.reader_name)):
+            self.addendum_text.setFocus()
+
+    def sign_addendum(self) -> None:
+        self.commit_pending()
+        a = self.report.pending_addendum()
+        if a is None:
+            self.problem.emit("There is no addendum to sign; add one first.")
+            return
+        blockers = self.report.addendum_blockers(a.id, self.reader_name)
+        if blockers:
+            self.problem.emit("Cannot sign the addendum yet: " + " ".join(blockers))
+            return
+        n = len(self.report.signed_addenda()) + 1
+        question = (f"Sign addendum {n} as {person_name(self.reader_name, NameStyle.FULL)}?\n\n"
+                    "It is added to the signed report, which itself stays as it was signed.")
+        if not self.confirm("Sign the addendum", question, "Sign addendum"):
+            self.problem.emit("The addendum was not signed.")
+            return
+        if self._run(lambda: self.report.sign_addendum(a.id, self.reader_name)):
+            self.addendum_signed.emit(a.id)
 
     def copy_to_clipboard(self) -> str:
         self.commit_pending()
@@ -169,6 +307,12 @@ class ReportPanel(QWidget):
         self.select_finding(finding_id)
         self.finding_text.setFocus()
         self.finding_text.selectAll()
+
+    def text_editors(self) -> list[QPlainTextEdit]:
+        """Where dictated text can go, the fallback (impression, or the addendum once signed) last."""
+        if self.report.signed:
+            return [self.addendum_text] if self.report.pending_addendum() is not None else [self.impression]
+        return [*self.sections.values(), self.finding_text, self.impression]
 
     # ---- display ----------------------------------------------------------------------
     def refresh(self) -> None:
@@ -187,6 +331,11 @@ class ReportPanel(QWidget):
         if self._pending != ("impression", None) and self.impression.toPlainText() != r.impression:
             with QSignalBlocker(self.impression):
                 self.impression.setPlainText(r.impression)
+        for name, edit in self.sections.items():
+            if self._pending != ("section", name) and edit.toPlainText() != r.section(name):
+                with QSignalBlocker(edit):
+                    edit.setPlainText(r.section(name))
+            edit.setReadOnly(r.signed)
         self._tint_impression()
         editable = not r.signed
         self.impression.setReadOnly(not editable)
@@ -201,6 +350,30 @@ class ReportPanel(QWidget):
             self.blockers.setText(f"Signed by {person_name(r.signature.reader_name, NameStyle.FULL)} at {r.signature.signed_at}.")
         else:
             self.blockers.setText(" ".join(blockers) if blockers else "Ready to sign.")
+        self._show_addenda()
+
+    def _show_addenda(self) -> None:
+        r = self.report
+        done = r.signed_addenda()
+        self.addenda_view.setText("\n\n".join(
+            f"Addendum {n} (signed by {person_name(a.signature.reader_name, NameStyle.FULL)} at "
+            f"{a.signature.signed_at}): {a.text}" for n, a in enumerate(done, 1)))
+        self.addenda_view.setVisible(bool(done))
+        pending = r.pending_addendum()
+        self.addendum_button.setVisible(r.signed)
+        self.addendum_button.setEnabled(r.signed and pending is None)
+        self.addendum_text.setVisible(pending is not None)
+        self.addendum_text.setReadOnly(pending is None)
+        self.sign_addendum_button.setVisible(pending is not None)
+        if pending is not None:
+            self.sign_addendum_button.setEnabled(not r.addendum_blockers(pending.id, self.reader_name)
+                                                 or self._pending == ("addendum", pending.id))
+            if self._pending != ("addendum", pending.id) and self.addendum_text.toPlainText() != pending.text:
+                with QSignalBlocker(self.addendum_text):
+                    self.addendum_text.setPlainText(pending.text)
+        elif self.addendum_text.toPlainText():
+            with QSignalBlocker(self.addendum_text):
+                self.addendum_text.clear()
 
     def _tint_impression(self) -> None:
         """Tint each impression sentence that names a finding by that finding's reliability."""
@@ -212,7 +385,7 @@ class ReportPanel(QWidget):
             cursor.setPosition(end, QTextCursor.MoveMode.KeepAnchor)
             sel.cursor = cursor
             sel.format.setBackground(QBrush(TIER_TINT[tier.value]))
-            sel.format.setForeground(QBrush(QColor(20, 20, 20)))
+            sel.format.setForeground(QBrush(TIER_TEXT[tier.value]))
             selections.append(sel)
         self.impression.setExtraSelections(selections)
 
@@ -220,15 +393,17 @@ class ReportPanel(QWidget):
         who = "AI" if f.origin is Origin.AI else "You"
         rel = f" · reliability {f.reliability.tier.value} {f.reliability.score:.2f}" if f.reliability else ""
         boxes = f" · {len(f.boxes)} box{'es' if len(f.boxes) != 1 else ''}" if f.boxes else ""
-        item = QListWidgetItem(f"{STATUS_MARK[f.status]}  {f.text}\n      {who}{boxes}{rel}")
+        text = f"{STATUS_MARK[f.status]}  {f.text}\n      {who}{boxes}{rel}"
+        item = QListWidgetItem(text)
+        item.setToolTip(f"{f.text}\n{who}{boxes}{rel} · {f.status.value}")
         item.setData(Qt.ItemDataRole.UserRole, f.id)
-        if f.reliability is not None:
-            item.setBackground(QBrush(TIER_TINT[f.reliability.tier.value]))
+        background, foreground = row_colours(f)
+        item.setBackground(QBrush(background))
+        item.setForeground(QBrush(foreground))
         if f.status is FindingStatus.REJECTED:
             font = item.font()
             font.setStrikeOut(True)
             item.setFont(font)
-            item.setForeground(QBrush(QColor(120, 120, 120)))
         return item
 
     def _show_current(self) -> None:
@@ -250,19 +425,24 @@ class ReportPanel(QWidget):
         if f is not None:
             self.finding_selected.emit(f.id, f.boxes[0].slice_index if f.boxes else -1)
 
-    def _typed(self, kind: str) -> None:
+    def _typed(self, kind: str, key: str | None = None) -> None:
         if kind == "finding":
             f = self.current_finding()
             if f is None:
                 return
-            if self._pending and self._pending != ("finding", f.id):
-                self.commit_pending()
-            self._pending = ("finding", f.id)
-        else:
-            if self._pending and self._pending[0] == "finding":
-                self.commit_pending()
-            self._pending = ("impression", None)
+            key = f.id
+        elif kind == "addendum":
+            a = self.report.pending_addendum()
+            if a is None:
+                return
+            key = a.id
+        if self._pending and self._pending != (kind, key):
+            self.commit_pending()
+        self._pending = (kind, key)
+        if kind == "impression":
             self._tint_impression()
+        if kind == "addendum":
+            self.sign_addendum_button.setEnabled(bool(self.addendum_text.toPlainText().strip()))
         self._commit_timer.start()
 
     def _decide(self, action) -> None:

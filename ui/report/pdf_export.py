@@ -1,8 +1,14 @@
-"""The report as a PDF (Qt's PDF writer): header, findings, impression, key images with boxes, signer.
+"""The report as a PDF (Qt's PDF writer): header, sections, findings, impression, key images
+with boxes, signer, addenda.
 
-``key_images`` maps a slice index to the frame as the reader saw it (uint8
-grey (rows, cols) or RGB (rows, cols, 3), e.g. from ``app.dicom.display.render``);
-each listed finding's boxes are drawn on their slice with the finding's number.
+``key_images`` gives the frames: a function ``(slice index, window) → uint8 image`` (grey
+(rows, cols) or RGB (rows, cols, 3), e.g. ``app.dicom.display.render``), called with each
+finding's own window (the one it was found or drawn in, ``Finding.window``; None for a
+finding saved before windows were recorded: the caller's current one), so a liver lesion
+found in a liver window is shown in it, never in the lung window the reader happens to be
+in; or a mapping slice index → frame already rendered (one window for all). Each listed
+finding's boxes are drawn on their slice with the finding's number, one key image per slice
+and window, captioned with both.
 A signed report lists what the reader kept; a draft lists every finding not
 rejected, AI proposals marked as not yet reviewed, and carries a "DRAFT – NOT
 SIGNED" mark on every page.
@@ -13,7 +19,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -31,14 +37,21 @@ from PySide6.QtGui import (
 from PySide6.QtWidgets import QApplication
 
 from app.core.errors import XMedError
-from app.core.names import NameStyle, display_date, person_name
-from app.report.draft import DraftReport, Finding, FindingStatus
-from app.report.templates import template_of
+from app.core.names import NameStyle, display_date, person_name, window_name
+from app.dicom.model import Window
+from app.report.display import study_label
+from app.report.draft import SECTIONS, DraftReport, Finding, FindingStatus
+from app.report.templates import heading, template_of
 
 log = logging.getLogger(__name__)
 
 BOX_COLOURS = [QColor(255, 200, 0), QColor(0, 200, 255), QColor(255, 90, 200), QColor(120, 255, 120)]
-TIER_COLOURS = {"green": QColor(30, 140, 60), "amber": QColor(200, 130, 0), "red": QColor(190, 30, 30)}
+#: reliability tier → text colour on the white page (each at least 4.5:1 against white, WCAG AA)
+TIER_COLOURS = {"green": QColor(20, 110, 45), "amber": QColor(150, 80, 0), "red": QColor(170, 20, 20)}
+
+#: (slice index, window) → the frame as shown in that window
+KeyImageRenderer = Callable[[int, Window | None], np.ndarray | None]  # None: not available
+KeyImages = Mapping[int, np.ndarray] | KeyImageRenderer
 
 
 def _qimage(frame: np.ndarray) -> QImage:
@@ -116,7 +129,7 @@ def _ensure_gui_app() -> None:
         _APP = QApplication([])
 
 
-def write_pdf(report: DraftReport, path: Path, key_images: Mapping[int, np.ndarray] | None = None) -> Path:
+def write_pdf(report: DraftReport, path: Path, key_images: KeyImages | None = None) -> Path:
     _ensure_gui_app()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -139,7 +152,7 @@ def write_pdf(report: DraftReport, path: Path, key_images: Mapping[int, np.ndarr
     return path
 
 
-def _draw(report: DraftReport, page: _Page, key_images: Mapping[int, np.ndarray]) -> None:
+def _draw(report: DraftReport, page: _Page, key_images: KeyImages) -> None:
     t = template_of(report)
     s = report.study
     page.text(t.title, size=16, bold=True)
@@ -149,6 +162,11 @@ def _draw(report: DraftReport, page: _Page, key_images: Mapping[int, np.ndarray]
               ("Study date", display_date(s.study_date)), ("Accession", s.accession_number)]
     page.text("    ".join(f"{k}: {v}" for k, v in header if v), size=9, colour=QColor(60, 60, 60))
     page.gap()
+    for name in SECTIONS:
+        if report.section(name).strip():
+            page.text(heading(t, name), size=12, bold=True)
+            page.text(report.section(name).strip())
+            page.gap(4)
     page.text(t.findings_heading, size=12, bold=True)
     kept = shown_findings(report)
     if not kept:
@@ -179,13 +197,12 @@ def _draw(report: DraftReport, page: _Page, key_images: Mapping[int, np.ndarray]
                   bold=True)
     else:
         page.text("Draft – not signed.", bold=True, colour=QColor(200, 40, 40))
-
-
-def study_label(modality: str, description: str) -> str:
-    """"CT Chest" from ("CT", "Chest"); the description alone when it already starts with the modality."""
-    if modality and description.upper().startswith(modality.upper() + " "):
-        return description
-    return " ".join(x for x in (modality, description) if x)
+    for n, a in enumerate(report.signed_addenda(), 1):
+        page.gap()
+        page.text(f"{t.addendum_heading} {n}", size=12, bold=True)
+        page.text(a.text)
+        page.text(f"Addendum signed by {person_name(a.signature.reader_name, NameStyle.FULL)} on "
+                  f"{a.signature.signed_at} (UTC).", bold=True)
 
 
 def shown_findings(report: DraftReport) -> list[Finding]:
@@ -195,19 +212,43 @@ def shown_findings(report: DraftReport) -> list[Finding]:
     return [f for f in report.findings if f.status is not FindingStatus.REJECTED]
 
 
-def _key_images(page: _Page, kept: list[Finding], key_images: Mapping[int, np.ndarray]) -> None:
-    slices: dict[int, list[tuple[int, Finding]]] = {}
+def key_image_plan(kept: list[Finding]) -> dict[tuple[int, Window | None], list[tuple[int, Finding]]]:
+    """(slice, window) → the numbered findings boxed on that slice and found in that window, slices in order."""
+    plan: dict[tuple[int, Window | None], list[tuple[int, Finding]]] = {}
     for n, f in enumerate(kept, 1):
         for b in f.boxes:
-            slices.setdefault(b.slice_index, []).append((n, f))
-    shown = [k for k in sorted(slices) if k in key_images]
-    if not shown:
+            group = plan.setdefault((b.slice_index, f.window), [])
+            if (n, f) not in group:
+                group.append((n, f))
+    return dict(sorted(plan.items(), key=lambda kv: kv[0][0]))
+
+
+def window_caption(window: Window | None) -> str:
+    """"Liver window (W 150 / L 90)"; empty for an unknown window."""
+    if window is None:
+        return ""
+    name = window_name(window.name)
+    levels = f"W {window.width:.0f} / L {window.center:.0f}"
+    return f"{name} window ({levels})" if name and "/" not in name else f"Window {levels}"
+
+
+def _key_images(page: _Page, kept: list[Finding], key_images: KeyImages) -> None:
+    plan = key_image_plan(kept)
+    frames: list[tuple[int, Window | None, np.ndarray]] = []
+    for (k, window), _group in plan.items():
+        if callable(key_images):
+            frame = key_images(k, window)
+            if frame is not None:
+                frames.append((k, window, frame))
+        elif k in key_images and all(k != f[0] for f in frames):  # one rendering per slice
+            frames.append((k, None, key_images[k]))
+    if not frames:
         return
     page.text("Key images", size=12, bold=True)
     sep = page.pt(12)
     size = (page.width - sep) / 2  # two per row
-    for i, k in enumerate(shown):
-        img = _qimage(key_images[k])
+    for i, (k, window, frame) in enumerate(frames):
+        img = _qimage(frame)
         scale = min(size / img.width(), size / img.height())
         w, h = img.width() * scale, img.height() * scale
         col = i % 2
@@ -215,7 +256,8 @@ def _key_images(page: _Page, kept: list[Finding], key_images: Mapping[int, np.nd
             page.need(h + page.pt(14))
         x0, y0 = col * (size + sep), page.y
         page.p.drawImage(QRectF(x0, y0, w, h), img)
-        for n, f in dict.fromkeys(slices[k]):
+        boxed = plan[(k, window)] if callable(key_images) else [nf for (kk, _w), g in plan.items() if kk == k for nf in g]
+        for n, f in boxed:
             colour = BOX_COLOURS[(n - 1) % len(BOX_COLOURS)]
             for b in f.boxes:
                 if b.slice_index != k:
@@ -228,6 +270,7 @@ def _key_images(page: _Page, kept: list[Finding], key_images: Mapping[int, np.nd
                 page.p.drawText(QPointF(r.left(), r.top() - page.pt(2)), str(n))
         page.p.setPen(QColor(60, 60, 60))
         page.p.setFont(QFont("Sans", 7))
-        page.p.drawText(QRectF(x0, y0 + h + page.pt(1), w, page.pt(10)), Qt.AlignmentFlag.AlignLeft, f"Slice {k + 1}")
-        if col == 1 or i == len(shown) - 1:
+        caption = " · ".join(x for x in (f"Slice {k + 1}", window_caption(window)) if x)
+        page.p.drawText(QRectF(x0, y0 + h + page.pt(1), w, page.pt(10)), Qt.AlignmentFlag.AlignLeft, caption)
+        if col == 1 or i == len(frames) - 1:
             page.y += h + page.pt(14)

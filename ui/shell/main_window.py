@@ -1,6 +1,9 @@
-"""The workstation's main window: study browser and tag browser on the left,
-viewports in the middle, the right-hand dock area kept for the assistant,
-menus, toolbar and a status bar with load progress, cancel and problems."""
+"""The workstation's main window: the study browser on the left, viewports in the
+middle, the tag browser on the right (a tab beside the assistant and the report once
+they are docked), menus, toolbar and a status bar with load progress, cancel and problems.
+
+Every side panel is docked through :meth:`MainWindow.add_panel`, which also lists it in the
+View menu; Reading mode (F11) hides them all with the toolbar and brings them back."""
 
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ from PySide6.QtWidgets import (
     QFileDialog,
     QLabel,
     QMainWindow,
+    QMenu,
     QMessageBox,
     QProgressBar,
     QPushButton,
@@ -22,6 +26,8 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from app.core.errors import XMedError
+from app.core.names import window_name
 from app.dicom.loader import load_series
 from app.dicom.model import ScanResult, Series, Volume
 from app.viewer.viewport import KEYED_PRESETS, StudyInfo
@@ -39,6 +45,11 @@ log = logging.getLogger(__name__)
 
 #: Loaded volumes kept in memory for quick switching (most recent last).
 VOLUME_CACHE = 4
+#: Default widths of the side docks (px): with both sides open a 1600 px window still gives the
+#: images at least 60% of its width (RadiAnt, OHIF and Horos leave them about two thirds). The
+#: right-hand column is as wide as its widest panel needs (the assistant's, ~420 px, today).
+LEFT_DOCK_WIDTH = 200
+RIGHT_DOCK_WIDTH = 330
 
 
 class MainWindow(QMainWindow):
@@ -61,6 +72,9 @@ class MainWindow(QMainWindow):
         self._scan: ScanWorker | None = None
         self._thumbs: ThumbnailWorker | None = None
         self._extra_problems: list[tuple[str, str]] = []
+        self.docks: list[QDockWidget] = []
+        self.view_menu: QMenu | None = None  # built in _menus_and_toolbar; add_panel adds each dock's toggle
+        self._reading_state = None  # the window state to restore when Reading mode ends
 
         self.grid = ViewportGrid(self)
         self.setCentralWidget(self.grid)
@@ -73,31 +87,41 @@ class MainWindow(QMainWindow):
         for vp in self.grid.viewports:
             self._wire(vp)
         self.grid.active_changed.connect(self._active_changed)
+        self._update_edit_actions()
         self.browser.series_activated.connect(lambda i: self.show_series(i, self.grid.active))
 
     # -- construction --------------------------------------------------------------------
 
     def _docks(self) -> None:
         self.setDockNestingEnabled(True)
-        self.browser_dock = QDockWidget("Studies", self)
-        self.browser_dock.setObjectName("studies")
-        self.browser_dock.setWidget(self.browser)
-        self.addDockWidget(Qt.DockWidgetArea.LeftDockWidgetArea, self.browser_dock)
-        self.tags_dock = QDockWidget("DICOM tags", self)
-        self.tags_dock.setObjectName("tags")
-        self.tags_dock.setWidget(self.tags)
-        self.addDockWidget(Qt.DockWidgetArea.LeftDockWidgetArea, self.tags_dock)
-        self.splitDockWidget(self.browser_dock, self.tags_dock, Qt.Orientation.Vertical)
-        self.resizeDocks([self.browser_dock], [380], Qt.Orientation.Horizontal)
-        self.resizeDocks([self.browser_dock, self.tags_dock], [380, 520], Qt.Orientation.Vertical)
+        self.browser_dock = self.add_panel(self.browser, "Studies", Qt.DockWidgetArea.LeftDockWidgetArea,
+                                           name="studies")
+        # the tags want width, the study list does not: the tags share the right-hand column (as a
+        # tab beside the assistant and the report), so a narrow left column leaves the images the room
+        self.tags_dock = self.add_panel(self.tags, "DICOM tags", name="tags")
+        self.resizeDocks([self.browser_dock, self.tags_dock], [LEFT_DOCK_WIDTH, RIGHT_DOCK_WIDTH],
+                         Qt.Orientation.Horizontal)
         self.tags_dock.visibilityChanged.connect(lambda _v: self._update_tags())
 
-    def add_panel(self, widget: QWidget, title: str, area: Qt.DockWidgetArea = Qt.DockWidgetArea.RightDockWidgetArea) -> QDockWidget:
-        """Dock a panel (the assistant goes to the right-hand area)."""
+    def add_panel(self, widget: QWidget, title: str, area: Qt.DockWidgetArea = Qt.DockWidgetArea.RightDockWidgetArea,
+                  name: str | None = None) -> QDockWidget:
+        """Dock a side panel (the assistant and the report go to the right-hand area).
+
+        Every dock comes through here: it can be closed, floated or moved, and its show/hide
+        toggle is listed in the View menu, so a closed panel always has a way back.
+        """
         dock = QDockWidget(title, self)
-        dock.setObjectName(title.lower().replace(" ", "_"))
+        dock.setObjectName(name or title.lower().replace(" ", "_"))
         dock.setWidget(widget)
+        dock.setFeatures(QDockWidget.DockWidgetFeature.DockWidgetClosable
+                         | QDockWidget.DockWidgetFeature.DockWidgetMovable
+                         | QDockWidget.DockWidgetFeature.DockWidgetFloatable)
         self.addDockWidget(area, dock)
+        self.docks.append(dock)
+        toggle = dock.toggleViewAction()
+        toggle.setToolTip(f"Show or hide the {title} panel")
+        if self.view_menu is not None:
+            self.view_menu.addAction(toggle)
         return dock
 
     def _status_bar(self) -> None:
@@ -138,7 +162,15 @@ class MainWindow(QMainWindow):
             "layout_1x1": lambda: self.set_layout("1x1"),
             "layout_1x2": lambda: self.set_layout("1x2"),
             "layout_2x2": lambda: self.set_layout("2x2"),
+            "layout_mpr": lambda: self.show_mpr("mpr"),
+            "layout_mpr_2x2": lambda: self.show_mpr("mpr2x2"),
+            "slab_thicker": lambda: self._slab(lambda p: p.step_slab(+1)),
+            "slab_thinner": lambda: self._slab(lambda p: p.step_slab(-1)),
+            "slab_mode": lambda: self._slab(lambda p: p.cycle_mode()),
+            "mpr_rotate": lambda: self._slab(lambda p: p.rotate(15.0)),
+            "mpr_rotate_back": lambda: self._slab(lambda p: p.rotate(-15.0)),
             "next_viewport": self.grid.next_viewport,
+            "reading_mode": self.toggle_reading_mode,
             "cancel_load": self.cancel_loading,
             "show_problems": self.show_problems,
             "show_help": self.show_help,
@@ -149,7 +181,7 @@ class MainWindow(QMainWindow):
                 act = QAction(sc.description, self)
                 act.setShortcuts([QKeySequence(k) for k in sc.keys])
                 act.setShortcutContext(Qt.ShortcutContext.WindowShortcut)
-                act.triggered.connect(handlers[sc.action])
+                act.triggered.connect(lambda _=False, fn=handlers[sc.action]: fn())
                 self.addAction(act)
             else:
                 act = QAction(f"{sc.description}\t{pretty_keys(sc)}", self)
@@ -157,6 +189,9 @@ class MainWindow(QMainWindow):
             act.setToolTip(f"{sc.description} ({pretty_keys(sc)})")
             self.actions_by_name[sc.action] = act
             self.actions.register(sc.action, lambda act=act: act.trigger(), owner="window")
+        reading = self.actions_by_name["reading_mode"]
+        reading.setCheckable(True)
+        reading.setText("Reading mode")  # the menu entry; the tooltip and Help say what it does
 
     def _menus_and_toolbar(self) -> None:
         a = self.actions_by_name
@@ -164,21 +199,28 @@ class MainWindow(QMainWindow):
         m = mb.addMenu("&File")
         for name in ("open_folder", "open_files", None, "show_problems", None, "quit"):
             m.addSeparator() if name is None else m.addAction(a[name])
-        m = mb.addMenu("&View")
-        for name in ("layout_1x1", "layout_1x2", "layout_2x2", "next_viewport", None, "fit", "zoom_in",
-                     "zoom_out", "rotate_cw", "rotate_ccw", "flip_h", "flip_v", "reset", None,
-                     "previous_series", "next_series", "toggle_cine", "cine_faster", "cine_slower"):
+        m = mb.addMenu("&Edit")
+        for name in ("undo_measurement", "redo_measurement", None, "delete_measurement", "clear_measurements"):
             m.addSeparator() if name is None else m.addAction(a[name])
-        m.addSeparator()
-        m.addAction(self.browser_dock.toggleViewAction())
-        m.addAction(self.tags_dock.toggleViewAction())
+        self.edit_menu = m
+        m = mb.addMenu("&View")
+        for name in ("layout_1x1", "layout_1x2", "layout_2x2", "layout_mpr", "layout_mpr_2x2", "slab_thicker",
+                     "slab_thinner", "slab_mode", "mpr_rotate", "mpr_rotate_back", "next_viewport", None, "fit",
+                     "zoom_in",
+                     "zoom_out", "rotate_cw", "rotate_ccw", "flip_h", "flip_v", "reset", None,
+                     "previous_series", "next_series", "toggle_cine", "cine_faster", "cine_slower", None,
+                     "reading_mode"):
+            m.addSeparator() if name is None else m.addAction(a[name])
+        m.addSection("Panels")
+        for dock in self.docks:  # docks added later (assistant, report) join through add_panel
+            m.addAction(dock.toggleViewAction())
+        self.view_menu = m
         m = mb.addMenu("&Window")
         for name in ("preset_1", "preset_2", "preset_3", "preset_4", "preset_5", "preset_0", None, "toggle_invert"):
             m.addSeparator() if name is None else m.addAction(a[name])
         m = mb.addMenu("&Tools")
-        for name in ("tool_pan", "tool_length", "tool_rect", "tool_ellipse", None, "delete_measurement",
-                     "clear_measurements"):
-            m.addSeparator() if name is None else m.addAction(a[name])
+        for name in ("tool_pan", "tool_length", "tool_rect", "tool_ellipse"):
+            m.addAction(a[name])
         m = mb.addMenu("&Help")
         m.addAction(a["show_help"])
         about = QAction("About", self)
@@ -195,10 +237,12 @@ class MainWindow(QMainWindow):
             "tool_pan": "Pan", "tool_length": "Length", "tool_rect": "Rect ROI", "tool_ellipse": "Ellipse ROI",
             "toggle_invert": "Invert", "rotate_cw": "Rotate", "flip_h": "Flip H", "flip_v": "Flip V",
             "reset": "Reset", "toggle_cine": "Cine", "show_help": "Help",
+            "layout_mpr": "MPR", "slab_thicker": "Slab +", "slab_thinner": "Slab −", "slab_mode": "MIP/MinIP/Mean",
         }
         for i, p in enumerate(KEYED_PRESETS, start=1):
-            labels[f"preset_{i}"] = p.name.title()
-        order = ["open_folder", None, "layout_1x1", "layout_1x2", "layout_2x2", None, "tool_pan", "tool_length",
+            labels[f"preset_{i}"] = window_name(p.name)
+        order = ["open_folder", None, "layout_1x1", "layout_1x2", "layout_2x2", "layout_mpr", "slab_thicker",
+                 "slab_thinner", "slab_mode", None, "tool_pan", "tool_length",
                  "tool_rect", "tool_ellipse", None, *[f"preset_{i}" for i in range(1, len(KEYED_PRESETS) + 1)],
                  "toggle_invert", None, "rotate_cw", "flip_h", "flip_v", "reset", "toggle_cine", None, "show_help"]
         self.tool_buttons: dict[str, QAction] = {}
@@ -228,6 +272,7 @@ class MainWindow(QMainWindow):
         vp.message.connect(lambda text: self.statusBar().showMessage(text, 4000))
         vp.tool_changed.connect(self._tool_changed)
         vp.cursor_text.connect(self.cursor_label.setText)
+        vp.measurements_changed.connect(lambda vp=vp: self._update_edit_actions() if vp is self.grid.active else None)
 
     # -- opening -------------------------------------------------------------------------
 
@@ -394,6 +439,41 @@ class MainWindow(QMainWindow):
             return
         self.show_series(target, vp)
 
+    def show_mpr(self, layout: str = "mpr") -> str | None:
+        """MPR of the series in the active viewport (axial, coronal, sagittal with crosshair)."""
+        active = self.grid.active
+        panel = self.grid.mpr
+        if panel is not None and active in panel.views and panel.source is not None:
+            self.grid.set_layout(layout)  # already in MPR: only the layout changes
+            return None
+        volume = active.volume
+        if volume is None:
+            msg = "Open a series first, then choose MPR"
+        elif id(active) in self._loads:
+            msg = "Wait until the series has loaded, then choose MPR"
+        else:
+            try:
+                msg = self.grid.mpr_panel().set_volume(volume, getattr(active, "_study", None), active.window)
+            except XMedError as exc:
+                msg = f"MPR is not possible for this series: {exc}"
+                self.statusBar().showMessage(msg, 8000)
+                return msg
+            self.grid.set_layout(layout)
+            self.statusBar().showMessage(msg or "MPR: left click or drag sets the crosshair; S / Shift+S slab, "
+                                         "M slab mode", 8000)
+            return None
+        self.statusBar().showMessage(msg, 6000)
+        return msg
+
+    def _slab(self, change) -> str | None:
+        panel = self.grid.mpr
+        if panel is None or not self.grid.is_mpr or panel.state is None:
+            msg = "Slabs and crosshair rotation are for MPR: choose MPR (Ctrl+3) first"
+            self.statusBar().showMessage(msg, 4000)
+            return msg
+        self.statusBar().showMessage(change(panel), 4000)
+        return None
+
     def set_layout(self, name: str) -> None:
         before = set(map(id, self.grid.visible()))
         self.grid.set_layout(name)
@@ -423,6 +503,41 @@ class MainWindow(QMainWindow):
     def _active_changed(self, vp: Viewport) -> None:
         self.browser.mark_current(self._shown.get(id(vp)))
         self._update_tags()
+        self._update_edit_actions()
+
+    def _update_edit_actions(self) -> None:
+        """Edit > Undo / Redo name what they would do in the active viewport, and are off when nothing."""
+        layer = self.grid.active.measurements
+        for name, verb, what in (("undo_measurement", "Undo", layer.undo_text()),
+                                 ("redo_measurement", "Redo", layer.redo_text())):
+            act = self.actions_by_name[name]
+            label = f"{verb} {what}" if what else verb
+            act.setText(f"{label}\t{pretty_keys(by_action(name))}")
+            act.setEnabled(bool(what))
+        self.actions_by_name["clear_measurements"].setEnabled(bool(layer.items))
+
+    # -- reading mode ----------------------------------------------------------------------------
+
+    @property
+    def reading_mode(self) -> bool:
+        return self._reading_state is not None
+
+    def toggle_reading_mode(self) -> None:
+        """F11 / Ctrl+Shift+R: the images get the window (side panels and toolbar hidden); again:
+        everything comes back as it was, sizes included."""
+        act = self.actions_by_name["reading_mode"]
+        if self._reading_state is None:
+            self._reading_state = self.saveState()
+            for dock in self.docks:
+                dock.hide()
+            self.toolbar.hide()
+            self.statusBar().showMessage(
+                f"Reading mode: {pretty_keys(by_action('reading_mode'))} brings the panels back", 5000)
+        else:
+            state, self._reading_state = self._reading_state, None
+            self.restoreState(state)
+            self.toolbar.show()
+        act.setChecked(self._reading_state is not None)
 
     def _viewport_slice(self, vp: Viewport) -> None:
         if vp is self.grid.active:
@@ -500,8 +615,12 @@ class MainWindow(QMainWindow):
         self.assistant_panel = panel
         self._register(panel, "assistant")
         panel.message.connect(lambda text: self.statusBar().showMessage(text, 8000))
+        self.removeDockWidget(self.tags_dock)  # the assistant takes the first tab, the tags move behind it
         dock = self.add_panel(panel, "Assistant")
-        self.resizeDocks([dock], [470], Qt.Orientation.Horizontal)
+        self.tabifyDockWidget(dock, self.tags_dock)
+        self.tags_dock.show()
+        dock.raise_()
+        self.resizeDocks([dock], [RIGHT_DOCK_WIDTH], Qt.Orientation.Horizontal)
         settings = QAction("Settings…", self)
         settings.triggered.connect(panel.settings_requested)
         self.menuBar().actions()[0].menu().insertAction(self.actions_by_name["show_problems"], settings)
@@ -536,6 +655,9 @@ class MainWindow(QMainWindow):
         if assistant_panel is not None and assistant_panel.parentWidget() is not None:
             # stacked under the assistant the two panels need ~975 px of height: share the space as tabs
             self.tabifyDockWidget(assistant_panel.parentWidget(), self.report.dock)
+            assistant_panel.parentWidget().raise_()  # where a reading starts: the report follows its answers
+        else:
+            self.tabifyDockWidget(self.tags_dock, self.report.dock)
         return self.report
 
     # -- dictation (ui/dictation/controller.py) ---------------------------------------------------

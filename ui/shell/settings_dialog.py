@@ -1,4 +1,4 @@
-"""Settings: who signs, which model runs where, reliability, dictation key.
+"""Settings: who signs, which model runs where, reliability, dictation key and microphone.
 
 The model section holds the model folder (checked as ``xmedgpt models add``
 checks one, without hashing) and the registered models of
@@ -6,6 +6,11 @@ checks one, without hashing) and the registered models of
 and messages as ``xmedgpt models``; adding hashes the weights in a background
 thread. OK writes the values into :class:`app.core.settings.Settings` and saves it;
 a folder that cannot be used keeps the dialog open with the reason.
+
+The microphone choice lists the input devices the capture layer sees
+(:func:`inference.speech.capture.list_input_devices`), "System default" first, and
+keeps a chosen device that is not connected now (marked so) rather than dropping it;
+with no device at all it offers "System default" alone and says none was found.
 """
 
 from __future__ import annotations
@@ -50,6 +55,7 @@ from app.models.folders import (
 )
 from app.models.registry import ModelInfo, ModelRegistry, describe_size
 from inference.resources import DEMO_MODEL_DIR
+from inference.speech.capture import list_input_devices
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +111,6 @@ class SettingsDialog(QDialog):
     def __init__(self, settings: Settings, registry: ModelRegistry, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.setWindowTitle("Settings")
-        self.setStyleSheet("QPushButton:disabled { color: #6e7681; }")  # visibly disabled in the dark theme too
         self.settings = settings
         self.registry = registry
         self._adder: _AddWorker | None = None
@@ -187,8 +192,22 @@ class SettingsDialog(QDialog):
         self.auto_ask.setChecked(settings.dictation_auto_ask)
         self.spoken_audio = QCheckBox("Send spoken questions as audio to a model that can hear (else Whisper)")
         self.spoken_audio.setChecked(settings.spoken_query_audio)
+        self.microphone = QComboBox()
+        self.microphone.setObjectName("microphone")
+        self.microphone_note = QLabel()
+        self.microphone_note.setObjectName("microphoneNote")
+        self.microphone_note.setWordWrap(True)
+        rescan = QPushButton("Rescan")
+        rescan.setToolTip("Look for microphones again (after plugging one in)")
+        rescan.clicked.connect(lambda: self.refresh_microphones(rescan=True))
+        mic_row = QHBoxLayout()
+        mic_row.addWidget(self.microphone, stretch=1)
+        mic_row.addWidget(rescan)
+        self.refresh_microphones(selected=settings.dictation_device)
         dict_box = QGroupBox("Dictation")
         dform = QFormLayout(dict_box)
+        dform.addRow("Microphone", mic_row)
+        dform.addRow("", self.microphone_note)
         dform.addRow("Push-to-talk key", self.dictation_key)
         dform.addRow("", self.auto_ask)
         dform.addRow("", self.spoken_audio)
@@ -230,6 +249,26 @@ class SettingsDialog(QDialog):
             self.folder_check.setText(str(exc))
             self.folder_check.setStyleSheet("color: #f85149;")
             return False
+
+    # ------------------------------------------------------------------ microphone
+    def refresh_microphones(self, selected: str | None = None, rescan: bool = False) -> None:
+        """Fill the microphone list: "System default" (empty setting) first, then each input device by
+        name; the current choice stays selected (kept, marked, when it is not connected now)."""
+        chosen = self.microphone.currentData() if selected is None else selected
+        devices = list_input_devices(refresh=rescan)
+        self.microphone.clear()
+        default = next((d for d in devices if d.is_default), None)
+        self.microphone.addItem(f"System default ({default.name})" if default else "System default", "")
+        for d in devices:
+            self.microphone.addItem(str(d), d.name)
+        if chosen and self.microphone.findData(chosen) < 0:
+            self.microphone.addItem(f"{chosen} (not connected)", chosen)
+        self.microphone.setCurrentIndex(max(0, self.microphone.findData(chosen or "")))
+        if not devices:
+            self.microphone_note.setText("No microphone was found; connect one and press Rescan.")
+        else:
+            n = len(devices)
+            self.microphone_note.setText(f"{n} microphone{'s' if n != 1 else ''} found.")
 
     # ------------------------------------------------------------------ registry
     def refresh_models(self) -> None:
@@ -350,6 +389,7 @@ class SettingsDialog(QDialog):
         key = self.dictation_key.keySequence().toString()
         if key:
             s.dictation_key = key
+        s.dictation_device = str(self.microphone.currentData() or "")
         s.dictation_auto_ask = self.auto_ask.isChecked()
         s.spoken_query_audio = self.spoken_audio.isChecked()
         try:

@@ -1,11 +1,16 @@
 """Text painted over a viewport: the four corner blocks, orientation letters,
-and the frame that marks the active viewport. Transparent to the mouse."""
+and the frame that marks the active viewport. Transparent to the mouse.
+
+The overlay covers the image view only (never the slice bar beside it); which corner lines fit,
+and in which form, is decided by :func:`app.viewer.viewport.fit_corner_lines`."""
 
 from __future__ import annotations
 
 from PySide6.QtCore import QPoint, QPointF, Qt
 from PySide6.QtGui import QColor, QFont, QFontMetrics, QPainter
 from PySide6.QtWidgets import QWidget
+
+from app.viewer.viewport import CornerLine, fit_corner_lines
 
 TEXT_COLOR = QColor(235, 235, 200)
 MARKER_COLOR = QColor(255, 210, 90)
@@ -26,7 +31,7 @@ class CornerOverlay(QWidget):
         super().__init__(parent)
         self.setAttribute(Qt.WidgetAttribute.WA_TransparentForMouseEvents)
         self.setAttribute(Qt.WidgetAttribute.WA_NoSystemBackground)
-        self.corners: dict[str, list[str]] = {}
+        self.corners: dict[str, list[CornerLine]] = {}
         self.markers: dict[str, str] = {}
         self.message = ""  # centred, e.g. "Drop a series here"
         self.active = False
@@ -36,9 +41,12 @@ class CornerOverlay(QWidget):
         self._marker_font = QFont(self._font)
         self._marker_font.setPointSizeF(12.5)
         self._marker_font.setBold(True)
+        self._fitted: tuple[tuple, dict[str, list[str]]] | None = None
 
-    def set_content(self, corners: dict[str, list[str]], markers: dict[str, str]) -> None:
-        self.corners = corners
+    def set_content(self, corners: dict[str, list[CornerLine | str]], markers: dict[str, str]) -> None:
+        self.corners = {
+            k: [line if isinstance(line, CornerLine) else CornerLine(str(line)) for line in v] for k, v in corners.items()
+        }
         self.markers = markers
         self.update()
 
@@ -50,6 +58,33 @@ class CornerOverlay(QWidget):
     def set_message(self, message: str) -> None:
         self.message = message
         self.update()
+
+    # -- layout ------------------------------------------------------------------------
+
+    def shown_lines(self) -> dict[str, list[str]]:
+        """The corner lines as painted at the present size (shortened, some dropped, some cut)."""
+        fm = QFontMetrics(self._font)
+        markers = QFontMetrics(self._marker_font)
+        key = (
+            tuple((k, tuple(v)) for k, v in self.corners.items()),
+            self.width(), self.height(), self._font.pointSizeF(),
+            max((markers.horizontalAdvance(self.markers.get(s, "")) for s in ("top", "bottom")), default=0),
+        )
+        if self._fitted is not None and self._fitted[0] == key:
+            return self._fitted[1]
+        marker_w = key[-1] + 2 * MARGIN if key[-1] else 0
+        fitted = fit_corner_lines(
+            self.corners,
+            width=self.width() - 2 * MARGIN,
+            height=self.height() - 2 * MARGIN,
+            text_width=fm.horizontalAdvance,
+            line_height=fm.height(),
+            marker_width=marker_w,
+            gap=2 * MARGIN,
+            elide=lambda text, room: fm.elidedText(text, Qt.TextElideMode.ElideRight, int(room)),
+        )
+        self._fitted = (key, fitted)
+        return fitted
 
     # -- painting ----------------------------------------------------------------------
 
@@ -72,9 +107,6 @@ class CornerOverlay(QWidget):
         w, hgt = self.width(), self.height()
         top = corner.startswith("top")
         left = corner.endswith("left")
-        # leave the middle of the edge to the orientation letter
-        room = max(40, w // 2 - QFontMetrics(self._marker_font).horizontalAdvance("HH") - MARGIN)
-        lines = [fm.elidedText(line, Qt.TextElideMode.ElideRight, room) for line in lines]
         for i, line in enumerate(lines):
             if top:
                 y = MARGIN + fm.ascent() + i * h
@@ -92,7 +124,7 @@ class CornerOverlay(QWidget):
     def paintEvent(self, event) -> None:  # noqa: N802 (Qt API)
         p = QPainter(self)
         p.setRenderHint(QPainter.RenderHint.Antialiasing)
-        for corner, lines in self.corners.items():
+        for corner, lines in self.shown_lines().items():
             if lines:
                 self._block(p, lines, corner)
         fm = QFontMetrics(self._marker_font)

@@ -2,8 +2,9 @@
 
 Items are children of the viewport's ImageItem, so their coordinates are image
 pixels whatever the zoom, rotation or pixel aspect. The numbers come from
-:mod:`app.viewer.measure`; this module only draws them and keeps them in step with
-the handles.
+:mod:`app.viewer.measure`; this module only draws them, keeps them in step with
+the handles, keeps their labels inside the visible view, and keeps the history
+of adds and deletes for undo / redo.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pyqtgraph as pg
-from PySide6.QtCore import QPointF
+from PySide6.QtCore import QPointF, QRectF
 
 from app.viewer import measure
 
@@ -55,14 +56,39 @@ class Measurement:
         self.label.setVisible(visible)
 
 
+KIND_NAMES = {"length": "length", "rect": "rectangle ROI", "ellipse": "ellipse ROI"}
+#: Screen pixels kept between a label and the edge of the view.
+LABEL_MARGIN = 4.0
+
+
+@dataclass
+class Change:
+    """One step of the history: measurements added, or deleted (one, or all of them)."""
+
+    what: str  # "add", "delete", "clear"
+    items: list[tuple[int, Measurement]]  # (place in the list, measurement), in list order
+
+    def describe(self) -> str:
+        if self.what == "add":
+            return f"add {KIND_NAMES.get(self.items[0][1].kind, 'measurement')}"
+        if self.what == "clear":
+            return f"delete all {len(self.items)} measurements" if len(self.items) > 1 else "delete all measurements"
+        return "delete measurement"
+
+    def frames(self) -> set[int]:
+        return {m.frame for _, m in self.items}
+
+
 class MeasurementLayer:
-    """Creates, updates and removes measurements on one viewport's image."""
+    """Creates, updates and removes measurements on one viewport's image, with undo / redo."""
 
     def __init__(self, parent_item: pg.GraphicsObject, values: ValuesFn) -> None:
         self._parent = parent_item
         self._values = values
         self.items: list[Measurement] = []
         self._frame = 0
+        self._undo: list[Change] = []
+        self._redo: list[Change] = []
 
     def begin(self, kind: str, frame: int, p: QPointF) -> Measurement:
         """Start drawing at image point ``p``; :meth:`drag_to` follows the mouse."""
@@ -109,6 +135,7 @@ class MeasurementLayer:
             m.roi.setPos([bx0, by0], update=False, finish=False)
             m.roi.setSize([abs(x1 - x0), abs(y1 - y0)], finish=True)
         self.refresh(m)
+        self._record(Change("add", [(self.items.index(m), m)]))
         return True
 
     def refresh(self, m: Measurement) -> None:
@@ -124,30 +151,161 @@ class MeasurementLayer:
             anchor = (max(x0, x1), max(y0, y1))
         m.label.setText(m.text)
         m.label.setPos(*anchor)
+        self.keep_label_inside(m)
 
     def show_frame(self, frame: int) -> None:
         self._frame = frame
         for m in self.items:
             m.set_visible(m.frame == frame)
+        self.keep_labels_inside()
 
-    def remove(self, m: Measurement) -> None:
+    # -- labels inside the view -----------------------------------------------------------------
+
+    def _visible_scene_rect(self) -> QRectF | None:
+        scene = self._parent.scene()
+        views = scene.views() if scene is not None else []
+        if not views:
+            return None
+        view = views[0]
+        return view.mapToScene(view.viewport().rect()).boundingRect()
+
+    def keep_labels_inside(self) -> None:
+        """Move the labels on screen back inside the view (after a zoom, pan, resize or rotation)."""
+        rect = self._visible_scene_rect()
+        for m in self.items:
+            if m.frame == self._frame:
+                self.keep_label_inside(m, rect)
+
+    def keep_label_inside(self, m: Measurement, rect: QRectF | None = None) -> None:
+        """Place ``m``'s label beside its anchor point, shifted so that all of it stays in the view.
+
+        The label is drawn at screen size: its anchor (0..1 of its own box, ``(0, 0)`` = its top
+        left at the point) moves by the overflow, so a label at the right edge turns to the left
+        of its point, one at the bottom goes above it.
+        """
+        rect = rect if rect is not None else self._visible_scene_rect()
+        label = m.label
+        if rect is None or label.scene() is None or not rect.isValid():
+            return
+        label.setAnchor((0, 0))
+        label.updateTransform(force=True)
+        box = label.sceneBoundingRect()
+        w, h = box.width(), box.height()
+        if w <= 0 or h <= 0:
+            return
+        inner = rect.adjusted(LABEL_MARGIN, LABEL_MARGIN, -LABEL_MARGIN, -LABEL_MARGIN)
+        dx = dy = 0.0
+        if box.right() > inner.right():
+            dx = box.right() - inner.right()
+        if box.left() - dx < inner.left():
+            dx = box.left() - inner.left()
+        if box.bottom() > inner.bottom():
+            dy = box.bottom() - inner.bottom()
+        if box.top() - dy < inner.top():
+            dy = box.top() - inner.top()
+        if dx or dy:
+            label.setAnchor((dx / w, dy / h))
+            label.updateTransform(force=True)
+
+    # -- removing, history ----------------------------------------------------------------------
+
+    def _detach(self, m: Measurement) -> None:
         scene = m.roi.scene()
         for item in (m.roi, m.label):
             item.setParentItem(None)
-            if scene is not None:
+            if scene is not None and item.scene() is scene:
                 scene.removeItem(item)
-        self.items.remove(m)
+        if m in self.items:
+            self.items.remove(m)
+
+    def _attach(self, index: int, m: Measurement) -> None:
+        m.roi.setParentItem(self._parent)
+        m.label.setParentItem(self._parent)
+        self.items.insert(min(index, len(self.items)), m)
+        m.set_visible(m.frame == self._frame)
+        self.keep_label_inside(m)
+
+    def _record(self, change: Change) -> None:
+        self._undo.append(change)
+        self._redo.clear()
+
+    def remove(self, m: Measurement) -> None:
+        """Take ``m`` away for good, outside the history (a click without a drag, a rectangle that
+        became something else): no undo brings it back."""
+        self._detach(m)
+        for stack in (self._undo, self._redo):
+            for change in stack:
+                change.items = [(i, x) for i, x in change.items if x is not m]
+            stack[:] = [c for c in stack if c.items]
 
     def remove_last(self, frame: int) -> bool:
+        """Delete the newest measurement on ``frame`` (undoable)."""
         on_frame = [m for m in self.items if m.frame == frame]
         if not on_frame:
             return False
-        self.remove(on_frame[-1])
+        m = on_frame[-1]
+        change = Change("delete", [(self.items.index(m), m)])
+        self._detach(m)
+        self._record(change)
         return True
 
-    def clear(self) -> None:
+    def clear(self) -> int:
+        """Delete every measurement (undoable as one step); how many there were."""
+        if not self.items:
+            return 0
+        change = Change("clear", list(enumerate(self.items)))
         for m in list(self.items):
-            self.remove(m)
+            self._detach(m)
+        self._record(change)
+        return len(change.items)
+
+    def reset(self) -> None:
+        """Forget everything, history included (another series is shown)."""
+        for m in list(self.items):
+            self._detach(m)
+        self._undo.clear()
+        self._redo.clear()
+
+    @property
+    def can_undo(self) -> bool:
+        return bool(self._undo)
+
+    @property
+    def can_redo(self) -> bool:
+        return bool(self._redo)
+
+    def undo_text(self) -> str:
+        """What Undo would undo ("add length"), or "" when nothing."""
+        return self._undo[-1].describe() if self._undo else ""
+
+    def redo_text(self) -> str:
+        return self._redo[-1].describe() if self._redo else ""
+
+    def undo(self) -> Change | None:
+        """Undo the newest add or delete; the change undone, or None when there is none."""
+        if not self._undo:
+            return None
+        change = self._undo.pop()
+        self._apply(change, forward=False)
+        self._redo.append(change)
+        return change
+
+    def redo(self) -> Change | None:
+        if not self._redo:
+            return None
+        change = self._redo.pop()
+        self._apply(change, forward=True)
+        self._undo.append(change)
+        return change
+
+    def _apply(self, change: Change, forward: bool) -> None:
+        adds = (change.what == "add") == forward
+        if adds:
+            for index, m in change.items:  # ascending places: each lands where it was
+                self._attach(index, m)
+        else:
+            for _, m in change.items:
+                self._detach(m)
 
     def on_frame(self, frame: int) -> list[Measurement]:
         return [m for m in self.items if m.frame == frame]

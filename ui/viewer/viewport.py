@@ -16,21 +16,22 @@ import time
 
 import numpy as np
 import pyqtgraph as pg
-from PySide6.QtCore import QEvent, QObject, QRectF, Qt, QTimer, Signal
+from PySide6.QtCore import QEvent, QObject, QPoint, QPointF, QRectF, Qt, QTimer, Signal
 from PySide6.QtGui import QImage, QKeyEvent, QKeySequence, QPainter, QTransform
-from PySide6.QtWidgets import QHBoxLayout, QScrollBar, QWidget
+from PySide6.QtWidgets import QHBoxLayout, QMessageBox, QScrollBar, QWidget
 
 from app.dicom.display import render
 from app.dicom.model import Volume, Window
 from app.viewer import measure
 from app.viewer.viewport import (
     KEYED_PRESETS,
+    CornerLine,
     DisplayTransform,
     StudyInfo,
     cine_interval_ms,
     cine_next,
     clamp_zoom,
-    corner_texts,
+    corner_lines,
     default_window,
     drag_window,
     pixel_aspect,
@@ -143,8 +144,25 @@ class _ImageViewBox(pg.ViewBox):
             ev.ignore()
 
 
+def ask_yes_no(parent: QWidget, title: str, question: str, yes: str) -> bool:
+    """A modal question with ``yes`` and Cancel (the default); True when the reader chose ``yes``.
+
+    The box is named ``confirm`` so a test can find it (``QApplication.activeModalWidget()``) and
+    press a button; or a test replaces :attr:`Viewport.confirm` altogether.
+    """
+    box = QMessageBox(QMessageBox.Icon.Question, title, question, QMessageBox.StandardButton.Cancel, parent)
+    box.setObjectName("confirm")
+    go = box.addButton(yes, QMessageBox.ButtonRole.DestructiveRole)
+    box.setDefaultButton(QMessageBox.StandardButton.Cancel)
+    box.exec()
+    return box.clickedButton() is go
+
+
 class Viewport(QWidget):
     """Shows one series; emits what changed so the main window can follow."""
+
+    #: Asks before a destructive step: ``confirm(parent, title, question, yes_button_text) -> bool``.
+    confirm = staticmethod(ask_yes_no)
 
     slice_changed = Signal(int)
     window_changed = Signal(object)  # Window
@@ -154,7 +172,8 @@ class Viewport(QWidget):
     measurement_added = Signal(str)  # the text beside it
     tool_changed = Signal(str)
     message = Signal(str)  # short status-bar text
-    cursor_text = Signal(str)  # pixel, position and value under the pointer
+    cursor_text = Signal(str)  # pixel, position and value under the pointer ("" when there is none)
+    measurements_changed = Signal()  # added, deleted, undone, redone: what Undo / Redo would do changed
     double_clicked = Signal(object)  # self: the grid maximises / restores it
 
     def __init__(self, parent: QWidget | None = None) -> None:
@@ -172,6 +191,7 @@ class Viewport(QWidget):
         self.view.setAcceptDrops(False)
         self.view.viewport().setAcceptDrops(False)
         self.view.viewport().installEventFilter(self)
+        self.view.installEventFilter(self)  # its geometry: the corner text covers the view, not the slice bar
         layout.addWidget(self.view)
         # slice position bar (drag it to move through the series, as in OHIF/Weasis)
         self.scrollbar = QScrollBar(Qt.Orientation.Vertical)
@@ -202,12 +222,14 @@ class Viewport(QWidget):
         self._wl_start: Window | None = None
         self._drawing = None
         self._wheel_rest = 0
+        self._cursor: QPointF | None = None  # last pointer position over the view (view coordinates)
+        self._cursor_shown = ""
         self.tool = "pan"
         self.fps = 10
         self._cine = QTimer(self)
         self._cine.timeout.connect(self._cine_tick)
         self._keys = key_map("viewport")
-        self.vb.sigRangeChanged.connect(lambda *_: self._update_text())
+        self.vb.sigRangeChanged.connect(lambda *_: self._view_moved())
         self.view.scene().sigMouseMoved.connect(self._mouse_moved)
         self.corner.set_message("Double-click or drag a series here")
 
@@ -250,7 +272,12 @@ class Viewport(QWidget):
         return dict(self.corner.markers)
 
     def corner_text(self) -> dict[str, list[str]]:
-        return {k: list(v) for k, v in self.corner.corners.items()}
+        """Every corner line in full (what fits on screen: ``self.corner.shown_lines()``)."""
+        return {k: [line.text for line in v] for k, v in self.corner.corners.items()}
+
+    def cursor_readout(self) -> str:
+        """What the status bar says about the pixel under the pointer now ("" when none)."""
+        return self._cursor_shown
 
     # -- volume and slices ----------------------------------------------------------------
 
@@ -262,7 +289,8 @@ class Viewport(QWidget):
         """
         self.stop_cine()
         self._settle()
-        self.measurements.clear()
+        self.measurements.reset()
+        self.measurements_changed.emit()
         self.overlays.clear()
         self._volume = volume
         self._study = study
@@ -274,6 +302,7 @@ class Viewport(QWidget):
             self.image.clear()
             self.corner.set_content({}, {})
             self.corner.set_message("Double-click or drag a series here")
+            self._refresh_cursor()
             return
         n = len(volume)
         self._arrived = np.ones(n, dtype=bool) if complete else np.zeros(n, dtype=bool)
@@ -295,6 +324,7 @@ class Viewport(QWidget):
         self._arrived[: max(0, count)] = True
         if not was and self._arrived[self._k]:
             self._render()
+            self._refresh_cursor()  # "not loaded" under the pointer becomes a value
         self._update_text()
 
     def load_finished(self) -> None:
@@ -302,6 +332,7 @@ class Viewport(QWidget):
             self._arrived[:] = True
             self._render()
             self._update_text()
+            self._refresh_cursor()
 
     def set_slice(self, k: int) -> None:
         if self._volume is None:
@@ -362,6 +393,7 @@ class Viewport(QWidget):
         self.overlays.show_frame(self._k)
         self.measurements.show_frame(self._k)
         self._update_text()
+        self._refresh_cursor()
         self.slice_changed.emit(self._k)
 
     def _render(self) -> None:
@@ -494,6 +526,7 @@ class Viewport(QWidget):
             m, self._drawing = self._drawing, None
             if self.measurements.finish(m):
                 self.measurement_added.emit(m.text.replace("\n", "  "))
+                self.measurements_changed.emit()  # after: a listener may have taken it (a report finding)
 
     def add_measurement(self, kind: str, p0: tuple[float, float], p1: tuple[float, float]):
         """Place a measurement programmatically (image pixel points); returns it."""
@@ -501,8 +534,55 @@ class Viewport(QWidget):
 
         m = self.measurements.begin(kind, self._k, QPointF(*p0))
         self.measurements.drag_to(m, QPointF(*p1))
-        self.measurements.finish(m)
+        if self.measurements.finish(m):
+            self.measurements_changed.emit()
         return m
+
+    def delete_measurement(self) -> bool:
+        """Delete / Backspace: the newest measurement on this slice (Ctrl+Z brings it back)."""
+        done = self.measurements.remove_last(self._k)
+        if done:
+            self.measurements_changed.emit()
+            self.message.emit("Measurement deleted (Ctrl+Z brings it back)")
+        return done
+
+    def clear_measurements(self) -> bool:
+        """Shift+Del: every measurement of the series, after the reader confirms; undoable."""
+        n = len(self.measurements.items)
+        if n == 0:
+            self.message.emit("There are no measurements to delete")
+            return False
+        frames = len({m.frame for m in self.measurements.items})
+        what = f"all {n} measurements" if n > 1 else "the measurement"
+        where = f" on {frames} images" if frames > 1 else ""
+        if not self.confirm(self, "Delete all measurements",
+                            f"Delete {what}{where} of this series?\n\nEdit > Undo (Ctrl+Z) brings them back.",
+                            "Delete all"):
+            return False
+        self.measurements.clear()
+        self.measurements_changed.emit()
+        self.message.emit(f"Deleted {what} (Ctrl+Z brings them back)")
+        return True
+
+    def undo_measurement(self) -> bool:
+        return self._history_step(undo=True)
+
+    def redo_measurement(self) -> bool:
+        return self._history_step(undo=False)
+
+    def _history_step(self, undo: bool) -> bool:
+        layer = self.measurements
+        change = layer.undo() if undo else layer.redo()
+        verb = "Undo" if undo else "Redo"
+        if change is None:
+            self.message.emit(f"Nothing to {verb.lower()}")
+            return False
+        frames = change.frames()
+        if len(frames) == 1 and self._k not in frames:
+            self.set_slice(frames.pop())  # show what changed
+        self.measurements_changed.emit()
+        self.message.emit(f"{verb}: {change.describe()}")
+        return True
 
     def _frame_values(self, frame: int):
         v = self._volume
@@ -523,12 +603,18 @@ class Viewport(QWidget):
         v = self._volume
         if v is None:
             return
-        corners = corner_texts(v, self._k, self._window, self.zoom, self._study, self._inverted)
+        corners = corner_lines(v, self._k, self._window, self.zoom, self._study, self._inverted)
         if self._arrived is not None and not self._arrived[self._k]:
-            corners["bottom_left"].append("(not loaded yet)")
+            corners["bottom_left"].append(CornerLine("(not loaded yet)", 0))
         if self._cine.isActive():
-            corners["bottom_left"].append(f"Cine {self.fps} fps")
+            corners["bottom_left"].append(CornerLine(f"Cine {self.fps} fps", 1))
         self.corner.set_content(corners, self._transform.markers(v.geometry))
+
+    def _view_moved(self) -> None:
+        """Zoom, pan, fit, rotation or a resize: texts, labels and the pointer's pixel follow."""
+        self._update_text()
+        self.measurements.keep_labels_inside()
+        self._refresh_cursor()
 
     def set_active(self, active: bool) -> None:
         self.corner.set_active(active)
@@ -549,20 +635,48 @@ class Viewport(QWidget):
         p.end()
 
     def _mouse_moved(self, scene_pos) -> None:
-        if self._volume is None:
-            return
-        p = self.image.mapFromScene(scene_pos)
-        self.cursor_text.emit(pixel_readout(self._volume, self._k, p.x(), p.y()))
+        self._cursor = QPointF(self.view.mapFromScene(scene_pos))
+        self._refresh_cursor()
+
+    def _refresh_cursor(self) -> None:
+        """The readout of the pixel under the pointer, for the slice and series shown now.
+
+        Recomputed whenever what is under a still pointer changes (slice, series, zoom, frames
+        arriving); empty when the pointer is outside the view or the image, or no series is shown.
+        """
+        text = ""
+        if self._cursor is not None and self._volume is not None:
+            p = self.image.mapFromScene(self.view.mapToScene(self._cursor.toPoint()))
+            text = pixel_readout(self._volume, self._k, p.x(), p.y())
+        if text != self._cursor_shown:
+            self._cursor_shown = text
+            self.cursor_text.emit(text)
+
+    def pointer_at(self, pos: QPointF | QPoint | None) -> None:
+        """Where the pointer is over the view (view coordinates), or None when it left (tests, tools)."""
+        self._cursor = None if pos is None else QPointF(pos)
+        self._refresh_cursor()
 
     # -- Qt events -------------------------------------------------------------------------------------
 
     def resizeEvent(self, event) -> None:  # noqa: N802
         super().resizeEvent(event)
-        self.corner.setGeometry(self.view.geometry())
+        self._sync_corner()
+
+    def _sync_corner(self) -> None:
+        """The corner text covers the image view exactly: not the slice bar, whether shown or not."""
+        if self.corner.geometry() != self.view.geometry():
+            self.corner.setGeometry(self.view.geometry())
         self.corner.raise_()
 
     def eventFilter(self, obj: QObject, event: QEvent) -> bool:  # noqa: N802
-        if event.type() == QEvent.Type.MouseButtonPress:
+        if obj is self.view:
+            if event.type() in (QEvent.Type.Resize, QEvent.Type.Move):
+                self._sync_corner()
+            return False
+        if event.type() == QEvent.Type.Leave:
+            self.pointer_at(None)
+        elif event.type() == QEvent.Type.MouseButtonPress:
             self.setFocus(Qt.FocusReason.MouseFocusReason)
             self.activated.emit(self)
         elif event.type() == QEvent.Type.MouseButtonDblClick:
@@ -618,8 +732,10 @@ class Viewport(QWidget):
             "tool_length": lambda: self.set_tool("length"),
             "tool_rect": lambda: self.set_tool("rect"),
             "tool_ellipse": lambda: self.set_tool("ellipse"),
-            "delete_measurement": lambda: self.measurements.remove_last(self._k),
-            "clear_measurements": self.measurements.clear,
+            "delete_measurement": self.delete_measurement,
+            "clear_measurements": self.clear_measurements,
+            "undo_measurement": self.undo_measurement,
+            "redo_measurement": self.redo_measurement,
         }
         if action.startswith("preset_"):
             self.apply_preset(int(action.split("_")[1]))

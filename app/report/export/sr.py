@@ -5,12 +5,25 @@ Two documents per export, both in one new SR series of the source study:
 - **Measurement report** (Comprehensive 3D SR, TID 1500): one planar ROI group
   (TID 1410) per box: a closed 5-point POLYLINE on the source image (geometric
   purpose "Bounded by"), the finding type, a tracking identifier (the box's UID
-  and a readable id), for AI findings the algorithm (model name, version,
-  weights hash), the reliability as "Certainty of Finding" in %, and the area in
-  mm² where the pixel spacing is known.
-- **Narrative report** (Enhanced SR, TID 2000 "Diagnostic Imaging Report"): a
-  Findings section (one TEXT per finding, with the images it was seen on) and an
-  Impressions section.
+  and a readable id naming the report's finding: "Finding 1 (<id>) box 1"), for AI
+  findings the algorithm (model name, version, weights hash), the reliability as
+  "Certainty of Finding" in %, and, where the pixel spacing is known, the finding's
+  diameters in mm (SNOMED "Long axis" and "Short axis": the longer and shorter side of
+  its box, the lesion's extent along the image axes) and the area in mm². Every
+  measurement carries the group's tracking identifier (so it belongs to the same
+  finding as the group and its finding type) and the image it was made on.
+- **Narrative report** (Enhanced SR, TID 2000 "Diagnostic Imaging Report"): the
+  sections the reader wrote, in report order: Indications for Procedure (DCM 121109),
+  Current Procedure Descriptions (technique, DCM 121064), Prior Procedure Descriptions
+  (comparison, DCM 121066), Findings (one TEXT per finding, with the images it was seen
+  on), Impressions, and one Addendum section (DCM 121078) per signed addendum.
+
+An addendum to a signed report is a new narrative SR instance
+(``SR-addendum-report-<SOP UID>.dcm``, :func:`export_addendum_sr`): the whole report
+with its addenda, COMPLETE / VERIFIED by the addendum's reader, with the signed
+narrative SR (or the previous addendum SR) as its predecessor document. The signed
+documents themselves are never rewritten; the measurements do not change, so no new
+measurement SR is written.
 
 A draft is exported PARTIAL / UNVERIFIED with every finding not rejected; a
 signed report COMPLETE / VERIFIED with the reader as verifying observer, only
@@ -38,7 +51,8 @@ from pydicom.sr.coding import Code
 from pydicom.uid import Comprehensive3DSRStorage, EnhancedSRStorage
 
 from app.core.errors import XMedError
-from app.report.draft import DraftReport, Finding, Origin, ReportBox
+from app.core.paths import write_private
+from app.report.draft import Addendum, DraftReport, Finding, Origin, ReportBox
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +91,12 @@ PROCEDURE_CODES: dict[str, Code] = {
     "PT": Code("82918005", "SCT", "Positron emission tomography"),
 }
 IMAGING_PROCEDURE = Code("363679005", "SCT", "Imaging")
+#: report section → (section heading, CID 7001; its text item's concept, CID 7002)
+SECTION_CODES: dict[str, tuple[Code, Code]] = {
+    "indication": (codes.DCM.IndicationsForProcedure, codes.DCM.IndicationsForProcedure),
+    "technique": (codes.DCM.CurrentProcedureDescriptions, codes.DCM.ProcedureDescription),
+    "comparison": (codes.DCM.PriorProcedureDescriptions, codes.DCM.ProcedureDescription),
+}
 ENGLISH = hd.sr.CodedConcept("en-US", "RFC5646", "English (United States)")
 
 #: Type 2 patient/study attributes highdicom reads from the first evidence image
@@ -214,6 +234,30 @@ def box_polyline(b: ReportBox) -> np.ndarray:
     return np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1], [x0, y0]], dtype=np.float32)
 
 
+def _source_for_measurement(src: Dataset, frame_number: int) -> hd.sr.SourceImageForMeasurement:
+    if "NumberOfFrames" in src:
+        try:
+            return hd.sr.SourceImageForMeasurement.from_source_image(src, [frame_number])
+        except TypeError:
+            pass
+    return hd.sr.SourceImageForMeasurement.from_source_image(src)
+
+
+def box_diameters_mm(b: ReportBox, pixel_spacing: Sequence[float] | None) -> tuple[float, float] | None:
+    """(long axis, short axis) of a box in mm: its longer and shorter side (PixelSpacing is row, column
+    spacing); None without a pixel spacing."""
+    if pixel_spacing is None or len(pixel_spacing) != 2:
+        return None
+    across = b.box.width * float(pixel_spacing[1])  # columns × column spacing
+    down = b.box.height * float(pixel_spacing[0])  # rows × row spacing
+    return max(across, down), min(across, down)
+
+
+def tracking_identifier(n: int, m: int, f: Finding, b: ReportBox) -> hd.sr.TrackingIdentifier:
+    """The box's tracking UID and a readable id naming the report's finding."""
+    return hd.sr.TrackingIdentifier(uid=b.tracking_uid, identifier=f"Finding {n} ({f.id}) box {m}")
+
+
 def _roi_group(n: int, m: int, f: Finding, b: ReportBox, src: Dataset, report: DraftReport) -> hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations:
     region = hd.sr.ImageRegion(
         graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
@@ -221,20 +265,28 @@ def _roi_group(n: int, m: int, f: Finding, b: ReportBox, src: Dataset, report: D
         source_image=_source_for_region(src, b.frame_number),
     )
     algorithm = _algorithm(report) if f.origin is Origin.AI else None
+    tracking = tracking_identifier(n, m, f, b)
     measurements = []
     if f.reliability is not None:
         measurements.append(hd.sr.Measurement(
             name=codes.DCM.CertaintyOfFinding,
             value=round(f.reliability.score * 100.0, 2),
             unit=codes.UCUM.Percent,
+            tracking_identifier=tracking,
             algorithm_id=algorithm,
         ))
     spacing = src.get("PixelSpacing")
-    if spacing is not None and len(spacing) == 2:
+    diameters = box_diameters_mm(b, spacing)
+    if diameters is not None:
+        image = [_source_for_measurement(src, b.frame_number)]
+        for name, value in zip((codes.SCT.LongAxis, codes.SCT.ShortAxis), diameters):
+            measurements.append(hd.sr.Measurement(name=name, value=round(value, 2), unit=codes.UCUM.Millimeter,
+                                                  tracking_identifier=tracking, referenced_images=image))
         area = b.box.area * float(spacing[0]) * float(spacing[1])
-        measurements.append(hd.sr.Measurement(name=codes.SCT.Area, value=round(area, 3), unit=codes.UCUM.SquareMillimeter))
+        measurements.append(hd.sr.Measurement(name=codes.SCT.Area, value=round(area, 3), unit=codes.UCUM.SquareMillimeter,
+                                              tracking_identifier=tracking, referenced_images=image))
     return hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
-        tracking_identifier=hd.sr.TrackingIdentifier(uid=b.tracking_uid, identifier=f"Finding {n} box {m}"),
+        tracking_identifier=tracking,
         referenced_region=region,
         finding_type=FINDING_CODES.get(f.finding_type.strip().lower(), codes.DCM.Finding),
         algorithm_id=algorithm,
@@ -281,6 +333,19 @@ def measurement_sr(
 
 # ---- narrative report (TID 2000) --------------------------------------------------------
 
+def _text_section(heading: Code, item: Code, texts: Sequence[str]) -> hd.sr.ContainerContentItem:
+    rel = hd.sr.RelationshipTypeValues
+    section = hd.sr.ContainerContentItem(name=heading, relationship_type=rel.CONTAINS)
+    section.ContentSequence = [hd.sr.TextContentItem(name=item, value=t, relationship_type=rel.CONTAINS)
+                               for t in texts]
+    return section
+
+
+def _addendum_text(a: Addendum) -> str:
+    sig = a.signature
+    return f"{a.text}\n(Addendum signed by {sig.reader_name} on {sig.signed_at} UTC.)" if sig else a.text
+
+
 def narrative_sr(
     report: DraftReport,
     sources: Mapping[str, Dataset],
@@ -290,7 +355,10 @@ def narrative_sr(
     previous: Sequence[Dataset] = (),
     series_instance_uid: str | None = None,
     instance_number: int = 2,
+    addenda: Sequence[Addendum] = (),
 ) -> hd.sr.EnhancedSR:
+    """The narrative report; ``addenda`` (signed ones) are added as Addendum sections and the
+    last addendum's reader verifies the document."""
     findings = _kept(report)
     evidence = _evidence(findings, sources, report)
     by_uid = {str(ds.SOPInstanceUID): ds for ds in evidence}
@@ -317,13 +385,20 @@ def narrative_sr(
     impression_section = hd.sr.ContainerContentItem(name=codes.DCM.Impressions, relationship_type=rel.CONTAINS)
     impression_section.ContentSequence = [hd.sr.TextContentItem(
         name=codes.DCM.Impression, value=report.impression.strip() or "None given.", relationship_type=rel.CONTAINS)]
+    sections = [_text_section(*SECTION_CODES[name], [report.section(name).strip()])
+                for name in SECTION_CODES if report.section(name).strip()]
     root = hd.sr.ContainerContentItem(name=codes.LN.DiagnosticImagingReport, template_id="2000")
     root.ContentSequence = [
         *hd.sr.LanguageOfContentItemAndDescendants(language=ENGLISH),
         *_observation_context(report, reader_name),
+        *sections,
         findings_section,
         impression_section,
+        *(_text_section(codes.DCM.Addendum, codes.DCM.Addendum, [_addendum_text(a)]) for a in addenda),
     ]
+    flags = _document_flags(report, options, previous)
+    if addenda and addenda[-1].signature is not None:
+        flags["verifying_observer_name"] = addenda[-1].signature.reader_name
     return hd.sr.EnhancedSR(
         evidence=evidence,
         content=root,
@@ -331,7 +406,7 @@ def narrative_sr(
         series_number=options.series_number,
         sop_instance_uid=hd.UID(),
         instance_number=instance_number,
-        **_document_flags(report, options, previous),
+        **flags,
     )
 
 
@@ -383,18 +458,162 @@ def export_sr(
     mp = (measurement_path or out_dir / f"SR-{kind}-measurements-{m.SOPInstanceUID}.dcm") if m is not None else None
     np_ = narrative_path or out_dir / f"SR-{kind}-report-{n.SOPInstanceUID}.dcm"
     try:
-        for p in (mp, np_):
-            if p is not None:
-                p.parent.mkdir(parents=True, exist_ok=True)
         if m is not None:
-            m.save_as(mp, enforce_file_format=True)
-        n.save_as(np_, enforce_file_format=True)
+            write_private(mp, lambda p: m.save_as(p, enforce_file_format=True))
+        write_private(np_, lambda p: n.save_as(p, enforce_file_format=True))
     except OSError as exc:
         raise SrExportError(f"Cannot write the structured report to {out_dir}: {exc.strerror or exc}.") from exc
     log.info("wrote SR %s", ", ".join(p.name for p in (mp, np_) if p))
     return SrFiles(np_, str(n.SOPInstanceUID), mp, str(m.SOPInstanceUID) if m is not None else "")
 
 
+def export_addendum_sr(
+    report: DraftReport,
+    sources: Mapping[str, Dataset],
+    out_dir: Path,
+    *,
+    predecessor: Dataset | Path | None,
+    options: SrOptions = SrOptions(),
+    path: Path | None = None,
+) -> tuple[Path, str]:
+    """The signed report with its signed addenda as a new narrative SR that names ``predecessor``
+    (the signed narrative SR, or the previous addendum SR) as its predecessor; returns (path, SOP UID)."""
+    addenda = report.signed_addenda()
+    if not report.signed or not addenda:
+        raise SrExportError("Only a signed report with a signed addendum has an addendum SR.")
+    prev = [pydicom.dcmread(predecessor) if isinstance(predecessor, (str, Path)) else predecessor] \
+        if predecessor is not None else []
+    n = narrative_sr(report, sources, options=options, previous=prev, addenda=addenda,
+                     series_instance_uid=str(prev[0].SeriesInstanceUID) if prev else None,
+                     instance_number=int(prev[0].get("InstanceNumber", 2)) + 1 if prev else 3)
+    target = path or Path(out_dir) / f"SR-addendum-report-{n.SOPInstanceUID}.dcm"
+    try:
+        write_private(target, lambda p: n.save_as(p, enforce_file_format=True))
+    except OSError as exc:
+        raise SrExportError(f"Cannot write the addendum SR to {target.parent}: {exc.strerror or exc}.") from exc
+    log.info("wrote addendum SR %s", target.name)
+    return target, str(n.SOPInstanceUID)
+
+
 def _uid_from(text: str) -> str:
     """A stable UID for a model (PS3.5 B.2 form, from the SHA-256 of ``text``)."""
     return f"2.25.{uuid.UUID(bytes=hashlib.sha256(text.encode('utf-8')).digest()[:16]).int}"
+
+
+# ---- series pre-read (issue #15) --------------------------------------------------------
+
+def export_preread_sr(
+    lesions: Sequence[Mapping],
+    slice_sop_uids: Sequence[str],
+    sources: Mapping[str, Dataset],
+    path: Path,
+    *,
+    model_id: str,
+    model_version: str = "",
+    weights_sha256: str = "",
+    modality: str = "CT",
+    options: SrOptions = SrOptions(),
+) -> str:
+    """The lesions of a series pre-read (``xmedgpt preread``) as a draft TID 1500 measurement SR at ``path``;
+    returns its SOP Instance UID.
+
+    ``lesions`` are the pre-read's JSON lesions (``id``, ``slices``, ``key_slice``, ``boxes`` {slice: box in
+    pixels}, ``diameter_mm``, ``volume_ml``, ``reliability``); ``slice_sop_uids[k]`` is the SOP Instance UID of
+    slice k; ``sources`` the series headers (:func:`read_sources`). Each lesion is one volumetric ROI group
+    (TID 1411): a closed box polyline on every slice of its range (its 3-D extent, the key slice's box among
+    them), tracking id "Lesion <id>: slices a-b (0-based), key slice k"; measurements: the longest axial
+    diameter (SNOMED "Long axis", mm, on the key slice), the approximate volume (SNOMED "Volume", ml, on
+    every slice of the range) and, when assessed, the reliability as "Certainty of Finding" (%). The model is
+    the observer device and the algorithm; PARTIAL / UNVERIFIED (an AI draft for the reader to check).
+    """
+    if not lesions:
+        raise SrExportError("The pre-read found no lesion, so there is nothing for a measurement report.")
+    rel = [str(u) for u in slice_sop_uids]
+    params = [f"weights_sha256={weights_sha256}"] if weights_sha256 else None
+    algorithm = hd.sr.AlgorithmIdentification(name=model_id[:64] or "unknown model",
+                                              version=(model_version or "unspecified")[:64], parameters=params)
+
+    def source(k: int) -> Dataset:
+        if not 0 <= k < len(rel) or rel[k] not in sources:
+            raise SrExportError(f"Slice {k} of the pre-read is not among the source images; export again with "
+                                "the whole series.")
+        return sources[rel[k]]
+
+    groups = []
+    used: list[str] = []
+    for les in lesions:
+        boxes = {int(k): b for k, b in les["boxes"].items()}
+        key = int(les["key_slice"])
+        first, last = (int(v) for v in les["slices"])
+        regions = []
+        for k in sorted(boxes):
+            b = boxes[k]
+            x0, y0, x1, y1 = (float(b[n]) for n in ("x0", "y0", "x1", "y1"))
+            regions.append(hd.sr.ImageRegion(
+                graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
+                graphic_data=np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1], [x0, y0]], dtype=np.float32),
+                source_image=hd.sr.SourceImageForRegion.from_source_image(source(k)),
+            ))
+            if rel[k] not in used:
+                used.append(rel[k])
+        tracking = hd.sr.TrackingIdentifier(
+            uid=_uid_from(f"preread:{rel[key]}:{les['id']}:{first}:{last}"),
+            identifier=f"Lesion {les['id']}: slices {first}-{last} (0-based), key slice {key}"[:64],
+        )
+        key_image = [hd.sr.SourceImageForMeasurement.from_source_image(source(key))]
+        measurements = [hd.sr.Measurement(name=codes.SCT.LongAxis, value=round(float(les["diameter_mm"]), 2),
+                                          unit=codes.UCUM.Millimeter, tracking_identifier=tracking,
+                                          referenced_images=key_image, algorithm_id=algorithm)]
+        if les.get("volume_ml") is not None:
+            measurements.append(hd.sr.Measurement(
+                name=codes.SCT.Volume, value=round(float(les["volume_ml"]), 3),
+                unit=Code("mL", "UCUM", "milliliter"), tracking_identifier=tracking, algorithm_id=algorithm,
+                referenced_images=[hd.sr.SourceImageForMeasurement.from_source_image(source(k))
+                                   for k in sorted(boxes)]))
+        score = (les.get("reliability") or {}).get("score")
+        if score is not None:
+            measurements.append(hd.sr.Measurement(name=codes.DCM.CertaintyOfFinding,
+                                                  value=round(float(score) * 100.0, 2), unit=codes.UCUM.Percent,
+                                                  tracking_identifier=tracking, algorithm_id=algorithm))
+        kind = str(les.get("phrase") or "lesion").strip().lower()
+        groups.append(hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
+            tracking_identifier=tracking,
+            referenced_regions=regions,
+            finding_type=FINDING_CODES.get(kind, codes.SCT.Lesion),
+            algorithm_id=algorithm,
+            measurements=measurements,
+            geometric_purpose=BOUNDED_BY,
+        ))
+    evidence = []
+    for uid in used:
+        ds = copy.deepcopy(sources[uid])
+        ds.decode()
+        ds.SpecificCharacterSet = "ISO_IR 192"
+        for kw in TYPE2_ATTRIBUTES:
+            if kw not in ds:
+                setattr(ds, kw, None)
+        evidence.append(ds)
+    device = hd.sr.ObserverContext(
+        observer_type=codes.DCM.Device,
+        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
+            uid=_uid_from(weights_sha256 or model_id + model_version), name=model_id[:64] or "unknown model",
+            manufacturer_name=MANUFACTURER, model_name=" ".join(x for x in (model_id, model_version) if x)[:64]),
+    )
+    content = hd.sr.MeasurementReport(
+        observation_context=hd.sr.ObservationContext(observer_device_context=device),
+        procedure_reported=PROCEDURE_CODES.get(modality.upper(), IMAGING_PROCEDURE),
+        imaging_measurements=groups,
+    )
+    doc = hd.sr.Comprehensive3DSR(
+        evidence=evidence, content=content[0], series_instance_uid=hd.UID(), series_number=options.series_number,
+        sop_instance_uid=hd.UID(), instance_number=1, manufacturer=MANUFACTURER,
+        institution_name=options.institution_name or None,
+        institutional_department_name=options.department_name or None,
+        is_complete=False, is_final=False, is_verified=False,
+    )
+    try:
+        write_private(Path(path), lambda p: doc.save_as(p, enforce_file_format=True))
+    except OSError as exc:
+        raise SrExportError(f"Cannot write the structured report to {path}: {exc.strerror or exc}.") from exc
+    log.info("wrote pre-read SR %s (%d lesions)", Path(path).name, len(groups))
+    return str(doc.SOPInstanceUID)

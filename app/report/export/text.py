@@ -2,7 +2,9 @@
 
 Only what the reader keeps goes in: accepted, edited and the reader's own
 findings; rejected AI findings are left out (they stay in the audit trail).
-The footer says whether the report is signed, by whom, and that an AI assisted.
+Indication, technique and comparison come before the findings when written.
+The footer says whether the report is signed, by whom, and that an AI assisted;
+signed addenda follow it, each with its own signature.
 """
 
 from __future__ import annotations
@@ -10,8 +12,9 @@ from __future__ import annotations
 import textwrap
 
 from app.core.names import NameStyle, display_date, person_name
-from app.report.draft import DraftReport
-from app.report.templates import ReportTemplate, template_of
+from app.report.display import study_label
+from app.report.draft import SECTIONS, DraftReport
+from app.report.templates import ReportTemplate, heading, template_of
 
 
 def render_text(
@@ -29,12 +32,16 @@ def render_text(
         ("Patient ID", s.patient_id),
         ("Birth date", display_date(s.patient_birth_date)),
         ("Sex", s.patient_sex),
-        ("Study", " ".join(x for x in (s.modality, s.study_description) if x)),
+        ("Study", study_label(s.modality, s.study_description)),
         ("Study date", display_date(s.study_date)),
         ("Accession", s.accession_number),
     ]
     label_w = max(len(k) for k, _ in header) + 1
     lines += [f"{k + ':':<{label_w}} {v}" for k, v in header if v]
+    for name in SECTIONS:
+        if report.section(name).strip():
+            lines += ["", heading(t, name).upper()]
+            lines += _wrap(report.section(name).strip(), width)
     lines += ["", t.findings_heading.upper()]
     kept = report.included_findings()
     if not kept:
@@ -59,6 +66,11 @@ def render_text(
         if p.weights_sha256:
             note += f", weights {p.weights_sha256[:12]}"
         lines += _wrap(note + "); findings reviewed by the signing radiologist.", width)
+    for n, a in enumerate(report.signed_addenda(), 1):
+        lines += ["", f"{t.addendum_heading.upper()} {n}"]
+        lines += _wrap(a.text, width)
+        lines += _wrap(f"Addendum signed by {person_name(a.signature.reader_name, NameStyle.FULL)} on "
+                       f"{a.signature.signed_at} (UTC).", width)
     return "\n".join(lines) + "\n"
 
 

@@ -33,3 +33,26 @@ def test_dates():
     assert display_date("") == ""
     assert display_date(" 20240131 ") == "2024-01-31"
     assert display_date("2024") == "2024"
+
+
+def test_a_window_has_one_display_name_whoever_named_it():
+    """Issue #20.8: a header's "SOFT TISSUE" and the preset's "soft tissue" show as "Soft tissue"."""
+    from app.core.names import window_name
+    from app.dicom.model import Window
+    from app.dicom.presets import CT_PRESETS
+    from app.viewer.viewport import window_label
+
+    assert window_name("SOFT TISSUE") == window_name("soft tissue") == window_name("Soft Tissue") == "Soft tissue"
+    assert window_name("temporal_bone") == "Temporal bone" and window_name("400/40") == "400/40"
+    header, preset = Window(400, 40, "SOFT TISSUE"), Window(400, 40, "soft tissue")
+    assert window_label(header) == window_label(preset) == "W 400  L 40 (Soft tissue)"
+    assert [window_name(w.name) for w in CT_PRESETS[:3]] == ["Soft tissue", "Lung", "Liver"]
+
+
+def test_box_labels_have_one_form():
+    from app.core.names import box_label
+
+    assert box_label("AI", 1, "lesion", "green") == "AI 1 · lesion · green"
+    assert box_label("You", 4, "nodule") == "You 4 · nodule"
+    assert box_label("AI", 2, "hypodense lesion in the right hepatic lobe near the dome") \
+        == "AI 2 · hypodense lesion in the right h…"

@@ -137,3 +137,70 @@ def test_a_finding_reliability_is_assessed_never_tier_none():
         FindingReliability(0.5, Tier.NONE)
     with pytest.raises(ValueError):
         FindingReliability(1.5, Tier.GREEN)
+
+
+def test_indication_technique_comparison_are_sections_with_undo():
+    """Issue #20.12: the sections a report has besides findings and impression."""
+    r, a, b = make_report()
+    assert (r.indication, r.technique, r.comparison) == ("", "", "")
+    seen = []
+    r.subscribe(lambda _r, e: seen.append((e.action, e.section)))
+    r.set_section("indication", "Chronic cough.")
+    r.set_section("technique", "CT chest, 1 mm, no contrast.")
+    r.set_section("comparison", "CT of 2025-01-04.")
+    assert r.section("technique") == "CT chest, 1 mm, no contrast." and seen[-1] == ("section", "comparison")
+    r.undo()
+    assert r.comparison == "" and r.technique == "CT chest, 1 mm, no contrast."
+    r.redo()
+    assert r.comparison == "CT of 2025-01-04."
+    with pytest.raises(ReportError, match="no section"):
+        r.set_section("history", "x")
+    r.accept(a)
+    r.reject(b)
+    r.sign("Smith^Jane")
+    with pytest.raises(ReportError, match="signed"):
+        r.set_section("indication", "Changed after signing.")
+
+
+def test_a_signed_report_takes_addenda_signed_on_their_own():
+    """Issue #20.6: the signed report never changes; an addendum (text, reader, time) is appended and signed."""
+    r, a, b = make_report()
+    with pytest.raises(ReportError, match="signed report"):
+        r.add_addendum("Too early.")
+    r.accept(a)
+    r.reject(b)
+    r.set_impression("Right upper lobe nodule.")
+    r.sign("Smith^Jane", datetime(2026, 3, 2, 9, 30, tzinfo=timezone.utc))
+    before = (list(r.findings), r.impression, r.signature)
+    pending = r.add_addendum("", "Doe^John", datetime(2026, 3, 3, 8, 0, tzinfo=timezone.utc))
+    assert r.pending_addendum() == pending and pending.created_at == "2026-03-03T08:00:00+00:00"
+    with pytest.raises(ReportError, match="already being written"):
+        r.add_addendum("A second one.")
+    with pytest.raises(ReportError, match="Write the addendum first"):
+        r.sign_addendum(pending.id, "Doe^John")
+    r.edit_addendum(pending.id, "Nodule is 9 mm on the bone window.")
+    sig = r.sign_addendum(pending.id, "Doe^John", datetime(2026, 3, 3, 8, 5, tzinfo=timezone.utc))
+    (done,) = r.signed_addenda()
+    assert done.signature == sig and sig.reader_name == "Doe^John" and done.author == "Doe^John"
+    assert done.text == "Nodule is 9 mm on the bone window." and r.pending_addendum() is None
+    assert (list(r.findings), r.impression, r.signature) == before  # the signed report itself is untouched
+    with pytest.raises(ReportError, match="signed"):
+        r.edit_addendum(done.id, "Rewritten.")
+    with pytest.raises(ReportError, match="signed"):
+        r.set_impression("Changed.")
+    assert r.undo() is None  # nothing after signing can be undone
+    second = r.add_addendum("Called the referring physician.", "Smith^Jane")
+    r.sign_addendum(second.id, "Smith^Jane")
+    assert [x.text for x in r.signed_addenda()] == ["Nodule is 9 mm on the bone window.",
+                                                    "Called the referring physician."]
+
+
+def test_a_finding_keeps_the_window_it_was_drawn_in():
+    from app.dicom.model import Window
+
+    r, _, _ = make_report()
+    liver = Window(150, 90, "liver")
+    f = r.add_finding("Hypodense liver lesion.", [rbox(k=26)], window=liver)
+    assert r.finding(f.id).window == liver
+    r.edit_text(f.id, "Hypodense lesion, segment 6.")
+    assert r.finding(f.id).window == liver  # edits keep it

@@ -105,7 +105,7 @@ def test_draft_then_signed_sr_validate_and_read_back(study, tmp_path, output_dir
     assert text_items(groups[0], "Algorithm Name") == ["xmedgpt-demo"]
     assert text_items(groups[0], "Algorithm Version") == ["0.1"]
     assert text_items(groups[0], "Algorithm Parameters") == [f"weights_sha256={WEIGHTS}"]
-    assert text_items(groups[0], "Tracking Identifier") == ["Finding 1 box 1"]
+    assert text_items(groups[0], "Tracking Identifier") == [f"Finding 1 ({a.id}) box 1"]
     assert text_items(groups[3], "Algorithm Name") == []
     purpose = [it for it in groups[0][0].ContentSequence if it.ConceptNameCodeSequence[0].CodeMeaning == "Geometric purpose of region"]
     assert purpose[0].ConceptCodeSequence[0].CodeValue == "75958009"  # SCT Bounded by
@@ -240,3 +240,68 @@ def test_typed_characters_and_latin1_names_survive(study, tmp_path):
     assert n.SpecificCharacterSet == "ISO_IR 192" and str(n.PatientName) == "Müller^Jörg"
     texts = [it.TextValue for sec in n.ContentSequence if sec.ValueType == "CONTAINER" for it in sec.ContentSequence]
     assert "Nodule 8 × 6 mm – stable, 35 µSv." in texts and "Größe unverändert." in texts
+
+
+def test_each_findings_group_carries_its_diameters_on_its_image_linked_to_the_finding(study, tmp_path):
+    """Issue #20.12: long and short axis in mm with the image they were measured on, under the group's
+    tracking identifier and finding code; dciodvfy clean; highdicom reads the values back."""
+    report, (a, b, c) = make_report(study)
+    files = export_sr(report, study, tmp_path, reader_name="Smith^Jane")
+    assert_valid(files.measurement)
+    _, groups = roi_groups(files.measurement)
+    boxes = [(f, bx) for f in (a, b, c) for bx in f.boxes]
+    for g, (f, bx) in zip(groups, boxes):
+        row, col = (float(v) for v in study[bx.sop_instance_uid].PixelSpacing)
+        across, down = bx.box.width * col, bx.box.height * row
+        long_axis = g.get_measurements(name=pydicom.sr.codedict.codes.SCT.LongAxis)
+        short_axis = g.get_measurements(name=pydicom.sr.codedict.codes.SCT.ShortAxis)
+        assert len(long_axis) == len(short_axis) == 1
+        assert long_axis[0].value == pytest.approx(max(across, down), abs=0.01)
+        assert short_axis[0].value == pytest.approx(min(across, down), abs=0.01)
+        assert long_axis[0].unit.value == "mm"
+        for m in (long_axis[0], short_axis[0]):
+            # the same tracking identifier as the group: the measurement belongs to this finding's ROI
+            ids = {it.ConceptNameCodeSequence[0].CodeMeaning: it for it in m[0].ContentSequence}
+            assert ids["Tracking Unique Identifier"].UID == str(g.tracking_uid) == bx.tracking_uid
+            assert ids["Tracking Identifier"].TextValue == text_items(g, "Tracking Identifier")[0]
+            assert f.id in ids["Tracking Identifier"].TextValue
+            image = m.referenced_images[0]
+            assert image.referenced_sop_instance_uid == bx.sop_instance_uid
+    assert groups[0].finding_type.value == "27925004"  # the nodule's group: its diameters are the nodule's
+
+
+def test_sections_and_addendum_go_into_a_new_sr_that_references_the_signed_one(study, tmp_path):
+    from app.report.export.sr import export_addendum_sr
+
+    report, (a, b, c) = make_report(study)
+    report.set_section("indication", "Cough for six weeks; smoker.")
+    report.set_section("technique", "CT chest without contrast, 1 mm axial reconstructions.")
+    report.set_section("comparison", "None available.")
+    for f in (a, b):
+        report.accept(f.id)
+    report.sign("Smith^Jane")
+    signed = export_sr(report, study, tmp_path)
+    narrative = pydicom.dcmread(signed.narrative)
+    sections = [(it.ConceptNameCodeSequence[0].CodeValue, it.ContentSequence[0].TextValue)
+                for it in narrative.ContentSequence if it.ValueType == "CONTAINER"]
+    assert sections[:3] == [("121109", "Cough for six weeks; smoker."),
+                            ("121064", "CT chest without contrast, 1 mm axial reconstructions."),
+                            ("121066", "None available.")]
+    assert [code for code, _ in sections[3:]] == ["121070", "121072"]  # findings, impressions
+    assert_valid(signed.narrative)
+
+    pending = report.add_addendum("Nodule measures 9 mm on the bone window review.", "Doe^John")
+    report.sign_addendum(pending.id, "Doe^John")
+    path, uid = export_addendum_sr(report, study, tmp_path, predecessor=signed.narrative)
+    assert_valid(path)
+    ds = pydicom.dcmread(path)
+    assert path.name == f"SR-addendum-report-{uid}.dcm" and ds.SOPInstanceUID != narrative.SOPInstanceUID
+    assert (ds.CompletionFlag, ds.VerificationFlag) == ("COMPLETE", "VERIFIED")
+    assert ds.VerifyingObserverSequence[0].VerifyingObserverName == "Doe^John"
+    pred = ds.PredecessorDocumentsSequence[0].ReferencedSeriesSequence[0].ReferencedSOPSequence[0]
+    assert pred.ReferencedSOPInstanceUID == signed.narrative_uid
+    addendum = [it for it in ds.ContentSequence if it.ValueType == "CONTAINER"][-1]
+    assert addendum.ConceptNameCodeSequence[0].CodeMeaning == "Addendum"
+    assert addendum.ContentSequence[0].TextValue.startswith("Nodule measures 9 mm")
+    assert "Doe^John" in addendum.ContentSequence[0].TextValue
+    assert pydicom.dcmread(signed.narrative).SOPInstanceUID == narrative.SOPInstanceUID  # the original is untouched

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import datetime, timezone
 
 from app.report.export.text import render_text
@@ -34,3 +35,30 @@ def test_text_export_with_nothing_kept_uses_template_wording():
     r.reject(a)
     r.reject(b)
     assert "No acute abnormality identified on the reviewed CT images." in render_text(r)
+
+
+def test_study_line_names_the_modality_once():
+    """Issue #20.8: a description that already starts with the modality is not prefixed again."""
+    r, a, b = make_report()
+    r.study = replace(r.study, study_description="CT CHEST ABDOMEN WITH CONTRAST (SYNTHETIC PHANTOM)")
+    assert "Study:      CT CHEST ABDOMEN WITH CONTRAST (SYNTHETIC PHANTOM)\n" in render_text(r)
+    r.study = replace(r.study, study_description="Chest")
+    assert "Study:      CT Chest\n" in render_text(r)
+    r.study = replace(r.study, study_description="ct")
+    assert "Study:      ct\n" in render_text(r)
+
+
+def test_sections_come_before_the_findings_and_addenda_after_the_signature():
+    r, a, b = make_report()
+    r.set_section("indication", "Persistent cough.")
+    r.set_section("comparison", "None.")
+    r.accept(a)
+    r.reject(b)
+    r.sign("Smith^Jane", datetime(2026, 3, 2, 9, 30, tzinfo=timezone.utc))
+    pending = r.add_addendum("Nodule is 9 mm.", "Doe^John")
+    r.sign_addendum(pending.id, "Doe^John", datetime(2026, 3, 3, 8, 0, tzinfo=timezone.utc))
+    text = render_text(r)
+    assert text.index("INDICATION\nPersistent cough.") < text.index("COMPARISON\nNone.") < text.index("FINDINGS")
+    assert "TECHNIQUE" not in text  # an empty section is left out
+    assert text.index("Signed by Jane Smith") < text.index("ADDENDUM 1\nNodule is 9 mm.")
+    assert "Addendum signed by John Doe on 2026-03-03T08:00:00+00:00 (UTC)." in text

@@ -174,3 +174,92 @@ def test_frame_refs_name_each_slices_instance(sample):
     assert [ref(k).sop_instance_uid for k in range(3)] == [i.sop_instance_uid for i in series.instances[:3]]
     with pytest.raises(ReportError):
         ref(len(volume))
+
+
+def fake_pdf(report, path: Path) -> Path:
+    """Writes as Qt's PDF writer does: a plain open(), so the file gets the process umask's mode."""
+    with open(path, "wb") as fh:
+        fh.write(b"%PDF-1.4 " + report.report_id.encode())
+    return path
+
+
+def test_every_export_is_owner_only_and_readably_named(sample, tmp_path):
+    """Issue #20.9 and #20.8: SR, PDF and text 0600, new folders 0700 (the umask says 0644/0755);
+    files named <PatientID>_<StudyDate>_report_<kind>_<YYYYMMDD-HHMMSS> in safe characters."""
+    import os
+    import re
+    import stat
+    from datetime import datetime, timezone
+
+    result, series, volume = sample
+    old_umask = os.umask(0o022)
+    try:
+        session = make_session(tmp_path)
+        report = session.on_answer(ask_sample(volume), volume, study_context(result, series))
+        draft = session.export(source_paths(volume), pdf_writer=fake_pdf)
+        for f in report.findings:
+            report.accept(f.id)
+        report.sign("Smith^Jane", datetime(2025, 1, 2, 3, 4, 5, tzinfo=timezone.utc))
+        signed = session.export(source_paths(volume), pdf_writer=fake_pdf)
+        out = tmp_path / "elsewhere" / "deeper"
+        named = session.export(source_paths(volume), out, pdf_writer=fake_pdf, pdf_path=out / "mine.pdf")
+    finally:
+        os.umask(old_umask)
+    folder = session.workspace.exports_dir(report.study.study_uid)
+    files = sorted(folder.iterdir())
+    assert len(files) == 8 and set(draft.paths + signed.paths) == set(files)
+    for p in [*files, *named.paths]:
+        assert stat.S_IMODE(p.stat().st_mode) == 0o600, (p.name, oct(p.stat().st_mode))
+    for d in (folder, out, out.parent):
+        assert stat.S_IMODE(d.stat().st_mode) == 0o700, (d, oct(d.stat().st_mode))
+    assert signed.pdf.name == "XMED-PHANTOM-0000_20250101_report_signed_20250102-030405.pdf"
+    assert signed.text_path.name == "XMED-PHANTOM-0000_20250101_report_signed_20250102-030405.txt"
+    assert re.fullmatch(r"XMED-PHANTOM-0000_20250101_report_draft_\d{8}-\d{6}\.pdf", draft.pdf.name)
+    assert named.pdf == out / "mine.pdf"
+    assert not [p for p in folder.iterdir() if p.name.endswith(".tmp")]  # no temp files left behind
+
+
+def test_file_names_use_safe_characters_only():
+    from app.report.draft import DraftReport, StudyContext
+    from app.report.session import export_stem
+
+    r = DraftReport(StudyContext("1.2.3", patient_id="../Doe John/ß;rm -rf", study_date="2025-01-01"))
+    stem = export_stem(r, "signed", "2025-01-02T03:04:05+01:00")
+    assert stem == "Doe-John-rm-rf_2025-01-01_report_signed_20250102-020405"
+    assert export_stem(DraftReport(StudyContext("1.2.3")), "draft", "2025-01-02T03:04:05+00:00") == \
+        "no-patient-id_no-study-date_report_draft_20250102-030405"
+
+
+def test_a_signed_addendum_is_exported_as_a_new_sr_pdf_and_text_and_audited(sample, tmp_path):
+    """Issue #20.6: the addendum's own SR references the signed one; every step is in the audit trail."""
+    result, series, volume = sample
+    session = make_session(tmp_path)
+    report = session.on_answer(ask_sample(volume), volume, study_context(result, series))
+    for f in report.findings:
+        report.accept(f.id)
+    with pytest.raises(ReportError, match="Sign the addendum first"):
+        session.export_addendum(source_paths(volume))
+    session.sign()
+    signed = session.export(source_paths(volume), pdf_writer=fake_pdf)
+    signed_bytes = {p: p.read_bytes() for p in signed.paths}
+    pending = report.add_addendum("Mass abuts the pleura; thoracic surgery informed.", "Smith^Jane")
+    report.sign_addendum(pending.id, "Smith^Jane")
+    done = session.export_addendum(source_paths(volume), pdf_writer=fake_pdf)
+    assert done.addendum_sr.name.startswith("SR-addendum-report-") and "_report_addendum-1_signed_" in done.pdf.name
+    assert "ADDENDUM 1" in done.text and "Mass abuts the pleura" in done.text
+    ds = pydicom.dcmread(done.addendum_sr)
+    pred = ds.PredecessorDocumentsSequence[0].ReferencedSeriesSequence[0].ReferencedSOPSequence[0]
+    assert pred.ReferencedSOPInstanceUID == signed.sr.narrative_uid
+    assert {p: p.read_bytes() for p in signed.paths} == signed_bytes  # the signed documents are not rewritten
+    if shutil.which("dciodvfy") or Path(".venv/bin/dciodvfy").exists():
+        assert dciodvfy_errors(done.addendum_sr) == []
+    records = [r for _, r, _ in read_records(session.audit.path)]
+    started = next(r for r in records if r.action == "report.addendum")
+    signed_rec = next(r for r in records if r.action == "report.sign_addendum")
+    assert started.data["addendum_id"] == pending.id
+    assert signed_rec.data["reader_name"] == "Smith^Jane" and "Mass abuts the pleura" in signed_rec.data["text"]
+    kinds = [r.data["kind"] for r in records if r.action == "report.export"]
+    assert kinds[-3:] == ["sr-addendum", "pdf", "text"]
+    assert verify(session.audit.path).ok
+    again = Workspace(tmp_path / "ws").load(report.study.study_uid).report  # the addendum was saved
+    assert again.signed_addenda()[0].text == "Mass abuts the pleura; thoracic surgery informed."

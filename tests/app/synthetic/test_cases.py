@@ -104,3 +104,22 @@ def test_contact_sheet_for_a_person_to_look_at(cases, output_dir):
     sheet = np.vstack(rows)
     write_png(output_dir / "phantom_corpus.png", sheet)
     assert sheet.std() > 20
+
+
+@pytest.mark.parametrize("seed", [3, 11, 29])
+def test_side_words_follow_the_image_position(seed):
+    """Issue #20.15: the image shows the patient's right on its left half (x = column grows towards
+    the patient's left, DICOM LPS), so a lesion boxed left of the midline is on the right, and its
+    location says the same side (the liver's side was once cut 5 % of the cavity left of the midline)."""
+    checked = 0
+    for i in range(120):
+        case = make_case(seed, i)
+        width = case.image.shape[1]
+        for les in case.lesions:
+            assert les.side_problems() == [], (seed, i, les)
+            centre = (les.box[0] + les.box[2]) / 2
+            if abs(centre - width / 2) < 1.0:  # on the midline: either word is fair
+                continue
+            assert les.side == ("right" if centre < width / 2 else "left"), (seed, i, les)
+            checked += 1
+    assert checked > 50

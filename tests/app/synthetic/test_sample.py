@@ -19,6 +19,7 @@ from app.dicom.png import write_png
 from app.synthetic.anatomy import Anatomy, Grid, Tissue, render_ct_slice
 from app.synthetic.sample import (
     GROUND_TRUTH_NAME,
+    ground_truth_lesions,
     ground_truth_path,
     load_ground_truth,
     plan_lesions,
@@ -243,7 +244,7 @@ def test_plan_places_lesions_inside_their_organs():
     anatomy = Anatomy()
     grid = Grid(256)
     expected = {("lung", "right"): Tissue.LUNG_RIGHT, ("lung", "left"): Tissue.LUNG_LEFT,
-                ("liver", "right"): Tissue.LIVER}
+                ("liver", "right"): Tissue.LIVER, ("liver", "left"): Tissue.LIVER}
     for seed in range(3):
         for les in plan_lesions(anatomy, seed):
             labels = render_ct_slice(anatomy, les.s, grid, table=False).labels  # anatomy without lesions
@@ -258,3 +259,24 @@ def test_full_size_study_writes_in_a_few_seconds(tmp_path):
     elapsed = time.perf_counter() - t0
     assert len(list(tmp_path.glob("*.dcm"))) == 300
     assert elapsed < 20.0, f"300×512² took {elapsed:.1f} s"
+
+
+@pytest.mark.parametrize("seed", [0, 2, 4, 11, 23])
+def test_side_words_follow_the_coordinates(tmp_path, seed):
+    """Issue #20.15: DICOM LPS, +x is the patient's left: a lesion centred at x > 0 is on the left,
+    and its location says so (the bundled sample's L6 was a "right hepatic lobe" cyst at x +13 mm)."""
+    gt = load_ground_truth(write_ct_study(tmp_path, n_slices=12, size=64, seed=seed))
+    lesions = ground_truth_lesions(gt)
+    assert lesions and all(les.center_patient_mm is not None for les in lesions)
+    problems = [p for les in lesions for p in les.side_problems()]
+    assert problems == [], problems
+    for les in lesions:
+        x = les.center_patient_mm[0]
+        assert les.side == ("left" if x > 0 else "right") and les.side in les.location.split(), (seed, les)
+
+
+def test_bundled_sample_sides_follow_the_coordinates():
+    lesions = ground_truth_lesions(load_ground_truth(BUNDLED))
+    assert [p for les in lesions for p in les.side_problems()] == []
+    cyst = next(les for les in lesions if les.kind == "cyst")
+    assert cyst.center_patient_mm[0] > 0 and cyst.location == "left hepatic lobe"

@@ -123,7 +123,7 @@ def test_corner_texts_hold_what_a_reader_looks_for():
     assert "Se 4: Abdomen 2.5mm" in t["top_right"]
     assert t["bottom_left"][0] == "Im 2/3"
     assert t["bottom_left"][1] == "Pos 12.5 mm  Th 2.50 mm"
-    assert t["bottom_right"] == ["W 1500  L -600 (lung)  INV", "Zoom 150%"]
+    assert t["bottom_right"] == ["W 1500  L -600 (Lung)  INV", "Zoom 150%"]  # one display form of a window name
 
 
 def test_corner_texts_show_loading_progress():

@@ -4,6 +4,7 @@ warnings and reliability states. The scripted engine is a deterministic test dou
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -27,7 +28,7 @@ SIZE = 256  # synthetic volume: square, so 0–1000 maps to pixels by × SIZE / 
 GROUNDED = """Step 1: Structure identification
 Axial CT of a phantom; a dense block lies in the upper left.
 Step 2: Region localization
-There is <ref>a nodule</ref><box>[[250,250,500,500]]</box> and <ref>a second focus</ref><box>[[600,100,700,200]]</box>.
+There is <ref>a nodule</ref><box>[[250,250,500,500]]</box> and <ref>a second focus</ref><box>[[600,800,700,900]]</box>.
 Step 3: Detailed description
 The nodule is well defined and measures about 32 mm.
 Step 4: Holistic analysis
@@ -40,9 +41,10 @@ Solid nodule with a satellite focus; compare with prior imaging.
 class ScriptedEngine:
     """Streams a fixed answer in pieces; answers check questions from a script.
 
-    ``samples``: "agree" (every sampled answer is the draft's "yes"), "mostly"
-    (every fourth answer "no"), "split" (yes / no / maybe: three meanings), "refuse"
-    (every answer declines) or "crash" (sampling raises). ``delay`` slows each piece (for Cancel).
+    ``samples``: "agree" (every sampled answer is the draft's: "yes", "1" to "how many"), "mostly"
+    (every fourth answer "no" / "2"), "split" (yes / no / maybe, 1 / 2 / 3: three meanings), "refuse"
+    (every answer declines) or "crash" (sampling raises). Asked to locate a phrase again, it
+    gives the box it drew for it (except "refuse" and "crash"). ``delay`` slows each piece (for Cancel).
     """
 
     def __init__(self, answer: str = GROUNDED, piece: int = 9, samples: str = "agree", delay: float = 0.0,
@@ -64,7 +66,19 @@ class ScriptedEngine:
 
     def generate(self, request: ChatRequest, cancel=None) -> Generation:
         # the reliability pass asks to decompose a finding into attribute questions
-        return Generation(text="presence | Is this lesion present in the image? | yes")
+        return Generation(text="presence | Is this lesion present in the image? | yes\n"
+                               "count | How many such lesions are there? | 1")
+
+    def _grounding(self, prompt: str) -> str:
+        """Its own box for the phrase a locate prompt names ("" when it drew none)."""
+        def key(text: str) -> str:
+            return re.sub(r"^(?:the|a|an)\s+", "", " ".join(text.split()).lower())
+
+        asked = re.search(r"<ref>(.*?)</ref>", prompt)
+        for m in re.finditer(r"<ref>(.*?)</ref>(<box>.*?</box>)", self.answer):
+            if asked and key(m.group(1)) == key(asked.group(1)):
+                return m.group(0)
+        return "It is absent from this image."
 
     def stream(self, request: ChatRequest, cancel=None) -> Iterator[str]:
         for i in range(0, len(self.answer), self.piece):
@@ -98,7 +112,16 @@ class ScriptedEngine:
             words = ["no" if i % 4 == 3 else "yes" for i in range(n)]
         else:
             words = [("yes", "no", "maybe")[i % 3] for i in range(n)]
-        return [[Generation(text=w, token_logprobs=[-0.05]) for w in words] for _ in requests]
+        out = []
+        for r in requests:
+            if "<ref>" in r.prompt:  # locate the phrase again
+                out.append([Generation(text=self._grounding(r.prompt), token_logprobs=[-0.05])] * n)
+            elif r.prompt.startswith("How many"):  # the draft says 1; the modes disagree as for yes/no
+                counts = {"yes": "1", "no": "2", "maybe": "3"}
+                out.append([Generation(text=counts[w], token_logprobs=[-0.05]) for w in words])
+            else:
+                out.append([Generation(text=w, token_logprobs=[-0.05]) for w in words])
+        return out
 
 
 class Host(QWidget):
@@ -177,10 +200,13 @@ def test_grounded_answer_draws_its_boxes_on_the_asked_slice(qtbot, host):
     ids = host.vp.overlays.ids()
     assert len(ids) == 2 and host.vp.overlays.ids(frame=7) == ids  # nothing on other slices
     scale = SIZE / 1000
-    expected = {"AI: a nodule": (250, 250, 500, 500), "AI: a second focus": (600, 100, 700, 200)}
+    # one label format with the report's boxes: "AI <n> · <what>[ · <tier>]" (the tier once it is known)
+    expected = {"AI 1 · a nodule": (250, 250, 500, 500), "AI 2 · a second focus": (600, 800, 700, 900)}
     for box_id in ids:
         box = host.vp.overlays.box(box_id)
-        want = [v * scale for v in expected[host.vp.overlays.label_of(box_id)]]
+        label = host.vp.overlays.label_of(box_id)
+        assert label.count(" · ") == 2 and label.split(" · ")[2] in ("green", "amber", "red"), label
+        want = [v * scale for v in expected[" · ".join(label.split(" · ")[:2])]]
         assert [box.x0, box.y0, box.x1, box.y1] == pytest.approx(want, abs=0.6)
         assert host.vp.overlays.color_of(box_id) == (255, 196, 0)  # drawn as an "ai" proposal
     assert sorted(host.panel.step_views) == [1, 2, 3, 4, 5]
@@ -216,11 +242,11 @@ def test_clicking_a_phrase_highlights_its_box_and_shows_its_slice(qtbot, host):
     step = host.panel.step_views[2]
     (_, first), (_, second) = step.links()
     step.body.linkActivated.emit(f"g:{second}")
-    focus = [i for i in host.vp.overlays.ids() if host.vp.overlays.label_of(i) == "AI: a second focus"][0]
+    focus = [i for i in host.vp.overlays.ids() if host.vp.overlays.label_of(i) == "AI 2 · a second focus"][0]
     assert host.vp.overlays.highlighted == focus and host.vp.slice_index == 7
     assert host.vp.overlays.visible_ids() == host.vp.overlays.ids()
     step.body.linkActivated.emit(f"g:{first}")
-    assert host.vp.overlays.label_of(host.vp.overlays.highlighted) == "AI: a nodule"
+    assert host.vp.overlays.label_of(host.vp.overlays.highlighted) == "AI 1 · a nodule"
 
 
 def test_an_edited_box_stays_where_the_reader_put_it(qtbot, host):
@@ -244,11 +270,13 @@ def test_guardrail_warning_for_right_kidney_on_a_chest_ct(qtbot, output_dir):
         assert h.panel.warning.isVisible()
         assert "right kidney" in h.panel.warning.text() and "CHEST CT" in h.panel.warning.text()
         assert "⚠" in h.panel.findings_list.item(0).text()
-        assert h.vp.overlays.label_of(h.vp.overlays.ids()[0]).startswith("AI ⚠: the right kidney")
-        # the scripted model repeats "yes" every time, yet a box for an absent structure is never green
-        assert h.panel.reliability.light.lit() == [Tier.AMBER]
+        label = h.vp.overlays.label_of(h.vp.overlays.ids()[0])
+        assert label.startswith("AI 1 · the right kidney") and label.endswith("⚠ not in this series?")
+        # the scripted model repeats "yes" every time, yet a box for an absent structure is never green:
+        # a guardrail mismatch is red (issue #13: a guardrail mismatch gives red, never green)
+        assert h.panel.reliability.light.lit() == [Tier.RED]
         assert "CHEST CT" in h.panel.reliability.meaning.text()
-        assert h.panel.findings_list.item(0).background().color() == TIER_TINT[Tier.AMBER]
+        assert h.panel.findings_list.item(0).background().color() == TIER_TINT[Tier.RED]
         qtbot.wait(50)
         assert h.grab().save(str(output_dir / "assistant_guardrail.png"))
     finally:

@@ -24,6 +24,7 @@ from tests.inference.speech.test_pipeline import require_tts, synthesize
 from tests.ui.report.test_flow import ask, open_sample, settings_in
 from ui.dictation.controller import DictationController
 from ui.dictation.widget import microphone_factory
+from ui.report.panel import ReportPanel
 from ui.shell.help_dialog import HelpDialog
 
 pytestmark = [
@@ -247,7 +248,8 @@ def test_next_and_previous_image_move_the_slice(qtbot, win):
     assert vp.slice_index == 9
 
 
-def test_accept_and_reject_finding_act_on_the_selected_finding(qtbot, win):
+def test_accept_and_reject_finding_act_on_the_selected_finding(qtbot, win, monkeypatch):
+    monkeypatch.setattr(ReportPanel, "auto_answer", True)  # "sign report" asks first, as the Sign button does
     ask(win)
     panel = win.report.panel
     report = panel.report
@@ -264,7 +266,7 @@ def test_accept_and_reject_finding_act_on_the_selected_finding(qtbot, win):
     panel.select_finding(first.id)
     say(win, "accept finding")
     say(win, "sign report")
-    assert report.signed
+    assert report.signed and "Sign this report as Jane Smith?" in panel.last_question
 
 
 def test_help_lists_the_voice_commands(qtbot, win):
@@ -277,7 +279,7 @@ def test_help_lists_the_voice_commands(qtbot, win):
     assert "“lung window”" in text and "“accept finding”" in text
 
 
-def test_no_microphone_disables_the_button_with_the_reason(qtbot, tmp_path, monkeypatch, recognizer):
+def test_no_microphone_disables_the_button_with_the_reason(qtbot, tmp_path, monkeypatch, recognizer, output_dir):
     pytest.importorskip("sounddevice", reason="PortAudio/sounddevice not installed")
     monkeypatch.setattr(capture, "list_input_devices", lambda refresh=False: [])
     s = settings_in(tmp_path)
@@ -285,9 +287,14 @@ def test_no_microphone_disables_the_button_with_the_reason(qtbot, tmp_path, monk
     try:
         ctl = w.attach_dictation(s, recognizer=recognizer, source_factory=microphone_factory())
         assert not ctl.widget.button.isEnabled() and "No microphone" in ctl.widget.button.toolTip()
+        w.statusBar().clearMessage()
         qtbot.keyPress(w.grid.active, Qt.Key.Key_F4)
         qtbot.keyRelease(w.grid.active, Qt.Key.Key_F4)
         assert ctl.widget.state == "unavailable"
+        # issue #20.5: F4 says why in the status bar, and where to fix it
+        message = w.statusBar().currentMessage()
+        assert message.startswith("No microphone was found") and "Settings → Dictation → Microphone" in message
+        w.statusBar().grab().save(str(output_dir / "dictation_no_microphone_status.png"))
     finally:
         w.dictation.shutdown()
         w.shutdown()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PySide6.QtCore import Qt
 
@@ -112,3 +113,57 @@ def test_auto_ask_after_query_text(qtbot, recognizer, wavs):
     widget.release()
     qtbot.waitUntil(lambda: bool(commands), timeout=60_000)
     assert texts == [("No pleural effusion or pneumothorax.", "query")] and commands == ["ask_assistant"]
+
+
+def test_f4_without_a_microphone_says_why(qtbot, monkeypatch, recognizer):
+    """Issue #20.5: the disabled button's reason also answers the push-to-talk key, every press."""
+    pytest.importorskip("sounddevice", reason="PortAudio/sounddevice not installed")
+    monkeypatch.setattr(capture, "list_input_devices", lambda refresh=False: [])
+    widget = DictationWidget(recognizer, source_factory=microphone_factory())
+    qtbot.addWidget(widget)
+    messages = []
+    widget.status.connect(messages.append)
+    for _ in range(2):
+        qtbot.keyPress(widget, Qt.Key.Key_F4)
+        qtbot.keyRelease(widget, Qt.Key.Key_F4)
+    assert len(messages) == 2 and messages[0] == widget.button.toolTip()
+    assert messages[0].startswith("No microphone was found") and "Settings → Dictation → Microphone" in messages[0]
+
+
+def test_the_dictate_button_shows_a_microphone(qtbot, recognizer, output_dir, tmp_path):
+    """Issue #20.5: a microphone (capsule on a stand), not the speaker icon it used to show."""
+    import wave
+
+    from PySide6.QtGui import QColor, QImage
+    from PySide6.QtWidgets import QStyle
+
+    from ui.dictation.widget import microphone_pixmap
+
+    with wave.open(str(tmp_path / "silence.wav"), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(16000)
+        w.writeframes(b"\0\0" * 1600)
+    widget = DictationWidget(recognizer, source_factory=file_factory(tmp_path / "silence.wav"))
+    qtbot.addWidget(widget)
+
+    def alpha(img: QImage) -> np.ndarray:
+        img = img.convertToFormat(QImage.Format.Format_RGBA8888)
+        a = np.frombuffer(img.constBits(), np.uint8).reshape(img.height(), img.bytesPerLine())
+        return a[:, : img.width() * 4].reshape(img.height(), img.width(), 4)[..., 3].astype(float)
+
+    shown = alpha(widget.button.icon().pixmap(32, 32).toImage())
+    speaker = alpha(widget.style().standardIcon(QStyle.StandardPixmap.SP_MediaVolume).pixmap(32, 32).toImage())
+    assert shown.shape == speaker.shape and not np.array_equal(shown > 0, speaker > 0)
+    assert np.array_equal(shown, alpha(microphone_pixmap(32, QColor(216, 216, 216)).toImage()))
+    ink = shown > 64
+    cols = np.flatnonzero(ink.any(axis=0))
+    assert np.array_equal(ink, ink[:, ::-1])  # left-right symmetric, as a microphone is (a speaker is not)
+    capsule = ink[2:18, 10:22]  # the capsule: a solid rounded bar at the top centre
+    assert capsule.mean() > 0.7 and ink[28:30, cols[0]:cols[-1] + 1].any()  # and a foot at the bottom
+    big = widget.button.icon().pixmap(96, 96)
+    big.save(str(output_dir / "dictation_microphone_icon.png"))
+    style = Path(__file__).resolve().parents[3] / "resources" / "style.qss"
+    widget.setStyleSheet(style.read_text(encoding="utf-8"))  # as in the viewer: the dark theme
+    widget.show()
+    widget.grab().save(str(output_dir / "dictation_widget_idle.png"))

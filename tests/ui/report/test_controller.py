@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 from types import SimpleNamespace
 
@@ -10,6 +11,7 @@ from PySide6.QtCore import QEvent, QObject, Qt, Signal
 from PySide6.QtWidgets import QApplication, QPushButton
 
 from app.assistant.ask import Assistant
+from app.dicom.model import Window
 from app.report.draft import FindingStatus, Origin
 from inference.reliability.scoring import FindingResult, Reliability, State, Tier
 from tests.app.assistant.test_ask import ScriptedEngine
@@ -117,8 +119,10 @@ def test_export_draft_writes_sr_pdf_and_text_in_the_studys_exports_folder(win):
     folder = ctl.session.workspace.exports_dir(ctl.panel.report.study.study_uid)
     names = sorted(p.name for p in folder.iterdir())
     assert done is not None and {p.name for p in done.paths} == set(names)
-    assert [n.split("-")[:2] for n in names] == [["SR", "draft"], ["SR", "draft"], ["report", "draft"],
-                                                  ["report", "draft"]]
+    assert [n.split("-")[:2] for n in names[:2]] == [["SR", "draft"], ["SR", "draft"]]
+    # readable names: <PatientID>_<StudyDate>_report_draft_<YYYYMMDD-HHMMSS>.pdf/.txt, safe characters only
+    assert [re.sub(r"\d{8}-\d{6}", "T", n) for n in names[2:]] == [
+        "XMED-PHANTOM-0000_20250101_report_draft_T.pdf", "XMED-PHANTOM-0000_20250101_report_draft_T.txt"]
     assert "DRAFT - NOT SIGNED." in done.text
     assert "Draft exported" in win.statusBar().currentMessage()
 
@@ -157,3 +161,118 @@ def test_sign_waits_for_the_readers_name_from_settings(qtbot, tmp_path):
         assert w.report.session.audit.user == "Doe^John"
     finally:
         w.close()
+
+
+# ---- issue #20: reading-room polish ---------------------------------------------------------------
+
+LABEL = re.compile(r"^(AI|You) \d+ · [^·]+?( · (green|amber|red))?$")
+
+
+def test_one_label_form_on_every_box_and_whole_assistant_rows(qtbot, tmp_path, output_dir):
+    """Issue #20.8: the assistant's boxes and the report's read "AI 1 · mass · amber" alike, and the
+    assistant's findings rows wrap instead of being cut ("reliability 0.38 (gre"), their tooltip whole."""
+    from tests.ui.report.test_flow import ask_in_the_assistant_panel
+
+    w = open_sample(qtbot, settings_in(tmp_path), ScriptedEngine(ANSWER), tmp_path)
+    try:
+        ask_in_the_assistant_panel(qtbot, w)
+        vp = w.grid.active
+        labels = [vp.overlays.label_of(i) for i in vp.overlays.ids()]  # the report's boxes (it took them over)
+        assert all(i.startswith(PREFIX) for i in vp.overlays.ids()) and len(labels) == 3
+        # and the labels the assistant gives its own boxes before the report takes them over
+        assistant = w.assistant_panel
+        labels += [assistant._box_label(i, f) for i, f in enumerate(assistant.findings)]
+        assert all(LABEL.match(label) for label in labels), labels
+        assert labels[:3] == labels[3:6]  # same finding, same label, whoever draws it
+        rows = w.assistant_panel.findings_list
+        rows.setFixedWidth(220)  # as narrow as the radiologist's dock, where "reliability 0.38 (gre" was cut
+        QApplication.processEvents()
+        flags = int(Qt.AlignmentFlag.AlignLeft) | int(Qt.TextFlag.TextWordWrap)
+        width = rows.viewport().width()
+        assert any(rows.fontMetrics().horizontalAdvance(rows.item(r).text()) > width for r in range(rows.count())), \
+            (width, [rows.fontMetrics().horizontalAdvance(rows.item(r).text()) for r in range(rows.count())])
+        for r in range(rows.count()):
+            item = rows.item(r)
+            rect = rows.visualItemRect(item)
+            needed = rows.fontMetrics().boundingRect(0, 0, rect.width() - 8, 10_000, flags, item.text())
+            assert rect.height() >= needed.height() and item.text() in item.toolTip(), item.text()
+        w.assistant_panel.grab().save(str(output_dir / "assistant_findings_rows.png"))
+        vp.grab().save(str(output_dir / "report_box_labels.png"))
+    finally:
+        w.close()
+
+
+def test_key_images_are_rendered_in_the_window_each_finding_was_found_in(win, qtbot, monkeypatch, output_dir):
+    """Issue #20.13: the AI findings were found in the lung window, the reader drew the liver lesion in the
+    liver window; exported while the lung window is on screen, the liver key image is still in liver."""
+    import subprocess
+
+    from app.dicom.presets import find_preset
+    from ui.report import controller as controller_module
+
+    ask(win)  # in the lung window, on the mass's slice
+    ctl, vp = win.report, win.grid.active
+    lung, liver = find_preset("lung"), find_preset("liver")
+    vp.set_slice(26)
+    vp.set_window(liver)
+    ctl.panel.draw_button.click()
+    mouse_drag(vp.view.viewport(), image_to_widget(vp, 140, 270), image_to_widget(vp, 175, 305), steps=8)
+    report = ctl.panel.report
+    drawn = report.findings[-1]
+    assert drawn.origin is Origin.READER and drawn.window == liver
+    assert {f.window for f in report.findings[:-1]} == {Window(1500, -600, "lung")}
+    vp.set_window(lung)  # the reader is back in the lung window when exporting
+    rendered = []
+    real_render = controller_module.render
+    monkeypatch.setattr(controller_module, "render",
+                        lambda volume, k, window, invert=False: rendered.append((k, window.name))
+                        or real_render(volume, k, window, invert))
+    ctl.panel.export_button.click()
+    assert sorted(set(rendered)) == [(SLICE, "lung"), (26, "liver")]
+    pdf = ctl.last_export.pdf
+    subprocess.run(["pdftoppm", "-r", "60", "-png", str(pdf), str(output_dir / "report-draft-key-windows")],
+                   check=True, timeout=60)
+
+
+def test_signed_exports_are_private_and_readably_named_and_an_addendum_follows(win, qtbot, output_dir):
+    """Issue #20.9, #20.8 and #20.6 in the viewer: the signed PDF, SRs and text are 0600 in a 0700 folder,
+    named <PatientID>_<StudyDate>_report_signed_<YYYYMMDD-HHMMSS>.pdf; then an addendum is written, signed
+    and exported beside them as a new SR, PDF and text, the signed files untouched."""
+    import os
+    import stat
+    import subprocess
+
+    old_umask = os.umask(0o022)
+    try:
+        ask(win)
+        ctl = win.report
+        panel = ctl.panel
+        for f in panel.report.findings:
+            panel.select_finding(f.id)
+            panel.accept_button.click()
+        panel.sections["indication"].setPlainText("Cough; weight loss.")
+        panel.commit_pending()
+        panel.sign_button.click()
+        signed = ctl.last_export
+        folder = signed.pdf.parent
+        stamp = panel.report.signature.signed_at
+        expected = "XMED-PHANTOM-0000_20250101_report_signed_" + re.sub(r"\D", "", stamp[:19])[:8] + "-" \
+            + re.sub(r"\D", "", stamp[:19])[8:] + ".pdf"
+        assert signed.pdf.name == expected
+        before = {p: p.read_bytes() for p in signed.paths}
+        panel.addendum_button.click()
+        qtbot.keyClicks(panel.addendum_text, "Findings discussed with Dr Miller on the phone.")
+        panel.sign_addendum_button.click()
+        added = ctl.last_export
+    finally:
+        os.umask(old_umask)
+    assert added is not signed and added.addendum_sr.name.startswith("SR-addendum-report-")
+    assert "_report_addendum-1_signed_" in added.pdf.name and "ADDENDUM 1" in added.text
+    assert "Addendum signed" in win.statusBar().currentMessage()
+    assert {p: p.read_bytes() for p in signed.paths} == before
+    files = list(folder.iterdir())
+    assert len(files) == 7  # signed: 2 SRs, PDF, text; addendum: SR, PDF, text
+    assert all(stat.S_IMODE(p.stat().st_mode) == 0o600 for p in files), [oct(p.stat().st_mode) for p in files]
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+    subprocess.run(["pdftoppm", "-r", "60", "-png", str(added.pdf), str(output_dir / "report-addendum")],
+                   check=True, timeout=60)

@@ -92,7 +92,7 @@ def test_whole_flow_from_question_to_signed_sr_and_pdf(qtbot, tmp_path, monkeypa
     # the reliability pass reached the report: the checked finding carries its tier, in the list and on its box
     checked = win.assistant.last_reliability.by_phrase["mass"]
     assert report.finding(mass).reliability.tier.value == checked[1].value
-    assert vp.overlays.label_of(f"{PREFIX}{mass}:0") == f"1 mass · {checked[1].value}"
+    assert vp.overlays.label_of(f"{PREFIX}{mass}:0") == f"AI 1 · mass · {checked[1].value}"
     assert sorted(vp.overlays.visible_ids()) == sorted(f"{PREFIX}{i}:0" for i in (mass, effusion, nodule))
     assert vp.overlays.color_of(f"{PREFIX}{mass}:0") == (255, 196, 0)  # amber: awaiting the reader
 

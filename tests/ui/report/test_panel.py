@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import numpy as np
 import pytest
-from PySide6.QtCore import Qt
-from PySide6.QtGui import QGuiApplication, QTextCursor
+from PySide6.QtCore import Qt, QTimer
+from PySide6.QtGui import QColor, QGuiApplication, QImage, QTextCursor
+from PySide6.QtWidgets import QApplication, QMessageBox, QPushButton
 
 from app.report.draft import (
     DraftReport,
@@ -17,7 +21,8 @@ from app.report.draft import (
 )
 from inference.reliability.scoring import Tier
 from inference.types import Box
-from ui.report.panel import TIER_TINT, ReportPanel
+from ui.report.panel import TIER_TEXT, TIER_TINT, ReportPanel
+from ui.report.pdf_export import TIER_COLOURS as PDF_TIER_COLOURS
 
 
 @pytest.fixture
@@ -128,3 +133,185 @@ def test_impression_sentences_are_tinted_by_the_reliability_of_the_finding_they_
     assert sel.format.background().color() == TIER_TINT["red"]
     w.impression.setPlainText("Mass gone.")  # typing re-tints at once
     assert [s.cursor.selectedText() for s in w.impression.extraSelections()] == ["Mass gone."]
+
+
+# ---- issue #20: reading-room polish ---------------------------------------------------------------
+
+STYLE = Path(__file__).resolve().parents[3] / "resources" / "style.qss"
+
+
+def contrast(a: QColor, b: QColor) -> float:
+    """WCAG 2.x contrast ratio of two colours."""
+    def lum(c: QColor) -> float:
+        def ch(v: int) -> float:
+            s = v / 255
+            return s / 12.92 if s <= 0.03928 else ((s + 0.055) / 1.055) ** 2.4
+        return 0.2126 * ch(c.red()) + 0.7152 * ch(c.green()) + 0.0722 * ch(c.blue())
+    hi, lo = sorted((lum(a), lum(b)), reverse=True)
+    return (hi + 0.05) / (lo + 0.05)
+
+
+def test_every_tier_colour_pair_meets_wcag_aa(qtbot, output_dir):
+    """Issue #20.14: the colours the findings list actually paints (every tier × every status, and no
+    tier), the impression's tint and the PDF's tier words: each text/background pair at least 4.5:1."""
+    r = DraftReport(study=StudyContext("1.2.3", modality="CT"), provenance=Provenance("m", "1"))
+    tiers = [FindingReliability(0.9, Tier.GREEN), FindingReliability(0.5, Tier.AMBER),
+             FindingReliability(0.2, Tier.RED), None]
+    for rel in tiers:
+        for status in ("proposed", "accepted", "rejected", "edited"):
+            f = r.add_finding(f"Spiculated mass, {status}.", [], origin=Origin.AI, finding_type="mass",
+                              reliability=rel)
+            if status == "accepted":
+                r.accept(f.id)
+            elif status == "rejected":
+                r.reject(f.id)
+            elif status == "edited":
+                r.edit_text(f.id, f"Spiculated mass, {status} by the reader.")
+    r.add_finding("The reader's own finding.")
+    r.set_impression("Spiculated mass. Nothing else.")
+    w = ReportPanel(r, reader_name="Smith^Jane")
+    qtbot.addWidget(w)
+    w.setStyleSheet(STYLE.read_text(encoding="utf-8"))
+    w.resize(460, 900)
+    w.show()
+    ratios = []
+    for row in range(w.findings.count()):
+        item = w.findings.item(row)
+        bg, fg = item.background().color(), item.foreground().color()
+        assert item.background().style() != Qt.BrushStyle.NoBrush and item.foreground().style() != Qt.BrushStyle.NoBrush
+        ratios.append((contrast(fg, bg), item.text().split("\n")[0]))
+    for sel in w.impression.extraSelections():
+        ratios.append((contrast(sel.format.foreground().color(), sel.format.background().color()), "impression"))
+    white = QColor(255, 255, 255)
+    ratios += [(contrast(c, white), f"pdf {tier}") for tier, c in PDF_TIER_COLOURS.items()]
+    for tier in TIER_TINT:
+        ratios.append((contrast(TIER_TEXT[tier], TIER_TINT[tier]), f"table {tier}"))
+    assert len(ratios) == 17 + 1 + 3 + 3
+    failing = [(round(ratio, 2), what) for ratio, what in ratios if ratio < 4.5]
+    assert failing == []
+    w.grab().save(str(output_dir / "report_panel_tier_contrast.png"))
+
+
+def test_disabled_buttons_look_disabled_in_the_dark_theme(qtbot, report, output_dir):
+    """Issue #20.6: under resources/style.qss a disabled button is visibly different from an enabled one."""
+    w = ReportPanel(report, reader_name="Smith^Jane")
+    qtbot.addWidget(w)
+    w.setStyleSheet(STYLE.read_text(encoding="utf-8"))
+    w.resize(460, 700)
+    w.show()
+    qtbot.waitExposed(w)
+    assert not w.sign_button.isEnabled() and w.copy_button.isEnabled()
+
+    def looks(button: QPushButton) -> tuple[float, float]:
+        img = button.grab().toImage().convertToFormat(QImage.Format.Format_RGB888)
+        a = np.frombuffer(img.constBits(), np.uint8).reshape(img.height(), img.bytesPerLine())
+        px = a[:, : img.width() * 3].reshape(img.height(), img.width(), 3).astype(float).mean(axis=2)
+        inner = px[4:-4, 4:-4]
+        return float(np.percentile(inner, 99)), float(np.median(inner))  # text, face
+
+    enabled_text, enabled_face = looks(w.copy_button)
+    disabled_text, disabled_face = looks(w.sign_button)
+    assert enabled_text - disabled_text > 60  # dim text
+    assert disabled_face < enabled_face  # a darker, flatter face
+    w.grab().save(str(output_dir / "report_panel_disabled_buttons.png"))
+
+
+def test_sign_asks_first_naming_the_reader_and_the_accepted_findings(qtbot, monkeypatch, report, output_dir):
+    """Issue #20.6: one click on Sign no longer signs: a dialog names who signs and how many findings go in."""
+    monkeypatch.setattr(ReportPanel, "auto_answer", None)  # the real dialog
+    w = ReportPanel(report, reader_name="Smith^Jane")
+    qtbot.addWidget(w)
+    w.show()
+    w.select_finding(report.findings[0].id)
+    w.accept_button.click()
+    w.select_finding(report.findings[1].id)
+    w.reject_button.click()
+    seen: list[str] = []
+
+    def answer(button_text: str, shot: str | None = None):
+        def run():
+            box = QApplication.activeModalWidget()
+            assert isinstance(box, QMessageBox)
+            seen.append(box.text())
+            if shot:
+                box.grab().save(str(output_dir / shot))
+            next(b for b in box.buttons() if b.text() == button_text).click()
+        QTimer.singleShot(0, run)
+
+    answer("Cancel", "report_sign_confirmation.png")
+    w.sign_button.click()
+    assert not report.signed and "Jane Smith" in seen[0] and "1 accepted finding will be" in seen[0]
+    assert "1 rejected AI finding left out" in seen[0]
+    answer("Sign")
+    with qtbot.waitSignal(w.signed):
+        w.sign_button.click()
+    assert report.signed and report.signature.reader_name == "Smith^Jane" and len(seen) == 2
+
+
+def test_addendum_after_signing_is_typed_signed_and_shown(qtbot, report, output_dir):
+    """Issue #20.6: "Add addendum" on a signed report; the addendum is signed on its own."""
+    w = ReportPanel(report, reader_name="Smith^Jane")
+    qtbot.addWidget(w)
+    w.resize(460, 820)
+    w.show()
+    assert w.addendum_button.isHidden()  # nothing to add to a draft
+    for f in report.findings:
+        report.accept(f.id)
+    w.impression.setPlainText("Right upper lobe nodule.")
+    w.sign()
+    assert report.signed and w.addendum_button.isVisible() and w.addendum_text.isHidden()
+    w.addendum_button.click()
+    assert w.addendum_text.isVisible() and not w.addendum_text.isReadOnly()
+    assert w.text_editors() == [w.addendum_text]  # dictation goes into the addendum
+    qtbot.keyClicks(w.addendum_text, "Nodule unchanged since 2024 on review.")
+    with qtbot.waitSignal(w.addendum_signed) as sig:
+        w.sign_addendum_button.click()
+    (done,) = report.signed_addenda()
+    assert sig.args == [done.id] and done.text == "Nodule unchanged since 2024 on review."
+    assert done.signature.reader_name == "Smith^Jane" and report.impression == "Right upper lobe nodule."
+    assert "Addendum 1 (signed by Jane Smith" in w.addenda_view.text() and w.addendum_text.isHidden()
+    assert w.addendum_button.isEnabled()  # another one may follow
+    w.setStyleSheet(STYLE.read_text(encoding="utf-8"))
+    w.grab().save(str(output_dir / "report_panel_addendum.png"))
+
+
+def test_indication_technique_comparison_are_edited_in_the_panel(qtbot, panel, report):
+    """Issue #20.12: three section boxes above the findings; typing becomes one edit after a pause."""
+    assert list(panel.sections) == ["indication", "technique", "comparison"]
+    qtbot.keyClicks(panel.sections["indication"], "Cough for six weeks.")
+    qtbot.waitUntil(lambda: report.indication == "Cough for six weeks.", timeout=3000)
+    panel.sections["comparison"].setPlainText("CT of 2025-01-04.")
+    panel.findings.setCurrentRow(0)
+    panel.commit_pending()
+    assert report.comparison == "CT of 2025-01-04."
+    panel.undo_button.click()
+    assert report.comparison == "" and panel.sections["comparison"].toPlainText() == ""
+    assert panel.text_editors()[:3] == list(panel.sections.values())  # dictation can go into them
+
+
+def test_findings_rows_wrap_and_show_their_whole_text(qtbot, output_dir):
+    """Issue #20.8: in a narrow dock no row is cut mid-word: rows wrap to the width, and the tooltip
+    holds the whole text and reliability."""
+    r = DraftReport(study=StudyContext("1.2.3", modality="CT"), provenance=Provenance("m", "1"))
+    long = ("Spiculated soft-tissue mass in the posterior basal segment of the right lower lobe abutting "
+            "the pleura, 32 mm, suspicious for primary lung malignancy.")
+    r.add_finding(long, [ReportBox(Box(1, 2, 30, 40), 5, "1.2.3.5", "1.2.3")], origin=Origin.AI,
+                  reliability=FindingReliability(0.38, Tier.GREEN))
+    r.add_finding("Small left pleural effusion.", [], origin=Origin.AI, reliability=FindingReliability(0.2, Tier.RED))
+    w = ReportPanel(r, reader_name="Smith^Jane")
+    qtbot.addWidget(w)
+    w.setStyleSheet(STYLE.read_text(encoding="utf-8"))
+    w.resize(300, 900)
+    w.show()
+    qtbot.waitExposed(w)
+    QApplication.processEvents()
+    view = w.findings
+    flags = int(Qt.AlignmentFlag.AlignLeft) | int(Qt.TextFlag.TextWordWrap)
+    for row in range(view.count()):
+        item = view.item(row)
+        rect = view.visualItemRect(item)
+        needed = view.fontMetrics().boundingRect(0, 0, rect.width() - 8, 10_000, flags, item.text())
+        assert rect.height() >= needed.height(), (row, rect, needed)  # wrapped, all lines shown
+        assert r.findings[row].text in item.toolTip() and "reliability" in item.toolTip()
+    assert "reliability green 0.38" in view.item(0).toolTip()
+    w.grab().save(str(output_dir / "report_panel_narrow.png"))

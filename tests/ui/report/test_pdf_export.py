@@ -85,3 +85,48 @@ def test_pdf_has_everything_and_renders(tmp_path, output_dir):
     cyan = ((px[..., 0] < 80) & (px[..., 1] > 150) & (px[..., 2] > 200)).sum()  # kept finding 2's box
     assert dark > 0.02  # text and the dark lung images are there
     assert yellow > 20 and cyan > 20
+
+
+def test_each_key_image_is_shown_in_the_window_its_finding_was_found_in(tmp_path, output_dir):
+    """Issue #20.13: the liver lesion found in the liver window is shown in it, the lung mass in the lung
+    window, whatever window the reader is in when exporting; sections and addenda are in the PDF."""
+    from app.dicom.display import render
+    from app.dicom.presets import find_preset
+    from app.report.session import study_context
+    from tests.app.report.test_session import load_sample
+
+    result, series, volume = load_sample()
+    lung, liver = find_preset("lung"), find_preset("liver")
+    ref = lambda k: (series.instances[k].sop_instance_uid, series.series_instance_uid or series.uid)  # noqa: E731
+    r = DraftReport(study=study_context(result, series), provenance=Provenance("xmedgpt-demo", "0.1"))
+    mass = r.add_finding("Spiculated mass, right lower lobe.", [ReportBox(Box(149, 319, 191, 357), 17, *ref(17))],
+                         window=lung)
+    cyst = r.add_finding("Hypodense lesion, right hepatic lobe.", [ReportBox(Box(150, 250, 200, 300), 26, *ref(26))],
+                         window=liver)
+    r.set_section("indication", "Weight loss.")
+    r.set_section("technique", "CT chest and upper abdomen, portal venous phase.")
+    r.set_section("comparison", "None.")
+    r.sign("Smith^Jane")
+    pending = r.add_addendum("Liver lesion is a cyst on ultrasound.", "Smith^Jane")
+    r.sign_addendum(pending.id, "Smith^Jane")
+    calls = []
+
+    def renderer(k, window):
+        calls.append((k, window))
+        return render(volume, k, window or lung, False)
+
+    pdf = write_pdf(r, output_dir / "report-key-image-windows.pdf", renderer)
+    assert sorted(calls) == [(17, lung), (26, liver)]
+    assert [f.window for f in r.findings] == [mass.window, cyst.window] == [lung, liver]
+    if shutil.which("pdftotext"):
+        text = subprocess.run(["pdftotext", "-layout", str(pdf), "-"], capture_output=True, text=True,
+                              timeout=60, check=True).stdout
+        flat = " ".join(text.split())
+        assert "Slice 18 · Lung window (W 1500 / L -600)" in flat
+        assert "Slice 27 · Liver window (W 150 / L 90)" in flat
+        assert flat.index("Indication Weight loss.") < flat.index("Technique CT chest") < flat.index("Comparison None.")
+        assert "Addendum 1 Liver lesion is a cyst on ultrasound." in flat and "Addendum signed by Jane Smith" in flat
+        assert "CT CT" not in flat
+    prefix = output_dir / "report-key-image-windows"
+    subprocess.run(["pdftoppm", "-r", "60", "-png", str(pdf), str(prefix)], check=True, timeout=60)
+    assert list(output_dir.glob("report-key-image-windows-*.png"))

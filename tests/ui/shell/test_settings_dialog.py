@@ -173,3 +173,48 @@ def test_an_original_checkpoint_is_converted_and_registered_from_the_dialog(qtbo
     rows = [dialog.models.item(i).text() for i in range(dialog.models.count())]
     dialog.models.setCurrentRow(next(i for i, t in enumerate(rows) if "xmedgpt-native" in t))
     assert not dialog.convert_button.isEnabled()  # a native model needs no conversion
+
+
+def test_microphone_choice_lists_input_devices_system_default_first(qtbot, settings, registry, monkeypatch,
+                                                                     output_dir):
+    """Issue #20.5: Settings offers the microphones the capture layer sees; the choice is saved as
+    ``dictation_device`` and used by dictation; a chosen device that is gone stays, marked."""
+    from inference.speech.capture import AudioDevice
+    from ui.shell import settings_dialog
+
+    devices = [AudioDevice(0, "Built-in Microphone", "ALSA", 2, 48000.0, is_default=True),
+               AudioDevice(3, "Philips SpeechMike III", "ALSA", 1, 16000.0)]
+    monkeypatch.setattr(settings_dialog, "list_input_devices", lambda refresh=False: devices)
+    d = SettingsDialog(settings, registry)
+    qtbot.addWidget(d)
+    d.show()
+    mic = d.microphone
+    assert [mic.itemText(i) for i in range(mic.count())] == [
+        "System default (Built-in Microphone)", "Built-in Microphone (ALSA)", "Philips SpeechMike III (ALSA)"]
+    assert mic.currentIndex() == 0 and mic.currentData() == "" and "2 microphones found" in d.microphone_note.text()
+    d.grab().save(str(output_dir / "settings_microphone.png"))
+    mic.setCurrentIndex(2)
+    d.accept()
+    assert settings.dictation_device == "Philips SpeechMike III"
+    assert Settings.load(settings.path).dictation_device == "Philips SpeechMike III"
+
+    # the SpeechMike unplugged: still the choice, marked, until the reader picks another
+    monkeypatch.setattr(settings_dialog, "list_input_devices", lambda refresh=False: devices[:1])
+    again = SettingsDialog(settings, registry)
+    qtbot.addWidget(again)
+    assert again.microphone.currentText() == "Philips SpeechMike III (not connected)"
+    again.microphone.setCurrentIndex(0)
+    again.accept()
+    assert settings.dictation_device == ""  # the system default
+
+
+def test_microphone_choice_works_without_any_device(qtbot, settings, registry, monkeypatch):
+    from ui.shell import settings_dialog
+
+    monkeypatch.setattr(settings_dialog, "list_input_devices", lambda refresh=False: [])
+    d = SettingsDialog(settings, registry)
+    qtbot.addWidget(d)
+    assert d.microphone.count() == 1 and d.microphone.currentText() == "System default"
+    assert "No microphone was found" in d.microphone_note.text()
+    d.accept()
+    assert settings.dictation_device == ""

@@ -1,0 +1,415 @@
+"""MPR widgets: three linked views (axial, coronal, sagittal) of one volume with a crosshair,
+reference lines and thick slabs.
+
+Each :class:`MprView` is a :class:`~ui.viewer.viewport.Viewport` (same windowing, zoom,
+corner text, aspect from spacing, cursor readout) that shows a one-frame volume built from
+the resliced plane; the crosshair, which slice each view shows, the slab and the reference
+lines come from :class:`app.viewer.mpr.MprState`. Left click / drag sets the crosshair, the
+wheel and arrow keys move the view's own plane, a window change applies to all three.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from PySide6.QtCore import QLineF, Qt, QTimer, Signal
+from PySide6.QtGui import QColor, QPen
+from PySide6.QtWidgets import QGraphicsLineItem, QGridLayout, QWidget
+
+from app.core.errors import XMedError
+from app.dicom.model import Volume, Window
+from app.dicom.volume import reslicable
+from app.viewer.mpr import PLANE_COLORS, VIEWS, MprState
+from app.viewer.viewport import CornerLine, StudyInfo, corner_lines
+from ui.viewer.viewport import Viewport, _ImageViewBox
+
+log = logging.getLogger(__name__)
+
+#: MPR layouts: view names in grid order, (rows, cols). "mpr2x2" repeats the axial in the fourth
+#: pane as a thick-slab MIP overview (no 3-D rendering).
+MPR_LAYOUTS = {"mpr": ((1, 3), VIEWS), "mpr2x2": ((2, 2), (*VIEWS, "axial"))}
+#: Half the gap (mm) the reference lines leave around the crosshair point.
+CROSS_GAP_MM = 8.0
+
+
+class _MprViewBox(_ImageViewBox):
+    """Left click / drag sets the crosshair (pan stays on the middle button, windowing on the right)."""
+
+    def mouseClickEvent(self, ev):  # noqa: N802 (pyqtgraph API)
+        if ev.button() == Qt.MouseButton.LeftButton:
+            ev.accept()
+            self._vp.crosshair_at_scene(ev.scenePos())
+        else:
+            super().mouseClickEvent(ev)
+
+    def mouseDragEvent(self, ev, axis=None):  # noqa: N802
+        if ev.button() == Qt.MouseButton.LeftButton:
+            ev.accept()
+            self._vp.crosshair_at_scene(ev.scenePos())
+        else:
+            super().mouseDragEvent(ev, axis)
+
+
+class MprView(Viewport):
+    """One plane of the MPR: a Viewport over the resliced plane, with crosshair and reference lines."""
+
+    crosshair_moved = Signal()
+    series_for_mpr = Signal(object, object)  # Volume, StudyInfo: a series given to this view while in MPR
+
+    def __init__(self, plane: str, parent: QWidget | None = None, overview: bool = False) -> None:
+        super().__init__(parent)
+        self.plane_name = plane
+        self.overview = overview  # the 2×2's fourth pane: a fixed thick MIP of the whole volume, no crosshair
+        self.state: MprState | None = None
+        self._source: Volume | None = None
+        self._shape: tuple[int, int] | None = None
+        # the crosshair replaces the pan tool on the left button
+        self.vb.removeItem(self.image)
+        self.vb = _MprViewBox(self)
+        self.view.setCentralItem(self.vb)
+        self.vb.addItem(self.image)
+        self.vb.sigRangeChanged.connect(lambda *_: self._view_moved())
+        self.lines: dict[str, list[QGraphicsLineItem]] = {}
+        self.cross_color = QColor(*PLANE_COLORS[plane])
+        self._internal = False  # set while this view puts its own plane volume on screen
+        self._pending: Volume | None = None  # a series given from outside, still loading
+        self._overview: Volume | None = None  # the 2×2's whole-volume MIP, computed once per volume
+        self._plane_image = None  # the PlaneImage on screen (app.dicom.volume)
+
+    # -- a series given from outside (double-click / drop in the study browser while in MPR) -----------
+    def set_volume(self, volume: Volume | None, study: StudyInfo | None = None, complete: bool = True) -> None:
+        if self._internal or self.state is None:
+            return super().set_volume(volume, study, complete)
+        if volume is None:
+            return  # the main window clears a view before loading into it: keep the MPR until it lands
+        self._pending, self._pending_study = volume, study
+        if complete:
+            self._adopt_pending()
+
+    def frames_loaded(self, count: int) -> None:
+        if self._pending is None and self.state is None:
+            super().frames_loaded(count)
+
+    def load_finished(self) -> None:
+        if self._pending is not None:
+            self._adopt_pending()
+        elif self.state is None:
+            super().load_finished()
+
+    def _adopt_pending(self) -> None:
+        volume, study = self._pending, self._pending_study
+        self._pending = None
+        self.series_for_mpr.emit(volume, study)
+
+    def _own(self, volume: Volume | None, study: StudyInfo | None) -> None:
+        self._internal = True
+        try:
+            super().set_volume(volume, study)
+        finally:
+            self._internal = False
+
+    # -- content -------------------------------------------------------------------------------
+    def show_state(self, state: MprState | None, source: Volume | None, study: StudyInfo | None,
+                   window: Window | None = None) -> None:
+        self.state, self._source, self._shape, self._overview = state, source, None, None
+        if state is None:
+            self._own(None, None)
+            self._clear_lines()
+            return
+        self.refresh(study=study, window=window)
+
+    def plane_volume(self) -> Volume:
+        st = self.state
+        if self.overview:
+            if self._overview is None:
+                n = st.count(self.plane_name)
+                self._overview = st.volume.reslice(self.plane_name, n // 2, slab_mm=1e6, mode="mip").as_volume(
+                    self._source)
+            return self._overview
+        self._plane_image = st.image(self.plane_name)
+        return self._plane_image.as_volume(self._source)
+
+    def refresh(self, study: StudyInfo | None = None, window: Window | None = None) -> None:
+        """Reslice for the current crosshair/slab and redraw (first time: fit and header window)."""
+        if self.state is None or (self.overview and self._shape is not None):
+            return  # the overview does not follow the crosshair
+        vol = self.plane_volume()
+        shape = vol.frames.shape[1:3]
+        if self._shape is None:
+            self._own(vol, study or self._study)
+            self._shape = shape
+            if window is not None:
+                self.set_window(window)
+        elif self._shape != shape:  # straight ↔ oblique: a new grid, fitted again, same window
+            keep = self._window
+            self._own(vol, study or self._study)
+            self._shape = shape
+            self.set_window(keep)
+        else:
+            self._volume = vol
+            self._render()
+            self._update_text()
+            self._refresh_cursor()
+        self._draw_lines()
+
+    def _update_text(self) -> None:
+        v = self._volume
+        if v is None or self.state is None:
+            return super()._update_text()
+        corners = corner_lines(v, 0, self._window, self.zoom, self._study, self._inverted)
+        what = "Axial MIP (whole volume)" if self.overview else self.state.describe(self.plane_name)
+        # the header's slice thickness means nothing for a reformatted plane: Th is the slab, or the
+        # voxel size along the plane's normal
+        st = self.state
+        if self.overview or (st.is_oblique(self.plane_name) and not st.slab_mm):
+            th = None  # a trilinear oblique plane has no slice thickness to state
+        elif st.slab_mm:
+            th = self._plane_image.slab_mm if self._plane_image is not None else st.slab_mm
+        else:
+            normal = self.state.plane(self.plane_name).normal
+            th = float(abs(st.volume.spacing @ abs(st.volume.direction.T @ normal)))
+        pos = float(self.state.point @ self.state.plane(self.plane_name).normal)
+        bottom = [CornerLine(what, 0)]
+        if th is None and not self.overview:
+            bottom.append(CornerLine(f"Pos {pos:.1f} mm", 1))
+        elif th is not None:
+            bottom.append(CornerLine(f"Pos {pos:.1f} mm  Th {th:.2f} mm", 1,
+                                     shorter=(f"Pos {pos:.1f}  Th {th:.2f}", f"Th {th:.2f} mm")))
+        corners["bottom_left"] = bottom
+        self.corner.set_content(corners, self._transform.markers(v.geometry))
+
+    # -- crosshair -------------------------------------------------------------------------------
+    def crosshair_at_scene(self, scene_pos) -> None:
+        if self.state is None or self.overview:
+            return
+        p = self.image.mapFromScene(scene_pos)
+        self.crosshair_at_pixel(p.x() - 0.5, p.y() - 0.5)
+
+    def crosshair_at_pixel(self, col: float, row: float) -> None:
+        """Set the crosshair at pixel (col, row) of this view (pixel centres at integers)."""
+        if self.state is None:
+            return
+        self.state.set_from_pixel(self.plane_name, col, row)
+        self.crosshair_moved.emit()
+
+    def step(self, delta: int) -> None:
+        if self.state is None or self.overview:
+            return
+        self.state.scroll(self.plane_name, delta)
+        self.crosshair_moved.emit()
+
+    def set_slice(self, k: int) -> None:
+        if self.state is None or self.overview:
+            return super().set_slice(k)
+        self.state.set_slice(self.plane_name, k)
+        self.crosshair_moved.emit()
+
+    @property
+    def slice_index(self) -> int:
+        return self.state.index(self.plane_name) if self.state is not None else 0
+
+    def trigger(self, action: str) -> bool:
+        if self.state is not None and action in ("first_slice", "last_slice"):
+            self.set_slice(0 if action == "first_slice" else self.state.count(self.plane_name) - 1)
+            return True
+        if action in ("toggle_cine", "tool_length", "tool_rect", "tool_ellipse"):
+            return True  # no cine or measurements on reformatted planes (yet): swallow the key
+        return super().trigger(action)
+
+    def reference_line_items(self) -> dict[str, list[QGraphicsLineItem]]:
+        return self.lines
+
+    def _clear_lines(self) -> None:
+        for items in self.lines.values():
+            for it in items:
+                it.setParentItem(None)
+                if it.scene() is not None:
+                    it.scene().removeItem(it)
+        self.lines = {}
+
+    def _draw_lines(self) -> None:
+        """The other planes' lines (solid) and slab edges (dashed), in image pixels: they follow
+        zoom, pan, rotation and the spacing aspect with the image item."""
+        self._clear_lines()
+        if self.state is None or self.overview:
+            return
+        for ref in self.state.reference_lines(self.plane_name):
+            color = QColor(*PLANE_COLORS[ref.of])
+            items = []
+            segs = [(a, b, Qt.PenStyle.SolidLine) for a, b in self._gapped(ref.p0, ref.p1)]
+            segs += [(a, b, Qt.PenStyle.DashLine) for a, b in ref.edges]
+            for a, b, style in segs:
+                pen = QPen(color)
+                pen.setCosmetic(True)
+                pen.setWidthF(1.0)
+                pen.setStyle(style)
+                it = QGraphicsLineItem(QLineF(a[0] + 0.5, a[1] + 0.5, b[0] + 0.5, b[1] + 0.5), self.image)
+                it.setPen(pen)
+                items.append(it)
+            self.lines[ref.of] = items
+
+    def _gapped(self, p0, p1):
+        """The line in two pieces that leave :data:`CROSS_GAP_MM` free around the crosshair, so the
+        lines never cover what the reader is pointing at."""
+        cx, cy = self.state.crosshair(self.plane_name)
+        dx, dy = p1[0] - p0[0], p1[1] - p0[1]
+        length = (dx * dx + dy * dy) ** 0.5
+        if length < 1e-9:
+            return [(p0, p1)]
+        ux, uy = dx / length, dy / length
+        row_sp, col_sp = self.state.plane(self.plane_name).spacing
+        mm_per_px = ((ux * col_sp) ** 2 + (uy * row_sp) ** 2) ** 0.5
+        gap = CROSS_GAP_MM / mm_per_px
+        t = (cx - p0[0]) * ux + (cy - p0[1]) * uy  # where the crosshair is along the line
+        out = []
+        if t - gap > 0:
+            out.append((p0, (p0[0] + ux * (t - gap), p0[1] + uy * (t - gap))))
+        if t + gap < length:
+            out.append(((p0[0] + ux * (t + gap), p0[1] + uy * (t + gap)), p1))
+        return out
+
+    def paintEvent(self, event) -> None:  # noqa: N802
+        super().paintEvent(event)
+        # a strip of the plane's colour along the top edge says which plane this is
+        from PySide6.QtGui import QPainter
+
+        p = QPainter(self)
+        p.fillRect(0, 0, self.width(), 3, self.cross_color)
+        p.end()
+
+
+class MprPanel(QWidget):
+    """Three (or four) linked MPR views of one volume."""
+
+    state_changed = Signal()
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self._grid = QGridLayout(self)
+        self._grid.setContentsMargins(0, 0, 0, 0)
+        self._grid.setSpacing(2)
+        self.views = [MprView(name, self) for name in VIEWS] + [MprView("axial", self, overview=True)]
+        for v in self.views:
+            v.crosshair_moved.connect(self.refresh)
+            v.window_changed.connect(lambda w, src=v: self._window_from(src, w))
+            v.series_for_mpr.connect(self._series_given)
+        self.state: MprState | None = None
+        self.source: Volume | None = None
+        self.layout_name = ""
+        self._syncing = False
+        self.set_layout("mpr")
+
+    def by_plane(self, name: str) -> MprView:
+        return next(v for v in self.views if v.plane_name == name and not v.overview)
+
+    def visible(self) -> list[MprView]:
+        (rows, cols), _ = MPR_LAYOUTS[self.layout_name]
+        return self.views[: rows * cols]
+
+    def set_layout(self, name: str) -> None:
+        (rows, cols), _ = MPR_LAYOUTS[name]
+        for v in self.views:
+            self._grid.removeWidget(v)
+            v.hide()
+        for i, v in enumerate(self.views[: rows * cols]):
+            self._grid.addWidget(v, i // cols, i % cols)
+            v.show()
+        for r in range(3):
+            self._grid.setRowStretch(r, 1 if r < rows else 0)
+        for c in range(3):
+            self._grid.setColumnStretch(c, 1 if c < cols else 0)
+        self.layout_name = name
+        for v in self.visible():
+            if v.state is not None and v.volume is None:
+                v.refresh()
+        QTimer.singleShot(50, self.fit_all)  # again once the views surely have their new sizes
+
+    def fit_all(self) -> None:
+        for v in self.visible():
+            if v.volume is not None:
+                v.fit()
+
+    def set_volume(self, volume: Volume | None, study: StudyInfo | None = None, window: Window | None = None) -> str | None:
+        """Show ``volume`` in MPR; returns the warning to show (resampled, …) or raises XMedError."""
+        if volume is None:
+            self.state = self.source = None
+            for v in self.views:
+                v.show_state(None, None, None)
+            return None
+        if len(volume) < 2:
+            raise XMedError("MPR needs a stack of slices; this series has one image")
+        rv = reslicable(volume)
+        self.state, self.source = MprState(rv), volume
+        for v in self.views:
+            v.show_state(self.state, volume, study, window)
+        self.state_changed.emit()
+        return "; ".join(rv.warnings) or None
+
+    def refresh(self) -> None:
+        for v in self.views:
+            if v.isVisibleTo(self) or not self.isVisible():
+                v.refresh()
+        self.state_changed.emit()
+
+    def _series_given(self, volume: Volume, study: StudyInfo | None) -> None:
+        """A series was opened into one of the views while in MPR: reslice that one instead."""
+        window = self.views[0].window if self.views[0].volume is not None else None
+        try:
+            self.set_volume(volume, study, window if self.source is not None
+                            and volume.series.modality == self.source.series.modality else None)
+        except XMedError as exc:
+            for v in self.visible():
+                v.corner.set_message(f"MPR is not possible for this series: {exc}")
+
+    def _window_from(self, src: MprView, window: Window) -> None:
+        if self._syncing:
+            return
+        self._syncing = True
+        try:
+            for v in self.views:
+                if v is not src and v.volume is not None and v.window != window:
+                    v.set_window(window)
+        finally:
+            self._syncing = False
+
+    # -- slab --------------------------------------------------------------------------------------
+    def set_slab(self, slab_mm: float, mode: str | None = None) -> None:
+        if self.state is None:
+            return
+        self.state.set_slab(slab_mm, mode)
+        self.refresh()
+
+    def step_slab(self, direction: int) -> str:
+        if self.state is None:
+            return "Open a series in MPR first"
+        self.state.step_slab(direction)
+        self.refresh()
+        return self.slab_text()
+
+    def cycle_mode(self) -> str:
+        if self.state is None:
+            return "Open a series in MPR first"
+        self.state.cycle_mode()
+        self.refresh()
+        return self.slab_text()
+
+    def rotate(self, degrees: float) -> str:
+        if self.state is None:
+            return "Open a series in MPR first"
+        self.state.rotate(degrees)
+        self.refresh()
+        angle = self.state.angle_deg
+        return f"Crosshair turned {angle:.0f}°: oblique coronal and sagittal" if angle else "Crosshair straight: true planes"
+
+    def slab_text(self) -> str:
+        st = self.state
+        if st is None:
+            return ""
+        return f"Slab {st.slab_mm:g} mm {st.mode.upper() if st.mode != 'mean' else 'mean'}" if st.slab_mm else "Slab off"
+
+
+def pixel_of_line(item: QGraphicsLineItem) -> tuple[tuple[float, float], tuple[float, float]]:
+    """A reference line's ends in image pixels (pixel centres at integers) — for tests."""
+    ln = item.line()
+    return (ln.x1() - 0.5, ln.y1() - 0.5), (ln.x2() - 0.5, ln.y2() - 0.5)
+
