@@ -6,14 +6,18 @@ Stages (each skipped when already finished, each training stage resumed from
 its last checkpoint, so the recipe can span sessions):
 
 1. ``phantoms``   – training corpus (seed ``train_seed``) and a held-out corpus from a
-                    seed never used in training (``eval_seed``);
+                    seed never used in training (``eval_seed``): ``corpus.kind`` ``phantoms``
+                    (training.phantoms) or ``study`` (training.study_corpus: 512-px slices of
+                    phantom CT studies in the reader's windows; ``spec.max_tiles`` > 1 gives the
+                    model InternVL's dynamic tiles, thumbnail + grid, through the same processor);
 2. ``skeleton``   – a byte-level BPE tokenizer trained on the corpus text (one token per
                     digit, InternVL special tokens and chat template) and a randomly
                     initialised InternVL of the configured size (training.model_factory);
 3. ``sft``        – stage-1 SFT on grounding, VQA and reports (training.sft);
 4. ``reasoning``  – reasoning SFT on the five-step answers (training.sft);
 5. ``dpo``        – DPO on the preference pairs (training.dpo);
-6. ``eval``       – ``xmedgpt eval`` on the held-out corpus; the model, a model card
+6. ``eval``       – ``xmedgpt eval`` on the held-out corpus (and, with ``eval.sample_windows``, on a
+                    fresh ``xmedgpt sample`` study per window and lesion size); the model, a model card
                     (commands, seeds, data sizes, wall time, metrics) and MODEL_CARD.md
                     are written to ``--out``.
 
@@ -68,6 +72,9 @@ class SpecSection:
 
 @dataclass
 class CorpusSection:
+    #: ``phantoms``: training.phantoms (one 2-D case per image); ``study``: training.study_corpus (slices of
+    #: phantom CT studies in the reader's windows, the ``study`` section; ``n`` counts studies)
+    kind: str = "phantoms"
     n: int = 6000
     seed: int = 0
     size: int = 224
@@ -92,6 +99,31 @@ class CorpusSection:
 
 
 @dataclass
+class StudySection:
+    """The study corpus (training.study_corpus.StudyCorpusConfig) when ``corpus.kind`` is ``study``:
+    ``corpus.n`` / ``eval.n`` / ``eval.calibration_n`` count studies, ``corpus.size`` is the slice size."""
+
+    n_slices: int = 120
+    slices_per_study: int = 12
+    empty_fraction: float = 0.25
+    windows: list[str] = field(default_factory=lambda: ["soft_tissue", "lung", "liver", "bone", "default"])
+    windows_per_slice: int = 2
+    max_lesions: int = 6
+    xrays: int = -1
+    preference_errors: list[str] = field(default_factory=list)  # [] = all
+    workers: int = 1  # processes drawing studies (the same bytes whatever the number)
+
+    def config(self, corpus: CorpusSection, seed: int, studies: int):
+        from training.study_corpus import StudyCorpusConfig
+
+        extra = {"preference_errors": list(self.preference_errors)} if self.preference_errors else {}
+        return StudyCorpusConfig(studies=studies, seed=seed, size=corpus.size, n_slices=self.n_slices,
+                                 slices_per_study=self.slices_per_study, empty_fraction=self.empty_fraction,
+                                 windows=list(self.windows), windows_per_slice=self.windows_per_slice,
+                                 max_lesions=self.max_lesions, lesion_mm=list(corpus.lesion_mm), xrays=self.xrays, **extra)
+
+
+@dataclass
 class EvalSection:
     n: int = 200
     seed: int = 99
@@ -107,6 +139,12 @@ class EvalSection:
     calibration_n: int = 150
     calibration_seed: int = 500
     calibration_samples: int = 10
+    #: also evaluate on a fresh ``xmedgpt sample`` study (seed ``sample_seed``, ``sample_slices`` slices) in these
+    #: windows, every slice, per window and lesion size (app.synthetic.study_dataset; [] or 0 slices: skip)
+    sample_windows: list[str] = field(default_factory=list)
+    sample_slices: int = 60
+    sample_seed: int = 600
+    device: str = "cpu"  # where the held-out evaluation runs (cpu | cuda | auto)
 
 
 @dataclass
@@ -115,6 +153,7 @@ class DemoConfig:
     out: str = "resources/models/demo"
     name: str = "XMedGPT demo (phantoms)"
     corpus: CorpusSection = field(default_factory=CorpusSection)
+    study: StudySection = field(default_factory=StudySection)
     eval: EvalSection = field(default_factory=EvalSection)
     spec: SpecSection = field(default_factory=SpecSection)
     sft_config: str = "training/configs/sft_stage1_demo.yaml"
@@ -128,6 +167,34 @@ class DemoConfig:
     reasoning_mix: dict[str, float] = field(default_factory=lambda: {
         "phantom_reasoning": 1, "app_reasoning": 1, "phantom_grounding": 0.5})
     threads: int = 0
+
+
+# ----------------------------------------------------------------------------- corpora
+
+
+def write_recipe_corpus(config: DemoConfig, folder: Path, n: int, seed: int) -> dict:
+    """Write the recipe's kind of corpus (``corpus.kind``) with ``n`` cases (studies) and ``seed``;
+    returns {"counts", "lesions_per_image"}."""
+    if config.corpus.kind == "study":
+        from training.study_corpus import write_study_corpus
+
+        s = write_study_corpus(folder, config.study.config(config.corpus, seed, n), workers=config.study.workers)
+        return {"counts": s.counts, "lesions_per_image": s.lesions_per_image, "windows": s.windows,
+                "size_classes": s.size_classes}
+    if config.corpus.kind != "phantoms":
+        raise XMedError(f"corpus.kind must be 'phantoms' or 'study', not {config.corpus.kind!r}.")
+    from training.phantoms import write_corpus
+
+    p = write_corpus(folder, n, seed, config.corpus.size, config=config.corpus.corpus_config())
+    return {"counts": p.counts, "lesions_per_image": p.lesions_per_image}
+
+
+def corpus_command(config: DemoConfig, folder: Path, n: int, seed: int) -> str:
+    """The shell command that writes the same corpus as :func:`write_recipe_corpus`."""
+    if config.corpus.kind == "study":
+        cfg = config.study.config(config.corpus, seed, n)
+        return f"python -m training.study_corpus --out {folder} --studies {n} --seed {seed} {cfg.cli_flags()}"
+    return f"python -m training.phantoms --out {folder} --n {n} --seed {seed} {config.corpus.cli_flags()}"
 
 
 # ----------------------------------------------------------------------------- state
@@ -226,7 +293,6 @@ def _command(module: str, config: str, overrides: Sequence[str]) -> str:
 def run_recipe(config: DemoConfig, stop_after: str | None = None) -> Path:
     """Run (or continue) the recipe; returns the output folder (or the work folder when stopped early)."""
     from training.dpo import DPOConfig, train_dpo
-    from training.phantoms import write_corpus
     from training.sft import SFTConfig, train_sft
 
     if config.threads > 0:
@@ -248,11 +314,11 @@ def run_recipe(config: DemoConfig, stop_after: str | None = None) -> Path:
         state.finish(name, time.monotonic() - start, **details, **extra)
 
     def phantoms() -> dict:
-        corpus_cfg = config.corpus.corpus_config()
-        a = write_corpus(train_dir, config.corpus.n, config.corpus.seed, config.corpus.size, config=corpus_cfg)
-        b = write_corpus(eval_dir, config.eval.n, config.eval.seed, config.corpus.size, config=corpus_cfg)
-        return {"train_counts": a.counts, "eval_counts": b.counts, "train_lesions_per_image": a.lesions_per_image,
-                "eval_lesions_per_image": b.lesions_per_image}
+        a = write_recipe_corpus(config, train_dir, config.corpus.n, config.corpus.seed)
+        b = write_recipe_corpus(config, eval_dir, config.eval.n, config.eval.seed)
+        return {"train_counts": a["counts"], "eval_counts": b["counts"],
+                "train_lesions_per_image": a["lesions_per_image"], "eval_lesions_per_image": b["lesions_per_image"],
+                **({"train_windows": a["windows"], "train_size_classes": a["size_classes"]} if "windows" in a else {})}
 
     def skeleton_stage() -> dict:
         if skeleton.exists():
@@ -284,10 +350,8 @@ def run_recipe(config: DemoConfig, stop_after: str | None = None) -> Path:
 
     seed_everything(config.corpus.seed)
     stage("phantoms", phantoms)
-    commands.append(f"python -m training.phantoms --out {train_dir} --n {config.corpus.n} --seed {config.corpus.seed} "
-                    f"{config.corpus.cli_flags()}")
-    commands.append(f"python -m training.phantoms --out {eval_dir} --n {config.eval.n} --seed {config.eval.seed} "
-                    f"{config.corpus.cli_flags()}")
+    commands.append(corpus_command(config, train_dir, config.corpus.n, config.corpus.seed))
+    commands.append(corpus_command(config, eval_dir, config.eval.n, config.eval.seed))
     if stop_after == "phantoms":
         return work
     stage("skeleton", skeleton_stage)
@@ -398,9 +462,10 @@ def _finish(config: DemoConfig, trained: Path, eval_dir: Path, state: RecipeStat
     options = Options(limit=config.eval.limit or None, samples=config.eval.samples, tasks=tuple(config.eval.tasks),
                       max_new_tokens=config.eval.max_new_tokens or None)
     start = time.monotonic()
-    metrics = run_eval(out, eval_dir, options, device="cpu", quantization="none")
+    metrics = run_eval(out, eval_dir, options, device=config.eval.device, quantization="none")
     (out / "eval.json").write_text(json.dumps(metrics, indent=2) + "\n")
     default_sizes = default_sizes_eval(config, out, eval_dir.parent / "phantoms-default-sizes", commands)
+    sample_study = sample_study_eval(config, out, eval_dir.parent / "sample-study", commands)
     calibration = calibrate_reliability(config, out, eval_dir.parent, commands)
     wall = state.wall_s + (time.monotonic() - start)
     n_params = sum(p.numel() for p in __import__("transformers").InternVLForConditionalGeneration
@@ -420,7 +485,9 @@ def _finish(config: DemoConfig, trained: Path, eval_dir: Path, state: RecipeStat
         "data": {"train": state.data["stages"]["phantoms"].get("train_counts"),
                  "held_out": state.data["stages"]["phantoms"].get("eval_counts"),
                  "train_images": config.corpus.n, "held_out_images": config.eval.n, "image_size": config.corpus.size,
-                 "corpus": config.corpus.corpus_config().as_dict()},
+                 "corpus": (config.corpus.corpus_config().as_dict() if config.corpus.kind == "phantoms" else
+                            {"kind": "study", **asdict(config.study.config(config.corpus, config.corpus.seed,
+                                                                           config.corpus.n))})},
         "stages": state.data["stages"],
         "commands": commands,
         "wall_time_s": round(wall, 1),
@@ -428,10 +495,11 @@ def _finish(config: DemoConfig, trained: Path, eval_dir: Path, state: RecipeStat
                     "torch": torch.__version__},
         "metrics": metrics,
         "metrics_default_sizes": default_sizes,
+        "metrics_sample_study": sample_study,
         "reliability_calibration": calibration,
     }
     (out / "model_card.json").write_text(json.dumps(card, indent=2) + "\n")
-    (out / "MODEL_CARD.md").write_text(_markdown(card, format_table(metrics)))
+    (out / "MODEL_CARD.md").write_text(_markdown(card, format_table(metrics)) + _sample_study_markdown(sample_study))
     return {"size_bytes": size, "mean_iou": (metrics.get("localization") or {}).get("mean_iou")}
 
 
@@ -440,7 +508,7 @@ def default_sizes_eval(config: DemoConfig, model: Path, folder: Path, commands: 
     from inference.evaluation.harness import Options, run_eval
     from training.phantoms import write_corpus
 
-    if config.eval.default_sizes_n <= 0:
+    if config.eval.default_sizes_n <= 0 or config.corpus.kind != "phantoms":
         return None
     seed = config.eval.seed + 1
     if seed == config.corpus.seed:
@@ -452,8 +520,41 @@ def default_sizes_eval(config: DemoConfig, model: Path, folder: Path, commands: 
                     f"{corpus.cli_flags()}")
     commands.append(f"xmedgpt eval --data {folder} --model {config.out} --samples 0 --tasks grounding")
     options = Options(samples=0, tasks=("grounding",), max_new_tokens=config.eval.max_new_tokens or None)
-    metrics = run_eval(model, folder, options, device="cpu", quantization="none")
+    metrics = run_eval(model, folder, options, device=config.eval.device, quantization="none")
     return {"seed": seed, "images": config.eval.default_sizes_n, "localization": metrics.get("localization")}
+
+
+def sample_study_eval(config: DemoConfig, model: Path, folder: Path, commands: list[str]) -> dict | None:
+    """Grounding on a fresh ``xmedgpt sample`` study, every slice in each of ``eval.sample_windows``, rendered
+    as the viewer renders them, per window and lesion size (what issue #14 is about)."""
+    from app.synthetic.sample import write_ct_study
+    from app.synthetic.study_dataset import study_examples
+    from inference.evaluation.harness import Options, format_table, run_eval_examples
+
+    e = config.eval
+    if not e.sample_windows or e.sample_slices <= 0:
+        return None
+    if not (folder / "ground_truth.json").is_file():
+        write_ct_study(folder, n_slices=e.sample_slices, seed=e.sample_seed)
+    windows = ",".join(e.sample_windows)
+    commands.append(f"xmedgpt sample --out {folder} --slices {e.sample_slices} --seed {e.sample_seed}")
+    commands.append(f"xmedgpt eval --data {folder} --model {config.out} --window {windows} --tasks grounding")
+    study = study_examples(folder, list(e.sample_windows))
+    options = Options(samples=0, tasks=("grounding",), max_new_tokens=e.max_new_tokens or None)
+    metrics = run_eval_examples(model, study.examples, options, device=config.eval.device, quantization="none",
+                                data=f"xmedgpt sample study (seed {e.sample_seed}, {e.sample_slices} slices)",
+                                group_by="window")
+    metrics["study"] = {"windows": study.windows, "hidden_lesions": study.hidden,
+                        "lesion_sections": study.lesions_on_slices}
+    metrics["table"] = format_table(metrics)
+    return metrics
+
+
+def _sample_study_markdown(metrics: dict | None) -> str:
+    if not metrics:
+        return ""
+    return (f"\n## On a `xmedgpt sample` study (512 px, every slice, per window)\n\n```text\n{metrics['table']}\n```\n"
+            f"Lesion sections not shown in a window (not scored): {metrics['study']['hidden_lesions']}.\n")
 
 
 def calibrate_reliability(config: DemoConfig, model: Path, work: Path, commands: list[str]) -> dict | None:
@@ -462,7 +563,6 @@ def calibrate_reliability(config: DemoConfig, model: Path, work: Path, commands:
     from inference.evaluation.calibrate import calibrate, load_records, make_judge
     from inference.evaluation.harness import Options, run_eval
     from inference.reliability.scoring import MODEL_CALIBRATION
-    from training.phantoms import write_corpus
 
     e = config.eval
     if e.calibration_n <= 0:
@@ -471,15 +571,13 @@ def calibrate_reliability(config: DemoConfig, model: Path, work: Path, commands:
         raise XMedError("The calibration corpus needs a seed used neither in training nor in the held-out eval.")
     folder, labelled = work / "phantoms-calibration", work / "calibration"
     if not (folder / "annotations.jsonl").is_file():
-        write_corpus(folder, e.calibration_n, e.calibration_seed, config.corpus.size,
-                     config=config.corpus.corpus_config())
+        write_recipe_corpus(config, folder, e.calibration_n, e.calibration_seed)
     options = Options(samples=e.calibration_samples, tasks=("vqa",), max_new_tokens=e.max_new_tokens or None,
                       labelled_out=labelled / "vqa.jsonl")
-    run_eval(model, folder, options, device="cpu", quantization="none")
+    run_eval(model, folder, options, device=config.eval.device, quantization="none")
     result = calibrate(load_records(labelled), make_judge("closed-form"))
     target = model / MODEL_CALIBRATION
-    steps = [f"python -m training.phantoms --out {folder} --n {e.calibration_n} --seed {e.calibration_seed} "
-             f"{config.corpus.cli_flags()}",
+    steps = [corpus_command(config, folder, e.calibration_n, e.calibration_seed),
              f"xmedgpt eval --data {folder} --model {config.out} --tasks vqa --samples {e.calibration_samples} "
              f"--labelled-out {labelled / 'vqa.jsonl'}",
              f"xmedgpt calibrate --data {labelled} --judge closed-form --out {Path(config.out) / MODEL_CALIBRATION}"]
@@ -494,12 +592,13 @@ def calibrate_reliability(config: DemoConfig, model: Path, work: Path, commands:
 
 def _markdown(card: dict, table: str) -> str:
     cmds = "\n".join(card["commands"])
+    unit = "studies" if (card["data"].get("corpus") or {}).get("kind") == "study" else "phantoms"
     return (f"# {card['name']}\n\n**{card['intended_use']}**\n\n"
             f"- architecture: {card['architecture']}, {card['parameters']:,} parameters, "
             f"{card['size_bytes'] / 2**20:.1f} MB\n"
             f"- seeds: {json.dumps(card['seeds'])}\n"
-            f"- data: {card['data']['train_images']} training phantoms, {card['data']['held_out_images']} held-out "
-            f"phantoms ({card['data']['image_size']} px)\n"
+            f"- data: {card['data']['train_images']} training {unit}, {card['data']['held_out_images']} held-out "
+            f"{unit} ({card['data']['image_size']} px)\n"
             f"- wall time: {card['wall_time_s'] / 60:.1f} min on {card['machine']['threads']} CPU thread(s)\n\n"
             f"## How it was made\n\n```bash\n{cmds}\n```\n\n"
             f"## Held-out evaluation (new seed)\n\n```text\n{table}\n```\n" + _default_sizes_markdown(card)

@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from app.synthetic.cases import PhantomCase
-from app.synthetic.truth import LesionTruth
+from app.synthetic.truth import LesionTruth, density_of
 from inference.parsing import BOX_SCALE, format_grounding
 from inference.types import STEP_NAMES, Box
 
@@ -96,8 +96,8 @@ def grounding_answer(lesions: list[LesionTruth]) -> str:
     return "\n".join(format_grounding(t.phrase, [_box(t)]) for t in lesions)
 
 
-def reasoning_answer(case: PhantomCase, lesions: list[LesionTruth]) -> str:
-    """The five steps, headed ``Step k: <name>``; step 2 grounds every lesion."""
+def reasoning_steps(case: PhantomCase, lesions: list[LesionTruth]) -> list[str]:
+    """The bodies of the five steps, all from the same ``lesions`` (so they agree with each other)."""
     n = len(lesions)
     desc = case.description
     step1 = f"{desc[0].upper()}{desc[1:]}. Visible structures: {', '.join(case.structures)}."
@@ -119,8 +119,18 @@ def reasoning_answer(case: PhantomCase, lesions: list[LesionTruth]) -> str:
         step3 = f"{_negative_statement(case)} {_normal_statement(case)}"
         step4 = "The image shows no abnormality."
     step5 = findings_and_impression(case, lesions)
-    bodies = (step1, step2, step3, step4, step5)
-    return "\n\n".join(f"Step {k}: {name}\n{body}" for k, (name, body) in enumerate(zip(STEP_NAMES, bodies), 1))
+    return [step1, step2, step3, step4, step5]
+
+
+def join_steps(bodies: list[str], numbers: list[int] | None = None) -> str:
+    """``Step k: <name>`` + body blocks (``numbers``: which step each body is, default 1..5)."""
+    numbers = numbers or list(range(1, len(bodies) + 1))
+    return "\n\n".join(f"Step {k}: {STEP_NAMES[k - 1]}\n{body}" for k, body in zip(numbers, bodies))
+
+
+def reasoning_answer(case: PhantomCase, lesions: list[LesionTruth]) -> str:
+    """The five steps, headed ``Step k: <name>``; step 2 grounds every lesion."""
+    return join_steps(reasoning_steps(case, lesions))
 
 
 def questions(case: PhantomCase, rng: np.random.Generator) -> list[Question]:
@@ -177,22 +187,9 @@ def _swap_side(text: str) -> str:
 
 def corrupt(case: PhantomCase, rng: np.random.Generator) -> tuple[str, list[LesionTruth]]:
     """A plausible but wrong reading: (error kind, wrong lesion list)."""
-    lesions = list(case.lesions)
-    kinds = ["hallucinated_lesion"] + (["wrong_box", "missed_lesion", "wrong_laterality"] if lesions else [])
+    kinds = ["hallucinated_lesion"] + (["wrong_box", "missed_lesion", "wrong_laterality"] if case.lesions else [])
     kind = str(rng.choice(kinds))
-    if kind == "hallucinated_lesion":
-        return kind, lesions + [_invented(case, rng)]
-    i = int(rng.integers(len(lesions)))
-    t = lesions[i]
-    if kind == "wrong_box":
-        lesions[i] = replace(t, box_1000=_moved_box(t, [o.box_1000 for o in case.lesions], rng))
-    elif kind == "missed_lesion":
-        del lesions[i]
-    else:  # the same finding reported on the other side, box mirrored with it
-        x0, y0, x1, y1 = t.box_1000
-        lesions[i] = replace(t, side="left" if t.side == "right" else "right", location=_swap_side(t.location),
-                             box_1000=(BOX_SCALE - x1, y0, BOX_SCALE - x0, y1))
-    return kind, lesions
+    return kind, _box_error(case, kind, rng)
 
 
 def _invented(case: PhantomCase, rng: np.random.Generator) -> LesionTruth:
@@ -219,3 +216,102 @@ def _invented(case: PhantomCase, rng: np.random.Generator) -> LesionTruth:
           math.ceil(box[3] * h / BOX_SCALE))
     return LesionTruth(id=f"L{len(case.lesions) + 1}", organ=organ, side=side, location=location, kind=kind,
                        density=density, margin="smooth", size_mm=size_mm, box=px, box_1000=box)
+
+
+# ----------------------------------------------------------------------------- self-contradicting chains
+
+#: box errors: the whole chain follows one wrong lesion list (:func:`corrupt`)
+BOX_ERRORS = ("wrong_box", "missed_lesion", "hallucinated_lesion", "wrong_laterality")
+#: chain errors: every box is right, but the steps contradict each other or the chain is malformed
+CHAIN_ERRORS = ("count_mismatch", "side_mismatch", "size_mismatch", "density_mismatch", "missing_step",
+                "repeated_step")
+_FLIP_KIND = {"solid nodule": "ground-glass nodule", "mass": "ground-glass nodule", "nodule": "ground-glass nodule",
+              "ground-glass nodule": "solid nodule", "hypodense lesion": "hyperdense lesion",
+              "cyst": "hyperdense lesion", "hyperdense lesion": "hypodense lesion"}
+
+
+def _other_size(size_mm: float, rng: np.random.Generator) -> float:
+    """A diameter in another size class (small < 10 ≤ medium < 20 ≤ large)."""
+    ranges = [(4.0, 9.0), (11.0, 18.0), (24.0, 48.0)]
+    here = 0 if size_mm < 10 else (1 if size_mm < 20 else 2)
+    lo, hi = ranges[int(rng.choice([i for i in range(3) if i != here]))]
+    return float(round(rng.uniform(lo, hi)))
+
+
+def _flip_density(t: LesionTruth) -> LesionTruth:
+    kind = _FLIP_KIND.get(t.kind, "ground-glass nodule" if t.organ == "lung" else "hyperdense lesion")
+    return replace(t, kind=kind, density=density_of(t.organ, kind))
+
+
+def chain_error_kinds(case: PhantomCase, errors: tuple[str, ...] = BOX_ERRORS + CHAIN_ERRORS) -> list[str]:
+    """The error kinds of ``errors`` that make sense for this case (side/size/density need a lesion)."""
+    needs_lesion = {"wrong_box", "missed_lesion", "wrong_laterality", "side_mismatch", "size_mismatch",
+                    "density_mismatch"}
+    return [e for e in errors if case.lesions or e not in needs_lesion]
+
+
+def rejected_reasoning(case: PhantomCase, rng: np.random.Generator,
+                       errors: tuple[str, ...] = BOX_ERRORS) -> tuple[str, str]:
+    """(error kind, rejected five-step answer) for a DPO pair whose chosen answer is
+    :func:`reasoning_answer` of the truth.
+
+    With the default ``errors`` this is exactly ``corrupt`` + ``reasoning_answer`` (the phantom
+    corpus's bytes do not change). The chain errors keep step 2's boxes right and make the chain
+    contradict itself: step 5 (the report) disagrees with steps 2-4 on the lesion count, a side, a
+    size class or a density; or a step is missing or repeated.
+    """
+    if tuple(errors) == BOX_ERRORS:
+        error, wrong = corrupt(case, rng)
+        return error, reasoning_answer(case, wrong)
+    kinds = chain_error_kinds(case, tuple(errors))
+    if not kinds:
+        raise ValueError(f"no preference error of {errors} applies to a case without lesions")
+    kind = str(rng.choice(kinds))
+    if kind in BOX_ERRORS:
+        return kind, reasoning_answer(case, _box_error(case, kind, rng))
+    truth = list(case.lesions)
+    steps = reasoning_steps(case, truth)
+    if kind in ("missing_step", "repeated_step"):
+        k = int(rng.integers(5))
+        numbers = [1, 2, 3, 4, 5]
+        if kind == "missing_step":
+            del steps[k], numbers[k]
+        else:
+            steps.insert(k + 1, steps[k])
+            numbers.insert(k + 1, numbers[k])
+        return kind, join_steps(steps, numbers)
+    report = list(truth)
+    if kind == "count_mismatch":
+        if len(report) >= 2 and rng.random() < 0.5:
+            del report[int(rng.integers(len(report)))]
+        else:
+            report.append(_invented(case, rng))
+    else:
+        i = int(rng.integers(len(report)))
+        t = report[i]
+        if kind == "side_mismatch":
+            report[i] = replace(t, side="left" if t.side == "right" else "right", location=_swap_side(t.location))
+        elif kind == "size_mismatch":
+            report[i] = replace(t, size_mm=_other_size(t.size_mm, rng))
+        else:  # density_mismatch
+            report[i] = _flip_density(t)
+    steps[4] = findings_and_impression(case, report)
+    return kind, join_steps(steps)
+
+
+def _box_error(case: PhantomCase, kind: str, rng: np.random.Generator) -> list[LesionTruth]:
+    """The wrong lesion list of one box error (the same edits as :func:`corrupt`)."""
+    lesions = list(case.lesions)
+    if kind == "hallucinated_lesion":
+        return lesions + [_invented(case, rng)]
+    i = int(rng.integers(len(lesions)))
+    t = lesions[i]
+    if kind == "wrong_box":
+        lesions[i] = replace(t, box_1000=_moved_box(t, [o.box_1000 for o in case.lesions], rng))
+    elif kind == "missed_lesion":
+        del lesions[i]
+    else:  # wrong_laterality: the same finding reported on the other side, box mirrored with it
+        x0, y0, x1, y1 = t.box_1000
+        lesions[i] = replace(t, side="left" if t.side == "right" else "right", location=_swap_side(t.location),
+                             box_1000=(BOX_SCALE - x1, y0, BOX_SCALE - x0, y1))
+    return lesions

@@ -13,7 +13,8 @@ the words trained on them from :mod:`training.phantom_text`. From each case it w
   ``reasoning.jsonl`` (five-step reasoning SFT), InternVL conversations, listed
   with repeat factors in ``meta.json``;
 - ``preference.jsonl`` (DPO: correct grounded reasoning against a wrong box, a
-  missed or hallucinated lesion, or the wrong side);
+  missed or hallucinated lesion, or the wrong side; with ``--preference-errors all`` also
+  against self-contradicting chains, ``training.phantom_text.CHAIN_ERRORS``);
 - with ``--audio``: ``audio/*.wav`` (espeak-ng, 16 kHz mono) and ``audio.jsonl``.
 
 Case ``i`` depends only on ``(seed, i)``: the same seed gives the same bytes.
@@ -51,7 +52,10 @@ from training import phantom_text as txt
 log = logging.getLogger(__name__)
 
 AUDIO_RATE = 16000
-PREFERENCE_ERRORS = ("wrong_box", "missed_lesion", "hallucinated_lesion", "wrong_laterality")
+PREFERENCE_ERRORS = txt.BOX_ERRORS  # the phantom corpus's default: one wrong lesion list per pair
+#: box errors plus self-contradicting chains (step 5 vs steps 2-4 on count/side/size/density, a step missing
+#: or repeated); what the study corpus (training.study_corpus) writes
+ALL_PREFERENCE_ERRORS = txt.BOX_ERRORS + txt.CHAIN_ERRORS
 
 
 # ----------------------------------------------------------------------------- speech
@@ -141,7 +145,8 @@ def _annotation(case: PhantomCase, image: str) -> dict:
 
 def write_corpus(out: Path | str, n: int, seed: int, size: int = 224, audio: bool = False,
                  progress: Callable[[int, int], None] | None = None,
-                 config: CorpusConfig = CorpusConfig()) -> CorpusSummary:
+                 config: CorpusConfig = CorpusConfig(),
+                 preference_errors: tuple[str, ...] = PREFERENCE_ERRORS) -> CorpusSummary:
     """Generate ``n`` cases with ``seed`` into ``out`` (see the module docstring for the files)."""
     if n < 1 or size < 64:
         raise XMedError("A phantom corpus needs at least 1 image of at least 64×64 pixels.")
@@ -170,9 +175,9 @@ def write_corpus(out: Path | str, n: int, seed: int, size: int = 224, audio: boo
         qs = txt.questions(case, rng)
         for q in qs:
             files["vqa"].append(_conversation(image, q.question, q.answer, question_type=q.qtype))
-        error, wrong = txt.corrupt(case, rng)
+        error, rejected = txt.rejected_reasoning(case, rng, preference_errors)
         files["preference"].append({"image": image, "prompt": f"<image>\n{prompt}", "chosen": chosen,
-                                    "rejected": txt.reasoning_answer(case, wrong), "error": error})
+                                    "rejected": rejected, "error": error})
         if audio:
             q = qs[int(rng.integers(len(qs)))]
             wav = f"audio/{case.name}.wav"
@@ -217,13 +222,17 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="at most this many lesions per image (default 3)")
     parser.add_argument("--lesion-mm", type=float, nargs=2, metavar=("MIN", "MAX"),
                         help="lesion diameter range in mm (default: per organ, 6-50 mm)")
+    parser.add_argument("--preference-errors", choices=("box", "all"), default="box",
+                        help="DPO rejected answers: box errors only (default) or also self-contradicting chains")
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     try:
         kinds = [k.strip() for k in args.kinds.split(",") if k.strip()] if args.kinds else None
         config = CorpusConfig.restricted(kinds, args.max_lesions, tuple(args.lesion_mm) if args.lesion_mm else None)
-        summary = write_corpus(args.out, args.n, args.seed, args.size, audio=args.audio, config=config)
+        errors = ALL_PREFERENCE_ERRORS if args.preference_errors == "all" else PREFERENCE_ERRORS
+        summary = write_corpus(args.out, args.n, args.seed, args.size, audio=args.audio, config=config,
+                               preference_errors=errors)
     except XMedError as exc:
         sys.stderr.write(f"phantoms: {exc}\n")
         return 1

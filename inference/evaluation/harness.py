@@ -13,7 +13,9 @@ DIR holds the documented JSONL files (training/README.md), any subset of:
   number of the model's answer.
 
 :func:`evaluate` returns the metrics (JSON-ready), :func:`format_table` the table
-``xmedgpt eval`` prints. Localization is mean IoU and accuracy@0.5 per lesion-size
+``xmedgpt eval`` prints. :func:`evaluate_examples` scores in-memory images instead of a folder
+(:class:`ImageExample`: RGB image, truth boxes with ``size_mm``, id, group such as the display window;
+the app builds them from a DICOM study, :mod:`app.synthetic.study_dataset`), overall and per group. Localization is mean IoU and accuracy@0.5 per lesion-size
 bucket: the one size rule (:func:`inference.evaluation.sizes.size_bucket`) on the
 annotation's ``size_mm``, "unknown" for a lesion without one (boxes taken from a
 reference answer have none). Reliability AUROC per estimator comes from N sampled
@@ -109,11 +111,12 @@ def load_rgb(path: Path) -> np.ndarray:
 
 
 class _Runner:
-    def __init__(self, engine: Engine, data: Path, max_new_tokens: int | None = None) -> None:
+    def __init__(self, engine: Engine, data: Path, max_new_tokens: int | None = None,
+                 images: dict[str, np.ndarray] | None = None) -> None:
         self.engine = engine
         self.data = data
         self.max_new_tokens = max_new_tokens
-        self._images: dict[str, np.ndarray] = {}
+        self._images: dict[str, np.ndarray] = dict(images or {})  # in-memory examples: their images by id
         self.timing: dict[str, ev.Timing] = {}
 
     def image(self, rel: str) -> np.ndarray | None:
@@ -268,6 +271,92 @@ def evaluate(engine: Engine, data: Path, options: Options = Options()) -> dict:
     return _clean(result)
 
 
+# ----------------------------------------------------------------------------- in-memory examples
+
+#: the grounding question asked of in-memory examples (the phantom corpus's first grounding prompt)
+GROUNDING_PROMPT = "Locate every lesion in this image and give its bounding box."
+EXAMPLE_TASKS = ("grounding", "reasoning")
+
+
+@dataclass
+class ImageExample:
+    """One image in memory with its ground truth, for :func:`evaluate_examples`.
+
+    ``lesions`` are annotation-style dicts (training/README.md): ``box_1000`` on the 0–1000 scale of
+    this image and ``size_mm`` (bucketed by the one size rule; missing: "unknown"). ``group`` names
+    a slice of the results (e.g. the display window): every metric is also given per group.
+    ``modality`` / ``body_part`` go into the reasoning prompt as the app sends it.
+    """
+
+    id: str
+    image: np.ndarray  # RGB uint8 (rows, cols, 3): the frame as the reader sees it
+    lesions: list[dict]
+    group: str = ""
+    modality: str = ""
+    body_part: str = ""
+
+
+def evaluate_examples(engine: Engine, examples: list[ImageExample], options: Options = Options(),
+                      data: str = "(in memory)", group_by: str = "group") -> dict:
+    """Localization of in-memory examples: grounding (:data:`GROUNDING_PROMPT`) and/or the app's five-step
+    reasoning prompt (step 2's boxes), scored as :func:`evaluate` scores a folder, overall and per group
+    and lesion size. Other tasks in ``options.tasks`` are ignored (no reference answers here)."""
+    from inference.prompts import ImageContext, Task, build_prompt
+
+    examples = list(examples[: options.limit] if options.limit else examples)
+    tasks = [t for t in EXAMPLE_TASKS if t in options.tasks]
+    if not tasks:
+        raise XMedError(f"In-memory examples are evaluated on {' and '.join(EXAMPLE_TASKS)} only; "
+                        f"asked for {', '.join(options.tasks)}.")
+    if len({e.id for e in examples}) != len(examples):
+        raise XMedError("Every in-memory example needs its own id.")
+    runner = _Runner(engine, Path("."), options.max_new_tokens, images={e.id: e.image for e in examples})
+    groups = list(dict.fromkeys(e.group for e in examples))
+    result: dict = {"model": engine.describe(), "data": data, "images": len(examples), "group_by": group_by,
+                    "groups": groups, "per_group": {g: {"images": 0} for g in groups}}
+    started = time.perf_counter()
+    predicted_counts: dict[str, int] = {}
+    for task in tasks:
+        scored: dict[str, list] = {g: [] for g in groups}
+        for ex in examples:
+            if task == "grounding":
+                prompt, system = GROUNDING_PROMPT, None
+            else:
+                p = build_prompt(Task.REASONING, "", ImageContext(modality=ex.modality, body_part=ex.body_part))
+                prompt, system = p.user, p.system
+            item = Example(ex.id, prompt, system, "", {"image": ex.id})
+            text = runner.answer(item, task).text
+            try:
+                buckets = [lesion_bucket(les) for les in ex.lesions]
+            except (TypeError, ValueError) as exc:
+                raise XMedError(f"example {ex.id}: a lesion's size_mm is not a size ({exc}).") from exc
+            truth = [Box(*map(float, les["box_1000"])) for les in ex.lesions]
+            pred = _boxes(text, step=2 if task == "reasoning" else None)
+            scored[ex.group].append(ev.score_image(pred, truth, buckets))
+            if task == "grounding":
+                predicted_counts[ex.id] = len(pred)
+        key = "localization" if task == "grounding" else "reasoning_localization"
+        result[key] = asdict(ev.summarize_localization([im for g in groups for im in scored[g]]))
+        for g in groups:
+            result["per_group"][g][key] = asdict(ev.summarize_localization(scored[g]))
+    for ex in examples:
+        result["per_group"][ex.group]["images"] += 1
+    truth_counts = {e.id: len(e.lesions) for e in examples}
+    pairs = [(float(n), float(truth_counts[i])) for i, n in predicted_counts.items()]
+    if len(pairs) >= 3:
+        result["kendall_tau_b"] = {"lesion_count": asdict(ev.kendall_tau_b([p for p, _ in pairs],
+                                                                             [t for _, t in pairs]))}
+    result["timing"] = {task: t.summary() for task, t in runner.timing.items()}
+    result["wall_s"] = time.perf_counter() - started
+    return _clean(result)
+
+
+def run_eval_examples(model: Path, examples: list[ImageExample], options: Options, device: str = "auto",
+                      quantization: str = "auto", data: str = "(in memory)", group_by: str = "group") -> dict:
+    """:func:`evaluate_examples` with the local model in folder ``model``."""
+    return evaluate_examples(_local_engine(model, device, quantization), examples, options, data, group_by)
+
+
 def _reliability(runner: _Runner, rows, draft_right: dict[str, bool], options: Options) -> dict:
     """AUROC per estimator: per question (is this answer right?) and per image from its first k questions
     (is the image's grounded draft right?)."""
@@ -324,21 +413,29 @@ def _f(x, fmt: str = "{:.3f}") -> str:
     return "-" if x is None else fmt.format(x)
 
 
+def _localization_lines(loc: dict, title: str) -> list[str]:
+    lines = [f"{title}   lesions  mean IoU  acc@0.5",
+             f"  all                         {loc['lesions']:5d}    {_f(loc['mean_iou'])}    "
+             f"{_f(loc['accuracy_at_05'])}"]
+    for bucket, m in loc["per_bucket"].items():
+        lines.append(f"  {bucket:<26}  {int(m['n']):5d}    {_f(m['mean_iou'])}    {_f(m['accuracy_at_05'])}")
+    lines.append(f"  images without lesions: {loc['empty_images']}, said so: {_f(loc['empty_correct'])}; "
+                 f"false boxes per image {_f(loc['false_positives_per_image'], '{:.2f}')}; "
+                 f"images entirely right {_f(loc['image_accuracy'])}")
+    lines.append("")
+    return lines
+
+
 def format_table(result: dict) -> str:
     lines = [f"model: {result['model']}", f"data:  {result['data']} ({result['images']} images)", ""]
     for key, title in (("localization", "grounding"), ("reasoning_localization", "reasoning step 2")):
         loc = result.get(key)
-        if not loc:
-            continue
-        lines.append(f"localization ({title})   lesions  mean IoU  acc@0.5")
-        lines.append(f"  all                         {loc['lesions']:5d}    {_f(loc['mean_iou'])}    "
-                     f"{_f(loc['accuracy_at_05'])}")
-        for bucket, m in loc["per_bucket"].items():
-            lines.append(f"  {bucket:<26}  {int(m['n']):5d}    {_f(m['mean_iou'])}    {_f(m['accuracy_at_05'])}")
-        lines.append(f"  images without lesions: {loc['empty_images']}, said so: {_f(loc['empty_correct'])}; "
-                     f"false boxes per image {_f(loc['false_positives_per_image'], '{:.2f}')}; "
-                     f"images entirely right {_f(loc['image_accuracy'])}")
-        lines.append("")
+        if loc:
+            lines += _localization_lines(loc, f"localization ({title})")
+    for group, per in (result.get("per_group") or {}).items():
+        for key, title in (("localization", "grounding"), ("reasoning_localization", "reasoning step 2")):
+            if per.get(key):
+                lines += _localization_lines(per[key], f"{result.get('group_by', 'group')} {group} ({title})")
     if result.get("vqa"):
         lines.append("VQA                 n  accuracy")
         for qtype, m in result["vqa"].items():
@@ -373,10 +470,13 @@ def format_table(result: dict) -> str:
 
 def run_eval(model: Path, data: Path, options: Options, device: str = "auto", quantization: str = "auto") -> dict:
     """:func:`evaluate` with the local model in folder ``model`` (the demo model unless given)."""
+    return evaluate(_local_engine(model, device, quantization), data, options)
+
+
+def _local_engine(model: Path, device: str, quantization: str) -> Engine:
     from inference.engine.local import LocalEngine
 
     if Path(model) == DEMO_MODEL_DIR and not (DEMO_MODEL_DIR / "config.json").is_file():
         raise XMedError("The demo model has not been built yet: run 'make demo-model' "
                         "(python -m training.demo_model) or give --model DIR.")
-    engine = LocalEngine.from_folder(model, device=device, quantization=quantization)
-    return evaluate(engine, data, options)
+    return LocalEngine.from_folder(model, device=device, quantization=quantization)

@@ -1,0 +1,228 @@
+"""The study corpus (issue #14): 512-px slices of phantom CT studies as the viewer renders them in the
+reader's windows, radiographs, empty slices, five-step targets that agree with themselves, DPO pairs that
+reject self-contradicting chains; and the demo_model_512 recipe at micro scale with dynamic tiling."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from app.synthetic.truth import LesionTruth
+from inference.evaluation.sizes import size_bucket
+from inference.parsing import parse_answer
+from inference.types import STEP_NAMES
+from training import phantom_text as txt
+from training.data_formats import validate_jsonl, validate_meta
+from training.study_corpus import StudyCorpusConfig, main, write_study_corpus
+
+REPO = Path(__file__).resolve().parents[2]
+SEED = 4242  # a seed no committed corpus uses
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    cfg = StudyCorpusConfig(studies=4, seed=SEED, n_slices=60, slices_per_study=6, windows_per_slice=3, xrays=2)
+    return write_study_corpus(tmp_path_factory.mktemp("study-corpus"), cfg).out
+
+
+def _records(folder: Path, name: str) -> list[dict]:
+    return [json.loads(x) for x in (folder / f"{name}.jsonl").read_text().splitlines()]
+
+
+def _steps(text: str) -> dict[int, str]:
+    parts = re.split(r"^Step (\d): [^\n]*\n", text, flags=re.M)
+    return {int(parts[i]): parts[i + 1].strip() for i in range(1, len(parts), 2)}
+
+
+def test_records_are_valid_512_px_slices_in_several_windows_with_empty_slices(corpus):
+    meta = validate_meta(corpus / "meta.json")
+    assert set(meta) == {"phantom_grounding", "phantom_vqa", "phantom_report", "phantom_reasoning"}
+    assert validate_jsonl(corpus / "annotations.jsonl", "annotation") > 0
+    assert validate_jsonl(corpus / "preference.jsonl", "preference") > 0
+    anns = _records(corpus, "annotations")
+    assert all(a["width"] == a["height"] == 512 for a in anns)
+    windows = {a["source"].get("window") for a in anns if "study" in a["source"]}
+    assert len(windows) >= 3 and windows <= {"soft_tissue", "lung", "liver", "bone", "default"}
+    assert any(a["kind"] == "xray" for a in anns)
+    ct = [a for a in anns if a["kind"] != "xray"]
+    assert any(not a["lesions"] for a in ct) and any(a["lesions"] for a in ct)
+    spacing = ct[0]["pixel_spacing_mm"]
+    assert spacing == pytest.approx(380 / 512, abs=1e-3)  # the viewer's 0.74 mm/px
+    for a in ct:
+        for les in a["lesions"]:
+            t = LesionTruth.from_dict(les)
+            assert t.to_dict() == les
+            x0, y0, x1, y1 = t.box
+            assert 0 <= x0 < x1 <= 512 and 0 <= y0 < y1 <= 512 and all(0 <= v <= 1000 for v in t.box_1000)
+            assert t.size_mm == pytest.approx(max(x1 - x0, y1 - y0) * spacing, abs=0.06)  # its size on this slice
+            assert t.size_mm >= 4.0 and les["size_class"] == size_bucket(t.size_mm)
+    manifest = json.loads((corpus / "manifest.json").read_text())
+    assert manifest["generator"] == "training.study_corpus" and manifest["config"]["seed"] == SEED
+    assert manifest["counts"]["annotations"] == len(anns)
+
+
+def test_windows_decide_what_a_slice_shows(corpus):
+    """A ground-glass nodule is no target in soft tissue window; lung-window targets hold every lung lesion
+    the slice shows, and the five steps only name lesions of the slice's truth."""
+    anns = _records(corpus, "annotations")
+    for a in anns:
+        if a["source"].get("window") in ("soft_tissue", "default", "liver"):
+            assert all(les["density"] != "ground-glass" for les in a["lesions"])
+    assert any(a["hidden_lesions"] for a in anns)  # some lesion is crossed but not shown in some window
+
+
+def test_five_step_targets_agree_with_each_other_and_the_truth(corpus):
+    anns = {a["image"]: a for a in _records(corpus, "annotations")}
+    checked = 0
+    for rec in _records(corpus, "reasoning"):
+        ann = anns[rec["image"]]
+        answer = rec["conversations"][1]["value"]
+        steps = _steps(answer)
+        assert sorted(steps) == [1, 2, 3, 4, 5]
+        assert [ln.split(": ", 1)[1] for ln in re.findall(r"^Step \d: .*$", answer, flags=re.M)] == list(STEP_NAMES)
+        lesions = ann["lesions"]
+        boxes = [b for g in parse_answer(steps[2]).groundings for b in g.phrase.boxes]
+        assert [[round(v) for v in (b.x0, b.y0, b.x1, b.y1)] for b in boxes] == [les["box_1000"] for les in lesions]
+        assert len(re.findall(r"^L\d+: ", steps[3], flags=re.M)) == len(lesions)
+        for les in lesions:  # step 3 and step 5 give the same size and side for each lesion
+            size = f"{les['size_mm']:.0f} mm"
+            assert size in steps[3] and size in steps[5] and les["location"] in steps[5]
+            assert les["density"] in steps[3]
+        if not lesions:
+            assert "No focal lesion is localized." in steps[2] and "IMPRESSION: No focal lesion." in steps[5]
+        elif len(lesions) > 1:
+            assert txt.COUNT_WORDS[len(lesions)] in steps[4] and txt.COUNT_WORDS[len(lesions)] in steps[5]
+        checked += 1
+    assert checked == len(anns)
+
+
+NO_CHECKER = importlib.util.find_spec("inference.reliability.consistency") is None
+NO_CHECKER_REASON = ("inference/reliability/consistency.py (check_steps) is not there; the targets' agreement is "
+                     "asserted by test_five_step_targets_agree_with_each_other_and_the_truth")
+
+
+@pytest.mark.skipif(NO_CHECKER, reason=NO_CHECKER_REASON)
+def test_targets_pass_the_consistency_checker_and_contradicting_chains_do_not(corpus):
+    from inference.reliability.consistency import check_steps
+
+    for rec in _records(corpus, "reasoning"):
+        check = check_steps(parse_answer(rec["conversations"][1]["value"]).steps)
+        assert check.ok, (rec["image"], check.messages())
+    flagged = [not check_steps(parse_answer(p["rejected"]).steps).ok for p in _records(corpus, "preference")
+               if p["error"] in ("count_mismatch", "side_mismatch", "size_mismatch", "density_mismatch",
+                                 "missing_step")]
+    assert flagged and sum(flagged) >= 0.8 * len(flagged)
+
+
+def test_preference_pairs_reject_contradicting_chains_and_wrong_boxes(corpus):
+    pairs = _records(corpus, "preference")
+    kinds = {p["error"] for p in pairs}
+    assert kinds & set(txt.CHAIN_ERRORS) and kinds & set(txt.BOX_ERRORS)
+    for p in pairs:
+        chosen, rejected = _steps(p["chosen"]), _steps(p["rejected"])
+        headings = re.findall(r"^Step (\d):", p["rejected"], flags=re.M)
+        if p["error"] == "missing_step":
+            assert len(headings) == 4 and len(set(headings)) == 4
+        elif p["error"] == "repeated_step":
+            assert len(headings) == 6 and len(set(headings)) == 5
+        elif p["error"] in txt.CHAIN_ERRORS:  # boxes and steps 1-4 right, the report contradicts them
+            assert [rejected[k] for k in (1, 2, 3, 4)] == [chosen[k] for k in (1, 2, 3, 4)]
+            assert rejected[5] != chosen[5]
+
+
+@pytest.mark.parametrize("error", txt.CHAIN_ERRORS)
+def test_each_chain_error_contradicts_step_2_or_breaks_the_chain(error):
+    from app.synthetic.cases import make_case
+
+    case = next(c for c in (make_case(SEED, i, 224) for i in range(50)) if len(c.lesions) == 1 and c.kind != "xray")
+    t = case.lesions[0]
+    kind, text = txt.rejected_reasoning(case, np.random.default_rng(0), (error,))
+    steps = _steps(text)
+    assert kind == error
+    if error == "count_mismatch":
+        assert "Two" in steps[5] and "A single lesion" in steps[4]
+    elif error == "side_mismatch":
+        other = "left" if t.side == "right" else "right"
+        assert t.location.replace(t.side, other) in steps[5] and t.location in steps[3]
+    elif error == "size_mismatch":
+        assert f"{t.size_mm:.0f} mm" in steps[3] and f"{t.size_mm:.0f} mm" not in steps[5]
+    elif error == "density_mismatch":
+        assert t.kind in steps[3] and t.kind not in steps[5].split("IMPRESSION")[0]
+    elif error == "missing_step":
+        assert len(steps) == 4
+    else:
+        assert len(re.findall(r"^Step \d:", text, flags=re.M)) == 6
+    if not NO_CHECKER and error != "repeated_step":  # the checker folds a repeated step (no contradiction)
+        from inference.reliability.consistency import check_steps
+
+        assert not check_steps(parse_answer(text).steps).ok
+
+
+def test_default_preference_errors_keep_the_phantom_corpus_bytes():
+    from app.synthetic.cases import make_case
+
+    for i in range(20):
+        case = make_case(7, i, 96)
+        error, wrong = txt.corrupt(case, np.random.default_rng([7, i]))
+        assert txt.rejected_reasoning(case, np.random.default_rng([7, i])) == (error, txt.reasoning_answer(case, wrong))
+
+
+def test_same_seed_same_bytes_new_seed_new_cases(tmp_path):
+    args = ["--studies", "2", "--n-slices", "30", "--slices-per-study", "2", "--xrays", "1"]
+    assert main(["--out", str(tmp_path / "a"), "--seed", "3", *args]) == 0
+    assert main(["--out", str(tmp_path / "b"), "--seed", "3", "--workers", "2", *args]) == 0  # same bytes
+    assert main(["--out", str(tmp_path / "c"), "--seed", "5", *args]) == 0
+    files = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(tmp_path / "b") for p in (tmp_path / "b").rglob("*") if p.is_file())
+    for name in files:
+        a, b = (tmp_path / "a" / name).read_bytes(), (tmp_path / "b" / name).read_bytes()
+        assert a == b, name
+    assert (tmp_path / "a" / "images/000000.png").read_bytes() != (tmp_path / "c" / "images/000000.png").read_bytes()
+    assert main(["--out", str(tmp_path / "d"), "--studies", "1", "--windows", "lung,nope"]) == 1
+
+
+def test_slices_render_as_the_viewer_renders_them(tmp_path):
+    """render_stored on a study's stored values == app.dicom.display.render of the written DICOM files."""
+    from app.dicom.display import render
+    from app.dicom.loader import load_series
+    from app.dicom.scan import scan
+    from app.synthetic.sample import write_ct_study
+    from app.synthetic.volumes import STUDY_WINDOWS, render_stored, study_window
+
+    write_ct_study(tmp_path / "s", n_slices=3, size=128, seed=SEED)
+    volume = load_series(scan(tmp_path / "s").all_series()[0])
+    for k in range(3):
+        stored = np.asarray(volume.frames[k]).astype(np.uint16)
+        for name in STUDY_WINDOWS:
+            assert np.array_equal(render_stored(stored, study_window(name)), render(volume, k, study_window(name)))
+
+
+def test_micro_512_recipe_runs_end_to_end_with_tiling(tmp_path):
+    from training.data import ConversationDataset, load_samples
+    from training.demo_model import main as recipe
+
+    work, out = tmp_path / "work", tmp_path / "demo"
+    micro = REPO / "training" / "configs" / "demo_model_512_micro.yaml"
+    assert recipe(["--config", str(micro), "--work-dir", str(work), "--out", str(out)]) == 0
+    pre = json.loads((work / "skeleton" / "preprocessor_config.json").read_text())
+    assert pre["max_patches"] == 4 and pre["crop_to_patches"] is True
+    # the training collator tiles a 512-px slice like the inference processor: 2x2 tiles + a thumbnail
+    from inference.engine.processor import load_processor
+
+    processor = load_processor(work / "skeleton")
+    ds = ConversationDataset(load_samples(work / "phantoms-train" / "meta.json"), processor, 2048)
+    item = ds[0]
+    assert item["pixel_values"].shape[0] == 5
+    tokens = int((item["input_ids"] == processor.image_token_id).sum())
+    assert tokens == 5 * processor.image_seq_length
+    card = json.loads((out / "model_card.json").read_text())
+    assert card["data"]["corpus"]["kind"] == "study" and card["spec"]["max_tiles"] == 4
+    assert any(c.startswith("python -m training.study_corpus") for c in card["commands"])
+    study = card["metrics_sample_study"]
+    assert set(study["per_group"]) == {"soft_tissue", "lung"}
+    assert "window lung (grounding)" in (out / "MODEL_CARD.md").read_text()
