@@ -66,6 +66,10 @@ def _run(args: argparse.Namespace) -> int:
     unknown = set(tasks) - set(Options.tasks)
     if unknown:
         raise XMedError(f"Unknown task(s) {', '.join(sorted(unknown))}; choose from {', '.join(Options.tasks)}.")
+    if Path(args.model).is_dir():
+        from app.models.registry import require_native_model_folder
+
+        require_native_model_folder(Path(args.model))  # the same folder check as models add, analyze and serve
     if study:
         result = _run_study(args, tasks)
     elif args.window or args.slices:

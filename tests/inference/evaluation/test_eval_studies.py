@@ -104,3 +104,21 @@ def test_window_and_slices_need_a_study(tmp_path, tiny_model_dir):
     (tmp_path / "grounding.jsonl").write_text("")
     with pytest.raises(XMedError):
         main(["--data", str(tmp_path), "--model", str(tiny_model_dir), "--window", "lung"])
+
+
+def test_eval_refuses_a_malformed_model_folder_in_one_line(tmp_path):
+    """The same folder check as models add, analyze and serve: no traceback from a broken config."""
+    from app.commands.eval import main
+
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text('{"architectures": {"a": 1}}')
+    (model / "model.safetensors").write_bytes(b"\0" * 64)
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "vqa.jsonl").write_text("")
+    from inference.errors import XMedError
+
+    with pytest.raises(XMedError) as info:
+        main(["--data", str(data), "--model", str(model), "--samples", "0"])
+    assert "\n" not in str(info.value)
