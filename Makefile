@@ -41,6 +41,8 @@ benchmarks: $(STAMP)
 	$(PY) benchmarks/reliability.py
 	$(PY) benchmarks/dictation.py
 	$(PY) benchmarks/assistant.py
+	$(PY) benchmarks/mpr.py
+	$(PY) benchmarks/pacs.py
 
 DEMO_WORK ?= checkpoints/demo-recipe
 demo-model: $(STAMP)
