@@ -440,6 +440,44 @@ class LocalEngine:
         return self._finish(new[0].tolist(), lp[0].tolist(), request.max_new_tokens, bool(crit and crit.cancelled),
                             top[0] if top else None)
 
+    def generate_batch(
+        self, requests: Sequence[ChatRequest], cancel: CancelFn | None = None, *, top_logprobs: int = 0
+    ) -> list[TokenGeneration]:
+        """Greedy answers to several requests in one batched ``generate`` (one forward pass per token for
+        the whole batch), in the order given; each as :meth:`generate` would answer it alone.
+
+        The prompts are left padded (decoder-only batching: every row's last prompt token sits at the
+        same position, so the new tokens line up) and the attention mask keeps the padding out; ``generate``
+        derives the position ids from the mask, so a padded row sees the positions it would see unpadded.
+        A row that has finished is padded until the longest one ends. ``cancel()`` returning True stops the whole batch
+        (every answer then ends ``cancelled``).
+        """
+        if not requests:
+            return []
+        inputs = self.encode(requests)
+        ids = inputs["input_ids"]
+        max_new = max(r.max_new_tokens for r in requests)
+        stopping, crit = self._stopping(cancel)
+        with self._lock, torch.inference_mode():
+            out = self.model.generate(
+                **inputs,
+                do_sample=False,
+                max_new_tokens=max_new,
+                stopping_criteria=stopping,
+                return_dict_in_generate=True,
+                output_logits=True,
+                pad_token_id=self.pad_id,
+                logits_processor=LogitsProcessorList([self._suppress]),
+            )
+        new = out.sequences[:, ids.shape[1]:]
+        lp, top = self._token_logprobs(out.logits, new, top_logprobs)
+        cancelled = bool(crit and crit.cancelled)
+        return [
+            self._finish(new[i, : r.max_new_tokens].tolist(), lp[i, : r.max_new_tokens].tolist(), r.max_new_tokens,
+                         cancelled, top[i][: r.max_new_tokens] if top else None)
+            for i, r in enumerate(requests)
+        ]
+
     def stream(self, request: ChatRequest, cancel: CancelFn | None = None) -> Iterator[str]:
         """Greedy answer, piece by piece as decoded. Closing the iterator stops generation."""
         inputs = self.encode([request])

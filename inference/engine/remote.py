@@ -163,6 +163,17 @@ class RemoteEngine:
         answer = self._json("POST", "/chat/completions", self._body(request, temperature=0.0, logprobs=True))
         return _generation(answer["choices"][0])
 
+    def generate_batch(self, requests: Sequence[ChatRequest], cancel: CancelFn | None = None) -> list[Generation]:
+        """Greedy answers to several requests, sent concurrently (up to ``max_parallel`` at a time) so a
+        server with continuous batching (vLLM) runs them together; in the order given. A request not yet
+        sent when ``cancel()`` turns True is answered empty with ``finish_reason`` "cancelled"."""
+        if not requests:
+            return []
+        if len(requests) == 1:
+            return [self.generate(requests[0], cancel)]
+        with ThreadPoolExecutor(max_workers=max(1, min(self.max_parallel, len(requests)))) as pool:
+            return list(pool.map(lambda r: self.generate(r, cancel), requests))
+
     def stream(self, request: ChatRequest, cancel: CancelFn | None = None) -> Iterator[str]:
         conn, response = self._open("POST", "/chat/completions", self._body(request, temperature=0.0, stream=True))
         try:

@@ -1,0 +1,623 @@
+"""Series pre-read (issue #15): the model reads every slice of a series and hands the reader a lesion list.
+
+Qt-free, so the viewer, ``xmedgpt preread`` and ``xmedgpt eval-volume`` drive the same code.
+
+**Stage 1 — sweep** (:func:`sweep`). Every slice is rendered with the window a reader would use for
+it and asked the short "locate every lesion" prompt (``resources/prompts/preread.txt``; not the
+five-step chain). Windows come from the slice's Hounsfield units (:func:`choose_windows`): the share
+of the body (pixels above −500 HU, each row filled between its first and last body pixel) that is
+air-filled lung (−950…−500 HU). A slice with at least ``lung_min`` lung is read in the lung window
+(W 1500 / L −600), one with less in the soft-tissue window (W 400 / L 40); slices in between
+(``both_band``: the lung bases over the liver dome) are read in both. Requests go to the engine in
+batches: :meth:`LocalEngine.generate_batch <inference.engine.local.LocalEngine.generate_batch>` runs a
+batch in one left-padded ``generate`` (one forward pass per token for all of them), the remote
+engine's ``generate_batch`` sends them concurrently so a vLLM server batches them; an engine without
+``generate_batch`` is asked one request at a time. ``cancel()`` is checked between batches (and passed
+to the engine); ``progress(done, total)`` counts requests answered.
+
+**Stage 2 — 3-D candidates** (:func:`link`). Boxes of one slice that overlap (IoU ≥ 0.5) are one
+(the larger kept). Boxes on neighbouring slices are linked into a track when they overlap in plane
+(IoU ≥ 0.2, or centre distance < half the smaller box's longer side), allowing one slice without a box
+between them; pairs are matched greedily, best first. Each track becomes a :class:`Candidate`: slice
+range, key slice (the largest box), centre in patient mm (box centres through the volume geometry,
+weighted by box area), longest axial diameter (the longest box side in mm), approximate volume (the
+ellipse inscribed in each box, πab, summed over the slice range — a missing slice takes the mean of
+its neighbours — times the slice spacing) and a score: the mean detection confidence (exp of the
+answer's mean token log-prob; 1 when the engine gives none) × n / (n + 1) for n slices with a box, so
+a lesion seen on more slices ranks higher. Duplicates are suppressed by 3-D non-maximum suppression:
+a candidate whose patient-space bounding cuboid overlaps a better one's at IoU ≥ 0.3, or whose centre
+lies within half the smaller diameter of it, is dropped.
+
+**Stage 3 — reasoning** (:func:`reason`). At each kept candidate's key slice, with its window, the
+existing :class:`~app.assistant.ask.Assistant` runs the five-step grounded reasoning and
+:func:`app.assistant.session.check_answer` the reliability pass, so every lesion carries its own tier,
+score and checks (of the reasoning's finding whose box matches the candidate, else of the answer).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from app.assistant.ask import Assistant, AssistantAnswer
+from app.core.errors import XMedError
+from app.dicom.display import render
+from app.dicom.model import Volume, Window
+from inference.imaging import ImageSpec, prepare_model_image
+from inference.parsing import parse_answer
+from inference.prompts import ImageContext, Task, load_template
+from inference.types import Box, ChatRequest, Engine, Generation
+
+log = logging.getLogger(__name__)
+
+CancelFn = Callable[[], bool]
+ProgressFn = Callable[[int, int], None]
+
+SOFT_TISSUE = Window(400, 40, "soft tissue")
+LUNG = Window(1500, -600, "lung")
+LUNG_HU = (-950.0, -500.0)
+BODY_HU = -500.0
+
+SWEEP_TOKENS = 96  # a few boxes: "<ref>…</ref><box>[[…]]</box>" is about 25 tokens each
+
+
+class PrereadError(XMedError):
+    pass
+
+
+# ----------------------------------------------------------------------------- windows
+
+
+def lung_fraction(hu: np.ndarray) -> float:
+    """Share of the body section that is air-filled lung (−950…−500 HU); 0 for a slice without body.
+
+    The body is every pixel above −500 HU with each row filled between its first and last body pixel
+    (so the lungs, air inside the body, count as body). Worked on at most 128 px a side."""
+    img = np.asarray(hu, dtype=np.float32)
+    step = max(1, int(math.ceil(max(img.shape[:2]) / 128)))
+    img = img[::step, ::step]
+    solid = img > BODY_HU
+    if not solid.any():
+        return 0.0
+    left = np.maximum.accumulate(solid, axis=1)
+    right = np.maximum.accumulate(solid[:, ::-1], axis=1)[:, ::-1]
+    body = left & right
+    lung = body & (img >= LUNG_HU[0]) & (img < LUNG_HU[1])
+    return float(lung.sum()) / float(body.sum())
+
+
+def choose_windows(hu: np.ndarray, lung_min: float = 0.15, both_band: tuple[float, float] = (0.03, 0.15)
+                   ) -> tuple[list[Window], float]:
+    """The windows a reader would read this CT slice in, and its lung fraction (see the module doc)."""
+    f = lung_fraction(hu)
+    if f >= lung_min:
+        return [LUNG], f
+    if both_band[0] <= f < both_band[1]:
+        return [LUNG, SOFT_TISSUE], f
+    return [SOFT_TISSUE], f
+
+
+# ----------------------------------------------------------------------------- stage 1
+
+
+@dataclass
+class Detection:
+    """One box of the sweep, on one slice, in frame pixels and patient mm."""
+
+    slice: int
+    box: Box  # frame pixels, edge coordinates
+    window: str
+    phrase: str
+    confidence: float
+    center_mm: np.ndarray  # (3,) patient LPS
+    width_mm: float
+    height_mm: float
+
+    @property
+    def size_mm(self) -> float:
+        return max(self.width_mm, self.height_mm)
+
+
+@dataclass
+class SweepResult:
+    detections: list[Detection]
+    windows: dict[int, list[str]]  # slice → window names read
+    lung_fractions: dict[int, float]
+    requests: int
+    batches: int
+    seconds: float
+    cancelled: bool = False
+    answers: dict[tuple[int, str], str] = field(default_factory=dict)  # (slice, window) → raw text
+
+
+def _spacing(volume: Volume) -> tuple[float, float]:
+    geo = volume.geometry
+    if geo is None:
+        raise PrereadError("This series has no slice geometry (positions and orientation), so lesions cannot "
+                           "be followed from slice to slice.")
+    return geo.spacing
+
+
+def slice_spacing(volume: Volume) -> float:
+    """Distance between neighbouring slices along the slice normal (median), mm."""
+    geo = volume.geometry
+    if geo is None or len(geo.origins) < 2:
+        thick = next((i.slice_thickness for i in volume.series.instances if i.slice_thickness), None)
+        return float(thick or 1.0)
+    normal = np.cross(geo.row_direction, geo.col_direction)
+    d = np.abs(np.diff(geo.origins @ normal))
+    d = d[d > 1e-6]
+    return float(np.median(d)) if d.size else 1.0
+
+
+def box_center_mm(volume: Volume, k: int, box: Box) -> np.ndarray:
+    """Centre of a pixel box (edge coordinates) in patient mm (pixel centres sit at edge + 0.5)."""
+    geo = volume.geometry
+    return geo.pixel_to_patient(k, (box.x0 + box.x1) / 2.0 - 0.5, (box.y0 + box.y1) / 2.0 - 0.5)
+
+
+def make_detection(volume: Volume, k: int, box: Box, window: str = "", phrase: str = "lesion",
+                   confidence: float = 1.0) -> Detection:
+    rs, cs = _spacing(volume)
+    return Detection(k, box, window, phrase, confidence, box_center_mm(volume, k, box),
+                     box.width * cs, box.height * rs)
+
+
+def _confidence(gen: Generation) -> float:
+    lps = getattr(gen, "token_logprobs", None) or []
+    return float(min(1.0, math.exp(float(np.mean(lps))))) if lps else 1.0
+
+
+def _answer_batch(engine: Engine, requests: list[ChatRequest], cancel: CancelFn | None) -> list[Generation]:
+    batch = getattr(engine, "generate_batch", None)
+    if callable(batch):
+        return list(batch(requests, cancel=cancel))
+    out = []
+    for r in requests:
+        if cancel is not None and cancel():
+            out.append(Generation(text="", finish_reason="cancelled"))
+        else:
+            out.append(engine.generate(r, cancel=cancel))
+    return out
+
+
+def sweep_prompt(volume: Volume) -> tuple[str, str]:
+    """(system, user) of the sweep: the product's system prompt and the short locate-every-lesion prompt."""
+    series = volume.series
+    ctx = ImageContext(modality=series.modality, body_part=series.body_part, description=series.description).line()
+    guardrail = load_template("guardrail").safe_substitute()
+    system = load_template("system").safe_substitute(guardrail=guardrail)
+    user = load_template("preread").safe_substitute(context=ctx).strip()
+    return system, user
+
+
+def sweep(
+    engine: Engine,
+    volume: Volume,
+    *,
+    slices: Sequence[int] | None = None,
+    batch_size: int = 8,
+    image_spec: ImageSpec | None = None,
+    windows: Callable[[Volume, int], list[Window]] | None = None,
+    cancel: CancelFn | None = None,
+    progress: ProgressFn | None = None,
+    max_new_tokens: int = SWEEP_TOKENS,
+) -> SweepResult:
+    """Stage 1: every slice (or ``slices``), in its reader's windows, asked to locate every lesion."""
+    if batch_size < 1:
+        raise ValueError("batch_size must be at least 1")
+    _spacing(volume)
+    t0 = time.perf_counter()
+    spec = image_spec or Assistant(engine).image_spec
+    ks = list(range(len(volume))) if slices is None else list(slices)
+    ks = [k for k in ks if k not in volume.frame_problems and (volume.loaded == 0 or k < volume.loaded)]
+    system, user = sweep_prompt(volume)
+    plan: list[tuple[int, Window]] = []
+    chosen: dict[int, list[str]] = {}
+    fractions: dict[int, float] = {}
+    ct = (volume.series.modality or "").upper() == "CT" and not volume.is_color
+    for k in ks:
+        if windows is not None:
+            ws = windows(volume, k)
+        elif ct:
+            ws, fractions[k] = choose_windows(volume.values(k))
+        else:
+            ws = [volume.default_window] if volume.default_window is not None else [None]
+        chosen[k] = [w.name if w is not None else "default" for w in ws]
+        plan.extend((k, w) for w in ws)
+    spacing = volume.geometry.spacing
+    result = SweepResult([], chosen, fractions, len(plan), 0, 0.0)
+    total = len(plan)
+    if progress is not None:
+        progress(0, total)
+    done = 0
+    for start in range(0, total, batch_size):
+        if cancel is not None and cancel():
+            result.cancelled = True
+            break
+        chunk = plan[start:start + batch_size]
+        images = [prepare_model_image(render(volume, k, w), spec, pixel_spacing=spacing) for k, w in chunk]
+        requests = [ChatRequest(prompt=user, image=im.rgb, system=system, max_new_tokens=max_new_tokens)
+                    for im in images]
+        answers = _answer_batch(engine, requests, cancel)
+        result.batches += 1
+        if any(a.finish_reason == "cancelled" for a in answers):
+            result.cancelled = True
+        for (k, w), im, gen in zip(chunk, images, answers):
+            name = w.name if w is not None else "default"
+            result.answers[(k, name)] = gen.text
+            conf = _confidence(gen)
+            for g in parse_answer(gen.text).groundings:
+                for b in g.phrase.boxes:
+                    px = im.transform.norm_to_source(b)
+                    if px is None or px.area <= 0:
+                        continue
+                    result.detections.append(make_detection(volume, k, px, name, g.phrase.phrase or "lesion", conf))
+        done += len(chunk)
+        if progress is not None:
+            progress(done, total)
+        if result.cancelled:
+            break
+    result.seconds = time.perf_counter() - t0
+    log.info("pre-read sweep: %d requests in %d batches, %d boxes, %.1f s%s", done, result.batches,
+             len(result.detections), result.seconds, " (cancelled)" if result.cancelled else "")
+    return result
+
+
+# ----------------------------------------------------------------------------- stage 2
+
+
+@dataclass
+class Candidate:
+    """A lesion candidate in 3-D: boxes on consecutive slices (one may be missing between two)."""
+
+    id: str
+    detections: dict[int, Detection]  # slice → its box
+    center_mm: np.ndarray  # (3,)
+    diameter_mm: float
+    volume_ml: float
+    score: float
+    key_slice: int
+    answer: AssistantAnswer | None = None  # stage 3
+    reliability: dict | None = None
+    location: str = ""
+    description: str = ""
+
+    @property
+    def slices(self) -> tuple[int, int]:
+        return min(self.detections), max(self.detections)
+
+    @property
+    def key_box(self) -> Box:
+        return self.detections[self.key_slice].box
+
+    @property
+    def window(self) -> str:
+        return self.detections[self.key_slice].window
+
+    @property
+    def phrase(self) -> str:
+        return self.detections[self.key_slice].phrase
+
+    def to_json(self) -> dict:
+        first, last = self.slices
+        return {
+            "id": self.id,
+            "slices": [first, last],
+            "key_slice": self.key_slice,
+            "box_pixels": _box_json(self.key_box),
+            "boxes": {str(k): _box_json(d.box) for k, d in sorted(self.detections.items())},
+            "center_patient_mm": [round(float(v), 2) for v in self.center_mm],
+            "diameter_mm": round(self.diameter_mm, 1),
+            "volume_ml": round(self.volume_ml, 3),
+            "score": round(self.score, 4),
+            "window": self.window,
+            "phrase": self.phrase,
+            "location": self.location,
+            "description": self.description,
+            "reliability": self.reliability,
+        }
+
+
+def _box_json(b: Box) -> dict:
+    return {k: round(float(getattr(b, k)), 2) for k in ("x0", "y0", "x1", "y1")}
+
+
+def _in_plane_distance(volume: Volume, a: Detection, b: Detection) -> float:
+    geo = volume.geometry
+    normal = np.cross(geo.row_direction, geo.col_direction)
+    d = a.center_mm - b.center_mm
+    return float(np.linalg.norm(d - (d @ normal) * normal))
+
+
+def _same_lesion(volume: Volume, a: Detection, b: Detection, min_iou: float) -> tuple[bool, float, float]:
+    iou = a.box.iou(b.box)
+    dist = _in_plane_distance(volume, a, b)
+    return (iou >= min_iou or dist < 0.5 * min(a.size_mm, b.size_mm)), iou, dist
+
+
+def _dedupe_slice(dets: list[Detection], iou: float = 0.5) -> list[Detection]:
+    """One box where several on the same slice overlap (two windows, a repeated box): the larger."""
+    kept: list[Detection] = []
+    for d in sorted(dets, key=lambda d: (-d.box.area, -d.confidence)):
+        if all(d.box.iou(k.box) < iou for k in kept):
+            kept.append(d)
+    return kept
+
+
+def _tracks(volume: Volume, detections: Sequence[Detection], min_iou: float, max_gap: int) -> list[dict[int, Detection]]:
+    by_slice: dict[int, list[Detection]] = {}
+    for d in detections:
+        by_slice.setdefault(d.slice, []).append(d)
+    tracks: list[dict[int, Detection]] = []
+    for k in sorted(by_slice):
+        dets = _dedupe_slice(by_slice[k])
+        active = [t for t in tracks if k - max(t) <= max_gap + 1]
+        pairs = []
+        for ti, t in enumerate(active):
+            last = t[max(t)]
+            for di, d in enumerate(dets):
+                ok, iou, dist = _same_lesion(volume, last, d, min_iou)
+                if ok:
+                    pairs.append((-iou, dist, ti, di))
+        used_t: set[int] = set()
+        used_d: set[int] = set()
+        for _, _, ti, di in sorted(pairs):
+            if ti in used_t or di in used_d:
+                continue
+            used_t.add(ti)
+            used_d.add(di)
+            active[ti][k] = dets[di]
+        tracks.extend({k: d} for di, d in enumerate(dets) if di not in used_d)
+    return tracks
+
+
+def _candidate(volume: Volume, track: dict[int, Detection], spacing: float) -> Candidate:
+    dets = [track[k] for k in sorted(track)]
+    areas = np.array([d.width_mm * d.height_mm for d in dets])
+    weights = areas if areas.sum() > 0 else np.ones(len(dets))
+    center = (np.stack([d.center_mm for d in dets]) * weights[:, None]).sum(0) / weights.sum()
+    diameter = max(d.size_mm for d in dets)
+    ellipse = {k: math.pi / 4.0 * d.width_mm * d.height_mm for k, d in track.items()}
+    first, last = min(track), max(track)
+    total = 0.0
+    for k in range(first, last + 1):
+        if k in ellipse:
+            total += ellipse[k]
+        else:  # a slice without a box inside the range: the mean of its nearest neighbours
+            below = max(j for j in ellipse if j < k)
+            above = min(j for j in ellipse if j > k)
+            total += (ellipse[below] + ellipse[above]) / 2.0
+    key = max(track, key=lambda k: (track[k].box.area, -abs(k - (first + last) / 2)))
+    n = len(dets)
+    confidence = float(np.mean([d.confidence for d in dets]))
+    return Candidate("", dict(sorted(track.items())), center, float(diameter), total * spacing / 1000.0,
+                     confidence * n / (n + 1.0), key)
+
+
+def _cuboid(volume: Volume, c: Candidate, spacing: float) -> tuple[np.ndarray, np.ndarray]:
+    geo = volume.geometry
+    normal = np.cross(geo.row_direction, geo.col_direction)
+    pts = []
+    for k, d in c.detections.items():
+        b = d.box
+        for x, y in ((b.x0, b.y0), (b.x1, b.y0), (b.x0, b.y1), (b.x1, b.y1)):
+            p = geo.pixel_to_patient(k, x - 0.5, y - 0.5)
+            pts.extend((p + normal * spacing / 2.0, p - normal * spacing / 2.0))
+    pts = np.stack(pts)
+    return pts.min(0), pts.max(0)
+
+
+def _cuboid_iou(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray]) -> float:
+    inter = np.clip(np.minimum(a[1], b[1]) - np.maximum(a[0], b[0]), 0, None).prod()
+    va, vb = (a[1] - a[0]).prod(), (b[1] - b[0]).prod()
+    union = va + vb - inter
+    return float(inter / union) if union > 0 else 0.0
+
+
+def nms_3d(volume: Volume, candidates: list[Candidate], iou: float = 0.3) -> list[Candidate]:
+    """Best score first; drop a candidate that overlaps a kept one (cuboid IoU ≥ ``iou``) or whose
+    centre lies within half the smaller diameter of a kept one's."""
+    spacing = slice_spacing(volume)
+    kept: list[tuple[Candidate, tuple[np.ndarray, np.ndarray]]] = []
+    for c in sorted(candidates, key=lambda c: -c.score):
+        box = _cuboid(volume, c, spacing)
+        duplicate = any(
+            _cuboid_iou(box, kb) >= iou
+            or float(np.linalg.norm(c.center_mm - k.center_mm)) < 0.5 * min(c.diameter_mm, k.diameter_mm)
+            for k, kb in kept
+        )
+        if not duplicate:
+            kept.append((c, box))
+    return [c for c, _ in kept]
+
+
+def link(volume: Volume, detections: Sequence[Detection], *, min_iou: float = 0.2, max_gap: int = 1,
+         nms_iou: float = 0.3) -> list[Candidate]:
+    """Stage 2: per-slice boxes → 3-D candidates, duplicates suppressed, best score first, ids P1, P2, …"""
+    _spacing(volume)
+    spacing = slice_spacing(volume)
+    candidates = [_candidate(volume, t, spacing) for t in _tracks(volume, detections, min_iou, max_gap)]
+    kept = nms_3d(volume, candidates, nms_iou)
+    for i, c in enumerate(kept, 1):
+        c.id = f"P{i}"
+    return kept
+
+
+# ----------------------------------------------------------------------------- stage 3
+
+
+def location_of(volume: Volume, c: Candidate) -> str:
+    """Side (DICOM LPS: +x is the patient's left) and region (lung when read in the lung window)."""
+    side = "left" if float(c.center_mm[0]) > 0 else "right"
+    region = "lung" if c.window == "lung" else "upper abdomen" if c.window == "soft tissue" else "body"
+    return f"{side} {region}"
+
+
+def _description(answer: AssistantAnswer) -> str:
+    for step in answer.steps:
+        if step.index == 3 and step.text.strip():
+            return step.text.strip()
+    for step in answer.steps:
+        if step.index == 5 and step.text.strip():
+            return step.text.strip()
+    return answer.parsed.text.strip()[:400]
+
+
+def _matching_finding(answer: AssistantAnswer, c: Candidate):
+    best, best_score = None, 0.0
+    key = c.key_box
+    cx, cy = (key.x0 + key.x1) / 2, (key.y0 + key.y1) / 2
+    for f in answer.findings:
+        b = f.box_px
+        iou = b.iou(key)
+        inside = b.x0 <= cx <= b.x1 and b.y0 <= cy <= b.y1
+        score = iou + (0.05 if inside else 0.0)
+        if (iou >= 0.1 or inside) and score > best_score:
+            best, best_score = f, score
+    return best
+
+
+def lesion_reliability(answer: AssistantAnswer, reliability, c: Candidate) -> dict:
+    """``{tier, score, checks}`` of the candidate: its matching finding's, else the answer's, with the
+    answer-level checks after the finding's own."""
+    from app.assistant.session import finding_reliability_json, reliability_json
+    from inference.phrases import phrase_key
+
+    whole = reliability_json(reliability)
+    finding = _matching_finding(answer, c)
+    per = finding_reliability_json(reliability).get(phrase_key(finding.phrase)) if finding is not None else None
+    if per is not None:
+        return {"tier": per["tier"], "score": per["score"], "checks": list(per["checks"]) + whole["checks"],
+                "finding": finding.phrase, "state": whole["state"], "message": whole["message"]}
+    checks = list(whole["checks"])
+    if finding is None:
+        checks.append({"name": "box", "passed": False,
+                       "detail": "the reasoning at the key slice drew no box on this candidate"})
+    return {"tier": whole["tier"], "score": whole["score"], "checks": checks, "finding": None,
+            "state": whole["state"], "message": whole["message"]}
+
+
+def reason(
+    engine: Engine,
+    volume: Volume,
+    candidates: Sequence[Candidate],
+    *,
+    assistant: Assistant | None = None,
+    n_samples: int = 5,
+    n_questions: int = 3,
+    question: str = "",
+    study_description: str = "",
+    cancel: CancelFn | None = None,
+    progress: ProgressFn | None = None,
+    reliability: bool = True,
+) -> None:
+    """Stage 3, in place: five-step reasoning and the reliability pass at each candidate's key slice."""
+    from app.assistant.session import check_answer
+
+    assistant = assistant or Assistant(engine)
+    total = len(candidates)
+    for i, c in enumerate(candidates):
+        if cancel is not None and cancel():
+            break
+        window = LUNG if c.window == "lung" else SOFT_TISSUE if c.window == "soft tissue" else None
+        answer = assistant.ask(volume, c.key_slice, window, question, task=Task.REASONING,
+                               study_description=study_description, cancel=cancel)
+        c.answer = answer
+        c.location = location_of(volume, c)
+        c.description = _description(answer)
+        if reliability:
+            rel = check_answer(engine, answer, n_samples, n_questions, cancel=cancel)
+            c.reliability = lesion_reliability(answer, rel, c)
+        if progress is not None:
+            progress(i + 1, total)
+
+
+# ----------------------------------------------------------------------------- the whole pre-read
+
+
+@dataclass
+class PrereadOptions:
+    batch_size: int = 16
+    max_lesions: int = 10  # reasoned and reported, best score first
+    min_slices: int = 1  # a candidate needs boxes on at least this many slices to be reported
+    reasoning: bool = True  # stage 3
+    reliability: bool = True
+    n_samples: int = 5
+    n_questions: int = 3
+    max_new_tokens: int = 768  # stage 3 answers
+
+
+@dataclass
+class Preread:
+    series_uid: str
+    model: str
+    engine: str
+    sweep: SweepResult
+    candidates: list[Candidate]  # every candidate after NMS, best first (for FROC)
+    lesions: list[Candidate]  # reported: min_slices, max_lesions; reasoned in stage 3
+    timing: dict[str, float]
+    cancelled: bool = False
+
+    def to_json(self) -> dict:
+        per_slice = [{"slice": k, "windows": ws, "lung_fraction": None if k not in self.sweep.lung_fractions
+                      else round(self.sweep.lung_fractions[k], 4)} for k, ws in sorted(self.sweep.windows.items())]
+        counts: dict[str, int] = {}
+        for ws in self.sweep.windows.values():
+            for w in ws:
+                counts[w] = counts.get(w, 0) + 1
+        return {
+            "series_uid": self.series_uid,
+            "model": {"id": self.model, "engine": self.engine},
+            "lesions": [c.to_json() for c in self.lesions],
+            "candidates": len(self.candidates),
+            "windows": {"rule": "lung window where lung (-950..-500 HU) is >= 15% of the body section, both "
+                                "from 3% to 15%, soft tissue below", "counts": counts, "slices": per_slice},
+            "timing": {k: round(v, 3) for k, v in self.timing.items()},
+            "cancelled": self.cancelled,
+        }
+
+
+def preread(
+    engine: Engine,
+    volume: Volume,
+    options: PrereadOptions = PrereadOptions(),
+    *,
+    image_spec: ImageSpec | None = None,
+    study_description: str = "",
+    cancel: CancelFn | None = None,
+    progress: ProgressFn | None = None,
+    stage: Callable[[str], None] | None = None,
+) -> Preread:
+    """All three stages. ``progress(done, total)`` counts sweep requests, then stage-3 lesions;
+    ``stage(name)`` says which stage starts ("sweep", "link", "reasoning")."""
+    t0 = time.perf_counter()
+    say = stage or (lambda name: None)
+    say("sweep")
+    sw = sweep(engine, volume, batch_size=options.batch_size, image_spec=image_spec, cancel=cancel,
+               progress=progress)
+    t1 = time.perf_counter()
+    say("link")
+    candidates = link(volume, sw.detections)
+    lesions = [c for c in candidates if len(c.detections) >= options.min_slices][: options.max_lesions]
+    t2 = time.perf_counter()
+    cancelled = sw.cancelled
+    if options.reasoning and not cancelled and lesions:
+        say("reasoning")
+        assistant = Assistant(engine, image_spec=image_spec, max_new_tokens=options.max_new_tokens)
+        reason(engine, volume, lesions, assistant=assistant, n_samples=options.n_samples,
+               n_questions=options.n_questions, study_description=study_description, cancel=cancel,
+               progress=progress, reliability=options.reliability)
+        cancelled = bool(cancel and cancel())
+    for c in lesions:
+        if not c.location:
+            c.location = location_of(volume, c)
+    t3 = time.perf_counter()
+    timing = {"sweep_s": t1 - t0, "link_s": t2 - t1, "reasoning_s": t3 - t2, "total_s": t3 - t0,
+              "slices": float(len(sw.windows)), "requests": float(sw.requests), "batches": float(sw.batches)}
+    return Preread(volume.series.uid, engine.model_id, engine.describe(), sw, candidates, lesions, timing, cancelled)

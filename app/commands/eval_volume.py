@@ -1,0 +1,138 @@
+"""``xmedgpt eval-volume --data DIR [--model DIR] --json OUT``: lesion detection of the series pre-read, FROC.
+
+DIR is a study written by ``xmedgpt sample`` (with its ``ground_truth.json`` inside or beside it) or a
+folder of such studies. Each study's first series is pre-read (:mod:`app.assistant.preread`: the sweep and
+the 3-D linking; ``--reasoning`` adds the five-step reasoning, which does not change the candidates) and
+every candidate (centre in patient mm, score) is matched to the true lesions
+(``center_patient_mm``, ``size_mm``): a hit is a centre within the lesion's radius + 5 mm.
+:mod:`inference.evaluation.froc` gives the per-lesion sensitivity at 1/8, 1/4, 1/2, 1, 2, 4 and 8 false
+positives per volume, the competition performance metric (their mean, as LUNA16 reports it) overall and
+per size bucket (small < 10 mm ≤ medium < 20 mm ≤ large), and the time per volume.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from app.assistant.preread import PrereadOptions, preread
+from app.commands.analyze import QUANTIZATIONS, load_engine
+from app.core.errors import XMedError
+from app.core.paths import write_atomic
+from app.dicom.loader import load_series
+from app.dicom.scan import scan
+from app.dicom.slice_request import pick_series
+from app.models.registry import require_native_model_folder
+from app.synthetic.sample import ground_truth_path, load_ground_truth
+from inference.evaluation.froc import (
+    Prediction,
+    TrueLesion,
+    VolumeCase,
+    format_table,
+    froc,
+    froc_by_size,
+    match_volume,
+)
+from inference.resources import DEMO_MODEL_DIR
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "eval-volume",
+        help="measure the series pre-read on sample studies: FROC, CPM per lesion size, time per volume",
+        description="Pre-read every study in DIR (written by 'xmedgpt sample', with ground_truth.json) and "
+        "report the per-lesion sensitivity at 1/8 to 8 false positives per volume (FROC), the competition "
+        "performance metric overall and per lesion size, and the time per volume.",
+    )
+    p.add_argument("--data", type=Path, required=True, help="a sample study, or a folder of sample studies")
+    p.add_argument("--model", type=Path, default=DEMO_MODEL_DIR, help=f"model folder (default {DEMO_MODEL_DIR})")
+    p.add_argument("--json", dest="json_out", type=Path, metavar="OUT", help="write the metrics as JSON here")
+    p.add_argument("--series", default="0", help="series index or UID in each study (default 0)")
+    p.add_argument("--batch-size", type=int, default=16, help="slices per forward pass (default 16)")
+    p.add_argument("--reasoning", action="store_true", help="also run stage 3 (reasoning, no reliability)")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--quantization", choices=QUANTIZATIONS, default="auto")
+    p.set_defaults(func=run)
+
+
+def find_studies(data: Path) -> list[Path]:
+    """The sample-study folders under ``data`` (``data`` itself when it is one)."""
+    data = Path(data)
+    if not data.is_dir():
+        raise XMedError(f"No studies at {data}: expected a folder written by 'xmedgpt sample' or a folder of them.")
+    if ground_truth_path(data) is not None:
+        return [data]
+    found = sorted(p for p in data.iterdir() if p.is_dir() and ground_truth_path(p) is not None)
+    if not found:
+        raise XMedError(f"No study with a ground_truth.json in {data}.")
+    return found
+
+
+def _progress(name: str):
+    shown = [-1]
+
+    def report(done: int, total: int) -> None:
+        tenth = done * 10 // max(total, 1)
+        if tenth != shown[0]:
+            shown[0] = tenth
+            sys.stderr.write(f"{name}: {done}/{total}\n")
+
+    return report
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.batch_size < 1:
+        raise XMedError("--batch-size must be at least 1")
+    studies = find_studies(args.data)
+    require_native_model_folder(args.model)
+    engine, spec = load_engine(Path(args.model), args.device, args.quantization)
+    options = PrereadOptions(batch_size=args.batch_size, reasoning=args.reasoning, reliability=False)
+    cases: list[VolumeCase] = []
+    volumes: list[dict] = []
+    started = time.perf_counter()
+    for folder in studies:
+        truth = load_ground_truth(folder)
+        result = scan([folder])
+        series = pick_series(result.all_series(), args.series)
+        t0 = time.perf_counter()
+        volume = load_series(series)
+        out = preread(engine, volume, options, image_spec=spec, progress=_progress(folder.name))
+        seconds = time.perf_counter() - t0
+        lesions = [TrueLesion(tuple(les["center_patient_mm"]), float(les["size_mm"]), les["id"])
+                   for les in truth["lesions"]]
+        preds = [Prediction(tuple(float(v) for v in c.center_mm), c.score) for c in out.candidates]
+        case = VolumeCase(folder.name, lesions, preds)
+        cases.append(case)
+        m = match_volume(case)
+        volumes.append({
+            "id": folder.name, "path": str(folder), "series_uid": series.uid, "slices": len(volume),
+            "lesions": [{"id": t.id, "size_mm": t.size_mm, "bucket": t.bucket, "found": s is not None,
+                         "score": s} for t, s in zip(lesions, m.lesion_scores)],
+            "candidates": len(preds), "false_positives": len(m.fp_scores),
+            "seconds": round(seconds, 3), "sweep_s": round(out.timing["sweep_s"], 3),
+        })
+        sys.stderr.write(f"{folder.name}: {len(preds)} candidates, "
+                         f"{sum(s is not None for s in m.lesion_scores)}/{len(lesions)} lesions hit, {seconds:.1f} s\n")
+    overall = froc(cases)
+    by_size = froc_by_size(cases)
+    total = time.perf_counter() - started
+    doc = {
+        "model": engine.describe(),
+        "model_folder": str(args.model),
+        "data": str(args.data),
+        "hit_rule": "predicted centre within the true lesion's radius + 5 mm",
+        "froc": overall.to_json(),
+        "by_size": {b: r.to_json() for b, r in by_size.items()},
+        "volumes": volumes,
+        "timing": {"per_volume_s": round(sum(v["seconds"] for v in volumes) / len(volumes), 3),
+                   "total_s": round(total, 3)},
+    }
+    print(f"model: {doc['model']}\ndata:  {args.data} ({len(volumes)} volume(s))\n")
+    print(format_table(overall, by_size))
+    print(f"time per volume: {doc['timing']['per_volume_s']:.1f} s")
+    if args.json_out is not None:
+        write_atomic(args.json_out, json.dumps(doc, indent=2) + "\n", mode=0o644)
+    return 0
