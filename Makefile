@@ -42,6 +42,7 @@ benchmarks: $(STAMP)
 	$(PY) benchmarks/dictation.py
 	$(PY) benchmarks/assistant.py
 	$(PY) benchmarks/mpr.py
+	$(PY) benchmarks/preread.py
 	$(PY) benchmarks/pacs.py
 
 DEMO_WORK ?= checkpoints/demo-recipe
