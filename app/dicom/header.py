@@ -4,14 +4,22 @@ Everything a later pixel load needs is captured here so that loading never
 re-parses the header of a plain single-frame file: pixel encoding, the offset
 of native pixel data (for the fast path), rescale, windows, per-frame
 geometry of enhanced multi-frame objects.
+
+Hostile or damaged files (issue #19) stop here with a one-line reason: the limits of
+``app.dicom.limits`` bound the bytes read and the nesting followed, a file without the
+``DICM`` marker must start like a data set before pydicom is let near it, and a compressed
+frame whose codestream disagrees with Rows/Columns is refused before any decoder sees it.
 """
 
 from __future__ import annotations
 
+import io
 import logging
+import os
 import struct
 import threading
 import warnings
+import zlib
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
@@ -25,13 +33,42 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID
 
+from app.dicom import codestream
+from app.dicom.limits import (
+    CODESTREAM_HEAD_BYTES,
+    MAX_HEADER_BYTES,
+    MAX_INSTANCE_BYTES,
+    MAX_SEQUENCE_DEPTH,
+    MAX_ZERO_ELEMENTS,
+    MAX_ZIP_RATIO,
+    ZIP_RATIO_MIN_BYTES,
+)
 from app.dicom.model import FileProblem, Instance, Window
-from app.dicom.rawheader import Values, quick_spec, read_fast
+from app.dicom.rawheader import (
+    Refused,
+    Values,
+    file_meta_syntax,
+    printable,
+    quick_spec,
+    read_fast,
+)
 
 log = logging.getLogger(__name__)
 
-#: One instance larger than this (decoded) is refused instead of exhausting memory.
-MAX_INSTANCE_BYTES = 4 * 1024**3
+TOO_DEEP = f"sequences nested more than {MAX_SEQUENCE_DEPTH} levels deep: damaged file, not opened"
+
+
+def recursed(exc: BaseException) -> bool:
+    """Whether ``exc`` is, or was raised while handling, a RecursionError (pydicom recurses once per
+    nested sequence and sometimes reports running out of stack as another error)."""
+    seen = 0
+    while exc is not None and seen < 32:
+        if isinstance(exc, RecursionError):
+            return True
+        exc = exc.__cause__ or exc.__context__
+        seen += 1
+    return False
+
 
 NATIVE_SYNTAXES = {
     "1.2.840.10008.1.2",  # implicit VR little endian
@@ -41,6 +78,7 @@ NATIVE_SYNTAXES = {
 }
 #: Native little-endian syntaxes whose pixel bytes sit verbatim in the file.
 DEFLATED = "1.2.840.10008.1.2.1.99"
+DEFLATED_SYNTAXES = {DEFLATED, "1.2.840.10008.1.2.8.1"}
 RAW_LE_SYNTAXES = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1"}
 _PIXEL_TAGS = {0x7FE00010: "PixelData", 0x7FE00008: "FloatPixelData", 0x7FE00009: "DoubleFloatPixelData"}
 _LONG_VRS = {b"OB", b"OW", b"OF", b"OD", b"OL", b"OV", b"UN", b"SQ", b"UT", b"UC", b"UR"}
@@ -97,7 +135,7 @@ def describe_syntax(uid: str) -> str:
         name = UID(uid).name
     except Exception:  # noqa: BLE001
         name = ""
-    return name if name and name != uid else f"transfer syntax {uid}"
+    return name if name and name != uid else f"transfer syntax {printable(uid)}"
 
 
 _STRING_VRS = {"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "SH", "TM", "UI", "LT", "ST", "PN"}
@@ -293,6 +331,10 @@ def read_header(path: Path) -> DicomInstance | FileProblem:
         fast: Any = read_fast(path, _keep_tags(), _quick_spec())
     except OSError as exc:
         fast = exc
+    except Refused as exc:
+        return FileProblem(path, str(exc))
+    except RecursionError:  # the raw reader never nests this deep; kept as a last guard
+        return FileProblem(path, TOO_DEEP)
     if fast is not None and type(fast) is tuple and type(fast[0]) is Values:
         ds, pixel = fast
         if _syntax(ds) in RAW_LE_SYNTAXES:
@@ -327,40 +369,147 @@ def _read_header(path: Path, fast: Any) -> DicomInstance | FileProblem:
         ds, pixel = fast
     else:
         try:
-            ds, pixel = _read_pydicom(path)
+            ds, pixel = _read_pydicom(path, size)
+        except Refused as exc:
+            return FileProblem(path, str(exc))
+        except RecursionError:  # pydicom recurses once per nested sequence
+            return FileProblem(path, TOO_DEEP)
         except (EOFError, struct.error, OSError, ValueError, TypeError, KeyError, IndexError,
                 NotImplementedError) as exc:
             log.debug("header of %s unreadable: %r", path, exc)
-            return FileProblem(path, "file is truncated or damaged (header unreadable)")
+            return FileProblem(path, TOO_DEEP if recursed(exc) else "file is truncated or damaged (header unreadable)")
         except Exception as exc:  # noqa: BLE001 - pydicom raises many types on bad input
             log.debug("header of %s unreadable: %r", path, exc)
-            return FileProblem(path, "file is damaged (header unreadable)")
+            return FileProblem(path, TOO_DEEP if recursed(exc) else "file is damaged (header unreadable)")
         if ds is None:
             return FileProblem(path, "not a DICOM file")
     try:
         return _instance(path, ds, pixel, size)
     except Exception as exc:  # noqa: BLE001 - a damaged header value must not stop the scan
         log.debug("header of %s damaged: %r", path, exc)
-        return FileProblem(path, "image header is damaged (unreadable values)")
+        return FileProblem(path, TOO_DEEP if recursed(exc) else "image header is damaged (unreadable values)")
 
 
-def _read_pydicom(path: Path) -> tuple[Dataset | None, tuple[str, int, int] | None]:
-    with open(path, "rb") as fp:
+class _Bounded(io.RawIOBase):
+    """A file as pydicom's reader sees it: in a file larger than ``MAX_HEADER_BYTES`` no read past
+    that, and a run of ``MAX_ZERO_ELEMENTS`` all-zero element headers ends the read (:class:`Refused`
+    both); "the rest" (pydicom's read of a deflated data set) stops at ``rest_ends`` when given."""
+
+    def __init__(self, raw: io.BufferedIOBase, size: int, rest_ends: int | None = None) -> None:
+        super().__init__()
+        self._raw = raw
+        self.name = raw.name
+        self._pos = 0
+        self._limit = MAX_HEADER_BYTES if size > MAX_HEADER_BYTES else None
+        self._rest_ends = rest_ends  # where "the rest" (a deflated data set's stream) ends
+        self._zeros = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        self._pos = self._raw.seek(offset, whence)
+        return self._pos
+
+    def read(self, n: int = -1) -> bytes:
+        if self._limit is not None and n is not None and n >= 0 and self._pos + n > self._limit:
+            raise Refused(f"image header is larger than {MAX_HEADER_BYTES // 1024**2} MiB: damaged file, not opened")
+        if n is None or n < 0:  # a deflated data set: its stream, not whatever follows it
+            n = -1 if self._rest_ends is None else max(0, self._rest_ends - self._pos)
+        data = self._raw.read(n)
+        self._pos += len(data)
+        if n == 8:
+            if data == b"\0\0\0\0\0\0\0\0":
+                self._zeros += 1
+                if self._zeros > MAX_ZERO_ELEMENTS:
+                    raise Refused("file is filled with zero bytes where the image header should be: not an image")
+            else:
+                self._zeros = 0
+        return data
+
+    def readinto(self, b) -> int:
+        data = self.read(len(b))
+        b[: len(data)] = data
+        return len(data)
+
+
+def _plausible_start(head: bytes) -> bool:
+    """Whether a file without the 'DICM' marker starts like a data set: an even group between
+    (0002,xxxx) and the pixel data, in either byte order. Zero-filled files do not."""
+    if len(head) < 8:
+        return False
+    for order in ("<", ">"):
+        (group,) = struct.unpack(order + "H", head[:2])
+        if not group & 1 and 0x0002 <= group <= 0x7FE0:
+            return True
+    return False
+
+
+def _deflate_problem(raw: io.BufferedIOBase, size: int) -> tuple[str | None, int | None]:
+    """For a deflated data set (pydicom inflates all of it in memory): why it must not be inflated
+    (not deflate data, or it unpacks like a zip bomb), and where its stream ends. (None, None) for
+    other files."""
+    found = file_meta_syntax(raw.read(min(size, 1 << 16)))
+    if found is None or found[0] not in DEFLATED_SYNTAXES:
+        return None, None
+    raw.seek(found[1])
+    inflate = zlib.decompressobj(-zlib.MAX_WBITS)
+    packed = unpacked = 0
+    try:
+        while not inflate.eof and (chunk := raw.read(1 << 20)):
+            packed += len(chunk)
+            while chunk:
+                unpacked += len(inflate.decompress(chunk, 1 << 24))  # never more than 16 MiB at once
+                chunk = inflate.unconsumed_tail
+                if unpacked > MAX_INSTANCE_BYTES + MAX_HEADER_BYTES or (
+                        unpacked >= ZIP_RATIO_MIN_BYTES and unpacked > MAX_ZIP_RATIO * packed):
+                    return (f"deflated data set unpacks to more than {unpacked / 1024**2:.0f} MiB from "
+                            f"{packed / 1024**2:.1f} MiB: damaged or hostile file, not opened"), None
+    except zlib.error:
+        return "deflated data set is damaged (not deflate data): not opened", None
+    return None, found[1] + packed - len(inflate.unused_data) if inflate.eof else None
+
+
+def full_read_source(raw: io.BufferedIOBase):
+    """What pydicom should read a whole file from: ``raw`` itself, or for a deflated data set a view
+    ending with its deflate stream (pydicom reads "the rest" into memory and inflates all of it).
+    Raises :class:`Refused` when the stream must not be inflated."""
+    problem, ends = _deflate_problem(raw, os.fstat(raw.fileno()).st_size)
+    raw.seek(0)
+    if problem:
+        raise Refused(problem)
+    return raw if ends is None else _Bounded(raw, 0, ends)
+
+
+def _read_pydicom(path: Path, size: int) -> tuple[Dataset | None, tuple[str, int, int] | None]:
+    with open(path, "rb") as raw:
+        problem, deflate_ends = _deflate_problem(raw, size)
+        if problem:
+            raise Refused(problem)
+        raw.seek(0)
+        fp = _Bounded(raw, size, deflate_ends)
         ds, _forced = _read(fp)
         if ds is None:
             return None, None
         implicit, little = _encoding(ds)
-        if _syntax(ds) == DEFLATED:
-            return ds, _deflated_pixel(path)
+        if _syntax(ds) in DEFLATED_SYNTAXES:
+            raw.seek(0)
+            return ds, _deflated_pixel(_Bounded(raw, size, deflate_ends))
         try:
             return ds, _element_header(fp, implicit, little)
         except (OSError, struct.error):
             return ds, None
 
 
-def _deflated_pixel(path: Path) -> tuple[str, int, int] | None:
+def _deflated_pixel(fp) -> tuple[str, int, int] | None:
     # The data set is zlib-compressed after the meta header: no file offsets to record.
-    ds = pydicom.dcmread(path)
+    ds = pydicom.dcmread(fp)
     for keyword in _PIXEL_TAGS.values():
         if keyword in ds:
             return keyword, -1, len(ds[keyword].value)
@@ -373,9 +522,16 @@ def _read(fp) -> tuple[Dataset | None, bool]:
     except InvalidDicomError:
         pass
     fp.seek(0)
+    if not _plausible_start(fp.read(8)):
+        return None, True  # never read a whole file to learn it is not DICOM
+    fp.seek(0)
     try:
         ds = pydicom.dcmread(fp, stop_before_pixels=True, force=True)
-    except Exception:  # noqa: BLE001
+    except Refused:
+        raise
+    except Exception as exc:  # noqa: BLE001
+        if recursed(exc):
+            raise
         return None, True
     # Without the 'DICM' marker only accept what clearly is a DICOM data set.
     try:
@@ -410,7 +566,7 @@ def _instance(path: Path, ds: Dataset, pixel: tuple[str, int, int] | None, size:
             return FileProblem(path, "no image in this DICOM file (damaged, truncated or incomplete)")
         kind = describe_syntax(cls)
         if kind.startswith("transfer syntax"):
-            kind = f"SOP class {cls}"
+            kind = f"SOP class {printable(cls)}"
         if "Image" in kind or "Rows" in ds:
             return FileProblem(path, f"{kind} without pixel data (file truncated or incomplete)")
         return FileProblem(path, f"not an image ({kind}): nothing to display")
@@ -449,6 +605,21 @@ def _instance(path: Path, ds: Dataset, pixel: tuple[str, int, int] | None, size:
             path,
             f"image too large to open ({cols}×{rows} pixels × {frames} frames = {decoded / 1024**3:.1f} GiB)",
         )
+    kind = codestream.kind_of(ts)
+    if kind is not None:
+        # What native decoders are told must at least be self-consistent (GDCM aborts otherwise).
+        stored = _num(ds, "BitsStored", int, bits)
+        if not 1 <= stored <= bits:
+            return FileProblem(path, f"damaged file: Bits Stored ({stored}) does not fit Bits Allocated ({bits})")
+        for label, keyword in (("Pixel Representation", "PixelRepresentation"),
+                               ("Planar Configuration", "PlanarConfiguration")):
+            value = _num(ds, keyword, int, 0)
+            if value not in (0, 1):
+                return FileProblem(path, f"damaged file: {label} is {value} (0 or 1 expected)")
+    if kind is not None and length == 0xFFFFFFFF and offset >= 0:
+        problem = _codestream_problem(path, offset, kind, rows, cols, samples, bits)
+        if problem:
+            return FileProblem(path, problem)
     photometric = _text(ds, "PhotometricInterpretation").upper() or ("RGB" if samples == 3 else "MONOCHROME2")
 
     pixel_offset = None
@@ -514,6 +685,44 @@ def _instance(path: Path, ds: Dataset, pixel: tuple[str, int, int] | None, size:
     if frames > 1:
         _functional_groups(ds, inst)
     return inst
+
+
+def _codestream_problem(path: Path, offset: int, kind: str, rows: int, cols: int, samples: int,
+                        bits: int) -> str | None:
+    """Why the first compressed frame disagrees with the header (its codestream's own size), or None.
+
+    Reads the start of the first fragment only (``CODESTREAM_HEAD_BYTES``); a header not found
+    there is left to the loader, which checks every whole frame before decoding it.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+    except OSError:
+        return None
+    try:
+        head = _pread(fd, 16, offset)
+        if len(head) < 16:
+            return None
+        tag, bot = struct.unpack_from("<LL", head)
+        if tag != 0xE000FFFE or bot == 0xFFFFFFFF:
+            return None  # not an item: pydicom's decoder will say what is wrong
+        at = offset + 8 + bot
+        item = _pread(fd, 8, at)
+        if len(item) < 8:
+            return None
+        tag, length = struct.unpack("<LL", item)
+        if tag != 0xE000FFFE:
+            return None
+        data = _pread(fd, min(length, CODESTREAM_HEAD_BYTES), at + 8)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    return codestream.mismatch(data, kind, rows, cols, samples, bits, complete=len(data) == length)
+
+
+def _pread(fd: int, n: int, offset: int) -> bytes:
+    os.lseek(fd, offset, os.SEEK_SET)
+    return os.read(fd, n)
 
 
 def _starts_with_item(path: Path, offset: int) -> bool:

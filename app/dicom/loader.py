@@ -6,7 +6,11 @@ preallocated volume with a few I/O threads. Everything else is decoded by
 pydicom with the pylibjpeg / gdcm plug-ins (JPEG, JPEG-LS, JPEG 2000, RLE,
 deflate, big endian), colour converted to RGB and palette colour expanded.
 A frame that fails to decode is recorded in ``Volume.frame_problems`` and
-left black; the rest of the series still loads.
+left black; the rest of the series still loads. A compressed frame is handed to
+a native decoder only after its codestream's own size (JPEG SOF, JPEG 2000 SIZ)
+was found to agree with the header (``codestream.mismatch``), and GDCM is not
+among the decoders where another one serves the syntax (:func:`keep_gdcm_last_resort`):
+GDCM aborts the whole process, not just the frame, on headers it finds inconsistent.
 """
 
 from __future__ import annotations
@@ -26,13 +30,52 @@ import numpy as np
 import pydicom
 
 from app.core.errors import XMedError
+from app.dicom import codestream
 from app.dicom import geometry as geo
 from app.dicom.display import auto_window_for
-from app.dicom.header import DicomInstance, describe_syntax, quiet_pydicom
-from app.dicom.luts import Lut
+from app.dicom.header import (
+    TOO_DEEP,
+    DicomInstance,
+    describe_syntax,
+    full_read_source,
+    quiet_pydicom,
+    recursed,
+)
+from app.dicom.luts import Lut, palette_rgb
 from app.dicom.model import Series, Volume, Window
+from app.dicom.rawheader import Refused
 
 log = logging.getLogger(__name__)
+
+
+def keep_gdcm_last_resort() -> list[str]:
+    """Take GDCM off pydicom's decoder lists wherever another plugin decodes the same syntax.
+
+    GDCM's Python binding lets C++ exceptions escape: on a header it finds inconsistent (forged
+    Rows/Columns, Bits Stored ≠ Bits Allocated with planar configuration 1, found by the hostile
+    fuzz test of issue #19) the process calls ``std::terminate`` and the viewer dies with every
+    study in it. pylibjpeg (libjpeg, OpenJPEG), pyjpegls and Pillow raise Python errors instead,
+    and this workstation ships them for every syntax GDCM serves; where GDCM is the only decoder
+    (a trimmed install) it stays, behind the codestream and header checks. pydicom's registry is
+    process-wide, so this runs once, at import, before any decoding thread starts.
+    Returns the transfer syntaxes GDCM was removed from.
+    """
+    from pydicom.pixels import get_decoder
+
+    removed = []
+    for uid in (*codestream.SYNTAX_KIND, "1.2.840.10008.1.2.5"):
+        try:
+            decoder = get_decoder(uid)
+        except NotImplementedError:
+            continue
+        plugins = decoder.available_plugins
+        if "gdcm" in plugins and len(plugins) > 1:
+            decoder.remove_plugin("gdcm")
+            removed.append(uid)
+    return removed
+
+
+keep_gdcm_last_resort()
 
 OnFrame = Callable[[int, Volume], None]
 Cancel = Callable[[], bool]
@@ -280,6 +323,10 @@ def load_series(
 
 
 def _reason(exc: BaseException, inst: DicomInstance) -> str:
+    if isinstance(exc, Refused):
+        return str(exc)
+    if recursed(exc):
+        return TOO_DEEP
     text = str(exc).lower()
     if isinstance(exc, (EOFError,)) or "less than expected" in text or "truncat" in text or "end of" in text:
         return "image data ends early: file truncated"
@@ -365,9 +412,9 @@ def _fix_unused_bits(frame: np.ndarray, bits_stored: int, signed: bool) -> None:
 
 def read_dataset(path: Path) -> pydicom.Dataset:
     """The full data set of ``path``, with a transfer syntax filled in when the file lacks one."""
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), open(path, "rb") as raw:
         warnings.simplefilter("ignore")
-        ds = pydicom.dcmread(path, force=True)
+        ds = pydicom.dcmread(full_read_source(raw), force=True)
     meta = ds.file_meta if hasattr(ds, "file_meta") else None
     if meta is None or "TransferSyntaxUID" not in meta:
         implicit, little = ds.original_encoding
@@ -381,12 +428,20 @@ def read_dataset(path: Path) -> pydicom.Dataset:
 
 
 def _decode_pydicom(vol: LoadedVolume, plan: list[_Frame], ks: list[int], landed, stop: threading.Event) -> None:
-    from pydicom.pixels import apply_color_lut, iter_pixels
+    from pydicom.pixels import iter_pixels
 
     inst = plan[ks[0]].inst
     ds = read_dataset(inst.path)
     by_index = {plan[k].index: k for k in ks}
     indices = sorted(by_index)
+    kind = codestream.kind_of(str(ds.file_meta.get("TransferSyntaxUID", "")))
+    if kind is not None:
+        refused = _codestream_problems(ds, inst, indices, kind)
+        for j, reason in refused.items():
+            landed.put((by_index[j], reason))
+        indices = [j for j in indices if j not in refused]
+        if not indices:
+            return
     little = ds.original_encoding[1] is not False
     signed = inst.pixel_representation == 1
     palette = inst.photometric == "PALETTE COLOR"
@@ -415,7 +470,7 @@ def _decode_pydicom(vol: LoadedVolume, plan: list[_Frame], ks: list[int], landed
                     landed.put((k, _reason(exc2, inst)))
                     continue
             if palette:
-                arr = apply_color_lut(arr, ds)
+                arr = palette_rgb(arr, ds, little)
             if vol.is_color:
                 vol.frames[k] = to_rgb8(arr, palette_bits if palette else inst.bits_stored)
             else:
@@ -423,6 +478,41 @@ def _decode_pydicom(vol: LoadedVolume, plan: list[_Frame], ks: list[int], landed
                     arr = modality_lut.apply(arr)
                 vol.frames[k] = arr
             landed.put((k, None))
+
+
+def _codestream_problems(ds: pydicom.Dataset, inst: DicomInstance, indices: list[int], kind: str) -> dict[int, str]:
+    """Frames (stored index → reason) that must not reach a decoder: their codestream disagrees
+    with the header the decoder is told, or the header is not what the scan saw."""
+    try:
+        told = (int(ds.Rows), int(ds.Columns), int(ds.get("SamplesPerPixel", 1) or 1), int(ds.BitsAllocated))
+    except Exception:  # noqa: BLE001 - pydicom cannot read what the scan could: damaged further on
+        return dict.fromkeys(indices, "image data is damaged and could not be decoded")
+    if told != (inst.rows, inst.columns, inst.samples_per_pixel, inst.bits_allocated):
+        return dict.fromkeys(indices, "the file changed on disk since the study was opened: reopen the study")
+    from pydicom.encaps import generate_fragmented_frames
+
+    rows, cols, samples, bits = told
+    wanted = set(indices)
+    out: dict[int, str] = {}
+    eot = None
+    if "ExtendedOffsetTable" in ds and "ExtendedOffsetTableLengths" in ds:
+        eot = (ds.ExtendedOffsetTable, ds.ExtendedOffsetTableLengths)
+    try:
+        frames = generate_fragmented_frames(ds.PixelData, number_of_frames=inst.number_of_frames, extended_offsets=eot)
+        for j, fragments in enumerate(frames):
+            if j in wanted:
+                wanted.discard(j)
+                reason = codestream.mismatch(fragments, kind, rows, cols, samples, bits)
+                if reason:
+                    out[j] = reason
+                if not wanted:
+                    break
+    except Exception as exc:  # noqa: BLE001 - pydicom's decoder would stop at the same place
+        log.debug("fragments of %s unreadable: %r", inst.path, exc)
+        out.update(dict.fromkeys(wanted, "compressed image data is damaged (fragments unreadable): not decoded"))
+        return out
+    out.update(dict.fromkeys(wanted, "image data ends early: file truncated"))  # frames not in the file
+    return out
 
 
 def _one_frame(ds: pydicom.Dataset, j: int, inst: DicomInstance) -> np.ndarray:

@@ -7,11 +7,18 @@ stream with ``struct`` once, up to the pixel data, and hands pydicom a
 those we ask for). Anything unusual (no preamble, big endian, deflate, odd
 lengths, a header that does not end in pixel data) returns None and the caller
 falls back to pydicom's reader.
+
+A file that must not be read further (not a regular file, a header past
+``limits.MAX_HEADER_BYTES``, sequences nested past ``limits.MAX_SEQUENCE_DEPTH``, zero bytes
+where elements should be) raises :class:`Refused` with the one-line reason instead: falling
+back to pydicom would only hang or recurse on it. Nothing here recurses past that depth.
 """
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 import struct
 from collections.abc import Mapping
 from pathlib import Path
@@ -20,6 +27,8 @@ from pydicom.datadict import dictionary_VR
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.tag import BaseTag
+
+from app.dicom.limits import MAX_HEADER_BYTES, MAX_SEQUENCE_DEPTH
 
 _LONG = {b"OB", b"OW", b"OF", b"OD", b"OL", b"OV", b"SQ", b"UC", b"UN", b"UR", b"UT", b"SV", b"UV"}
 _PIXEL = {0x7FE00010: "PixelData", 0x7FE00008: "FloatPixelData", 0x7FE00009: "DoubleFloatPixelData"}
@@ -35,10 +44,44 @@ _BIG = "1.2.840.10008.1.2.2"
 _DEFLATED = {"1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.8.1"}
 _HEAD = 16384
 _O_BINARY = getattr(os, "O_BINARY", 0)  # Windows: no newline translation on raw descriptors
+#: Opening a named pipe must not block: the descriptor is checked before anything is read.
+_O_NONBLOCK = getattr(os, "O_NONBLOCK", 0)
+#: Tag (0000,0000) ends the element loops like pixel data does (no extra test per element);
+#: with length 0 it means zero bytes where the header should be.
+_ZERO = "(0000,0000)"
+_ZERO_REASON = "file is filled with zero bytes where the image header should be: not an image"
 
 
 class _Short(Exception):
     """The buffer ended before the structure did."""
+
+
+class Refused(Exception):
+    """This file must not be read any further; ``str(exc)`` is the reason, one line."""
+
+
+def special_file_reason(mode: int) -> str | None:
+    """Why a file of ``st_mode`` ``mode`` is never opened (None for a regular file)."""
+    if stat.S_ISREG(mode):
+        return None
+    kind = (
+        "a named pipe (FIFO)" if stat.S_ISFIFO(mode)
+        else "a socket" if stat.S_ISSOCK(mode)
+        else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+        else "a folder" if stat.S_ISDIR(mode)
+        else "a special file"
+    )
+    return f"skipped: {kind}, not a file (never opened)"
+
+
+def printable(text: str, limit: int = 64) -> str:
+    """File-controlled ``text`` fit for a one-line reason: control characters replaced, cut at ``limit``."""
+    clean = "".join(c if c.isprintable() else "?" for c in str(text))
+    return clean if len(clean) <= limit else clean[: limit - 1] + "…"
+
+
+def _too_deep() -> Refused:
+    return Refused(f"sequences nested more than {MAX_SEQUENCE_DEPTH} levels deep: damaged file, not opened")
 
 
 def _vr_of(tag: int) -> str:
@@ -48,8 +91,13 @@ def _vr_of(tag: int) -> str:
         return "UN"
 
 
-def _skip_undefined(buf: bytes, pos: int, implicit: bool) -> int:
-    """Position just after the sequence delimiter of an undefined-length value starting at ``pos``."""
+def _skip_undefined(buf: bytes, pos: int, implicit: bool, depth: int = 0) -> int:
+    """Position just after the sequence delimiter of an undefined-length value starting at ``pos``.
+
+    ``depth``: sequences around this one; past ``MAX_SEQUENCE_DEPTH`` the file is refused.
+    """
+    if depth >= MAX_SEQUENCE_DEPTH:
+        raise _too_deep()
     n = len(buf)
     while True:
         if pos + 8 > n:
@@ -62,12 +110,12 @@ def _skip_undefined(buf: bytes, pos: int, implicit: bool) -> int:
         if tag != _ITEM:
             raise ValueError("unexpected element inside a sequence")
         if length == 0xFFFFFFFF:
-            pos = _skip_dataset(buf, pos, implicit)
+            pos = _skip_dataset(buf, pos, implicit, depth)
         else:
             pos += length
 
 
-def _skip_dataset(buf: bytes, pos: int, implicit: bool) -> int:
+def _skip_dataset(buf: bytes, pos: int, implicit: bool, depth: int = 0) -> int:
     """Skip an undefined-length item's data set; position after its item delimiter."""
     n = len(buf)
     while True:
@@ -77,14 +125,16 @@ def _skip_dataset(buf: bytes, pos: int, implicit: bool) -> int:
         tag = group << 16 | elem
         if tag == _ITEM_END:
             return pos + 8
-        pos, _vr, _length, _start = _element_at(buf, pos, implicit, tag)
+        pos, _vr, _length, _start = _element_at(buf, pos, implicit, tag, depth + 1)
 
 
-def _element_at(buf: bytes, pos: int, implicit: bool, tag: int) -> tuple[int, str, int, int]:
+def _element_at(buf: bytes, pos: int, implicit: bool, tag: int, depth: int = 0) -> tuple[int, str, int, int]:
     """(end position, VR, length, value start) of the element at ``pos``."""
     n = len(buf)
     if implicit:
         (length,) = struct.unpack_from("<L", buf, pos + 4)
+        if not tag and not length:
+            raise Refused(_ZERO_REASON)
         vr = _vr_of(tag)
         start = pos + 8
     else:
@@ -99,11 +149,13 @@ def _element_at(buf: bytes, pos: int, implicit: bool, tag: int) -> tuple[int, st
             start = pos + 8
         vr = _VRS.get(vr_bytes)
         if vr is None:
+            if tag == 0 and length == 0:
+                raise Refused(_ZERO_REASON)
             raise ValueError("bad VR")
     if length == 0xFFFFFFFF:
         if vr not in ("SQ", "UN", "OB", "OW") and not implicit:
             raise ValueError("undefined length on a non-sequence")
-        end = _skip_undefined(buf, start, implicit)
+        end = _skip_undefined(buf, start, implicit, depth)
         return end, "SQ" if vr in ("UN", "OB", "OW") and implicit else vr, length, start
     end = start + length
     if end > n:
@@ -122,10 +174,18 @@ def read_fast(
     follows the header, the answer is a :class:`Values` (keyword → decoded
     value, with ``file_meta`` and the file's ``size``) instead of a data set.
     The file is opened and read once either way.
+
+    Raises :class:`Refused` for a file that is not to be read (see the module docstring).
     """
-    fd = os.open(path, os.O_RDONLY | _O_BINARY)
+    fd = os.open(path, os.O_RDONLY | _O_BINARY | _O_NONBLOCK)
     try:
-        size = os.fstat(fd).st_size
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
+        special = special_file_reason(st.st_mode)
+        if special is not None:
+            raise Refused(special)
+        size = st.st_size
         buf = os.read(fd, _HEAD)
         complete = len(buf) < _HEAD or len(buf) >= size
         while True:
@@ -143,13 +203,36 @@ def read_fast(
             except _Short:
                 if complete:
                     return None  # ends inside the header: pydicom will say how
-                more = os.read(fd, len(buf) * 3)
-                complete = len(more) < len(buf) * 3
+                if len(buf) >= MAX_HEADER_BYTES:
+                    raise Refused(f"image header is larger than {MAX_HEADER_BYTES // 1024**2} MiB: "
+                                  "damaged file, not opened") from None
+                want = min(len(buf) * 3, MAX_HEADER_BYTES - len(buf))
+                more = os.read(fd, want)
+                complete = len(more) < want
                 buf += more
             except (ValueError, struct.error, UnicodeDecodeError, KeyError):
                 return None
     finally:
         os.close(fd)
+
+
+def file_meta_syntax(buf: bytes) -> tuple[str, int] | None:
+    """(transfer syntax UID, offset of the data set) from a Part 10 file's first bytes, or None."""
+    if len(buf) < 132 or buf[128:132] != b"DICM":
+        return None
+    pos, ts = 132, None
+    try:
+        while pos + 8 <= len(buf):
+            group, elem = struct.unpack_from("<HH", buf, pos)
+            if group != 0x0002:
+                return (ts, pos) if ts else None
+            end, _vr, _length, start = _element_at(buf, pos, False, group << 16 | elem)
+            if elem == 0x0010:
+                ts = buf[start:end].decode("ascii", "replace").rstrip("\x00 ")
+            pos = end
+    except (_Short, ValueError, struct.error, Refused):
+        return None
+    return None
 
 
 class Values(dict):
@@ -175,7 +258,8 @@ def quick_spec(tags: Mapping[int, tuple[str, str]]) -> dict[int, tuple[str, str]
 
 
 _STRING_VRS = frozenset(v.encode() for v in "AE AS CS DA DS DT IS LO SH TM UI LT ST PN".split())
-_PIXEL_KEYS = {_swap(t): kw for t, kw in _PIXEL.items()}
+_STOP = {**_PIXEL, 0: _ZERO}  # where the element loops stop: pixel data, or tag (0000,0000)
+_STOP_KEYS = {_swap(t): kw for t, kw in _STOP.items()}
 _META_TS, _META_END = _swap(0x00020010), 0x0002
 _SQ_KEYS = {_swap(_ITEM), _swap(_ITEM_END), _swap(_SEQ_END)}
 _QUICK_CHARSETS = {None: "latin-1", "ISO_IR 100": "latin-1", "ISO_IR 192": "utf-8"}
@@ -290,6 +374,10 @@ def _quick(buf: bytes, complete: bool, spec: Mapping[int, tuple[str, str]]) -> t
                 if pos > n:
                     raise _Short
                 found.append((hit[0], vr, start, pos))
+    if pixel[0] is _ZERO:
+        if pixel[2] == 0:
+            raise Refused(_ZERO_REASON)
+        raise _Abort  # a command group element in a file: pydicom reads those
 
     values = Values()
     meta = Values()
@@ -335,7 +423,7 @@ def _merged(spec: Mapping[int, tuple[str, str]]) -> dict[int, tuple[str, bytes |
     if cached is not None and cached[0] is spec:
         return cached[1]
     merged: dict[int, tuple[str, bytes | None]] = {k: (kw, vr.encode()) for k, (kw, vr) in spec.items()}
-    merged.update({k: (kw, None) for k, kw in _PIXEL_KEYS.items()})
+    merged.update({k: (kw, None) for k, kw in _STOP_KEYS.items()})
     _MERGED[id(spec)] = (spec, merged)  # keeps spec alive, so its id is never reused
     return merged
 
@@ -358,6 +446,8 @@ def _parse(buf: bytes, complete: bool, keep: frozenset[int] | None = None) -> tu
         raise _Short
     ts_raw = meta.get(0x00020010)
     if ts_raw is None:
+        if buf[pos : pos + 8] == bytes(8) and len(buf) >= pos + 8:
+            raise Refused(_ZERO_REASON)
         return None
     ts = ts_raw.value.decode("ascii", "replace").rstrip("\x00 ")
     if ts == _BIG or ts in _DEFLATED:
@@ -381,6 +471,8 @@ def _parse(buf: bytes, complete: bool, keep: frozenset[int] | None = None) -> tu
             tag = group << 16 | elem
             vr = _VRS.get(vr_bytes)
             if vr is None:
+                if not tag and not length:
+                    raise Refused(_ZERO_REASON)
                 raise ValueError("bad VR")
             start = pos + 8
             if vr_bytes in _LONG:
@@ -388,8 +480,8 @@ def _parse(buf: bytes, complete: bool, keep: frozenset[int] | None = None) -> tu
                     raise _Short
                 (length,) = _U32.unpack_from(buf, pos + 8)
                 start = pos + 12
-        if tag in _PIXEL:
-            pixel = (_PIXEL[tag], start, length)
+        if tag in _STOP:
+            pixel = (_STOP[tag], start, length)
             break
         if length == 0xFFFFFFFF:
             end = _skip_undefined(buf, start, implicit)
@@ -405,6 +497,10 @@ def _parse(buf: bytes, complete: bool, keep: frozenset[int] | None = None) -> tu
         if keep is None or tag in keep:
             elements[tag] = RawDataElement(BaseTag(tag), vr, length, buf[start:end], start, implicit, True)
         pos = end
+    if pixel is not None and pixel[0] is _ZERO:
+        if pixel[2] == 0:
+            raise Refused(_ZERO_REASON)
+        raise ValueError("command group element in a file")  # pydicom reads those
     ds = Dataset(elements)
     ds.file_meta = FileMetaDataset(Dataset(meta))
     ds.set_original_encoding(implicit, True, None)

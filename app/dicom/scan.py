@@ -39,7 +39,11 @@ def scan(paths: os.PathLike | str | Iterable[os.PathLike | str], progress: Progr
     instances: list[DicomInstance] = []
     total = len(cands.files)
     for i, path in enumerate(cands.files):
-        item = read_header(path)
+        try:
+            item = read_header(path)
+        except Exception as exc:  # noqa: BLE001 - one file never takes the study down (issue #19)
+            log.warning("header of %s: unexpected %r", path, exc)
+            item = FileProblem(path, "file could not be read (unexpected error, see the log)")
         if isinstance(item, FileProblem):
             result.problems.append(item)
         else:
@@ -235,9 +239,7 @@ def sort_stack(stack: list[DicomInstance]) -> tuple[list[DicomInstance], list[st
             _, found = geo.spacing_warnings(d)
             warnings.extend(found)
 
-    frames = sum(i.number_of_frames for i in ordered)
-    if frames == 1:
-        warnings.append("single image: there are no other slices in this series")
+    # One image on its own (a scout, a radiograph, a key image) is not a problem: nothing to warn about.
     if any(i.assumed_syntax for i in ordered):
         warnings.append("file meta information lacks a transfer syntax; encoding was inferred")
     return ordered, warnings

@@ -92,7 +92,7 @@ def test_file_renders_like_pydicom_or_gets_a_reason(path: Path):
         if vol.is_color:
             if photometric == "PALETTE COLOR":
                 bits = int(ds.RedPaletteColorLookupTableDescriptor[2]) if "RedPaletteColorLookupTableDescriptor" in ds else 16
-                expected = _rgb8(apply_color_lut(expected, ds), bits)
+                expected = _rgb8(apply_color_lut(expected, _palette_in_native_order(ds)), bits)
             else:
                 expected = _rgb8(expected, int(ds.BitsStored))
             np.testing.assert_array_equal(vol.frames[k], expected)
@@ -128,6 +128,21 @@ def test_file_renders_like_pydicom_or_gets_a_reason(path: Path):
         if flip:
             theirs = 255 - theirs
         assert np.max(np.abs(ours - theirs)) <= 1.0 + 1e-6
+
+
+def _palette_in_native_order(ds):
+    """The palette module of ``ds`` with its LUT Data in this machine's byte order: pydicom's
+    ``apply_color_lut`` reads unsegmented LUT Data natively, which swaps a big-endian file's entries."""
+    if ds.original_encoding[1] is not False or "RedPaletteColorLookupTableData" not in ds:
+        return ds
+    pal = pydicom.Dataset()
+    for colour in ("Red", "Green", "Blue"):
+        pal[f"{colour}PaletteColorLookupTableDescriptor"] = ds[f"{colour}PaletteColorLookupTableDescriptor"]
+        raw = ds[f"{colour}PaletteColorLookupTableData"].value
+        if len(raw) != int(ds[f"{colour}PaletteColorLookupTableDescriptor"].value[0] or 65536):
+            raw = np.frombuffer(raw, dtype=">u2").astype("=u2").tobytes()
+        setattr(pal, f"{colour}PaletteColorLookupTableData", raw)
+    return pal
 
 
 def _frame_rescale(ds, j: int) -> tuple[float, float]:
