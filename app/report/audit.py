@@ -379,6 +379,14 @@ def describe_edit(report: DraftReport, edit: Edit) -> dict[str, Any]:
         if a.signature is not None:
             d.update(reader_name=a.signature.reader_name, signed_at=a.signature.signed_at)
         return d
+    if edit.sentences_after is not None:  # AI impression sentences: decided one by one, or following a finding
+        old = {x.id: x for x in edit.sentences_before or ()}
+        d["ai_sentences"] = [{"id": x.id, "text": x.text, "status": [old[x.id].status.value if x.id in old else None,
+                                                                      x.status.value],
+                              **({"caution": x.caution} if x.caution else {})}
+                             for x in edit.sentences_after if old.get(x.id) != x]
+        if edit.finding_id is None:
+            return d
     b, a = edit.before, edit.after
     d["finding_id"] = edit.finding_id
     if a is not None and (b is None or b.origin != a.origin):

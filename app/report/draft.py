@@ -28,6 +28,7 @@ The rest of the report lives beside this module: :mod:`app.report.serialize`
 from __future__ import annotations
 
 import logging
+import re
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
@@ -36,7 +37,7 @@ from enum import Enum
 
 from app.core.errors import XMedError
 from app.dicom.model import Window
-from inference.reliability.scoring import Tier
+from inference.reliability.scoring import Tier, worst_tier
 from inference.types import Box
 
 log = logging.getLogger(__name__)
@@ -59,6 +60,53 @@ class FindingStatus(str, Enum):
 class Origin(str, Enum):
     AI = "ai"
     READER = "reader"
+
+
+class SentenceStatus(str, Enum):
+    """An AI impression sentence: a proposal until the reader accepts (or rejects) it."""
+
+    PROPOSED = "proposed"
+    ACCEPTED = "accepted"
+    REJECTED = "rejected"
+
+
+#: an impression sentence that says there is nothing ("No focal lesion.", "Unremarkable study.")
+_NEGATIVE = re.compile(
+    r"\b(no|without|negative for|absence of|free of)\b[^.;]*\b(lesions?|mass(es)?|nodules?|abnormalit(y|ies)|"
+    r"findings?|pathology|tumou?rs?|effusions?|opacit(y|ies)|consolidations?|infiltrates?|hemorrhage|bleed)\b"
+    r"|\bunremarkable\b|\b(normal|negative) (study|exam|examination|scan|ct|mri?)\b",
+    re.I)
+
+
+#: a negative sentence about anything abnormal (not one kind of finding)
+_GENERAL = re.compile(r"\b(lesions?|abnormalit(y|ies)|findings?|pathology|tumou?rs?)\b|\bunremarkable\b"
+                      r"|\b(normal|negative) (study|exam|examination|scan|ct|mri?)\b", re.I)
+
+
+@dataclass(frozen=True)
+class AiSentence:
+    """One sentence of the impression the AI drafted: its text, the reader's decision, the findings it
+    names (report finding ids, by :func:`inference.phrases.phrase_key` of their phrase or their finding
+    type) and ``caution``: why it needs particular care (a guardrail warning, a red answer)."""
+
+    id: str
+    text: str
+    status: SentenceStatus = SentenceStatus.PROPOSED
+    finding_ids: tuple[str, ...] = ()
+    caution: str = ""
+
+    @property
+    def decided(self) -> bool:
+        return self.status is not SentenceStatus.PROPOSED
+
+    @property
+    def included(self) -> bool:
+        return self.status is SentenceStatus.ACCEPTED
+
+    @property
+    def negative(self) -> bool:
+        """Whether the sentence says there is no lesion / nothing abnormal."""
+        return bool(_NEGATIVE.search(self.text))
 
 
 @dataclass(frozen=True)
@@ -115,6 +163,19 @@ class Finding:
     def included(self) -> bool:
         """Whether the finding goes into the report the reader signs."""
         return self.status in (FindingStatus.ACCEPTED, FindingStatus.EDITED)
+
+    @property
+    def edited_by_reader(self) -> bool:
+        """An AI finding the reader moved (box) or rewrote (text): it is the reader's now."""
+        return self.origin is Origin.AI and self.status is FindingStatus.EDITED
+
+    @property
+    def ai_certainty(self) -> FindingReliability | None:
+        """The AI's reliability as exported: only for a checked AI finding the reader did not edit
+        (an edited finding carries no AI certainty, a reader's own never has one)."""
+        if self.origin is not Origin.AI or self.status is FindingStatus.EDITED:
+            return None
+        return self.reliability
 
 
 @dataclass(frozen=True)
@@ -187,6 +248,10 @@ class Edit:
     section_after: str | None = None
     addendum_before: Addendum | None = None
     addendum_after: Addendum | None = None
+    #: the AI impression sentences before and after (None: unchanged); a finding's edit may carry them
+    #: too (rejecting a finding rejects the sentences naming it, in the same undoable step)
+    sentences_before: tuple[AiSentence, ...] | None = None
+    sentences_after: tuple[AiSentence, ...] | None = None
 
     def reversed(self, action: str) -> "Edit":
         return replace(
@@ -198,6 +263,8 @@ class Edit:
             impression_after=self.impression_before,
             section_before=self.section_after,
             section_after=self.section_before,
+            sentences_before=self.sentences_after,
+            sentences_after=self.sentences_before,
         )
 
 
@@ -208,7 +275,10 @@ Listener = Callable[["DraftReport", Edit], None]
 class DraftReport:
     study: StudyContext
     findings: list[Finding] = field(default_factory=list)
-    impression: str = ""
+    impression: str = ""  # the reader's own impression text
+    #: the impression the AI drafted, sentence by sentence; only accepted ones are signed
+    #: (:meth:`impression_text`). A draft saved before these existed has none: its impression is reader text.
+    ai_sentences: list[AiSentence] = field(default_factory=list)
     indication: str = ""
     technique: str = ""
     comparison: str = ""
@@ -245,6 +315,42 @@ class DraftReport:
 
     def included_findings(self) -> list[Finding]:
         return [f for f in self.findings if f.included]
+
+    def ai_sentence(self, sentence_id: str) -> AiSentence:
+        for s in self.ai_sentences:
+            if s.id == sentence_id:
+                return s
+        raise ReportError(f"That impression sentence is no longer in the report (id {sentence_id}).")
+
+    def undecided_sentences(self) -> list[AiSentence]:
+        return [s for s in self.ai_sentences if not s.decided]
+
+    def sentence_tier(self, sentence: AiSentence) -> Tier | None:
+        """The least reliable tier of the (not rejected) findings the sentence names; None: none assessed."""
+        tiers = [f.reliability.tier for f in self.findings
+                 if f.id in sentence.finding_ids and f.reliability is not None
+                 and f.status is not FindingStatus.REJECTED]
+        return worst_tier(tiers) if tiers else None
+
+    def contradicts(self, sentence: AiSentence) -> list[Finding]:
+        """The included findings a negative AI sentence contradicts: a general one ("No focal lesion.",
+        "Unremarkable study.") every included finding, a specific one ("No pleural effusion.") those of
+        its kind (finding type or text named in it)."""
+        if not sentence.negative or sentence.status is SentenceStatus.REJECTED:
+            return []
+        general = bool(_GENERAL.search(sentence.text))
+        low = sentence.text.lower()
+
+        def named(f: Finding) -> bool:
+            kind = f.finding_type.strip().lower()
+            return bool(kind) and re.search(rf"\b{re.escape(kind)}(s|es)?\b", low) is not None
+
+        return [f for f in self.included_findings() if general or named(f)]
+
+    def impression_text(self) -> str:
+        """The impression that is signed and exported: the accepted AI sentences, then the reader's text."""
+        ai = " ".join(s.text.strip() for s in self.ai_sentences if s.included and s.text.strip())
+        return "\n".join(x for x in (ai, self.impression.strip()) if x)
 
     def section(self, name: str) -> str:
         """The text of a section (:data:`SECTIONS`)."""
@@ -287,6 +393,11 @@ class DraftReport:
         n = len(self.undecided())
         if n:
             reasons.append(f"{n} AI finding{'s' if n > 1 else ''} still to accept or reject.")
+        n = len(self.undecided_sentences())
+        if n:
+            contra = sum(1 for s in self.undecided_sentences() if self.contradicts(s))
+            also = f" ({contra} contradicting an accepted finding)" if contra else ""
+            reasons.append(f"{n} AI impression sentence{'s' if n > 1 else ''} still to accept or reject{also}.")
         return reasons
 
     @property
@@ -327,8 +438,36 @@ class DraftReport:
             ai_text=text.strip() if origin is Origin.AI else "",
             window=window,
         )
-        self.apply(Edit("add", f.id, len(self.findings), None, f))
+        self.apply(Edit("add", f.id, len(self.findings), None, f, **self._sentences_following(None, f)))
         return f
+
+    # ---- AI impression sentences: one click each, audited, undoable ----
+    def accept_sentence(self, sentence_id: str) -> None:
+        """The reader takes an AI impression sentence into the report (an explicit, audited decision)."""
+        self._set_sentence("accept_sentence", sentence_id, SentenceStatus.ACCEPTED)
+
+    def reject_sentence(self, sentence_id: str) -> None:
+        self._set_sentence("reject_sentence", sentence_id, SentenceStatus.REJECTED)
+
+    def reset_sentence(self, sentence_id: str) -> None:
+        self._set_sentence("reset_sentence", sentence_id, SentenceStatus.PROPOSED)
+
+    def add_ai_sentences(self, sentences: Iterable[AiSentence]) -> None:
+        """Add AI impression sentences (a further answer); the ones already there by text are skipped."""
+        have = {s.text.strip() for s in self.ai_sentences}
+        new = [s for s in sentences if s.text.strip() and s.text.strip() not in have]
+        if new:
+            before = tuple(self.ai_sentences)
+            self.apply(Edit("ai_sentences", sentences_before=before, sentences_after=(*before, *new)))
+
+    def set_sentence_caution(self, caution: str) -> None:
+        """Mark every AI sentence not yet decided as needing care (a red answer); not an edit of the
+        reader's (no undo), applied like the AI's reliability."""
+        before = tuple(self.ai_sentences)
+        after = tuple(replace(s, caution=s.caution or caution) if not s.decided else s for s in before)
+        if after != before:
+            self.replay(Edit("sentence_caution", sentences_before=before, sentences_after=after,
+                             revision=self.revision))
 
     def accept(self, finding_id: str) -> None:
         """Accept a finding; an AI finding the reader changed stays marked as edited."""
@@ -483,7 +622,37 @@ class DraftReport:
         before = self.finding(after.id)
         if before == after:
             return
-        self.apply(Edit(action, after.id, self.index_of(after.id), before, after))
+        self.apply(Edit(action, after.id, self.index_of(after.id), before, after,
+                        **self._sentences_following(before, after)))
+
+    def _contradicted_by(self, s: AiSentence, f: Finding) -> bool:
+        probe = DraftReport(self.study, findings=[f])
+        return bool(probe.contradicts(s))
+
+    def _set_sentence(self, action: str, sentence_id: str, status: SentenceStatus) -> None:
+        s = self.ai_sentence(sentence_id)
+        if s.status is status:
+            return
+        before = tuple(self.ai_sentences)
+        after = tuple(replace(x, status=status) if x.id == sentence_id else x for x in before)
+        self.apply(Edit(action, sentences_before=before, sentences_after=after))
+
+    def _sentences_following(self, before: Finding | None, after: Finding) -> dict:
+        """The impression follows the findings: a rejected finding takes the AI sentences naming it
+        with it; a finding that comes into the report sends accepted negative AI sentences ("No focal
+        lesion.") back to undecided. Empty when no sentence changes."""
+        old = tuple(self.ai_sentences)
+        new = []
+        for s in old:
+            if after.status is FindingStatus.REJECTED and after.id in s.finding_ids \
+                    and s.status is not SentenceStatus.REJECTED:
+                s = replace(s, status=SentenceStatus.REJECTED)
+            elif after.included and not (before is not None and before.included) \
+                    and s.status is SentenceStatus.ACCEPTED and self._contradicted_by(s, after):
+                s = replace(s, status=SentenceStatus.PROPOSED)
+            new.append(s)
+        new_t = tuple(new)
+        return {} if new_t == old else {"sentences_before": old, "sentences_after": new_t}
 
     def _commit(self, edit: Edit, bookkeeping: Callable[[Edit], None]) -> Edit:
         """Apply, update undo/redo (``bookkeeping``), then tell the listeners: they see a consistent report."""
@@ -514,6 +683,10 @@ class DraftReport:
             else:
                 self.addenda[pos] = a
             return
+        if edit.sentences_after is not None:
+            self.ai_sentences = list(edit.sentences_after)
+            if edit.finding_id is None:
+                return
         if edit.section is not None:
             if edit.section in SECTIONS and edit.section_after is not None:
                 setattr(self, edit.section, edit.section_after)

@@ -9,6 +9,7 @@ for its links and reliability checks.
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
@@ -16,6 +17,7 @@ from typing import Protocol
 
 from app.dicom.model import FrameRef, Window
 from app.report.draft import (
+    AiSentence,
     DraftReport,
     Finding,
     FindingReliability,
@@ -25,7 +27,12 @@ from app.report.draft import (
     StudyContext,
 )
 from app.report.templates import ReportTemplate, template_for
-from inference.phrases import phrase_key, sentence_with, strip_grounding
+from inference.phrases import (
+    phrase_key,
+    sentence_with,
+    split_sentences,
+    strip_grounding,
+)
 from inference.types import STEP_NAMES, Box, ReasoningStep
 
 
@@ -46,6 +53,7 @@ def draft_from_answer(
     provenance: Provenance,
     reliability: Mapping[str, FindingReliability] | None = None,
     window: Window | None = None,
+    caution: str = "",
 ) -> DraftReport:
     """A draft from an answer: one AI finding per phrase (its boxes merged), the synthesis step as impression.
 
@@ -54,6 +62,11 @@ def draft_from_answer(
     links and checks), else the phrase. ``frame_ref(k)`` names the image of slice k (:class:`FrameRef`);
     ``reliability`` maps a phrase (:func:`inference.phrases.phrase_key`) to its reliability;
     ``window``: the display window the model was shown (each finding keeps it for its key image).
+
+    The synthesis step becomes the impression the AI proposes, sentence by sentence
+    (:class:`AiSentence`, status proposed, with the findings each names by phrase or finding type);
+    the reader's own impression starts empty. ``caution`` (the answer's guardrail warnings) is kept
+    on each sentence.
     """
     steps = sorted(steps, key=lambda s: s.index)
     text_of_step = {s.index: s.text for s in steps}
@@ -85,8 +98,21 @@ def draft_from_answer(
         )
     report.findings = list(by_phrase.values())
     synthesis = [s for s in steps if s.index == len(STEP_NAMES)]
-    report.impression = strip_grounding(synthesis[-1].text).strip() if synthesis else ""
+    text = strip_grounding(synthesis[-1].text).strip() if synthesis else ""
+    report.ai_sentences = ai_sentences(text, by_phrase, caution)
     return report
+
+
+def ai_sentences(text: str, by_phrase: Mapping[str, Finding], caution: str = "") -> list[AiSentence]:
+    """The sentences of an AI impression (:func:`inference.phrases.split_sentences`), each naming the
+    findings whose phrase (:func:`phrase_key`) or finding type (as a word) it contains."""
+    out = []
+    for sentence in split_sentences(text):
+        key = phrase_key(sentence)
+        names = tuple(f.id for phrase, f in by_phrase.items()
+                      if phrase in key or (f.finding_type and re.search(rf"\b{re.escape(f.finding_type)}s?\b", key)))
+        out.append(AiSentence(uuid.uuid4().hex[:12], sentence.strip(), finding_ids=names, caution=caution))
+    return out
 
 
 def _guess_type(phrase: str, template: ReportTemplate) -> str:

@@ -30,6 +30,7 @@ from app.dicom.model import Window
 from app.report.draft import (
     SECTIONS,
     Addendum,
+    AiSentence,
     DraftReport,
     Edit,
     Finding,
@@ -38,6 +39,7 @@ from app.report.draft import (
     Origin,
     Provenance,
     ReportBox,
+    SentenceStatus,
     Signature,
     StudyContext,
 )
@@ -52,7 +54,9 @@ MAX_BOXES = 10_000
 MAX_PIXELS = 1 << 24  # coordinates, slice indices and frame numbers
 MAX_REVISION = 1 << 53
 _REPORT_KEYS = ("report_id", "created_at", "revision", "template", "study", "provenance", "findings",
-                "impression", "signature", *SECTIONS, "addenda")
+                "impression", "signature", *SECTIONS, "addenda", "ai_sentences")
+_SENTENCE_KEYS = ("id", "text", "status", "finding_ids", "caution")
+_SENTENCE_STATUSES = frozenset(s.value for s in SentenceStatus)
 _FINDING_KEYS = ("id", "text", "boxes", "origin", "status", "finding_type", "reliability", "source_step", "ai_text",
                  "window")
 _ADDENDUM_KEYS = ("id", "text", "author", "created_at", "signature")
@@ -60,7 +64,7 @@ MAX_ADDENDA = 1000
 _BOX_KEYS = ("box", "slice_index", "sop_instance_uid", "series_uid", "frame_number", "tracking_uid")
 _EDIT_KEYS = ("action", "finding_id", "index", "before", "after", "impression_before", "impression_after",
               "signature", "revision", "at", "section", "section_before", "section_after", "addendum_before",
-              "addendum_after")
+              "addendum_after", "sentences_before", "sentences_after")
 _ORIGINS = frozenset(o.value for o in Origin)
 _STATUSES = frozenset(s.value for s in FindingStatus)
 _TIERS = frozenset(t.value for t in Tier if t is not Tier.NONE)
@@ -79,6 +83,7 @@ def report_to_dict(report: DraftReport) -> dict[str, Any]:
         **{name: getattr(report, name) for name in SECTIONS},
         "signature": asdict(report.signature) if report.signature else None,
         "addenda": [addendum_to_dict(a) for a in report.addenda],
+        "ai_sentences": [sentence_to_dict(x) for x in report.ai_sentences],
     }
 
 
@@ -102,11 +107,37 @@ def report_from_dict(data: Any) -> DraftReport:
                                                                required=("reader_name", "signed_at")),
         addenda=expect_each(expect_list(d.get("addenda", []), "'addenda'", max_items=MAX_ADDENDA), "addenda",
                             addendum_from_dict),
+        # a draft saved before AI sentences existed has none: its impression is the reader's text
+        ai_sentences=_sentences_from(d.get("ai_sentences", []), "'ai_sentences'"),
     )
     ids = [f.id for f in report.findings]
     if len(set(ids)) != len(ids):
         raise SnapshotError("two findings have the same id")
     return report
+
+
+def sentence_to_dict(s: AiSentence) -> dict[str, Any]:
+    return {"id": s.id, "text": s.text, "status": s.status.value, "finding_ids": list(s.finding_ids),
+            "caution": s.caution}
+
+
+def sentence_from_dict(data: Any, what: str = "ai sentence") -> AiSentence:
+    d = expect_object(data, what)
+    only_keys(d, _SENTENCE_KEYS, what)
+    ids = expect_list(d.get("finding_ids", []), f"'{what}.finding_ids'", max_items=MAX_FINDINGS)
+    if not all(isinstance(i, str) and len(i) <= 256 for i in ids):
+        raise SnapshotError(f"'{what}.finding_ids' must be a list of finding ids")
+    return AiSentence(
+        id=expect_str(d, "id", where=what, max_len=256, non_empty=True),
+        text=expect_str(d, "text", where=what, max_len=MAX_TEXT),
+        status=SentenceStatus(expect_str(d, "status", "proposed", where=what, choices=_SENTENCE_STATUSES)),
+        finding_ids=tuple(ids),
+        caution=expect_str(d, "caution", "", where=what, max_len=MAX_TEXT),
+    )
+
+
+def _sentences_from(data: Any, what: str) -> list[AiSentence]:
+    return expect_each(expect_list(data, what, max_items=MAX_FINDINGS), what, sentence_from_dict)
 
 
 def finding_to_dict(f: Finding) -> dict[str, Any]:
@@ -246,6 +277,8 @@ def edit_to_dict(e: Edit) -> dict[str, Any]:
         "section_after": e.section_after,
         "addendum_before": addendum_to_dict(e.addendum_before) if e.addendum_before else None,
         "addendum_after": addendum_to_dict(e.addendum_after) if e.addendum_after else None,
+        "sentences_before": None if e.sentences_before is None else [sentence_to_dict(x) for x in e.sentences_before],
+        "sentences_after": None if e.sentences_after is None else [sentence_to_dict(x) for x in e.sentences_after],
     }
 
 
@@ -272,4 +305,8 @@ def edit_from_dict(data: Any) -> Edit:
         section_after=expect_str(d, "section_after", None, where="edit", max_len=MAX_TEXT),
         addendum_before=None if a_before is None else addendum_from_dict(a_before, "edit.addendum_before"),
         addendum_after=None if a_after is None else addendum_from_dict(a_after, "edit.addendum_after"),
+        sentences_before=None if d.get("sentences_before") is None
+        else tuple(_sentences_from(d["sentences_before"], "edit.sentences_before")),
+        sentences_after=None if d.get("sentences_after") is None
+        else tuple(_sentences_from(d["sentences_after"], "edit.sentences_after")),
     )

@@ -228,8 +228,10 @@ class ReportSession:
             reasoning=data["steps"], boxes=data["findings"], engine=answer.engine,
             finish_reason=answer.finish_reason, warnings=answer.warnings,
         )
+        warnings = list(getattr(answer, "warnings", None) or [])
         fresh = draft_from_answer(study, answer.steps, answer.findings, refs, prov,
-                                  window=getattr(answer, "window", None))
+                                  window=getattr(answer, "window", None),
+                                  caution=("Guardrail warning: " + " ".join(warnings)) if warnings else "")
         keys = list(dict.fromkeys(phrase_key(f.phrase) for f in answer.findings
                                   if phrase_key(f.phrase) and f.box_px.area > 0))
         ids = dict(zip(keys, (f.id for f in fresh.findings)))  # draft_from_answer keeps the phrases' order
@@ -255,8 +257,9 @@ class ReportSession:
             report.apply(Edit("add", f.id, len(report.findings), None, f))
         if not report.provenance.model_id:
             report.provenance = fresh.provenance
-        if not report.impression.strip() and fresh.impression:
-            report.set_impression(fresh.impression)
+        # the new answer's impression sentences join the proposals (never the reader's text)
+        report.add_ai_sentences(replace(x, finding_ids=tuple(renamed.get(i, i) for i in x.finding_ids))
+                                for x in fresh.ai_sentences)
         return {k: renamed.get(v, v) for k, v in ids.items()}
 
     def apply_reliability(self, reliability: Reliability) -> int:
@@ -276,6 +279,8 @@ class ReportSession:
         }, study_uid=report.study.study_uid)
         if report.signed:
             return 0
+        if reliability.tier is Tier.RED:  # a red answer: its sentences need the reader's particular care
+            report.set_sentence_caution("Red answer reliability: check before accepting.")
         changed = 0
         for f in list(report.findings):
             fr = by_id.get(f.id)

@@ -127,16 +127,25 @@ class ReportController(QObject):
             return
         self._show_panel()
         self._sync_all()
-        self._status(f"Draft report: {len(self.session.report.undecided())} AI finding(s) to accept or reject.")
+        # the report dock updates in the background (the assistant's reliability light and warning band
+        # stay in view); the panel and the status bar say so
+        r = self.session.report
+        line = (f"Draft updated from the assistant's answer: {len(r.undecided())} AI finding(s) and "
+                f"{len(r.undecided_sentences())} AI impression sentence(s) to accept or reject.")
+        if self.panel is not None:
+            self.panel.draft_updated(line)
+        self._status(line)
 
     def on_reliability(self, reliability) -> None:
         """A Reliability, or the assistant panel's ReliabilityResult holding one."""
         reliability = getattr(reliability, "reliability", reliability)
         try:
-            if self.session.report is not None and self.session.apply_reliability(reliability):
+            if self.session.report is not None:
+                changed = self.session.apply_reliability(reliability)
                 if self.panel is not None:
-                    self.panel.refresh()
-                self._sync_all()
+                    self.panel.refresh()  # tints, and a red answer's caution on the AI sentences
+                if changed:
+                    self._sync_all()
         except XMedError as exc:
             self._status(str(exc))
 
@@ -194,8 +203,8 @@ class ReportController(QObject):
         report.subscribe(lambda _r, _e: self._sync_all())
         self._replace_widget(panel)
         self.panel = panel
-        self.dock.show()
-        self.dock.raise_()
+        if self.dock.isHidden():  # closed by the reader: back, but never raised over the assistant (#13.7)
+            self.dock.show()
         self._sync_all()
 
     def _placeholder(self) -> QWidget:
@@ -264,6 +273,8 @@ class ReportController(QObject):
         except XMedError as exc:
             self._status(str(exc))
         self._show_panel()
+        if self.panel is not None:  # the reader asked for it: show it
+            self.dock.raise_()
 
     def _replace_widget(self, widget) -> None:
         old = self.dock.widget()

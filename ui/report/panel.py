@@ -12,6 +12,13 @@ into the signed report (:meth:`ReportPanel.confirm`; :attr:`ReportPanel.auto_ans
 it without a dialog, for tests). A signed report does not change; "Add addendum" opens a
 text box for an addendum, signed on its own ("Sign addendum", confirmed the same way).
 
+The impression the AI drafted is a list of proposals, one row per sentence ("AI impression"):
+the reader accepts or rejects each (one click each, audited); only accepted sentences and the
+reader's own impression text are signed. A sentence with a guardrail warning or from a red
+answer shows a ⚠ caution, a negative sentence ("No focal lesion.") beside an accepted finding is
+marked as contradicting it; sign waits until every AI sentence is decided. The panel never
+raises itself: when an answer updates the draft, :attr:`ReportPanel.status_line` says so.
+
 Findings rows carry their reliability tier as a background with a text colour that keeps
 WCAG AA contrast (≥ 4.5:1, :data:`TIER_TINT` / :data:`TIER_TEXT`), wrap to the panel's
 width and show their whole text as a tooltip.
@@ -48,11 +55,13 @@ from app.core.names import NameStyle, display_date, person_name
 from app.report.display import sentence_reliability, study_label
 from app.report.draft import (
     SECTIONS,
+    AiSentence,
     DraftReport,
     Edit,
     Finding,
     FindingStatus,
     Origin,
+    SentenceStatus,
 )
 from app.report.export.text import render_text
 from app.report.templates import heading, template_of
@@ -73,6 +82,9 @@ STATUS_MARK = {
     FindingStatus.EDITED: "✎",
     FindingStatus.REJECTED: "✗",
 }
+
+
+SENTENCE_MARK = {SentenceStatus.PROPOSED: "?", SentenceStatus.ACCEPTED: "✓", SentenceStatus.REJECTED: "✗"}
 
 
 def row_colours(f: Finding) -> tuple[QColor, QColor]:
@@ -144,8 +156,24 @@ class ReportPanel(QWidget):
         self.draw_button.toggled.connect(self.draw_finding.emit)
         self.export_button = QPushButton("Export draft SR/PDF")
         self.export_button.clicked.connect(lambda: (self.commit_pending(), self.export_draft.emit()))
+        # the AI's impression: proposals, sentence by sentence
+        self.ai_sentences_label = QLabel("AI impression — proposals: accept or reject each sentence")
+        self.ai_sentences = QListWidget()
+        self.ai_sentences.setObjectName("ai_sentences")
+        self.ai_sentences.setWordWrap(True)
+        self.ai_sentences.setResizeMode(QListView.ResizeMode.Adjust)
+        self.ai_sentences.setMinimumHeight(72)
+        self.ai_sentences.currentRowChanged.connect(lambda _row: self._show_current_sentence())
+        self.accept_sentence_button = QPushButton("Accept sentence")
+        self.reject_sentence_button = QPushButton("Reject sentence")
+        self.accept_sentence_button.setToolTip("Take this AI sentence into the impression you sign")
+        self.accept_sentence_button.clicked.connect(lambda: self._decide_sentence(self.report.accept_sentence))
+        self.reject_sentence_button.clicked.connect(lambda: self._decide_sentence(self.report.reject_sentence))
+        self.status_line = QLabel()
+        self.status_line.setObjectName("draft_status")
+        self.status_line.setWordWrap(True)
         self.impression = QPlainTextEdit()
-        self.impression.setPlaceholderText("Impression")
+        self.impression.setPlaceholderText("Impression (your own text)")
         self.impression.setMaximumHeight(84)
         self.impression.textChanged.connect(lambda: self._typed("impression"))
         self.undo_button = QPushButton("Undo")
@@ -188,12 +216,19 @@ class ReportPanel(QWidget):
         addendum.addWidget(self.sign_addendum_button)
         layout = QVBoxLayout(self)
         layout.addWidget(self.header)
+        layout.addWidget(self.status_line)
         layout.addLayout(sections)
         layout.addWidget(QLabel(t.findings_heading))
         layout.addWidget(self.findings, 1)
         layout.addWidget(self.finding_text)
         layout.addLayout(decide)
         layout.addWidget(QLabel(t.impression_heading))
+        layout.addWidget(self.ai_sentences_label)
+        layout.addWidget(self.ai_sentences)
+        decide_sentence = QHBoxLayout()
+        decide_sentence.addWidget(self.accept_sentence_button)
+        decide_sentence.addWidget(self.reject_sentence_button)
+        layout.addLayout(decide_sentence)
         layout.addWidget(self.impression)
         layout.addLayout(actions)
         layout.addWidget(self.export_button)
@@ -213,6 +248,20 @@ class ReportPanel(QWidget):
             if f.id == finding_id:
                 self.findings.setCurrentRow(row)
                 return
+
+    def select_sentence(self, sentence_id: str) -> None:
+        for row, x in enumerate(self.report.ai_sentences):
+            if x.id == sentence_id:
+                self.ai_sentences.setCurrentRow(row)
+                return
+
+    def current_sentence(self) -> AiSentence | None:
+        row = self.ai_sentences.currentRow()
+        return self.report.ai_sentences[row] if 0 <= row < len(self.report.ai_sentences) else None
+
+    def draft_updated(self, text: str = "Draft updated from the assistant's answer.") -> None:
+        """Say that the draft changed in the background (the panel never raises itself)."""
+        self.status_line.setText(text)
 
     def current_finding(self) -> Finding | None:
         row = self.findings.currentRow()
@@ -254,10 +303,14 @@ class ReportPanel(QWidget):
     def sign_question(self) -> str:
         r = self.report
         kept = len(r.included_findings())
+        ai = sum(1 for x in r.ai_sentences if x.included)
+        ai_line = (f"{ai} AI impression sentence{'s' if ai != 1 else ''} you accepted will be in it.\n"
+                   if r.ai_sentences else "")
         rejected = sum(1 for f in r.findings if f.status is FindingStatus.REJECTED)
         left_out = f" ({rejected} rejected AI finding{'s' if rejected != 1 else ''} left out)" if rejected else ""
         return (f"Sign this report as {person_name(self.reader_name, NameStyle.FULL)}?\n\n"
                 f"{kept} accepted finding{'s' if kept != 1 else ''} will be in the signed report{left_out}.\n"
+                f"{ai_line}"
                 "A signed report cannot be changed; later corrections go into an addendum.")
 
     def sign(self) -> None:
@@ -328,6 +381,7 @@ class ReportPanel(QWidget):
                 self.findings.addItem(self._item(f))
             self.findings.setCurrentRow(min(row, len(r.findings) - 1))
         self._show_current()
+        self._show_sentences()
         if self._pending != ("impression", None) and self.impression.toPlainText() != r.impression:
             with QSignalBlocker(self.impression):
                 self.impression.setPlainText(r.impression)
@@ -351,6 +405,63 @@ class ReportPanel(QWidget):
         else:
             self.blockers.setText(" ".join(blockers) if blockers else "Ready to sign.")
         self._show_addenda()
+
+    def _show_sentences(self) -> None:
+        r = self.report
+        row = self.ai_sentences.currentRow()
+        with QSignalBlocker(self.ai_sentences):
+            self.ai_sentences.clear()
+            for x in r.ai_sentences:
+                self.ai_sentences.addItem(self._sentence_item(x))
+            if r.ai_sentences:
+                self.ai_sentences.setCurrentRow(min(max(row, 0), len(r.ai_sentences) - 1))
+        shown = bool(r.ai_sentences)
+        for w in (self.ai_sentences_label, self.ai_sentences, self.accept_sentence_button,
+                  self.reject_sentence_button):
+            w.setVisible(shown)
+        self._show_current_sentence()
+
+    def _sentence_item(self, x: AiSentence) -> QListWidgetItem:
+        r = self.report
+        tier = r.sentence_tier(x)
+        names = [f"{'AI' if f.origin is Origin.AI else 'You'} {n}" for n, f in enumerate(r.findings, 1)
+                 if f.id in x.finding_ids]
+        notes = ["AI sentence"]
+        if names:
+            notes.append("names " + ", ".join(names))
+        if tier is not None:
+            notes.append(f"reliability {tier.value}")
+        if r.contradicts(x):
+            notes.append("⚠ contradicts an accepted finding")
+        if x.caution and x.status is not SentenceStatus.ACCEPTED:
+            notes.append(f"⚠ {x.caution}")
+        if x.status is SentenceStatus.ACCEPTED:
+            notes.append("accepted by you")
+        item = QListWidgetItem(f"{SENTENCE_MARK[x.status]}  {x.text}\n      " + " · ".join(notes))
+        item.setToolTip(f"{x.text}\n" + " · ".join(notes) + f" · {x.status.value}")
+        item.setData(Qt.ItemDataRole.UserRole, x.id)
+        background = TIER_TINT.get(tier.value, PLAIN_TINT) if tier is not None else PLAIN_TINT
+        foreground = (REJECTED_TEXT if x.status is SentenceStatus.REJECTED
+                      else TIER_TEXT.get(tier.value, PLAIN_TEXT) if tier is not None else PLAIN_TEXT)
+        item.setBackground(QBrush(background))
+        item.setForeground(QBrush(foreground))
+        if x.status is SentenceStatus.REJECTED:
+            font = item.font()
+            font.setStrikeOut(True)
+            item.setFont(font)
+        return item
+
+    def _show_current_sentence(self) -> None:
+        x = self.current_sentence()
+        editable = x is not None and not self.report.signed
+        self.accept_sentence_button.setEnabled(editable and x.status is not SentenceStatus.ACCEPTED)
+        self.reject_sentence_button.setEnabled(editable and x.status is not SentenceStatus.REJECTED)
+
+    def _decide_sentence(self, action) -> None:
+        self.commit_pending()
+        x = self.current_sentence()
+        if x is not None:
+            self._run(lambda: action(x.id))
 
     def _show_addenda(self) -> None:
         r = self.report
@@ -392,6 +503,9 @@ class ReportPanel(QWidget):
     def _item(self, f: Finding) -> QListWidgetItem:
         who = "AI" if f.origin is Origin.AI else "You"
         rel = f" · reliability {f.reliability.tier.value} {f.reliability.score:.2f}" if f.reliability else ""
+        if f.edited_by_reader:  # moved or rewritten: the reader's now, exported without the AI's certainty
+            who = "AI · edited by you"
+            rel = f" · AI reliability was {f.reliability.tier.value} (not exported)" if f.reliability else ""
         boxes = f" · {len(f.boxes)} box{'es' if len(f.boxes) != 1 else ''}" if f.boxes else ""
         text = f"{STATUS_MARK[f.status]}  {f.text}\n      {who}{boxes}{rel}"
         item = QListWidgetItem(text)
@@ -467,4 +581,5 @@ class ReportPanel(QWidget):
         return True
 
     def _on_edit(self, report: DraftReport, edit: Edit) -> None:
+        self.status_line.clear()  # "Draft updated …" stays until the reader works on the draft
         self.refresh()

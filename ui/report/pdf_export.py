@@ -175,13 +175,15 @@ def _draw(report: DraftReport, page: _Page, key_images: KeyImages) -> None:
         page.text(f"{n}. {f.text}", indent=0)
         if f.status is FindingStatus.PROPOSED:
             page.text("AI proposal, not yet reviewed", size=8, colour=QColor(200, 40, 40), indent=14)
-        if f.reliability is not None:
-            tier = f.reliability.tier.value
-            page.text(f"AI reliability: {tier} ({f.reliability.score:.2f})", size=8,
+        if f.edited_by_reader:  # the reader's finding now: no AI certainty
+            page.text("AI proposal edited by the reader (no AI certainty)", size=8, colour=QColor(40, 40, 40), indent=14)
+        elif f.ai_certainty is not None:
+            tier = f.ai_certainty.tier.value
+            page.text(f"AI reliability: {tier} ({f.ai_certainty.score:.2f})", size=8,
                       colour=TIER_COLOURS[tier], indent=14)
     page.gap()
     page.text(t.impression_heading, size=12, bold=True)
-    page.text(report.impression.strip() or "–")
+    page.text(report.impression_text() or "–")
     page.gap()
     _key_images(page, kept, key_images)
     page.gap()

@@ -655,7 +655,7 @@ class MainWindow(QMainWindow):
         if assistant_panel is not None and assistant_panel.parentWidget() is not None:
             # stacked under the assistant the two panels need ~975 px of height: share the space as tabs
             self.tabifyDockWidget(assistant_panel.parentWidget(), self.report.dock)
-            assistant_panel.parentWidget().raise_()  # where a reading starts: the report follows its answers
+            assistant_panel.parentWidget().raise_()  # where a reading starts; the report never raises itself (#13.7)
         else:
             self.tabifyDockWidget(self.tags_dock, self.report.dock)
         return self.report

@@ -267,10 +267,11 @@ def _roi_group(n: int, m: int, f: Finding, b: ReportBox, src: Dataset, report: D
     algorithm = _algorithm(report) if f.origin is Origin.AI else None
     tracking = tracking_identifier(n, m, f, b)
     measurements = []
-    if f.reliability is not None:
+    certainty = f.ai_certainty  # the AI's, only while the finding is the AI's (not edited by the reader)
+    if certainty is not None:
         measurements.append(hd.sr.Measurement(
             name=codes.DCM.CertaintyOfFinding,
-            value=round(f.reliability.score * 100.0, 2),
+            value=round(certainty.score * 100.0, 2),
             unit=codes.UCUM.Percent,
             tracking_identifier=tracking,
             algorithm_id=algorithm,
@@ -384,7 +385,7 @@ def narrative_sr(
     ]
     impression_section = hd.sr.ContainerContentItem(name=codes.DCM.Impressions, relationship_type=rel.CONTAINS)
     impression_section.ContentSequence = [hd.sr.TextContentItem(
-        name=codes.DCM.Impression, value=report.impression.strip() or "None given.", relationship_type=rel.CONTAINS)]
+        name=codes.DCM.Impression, value=report.impression_text() or "None given.", relationship_type=rel.CONTAINS)]
     sections = [_text_section(*SECTION_CODES[name], [report.section(name).strip()])
                 for name in SECTION_CODES if report.section(name).strip()]
     root = hd.sr.ContainerContentItem(name=codes.LN.DiagnosticImagingReport, template_id="2000")

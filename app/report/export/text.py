@@ -48,11 +48,13 @@ def render_text(
         lines += _wrap(t.no_findings_text, width)
     for n, f in enumerate(kept, 1):
         text = f.text
-        if include_reliability and f.reliability is not None:
-            text += f" [AI reliability: {f.reliability.tier.value}, {f.reliability.score:.2f}]"
+        if include_reliability and f.edited_by_reader:
+            text += " [AI proposal edited by the reader, no AI certainty]"
+        elif include_reliability and f.ai_certainty is not None:
+            text += f" [AI reliability: {f.ai_certainty.tier.value}, {f.ai_certainty.score:.2f}]"
         lines += _wrap(text, width, first=f"{n}. ", rest=" " * (len(str(n)) + 2))
     lines += ["", t.impression_heading.upper()]
-    lines += _wrap(report.impression.strip() or "-", width)
+    lines += _wrap(report.impression_text() or "-", width)
     lines.append("")
     if report.signature:
         sig = report.signature

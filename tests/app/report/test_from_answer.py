@@ -5,7 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from app.dicom.model import FrameRef
-from app.report.draft import FindingReliability, FindingStatus, Origin, Provenance
+from app.report.draft import (
+    FindingReliability,
+    FindingStatus,
+    Origin,
+    Provenance,
+    SentenceStatus,
+)
 from app.report.from_answer import draft_from_answer
 from inference.reliability.scoring import Tier
 from inference.types import Box, GroundedPhrase, ReasoningStep
@@ -42,5 +48,12 @@ def test_draft_from_answer_merges_phrases_and_names_frames():
     assert [(b.box, b.slice_index, b.sop_instance_uid) for b in f.boxes] == [
         (Box(51.2, 51.2, 153.6, 102.4), 7, "1.2.3.7"), (Box(50, 50, 150, 100), 8, "1.2.3.8")]
     assert f.origin is Origin.AI and f.status is FindingStatus.PROPOSED
-    assert r.impression == "Solitary pulmonary nodule; follow-up advised."
+    # Issue #13.7: the AI's impression is a proposal, sentence by sentence, not the reader's text
+    assert r.impression == "" and r.impression_text() == ""
+    (sentence,) = r.ai_sentences
+    assert sentence.text == "Solitary pulmonary nodule; follow-up advised."
+    assert sentence.status is SentenceStatus.PROPOSED and sentence.finding_ids == (f.id,)
+    assert r.sentence_tier(sentence) is Tier.AMBER
+    r.accept_sentence(sentence.id)  # the reader takes it explicitly
+    assert r.impression_text() == "Solitary pulmonary nodule; follow-up advised."
     assert r.template == "ct"

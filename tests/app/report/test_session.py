@@ -78,7 +78,9 @@ def test_answer_becomes_a_draft_on_the_sample_images_with_the_ai_output_audited(
     assert (b.box.x0, b.box.y0, b.box.x1, b.box.y1) == pytest.approx(MASS_PX, abs=0.01)
     truth = json.loads((SAMPLE.parent / "ct-demo.ground_truth.json").read_text())
     assert b.sop_instance_uid == truth["slices"][SLICE]["sop_instance_uid"] and b.slice_index == SLICE
-    assert report.impression.startswith("Spiculated right lower lobe mass")
+    # Issue #13.7: the AI's impression is proposed sentence by sentence, not the reader's text
+    assert report.impression == "" and report.ai_sentences[0].text.startswith("Spiculated right lower lobe mass")
+    assert all(not s.decided for s in report.ai_sentences) and report.impression_text() == ""
     assert report.study.patient_id == "XMED-PHANTOM-0000" and report.study.modality == "CT"
     actions = [r.action for _, r, _ in read_records(session.audit.path)]
     assert actions == ["ai.request", "ai.output", "report.open"]
@@ -137,6 +139,10 @@ def test_sign_needs_every_ai_finding_decided_then_exports_valid_signed_sr_refere
     report.reject(effusion)
     report.accept(mass)
     report.accept(nodule)
+    # Issue #13.7: the AI's impression sentence is a proposal too; the reader accepts it explicitly
+    with pytest.raises(ReportError, match="1 AI impression sentence still to accept or reject"):
+        session.sign()
+    report.accept_sentence(report.ai_sentences[0].id)
     added = session.add_reader_finding("Small hiatal hernia.", Box(240, 330, 280, 360), SLICE, volume)
     session.sign()
     signed = session.export(source_paths(volume))
@@ -151,6 +157,7 @@ def test_sign_needs_every_ai_finding_decided_then_exports_valid_signed_sr_refere
     assert len(groups) == 3  # mass, nodule, the reader's own; the rejected effusion is left out
     assert coords[0][0] == [150, 320] and coords[0][2] == [192, 358]
     assert "Small hiatal hernia." in signed.text and "pleural effusion" not in signed.text
+    assert "Spiculated right lower lobe mass, 32 mm" in signed.text  # the accepted AI sentence
     assert report.finding(added).origin is Origin.READER
     if shutil.which("dciodvfy") or Path(".venv/bin/dciodvfy").exists():
         for p in signed.sr.paths:
@@ -158,7 +165,8 @@ def test_sign_needs_every_ai_finding_decided_then_exports_valid_signed_sr_refere
     check = verify(session.audit.path)
     assert check.ok, check.summary()
     actions = [r.action for _, r, _ in read_records(session.audit.path)]
-    assert {"report.move_box", "report.reject", "report.accept", "report.add", "report.sign"} <= set(actions)
+    assert {"report.move_box", "report.reject", "report.accept", "report.add", "report.sign",
+            "report.accept_sentence"} <= set(actions)
     assert actions.count("report.export") == 6  # draft and signed: two SRs and the text each
 
 
@@ -199,6 +207,8 @@ def test_every_export_is_owner_only_and_readably_named(sample, tmp_path):
         draft = session.export(source_paths(volume), pdf_writer=fake_pdf)
         for f in report.findings:
             report.accept(f.id)
+        for x in report.ai_sentences:  # Issue #13.7: the AI's impression sentences are accepted explicitly
+            report.accept_sentence(x.id)
         report.sign("Smith^Jane", datetime(2025, 1, 2, 3, 4, 5, tzinfo=timezone.utc))
         signed = session.export(source_paths(volume), pdf_writer=fake_pdf)
         out = tmp_path / "elsewhere" / "deeper"
@@ -237,6 +247,8 @@ def test_a_signed_addendum_is_exported_as_a_new_sr_pdf_and_text_and_audited(samp
     report = session.on_answer(ask_sample(volume), volume, study_context(result, series))
     for f in report.findings:
         report.accept(f.id)
+    for x in report.ai_sentences:  # Issue #13.7: the AI's impression sentences are accepted explicitly
+        report.accept_sentence(x.id)
     with pytest.raises(ReportError, match="Sign the addendum first"):
         session.export_addendum(source_paths(volume))
     session.sign()

@@ -265,6 +265,9 @@ def test_accept_and_reject_finding_act_on_the_selected_finding(qtbot, win, monke
     assert report.finding(third.id).status is FindingStatus.REJECTED
     panel.select_finding(first.id)
     say(win, "accept finding")
+    for x in report.ai_sentences:  # Issue #13.7: the AI's impression sentences are accepted explicitly
+        panel.select_sentence(x.id)
+        panel.accept_sentence_button.click()
     say(win, "sign report")
     assert report.signed and "Sign this report as Jane Smith?" in panel.last_question
 
@@ -326,6 +329,8 @@ def test_screenshot_with_the_microphone(qtbot, win, output_dir):
     try:
         ask(win)
         imp = win.report.panel.impression
+        # Issue #13.7: the AI's impression is a list of proposals; the editor holds the reader's own text
+        imp.setPlainText("Spiculated right lower lobe mass, suspicious for malignancy.")
         cursor = imp.textCursor()
         cursor.movePosition(cursor.MoveOperation.End)
         imp.setTextCursor(cursor)

@@ -153,6 +153,9 @@ def test_sign_waits_for_the_readers_name_from_settings(qtbot, tmp_path):
         for f in panel.report.findings:
             panel.select_finding(f.id)
             panel.accept_button.click()
+        for x in panel.report.ai_sentences:  # Issue #13.7: AI impression sentences are accepted one by one
+            panel.select_sentence(x.id)
+            panel.accept_sentence_button.click()
         assert not panel.sign_button.isEnabled() and "Enter your name in Settings" in panel.blockers.text()
         w.report.set_reader_name("Doe^John")
         assert panel.sign_button.isEnabled()
@@ -250,6 +253,9 @@ def test_signed_exports_are_private_and_readably_named_and_an_addendum_follows(w
         for f in panel.report.findings:
             panel.select_finding(f.id)
             panel.accept_button.click()
+        for x in panel.report.ai_sentences:  # Issue #13.7: AI impression sentences are accepted one by one
+            panel.select_sentence(x.id)
+            panel.accept_sentence_button.click()
         panel.sections["indication"].setPlainText("Cough; weight loss.")
         panel.commit_pending()
         panel.sign_button.click()

@@ -77,6 +77,7 @@ def ask_in_the_assistant_panel(qtbot, win: MainWindow) -> None:
     with qtbot.waitSignal(win.assistant.reliability_ready, timeout=60_000):
         qtbot.keyClick(win.assistant_panel.query, Qt.Key.Key_Return)
     qtbot.waitUntil(lambda: win.report.panel is not None, timeout=5000)
+    qtbot.wait(100)  # the report dock updates in the background (#13.7): let the window's layout settle
 
 
 def test_whole_flow_from_question_to_signed_sr_and_pdf(qtbot, tmp_path, monkeypatch, output_dir):
@@ -121,6 +122,12 @@ def test_whole_flow_from_question_to_signed_sr_and_pdf(qtbot, tmp_path, monkeypa
     assert vp.overlays.color_of(f"{PREFIX}{nodule}:0") == (60, 230, 90)
     panel.impression.setPlainText("Spiculated right lower lobe mass, suspicious for malignancy. CT-guided biopsy.")
     panel.commit_pending()
+    # Issue #13.7: the AI's impression sentence is a proposal; the reader wrote their own, so rejects it
+    assert not panel.sign_button.isEnabled()
+    assert "1 AI impression sentence still to accept or reject" in panel.blockers.text()
+    (ai_sentence,) = report.ai_sentences
+    panel.select_sentence(ai_sentence.id)
+    panel.reject_sentence_button.click()
     win.grab().save(str(output_dir / "report-flow-window.png"))
     assert panel.sign_button.isEnabled()
     panel.sign_button.click()

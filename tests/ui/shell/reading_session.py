@@ -191,6 +191,16 @@ def read_the_study(r: Reader) -> None:
         r.wait(f"finding {row + 1} selected", lambda row=row: panel().findings.currentRow() == row)
         if r.qt(lambda: panel().reject_button.isEnabled()):
             r.click(lambda: panel().reject_button)
+    # Issue #13.7: the AI's impression sentences are proposals; those the rejected findings did not take
+    # with them are rejected one click each
+    r.seen["ai_sentences"] = r.qt(lambda: [(x.text, x.status.value) for x in panel().report.ai_sentences])
+    for row in range(r.qt(lambda: panel().ai_sentences.count())):
+        x, y = r.qt(lambda row=row: _item_centre(panel().ai_sentences, row))
+        r.xdo("mousemove", "--sync", str(x), str(y))
+        r.xdo("click", "1")
+        r.wait(f"AI sentence {row + 1} selected", lambda row=row: panel().ai_sentences.currentRow() == row)
+        if r.qt(lambda: panel().current_sentence().status.value == "proposed"):
+            r.click(lambda: panel().reject_sentence_button)
     r.click(lambda: panel().impression, 0.5, 0.5)
     r.key("ctrl+End")
     r.type(" No acute abnormality reported by the reader.")
