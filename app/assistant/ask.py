@@ -5,7 +5,8 @@ panel, ``xmedgpt analyze`` and tests drive the same code:
 
 1. the frame is rendered as the reader sees it (current window, invert) and turned
    into the model's RGB input (:func:`inference.imaging.prepare_model_image`);
-2. the guardrail checks the question against the series header;
+2. the guardrail checks the question against the series header (or, when the header
+   names no body part, against the frame itself: its HU and pixel spacing);
 3. the prompt is built from ``resources/prompts`` for the task the question asks for;
 4. the engine streams the answer; each piece is parsed incrementally and
    ``on_update`` gets the steps so far and the boxes that just became complete;
@@ -24,6 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
+from app.assistant.evidence import FramePixels
 from app.assistant.guardrail import GuardrailResult, check_series
 from app.core.errors import XMedError
 from app.dicom.display import render
@@ -126,6 +128,8 @@ class AssistantAnswer:
     timing: Timing
     finish_reason: str = "stop"  # "stop", "cancelled"
     series_uid: str = ""
+    pixels: FramePixels | None = None  # the frame's values and geometry, for the checks against the image
+    context: ImageContext | None = None  # what the header said about the image (the prompt's context line)
 
     @property
     def steps(self) -> list[ReasoningStep]:
@@ -175,6 +179,7 @@ class _Prepared:
     image: ModelImage
     guardrail: GuardrailResult
     request: ChatRequest
+    context: ImageContext | None = None
 
 
 class Assistant:
@@ -210,12 +215,13 @@ class Assistant:
         spacing = volume.geometry.spacing if volume.geometry is not None else _instance_spacing(volume)
         shown = render(volume, frame, window, invert=invert)
         image = prepare_model_image(shown, self.image_spec, pixel_spacing=spacing)
-        guard = check_series(question, series, study_description=study_description)
+        guard = check_series(question, series, study_description=study_description,
+                             pixels=None if volume.is_color else volume.values(frame), spacing_mm=spacing)
         context = ImageContext(modality=series.modality, body_part=series.body_part, description=series.description)
         prompt = build_prompt(task, question, context)
         request = ChatRequest(prompt=prompt.user, image=image.rgb, system=prompt.system,
                               max_new_tokens=self.max_new_tokens)
-        return _Prepared(prompt, image, guard, request)
+        return _Prepared(prompt, image, guard, request, context)
 
     def ask(
         self,
@@ -289,6 +295,8 @@ class Assistant:
             timing=timing,
             finish_reason="cancelled" if stopped else "stop",
             series_uid=volume.series.uid,
+            pixels=FramePixels.from_volume(volume, frame),
+            context=prep.context,
         )
         log.info("%s answered in %.2f s: %d steps, %d findings%s", model_id, timing.total_s,
                  len(parsed.steps), len(answer.findings), " (cancelled)" if stopped else "")

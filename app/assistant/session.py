@@ -16,21 +16,35 @@ Model choice, first that applies:
 
 from __future__ import annotations
 
-import dataclasses
+import importlib
 import logging
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from app.assistant.ask import AssistantAnswer
+from app.assistant.ask import AssistantAnswer, Finding
+from app.assistant.evidence import (
+    FramePixels,
+    box_side,
+    box_size_mm,
+    evidence_checks,
+    stated_density,
+    stated_size_mm,
+)
+from app.assistant.guardrail import Anatomy
 from app.core.errors import XMedError
 from app.core.settings import Settings
 from app.dicom.model import FrameRef, Volume, Window
 from app.models.registry import ModelRegistry
 from inference.parsing import Grounding
-from inference.phrases import phrase_key, sentence_with
+from inference.phrases import phrase_key, sentence_with, strip_grounding
+from inference.prompts import Task
+from inference.reliability.boxes import BoxResult, GroundingProbe
+from inference.reliability.checks import GUARDRAIL, NEGATIVE, STEPS, Check, not_checked
 from inference.reliability.decomposition import DraftFinding
 from inference.reliability.scoring import Reliability, State, Tier, thresholds_for
+from inference.reliability.tiers import finalize
 from inference.resources import DEMO_MODEL_DIR
 from inference.types import Engine, ReasoningStep
 
@@ -251,28 +265,141 @@ def text_segments(text: str, groundings: Sequence[Grounding], step: int | None) 
 
 # ---------------------------------------------------------------------- reliability inputs and outputs
 
-def draft_findings(answer: AssistantAnswer) -> list[DraftFinding]:
+#: "no focal lesion", "without evidence of a mass", "normal", "unremarkable": a negative answer
+_NEGATION = re.compile(
+    r"\b(?:no|without|negative\s+for|free\s+of|absence\s+of)\s+"
+    r"(?:(?:evidence|signs?|suspicion)\s+of\s+)?(?:(?:an?|any)\s+)?"
+    r"(?P<quals>(?:(?:definite|discrete|obvious|suspicious|significant|acute|focal|visible|measurable|"
+    r"pulmonary|lung|liver|hepatic|renal|solid|cystic|space-occupying)\s+)*)"
+    r"(?P<noun>lesions?|mass(?:es)?|nodules?|tumou?rs?|abnormalit(?:y|ies)|findings?|metastas[ie]s|cysts?|"
+    r"opacit(?:y|ies)|consolidations?)\b"
+    r"|\b(?P<normal>normal(?:\s+(?:study|scan|image|appearance|findings))?|unremarkable|within\s+normal\s+limits|"
+    r"nothing\s+abnormal)\b",
+    re.IGNORECASE,
+)
+#: a lesion word that, outside a negation, makes an answer without boxes a positive one
+_LESION = re.compile(r"\b(?:lesions?|mass(?:es)?|nodules?|tumou?rs?|metastas[ie]s|cysts?|opacit(?:y|ies)|"
+                     r"consolidations?|effusions?|fractures?|abscess(?:es)?|haemorrhage|hemorrhage)\b", re.IGNORECASE)
+_SINGULAR = {"lesions": "lesion", "masses": "mass", "nodules": "nodule", "tumours": "tumour", "tumors": "tumor",
+             "abnormalities": "abnormality", "findings": "finding", "metastases": "metastasis", "cysts": "cyst",
+             "opacities": "opacity", "consolidations": "consolidation"}
+_ARTICLE = re.compile(r"^(?:the|a|an)\s+", re.IGNORECASE)
+#: a locate answer that says what was asked for is not there
+_ABSENT = re.compile(r"\b(?:absent|not\s+(?:seen|visible|present|shown|identified|included|in\s+(?:this|the)\s+image)|"
+                     r"no\s+(?:such|box))\b", re.IGNORECASE)
+_LOCATION = re.compile(r"\b(?:right|left)(?:\s+(?:upper|middle|lower|hepatic|renal|lobe|lung|kidney|breast|"
+                       r"adrenal|ovary|hemithorax|base|apex|zone|liver|hilum|hilar|lobar|of|the)){0,4}",
+                       re.IGNORECASE)
+_SHAPE = re.compile(r"\b(?:well[- ]defined|ill[- ]defined|well[- ]circumscribed|circumscribed|spiculated|"
+                    r"lobulated|smooth|irregular|round(?:ed)?|oval|ovoid)\b", re.IGNORECASE)
+
+
+def _label(phrase: str) -> str:
+    return _ARTICLE.sub("", " ".join(phrase.split()))
+
+
+def _stated_location(text: str, phrase: str) -> str:
+    m = _LOCATION.search(text)
+    if not m:
+        return ""
+    words = m.group().split()
+    while words and words[-1].casefold() in ("of", "the"):
+        words.pop()
+    return " ".join(words)
+
+
+def draft_findings(answer: AssistantAnswer, pixels: FramePixels | None = None) -> list[DraftFinding]:
     """What the reliability pass checks: each boxed phrase once (free text: its sentence,
-    decomposed by the model), else the answer's conclusion as one free-text finding.
+    decomposed by the model; ``fill``: the draft's answers for template questions that fill
+    up to the number of questions asked), else the answer's conclusion as one free-text finding.
 
     The sentence is :func:`inference.phrases.sentence_with`'s, the same the report takes
     as the finding's text (:func:`app.report.from_answer.draft_from_answer`)."""
+    pixels = pixels if pixels is not None else answer.pixels
     out: list[DraftFinding] = []
     seen: set[str] = set()
+    counts: dict[str, int] = {}
+    for f in answer.findings:
+        counts[phrase_key(f.phrase)] = counts.get(phrase_key(f.phrase), 0) + 1
     for f in answer.findings:
         key = phrase_key(f.phrase)
         if not key or key in seen:
             continue
         seen.add(key)
-        texts = [s.text for s in answer.steps if s.index == f.step] + [s.text for s in answer.steps]
-        sentence = next((t for t in (sentence_with(t, f.phrase) for t in texts) if t), "")
-        out.append(DraftFinding(id=key, text=sentence or f"There is {f.phrase}.", label=f.phrase))
+        sentence = finding_sentence(answer, f)
+        label = _label(f.phrase) or f.phrase
+        out.append(DraftFinding(id=key, text=sentence or f"There is {f.phrase}.", label=label,
+                                fill=_fill(sentence or f.phrase, f, pixels, counts[key])))
     if out:
         return out
-    conclusion = next((s.text for s in answer.steps if s.index == 5 and s.text.strip()), "") or answer.parsed.text
+    conclusion = _conclusion(answer)
     if conclusion.strip():
-        out.append(DraftFinding(id="answer", text=conclusion.strip()[:600]))
+        target = negative_target(answer)
+        if target:
+            out.append(DraftFinding(id="answer", text=conclusion.strip()[:600], label=target,
+                                    attributes={"presence": "no", "count": "0"}))
+        else:
+            out.append(DraftFinding(id="answer", text=conclusion.strip()[:600]))
     return out
+
+
+def finding_sentence(answer: AssistantAnswer, f: Finding) -> str:
+    """The sentence that states the finding (its own step first)."""
+    texts = [s.text for s in answer.steps if s.index == f.step] + [s.text for s in answer.steps]
+    texts.append(answer.parsed.text)
+    return next((t for t in (sentence_with(t, f.phrase) for t in texts) if t), "")
+
+
+def _fill(sentence: str, f: Finding, pixels: FramePixels | None, count: int) -> dict[str, str]:
+    """The draft's answer to each template question: what its sentence states, else what its box shows."""
+    fill = {"presence": "yes", "count": str(count)}
+    location = _stated_location(sentence, f.phrase) or (box_side(f.box_px, pixels) or "")
+    if location:
+        fill["location"] = location
+    size = stated_size_mm(sentence)
+    if size is not None:
+        fill["size"] = " x ".join(f"{v:g}" for v in size) + " mm"
+    else:
+        measured = box_size_mm(f.box_px, pixels)
+        if measured is not None:
+            fill["size"] = f"{measured:.0f} mm"
+    shape = _SHAPE.search(sentence)
+    if shape:
+        fill["shape"] = shape.group().lower()
+    density = stated_density(sentence)
+    if density:
+        fill["density"] = density
+    return fill
+
+
+def _conclusion(answer: AssistantAnswer) -> str:
+    return next((s.text for s in answer.steps if s.index == 5 and s.text.strip()), "") or answer.parsed.text
+
+
+def negative_target(answer: AssistantAnswer) -> str | None:
+    """What a negative answer says is not there ("focal lesion", "mass"; "lesion" for "normal"; the
+    structure asked about when a locate answer calls it absent), or None when the answer has boxes,
+    names no absence, or names a lesion outside a negation."""
+    if answer.findings:
+        return None
+    text = strip_grounding(_conclusion(answer))
+    target = _label(answer.prompt.target) if answer.task is Task.LOCATE else ""
+    if target and _ABSENT.search(text):
+        return target
+    matches = list(_NEGATION.finditer(text))
+    if not matches:
+        return None
+    if _LESION.search(_NEGATION.sub(" ", text)):
+        return None  # a lesion named outside the negation: a positive answer without a box
+    for m in matches:
+        if m.group("noun"):
+            noun = m.group("noun").lower()
+            noun = _SINGULAR.get(noun, noun)
+            if noun in ("abnormality", "finding"):
+                return "lesion"
+            focal = "focal " if "focal" in (m.group("quals") or "").lower() else ""
+            return focal + noun
+    return "lesion"
 
 
 def presence_findings(findings: Sequence[DraftFinding]) -> list[DraftFinding]:
@@ -281,13 +408,135 @@ def presence_findings(findings: Sequence[DraftFinding]) -> list[DraftFinding]:
 
 
 def tiers_by_phrase(reliability: Reliability) -> dict[str, tuple[float | None, Tier]]:
-    """Phrase key → (worst reliability, tier) of the finding it was checked as."""
-    return {fr.finding_id: (fr.reliability, fr.tier) for fr in reliability.findings}
+    """Phrase key → (worst reliability, tier) of the finding it was checked as; a finding that was not
+    (fully) checked shows no score."""
+    return {fr.finding_id: (None if fr.tier is Tier.NONE else fr.reliability, fr.tier) for fr in reliability.findings}
 
 
 def not_assessed(state: State, message: str) -> Reliability:
     """A reliability that says why there is none (cancelled answer, failed answer, no model)."""
     return Reliability(state=state, message=message)
+
+
+def _consistency():
+    """The cross-step checker (:mod:`inference.reliability.consistency`), None when it is not installed."""
+    try:
+        return importlib.import_module("inference.reliability.consistency")
+    except ImportError:
+        return None
+
+
+def step_checks(answer: AssistantAnswer) -> tuple[list[Check], list]:
+    """The reasoning checked against itself: a five-step answer for missing steps, leaked headers and
+    contradictions between steps; a free answer for contradictions in its text."""
+    module = _consistency()
+    if module is None:
+        return [not_checked("steps", "the cross-step check is not installed", STEPS)], []
+    if answer.task is Task.REASONING:
+        result = module.check_steps(answer.steps, 5, answer.parsed.text)
+        contradictions = list(result.contradictions)
+        if result.ok:
+            return [Check("steps", True, "all five steps are there and do not contradict each other", STEPS)], []
+        return [Check("steps", False, "; ".join(result.messages()), STEPS,
+                      {"missing_steps": tuple(result.missing_steps),
+                       "leaked_headers": tuple(result.leaked_headers)})], contradictions
+    contradictions = list(module.check_answer_text(answer.parsed.text))
+    if not contradictions:
+        return [Check("contradictions", True, "the answer does not contradict itself", STEPS)], []
+    return [Check("contradictions", False, "; ".join(c.message for c in contradictions), STEPS)], contradictions
+
+
+def region_checks(answer: AssistantAnswer, finding: Finding) -> list[Check]:
+    """The finding's structure against the body region of the series (guardrail): a box for a structure
+    the series cannot show fails; one that could not be checked is recorded as not checked."""
+    if finding.warning:
+        return [Check("region", False, finding.warning, GUARDRAIL)]
+    guard = answer.guardrail
+    try:
+        mentions = Anatomy.load().mentions(finding.phrase)
+    except XMedError as exc:
+        return [not_checked("region", f"the anatomy vocabulary could not be read ({exc})", GUARDRAIL)]
+    if not mentions:
+        return []  # the phrase names no structure ("nodule"): nothing to hold against the region
+    named = mentions[0].label
+    regions = frozenset(guard.image_regions)
+    checked = getattr(guard, "region_checked", None)
+    checked = bool(regions) if checked is None else bool(checked) and bool(regions)
+    source = {"header": " (from the header)", "image": " (judged from the image)"}.get(
+        str(getattr(guard, "region_source", "") or ""), "")
+    if not checked:
+        note = re.sub(r"^could not check the body region:\s*", "",
+                      str(getattr(guard, "region_note", "") or "").strip().rstrip("."), flags=re.IGNORECASE)
+        why = f"the body region is not known ({note})" if note else "the body region of this series could not be told"
+        return [not_checked("region", f"{why}, so {named} was not checked against it", GUARDRAIL)]
+    bad = [m for m in mentions if not (m.structure.regions & regions)]
+    if bad:
+        return [Check("region", False, f"{bad[0].label} is not in {guard.image_label}{source}", GUARDRAIL)]
+    return [Check("region", True, f"{named} can be in {guard.image_label}{source}", GUARDRAIL)]
+
+
+def question_region_checks(answer: AssistantAnswer) -> list[Check]:
+    """The question names a structure, but the series' body region is not known: what it asked about was
+    not checked against the image (the guardrail's ``structures_unchecked``)."""
+    guard = answer.guardrail
+    if not getattr(guard, "structures_unchecked", False):
+        return []
+    named = guard.mentions[0].label if guard.mentions else "the structure asked about"
+    note = re.sub(r"^could not check the body region:\s*", "",
+                  str(getattr(guard, "region_note", "") or "").strip().rstrip("."), flags=re.IGNORECASE)
+    why = f" ({note})" if note else ""
+    return [not_checked("region", f"the question asks about {named}, but the body region of this series is not "
+                        f"known{why}", GUARDRAIL)]
+
+
+def finding_checks(answer: AssistantAnswer, pixels: FramePixels | None = None) -> dict[str, list[Check]]:
+    """Phrase key → the checks of its first box: region (guardrail) and the evidence in the pixels."""
+    pixels = pixels if pixels is not None else answer.pixels
+    out: dict[str, list[Check]] = {}
+    for f in answer.findings:
+        key = phrase_key(f.phrase)
+        if not key or key in out:
+            continue
+        sentence = finding_sentence(answer, f) or f.phrase
+        out[key] = [*region_checks(answer, f), *evidence_checks(sentence, f.phrase, f.box_px, pixels)]
+    return out
+
+
+def negative_check(result: Reliability, answer: AssistantAnswer, pixels: FramePixels | None) -> Check | None:
+    """A negative answer's re-readings in words: what they boxed, where (the patient's side) and how often."""
+    box = next((b for b in result.boxes if b.probe.negative), None)
+    if box is None:
+        return None
+    check = box.check()
+    if check.passed is not False or box.consensus is None:
+        return check
+    where = "a region"
+    px = answer.image.transform.norm_to_source(box.consensus)
+    if px is not None:
+        side = box_side(px, pixels)
+        if side:
+            where += f" on the patient's {side}"
+        where += f" (pixels {px.x0:.0f}–{px.x1:.0f} × {px.y0:.0f}–{px.y1:.0f})"
+    named = _sampled_phrase(box)
+    said = f", called \"{named}\"" if named else ""
+    detail = (f"the answer says no {box.probe.target}, but {box.consensus_count} of {box.n} re-readings boxed "
+              f"{where}{said}")
+    return Check("negative_grounding", False, detail, NEGATIVE, dict(check.inputs))
+
+
+def _sampled_phrase(box: BoxResult) -> str:
+    from collections import Counter
+
+    from inference.parsing import parse_answer
+
+    names: Counter[str] = Counter()
+    for text, b in zip(box.answers, box.boxes):
+        if b is None or box.consensus is None or b.iou(box.consensus) < 0.5:
+            continue
+        g = next((g for g in parse_answer(text).groundings if g.phrase.boxes), None)
+        if g is not None and g.phrase.phrase.strip():
+            names[" ".join(g.phrase.phrase.split())] += 1
+    return names.most_common(1)[0][0] if names else ""
 
 
 def check_answer(
@@ -297,45 +546,99 @@ def check_answer(
     max_questions: int,
     cancel: Callable[[], bool] | None = None,
     progress: Progress | None = None,
+    pixels: FramePixels | None = None,
 ) -> Reliability:
     """The reliability pass for one answer (blocks: run it off the UI thread).
 
-    A cancelled answer is not assessed. Free-text findings are decomposed by the
-    model; when it gives no usable question, each boxed finding is asked about
-    by its presence, so a finding is never left unchecked for lack of questions.
+    A cancelled answer is not assessed. Every finding's attributes are asked about
+    (the model's decomposition, filled up with template questions to ``max_questions``),
+    its box is grounded again (``n_samples`` times, in the same batched call) and its
+    sentence is checked against the pixels (:mod:`app.assistant.evidence`) and the body
+    region; the reasoning is checked against itself; a negative answer is asked whether
+    something is there and grounded again. The tier: :mod:`inference.reliability.tiers`.
     """
     from inference.reliability.pipeline import ReliabilitySettings, assess
 
     if answer.finish_reason == "cancelled":
         return not_assessed(State.CANCELLED, "The answer was stopped before it finished; reliability was not assessed.")
-    findings = draft_findings(answer)
-    if not findings:
-        return not_assessed(State.DONE, "Nothing to check: the answer states no finding.")
-    rs = ReliabilitySettings(n_samples=n_samples, max_questions=max_questions)
-    image = answer.image.rgb
+    pixels = pixels if pixels is not None else answer.pixels
+    steps, contradictions = step_checks(answer)
+    findings = draft_findings(answer, pixels)
     thresholds = thresholds_for(getattr(engine, "folder", None))
-    result = assess(engine, findings, image, thresholds=thresholds, settings=rs, cancel=cancel, progress=progress)
-    if result.state is State.DONE and not result.questions:
-        fallback = presence_findings(findings)
-        if fallback:
-            log.info("no check question from the model; asking about presence of %d findings", len(fallback))
-            result = assess(engine, fallback, image, thresholds=thresholds, settings=rs, cancel=cancel,
-                            progress=progress)
-    return apply_guardrail(result, answer)
+    if not findings:
+        empty = not_assessed(State.DONE, "Nothing to check: the answer states no finding.")
+        return finalize(empty, {}, [*steps, *question_region_checks(answer)], contradictions)
+    negative = negative_target(answer)
+    probes: list[GroundingProbe] = []
+    firsts: dict[str, Finding] = {}
+    for f in answer.findings:
+        firsts.setdefault(phrase_key(f.phrase), f)
+    for fid, f in firsts.items():
+        if fid:
+            probes.append(GroundingProbe(fid, _label(f.phrase) or f.phrase, f.box_norm))
+    if negative:
+        probes.append(GroundingProbe("answer", negative, None))
+    rs = ReliabilitySettings(n_samples=n_samples, max_questions=max_questions)
+    result = assess(engine, findings, answer.image.rgb, thresholds=thresholds, settings=rs, cancel=cancel,
+                    progress=progress, probes=probes, context=answer.context)
+    answer_level = [*steps, *question_region_checks(answer)]
+    if not answer.findings and not negative:
+        answer_level.append(not_checked("box", "the answer gives no box, so it could not be checked against the image"))
+    unnamed = sum(1 for f in answer.findings if not phrase_key(f.phrase))
+    if unnamed:
+        answer_level.append(not_checked("box", f"{unnamed} box{'es' if unnamed > 1 else ''} without a phrase could "
+                                        "not be asked about again"))
+    neg = negative_check(result, answer, pixels) if negative else None
+    if neg is not None:
+        answer_level.append(neg)
+    labels = {fid: f.phrase for fid, f in firsts.items()}
+    return finalize(result, finding_checks(answer, pixels), answer_level, contradictions, labels)
 
 
 def apply_guardrail(reliability: Reliability, answer: AssistantAnswer) -> Reliability:
-    """A box drawn for a structure the series cannot show is never green, however
-    consistently the model repeats it: such findings, and the whole answer, are at most amber,
-    and the reason is said."""
-    flagged = {phrase_key(f.phrase) for f in answer.findings if f.warning}
+    """A box drawn for a structure the series cannot show is never green, however consistently
+    the model repeats it: such a finding is red, and so is the answer, with the reason said."""
+    flagged = {phrase_key(f.phrase): f.warning for f in answer.findings if f.warning}
     if not flagged:
         return reliability
-    findings = [dataclasses.replace(fr, tier=Tier.AMBER) if fr.finding_id in flagged and fr.tier is Tier.GREEN
-                else fr for fr in reliability.findings]
-    out = dataclasses.replace(reliability, findings=findings)
-    if out.tier is Tier.GREEN:
-        warning = next(f.warning for f in answer.findings if f.warning)
-        out.tier = Tier.AMBER
-        out.message = f"{warning} The model repeats its answer consistently, but check its box against the image."
+    checks = {fid: [Check("region", False, warning, GUARDRAIL)] for fid, warning in flagged.items()}
+    return finalize(reliability, checks, reliability.checks, reliability.contradictions)
+
+
+# ---------------------------------------------------------------------- JSON
+
+def reliability_json(reliability: Reliability) -> dict:
+    """``{tier, score, state, message, checks: [{name, passed, detail}]}`` of the answer (its own checks:
+    steps, contradictions, a negative answer's re-readings)."""
+    return {
+        "tier": reliability.tier.value,
+        "score": _round(reliability.worst),
+        "state": reliability.state.value,
+        "message": reliability.message,
+        "checks": [c.to_json() for c in reliability.checks],
+    }
+
+
+def finding_reliability_json(reliability: Reliability) -> dict[str, dict]:
+    """Phrase key → ``{tier, score, checks, questions}`` of each finding."""
+    out = {}
+    for fr in reliability.findings:
+        out[fr.finding_id] = {
+            "tier": fr.tier.value,
+            "score": _round(fr.reliability),
+            "checks": [c.to_json() for c in fr.checks],
+            "questions": [{"attribute": q.question.attribute, "question": q.question.question,
+                           "draft": q.question.draft_answer, "answers": list(q.answers),
+                           "reliability": _round(q.reliability), "tier": q.tier.value, "state": q.state.value}
+                          for q in fr.questions],
+        }
     return out
+
+
+def contradictions_json(reliability: Reliability) -> list[dict]:
+    return [{"kind": getattr(c, "kind", ""), "steps": list(getattr(c, "steps", ())),
+             "message": getattr(c, "message", str(c))} for c in reliability.contradictions]
+
+
+def _round(v: float | None) -> float | None:
+    return None if v is None else round(float(v), 4)

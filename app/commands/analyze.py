@@ -1,18 +1,32 @@
-"""``xmedgpt analyze PATH [--series] [--slice] [--question TEXT] [--model DIR] [--json OUT] [--sr OUT.dcm] [--pdf OUT.pdf]``.
+"""``xmedgpt analyze PATH [--series] [--slice K|LIST|all] [--question TEXT] [--model DIR] [--reliability] [--json OUT] [--sr OUT.dcm] [--pdf OUT.pdf]``.
 
 Headless: scan PATH, pick a series and a slice, render it as a reader would see it,
 ask the local XMedGPT and write a JSON file with the reasoning steps, the findings
 with their boxes in three coordinate systems (frame pixels, the model's 0–1000
 scale, patient mm), the guardrail's warnings, the model that answered and timing.
 
+``--slice`` takes one index from 0 (default: the middle slice), or several: a list and
+ranges (``3,7,20-25``) or ``all``; the JSON is then ``{"source": …, "slices": [answer, …]}``,
+each answer shaped as a single one (its ``frame`` is the 0-based slice index).
+``--reliability`` runs the viewer's reliability pass on each answer
+(:func:`app.assistant.session.check_answer`: re-asked questions, boxes grounded again,
+checks against the pixels, the body region and the reasoning) and adds
+``reliability: {tier, score, state, message, checks: [{name, passed, detail}]}`` to the
+answer and to each finding (``findings[i].reliability``, with its questions and sampled
+answers); ``contradictions`` (of the reasoning, from the text alone) are always written.
+
 ``--sr`` and ``--pdf`` write the answer as an unsigned draft report (PARTIAL /
 UNVERIFIED): the TID 1500 measurement SR at OUT.dcm with the narrative SR beside
-it as OUT-report.dcm, and the PDF. The AI request and output go into the audit
-log as in the viewer. PDF is drawn with Qt, which this package does not import:
+it as OUT-report.dcm, and the PDF. Whatever is written, the AI request and output
+go into the audit log as in the viewer, with the SHA-256 of the model's weights
+(cached by file, size and time, so it is computed once); a log that cannot take
+them stops the command before the model is loaded. PDF is drawn with Qt, which this package does not import:
 the ``xmedgpt`` console script (ui.shell.cli) supplies the writer as ``args.pdf_writer``.
 
 The model folder is ``--model``, else the one chosen in Settings, else the bundled
-demo model (``resources/models/demo``). Nothing is downloaded.
+demo model (``resources/models/demo``); it is checked as ``xmedgpt models add`` checks
+it (:func:`app.models.registry.require_native_model_folder`) before anything loads.
+Nothing is downloaded.
 """
 
 from __future__ import annotations
@@ -20,25 +34,41 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 import tempfile
 from pathlib import Path
 
-from app.assistant.ask import Assistant
-from app.assistant.session import choose_model
+from app.assistant.ask import Assistant, AssistantAnswer
+from app.assistant.session import (
+    check_answer,
+    choose_model,
+    contradictions_json,
+    finding_reliability_json,
+    reliability_json,
+    step_checks,
+)
 from app.core.errors import XMedError
-from app.core.paths import write_atomic
+from app.core.paths import write_private
 from app.core.settings import Settings
-from app.dicom.display import render
+from app.dicom.display import auto_window_for, render
+from app.dicom.loader import load_series
 from app.dicom.model import ScanResult, Series
-from app.dicom.slice_request import open_slice
-from app.models.registry import ModelRegistry
+from app.dicom.scan import scan
+from app.dicom.slice_request import OpenedSlice, choose_window, open_slice, pick_series
+from app.models.registry import (
+    ModelRegistry,
+    require_native_model_folder,
+    weights_sha256,
+)
 from app.report.audit import AuditLog
-from app.report.draft import Provenance
+from app.report.draft import Provenance, StudyContext
 from app.report.export.sr import SrOptions
-from app.report.session import ReportSession, source_paths, study_context
+from app.report.session import ReportSession, frame_refs, source_paths, study_context
 from app.report.workspace import Workspace
 from inference.imaging import ImageSpec
+from inference.phrases import phrase_key
 from inference.prompts import Task
+from inference.reliability.scoring import Reliability
 from inference.resources import DEMO_MODEL_DIR
 from inference.types import Engine
 
@@ -61,7 +91,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="draft DICOM SR: TID 1500 measurements at OUT.dcm, narrative report at OUT-report.dcm")
     p.add_argument("--pdf", dest="pdf_out", type=Path, metavar="OUT.pdf", help="draft report as PDF with the key image")
     p.add_argument("--series", default="0", help="series index (as listed by `info`) or UID (default 0)")
-    p.add_argument("--slice", type=int, default=None, help="slice index from 0 (default: the middle)")
+    p.add_argument("--slice", default=None, metavar="K|LIST|all",
+                   help="slice index from 0 (default: the middle); several: a list and ranges such as 3,7,20-25, "
+                        "or 'all' (the JSON then has \"slices\": one answer per slice)")
     p.add_argument("--question", default="", help="what to ask (default: the five-step analysis of the slice)")
     p.add_argument("--task", choices=["auto", *(t.value for t in Task)], default="auto",
                    help="prompt to use; 'auto' reads it from the question (\"locate …\" → locate)")
@@ -73,7 +105,83 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="preset name, WIDTH/LEVEL such as 400/40, 'default' (header), 'voi' or 'auto'")
     p.add_argument("--invert", action="store_true", help="invert grey levels")
     p.add_argument("--max-new-tokens", type=int, default=768, help="longest answer in tokens (default 768)")
+    p.add_argument("--reliability", action="store_true",
+                   help="run the viewer's reliability pass on each answer (re-asked questions, boxes grounded "
+                        "again, checks against the pixels and the reasoning) and write its tier and checks")
+    p.add_argument("--reliability-samples", type=int, default=None, metavar="N",
+                   help="answers sampled per question (default: Settings, 5)")
+    p.add_argument("--reliability-questions", type=int, default=None, metavar="N",
+                   help="attribute questions per answer (default: Settings, 5)")
     p.set_defaults(func=run, pdf_writer=None)
+
+
+def parse_slices(text: str | None, count: int) -> list[int] | None:
+    """``--slice``: None for one slice (an index, or the middle by default); else the indices, from 0,
+    of a list and ranges ("3,7,20-25") or of "all", in order without repeats."""
+    if one_slice(text):
+        return None
+    key = text.strip().lower()
+    if key == "all":
+        return list(range(count))
+    out: list[int] = []
+    for part in key.split(","):
+        part = part.strip()
+        m = re.fullmatch(r"(\d+)\s*-\s*(\d+)", part)
+        if m:
+            a, b = int(m.group(1)), int(m.group(2))
+            if b < a:
+                raise XMedError(f"--slice range {part} runs backwards; write it as {b}-{a}")
+            ks = range(a, b + 1)
+        elif part.isdigit():
+            ks = range(int(part), int(part) + 1)
+        else:
+            raise XMedError(f"--slice {text!r}: expected an index, a list and ranges such as 3,7,20-25, or 'all'")
+        for k in ks:
+            if not 0 <= k < count:
+                raise XMedError(f"Slice {k} is outside this series (0 to {count - 1})")
+            if k not in out:
+                out.append(k)
+    return out
+
+
+def one_slice(text: str | None) -> bool:
+    """``--slice`` names one slice (or none: the middle)."""
+    return text is None or text.strip().lstrip("-").isdigit()
+
+
+def open_slices(paths: list[Path], series_key: str, text: str | None, window_text: str) -> tuple[OpenedSlice, list[int]]:
+    """One slice (as ``open_slice``) or several of one series, loaded together; the window of "auto"
+    is resolved per slice by the caller."""
+    if one_slice(text):
+        opened = open_slice(paths, series_key, None if text is None else int(text), window_text)
+        return opened, [opened.index]
+    result = scan(list(paths))
+    series = pick_series(result.all_series(), series_key)
+    ks = parse_slices(text, series.frame_count) or []
+    volume = load_series(series, only=ks)
+    bad = [k for k in ks if k in volume.frame_problems]
+    if bad:
+        raise XMedError(f"Slice {bad[0]} cannot be shown: {volume.frame_problems[bad[0]]}")
+    return OpenedSlice(result, series, ks[0], volume, choose_window(window_text, series.modality)), ks
+
+
+def answer_json(answer: AssistantAnswer, reliability: Reliability | None) -> dict:
+    """The answer as JSON (``AssistantAnswer.to_json``) with its reliability: ``reliability`` (tier, score,
+    checks) at answer level and per finding, ``contradictions`` of its reasoning."""
+    data = answer.to_json()
+    if reliability is None:
+        data["reliability"] = None
+        data["contradictions"] = [{"kind": c.kind, "steps": list(c.steps), "message": c.message}
+                                  for c in step_checks(answer)[1]]
+        for f in data["findings"]:
+            f["reliability"] = None
+        return data
+    data["reliability"] = reliability_json(reliability)
+    data["contradictions"] = contradictions_json(reliability)
+    per_finding = finding_reliability_json(reliability)
+    for f in data["findings"]:
+        f["reliability"] = per_finding.get(phrase_key(f["phrase"]))
+    return data
 
 
 def resolve_model(explicit: Path | None) -> Path:
@@ -88,6 +196,7 @@ def resolve_model(explicit: Path | None) -> Path:
     folder = Path(choice.folder)
     if not folder.is_dir():
         raise XMedError(f"The model folder {folder} ({choice.source}) does not exist.")
+    require_native_model_folder(folder)  # the same check as `models add`, before minutes of loading
     return folder
 
 
@@ -139,12 +248,31 @@ def write_draft_report(args: argparse.Namespace, answer, volume, study, folder: 
 
 
 def _weights_sha256(folder: Path) -> str:
-    """The registered weights hash of the model folder ('' when it was not added with `xmedgpt models add`)."""
+    """The SHA-256 digest of the model's weights, as `xmedgpt models add` records it (cached)."""
     try:
-        target = folder.resolve()
-        return next((m.weights_sha256 for m in ModelRegistry().models.values() if Path(m.path) == target), "")
-    except (OSError, XMedError):
-        return ""
+        return weights_sha256(folder)
+    except OSError as exc:
+        raise XMedError(f"Could not read the model's weights in {folder} to record their SHA-256: "
+                        f"{exc.strerror or exc}.") from exc
+
+
+def audit_answer(audit: AuditLog, answer, volume, study: StudyContext, weights: str) -> None:
+    """The AI request and output in the audit trail, as the viewer's report session records them."""
+    ref = frame_refs(volume)(answer.frame)
+    audit.ai_request(
+        study.study_uid, model_id=answer.model_id, weights_sha256=weights,
+        prompt=answer.prompt.user, system=answer.prompt.system or "", question=answer.question,
+        image={"sop_instance_uid": ref.sop_instance_uid, "frame_number": ref.frame_number,
+               "slice_index": answer.frame,
+               "window": None if answer.window is None else [answer.window.width, answer.window.center]},
+        source="xmedgpt analyze",
+    )
+    data = answer.to_json()
+    audit.ai_output(
+        study.study_uid, model_id=answer.model_id, weights_sha256=weights, text=answer.raw_text,
+        reasoning=data["steps"], boxes=data["findings"], engine=answer.engine,
+        finish_reason=answer.finish_reason, warnings=answer.warnings, source="xmedgpt analyze",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -155,35 +283,81 @@ def run(args: argparse.Namespace) -> int:
     if args.pdf_out is not None and args.pdf_writer is None:
         raise XMedError("PDF export needs the viewer's Qt libraries; run the installed `xmedgpt` command.")
     folder = resolve_model(args.model)
-    opened = open_slice(args.paths, args.series, args.slice, args.window)
-    result, series, k, n = opened.scan, opened.series, opened.index, opened.count
-    volume, window = opened.volume, opened.window
+    audit = AuditLog(Settings.load().audit_log_path())
+    audit.ensure_writable()  # every AI request and answer is recorded: find out now, not after the model ran
+    several = not one_slice(args.slice)
+    if several and (args.sr_out is not None or args.pdf_out is not None):
+        raise XMedError("--sr and --pdf write the answer about one slice; give --slice one index for them")
+    settings = Settings.load()
+    n_samples = args.reliability_samples or settings.reliability_samples
+    n_questions = args.reliability_questions or settings.reliability_questions
+    if args.reliability and (n_samples < 1 or n_questions < 1):
+        raise XMedError("--reliability-samples and --reliability-questions must be at least 1")
+    opened, ks = open_slices(args.paths, args.series, args.slice, args.window)
+    result, series, n = opened.scan, opened.series, opened.count
+    volume = opened.volume
     engine, spec = load_engine(folder, args.device, args.quantization)
     assistant = Assistant(engine, image_spec=spec, max_new_tokens=args.max_new_tokens)
-    answer = assistant.ask(
-        volume, k, window, args.question,
-        task=None if args.task == "auto" else args.task,
-        invert=args.invert,
-        study_description=_study_description(result, series),
-    )
-    data = answer.to_json()
-    data["source"] = {
+    study = study_context(result, series)
+    source = {
         "paths": [str(p) for p in args.paths],
         "series": {"uid": series.uid, "number": series.number, "description": series.description,
                    "modality": series.modality, "body_part": series.body_part},
-        "slice": k,
         "slices": n,
         "model_folder": str(folder),
     }
+    answers: list[dict] = []
+    for k in ks:
+        window = opened.window
+        if window is not None and window.name == "auto":
+            window = auto_window_for(volume, k)
+        answer = assistant.ask(
+            volume, k, window, args.question,
+            task=None if args.task == "auto" else args.task,
+            invert=args.invert,
+            study_description=_study_description(result, series),
+        )
+        rel = check_answer(engine, answer, n_samples, n_questions) if args.reliability else None
+        data = answer_json(answer, rel)
+        data["source"] = {**source, "slice": k}
+        answers.append(data)
+        if args.sr_out is None and args.pdf_out is None:  # the draft report's session audits it otherwise
+            audit_answer(audit, answer, volume, study, _weights_sha256(folder))
+        for warning in answer.warnings:
+            print(f"warning: slice {k}: {warning}" if several else f"warning: {warning}")
+        tier = f", reliability {rel.tier.value}" if rel is not None else ""
+        if several:
+            print(f"slice {k} ({k + 1}/{n}): {len(answer.steps)} steps, {len(answer.findings)} findings{tier} "
+                  f"in {answer.timing.total_s:.1f} s")
+    if several:
+        document = {"source": {**source, "frames": ks}, "slices": answers}
+    else:
+        document = answers[0]
     written = [args.json_out] if args.json_out is not None else []
     if args.json_out is not None:
-        write_atomic(args.json_out, json.dumps(data, indent=2, ensure_ascii=False) + "\n", mode=0o644)
+        write_private(args.json_out, json.dumps(document, indent=2, ensure_ascii=False) + "\n")  # patient data: 0600
     if args.sr_out is not None or args.pdf_out is not None:
-        written += write_draft_report(args, answer, volume, study_context(result, series), folder)
-    for warning in answer.warnings:
-        print(f"warning: {warning}")
-    print(
-        f"wrote {', '.join(map(str, written))}: {len(answer.steps)} steps, {len(answer.findings)} findings "
-        f"from {answer.engine} in {answer.timing.total_s:.1f} s (series {series.description!r}, slice {k + 1}/{n})"
-    )
+        written += write_draft_report(args, answer, volume, study, folder)
+    if several:
+        print(f"wrote {', '.join(map(str, written))}: {len(ks)} slices from {answer.engine} "
+              f"(series {series.description!r}, slices {_ranges(ks)} of 0-{n - 1})")
+    else:
+        print(
+            f"wrote {', '.join(map(str, written))}: {len(answer.steps)} steps, {len(answer.findings)} findings{tier} "
+            f"from {answer.engine} in {answer.timing.total_s:.1f} s (series {series.description!r}, "
+            f"slice {ks[0] + 1}/{n})"
+        )
     return 0
+
+
+def _ranges(ks: list[int]) -> str:
+    """[3, 4, 5, 9] → "3-5,9" (indices from 0, as --slice takes them)."""
+    parts: list[str] = []
+    i = 0
+    while i < len(ks):
+        j = i
+        while j + 1 < len(ks) and ks[j + 1] == ks[j] + 1:
+            j += 1
+        parts.append(str(ks[i]) if i == j else f"{ks[i]}-{ks[j]}")
+        i = j + 1
+    return ",".join(parts)

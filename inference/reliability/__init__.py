@@ -6,9 +6,14 @@ engine call (:mod:`.sampling`), grouped by meaning with a pluggable judge
 (:mod:`.judges`, :mod:`.clustering`), turned into an entropy
 (:mod:`.estimators`), then into a reliability in [0, 1] and a green / amber /
 red tier from a calibration file (:mod:`.scoring`, :mod:`.calibration`).
-:func:`assess` (:mod:`.pipeline`) runs the whole pass for one draft.
+:func:`assess` (:mod:`.pipeline`) runs the whole pass for one draft; each finding's
+box is grounded again in the same batched call (:mod:`.boxes`). Checks against the
+image and the reasoning (:mod:`.checks`, :mod:`.consistency`) then decide the final
+tier (:func:`finalize`, :mod:`.tiers`): green means checked and right.
 """
 
+from inference.reliability.boxes import BoxResult, GroundingProbe, cluster_boxes
+from inference.reliability.checks import Check
 from inference.reliability.clustering import cluster_answers
 from inference.reliability.decomposition import AttributeQuestion, DraftFinding
 from inference.reliability.estimators import (
@@ -34,9 +39,13 @@ from inference.reliability.scoring import (
     Tier,
     load_thresholds,
 )
+from inference.reliability.tiers import finalize
 
 __all__ = [
     "AttributeQuestion",
+    "BoxResult",
+    "Check",
+    "GroundingProbe",
     "ClosedFormJudge",
     "DraftFinding",
     "EmbeddingJudge",
@@ -50,8 +59,10 @@ __all__ = [
     "Tier",
     "assess",
     "cluster_answers",
+    "cluster_boxes",
     "confidence_weighted_semantic_entropy",
     "discrete_semantic_entropy",
+    "finalize",
     "lexical_disagreement",
     "load_thresholds",
     "mean_token_logprob",

@@ -4,11 +4,17 @@ Structured findings (attributes already known, e.g. from a parser or a template
 report) get questions from fixed templates. Free-text findings are decomposed
 by the model with ``resources/prompts/reliability_decompose.txt``; lines it
 returns that do not follow the format are dropped, never guessed at.
+
+Every question the reader asked for is asked: when the model's decomposition gives
+fewer than ``max_questions``, template questions fill up from each finding's
+``fill`` (what the draft states or draws about an attribute, e.g. its box's side
+and size), attributes not yet asked first, spread across findings.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +37,13 @@ _TEMPLATES: dict[str, str] = {
     "count": "How many {plural} are there? Answer with a number.",
 }
 
+#: a location that is only a side (a box's side, when the text names no place) is asked as laterality
+SIDE_TEMPLATE = "On which side of the patient is the {label}: right or left? Answer with one word."
+_SIDES = frozenset({"right", "left", "bilateral"})
+
 PROMPT_FILE = PROMPTS_DIR / "reliability_decompose.txt"
+#: new tokens allowed per decomposition line ("size | What is the size of the nodule? | 12 mm" is about 20)
+TOKENS_PER_LINE = 32
 
 
 @dataclass
@@ -42,6 +54,9 @@ class DraftFinding:
     text: str
     label: str = ""  # short name, e.g. "nodule"; needed for templates
     attributes: Mapping[str, str] = field(default_factory=dict)
+    #: the draft's answers for template questions that fill up when the model's decomposition
+    #: gives fewer questions than asked (attribute → draft answer)
+    fill: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -62,17 +77,19 @@ def _plural(label: str) -> str:
     return label + "s"
 
 
-def template_questions(finding: DraftFinding) -> list[AttributeQuestion]:
-    """Questions for a structured finding: one per known attribute, in :data:`ATTRIBUTES` order."""
+def template_questions(finding: DraftFinding, attributes: Mapping[str, str] | None = None) -> list[AttributeQuestion]:
+    """Questions for a structured finding: one per known attribute, in :data:`ATTRIBUTES` order
+    (``attributes``: these instead of the finding's own, e.g. its ``fill``)."""
+    attributes = finding.attributes if attributes is None else attributes
     if not finding.label.strip():
         raise ValueError(f"finding {finding.id!r} has attributes but no label to ask about")
     label = finding.label.strip()
-    unknown = set(finding.attributes) - set(ATTRIBUTES)
+    unknown = set(attributes) - set(ATTRIBUTES)
     if unknown:
         raise ValueError(f"unknown attributes {sorted(unknown)}; expected some of {ATTRIBUTES}")
     out = []
     for attr in ATTRIBUTES:
-        value = finding.attributes.get(attr)
+        value = attributes.get(attr)
         if value is None or not str(value).strip():
             continue
         article = "an" if label[0].casefold() in "aeiou" else "a"
@@ -118,7 +135,7 @@ def model_questions(
     request = ChatRequest(
         prompt=template.format(finding=finding.text.strip(), max_questions=max_questions),
         image=None,
-        max_new_tokens=48 * max_questions,
+        max_new_tokens=TOKENS_PER_LINE * max_questions,
     )
     generation = engine.generate(request, cancel=cancel)
     questions = parse_decomposition(finding.id, generation.text, max_questions)
@@ -135,21 +152,62 @@ def decompose(
 ) -> list[AttributeQuestion]:
     """All findings → at most ``max_questions`` questions, spread across findings.
 
-    Structured findings use templates; free-text ones need ``engine``. Questions
+    Structured findings use templates; free-text ones need ``engine``, which is asked
+    for ``ceil(max_questions / free-text findings)`` questions each. Questions
     are picked round-robin by attribute priority (every finding's presence
     first, then every location, …) so that a cap never silences a finding.
+    When fewer than ``max_questions`` come out, template questions from the
+    findings' ``fill`` make up the rest (same priority, attributes not yet asked).
     """
     per_finding: list[list[AttributeQuestion]] = []
+    # each free-text finding is asked for its share of the questions (the cap takes no more from the
+    # round-robin), so decomposing many findings costs about as much as decomposing one
+    free = sum(1 for f in findings if not f.attributes)
+    share = max(1, math.ceil(max_questions / max(1, free)))
     for finding in findings:
         if finding.attributes:
             per_finding.append(template_questions(finding))
         elif engine is not None:
-            per_finding.append(model_questions(engine, finding, cancel=cancel))
+            if stopped(cancel):
+                per_finding.append([])
+                continue
+            per_finding.append(model_questions(engine, finding, share, cancel=cancel))
+        elif finding.fill:
+            per_finding.append([])
         else:
             raise ValueError(f"finding {finding.id!r} is free text; an engine is needed to decompose it")
+    chosen = _rank(per_finding)[:max_questions]
+    if len(chosen) < max_questions:
+        extra: list[list[AttributeQuestion]] = []
+        for finding, qs in zip(findings, per_finding):
+            asked = {q.attribute for q in qs}
+            todo = {a: v for a, v in finding.fill.items() if a not in asked and a in ATTRIBUTES and str(v).strip()}
+            qs_fill = template_questions(finding, todo) if todo and finding.label.strip() else []
+            extra.append([AttributeQuestion(q.finding_id, q.attribute,
+                                            SIDE_TEMPLATE.format(label=finding.label.strip()), q.draft_answer)
+                          if q.attribute == "location" and q.draft_answer.casefold() in _SIDES else q
+                          for q in qs_fill])
+        filled = _rank(extra)[: max_questions - len(chosen)]
+        if filled:
+            log.info("decomposition gave %d of %d questions; %d template questions fill up",
+                     len(chosen), max_questions, len(filled))
+        chosen = sorted([*chosen, *filled],
+                        key=lambda q: (ATTRIBUTES.index(q.attribute), _finding_index(findings, q.finding_id)))
+    return chosen
+
+
+def stopped(cancel: CancelFn | None) -> bool:
+    return cancel is not None and cancel()
+
+
+def _rank(per_finding: Sequence[Sequence[AttributeQuestion]]) -> list[AttributeQuestion]:
     ranked: list[tuple[int, int, AttributeQuestion]] = []
     for fi, qs in enumerate(per_finding):
         for q in qs:
             ranked.append((ATTRIBUTES.index(q.attribute), fi, q))
     ranked.sort(key=lambda t: (t[0], t[1]))
-    return [q for _, _, q in ranked[:max_questions]]
+    return [q for _, _, q in ranked]
+
+
+def _finding_index(findings: Sequence[DraftFinding], finding_id: str) -> int:
+    return next((i for i, f in enumerate(findings) if f.id == finding_id), len(findings))

@@ -180,6 +180,18 @@ def parse_quantity(answer: str) -> Quantity | None:
     return Quantity(dimension, tuple(sorted(nums, reverse=True)))
 
 
+def quantities(text: str) -> list[Quantity]:
+    """Every measurement with a unit in ``text``, in order (see :func:`parse_quantity`)."""
+    text = text.replace(",", ".")
+    text = re.sub(r"(\d)\s*(?:mm|cm)\s*(x|×|by|\*)\s*(?=[-+]?\d)", r"\1 \2 ", text, flags=re.IGNORECASE)
+    out = []
+    for m in _QUANTITY.finditer(text):
+        dimension, factor = _UNITS[m.group("unit").casefold()]
+        nums = [float(x) * factor for x in re.findall(_NUM, m.group("nums"))]
+        out.append(Quantity(dimension, tuple(sorted(nums, reverse=True))))
+    return out
+
+
 def parse_count(answer: str) -> int | str | None:
     """A count: an integer, "many" for vague plurals, None when there is none."""
     words = normalise_text(answer).replace("-", " ").split()

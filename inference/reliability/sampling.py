@@ -72,14 +72,36 @@ def sample_answers(
     if not questions:
         return []
     requests = [answer_request(q, image, system, max_new_tokens) for q in questions]
-    batches = engine.sample(requests, n=n, temperature=temperature, top_p=top_p, cancel=cancel)
-    if len(batches) != len(questions) or any(len(b) != n for b in batches):
-        got = [len(b) for b in batches]
-        raise XMedError(
-            "The model returned an unexpected number of answers; reliability could not be assessed.",
-            detail=f"asked {len(questions)} x {n}, got {got}",
-        )
+    batches = sample_batch(engine, requests, n, temperature, top_p, cancel)
+    return questions_from(questions, batches)
+
+
+def questions_from(questions: Sequence[AttributeQuestion], batches: Sequence[Sequence[Generation]]
+                   ) -> list[QuestionSamples]:
     return [
         QuestionSamples(q, tuple(SampledAnswer.from_generation(g) for g in batch))
         for q, batch in zip(questions, batches)
     ]
+
+
+def sample_batch(
+    engine: Engine,
+    requests: Sequence[ChatRequest],
+    n: int,
+    temperature: float = 1.0,
+    top_p: float = 0.9,
+    cancel: CancelFn | None = None,
+) -> list[list[Generation]]:
+    """``n`` samples of every request in one ``engine.sample`` call, their number checked."""
+    if n < 1:
+        raise ValueError("n must be at least 1")
+    if not requests:
+        return []
+    batches = engine.sample(list(requests), n=n, temperature=temperature, top_p=top_p, cancel=cancel)
+    if len(batches) != len(requests) or any(len(b) != n for b in batches):
+        got = [len(b) for b in batches]
+        raise XMedError(
+            "The model returned an unexpected number of answers; reliability could not be assessed.",
+            detail=f"asked {len(requests)} x {n}, got {got}",
+        )
+    return [list(b) for b in batches]

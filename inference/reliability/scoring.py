@@ -10,6 +10,11 @@ Honesty rules: a result that is not finished is never green (tier NONE while
 pending/running/cancelled, at most amber when only part was assessed); a model
 that refused or failed says so in its state; a draft answer that most of the
 model's own samples contradict is never green, one that none supports is red.
+
+A finding's consistency combines its questions and, when its box was grounded
+again, the box result (:mod:`inference.reliability.boxes`). The checks against the
+image and the reasoning (:mod:`inference.reliability.checks`) then set the final
+tier (:mod:`inference.reliability.tiers`): green means checked and right.
 """
 
 from __future__ import annotations
@@ -23,10 +28,12 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from inference.errors import XMedError
+from inference.reliability.checks import Check
 from inference.reliability.clustering import cluster_answers
 from inference.reliability.decomposition import AttributeQuestion
 from inference.reliability.estimators import (
@@ -37,6 +44,9 @@ from inference.reliability.estimators import (
 from inference.reliability.judges import Judge
 from inference.reliability.sampling import QuestionSamples
 from inference.resources import resource
+
+if TYPE_CHECKING:
+    from inference.reliability.boxes import BoxResult
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +72,8 @@ class State(str, Enum):
 
 
 TIER_MEANING: dict[Tier, str] = {
-    Tier.GREEN: "Consistent: the model gives the same answer when asked again.",
+    Tier.GREEN: "Checked: the model gives the same answer when asked again, and every check against the image "
+                "and its own reasoning passed.",
     Tier.AMBER: "Partly consistent: check this against the image before relying on it.",
     Tier.RED: "Inconsistent: the model contradicts itself; do not rely on this without your own review.",
     Tier.NONE: "Not assessed: reliability has not been computed for this.",
@@ -182,10 +193,14 @@ class QuestionResult:
 class FindingResult:
     finding_id: str
     questions: list[QuestionResult]
-    reliability: float | None  # worst question
+    reliability: float | None  # worst question (and box consistency)
     mean_reliability: float | None
     tier: Tier
     state: State
+    box: BoxResult | None = None  # the phrase grounded again
+    checks: list[Check] = field(default_factory=list)  # box, evidence, region (set by tiers.finalize)
+    consistency_tier: Tier | None = None  # the tier from consistency alone, before the checks
+    message: str = ""  # why the tier is what it is, when a check decided it
 
 
 @dataclass
@@ -199,10 +214,26 @@ class Reliability:
     state: State = State.PENDING
     estimator: str = ""
     message: str = ""
+    checks: list[Check] = field(default_factory=list)  # answer level: steps, negative answer, …
+    contradictions: list[Any] = field(default_factory=list)  # consistency.Contradiction (kind, steps, message)
+    consistency_tier: Tier | None = None  # the tier from consistency alone, before the checks
 
     @property
     def questions(self) -> list[QuestionResult]:
         return [q for f in self.findings for q in f.questions]
+
+    @property
+    def boxes(self) -> list[BoxResult]:
+        return [f.box for f in self.findings if f.box is not None]
+
+    @property
+    def score(self) -> float | None:
+        """The number shown with the tier: the worst consistency."""
+        return self.worst
+
+    def all_checks(self) -> list[Check]:
+        """Answer-level checks, then every finding's."""
+        return [*self.checks, *(c for f in self.findings for c in f.checks)]
 
     @property
     def meaning(self) -> str:
@@ -259,7 +290,8 @@ def _worst_state(states: Sequence[State]) -> State:
     return State.DONE
 
 
-def _combine(results: Sequence[QuestionResult]) -> tuple[float | None, float | None, Tier, State]:
+def _combine(results: Sequence[QuestionResult | BoxResult]) -> tuple[float | None, float | None, Tier, State]:
+    """Worst and mean reliability, worst tier and state of question (and box) results."""
     done = [r for r in results if r.state is State.DONE and r.reliability is not None]
     state = _worst_state([r.state for r in results]) if results else State.PENDING
     if not done:
@@ -272,18 +304,30 @@ def _combine(results: Sequence[QuestionResult]) -> tuple[float | None, float | N
     return worst, mean, tier, state
 
 
-def aggregate(results: Sequence[QuestionResult], estimator: str = "") -> Reliability:
-    """Question results → per-finding (worst, mean) → report (worst finding, mean of questions)."""
-    by_finding: dict[str, list[QuestionResult]] = {}
+def aggregate(results: Sequence[QuestionResult], estimator: str = "",
+              boxes: Sequence[BoxResult] = (), finding_ids: Sequence[str] = ()) -> Reliability:
+    """Question (and box) results → per-finding (worst, mean) → report (worst finding, mean).
+
+    ``finding_ids`` lists findings in order, so a finding that got a box check but no
+    question (the question cap) still has its result; a finding's box result counts
+    like one more question."""
+    by_finding: dict[str, list[QuestionResult]] = {fid: [] for fid in finding_ids}
     for r in results:
         by_finding.setdefault(r.question.finding_id, []).append(r)
+    box_of: dict[str, BoxResult] = {}
+    for b in boxes:
+        by_finding.setdefault(b.probe.finding_id, [])
+        box_of.setdefault(b.probe.finding_id, b)
     findings = []
     for fid, qs in by_finding.items():
-        worst, mean, tier, state = _combine(qs)
-        findings.append(FindingResult(fid, qs, worst, mean, tier, state))
-    worst, mean, tier, state = _combine(list(results))
+        box = box_of.get(fid)
+        if not qs and box is None:
+            continue
+        worst, mean, tier, state = _combine([*qs, *([box] if box is not None else [])])
+        findings.append(FindingResult(fid, qs, worst, mean, tier, state, box=box, consistency_tier=tier))
+    worst, mean, tier, state = _combine([*results, *box_of.values()])
     if state is State.DONE and tier is not Tier.NONE:
         message = TIER_MEANING[tier]
     else:
         message = STATE_MEANING[state]
-    return Reliability(findings, worst, mean, tier, state, estimator, message)
+    return Reliability(findings, worst, mean, tier, state, estimator, message, consistency_tier=tier)

@@ -2,13 +2,18 @@
 
 Shows an :class:`inference.reliability.scoring.Reliability`; every number and
 word comes from there (this widget decides nothing). While the check runs the
-light is dark and a busy bar turns; a finished check lights one lamp. The
-details list each question with the finding it belongs to, its entropy, and a
-pyqtgraph bar chart of its sampled answers grouped by meaning (the draft's own
-answer's group drawn darker).
+light is dark and a busy bar turns; a finished check lights one lamp (none when
+something could not be checked: green means checked and right). The details
+list the answer's own checks (its reasoning steps, contradictions, a negative
+answer's re-readings), then per finding its checks (box re-read, size, side,
+density, inside the body, body region) with what each compared, then each
+question with its sampled answers, its entropy, and a pyqtgraph bar chart of
+the answers grouped by meaning (the draft's own answer's group drawn darker).
 """
 
 from __future__ import annotations
+
+import html
 
 import pyqtgraph as pg
 from PySide6.QtCore import QRectF, QSize, Qt
@@ -24,7 +29,14 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from inference.reliability.scoring import QuestionResult, Reliability, State, Tier
+from inference.reliability.checks import Check
+from inference.reliability.scoring import (
+    FindingResult,
+    QuestionResult,
+    Reliability,
+    State,
+    Tier,
+)
 
 LAMP_ON = {Tier.RED: QColor(214, 48, 49), Tier.AMBER: QColor(240, 165, 0), Tier.GREEN: QColor(39, 174, 96)}
 LAMP_OFF = QColor(70, 70, 70)
@@ -74,6 +86,49 @@ def _short(text: str) -> str:
     return text if len(text) <= _LABEL_CHARS else text[: _LABEL_CHARS - 1] + "…"
 
 
+CHECK_MARK = {True: "✓", False: "✗", None: "–"}
+CHECK_WORD = {True: "passed", False: "failed", None: "not checked"}
+
+
+def check_line(check: Check) -> str:
+    """"✗ size failed: the text says 42 mm but the box measures 24 × 24 mm"."""
+    return f"{CHECK_MARK[check.passed]} {check.name.replace('_', ' ')} {CHECK_WORD[check.passed]}: {check.detail}"
+
+
+class ChecksView(QFrame):
+    """A titled list of checks, one line each, with contradictions and a message."""
+
+    def __init__(self, title: str, checks: list[Check], message: str = "", extra: list[str] | None = None,
+                 parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setFrameShape(QFrame.Shape.StyledPanel)
+        self.checks = checks
+        layout = QVBoxLayout(self)
+        self.title = QLabel(title)
+        self.title.setTextFormat(Qt.TextFormat.RichText)
+        self.title.setWordWrap(True)
+        layout.addWidget(self.title)
+        self.lines: list[QLabel] = []
+        for text in [*(check_line(c) for c in checks), *(extra or [])]:
+            label = QLabel(text)
+            label.setWordWrap(True)
+            layout.addWidget(label)
+            self.lines.append(label)
+        self.message = QLabel(message)
+        self.message.setWordWrap(True)
+        self.message.setVisible(bool(message))
+        layout.addWidget(self.message)
+
+    def texts(self) -> list[str]:
+        return [label.text() for label in self.lines]
+
+
+def finding_title(finding: FindingResult) -> str:
+    score = f" · consistency {finding.reliability:.2f}" if finding.reliability is not None else ""
+    tier = "not checked" if finding.tier is Tier.NONE and finding.reliability is not None else finding.tier.value
+    return f"<b>finding {html.escape(finding.finding_id)}</b> · {tier}{score}"
+
+
 class QuestionView(QFrame):
     """One question: finding, text, entropy, tier and the bar chart of its answer clusters."""
 
@@ -95,12 +150,16 @@ class QuestionView(QFrame):
             summary += f" — {result.message}"
         self.summary = QLabel(summary)
         self.summary.setWordWrap(True)
+        clusters = result.clusters()
+        answers = " · ".join(f"{n}× {' '.join(text.split()) or '(empty)'}" for text, n in clusters)
+        self.samples = QLabel(f"answers: {answers}" if answers else "answers: none")
+        self.samples.setWordWrap(True)
         layout = QVBoxLayout(self)
         layout.addWidget(head)
         layout.addWidget(self.summary)
+        layout.addWidget(self.samples)
         self.chart: pg.PlotWidget | None = None
         self.bars: pg.BarGraphItem | None = None
-        clusters = result.clusters()
         if result.state is State.DONE and clusters:
             self.chart = pg.PlotWidget(background="w")
             self.chart.setFixedHeight(130)
@@ -148,6 +207,7 @@ class ReliabilityPanel(QWidget):
         self.scroll.setWidget(self.details)
         self.scroll.hide()
         self.question_views: list[QuestionView] = []
+        self.check_views: list[ChecksView] = []  # the answer's, then one per finding
 
         text = QVBoxLayout()
         text.addWidget(self.score)
@@ -173,7 +233,17 @@ class ReliabilityPanel(QWidget):
         self.light.set_tier(Tier.NONE if busy else reliability.tier)
         if reliability.worst is not None and not busy:
             n = len([q for q in reliability.questions if q.state is State.DONE])
+            b = len([x for x in reliability.boxes if x.state is State.DONE])
             what = "1 question" if n == 1 else f"worst of {n} questions; mean {reliability.mean:.2f}"
+            if b:
+                what += f"; {b} box{'es' if b > 1 else ''} re-read"
+            checks = reliability.all_checks()
+            if checks:
+                failed = sum(1 for c in checks if c.passed is False)
+                unchecked = sum(1 for c in checks if c.passed is None)
+                what += f"; checks: {len(checks) - failed - unchecked} passed"
+                what += f", {failed} failed" if failed else ""
+                what += f", {unchecked} not checked" if unchecked else ""
             self.score.setText(f"Reliability {reliability.worst:.2f} ({what})")
         else:
             self.score.setText("Reliability: computing…" if busy else "Reliability: –")
@@ -181,13 +251,27 @@ class ReliabilityPanel(QWidget):
         self._fill_details(reliability)
 
     def _fill_details(self, reliability: Reliability) -> None:
-        for view in self.question_views:
+        for view in [*self.check_views, *self.question_views]:
             self.details_layout.removeWidget(view)
             view.deleteLater()
-        self.question_views = [QuestionView(q) for q in reliability.questions]
-        for view in self.question_views:
+        self.check_views, self.question_views = [], []
+        said = any(c.kind == "steps" and c.passed is False for c in reliability.checks)  # its detail lists them
+        contradictions = [] if said else [f"✗ contradiction ({getattr(c, 'kind', '')}): {getattr(c, 'message', c)}"
+                                          for c in reliability.contradictions]
+        if reliability.checks or contradictions:
+            view = ChecksView("<b>the answer</b>", reliability.checks, extra=contradictions)
+            self.check_views.append(view)
             self.details_layout.addWidget(view)
-        self.details_button.setEnabled(bool(self.question_views))
+        for finding in reliability.findings:
+            if finding.checks or finding.message:
+                view = ChecksView(finding_title(finding), finding.checks, "" if finding.checks else finding.message)
+                self.check_views.append(view)
+                self.details_layout.addWidget(view)
+            for q in finding.questions:
+                qv = QuestionView(q)
+                self.question_views.append(qv)
+                self.details_layout.addWidget(qv)
+        self.details_button.setEnabled(bool(self.question_views or self.check_views))
 
     def _toggle_details(self, shown: bool) -> None:
         self.details_button.setArrowType(Qt.ArrowType.DownArrow if shown else Qt.ArrowType.RightArrow)

@@ -15,6 +15,7 @@ from app.commands import analyze
 from app.synthetic.sample import write_ct_study
 from inference.imaging import ImageSpec
 from tests.app.assistant.test_ask import FIVE_STEPS, ScriptedEngine
+from tests.app.models.test_registry import write_model_folder
 
 SIZE = 64
 
@@ -36,7 +37,7 @@ def scripted(monkeypatch, tmp_path):
 
     answer_text = [FIVE_STEPS]
     monkeypatch.setattr(analyze, "load_engine", fake_load)
-    (tmp_path / "model").mkdir()
+    write_model_folder(tmp_path / "model")
     return engines, answer_text, tmp_path / "model"
 
 

@@ -17,6 +17,7 @@ from app.commands import analyze
 from app.core.paths import AppPaths
 from app.report.audit import read_records, verify
 from tests.app.assistant.test_ask import ScriptedEngine
+from tests.app.models.test_registry import write_model_folder
 from tests.app.report.test_session import (
     ANSWER,
     MASS_PX,
@@ -31,7 +32,7 @@ from tests.app.report.test_session import (
 def scripted(monkeypatch, tmp_path):
     monkeypatch.setenv("XMEDGPT_HOME", str(tmp_path / "home"))
     monkeypatch.setattr(analyze, "load_engine", lambda folder, device, q: (ScriptedEngine(ANSWER), SPEC))
-    (tmp_path / "model").mkdir()
+    write_model_folder(tmp_path / "model")
     return tmp_path / "model"
 
 

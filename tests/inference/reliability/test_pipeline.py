@@ -283,3 +283,42 @@ def test_assess_cancel_is_never_green():
 def test_assess_no_findings():
     rel = assess(ScriptedEngine({}), [], None, thresholds=TH)
     assert rel.state is State.DONE and rel.tier is Tier.NONE and "Nothing to check" in rel.message
+
+
+# --- every question asked ------------------------------------------------------
+
+def test_template_questions_fill_up_when_the_model_gives_fewer_than_asked():
+    """Issue #13: Details showed one question although Settings said 5."""
+    engine = ScriptedEngine({}, decomposition="presence | Is there a lesion? | yes")
+    finding = DraftFinding("f1", "A 42 mm hypodense lesion in the right hepatic lobe.", "hypodense lesion",
+                           fill={"presence": "yes", "location": "right hepatic lobe", "size": "42 mm",
+                                 "density": "hypodense", "count": "1"})
+    qs = decompose([finding], engine, max_questions=5)
+    assert [(q.attribute, q.draft_answer) for q in qs] == [
+        ("presence", "yes"),  # the model's own question is kept
+        ("location", "right hepatic lobe"), ("size", "42 mm"), ("density", "hypodense"), ("count", "1")]
+    assert qs[0].question == "Is there a lesion?"
+    assert qs[2].question == "What is the size of the hypodense lesion? Give the measurement with units."
+    assert len(engine.generate_calls) == 1
+    assert len(decompose([finding], engine, max_questions=3)) == 3
+
+
+def test_fill_up_spreads_across_findings_and_never_exceeds_the_cap():
+    a = DraftFinding("a", "text a", "nodule", fill={"presence": "yes", "size": "8 mm", "count": "1"})
+    b = DraftFinding("b", "text b", "cyst", fill={"presence": "yes", "location": "left"})
+    qs = decompose([a, b], ScriptedEngine({}, decomposition="no usable line"), max_questions=4)
+    assert [(q.finding_id, q.attribute) for q in qs] == [("a", "presence"), ("b", "presence"), ("b", "location"),
+                                                       ("a", "size")]
+    # a location that is only a side (from the box) is asked as laterality, so "left lower zone" is not a miss
+    assert qs[2].question == "On which side of the patient is the cyst: right or left? Answer with one word."
+
+
+def test_each_free_text_finding_is_asked_for_its_share_of_the_questions():
+    engine = ScriptedEngine({}, decomposition="presence | Is there a lesion? | yes")
+    findings = [DraftFinding(f"f{i}", f"Finding {i}.", "lesion", fill={"presence": "yes", "count": "1"})
+                for i in range(3)]
+    qs = decompose(findings, engine, max_questions=5)
+    assert [c.max_new_tokens for c in engine.generate_calls] == [2 * 32] * 3  # ceil(5 / 3) lines each
+    assert all("At most 2 lines" in c.prompt for c in engine.generate_calls)
+    assert [(q.finding_id, q.attribute) for q in qs] == [("f0", "presence"), ("f1", "presence"), ("f2", "presence"),
+                                                       ("f0", "count"), ("f1", "count")]

@@ -86,3 +86,47 @@ def test_refused_and_failed_are_said_not_hidden(panel):
     panel.show_reliability(failed)
     assert panel.light.lit() == [] and "out of memory" in panel.meaning.text()
     assert not panel.details_button.isEnabled()
+
+
+def test_details_list_the_checks_and_each_questions_samples(panel, qtbot, output_dir):
+    """Issue #13: Details lists every question with its samples, and every check with what it compared."""
+    from inference.reliability.boxes import GroundingProbe, score_boxes
+    from inference.reliability.checks import STEPS, Check
+    from inference.reliability.tiers import finalize
+    from inference.types import Box, Generation
+
+    box = score_boxes(GroundingProbe("hypodense lesion", "hypodense lesion", Box(335, 350, 455, 470)),
+                      [Generation("<ref>lesion</ref><box>[[335, 350, 455, 470]]</box>", [-0.01])] * 5, TH)
+    questions = [_scored("presence", "Is there a hypodense lesion?", "yes", ["yes"] * 5, "hypodense lesion"),
+                 _scored("size", "What is its size?", "42 mm", ["42 mm"] * 4 + ["4 cm"], "hypodense lesion")]
+    size = Check("size", False, "the text says 42 mm but the box measures 24 × 24 mm")
+    side = Check("side", None, "the image has no patient geometry")
+    rel = finalize(aggregate(questions, "discrete", boxes=[box]), {"hypodense lesion": [size, side]},
+                   [Check("steps", True, "all five steps are there and do not contradict each other", STEPS)])
+    panel.show_reliability(rel)
+    assert panel.light.lit() == [Tier.AMBER] and "42 mm" in panel.meaning.text()
+    assert "1 box re-read" in panel.score.text() and "1 failed, 1 not checked" in panel.score.text()
+    panel.details_button.click()
+    answer_view, finding_view = panel.check_views
+    assert answer_view.texts() == ["✓ steps passed: all five steps are there and do not contradict each other"]
+    assert finding_view.texts() == [
+        "✓ box consistency passed: 5 of 5 re-readings boxed the draft's place",
+        "✗ size failed: the text says 42 mm but the box measures 24 × 24 mm",
+        "– side not checked: the image has no patient geometry",
+    ]
+    assert "amber" in finding_view.title.text()
+    assert [v.samples.text() for v in panel.question_views] == ["answers: 5× yes", "answers: 5× 42 mm"]
+    qtbot.wait(50)
+    panel.grab().save(str(output_dir / "reliability_checks.png"))
+
+
+def test_not_checked_leaves_the_light_dark_and_says_why(panel):
+    from inference.reliability.checks import not_checked
+    from inference.reliability.tiers import finalize
+
+    rel = finalize(aggregate([_scored("presence", "Is there a nodule?", "yes", ["yes"] * 10)], "discrete"),
+                   {"f1": [not_checked("region", "the body region of this series could not be told")]})
+    panel.show_reliability(rel)
+    assert rel.tier is Tier.NONE and panel.light.lit() == []
+    assert panel.meaning.text().startswith("Not checked") and "body region" in panel.meaning.text()
+    assert "not checked" in panel.check_views[0].title.text()
