@@ -43,8 +43,10 @@ def test_assistant_link_and_report_finding_name_the_same_sentence():
     (finding,) = report.findings
     assert checked.id == key and checked.text == SENTENCE
     assert finding.text == checked.text
-    # the impression is tinted by whole sentences: "2.5" and "approx." do not cut it
-    impression = report.impression
+    # the AI impression is proposed and tinted by whole sentences: "2.5" and "approx." do not cut it
+    assert [s.text for s in report.ai_sentences] == [
+        "Simple approx. 2.5 cm hypodense lesion (cyst) in the right lobe.", "No other lesion seen."]
+    impression = " ".join(s.text for s in report.ai_sentences)
     spans = sentence_reliability(impression, report.findings)
     assert [(impression[a:b], tier) for a, b, tier in spans] == [
         ("Simple approx. 2.5 cm hypodense lesion (cyst) in the right lobe.", Tier.AMBER),
