@@ -482,9 +482,6 @@ def _run_batch(folder: Path, mutants: list[str], goods: list[str], tmp: Path) ->
                 todo.remove(last["name"])  # go on with the rest in a fresh worker
             else:
                 folder_done = True  # the folder scan or the worker's start failed: reported, not retried
-    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    for r in records:
-        r.setdefault("children_rss_kb", children)
     return records
 
 
@@ -533,7 +530,6 @@ def test_500_mutants_neither_crash_hang_nor_take_the_good_files_down(tmp_path, o
     bad = [r for r in records if r["outcome"] in ("crash", "hang", "died")]
     slow = [r for r in records if r.get("s", 0) > HANG_S]
     peak = max((r.get("rss", 0) for r in records), default=0)
-    children_peak = max((r.get("children_rss_kb", 0) for r in records), default=0) * 1024
     missing = []
     for (folder, _names, goods), batch in zip(batches, results):
         summary = next((r for r in batch if r["name"] == "<folder>"), None)
@@ -560,7 +556,9 @@ def test_500_mutants_neither_crash_hang_nor_take_the_good_files_down(tmp_path, o
     assert not bad, f"seed {seed}: {len(bad)} crash/hang/death(s):\n{report}"
     assert not slow, f"seed {seed}: over {HANG_S} s: {[(r['name'], r['s']) for r in slow]}"
     assert not missing, f"seed {seed}: good files not listed/loaded beside mutants: {missing}"
-    assert peak < PEAK_RSS_BYTES and children_peak < PEAK_RSS_BYTES, f"seed {seed}: peak RSS {peak / 1e6:.0f} MB"
+    # each worker reports its own peak (ru_maxrss of RUSAGE_SELF); RUSAGE_CHILDREN of this pytest process
+    # would also count every subprocess earlier tests in the session waited for (training runs, servers)
+    assert peak < PEAK_RSS_BYTES, f"seed {seed}: peak worker RSS {peak / 1e6:.0f} MB"
 
 
 if __name__ == "__main__":
