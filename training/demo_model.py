@@ -84,10 +84,9 @@ class CorpusSection:
     lesion_mm: list[float] = field(default_factory=list)
 
     def corpus_config(self):
-        from app.synthetic.cases import CorpusConfig
+        from training.phantoms import corpus_config
 
-        mm = (float(self.lesion_mm[0]), float(self.lesion_mm[1])) if self.lesion_mm else None
-        return CorpusConfig.restricted(self.kinds or None, self.max_lesions, mm)
+        return corpus_config(self.kinds, self.max_lesions, self.lesion_mm)
 
     def cli_flags(self) -> str:
         flags = f"--size {self.size} --max-lesions {self.max_lesions}"
@@ -527,19 +526,16 @@ def default_sizes_eval(config: DemoConfig, model: Path, folder: Path, commands: 
 def sample_study_eval(config: DemoConfig, model: Path, folder: Path, commands: list[str]) -> dict | None:
     """Grounding on a fresh ``xmedgpt sample`` study, every slice in each of ``eval.sample_windows``, rendered
     as the viewer renders them, per window and lesion size (what issue #14 is about)."""
-    from app.synthetic.sample import write_ct_study
-    from app.synthetic.study_dataset import study_examples
     from inference.evaluation.harness import Options, format_table, run_eval_examples
+    from training.study_corpus import sample_study_examples
 
     e = config.eval
     if not e.sample_windows or e.sample_slices <= 0:
         return None
-    if not (folder / "ground_truth.json").is_file():
-        write_ct_study(folder, n_slices=e.sample_slices, seed=e.sample_seed)
     windows = ",".join(e.sample_windows)
     commands.append(f"xmedgpt sample --out {folder} --slices {e.sample_slices} --seed {e.sample_seed}")
     commands.append(f"xmedgpt eval --data {folder} --model {config.out} --window {windows} --tasks grounding")
-    study = study_examples(folder, list(e.sample_windows))
+    study = sample_study_examples(folder, e.sample_slices, e.sample_seed, e.sample_windows)
     options = Options(samples=0, tasks=("grounding",), max_new_tokens=e.max_new_tokens or None)
     metrics = run_eval_examples(model, study.examples, options, device=config.eval.device, quantization="none",
                                 data=f"xmedgpt sample study (seed {e.sample_seed}, {e.sample_slices} slices)",

@@ -143,6 +143,12 @@ def _annotation(case: PhantomCase, image: str) -> dict:
     }
 
 
+def corpus_config(kinds: Sequence[str] | None, max_lesions: int, lesion_mm: Sequence[float] | None) -> CorpusConfig:
+    """The case generator's settings for a corpus recipe (kinds, lesions per image, diameters in mm)."""
+    mm = (float(lesion_mm[0]), float(lesion_mm[1])) if lesion_mm else None
+    return CorpusConfig.restricted(list(kinds) if kinds else None, max_lesions, mm)
+
+
 def write_corpus(out: Path | str, n: int, seed: int, size: int = 224, audio: bool = False,
                  progress: Callable[[int, int], None] | None = None,
                  config: CorpusConfig = CorpusConfig(),

@@ -378,5 +378,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+def sample_study_examples(folder: Path, n_slices: int, seed: int, windows: Sequence[str]):
+    """A fresh ``xmedgpt sample`` study in ``folder`` (written once) and its slices rendered as the viewer
+    renders them in ``windows``: what the demo recipe's sample-study evaluation scores."""
+    from app.synthetic.sample import write_ct_study
+    from app.synthetic.study_dataset import study_examples
+
+    if not (Path(folder) / "ground_truth.json").is_file():
+        write_ct_study(folder, n_slices=n_slices, seed=seed)
+    return study_examples(folder, list(windows))
+
+
 if __name__ == "__main__":
     sys.exit(main())
