@@ -417,28 +417,29 @@ class LocalEngine:
         crit = _Cancel(cancel)
         return StoppingCriteriaList([crit]), crit
 
+    def _scored_generate(self, prompt_len: int, max_new: int, stopping, top_logprobs: int, **kwargs):
+        """``generate`` with the model's own token suppression, returning the new tokens, their
+        log-probs and the ``top_logprobs`` alternatives (call under the model lock)."""
+        out = self.model.generate(
+            **kwargs,
+            max_new_tokens=max_new,
+            stopping_criteria=stopping,
+            return_dict_in_generate=True,
+            output_logits=True,
+            pad_token_id=self.pad_id,
+            logits_processor=LogitsProcessorList([self._suppress]),
+        )
+        new = out.sequences[:, prompt_len:]
+        lp, top = self._token_logprobs(out.logits, new, top_logprobs)
+        return new, lp, top
+
     # ----------------------------------------------------------------- Engine
     def generate(
         self, request: ChatRequest, cancel: CancelFn | None = None, *, top_logprobs: int = 0
     ) -> TokenGeneration:
-        """Greedy answer with per-token log-probs (and the ``top_logprobs`` best alternatives per token)."""
-        inputs = self.encode([request])
-        stopping, crit = self._stopping(cancel)
-        with self._lock, torch.inference_mode():
-            out = self.model.generate(
-                **inputs,
-                do_sample=False,
-                max_new_tokens=request.max_new_tokens,
-                stopping_criteria=stopping,
-                return_dict_in_generate=True,
-                output_logits=True,
-                pad_token_id=self.pad_id,
-                logits_processor=LogitsProcessorList([self._suppress]),
-            )
-        new = out.sequences[:, inputs["input_ids"].shape[1]:]
-        lp, top = self._token_logprobs(out.logits, new, top_logprobs)
-        return self._finish(new[0].tolist(), lp[0].tolist(), request.max_new_tokens, bool(crit and crit.cancelled),
-                            top[0] if top else None)
+        """Greedy answer with per-token log-probs (and the ``top_logprobs`` best alternatives per token):
+        a batch of one."""
+        return self.generate_batch([request], cancel, top_logprobs=top_logprobs)[0]
 
     def generate_batch(
         self, requests: Sequence[ChatRequest], cancel: CancelFn | None = None, *, top_logprobs: int = 0
@@ -459,18 +460,8 @@ class LocalEngine:
         max_new = max(r.max_new_tokens for r in requests)
         stopping, crit = self._stopping(cancel)
         with self._lock, torch.inference_mode():
-            out = self.model.generate(
-                **inputs,
-                do_sample=False,
-                max_new_tokens=max_new,
-                stopping_criteria=stopping,
-                return_dict_in_generate=True,
-                output_logits=True,
-                pad_token_id=self.pad_id,
-                logits_processor=LogitsProcessorList([self._suppress]),
-            )
-        new = out.sequences[:, ids.shape[1]:]
-        lp, top = self._token_logprobs(out.logits, new, top_logprobs)
+            new, lp, top = self._scored_generate(ids.shape[1], max_new, stopping, top_logprobs, **inputs,
+                                                 do_sample=False)
         cancelled = bool(crit and crit.cancelled)
         return [
             self._finish(new[i, : r.max_new_tokens].tolist(), lp[i, : r.max_new_tokens].tolist(), r.max_new_tokens,
@@ -558,7 +549,8 @@ class LocalEngine:
             )
             cache = prefill.cache if hasattr(prefill, "cache") and prefill.cache is not None else prefill.past_key_values
             cache.batch_repeat_interleave(n)
-            out = self.model.generate(
+            new, lp, top = self._scored_generate(
+                ids.shape[1], max_new, stopping, top_logprobs,
                 input_ids=ids.repeat_interleave(n, dim=0),
                 attention_mask=mask.repeat_interleave(n, dim=0),
                 cache=cache,
@@ -566,15 +558,7 @@ class LocalEngine:
                 temperature=temperature,
                 top_p=top_p,
                 top_k=0,
-                max_new_tokens=max_new,
-                stopping_criteria=stopping,
-                return_dict_in_generate=True,
-                output_logits=True,
-                pad_token_id=self.pad_id,
-                logits_processor=LogitsProcessorList([self._suppress]),
             )
-        new = out.sequences[:, ids.shape[1]:]
-        lp, top = self._token_logprobs(out.logits, new, top_logprobs)
         cancelled = bool(crit and crit.cancelled)
         results: list[list[TokenGeneration]] = []
         for i, request in enumerate(requests):
