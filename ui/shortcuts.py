@@ -52,6 +52,8 @@ SHORTCUTS: tuple[Shortcut, ...] = (
     Shortcut("tool_length", ("L",), "Length measurement (mm)", "Tools"),
     Shortcut("tool_rect", ("B",), "Rectangle ROI (HU mean/SD/min/max, area)", "Tools"),
     Shortcut("tool_ellipse", ("O",), "Ellipse ROI (HU mean/SD/min/max, area)", "Tools"),
+    Shortcut("tool_angle", ("A",), "Angle (drag one arm to the vertex, then click the end of the other)", "Tools"),
+    Shortcut("tool_cobb", ("C",), "Cobb angle (drag one line, then the other: the angle between them)", "Tools"),
     # Edit (measurements: the viewport keeps their history)
     Shortcut("undo_measurement", ("Ctrl+Z",), "Undo the last measurement change (add, delete, delete all)", "Edit"),
     Shortcut("redo_measurement", ("Ctrl+Y", "Ctrl+Shift+Z"), "Redo the measurement change undone last", "Edit"),
@@ -75,6 +77,8 @@ SHORTCUTS: tuple[Shortcut, ...] = (
     Shortcut("mpr_rotate_back", ("Alt+Shift+R",), "MPR: turn the crosshair back 15° (0° gives true planes again)",
              "Application", "window"),
     Shortcut("next_viewport", ("Tab",), "Next viewport", "Application", "window"),
+    Shortcut("link_viewports", ("Ctrl+L",), "Link viewports: a prior study scrolls with this one from where both are "
+             "now (again: unlink; series of one frame of reference always scroll together)", "Application", "window"),
     Shortcut("reading_mode", ("F11", "Ctrl+Shift+R"), "Reading mode: hide the side panels and toolbar (again: restore)",
              "Application", "window"),
     Shortcut("cancel_load", ("Ctrl+.",), "Cancel loading", "Application", "window"),
@@ -88,7 +92,7 @@ MOUSE: tuple[tuple[str, str], ...] = (
     ("Wheel", "Scroll slices"),
     ("Ctrl + wheel", "Zoom about the pointer"),
     ("Right drag", "Window / level: left–right changes the width, up–down the level"),
-    ("Left drag", "Current tool: pan, length, rectangle or ellipse ROI"),
+    ("Left drag", "Current tool: pan, length, rectangle or ellipse ROI, angle, Cobb angle"),
     ("Middle drag", "Pan"),
     ("Double-click the image", "Maximise / restore the viewport (in 1×1: fit)"),
     ("Double-click a series", "Open it in the active viewport (or drag it onto a viewport)"),

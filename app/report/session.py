@@ -14,7 +14,9 @@ without a window.
   (:meth:`app.report.audit.AuditLog.watch`).
 - :meth:`ReportSession.export` writes SR (TID 1500 + narrative), PDF (through the
   ``pdf_writer`` the caller gives, since PDF needs Qt) and plain text, and logs
-  each file in the audit trail; :meth:`ReportSession.export_addendum` writes a signed
+  each file in the audit trail; the reader's measurements saved with the study's
+  workspace (:mod:`app.viewer.measure_store`: lengths, angles, Cobb angles, ROI
+  statistics) go into the TID 1500 document beside the findings' boxes; :meth:`ReportSession.export_addendum` writes a signed
   addendum (the whole report with its addenda as text and PDF, and a new narrative SR
   whose predecessor is the signed one).
 
@@ -52,11 +54,13 @@ from app.report.export.sr import (
     SrOptions,
     export_addendum_sr,
     export_sr,
+    exportable_measurements,
     read_sources,
 )
 from app.report.export.text import render_text
 from app.report.from_answer import draft_from_answer
 from app.report.workspace import Autosave, Workspace
+from app.viewer.measure_store import MeasurementStore
 from inference.phrases import phrase_key
 from inference.reliability.scoring import Reliability, Tier
 from inference.types import Box
@@ -79,6 +83,8 @@ class Exported:
     text: str = ""
     text_path: Path | None = None
     addendum_sr: Path | None = None  # the addendum's narrative SR (export_addendum)
+    #: sentences about what the export left out or could not read (saved measurements)
+    notes: list[str] = field(default_factory=list)
 
     @property
     def paths(self) -> list[Path]:
@@ -333,8 +339,13 @@ class ReportSession:
         kind = "signed" if report.signed else "draft"
         done = Exported()
         if sr:
+            saved = MeasurementStore(self.workspace.root).load(uid)
+            done.notes += saved.problems
+            kept, left = exportable_measurements(saved.measurements, headers)
+            done.notes += [f"Not in the SR: {why}." for why in left]
             done.sr = export_sr(report, headers, out_dir, reader_name=self.reader_name, options=self.sr_options,
-                                previous=previous, measurement_path=sr_path, narrative_path=narrative_path)
+                                previous=previous, measurement_path=sr_path, narrative_path=narrative_path,
+                                measurements=kept)
             if done.sr.measurement is not None:
                 self.audit.export(report, "sr-measurements", done.sr.measurement, done.sr.measurement_uid)
             self.audit.export(report, "sr-report", done.sr.narrative, done.sr.narrative_uid)

@@ -5,6 +5,13 @@ covers [c, c+1) × [r, r+1); its centre is (c + 0.5, r + 0.5). A pixel belongs
 to a region when its centre lies inside the drawn shape. Spacing comes from the
 series geometry: ``(row spacing, column spacing)`` in mm, as in PixelSpacing.
 Without geometry the unit is the pixel and ``unit`` says so.
+
+Angles are measured in millimetres, not pixels: with anisotropic pixels (0.5 mm rows,
+0.8 mm columns) a line at 45° on the pixel grid is not at 45° in the patient, and the
+angle the reader reads must be the patient's. :func:`angle` is the angle at a vertex
+(0–180°), :func:`cobb` the angle between two lines (0–90°, which way each line was drawn
+does not matter). :func:`evaluate` gives every kind's numbers and label in one place, for
+the viewport, the saved workspace and the SR export alike.
 """
 
 from __future__ import annotations
@@ -146,6 +153,92 @@ def ellipse_stats(
     bx0, by0, bx1, by1 = _bounds(x0, y0, x1, y1)
     area = math.pi * (bx1 - bx0) / 2.0 * (by1 - by0) / 2.0 * _pixel_area(spacing)
     return _stats(values, ellipse_mask(values.shape[:2], x0, y0, x1, y1), area, spacing, value_unit)
+
+
+@dataclass(frozen=True)
+class Angle:
+    """An angle in degrees (NaN when an arm has no length)."""
+
+    value: float
+
+    def __str__(self) -> str:
+        return "—°" if not math.isfinite(self.value) else f"{self.value:.1f}°"
+
+
+def _mm(p0, p1, spacing: tuple[float, float] | None) -> tuple[float, float]:
+    """The vector p0 → p1 in mm (x along the columns, y along the rows); pixels without spacing."""
+    dx = float(p1[0]) - float(p0[0])
+    dy = float(p1[1]) - float(p0[1])
+    if spacing is None:
+        return dx, dy
+    row_sp, col_sp = spacing
+    return dx * col_sp, dy * row_sp
+
+
+def _between(u: tuple[float, float], v: tuple[float, float]) -> float:
+    """Angle between two vectors in degrees, 0–180 (NaN if either has no length)."""
+    if math.hypot(*u) < 1e-12 or math.hypot(*v) < 1e-12:
+        return math.nan
+    cross = u[0] * v[1] - u[1] * v[0]
+    dot = u[0] * v[0] + u[1] * v[1]
+    return math.degrees(math.atan2(abs(cross), dot))
+
+
+def angle(p0, vertex, p2, spacing: tuple[float, float] | None) -> Angle:
+    """The angle at ``vertex`` between the arms to ``p0`` and ``p2`` (degrees, 0–180), in mm."""
+    return Angle(_between(_mm(vertex, p0, spacing), _mm(vertex, p2, spacing)))
+
+
+def cobb(a0, a1, b0, b1, spacing: tuple[float, float] | None) -> Angle:
+    """Cobb angle: the angle between line a0–a1 and line b0–b1 (degrees, 0–90), in mm.
+
+    Lines have no direction, so the acute angle between them is the answer (two endplates
+    drawn in either order give the same Cobb angle)."""
+    theta = _between(_mm(a0, a1, spacing), _mm(b0, b1, spacing))
+    if not math.isfinite(theta):
+        return Angle(theta)
+    return Angle(min(theta, 180.0 - theta))
+
+
+#: Measurement kinds and how many image points define each.
+POINTS = {"length": 2, "rect": 2, "ellipse": 2, "angle": 3, "cobb": 4}
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """The numbers of one measurement: ``values`` by name (only finite ones), their units, the label."""
+
+    values: dict[str, float]
+    unit: str  # length: "mm"/"px"; angles: "deg"; ROIs: the area's unit "mm²"/"px²"
+    value_unit: str = ""  # ROIs: the unit of mean/SD/min/max ("HU" for CT, "" otherwise)
+    text: str = ""
+
+
+def evaluate(kind: str, points, spacing: tuple[float, float] | None, values: np.ndarray | None = None,
+             value_unit: str = "HU") -> Evaluation:
+    """The numbers and label of a ``kind`` measurement over image ``points`` (see :data:`POINTS`).
+
+    ``values`` (rows, cols) is needed for ROIs only. Non-finite numbers (an ROI with no pixel
+    inside, an angle arm of no length) are left out of ``values``.
+    """
+    pts = [(float(x), float(y)) for x, y in points]
+    if kind not in POINTS or len(pts) != POINTS[kind]:
+        raise ValueError(f"a {kind} measurement needs {POINTS.get(kind, '?')} points, not {len(pts)}")
+    if kind == "length":
+        ln = length(pts[0], pts[1], spacing)
+        return Evaluation({"length": ln.value}, ln.unit, "", str(ln))
+    if kind in ("angle", "cobb"):
+        a = angle(*pts, spacing) if kind == "angle" else cobb(*pts, spacing)
+        label = str(a) if kind == "angle" else f"Cobb {a}"
+        return Evaluation({"angle": a.value} if math.isfinite(a.value) else {}, "deg", "", label)
+    (x0, y0), (x1, y1) = pts
+    if values is None:
+        raise ValueError("an ROI needs the frame's values")
+    fn = rect_stats if kind == "rect" else ellipse_stats
+    st = fn(values, x0, y0, x1, y1, spacing, value_unit)
+    nums = {"mean": st.mean, "sd": st.sd, "min": st.min, "max": st.max, "area": st.area, "pixels": float(st.pixels)}
+    return Evaluation({k: v for k, v in nums.items() if math.isfinite(v)}, st.area_unit, st.value_unit,
+                      "\n".join(st.lines()))
 
 
 def value_unit_for(modality: str) -> str:

@@ -265,3 +265,122 @@ def render_plane(paths, series_key: str = "0", plane: str = "axial", index: int 
         window = auto_window_for(shown, 0)
     image = render(shown, 0, window, invert=invert)
     return RenderedPlane(image, pimg, series, k, n, window or volume.default_window)
+
+
+# --- AI boxes and pre-read lesions on every plane ---------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Extent:
+    """A lesion in the series as acquired: its box (image pixels, x = column, y = row, pixel c covering
+    [c, c+1)) on each slice it spans. An assistant or report box is a lesion of one slice; a pre-read
+    lesion has a box on each slice of its range."""
+
+    id: str
+    boxes: dict[int, tuple[float, float, float, float]]  # slice index → (x0, y0, x1, y1)
+    label: str = ""
+    source: str = "ai"
+
+    @property
+    def slices(self) -> tuple[int, int]:
+        return min(self.boxes), max(self.boxes)
+
+
+@dataclass(frozen=True)
+class ProjectedBox:
+    """An extent as seen in one MPR view: a rectangle in that view's image pixels (edges, as boxes)."""
+
+    id: str
+    x0: float
+    y0: float
+    x1: float
+    y1: float
+    label: str = ""
+    source: str = "ai"
+
+
+def _box_tuple(box) -> tuple[float, float, float, float]:
+    if isinstance(box, dict):
+        return tuple(float(box[k]) for k in ("x0", "y0", "x1", "y1"))
+    if hasattr(box, "x0"):
+        return float(box.x0), float(box.y0), float(box.x1), float(box.y1)
+    x0, y0, x1, y1 = (float(v) for v in box)
+    return x0, y0, x1, y1
+
+
+def extent_of_lesion(lesion, source: str = "ai", label: str | None = None) -> Extent:
+    """An :class:`Extent` from a series pre-read lesion: an ``app.assistant.preread.Candidate``
+    (``detections`` slice → detection with a ``box``) or its JSON form (``boxes`` {"slice": box})."""
+    if isinstance(lesion, dict):
+        boxes = {int(k): _box_tuple(b) for k, b in lesion["boxes"].items()}
+        lid = str(lesion.get("id", ""))
+        text = label if label is not None else f"L{lid} · {lesion.get('phrase') or 'lesion'}"
+    else:
+        boxes = {int(k): _box_tuple(d.box) for k, d in lesion.detections.items()}
+        lid = str(lesion.id)
+        text = label if label is not None else f"L{lid} · {getattr(lesion, 'phrase', '') or 'lesion'}"
+    return Extent(f"lesion:{lid}", boxes, text, source)
+
+
+def extents_from_boxes(rows) -> list[Extent]:
+    """Boxes drawn on a series' slices, ``(box id, slice, box, label, source)`` each, as extents: boxes of
+    one label and source on consecutive slices (one slice may be missing between two, as in a pre-read
+    lesion) are one lesion (a pre-read lesion drawn slice by slice, a finding boxed on two neighbouring
+    slices); every other box is a lesion of its own slice."""
+    groups: dict[tuple[str, str], list[tuple[int, str, tuple]]] = {}
+    singles: list[Extent] = []
+    for box_id, frame, box, label, source in rows:
+        if label:
+            groups.setdefault((label, source), []).append((int(frame), str(box_id), _box_tuple(box)))
+        else:
+            singles.append(Extent(str(box_id), {int(frame): _box_tuple(box)}, "", source))
+    out: list[Extent] = []
+    for (label, source), items in groups.items():
+        items.sort()
+        run: list[tuple[int, str, tuple]] = []
+        for item in items:
+            if run and (item[0] - run[-1][0] > 2 or item[0] == run[-1][0]):
+                out.append(Extent(run[0][1], {f: b for f, _, b in run}, label, source))
+                run = []
+            run.append(item)
+        if run:
+            out.append(Extent(run[0][1], {f: b for f, _, b in run}, label, source))
+    return out + singles
+
+
+def project_extent(state: MprState, geometry, extent: Extent, view: str) -> ProjectedBox | None:
+    """The lesion's extent in ``view`` (the plane through the crosshair), or None where that plane
+    (or its slab) does not pass through it.
+
+    Each slice's box is a slab of voxels, as thick as the slices are apart, in patient space
+    (``geometry``: the series' :class:`~app.dicom.model.Geometry`, slice by slice, so a series
+    resampled for MPR still maps its own slices). The rectangle spans what the view's plane cuts:
+    in a coronal view through the lesion, its columns are the boxes' column range and its rows the
+    slices' range, edge to edge, so it lands on the voxels the lesion occupies.
+    """
+    from app.viewer.sync import slice_gap, unit_normal
+
+    if geometry is None or not extent.boxes:
+        return None
+    plane = state.plane(view)
+    half_slab = state.slab_mm / 2.0
+    normal = unit_normal(geometry) * slice_gap(geometry) / 2.0
+    cut: list[np.ndarray] = []
+    for k, (x0, y0, x1, y1) in extent.boxes.items():
+        if not 0 <= k < len(geometry.origins):
+            continue
+        # box edges → positions in the geometry's pixel-centre coordinates
+        corners = [geometry.pixel_to_patient(k, x - 0.5, y - 0.5) for x in (x0, x1) for y in (y0, y1)]
+        pts = np.array([c + s * normal for c in corners for s in (-1.0, 1.0)])
+        d = (pts - plane.origin) @ plane.normal
+        if d.min() - half_slab > 1e-6 or d.max() + half_slab < -1e-6:
+            continue  # this slice's slab does not meet the plane
+        cut.append(pts)
+    if not cut:
+        return None
+    pts = np.concatenate(cut)
+    rel = pts - plane.origin
+    cols = rel @ plane.u / plane.spacing[1] + 0.5  # pixel-centre coordinates → edges as boxes are
+    rows = rel @ plane.v / plane.spacing[0] + 0.5
+    return ProjectedBox(extent.id, float(cols.min()), float(rows.min()), float(cols.max()), float(rows.max()),
+                        extent.label, extent.source)

@@ -1,11 +1,22 @@
-"""The central area: 1×1, 1×2 or 2×2 viewports, or the MPR views (1×3, 2×2), one of them active."""
+"""The central area: 1×1, 1×2 or 2×2 viewports, or the MPR views (1×3, 2×2), one of them active.
+
+The grid also owns what ties its viewports together: :class:`ui.viewer.sync.ViewportSync`
+(scroll, window/level, zoom and a linked cursor between series of one frame of reference, or
+linked by hand with :meth:`ViewportGrid.toggle_link`), :class:`ui.viewer.measure_persist.
+MeasurementKeeper` (measurements saved with the study's workspace and restored when a series is
+shown again), one measuring tool for every viewport and MPR view, and the lesions the MPR views
+draw on every plane (the boxes of the viewports showing the MPR's series).
+"""
 
 from __future__ import annotations
 
 from PySide6.QtCore import Signal
 from PySide6.QtWidgets import QGridLayout, QWidget
 
+from app.viewer.mpr import Extent, extents_from_boxes
+from ui.viewer.measure_persist import MeasurementKeeper
 from ui.viewer.mpr import MPR_LAYOUTS, MprPanel
+from ui.viewer.sync import ViewportSync
 from ui.viewer.viewport import Viewport
 
 LAYOUTS: dict[str, tuple[int, int]] = {"1x1": (1, 1), "1x2": (1, 2), "2x2": (2, 2)}
@@ -13,8 +24,9 @@ LAYOUTS: dict[str, tuple[int, int]] = {"1x1": (1, 1), "1x2": (1, 2), "2x2": (2, 
 
 class ViewportGrid(QWidget):
     active_changed = Signal(object)  # Viewport
+    message = Signal(str)  # a sentence for the status bar (link made, measurements file set aside)
 
-    def __init__(self, parent=None) -> None:
+    def __init__(self, parent=None, workspace=None) -> None:
         super().__init__(parent)
         self._grid = QGridLayout(self)
         self._grid.setContentsMargins(0, 0, 0, 0)
@@ -23,6 +35,14 @@ class ViewportGrid(QWidget):
         for vp in self.viewports:
             vp.activated.connect(self.set_active)
             vp.double_clicked.connect(self.toggle_maximized)
+            vp.tool_changed.connect(self._tool_everywhere)
+        #: measurements saved with the study's workspace (``workspace``: the folder; default: the settings')
+        self.keeper = MeasurementKeeper(workspace, self)
+        self.keeper.message.connect(self.message)
+        for vp in self.viewports:
+            self.keeper.attach(vp)
+        self.sync = ViewportSync(self.viewports, self.visible, self)
+        self.sync.message.connect(self.message)
         self.layout_name = ""
         self.mpr: MprPanel | None = None  # built the first time an MPR layout is chosen
         self.maximized: Viewport | None = None
@@ -51,6 +71,8 @@ class ViewportGrid(QWidget):
             for vp in self.mpr.views:
                 vp.activated.connect(self.set_active)
                 vp.double_clicked.connect(self.toggle_maximized)
+                vp.tool_changed.connect(self._tool_everywhere)
+            self.mpr.extents_provider = self.mpr_extents
             self.mpr.hide()
         return self.mpr
 
@@ -119,6 +141,38 @@ class ViewportGrid(QWidget):
             other.set_active(other is vp)
         if changed:
             self.active_changed.emit(vp)
+
+    def _tool_everywhere(self, tool: str) -> None:
+        """One measuring tool for every viewport and MPR view (as in RadiAnt and OHIF)."""
+        for vp in self.viewports + (self.mpr.views if self.mpr is not None else []):
+            if vp.tool != tool:
+                vp.set_tool(tool)
+
+    def toggle_link(self) -> str:
+        """Link viewports (a prior study beside the current one) as they are now; again: unlink."""
+        text = self.sync.toggle_link()
+        self.message.emit(text)
+        return text
+
+    def mpr_extents(self) -> list[Extent]:
+        """The boxes on the viewports that show the MPR's series (assistant, report, pre-read), as lesions."""
+        panel = self.mpr
+        if panel is None or panel.source is None:
+            return []
+        series = panel.source.series
+        rows = []
+        for vp in self.viewports:
+            v = vp.volume
+            if v is None or not (v is panel.source or v.series is series or v.series.uid == series.uid):
+                continue
+            ov = vp.overlays
+            for box_id in ov.ids():
+                b = ov.box(box_id)
+                entry = getattr(ov, "_entries", {}).get(box_id)
+                source = getattr(entry, "source", "ai")
+                rows.append((box_id, ov.frame_of(box_id), (b.x0, b.y0, b.x1, b.y1), ov.label_of(box_id), source))
+            break  # one viewport's boxes are the series' boxes
+        return extents_from_boxes(rows)
 
     def next_viewport(self) -> None:
         vis = self.visible()

@@ -1,28 +1,39 @@
-"""Measurement graphics: length lines and rectangle/ellipse ROIs drawn on a frame.
+"""Measurement graphics: lengths, angles, Cobb angles and rectangle/ellipse ROIs drawn on a frame.
 
 Items are children of the viewport's ImageItem, so their coordinates are image
 pixels whatever the zoom, rotation or pixel aspect. The numbers come from
 :mod:`app.viewer.measure`; this module only draws them, keeps them in step with
 the handles, keeps their labels inside the visible view, and keeps the history
 of adds and deletes for undo / redo.
+
+Lengths and ROIs are one drag. An angle is a drag from one end to the vertex, then the
+second arm follows the pointer until a click (or a second drag) fixes its end. A Cobb angle
+is two drags, one line each (the two endplates). Until the last point is fixed the
+measurement is *pending* (:attr:`Measurement.pending`): it is in no history yet, and
+:meth:`MeasurementLayer.remove` takes it away when the reader gives up.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pyqtgraph as pg
 from PySide6.QtCore import QPointF, QRectF
+from PySide6.QtGui import QPainter, QPainterPath
 
 from app.viewer import measure
+from app.viewer.measure_store import new_uid
 
 LENGTH_COLOR = (80, 220, 255)
 ROI_COLOR = (120, 255, 120)
+ANGLE_COLOR = (255, 170, 60)
 
 #: Supplies (values of the frame, spacing (row, col) or None, value unit) for stats.
 ValuesFn = Callable[[int], tuple[np.ndarray, tuple[float, float] | None, str]]
+#: Which handles each multi-point kind joins with a line.
+SEGMENTS = {"angle": ((0, 1), (1, 2)), "cobb": ((0, 1), (2, 3))}
 
 
 class _AxisEllipseROI(pg.EllipseROI):
@@ -35,19 +46,75 @@ class _AxisEllipseROI(pg.EllipseROI):
         self.addScaleHandle([0, 1], [1, 0])
 
 
+class SegmentsROI(pg.ROI):
+    """Free handles joined by line segments (an angle's two arms, a Cobb angle's two lines).
+
+    ``placed`` handles are drawn; the others wait (hidden) until the drawing reaches them."""
+
+    def __init__(self, points, segments, **args) -> None:
+        super().__init__([0, 0], [1, 1], **args)
+        self.segments = tuple(segments)
+        self.placed = len(points)
+        for p in points:
+            self.addFreeHandle(p)
+
+    def set_placed(self, n: int) -> None:
+        self.placed = n
+        for i, h in enumerate(self.getHandles()):
+            h.setVisible(i < n)
+        self.prepareGeometryChange()
+        self.update()
+
+    def _drawn(self):
+        hs = self.getHandles()
+        return [(hs[a].pos(), hs[b].pos()) for a, b in self.segments if a < self.placed and b < self.placed]
+
+    def paint(self, p, *args) -> None:
+        p.setRenderHint(QPainter.RenderHint.Antialiasing, self._antialias)
+        p.setPen(self.currentPen)
+        for a, b in self._drawn():
+            p.drawLine(a, b)
+
+    def shape(self) -> QPainterPath:
+        path = QPainterPath()
+        for a, b in self._drawn():
+            d = b - a
+            if d.manhattanLength() == 0:
+                continue
+            pxv = self.pixelVectors(d)[1]
+            if pxv is None:
+                continue
+            pxv = pxv * 4
+            path.moveTo(a + pxv)
+            path.lineTo(b + pxv)
+            path.lineTo(b - pxv)
+            path.lineTo(a - pxv)
+            path.closeSubpath()
+        return path
+
+    def boundingRect(self) -> QRectF:
+        return self.shape().boundingRect()
+
+
 @dataclass
 class Measurement:
-    kind: str  # "length", "rect", "ellipse"
+    kind: str  # "length", "rect", "ellipse", "angle", "cobb"
     frame: int
     roi: pg.ROI
     label: pg.TextItem
     text: str = ""
+    uid: str = field(default_factory=new_uid)  # names it in the saved workspace and the SR
+    #: the handle the next drag moves (multi-point kinds); ``pending`` while points are missing
+    active: int = 1
+    pending: bool = False
+    evaluation: measure.Evaluation | None = None
 
-    def points(self) -> tuple[tuple[float, float], tuple[float, float]]:
-        """The two defining image points: line ends, or opposite rectangle corners."""
-        if self.kind == "length":
-            a, b = (self.roi.mapToParent(h.pos()) for h in self.roi.getHandles())
-            return (a.x(), a.y()), (b.x(), b.y())
+    def points(self) -> tuple[tuple[float, float], ...]:
+        """The defining image points: line ends, opposite rectangle corners, or every handle
+        (angle: end, vertex, end; Cobb: the two lines' ends)."""
+        if self.kind in ("length", "angle", "cobb"):
+            pts = (self.roi.mapToParent(h.pos()) for h in self.roi.getHandles())
+            return tuple((p.x(), p.y()) for p in pts)
         pos, size = self.roi.pos(), self.roi.size()
         return (pos.x(), pos.y()), (pos.x() + size.x(), pos.y() + size.y())
 
@@ -56,7 +123,8 @@ class Measurement:
         self.label.setVisible(visible)
 
 
-KIND_NAMES = {"length": "length", "rect": "rectangle ROI", "ellipse": "ellipse ROI"}
+KIND_NAMES = {"length": "length", "rect": "rectangle ROI", "ellipse": "ellipse ROI", "angle": "angle",
+              "cobb": "Cobb angle"}
 #: Screen pixels kept between a label and the edge of the view.
 LABEL_MARGIN = 4.0
 
@@ -89,8 +157,10 @@ class MeasurementLayer:
         self._frame = 0
         self._undo: list[Change] = []
         self._redo: list[Change] = []
+        #: called after the reader moved a finished measurement's handle (the workspace saves it)
+        self.on_edited: Callable[[Measurement], None] | None = None
 
-    def begin(self, kind: str, frame: int, p: QPointF) -> Measurement:
+    def begin(self, kind: str, frame: int, p: QPointF, uid: str | None = None) -> Measurement:
         """Start drawing at image point ``p``; :meth:`drag_to` follows the mouse."""
         if kind == "length":
             roi: pg.ROI = pg.LineSegmentROI(
@@ -104,28 +174,78 @@ class MeasurementLayer:
             roi = _AxisEllipseROI(
                 [p.x(), p.y()], [0.01, 0.01], pen=pg.mkPen(ROI_COLOR, width=2), invertible=True, rotatable=False
             )
+        elif kind in SEGMENTS:
+            n = measure.POINTS[kind]
+            roi = SegmentsROI([[p.x(), p.y()]] * n, SEGMENTS[kind], pen=pg.mkPen(ANGLE_COLOR, width=2),
+                              rotatable=False)
+            roi.set_placed(2)  # the first line; the rest waits for the next stroke
         else:
             raise ValueError(f"unknown measurement kind {kind!r}")
         roi.setParentItem(self._parent)
-        color = LENGTH_COLOR if kind == "length" else ROI_COLOR
+        color = {"length": LENGTH_COLOR, "angle": ANGLE_COLOR, "cobb": ANGLE_COLOR}.get(kind, ROI_COLOR)
         label = pg.TextItem("", color=color, anchor=(0, 0), fill=pg.mkBrush(0, 0, 0, 150))
         label.setParentItem(self._parent)
-        m = Measurement(kind, frame, roi, label)
+        m = Measurement(kind, frame, roi, label, pending=kind in SEGMENTS)
+        if uid:
+            m.uid = uid
         self.items.append(m)
         roi.sigRegionChanged.connect(lambda *_: self.refresh(m))
+        roi.sigRegionChangeFinished.connect(lambda *_: self._edited(m))
         return m
 
+    def _edited(self, m: Measurement) -> None:
+        if not m.pending and m in self.items and self.on_edited is not None:
+            self.on_edited(m)
+
+    def _handle(self, m: Measurement, i: int):
+        return m.roi.getHandles()[i]
+
     def drag_to(self, m: Measurement, p: QPointF) -> None:
-        if m.kind == "length":
-            m.roi.movePoint(m.roi.getHandles()[1], p, coords="parent", finish=False)
+        if m.kind in ("length", "angle", "cobb"):
+            m.roi.movePoint(self._handle(m, m.active), p, coords="parent", finish=False)
         else:
             (x0, y0), _ = m.points()
             m.roi.setSize([p.x() - x0, p.y() - y0], update=True, finish=False)
         self.refresh(m)
 
-    def finish(self, m: Measurement) -> bool:
-        """Keep the measurement if it has a size; drop a click without a drag."""
-        (x0, y0), (x1, y1) = m.points()
+    def continue_at(self, m: Measurement, p: QPointF) -> None:
+        """The next stroke of a pending angle / Cobb angle starts at image point ``p``."""
+        if m.kind == "cobb":
+            for i in (2, 3):
+                m.roi.movePoint(self._handle(m, i), p, coords="parent", finish=False)
+            m.roi.set_placed(4)
+            m.active = 3
+        elif m.kind == "angle":
+            m.roi.movePoint(self._handle(m, 2), p, coords="parent", finish=False)
+            m.active = 2
+        self.refresh(m)
+
+    def finish(self, m: Measurement) -> bool | None:
+        """End of a stroke. True: the measurement is complete (and in the history); False: a click
+        without a drag, dropped; None: an angle or Cobb angle waiting for its next stroke."""
+        pts = m.points()
+        if m.kind in SEGMENTS:
+            a, b = pts[m.active - 1], pts[m.active]
+            short = abs(b[0] - a[0]) < 0.5 and abs(b[1] - a[1]) < 0.5
+            if m.active == 1:  # the first line
+                if short:
+                    self.remove(m)
+                    return False
+                if m.kind == "angle":  # the second arm starts at the vertex and follows the pointer
+                    m.roi.movePoint(self._handle(m, 2), QPointF(*pts[1]), coords="parent", finish=False)
+                    m.roi.set_placed(3)
+                    m.active = 2
+                else:
+                    m.active = 2  # a Cobb angle's second line starts where the next drag starts
+                self.refresh(m)
+                return None
+            if short:
+                return None  # the second stroke has no length yet: keep waiting
+            m.pending = False
+            self.refresh(m)
+            self._record(Change("add", [(self.items.index(m), m)]))
+            return True
+        (x0, y0), (x1, y1) = pts
         if abs(x1 - x0) < 0.5 and abs(y1 - y0) < 0.5:
             self.remove(m)
             return False
@@ -138,16 +258,44 @@ class MeasurementLayer:
         self._record(Change("add", [(self.items.index(m), m)]))
         return True
 
+    def place(self, kind: str, frame: int, points, uid: str | None = None) -> Measurement | None:
+        """Put a finished measurement back (a saved one when the study is opened again), outside the
+        history: Undo does not take restored measurements away. None when it has no size."""
+        pts = [QPointF(float(x), float(y)) for x, y in points]
+        m = self.begin(kind, frame, pts[0], uid)
+        if kind in SEGMENTS:
+            for i, p in enumerate(pts[1:], start=1):
+                m.roi.movePoint(self._handle(m, i), p, coords="parent", finish=False)
+            m.roi.set_placed(len(pts))
+            m.active = len(pts) - 1
+            m.pending = False
+        elif kind == "length":
+            m.roi.movePoint(self._handle(m, 1), pts[1], coords="parent", finish=False)
+        else:
+            x0, y0, x1, y1 = pts[0].x(), pts[0].y(), pts[1].x(), pts[1].y()
+            m.roi.setPos([min(x0, x1), min(y0, y1)], update=False, finish=False)
+            m.roi.setSize([max(abs(x1 - x0), 0.01), max(abs(y1 - y0), 0.01)], finish=False)
+        m.set_visible(m.frame == self._frame)
+        self.refresh(m)
+        return m
+
     def refresh(self, m: Measurement) -> None:
         """Recompute the numbers beside ``m`` from the frame's values."""
         values, spacing, unit = self._values(m.frame)
-        (x0, y0), (x1, y1) = m.points()
+        pts = m.points()
+        if m.kind == "cobb" and m.roi.placed < 4:
+            pts = (pts[0], pts[1], pts[0], pts[0])  # one line so far: no angle yet
+        ev = measure.evaluate(m.kind, pts, spacing, values if m.kind in ("rect", "ellipse") else None, unit)
+        m.evaluation = ev
+        m.text = ev.text
         if m.kind == "length":
-            m.text = str(measure.length((x0, y0), (x1, y1), spacing))
-            anchor = (x1, y1)
+            anchor = pts[1]
+        elif m.kind == "angle":
+            anchor = pts[1]  # the vertex
+        elif m.kind == "cobb":
+            anchor = pts[3] if m.roi.placed >= 4 else pts[1]
         else:
-            fn = measure.rect_stats if m.kind == "rect" else measure.ellipse_stats
-            m.text = "\n".join(fn(values, x0, y0, x1, y1, spacing, unit).lines())
+            (x0, y0), (x1, y1) = pts
             anchor = (max(x0, x1), max(y0, y1))
         m.label.setText(m.text)
         m.label.setPos(*anchor)
@@ -240,7 +388,7 @@ class MeasurementLayer:
 
     def remove_last(self, frame: int) -> bool:
         """Delete the newest measurement on ``frame`` (undoable)."""
-        on_frame = [m for m in self.items if m.frame == frame]
+        on_frame = [m for m in self.items if m.frame == frame and not m.pending]
         if not on_frame:
             return False
         m = on_frame[-1]
@@ -251,6 +399,8 @@ class MeasurementLayer:
 
     def clear(self) -> int:
         """Delete every measurement (undoable as one step); how many there were."""
+        for m in [m for m in self.items if m.pending]:
+            self.remove(m)
         if not self.items:
             return 0
         change = Change("clear", list(enumerate(self.items)))
@@ -309,3 +459,7 @@ class MeasurementLayer:
 
     def on_frame(self, frame: int) -> list[Measurement]:
         return [m for m in self.items if m.frame == frame]
+
+    def finished(self) -> list[Measurement]:
+        """Every measurement that is complete (not one being drawn)."""
+        return [m for m in self.items if not m.pending]

@@ -6,21 +6,37 @@ corner text, aspect from spacing, cursor readout) that shows a one-frame volume 
 the resliced plane; the crosshair, which slice each view shows, the slab and the reference
 lines come from :class:`app.viewer.mpr.MprState`. Left click / drag sets the crosshair, the
 wheel and arrow keys move the view's own plane, a window change applies to all three.
+
+With a measuring tool chosen (length, ROI, angle, Cobb) the left button measures instead, on the
+plane shown (the measurement stays with that slice of that plane; oblique planes are not measured).
+The assistant's boxes, the report's boxes and pre-read lesions of the series are drawn in every
+view as the lesion's extent (:func:`app.viewer.mpr.project_extent`): in the coronal view a
+rectangle over the lesion's columns and slices, wherever the plane passes through it.
 """
 
 from __future__ import annotations
 
 import logging
 
-from PySide6.QtCore import QLineF, Qt, QTimer, Signal
+import pyqtgraph as pg
+from PySide6.QtCore import QLineF, QRectF, Qt, QTimer, Signal
 from PySide6.QtGui import QColor, QPen
-from PySide6.QtWidgets import QGraphicsLineItem, QGridLayout, QWidget
+from PySide6.QtWidgets import QGraphicsLineItem, QGraphicsRectItem, QGridLayout, QWidget
 
 from app.core.errors import XMedError
 from app.dicom.model import Volume, Window
 from app.dicom.volume import reslicable
-from app.viewer.mpr import PLANE_COLORS, VIEWS, MprState
+from app.viewer import measure
+from app.viewer.mpr import (
+    PLANE_COLORS,
+    VIEWS,
+    Extent,
+    MprState,
+    ProjectedBox,
+    project_extent,
+)
 from app.viewer.viewport import CornerLine, StudyInfo, corner_lines
+from ui.viewer.overlays import DEFAULT_COLOR, SOURCE_COLORS
 from ui.viewer.viewport import Viewport, _ImageViewBox
 
 log = logging.getLogger(__name__)
@@ -36,14 +52,14 @@ class _MprViewBox(_ImageViewBox):
     """Left click / drag sets the crosshair (pan stays on the middle button, windowing on the right)."""
 
     def mouseClickEvent(self, ev):  # noqa: N802 (pyqtgraph API)
-        if ev.button() == Qt.MouseButton.LeftButton:
+        if ev.button() == Qt.MouseButton.LeftButton and self._vp.tool == "pan":
             ev.accept()
             self._vp.crosshair_at_scene(ev.scenePos())
         else:
             super().mouseClickEvent(ev)
 
     def mouseDragEvent(self, ev, axis=None):  # noqa: N802
-        if ev.button() == Qt.MouseButton.LeftButton:
+        if ev.button() == Qt.MouseButton.LeftButton and self._vp.tool == "pan":
             ev.accept()
             self._vp.crosshair_at_scene(ev.scenePos())
         else:
@@ -75,6 +91,8 @@ class MprView(Viewport):
         self._pending: Volume | None = None  # a series given from outside, still loading
         self._overview: Volume | None = None  # the 2×2's whole-volume MIP, computed once per volume
         self._plane_image = None  # the PlaneImage on screen (app.dicom.volume)
+        self.extent_items: dict[str, tuple[QGraphicsRectItem, pg.TextItem]] = {}
+        self.projected: list[ProjectedBox] = []
 
     # -- a series given from outside (double-click / drop in the study browser while in MPR) -----------
     def set_volume(self, volume: Volume | None, study: StudyInfo | None = None, complete: bool = True) -> None:
@@ -115,6 +133,7 @@ class MprView(Viewport):
         if state is None:
             self._own(None, None)
             self._clear_lines()
+            self.show_extents([])
             return
         self.refresh(study=study, window=window)
 
@@ -150,6 +169,10 @@ class MprView(Viewport):
             self._render()
             self._update_text()
             self._refresh_cursor()
+        pending = self._pending_measurement()
+        if pending is not None and pending.frame != self._measure_frame():
+            self._cancel_pending()  # the plane moved under a half-drawn angle
+        self.measurements.show_frame(self._measure_frame())
         self._draw_lines()
 
     def _update_text(self) -> None:
@@ -212,9 +235,65 @@ class MprView(Viewport):
         if self.state is not None and action in ("first_slice", "last_slice"):
             self.set_slice(0 if action == "first_slice" else self.state.count(self.plane_name) - 1)
             return True
-        if action in ("toggle_cine", "tool_length", "tool_rect", "tool_ellipse"):
-            return True  # no cine or measurements on reformatted planes (yet): swallow the key
+        if action == "toggle_cine":
+            return True  # no cine on reformatted planes: swallow the key
         return super().trigger(action)
+
+    # -- measurements on the plane shown ------------------------------------------------------------
+    def _measure_frame(self) -> int:
+        """Measurements belong to the slice of this view's orientation that is shown (−1: oblique)."""
+        if self.state is None or self.overview:
+            return super()._measure_frame()
+        if self.state.is_oblique(self.plane_name):
+            return -1
+        return self.state.index(self.plane_name)
+
+    def _measurable(self) -> bool:
+        if self.overview or (self.state is not None and self.state.is_oblique(self.plane_name)):
+            self.message.emit("Measure on straight planes: turn the crosshair back to 0° (Alt+Shift+R)")
+            return False
+        return True
+
+    def measure_drag(self, ev) -> None:
+        if ev.isStart() and not self._measurable():
+            return
+        super().measure_drag(ev)
+
+    def add_measurement(self, kind: str, *points):
+        return super().add_measurement(kind, *points) if self._measurable() else None
+
+    def _frame_values(self, frame: int):
+        """The plane on screen: its values and pixel spacing (measurements refresh on the plane shown)."""
+        v = self._volume
+        if v is None or self.state is None:
+            return super()._frame_values(frame)
+        return v.values(0), measure.spacing_of(v.geometry), measure.value_unit_for(v.series.modality)
+
+    # -- lesions' extents -----------------------------------------------------------------------------
+    def show_extents(self, boxes: list[ProjectedBox]) -> None:
+        """Draw these projected lesion boxes (image pixels of this view); the others go."""
+        self.projected = list(boxes)
+        for rect, text in self.extent_items.values():
+            for it in (rect, text):
+                it.setParentItem(None)
+                if it.scene() is not None:
+                    it.scene().removeItem(it)
+        self.extent_items = {}
+        for b in boxes:
+            rgb = SOURCE_COLORS.get(b.source, DEFAULT_COLOR)
+            pen = QPen(QColor(*rgb))
+            pen.setCosmetic(True)
+            pen.setWidthF(2.0)
+            pen.setStyle(Qt.PenStyle.DashLine)
+            rect = QGraphicsRectItem(QRectF(b.x0, b.y0, b.x1 - b.x0, b.y1 - b.y0), self.image)
+            rect.setPen(pen)
+            rect.setZValue(15)
+            text = pg.TextItem(b.label, color=rgb, anchor=(0, 1), fill=pg.mkBrush(0, 0, 0, 160))
+            text.setParentItem(self.image)
+            text.setPos(b.x0, b.y0)
+            text.setZValue(16)
+            text.setVisible(bool(b.label))
+            self.extent_items[b.id] = (rect, text)
 
     def reference_line_items(self) -> dict[str, list[QGraphicsLineItem]]:
         return self.lines
@@ -285,6 +364,10 @@ class MprPanel(QWidget):
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
+        #: returns the lesions to draw in every view (the grid gathers the boxes of the series shown)
+        self.extents_provider = None
+        #: lesions given directly (a series pre-read), drawn with those of the provider
+        self.extra_extents: list[Extent] = []
         self._grid = QGridLayout(self)
         self._grid.setContentsMargins(0, 0, 0, 0)
         self._grid.setSpacing(2)
@@ -293,6 +376,7 @@ class MprPanel(QWidget):
             v.crosshair_moved.connect(self.refresh)
             v.window_changed.connect(lambda w, src=v: self._window_from(src, w))
             v.series_for_mpr.connect(self._series_given)
+            v.tool_changed.connect(self._tool_from)
         self.state: MprState | None = None
         self.source: Volume | None = None
         self.layout_name = ""
@@ -342,6 +426,7 @@ class MprPanel(QWidget):
         self.state, self.source = MprState(rv), volume
         for v in self.views:
             v.show_state(self.state, volume, study, window)
+        self.draw_extents()
         self.state_changed.emit()
         return "; ".join(rv.warnings) or None
 
@@ -349,7 +434,35 @@ class MprPanel(QWidget):
         for v in self.views:
             if v.isVisibleTo(self) or not self.isVisible():
                 v.refresh()
+        self.draw_extents()
         self.state_changed.emit()
+
+    # -- lesions on every plane ---------------------------------------------------------------------
+    def extents(self) -> list[Extent]:
+        provided = list(self.extents_provider()) if self.extents_provider is not None else []
+        return provided + list(self.extra_extents)
+
+    def set_extents(self, extents: list[Extent]) -> None:
+        """Lesions to draw besides the boxes of the viewports (a series pre-read's lesions)."""
+        self.extra_extents = list(extents)
+        self.draw_extents()
+
+    def draw_extents(self) -> None:
+        st = self.state
+        geometry = self.source.geometry if self.source is not None else None
+        extents = self.extents() if st is not None else []
+        for v in self.views:
+            if v.overview or st is None or v.volume is None:
+                v.show_extents([])
+                continue
+            boxes = [project_extent(st, geometry, e, v.plane_name) for e in extents]
+            v.show_extents([b for b in boxes if b is not None])
+
+    def _tool_from(self, tool: str) -> None:
+        """A tool chosen in one view applies to all of them."""
+        for v in self.views:
+            if v.tool != tool:
+                v.set_tool(tool)
 
     def _series_given(self, volume: Volume, study: StudyInfo | None) -> None:
         """A series was opened into one of the views while in MPR: reslice that one instead."""

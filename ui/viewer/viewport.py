@@ -48,7 +48,7 @@ log = logging.getLogger(__name__)
 pg.setConfigOptions(imageAxisOrder="row-major", antialias=True)
 
 SERIES_MIME = "application/x-xmedgpt-series"
-TOOLS = ("pan", "length", "rect", "ellipse")
+TOOLS = ("pan", "length", "rect", "ellipse", "angle", "cobb")
 FRAME = 2  # px of frame around the image, coloured when the viewport is active
 CINE_FPS_STEPS = (1, 2, 4, 6, 8, 10, 12, 15, 20, 25, 30, 40, 50, 60)
 #: While slices change faster than this the image is drawn nearest-neighbour; this long after the
@@ -123,12 +123,15 @@ class _ImageViewBox(pg.ViewBox):
     def wheelEvent(self, ev, axis=None):  # noqa: N802 (pyqtgraph API)
         if ev.modifiers() & Qt.KeyboardModifier.ControlModifier:
             super().wheelEvent(ev, axis)
+            self._vp.zoom_changed.emit()
             return
         ev.accept()
         self._vp.scroll_wheel(ev.delta())
 
     def mouseClickEvent(self, ev):  # noqa: N802
         ev.accept()
+        if ev.button() == Qt.MouseButton.LeftButton and self._vp.tool != "pan":
+            self._vp.measure_click(ev)
 
     def mouseDragEvent(self, ev, axis=None):  # noqa: N802
         button = ev.button()
@@ -173,8 +176,12 @@ class Viewport(QWidget):
     tool_changed = Signal(str)
     message = Signal(str)  # short status-bar text
     cursor_text = Signal(str)  # pixel, position and value under the pointer ("" when there is none)
-    measurements_changed = Signal()  # added, deleted, undone, redone: what Undo / Redo would do changed
+    measurements_changed = Signal()  # added, deleted, undone, redone, moved: what Undo / Redo would do changed
     double_clicked = Signal(object)  # self: the grid maximises / restores it
+    shown = Signal()  # a whole series is on screen (set_volume complete, or its load finished)
+    pointer_moved = Signal(object)  # (x, y) image point under the pointer (pixel c covers [c, c+1)), or None
+    view_changed = Signal()  # zoom, pan, fit, rotation or resize
+    zoom_changed = Signal()  # the reader zoomed (Ctrl+wheel, zoom keys): linked viewports follow
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -211,6 +218,7 @@ class Viewport(QWidget):
         self.corner = CornerOverlay(self)
         self.overlays = BoxOverlayLayer(self.image, self)
         self.measurements = MeasurementLayer(self.image, self._frame_values)
+        self.measurements.on_edited = lambda _m: self.measurements_changed.emit()
 
         self._volume: Volume | None = None
         self._study: StudyInfo | None = None
@@ -315,6 +323,8 @@ class Viewport(QWidget):
         self.fit()
         self._after_slice_change()
         self.window_changed.emit(self._window)
+        if complete:
+            self.shown.emit()
 
     def frames_loaded(self, count: int) -> None:
         """Frames ``0..count-1`` have landed; redraw if the one on screen is among them."""
@@ -333,6 +343,7 @@ class Viewport(QWidget):
             self._render()
             self._update_text()
             self._refresh_cursor()
+            self.shown.emit()
 
     def set_slice(self, k: int) -> None:
         if self._volume is None:
@@ -386,6 +397,7 @@ class Viewport(QWidget):
         self.scrollbar.setVisible(n > 1)
 
     def _after_slice_change(self) -> None:
+        self._cancel_pending()
         if self.scrollbar.value() != self._k:
             self.scrollbar.blockSignals(True)
             self.scrollbar.setValue(self._k)
@@ -449,6 +461,7 @@ class Viewport(QWidget):
         target = clamp_zoom(self.zoom * factor)
         s = self.zoom / target
         self.vb.scaleBy((s, s))
+        self.zoom_changed.emit()
 
     def set_transform(self, transform: DisplayTransform) -> None:
         self._transform = transform
@@ -509,38 +522,97 @@ class Viewport(QWidget):
     def set_tool(self, tool: str) -> None:
         if tool not in TOOLS:
             raise ValueError(tool)
+        self._cancel_pending()
         self.tool = tool
         self.view.setCursor(Qt.CursorShape.OpenHandCursor if tool == "pan" else Qt.CursorShape.CrossCursor)
         self.tool_changed.emit(tool)
 
+    def _measure_frame(self) -> int:
+        """The frame new measurements belong to (the slice shown)."""
+        return self._k
+
+    def _pending_measurement(self):
+        """The angle or Cobb angle being drawn (waiting for its next stroke), or None."""
+        m = self._drawing
+        return m if m is not None and m.pending and m in self.measurements.items else None
+
+    def _cancel_pending(self) -> None:
+        """An angle or Cobb angle left half-drawn (another slice, another tool, Esc) is dropped."""
+        m, self._drawing = self._drawing, None
+        if m is not None and m.pending:
+            self.measurements.remove(m)
+
     def measure_drag(self, ev) -> None:
         if self._volume is None:
             return
+        p = self.image.mapFromScene(ev.buttonDownScenePos())
         if ev.isStart():
-            p = self.image.mapFromScene(ev.buttonDownScenePos())
-            self._drawing = self.measurements.begin(self.tool, self._k, p)
+            m = self._pending_measurement()
+            if m is not None and m.kind == self.tool:
+                self.measurements.continue_at(m, p)  # the next stroke of an angle / Cobb angle
+            else:
+                self._cancel_pending()
+                self._drawing = self.measurements.begin(self.tool, self._measure_frame(), p)
         if self._drawing is None:
             return
         self.measurements.drag_to(self._drawing, self.image.mapFromScene(ev.scenePos()))
         if ev.isFinish():
-            m, self._drawing = self._drawing, None
-            if self.measurements.finish(m):
-                self.measurement_added.emit(m.text.replace("\n", "  "))
-                self.measurements_changed.emit()  # after: a listener may have taken it (a report finding)
+            self._stroke_done()
 
-    def add_measurement(self, kind: str, p0: tuple[float, float], p1: tuple[float, float]):
-        """Place a measurement programmatically (image pixel points); returns it."""
-        from PySide6.QtCore import QPointF
+    def measure_click(self, ev) -> None:
+        """A left click with a measuring tool: fixes the end of an angle's second arm."""
+        m = self._pending_measurement()
+        if self._volume is None or m is None or m.kind != "angle" or m.active != 2:
+            return
+        self.measurements.drag_to(m, self.image.mapFromScene(ev.scenePos()))
+        self._stroke_done()
 
-        m = self.measurements.begin(kind, self._k, QPointF(*p0))
-        self.measurements.drag_to(m, QPointF(*p1))
+    def _stroke_done(self) -> None:
+        m = self._drawing
+        done = self.measurements.finish(m)
+        if done is None:
+            if m.kind == "angle":
+                self.message.emit("Angle: move to the end of the second arm and click")
+            else:
+                self.message.emit("Cobb angle: now draw the second line")
+            return
+        self._drawing = None
+        if done:
+            self.measurement_added.emit(m.text.replace("\n", "  "))
+            self.measurements_changed.emit()  # after: a listener may have taken it (a report finding)
+
+    def _hover_pending(self, scene_pos) -> None:
+        """The second arm of an angle follows the pointer until a click fixes it."""
+        m = self._pending_measurement()
+        if m is not None and m.kind == "angle" and m.active == 2:
+            self.measurements.drag_to(m, self.image.mapFromScene(scene_pos))
+
+    def add_measurement(self, kind: str, *points: tuple[float, float]):
+        """Place a measurement programmatically (image pixel points: two for a length or an ROI,
+        three for an angle (end, vertex, end), four for a Cobb angle (two lines)); returns it."""
+        self._cancel_pending()
+        m = self.measurements.begin(kind, self._measure_frame(), QPointF(*points[0]))
+        if kind in ("angle", "cobb"):
+            self.measurements.drag_to(m, QPointF(*points[1]))
+            self.measurements.finish(m)
+            if m.pending and m in self.measurements.items:
+                if kind == "cobb":
+                    self.measurements.continue_at(m, QPointF(*points[2]))
+                self.measurements.drag_to(m, QPointF(*points[-1]))
+                self.measurements.finish(m)
+            if m.pending:
+                self.measurements.remove(m)
+            elif m in self.measurements.items:
+                self.measurements_changed.emit()
+            return m
+        self.measurements.drag_to(m, QPointF(*points[1]))
         if self.measurements.finish(m):
             self.measurements_changed.emit()
         return m
 
     def delete_measurement(self) -> bool:
         """Delete / Backspace: the newest measurement on this slice (Ctrl+Z brings it back)."""
-        done = self.measurements.remove_last(self._k)
+        done = self.measurements.remove_last(self._measure_frame())
         if done:
             self.measurements_changed.emit()
             self.message.emit("Measurement deleted (Ctrl+Z brings it back)")
@@ -578,7 +650,7 @@ class Viewport(QWidget):
             self.message.emit(f"Nothing to {verb.lower()}")
             return False
         frames = change.frames()
-        if len(frames) == 1 and self._k not in frames:
+        if len(frames) == 1 and self._measure_frame() not in frames:
             self.set_slice(frames.pop())  # show what changed
         self.measurements_changed.emit()
         self.message.emit(f"{verb}: {change.describe()}")
@@ -615,6 +687,7 @@ class Viewport(QWidget):
         self._update_text()
         self.measurements.keep_labels_inside()
         self._refresh_cursor()
+        self.view_changed.emit()
 
     def set_active(self, active: bool) -> None:
         self.corner.set_active(active)
@@ -636,6 +709,7 @@ class Viewport(QWidget):
 
     def _mouse_moved(self, scene_pos) -> None:
         self._cursor = QPointF(self.view.mapFromScene(scene_pos))
+        self._hover_pending(scene_pos)
         self._refresh_cursor()
 
     def _refresh_cursor(self) -> None:
@@ -645,9 +719,12 @@ class Viewport(QWidget):
         arriving); empty when the pointer is outside the view or the image, or no series is shown.
         """
         text = ""
+        point = None
         if self._cursor is not None and self._volume is not None:
             p = self.image.mapFromScene(self.view.mapToScene(self._cursor.toPoint()))
             text = pixel_readout(self._volume, self._k, p.x(), p.y())
+            point = (p.x(), p.y()) if text else None
+        self.pointer_moved.emit(point)
         if text != self._cursor_shown:
             self._cursor_shown = text
             self.cursor_text.emit(text)
@@ -732,6 +809,8 @@ class Viewport(QWidget):
             "tool_length": lambda: self.set_tool("length"),
             "tool_rect": lambda: self.set_tool("rect"),
             "tool_ellipse": lambda: self.set_tool("ellipse"),
+            "tool_angle": lambda: self.set_tool("angle"),
+            "tool_cobb": lambda: self.set_tool("cobb"),
             "delete_measurement": self.delete_measurement,
             "clear_measurements": self.clear_measurements,
             "undo_measurement": self.undo_measurement,

@@ -12,6 +12,13 @@ Two documents per export, both in one new SR series of the source study:
   its box, the lesion's extent along the image axes) and the area in mm². Every
   measurement carries the group's tracking identifier (so it belongs to the same
   finding as the group and its finding type) and the image it was made on.
+  The reader's own measurements from the viewer (:mod:`app.viewer.measure_store`) follow,
+  one planar ROI group each, tracked by the measurement's UID ("Measurement 2: angle"):
+  a length (SNOMED "Length", mm) on its 2-point polyline, an angle (SNOMED "Angle", degrees)
+  on its 3-point polyline (end, vertex, end), a Cobb angle (SNOMED "Cobb angle", degrees) on
+  the 4 points of its two lines, and a rectangle or ellipse ROI (closed polyline / ELLIPSE)
+  with its mean and standard deviation (HU for CT) and area (mm²). Each names the SOP instance
+  (and frame) it was made on, in the region and in every measurement.
 - **Narrative report** (Enhanced SR, TID 2000 "Diagnostic Imaging Report"): the
   sections the reader wrote, in report order: Indications for Procedure (DCM 121109),
   Current Procedure Descriptions (technique, DCM 121064), Prior Procedure Descriptions
@@ -53,6 +60,7 @@ from pydicom.uid import Comprehensive3DSRStorage, EnhancedSRStorage
 from app.core.errors import XMedError
 from app.core.paths import write_private
 from app.report.draft import Addendum, DraftReport, Finding, Origin, ReportBox
+from app.viewer.measure_store import SavedMeasurement
 
 log = logging.getLogger(__name__)
 
@@ -142,13 +150,18 @@ def read_sources(paths: Iterable[Path]) -> dict[str, Dataset]:
     return out
 
 
-def _evidence(findings: Sequence[Finding], sources: Mapping[str, Dataset], report: DraftReport) -> list[Dataset]:
-    """The source headers the findings point at (each once, in order), with Type 2 attributes completed."""
+def _evidence(findings: Sequence[Finding], sources: Mapping[str, Dataset], report: DraftReport,
+              measurements: Sequence[SavedMeasurement] = ()) -> list[Dataset]:
+    """The source headers the findings (and measurements) point at (each once, in order), with Type 2
+    attributes completed."""
     wanted: list[str] = []
     for f in findings:
         for b in f.boxes:
             if b.sop_instance_uid not in wanted:
                 wanted.append(b.sop_instance_uid)
+    for m in measurements:
+        if m.sop_instance_uid not in wanted:
+            wanted.append(m.sop_instance_uid)
     missing = [u for u in wanted if u not in sources]
     if missing:
         raise SrExportError(
@@ -296,6 +309,90 @@ def _roi_group(n: int, m: int, f: Finding, b: ReportBox, src: Dataset, report: D
     )
 
 
+# ---- the reader's measurements (viewer tools) ------------------------------------------------
+
+MEASUREMENT_NAMES = {"length": "length", "angle": "angle", "cobb": "Cobb angle", "rect": "rectangle ROI",
+                     "ellipse": "ellipse ROI"}
+_A = {"length": "a", "angle": "an", "cobb": "a", "rect": "a", "ellipse": "an"}
+
+
+def exportable_measurements(measurements: Iterable[SavedMeasurement],
+                            sources: Mapping[str, Dataset]) -> tuple[list[SavedMeasurement], list[str]]:
+    """The measurements the SR can carry (their image is among ``sources``, their numbers are in mm /
+    degrees), and one sentence per kind of measurement left out."""
+    out, left = [], []
+    for m in measurements:
+        if m.sop_instance_uid not in sources:
+            left.append(f"{_A[m.kind]} {MEASUREMENT_NAMES[m.kind]} on an image not given for export")
+        elif m.kind == "length" and (m.unit != "mm" or "length" not in m.values):
+            left.append("a length without pixel spacing (pixels, not mm)")
+        elif m.kind in ("angle", "cobb") and "angle" not in m.values:
+            left.append(f"{_A[m.kind]} {MEASUREMENT_NAMES[m.kind]} with an arm of no length")
+        elif m.kind in ("rect", "ellipse") and (m.unit != "mm²" or "area" not in m.values):
+            left.append(f"{_A[m.kind]} {MEASUREMENT_NAMES[m.kind]} without pixel spacing")
+        else:
+            out.append(m)
+    return out, sorted(set(left))
+
+
+def _points_array(points, rows: int, cols: int) -> np.ndarray:
+    """Image points as SCOORD graphic data, inside the image (0 … columns, 0 … rows)."""
+    a = np.array(points, dtype=np.float32).reshape(-1, 2)
+    a[:, 0] = np.clip(a[:, 0], 0.0, float(cols))
+    a[:, 1] = np.clip(a[:, 1], 0.0, float(rows))
+    return a
+
+
+def measurement_region(m: SavedMeasurement, src: Dataset) -> hd.sr.ImageRegion:
+    """The measurement's graphic on its image: polyline of a length / angle / Cobb angle / rectangle,
+    ELLIPSE (major axis ends, then minor axis ends) of an ellipse ROI."""
+    rows, cols = int(src.Rows), int(src.Columns)
+    if m.kind in ("rect", "ellipse"):
+        (ax, ay), (bx, by) = m.points
+        x0, x1, y0, y1 = min(ax, bx), max(ax, bx), min(ay, by), max(ay, by)
+        if m.kind == "rect":
+            pts, kind = [[x0, y0], [x1, y0], [x1, y1], [x0, y1], [x0, y0]], hd.sr.GraphicTypeValues.POLYLINE
+        else:
+            cx, cy = (x0 + x1) / 2.0, (y0 + y1) / 2.0
+            if x1 - x0 >= y1 - y0:
+                pts = [[x0, cy], [x1, cy], [cx, y0], [cx, y1]]
+            else:
+                pts = [[cx, y0], [cx, y1], [x0, cy], [x1, cy]]
+            kind = hd.sr.GraphicTypeValues.ELLIPSE
+    else:
+        pts, kind = list(m.points), hd.sr.GraphicTypeValues.POLYLINE
+    return hd.sr.ImageRegion(graphic_type=kind, graphic_data=_points_array(pts, rows, cols),
+                             source_image=_source_for_region(src, m.frame_number))
+
+
+def _measurement_group(n: int, m: SavedMeasurement, src: Dataset) -> hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations:
+    tracking = hd.sr.TrackingIdentifier(uid=m.uid or _uid_from(f"measurement:{m.sop_instance_uid}:{m.points}"),
+                                        identifier=f"Measurement {n}: {MEASUREMENT_NAMES[m.kind]}")
+    image = [_source_for_measurement(src, m.frame_number)]
+
+    def one(name: Code, value: float, unit: Code) -> hd.sr.Measurement:
+        return hd.sr.Measurement(name=name, value=round(float(value), 3), unit=unit, tracking_identifier=tracking,
+                                 referenced_images=image)
+
+    if m.kind == "length":
+        measurements = [one(codes.SCT.Length, m.values["length"], codes.UCUM.Millimeter)]
+    elif m.kind == "angle":
+        measurements = [one(codes.SCT.Angle, m.values["angle"], codes.UCUM.Degree)]
+    elif m.kind == "cobb":
+        measurements = [one(codes.SCT.CobbAngle, m.values["angle"], codes.UCUM.Degree)]
+    else:
+        unit = codes.UCUM.HounsfieldUnit if m.value_unit == "HU" else codes.UCUM.NoUnits
+        measurements = [one(codes.SCT.Mean, m.values[k], unit) if k == "mean"
+                        else one(codes.SCT.StandardDeviation, m.values[k], unit)
+                        for k in ("mean", "sd") if k in m.values]
+        measurements.append(one(codes.SCT.Area, m.values["area"], codes.UCUM.SquareMillimeter))
+    return hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+        tracking_identifier=tracking,
+        referenced_region=measurement_region(m, src),
+        measurements=measurements,
+    )
+
+
 def measurement_sr(
     report: DraftReport,
     sources: Mapping[str, Dataset],
@@ -305,17 +402,23 @@ def measurement_sr(
     previous: Sequence[Dataset] = (),
     series_instance_uid: str | None = None,
     instance_number: int = 1,
+    measurements: Sequence[SavedMeasurement] = (),
 ) -> hd.sr.Comprehensive3DSR:
+    """TID 1500: a group per finding box, then a group per reader measurement (``measurements``, those
+    :func:`exportable_measurements` keeps)."""
     findings = _kept(report)
-    evidence = _evidence(findings, sources, report)
+    measurements, _ = exportable_measurements(measurements, sources)
+    evidence = _evidence(findings, sources, report, measurements)
     by_uid = {str(ds.SOPInstanceUID): ds for ds in evidence}
     groups = [
         _roi_group(n, m, f, b, by_uid[b.sop_instance_uid], report)
         for n, f in enumerate(findings, 1)
         for m, b in enumerate(f.boxes, 1)
     ]
+    groups += [_measurement_group(n, m, by_uid[m.sop_instance_uid]) for n, m in enumerate(measurements, 1)]
     if not groups:
-        raise SrExportError("No kept finding has a box, so there is nothing for a measurement report.")
+        raise SrExportError("No kept finding has a box and there are no measurements, so there is nothing for a "
+                            "measurement report.")
     content = hd.sr.MeasurementReport(
         observation_context=_observation_context(report, reader_name),
         procedure_reported=PROCEDURE_CODES.get(report.study.modality.upper(), IMAGING_PROCEDURE),
@@ -439,8 +542,10 @@ def export_sr(
     previous: Sequence[Dataset | Path] = (),
     measurement_path: Path | None = None,
     narrative_path: Path | None = None,
+    measurements: Sequence[SavedMeasurement] = (),
 ) -> SrFiles:
-    """Write the measurement and narrative SR of ``report``; ``previous``: the draft SRs this one replaces.
+    """Write the measurement and narrative SR of ``report``; ``previous``: the draft SRs this one replaces;
+    ``measurements``: the reader's measurements of the study (those on images among ``sources`` go in).
 
     Files go into ``out_dir`` as ``SR-{draft|signed}-{measurements|report}-<SOP UID>.dcm``
     unless ``measurement_path``/``narrative_path`` name them (``xmedgpt analyze --sr OUT.dcm``).
@@ -449,9 +554,9 @@ def export_sr(
     prev_measure = [d for d in prev if d.SOPClassUID == Comprehensive3DSRStorage]
     prev_narrative = [d for d in prev if d.SOPClassUID == EnhancedSRStorage]
     series_uid = hd.UID()
-    has_boxes = any(f.boxes for f in _kept(report))
+    has_boxes = any(f.boxes for f in _kept(report)) or bool(exportable_measurements(measurements, sources)[0])
     m = measurement_sr(report, sources, reader_name=reader_name, options=options, previous=prev_measure,
-                       series_instance_uid=series_uid) if has_boxes else None
+                       series_instance_uid=series_uid, measurements=measurements) if has_boxes else None
     n = narrative_sr(report, sources, reader_name=reader_name, options=options, previous=prev_narrative,
                      series_instance_uid=series_uid)
     out_dir = Path(out_dir)
