@@ -1,4 +1,4 @@
-"""``xmedgpt preread PATH [--series N|UID] [--model DIR] --json OUT [--sr OUT.dcm]``: the series pre-read.
+"""``xmedgpt preread PATH [--series N|UID] [--model DIR] --json OUT [--sr OUT.dcm] [--pdf OUT.pdf]``: the series pre-read.
 
 Headless: scan PATH, load the whole series, and run :func:`app.assistant.preread.preread` — the
 grounding sweep over every slice (batched; windows chosen per slice from its HU), the 3-D linking
@@ -15,9 +15,10 @@ lesion's key slice. ``--json`` writes::
 
 ``--sr`` writes the lesions as a draft TID 1500 measurement SR
 (:func:`app.report.export.sr.export_preread_sr`: one volumetric ROI group per lesion with its box on
-every slice of its range). The AI request and output go into the audit trail, as for ``analyze``.
-There is no ``--pdf`` yet: the PDF writer is Qt's and only ``analyze`` is handed one by the
-``xmedgpt`` entry point (ui.shell.cli).
+every slice of its range). ``--pdf`` writes a summary page (patient, series, model, a table of the
+lesions) and one page per lesion (location, size, images, tier, checks, description, the key slice in
+its window with the lesion's box and a zoomed view), Qt-free (:mod:`app.report.export.preread_pdf`),
+so it works headless. The AI request and output go into the audit trail, as for ``analyze``.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from app.assistant.preread import PrereadOptions, preread
 from app.assistant.session import frame_ref
 from app.commands.analyze import QUANTIZATIONS, load_engine, resolve_model
 from app.core.errors import XMedError
+from app.core.names import NameStyle, display_date, person_name
 from app.core.paths import write_atomic
 from app.core.settings import Settings
 from app.dicom.loader import load_series
@@ -39,6 +41,7 @@ from app.dicom.scan import scan
 from app.dicom.slice_request import pick_series
 from app.models.registry import weights_sha256
 from app.report.audit import AuditLog
+from app.report.export.preread_pdf import volume_key_images, write_preread_pdf
 from app.report.export.sr import SrOptions, export_preread_sr, read_sources
 from app.report.session import study_context
 
@@ -58,6 +61,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--model", type=Path, default=None, help="model folder (default: Settings, then the demo model)")
     p.add_argument("--json", dest="json_out", type=Path, metavar="OUT", help="JSON file to write")
     p.add_argument("--sr", dest="sr_out", type=Path, metavar="OUT.dcm", help="draft TID 1500 measurement SR")
+    p.add_argument("--pdf", dest="pdf_out", type=Path, metavar="OUT.pdf",
+                   help="PDF: a summary page and one page per lesion with its key image and box")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default auto)")
     p.add_argument("--quantization", choices=QUANTIZATIONS, default="auto",
                    help="auto: 4-bit NF4 on CUDA, full precision on CPU")
@@ -72,8 +77,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.json_out is None and args.sr_out is None:
-        raise XMedError("Say what to write: --json OUT and/or --sr OUT.dcm")
+    if args.json_out is None and args.sr_out is None and args.pdf_out is None:
+        raise XMedError("Say what to write: --json OUT, --sr OUT.dcm and/or --pdf OUT.pdf")
     if args.batch_size < 1 or args.max_lesions < 0 or args.min_slices < 1:
         raise XMedError("--batch-size and --min-slices must be at least 1, --max-lesions at least 0")
     folder = resolve_model(args.model)
@@ -128,6 +133,14 @@ def run(args: argparse.Namespace) -> int:
                               weights_sha256=weights, modality=series.modality,
                               options=SrOptions(settings.institution_name, settings.department_name))
             written.append(args.sr_out)
+    if args.pdf_out is not None:
+        header = {"Patient": " · ".join(x for x in (person_name(study.patient_name, NameStyle.FULL),
+                                                     study.patient_id and f"ID {study.patient_id}") if x),
+                  "Study": " · ".join(x for x in (display_date(study.study_date), study.study_description,
+                                                   study.accession_number and f"accession {study.accession_number}")
+                                      if x)}
+        write_preread_pdf(args.pdf_out, document, volume_key_images(volume), header=header)
+        written.append(args.pdf_out)
     t = out.timing
     print(f"wrote {', '.join(map(str, written)) or 'nothing'}: {len(out.lesions)} lesion(s) of "
           f"{len(out.candidates)} candidate(s) from {out.engine}; {int(t['slices'])} slices in "

@@ -26,6 +26,7 @@ SOURCE_COLORS: dict[str, tuple[int, int, int]] = {
     "rejected": (150, 150, 150),
     "user": (0, 190, 255),
     "truth": (255, 80, 200),
+    "preread": (185, 140, 255),  # violet: a lesion of the series pre-read, not in the report
 }
 DEFAULT_COLOR = (255, 255, 255)
 HIGHLIGHT_WIDTH = 4

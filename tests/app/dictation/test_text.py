@@ -57,6 +57,8 @@ def test_abbreviations_from_vocabulary_are_capitalised(dictation):
     ("Next image.", "next_slice"), ("next image", "next_slice"), ("And next image.", "next_slice"),
     ("Previous series.", "previous_series"), ("Lung window, please.", "preset_2"),
     ("Accept finding.", "accept_finding"), ("Sign report!", "sign_report"), ("Scratch that.", "undo_dictation"),
+    ("Pre-read.", "preread_series"), ("Preread", "preread_series"), ("pre read the series please", "preread_series"),
+    ("Pre-read series.", "preread_series"), ("Cancel pre-read.", "cancel_preread"), ("stop preread", "cancel_preread"),
 ])
 def test_voice_commands(said, command, dictation):
     result = dictation.handle(said, "query")
@@ -78,7 +80,9 @@ def test_targets(dictation):
 def test_prompt_has_vocabulary_and_commands_within_budget(dictation):
     prompt = dictation.initial_prompt
     assert prompt.startswith("Radiology report dictation.") and "pleural effusion" in prompt
-    assert prompt.endswith("sign report, scratch that.") and len(prompt) <= 700
+    assert prompt.endswith("sign report, pre-read, scratch that.") and len(prompt) <= 720
+    assert "right upper lobe" in prompt  # the vocabulary still fits
+    assert "cancel pre-read" not in prompt  # `prompt: false`: Whisper writes it as the phrases say untold
     short = build_initial_prompt(["alpha", "beta", "gamma"], ["next image"], max_chars=80)
     assert short == "Radiology report dictation. Findings: alpha, beta. Voice commands: next image."
     assert build_initial_prompt(["alpha"], ["next image"], max_chars=10) == \

@@ -1,0 +1,304 @@
+"""The series pre-read in the viewer, through the real window offscreen: the bundled sample study, the
+pre-read started from the panel on the assistant's engine (a deterministic engine that answers what the
+study's ground truth shows, through the real sweep, linking, Assistant and reliability pass), its progress,
+a cancelled run, the lesion list, a click that jumps to the key slice, the boxes on every slice a lesion
+spans, and lesions accepted into the report; the voice command, the menu entry and the toolbar button."""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Sequence
+
+import pytest
+from PySide6.QtCore import Qt
+from PySide6.QtGui import QColor
+
+from app.assistant.preread import PrereadOptions, choose_windows
+from app.core.settings import Settings
+from app.dictation.text import Dictation
+from app.report.audit import read_records
+from app.report.draft import FindingStatus, Origin
+from app.synthetic.sample import load_ground_truth
+from inference.reliability.scoring import Thresholds
+from inference.types import ChatRequest, Generation
+from tests.app.assistant.test_preread import SPEC, TruthEngine, _image_key
+from tests.app.report.test_session import SAMPLE
+from tests.ui.report.test_flow import open_sample, settings_in
+from ui.preread.panel import PREFIX, TIER_TEXT, TIER_TINT, PrereadPanel
+from ui.report.controller import PREFIX as REPORT_PREFIX
+from ui.shell.main_window import MainWindow
+from ui.shell.preread_setup import install_preread
+from ui.viewer.overlays import SOURCE_COLORS
+
+OPTIONS = PrereadOptions(batch_size=4, n_samples=3, n_questions=1)
+SPLIT_FROM = 25  # lesions from this slice on get split check answers: not green
+
+
+class SampleEngine(TruthEngine):
+    """The ground truth of the sample study as a model: the sweep (batched) gets the slice's true boxes, the
+    five steps box the lesion, the reliability pass gets agreeing answers and the same box again — except for
+    lesions from slice ``SPLIT_FROM`` on, whose check answers disagree. ``delay``: seconds per sweep batch
+    (stops early when cancelled), so a run can be watched and cancelled."""
+
+    image_spec = SPEC
+
+    def __init__(self, volume, truth, delay: float = 0.0) -> None:
+        super().__init__(volume, truth)
+        self.delay = delay
+        self.slice_of: dict[str, int] = {}
+        for row in truth["slices"]:
+            k = row["index"]
+            from app.dicom.display import render
+            from inference.imaging import prepare_model_image
+
+            for window in choose_windows(volume.values(k))[0]:
+                image = prepare_model_image(render(volume, k, window), SPEC, pixel_spacing=volume.geometry.spacing)
+                self.slice_of[_image_key(image.rgb)] = k
+
+    @property
+    def model_id(self) -> str:
+        return "sample-truth"
+
+    def generate(self, request: ChatRequest, cancel=None) -> Generation:
+        # the reliability pass asks to decompose a finding into attribute questions
+        return Generation(text="presence | Is this lesion present in the image? | yes\n"
+                               "count | How many such lesions are there? | 1")
+
+    def generate_batch(self, requests: Sequence[ChatRequest], cancel=None) -> list[Generation]:
+        end = time.monotonic() + self.delay
+        while time.monotonic() < end:
+            if cancel is not None and cancel():
+                return [Generation(text="", finish_reason="cancelled") for _ in requests]
+            time.sleep(0.01)
+        return super().generate_batch(requests, cancel)
+
+    def sample(self, requests, n, temperature=1.0, top_p=0.9, cancel=None):
+        out = []
+        for r in requests:
+            key = _image_key(r.image)
+            split = self.slice_of.get(key, 0) >= SPLIT_FROM
+            words = [("yes", "no", "maybe")[i % 3] if split else "yes" for i in range(n)]
+            if "<ref>" in r.prompt:  # locate the phrase again: the box the five steps drew
+                m = re.search(r"<ref>[^<]*</ref><box>.*?</box>", self.reasoning.get(key, ""))
+                out.append([Generation(text=m.group(0) if m else "It is absent.", token_logprobs=[-0.05])] * n)
+            elif r.prompt.startswith("How many"):
+                out.append([Generation(text={"yes": "1", "no": "2", "maybe": "3"}[w], token_logprobs=[-0.05])
+                            for w in words])
+            else:
+                out.append([Generation(text=w, token_logprobs=[-0.05]) for w in words])
+        return out
+
+
+@pytest.fixture(autouse=True)
+def reference_thresholds(monkeypatch):
+    """Fixed tiers (green >= 0.7, amber >= 0.4), not a model's calibration."""
+    from app.assistant import session
+
+    monkeypatch.setattr(session, "thresholds_for", lambda _folder: Thresholds(green=0.7, amber=0.4))
+
+
+def open_with_preread(qtbot, tmp_path, delay: float = 0.0) -> tuple[MainWindow, SampleEngine]:
+    from app.dicom.loader import load_series
+    from app.dicom.scan import scan
+
+    volume = load_series(scan([SAMPLE]).all_series()[0])
+    engine = SampleEngine(volume, load_ground_truth(SAMPLE), delay)
+    win = open_sample(qtbot, settings_in(tmp_path), engine, tmp_path)  # the assistant on the engine, the report
+    install_preread(win, options=OPTIONS)  # the pre-read on the assistant's engine
+    qtbot.wait(50)  # the dock tabs are laid out
+    win.preread_panel.parentWidget().raise_()  # its tab, in front of the assistant's
+    qtbot.waitUntil(lambda: not win.preread_panel.visibleRegion().isEmpty(), timeout=5000)
+    return win, engine
+
+
+@pytest.fixture
+def win(qtbot, tmp_path):
+    w, _ = open_with_preread(qtbot, tmp_path)
+    yield w
+    w.preread.shutdown()
+
+
+def run_preread(qtbot, win: MainWindow) -> None:
+    with qtbot.waitSignal(win.preread.finished, timeout=120_000):
+        win.preread_panel.run_button.click()
+
+
+def click_row(qtbot, panel: PrereadPanel, lesion_id: str) -> None:
+    item = panel.item_of(lesion_id)
+    assert item is not None, f"{lesion_id} is not listed"
+    rect = panel.lesions.visualItemRect(item)
+    qtbot.mouseClick(panel.lesions.viewport(), Qt.MouseButton.LeftButton, pos=rect.center())
+
+
+def contrast(a: QColor, b: QColor) -> float:
+    def lum(c: QColor) -> float:
+        def ch(v: float) -> float:
+            v /= 255
+            return v / 12.92 if v <= 0.03928 else ((v + 0.055) / 1.055) ** 2.4
+        return 0.2126 * ch(c.red()) + 0.7152 * ch(c.green()) + 0.0722 * ch(c.blue())
+    hi, lo = sorted((lum(a), lum(b)), reverse=True)
+    return (hi + 0.05) / (lo + 0.05)
+
+
+# ----------------------------------------------------------------------------------------------------------
+
+def test_preread_lists_lesions_jumps_draws_boxes_and_accepts_into_the_report(qtbot, win, tmp_path, output_dir):
+    panel, ctl, vp = win.preread_panel, win.preread, win.grid.active
+    truth = load_ground_truth(SAMPLE)
+    progress: list[tuple[int, int]] = []
+    stages: list[str] = []
+    ctl.progress.connect(lambda d, t: progress.append((d, t)))
+    ctl.stage_changed.connect(stages.append)
+    with qtbot.waitSignal(ctl.started, timeout=5000):
+        panel.run_button.click()
+    assert panel.progress.isVisible() and panel.cancel_button.isVisible() and not panel.run_button.isEnabled()
+    assert not win.preread_actions["menu"].isEnabled() and win.preread_actions["cancel"].isEnabled()
+    qtbot.waitUntil(lambda: not ctl.running and ctl.is_idle(), timeout=120_000)
+
+    # progress: the sweep from 0 to every reading, never backwards, then the reasoning lesion by lesion
+    assert stages[:3] == ["sweep", "link", "reasoning"]
+    sweep = [p for p in progress if p[1] > len(truth["lesions"])]
+    assert sweep[0][0] == 0 and sweep[-1][0] == sweep[-1][1] >= 32
+    assert [d for d, _ in sweep] == sorted(d for d, _ in sweep)
+    assert progress[-1] == (len(truth["lesions"]), len(truth["lesions"]))
+    assert not panel.progress.isVisible() and not panel.cancel_button.isVisible() and panel.run_button.isEnabled()
+
+    # the list: one row per lesion of the study, with location, size, 1-based slices and a tier
+    run = ctl.result_for(vp.volume)
+    assert run is not None and panel.run is run
+    assert panel.lesions.topLevelItemCount() == len(run.lesions) == len(truth["lesions"]) == 6
+    assert "6 lesions found" in panel.status.text()
+    mass = next(les for les in run.lesions if les.slices == (16, 18))  # L3, the 32 mm right lower lobe mass
+    row = panel.item_of(mass.id)
+    assert row.text(1) == "Right lung" and row.text(2) == f"{mass.diameter_mm:.1f}"
+    assert abs(mass.diameter_mm - 32) < 3
+    assert row.text(3) == "17–19 (18)" and mass.key_slice == 17
+    assert row.text(4) == "● green" and row.background(4).color() == TIER_TINT["green"]
+    liver = next(les for les in run.lesions if les.slices == (25, 27))  # split check answers: not green
+    assert panel.item_of(liver.id).text(4) in ("● amber", "● red")
+
+    # every lesion's boxes are on every slice it spans, violet "preread" boxes, only on their own slice
+    for k in (16, 17, 18):
+        assert f"{PREFIX}{mass.id}:{k}" in vp.overlays.ids(frame=k)
+    assert all(vp.overlays.color_of(i) == SOURCE_COLORS["preread"] for i in vp.overlays.ids() if i.startswith(PREFIX))
+    assert sum(len(les.detections) for les in run.lesions) == len([i for i in vp.overlays.ids() if i.startswith(PREFIX)])
+
+    # a click on the lesion jumps to its key slice, in the lung window it was read in, its box thickened
+    vp.set_slice(0)
+    vp.set_window(vp.window.__class__(400, 40, "soft tissue"))
+    click_row(qtbot, panel, mass.id)
+    assert vp.slice_index == 17 and (vp.window.width, vp.window.center) == (1500, -600)
+    assert vp.overlays.highlighted == f"{PREFIX}{mass.id}:17"
+    assert f"{PREFIX}{mass.id}:17" in vp.overlays.visible_ids()
+    assert mass.id in panel.detail.text() and "A round solid nodule" in panel.detail.text()
+    qtbot.wait(50)
+    win.grab().save(str(output_dir / "preread.png"))  # for a person to look at: the list, the box, the slice
+    vp.set_slice(16)
+    assert f"{PREFIX}{mass.id}:16" in vp.overlays.visible_ids() and f"{PREFIX}{mass.id}:17" not in vp.overlays.visible_ids()
+    vp.set_slice(17)
+
+    # nothing is in the report until the reader accepts: then one finding, the AI's proposal the reader took
+    assert win.report.session.report is None or not win.report.session.report.findings
+    assert panel.accept_button.isEnabled()
+    panel.accept_button.click()
+    report = win.report.session.report
+    assert report is not None and len(report.findings) == 1
+    f = report.findings[0]
+    assert f.origin is Origin.AI and f.status is FindingStatus.ACCEPTED and f.included
+    assert len(f.boxes) == 1 and f.boxes[0].slice_index == 17 and f.boxes[0].box == mass.key_box
+    assert f.boxes[0].sop_instance_uid == truth["slices"][17]["sop_instance_uid"]
+    assert "Right lung, images 17–19 (key image 18): nodule" in f.text and f"{mass.diameter_mm:.0f} mm" in f.text
+    assert "A round solid nodule with smooth margins." in f.text and f.ai_text == f.text
+    assert f.reliability is not None and f.reliability.tier.value == "green" and f.window.name == "lung"
+    # the report draws its own (accepted, green) box; the pre-read's stays, labelled as accepted
+    qtbot.waitUntil(lambda: f"{REPORT_PREFIX}{f.id}:0" in vp.overlays.ids(), timeout=5000)
+    assert vp.overlays.color_of(f"{REPORT_PREFIX}{f.id}:0") == SOURCE_COLORS["accepted"]
+    assert vp.overlays.label_of(f"{PREFIX}{mass.id}:17").endswith("accepted")
+    assert panel.item_of(mass.id).text(0) == f"{mass.id} ✓" and not panel.accept_button.isEnabled()
+    assert win.report.panel is not None and win.report.panel.report is report
+
+    # accepting again adds nothing; "Accept all green" takes the green ones not yet taken
+    assert panel.accept_selected() == f"Lesion {mass.id} is already in the report."
+    green = [les for les in run.lesions if (les.reliability or {}).get("tier") == "green"]
+    assert 1 < len(green) < len(run.lesions)
+    panel.accept_green_button.click()
+    assert len(report.findings) == len(green) and all(x.included for x in report.findings)
+    assert not panel.accept_green_button.isEnabled()
+    assert panel.accept_green() == "There is no green lesion left to accept."
+
+    # the audit trail has the pre-read (request and output) and the reader's acceptance after the AI's proposal
+    records = [r for _n, r, _err in read_records(tmp_path / "audit.jsonl") if r is not None]
+    outputs = [r for r in records if r.action == "ai.output" and r.data.get("source") == "viewer pre-read"]
+    assert len(outputs) == 1 and len(outputs[0].data["boxes"]) == 6
+    events = [r.action for r in records if r.action.startswith("report.") and r.action != "report.open"]
+    assert events[:2] == ["report.add", "report.accept"]
+
+
+def test_a_cancelled_run_lists_nothing_and_the_next_one_runs(qtbot, tmp_path):
+    win, engine = open_with_preread(qtbot, tmp_path, delay=0.3)
+    panel, ctl = win.preread_panel, win.preread
+    try:
+        with qtbot.waitSignal(ctl.started, timeout=5000):
+            panel.run_button.click()
+        qtbot.waitUntil(lambda: ctl.done_total[0] >= OPTIONS.batch_size, timeout=30_000)
+        assert panel.progress.isVisible() and panel.progress.value() >= OPTIONS.batch_size
+        with qtbot.waitSignal(ctl.cancelled, timeout=30_000) as stopped:
+            panel.cancel_button.click()
+        assert "Pre-read cancelled after" in stopped.args[0] and "nothing was listed" in stopped.args[0]
+        assert panel.status.text() == stopped.args[0]
+        qtbot.waitUntil(ctl.is_idle, timeout=30_000)
+        assert sum(engine.batches) < 32 and ctl.results == {} and panel.lesions.topLevelItemCount() == 0
+        assert not panel.progress.isVisible() and panel.run_button.isEnabled() and not panel.cancel_button.isVisible()
+        assert not [i for i in win.grid.active.overlays.ids() if i.startswith(PREFIX)]
+        assert panel.cancel() == "No pre-read is running."
+        # the next run is not disturbed by the cancelled one
+        engine.delay = 0.0
+        run_preread(qtbot, win)
+        assert panel.lesions.topLevelItemCount() == 6
+    finally:
+        ctl.shutdown()
+
+
+def test_voice_command_menu_and_toolbar_start_the_preread(qtbot, win):
+    ctl = win.preread
+    assert Dictation().handle("Pre-read.").command == "preread_series"
+    assert {"preread_series", "cancel_preread", "accept_green_lesions"} <= set(win.actions.names())
+    with qtbot.waitSignal(ctl.started, timeout=5000):
+        assert win.actions.run("preread_series")  # what the dictation controller runs for "pre-read"
+    out = win.actions.run("preread_series")
+    assert not out and "already running" in out.message
+    assert win.actions.run("cancel_preread")
+    qtbot.waitUntil(ctl.is_idle, timeout=60_000)
+    tools = next(a.menu() for a in win.menuBar().actions() if a.text().replace("&", "") == "Tools")
+    assert win.preread_actions["menu"] in tools.actions()
+    assert win.preread_actions["toolbar"] in win.toolbar.actions()
+    assert win.toolbar.actions()[-1].text() == "Help"  # Help stays last
+    with qtbot.waitSignal(ctl.finished, timeout=120_000):
+        win.preread_actions["toolbar"].trigger()
+    # the panel is a tab beside the assistant's
+    assistant_dock = win.assistant_panel.parentWidget()
+    assert win.preread_panel.parentWidget() in win.tabifiedDockWidgets(assistant_dock)
+
+
+def test_without_a_model_or_a_study_the_panel_says_why(qtbot, tmp_path):
+    win = MainWindow()
+    qtbot.addWidget(win)
+    win.attach_report(settings_in(tmp_path))
+    install_preread(win, settings=Settings())
+    out = win.actions.run("preread_series")
+    assert not out and "Open a study first" in out.message
+    win.open_paths([SAMPLE])
+    qtbot.waitUntil(lambda: not win.is_busy() and win.grid.active.volume is not None
+                    and win.grid.active.volume.loaded == 32, timeout=30_000)
+    out = win.actions.run("preread_series")
+    assert not out and "no assistant model" in out.message
+    assert win.preread_panel.status.text() == out.message
+    assert "not pre-read yet" in win.preread_panel.series_label.text()
+    out = win.actions.run("accept_preread_lesion")
+    assert not out and out.message.startswith("Select a lesion first")
+
+
+def test_tier_colours_are_readable():
+    for tier, tint in TIER_TINT.items():
+        assert contrast(tint, TIER_TEXT[tier]) >= 4.5, tier

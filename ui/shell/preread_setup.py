@@ -1,0 +1,129 @@
+"""Wiring the series pre-read into the main window: its controller and panel, the menu entry and
+toolbar button, the assistant's engine, the report and the audit trail.
+
+The shell owns this because the pre-read meets three things its panel does not know about: the
+assistant's loaded model (the pre-read runs on it), the report (an accepted lesion becomes a finding
+there, :func:`app.report.from_preread.accept_lesions`) and the audit trail (each completed pre-read is
+recorded, :func:`app.report.from_preread.audit_preread`). ``ui.preread`` imports neither
+``ui.assistant`` nor ``ui.report``.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from PySide6.QtGui import QAction
+
+from app.assistant.preread import PrereadOptions
+from app.core.errors import XMedError
+from app.core.settings import Settings
+from app.report.audit import AuditLog
+from app.report.from_preread import accept_lesions, audit_preread
+from app.report.session import study_context
+from inference.types import Engine
+from ui.preread.controller import PrereadController, PrereadRun
+from ui.preread.panel import PrereadPanel
+
+log = logging.getLogger(__name__)
+
+
+def assistant_engine(window) -> Engine | str:
+    """The assistant's loaded model, or why there is none now."""
+    assistant = getattr(window, "assistant", None)
+    if assistant is None:
+        return "There is no assistant model in this window to pre-read with."
+    if assistant.ready and assistant.engine is not None:
+        return assistant.engine
+    if assistant.state == "loading":
+        return "The model is still loading; pre-read the series once it is ready."
+    return f"No model is ready for the pre-read: {assistant.indicator}"
+
+
+def install_preread(window, settings: Settings | None = None, options: PrereadOptions | None = None,
+                    engine: Engine | None = None) -> PrereadController:
+    """Create the pre-read controller and panel, dock the panel beside the assistant, add "Pre-read series"
+    to the Tools menu and the toolbar, and connect the report and the audit trail. ``engine``: pre-read with
+    this one instead of the assistant's (a test double); ``options``: instead of the Settings' numbers."""
+    if settings is None:
+        assistant = getattr(window, "assistant", None)
+        settings = assistant.settings if assistant is not None else Settings.load()
+    source = (lambda: engine) if engine is not None else (lambda: assistant_engine(window))
+    controller = PrereadController(source, settings, options, parent=window)
+    grid = window.grid
+    panel = PrereadPanel(controller, window.assistant_target, lambda: list(grid.viewports), grid.set_active)
+    panel.acceptor = lambda lesions, run: accept_into_report(window, lesions, run)
+    for vp in grid.viewports:
+        panel.watch_viewport(vp)
+    grid.active_changed.connect(lambda _vp: panel.refresh())
+    window.idle.connect(panel.refresh)
+    window.idle.connect(panel.sync_all)
+    controller.finished.connect(lambda run: record(window, settings, run))
+    window.installEventFilter(controller)  # the worker stops before the window closes
+    dock = window.attach_preread(controller, panel)
+    controller.started.connect(lambda _volume: dock.raise_())  # the reader asked for it: show its progress
+    _menu_and_toolbar(window, panel)
+    panel.refresh()
+    return controller
+
+
+def _menu_and_toolbar(window, panel: PrereadPanel) -> None:
+    run = QAction("Pre-read series", window)
+    run.setObjectName("action_preread_series")
+    run.setToolTip("The AI reads every slice of the series on screen and lists its lesions (voice: \"pre-read\")")
+    run.triggered.connect(lambda _=False: panel.start())
+    cancel = QAction("Cancel pre-read", window)
+    cancel.setObjectName("action_cancel_preread")
+    cancel.triggered.connect(lambda _=False: panel.cancel())
+    tools = next((a.menu() for a in window.menuBar().actions() if a.menu() is not None
+                  and a.text().replace("&", "") == "Tools"), None)
+    if tools is not None:
+        tools.addSeparator()
+        tools.addAction(run)
+        tools.addAction(cancel)
+    button = QAction("Pre-read", window)
+    button.setObjectName("toolbar_preread")
+    button.setToolTip(run.toolTip())
+    button.triggered.connect(run.trigger)
+    toolbar = getattr(window, "toolbar", None)
+    if toolbar is not None:
+        actions = toolbar.actions()
+        before = actions[-1] if actions else None  # Help stays last
+        toolbar.insertAction(before, button)
+        toolbar.insertSeparator(before)
+    window.preread_actions = {"menu": run, "cancel": cancel, "toolbar": button}
+
+    def sync(_busy: bool = False) -> None:
+        busy = panel.controller.running
+        run.setEnabled(not busy)
+        button.setEnabled(not busy)
+        cancel.setEnabled(busy)
+
+    panel.controller.busy_changed.connect(sync)
+    sync()
+
+
+def accept_into_report(window, lesions, run: PrereadRun) -> list[tuple[str, str]] | str:
+    """The reader accepted ``lesions``: they become findings of the study's draft report (created when
+    there is none); returns (lesion id, finding id) pairs, or the sentence saying why not."""
+    report = getattr(window, "report", None)
+    if report is None:
+        return "There is no report in this window to accept lesions into."
+    try:
+        study = study_context(window.result, run.volume.series)
+        done = accept_lesions(report.session, list(lesions), run.volume, study, model_id=run.result.model,
+                              engine=run.result.engine)
+    except XMedError as exc:
+        return str(exc)
+    return [(a.lesion_id, a.finding_id) for a in done]
+
+
+def record(window, settings: Settings, run: PrereadRun) -> None:
+    """A completed pre-read goes into the audit trail (the report's, else the Settings' log)."""
+    report = getattr(window, "report", None)
+    try:
+        audit = report.session.audit if report is not None else AuditLog(settings.audit_log_path())
+        study = study_context(window.result, run.volume.series)
+        audit_preread(audit, study.study_uid, run.result.to_json(), run.volume)
+    except (XMedError, OSError) as exc:
+        log.warning("the pre-read was not audited: %s", exc)
+        window.statusBar().showMessage(f"The pre-read could not be written to the audit trail: {exc}", 10000)
