@@ -1,28 +1,55 @@
-"""``xmedgpt listen``: run the Storage SCP in the foreground (servers, C-MOVE destination, tests)."""
+"""``xmedgpt listen``: run the Storage SCP in the foreground (servers, C-MOVE destination, tests).
+
+``--preread``: each study that arrives is pre-read in the background (:mod:`app.studies.queue`): when
+the association that brought it is released and it is complete, or when no new instance has come
+for ``--quiet-seconds``, its image series are queued, and one job at a time runs the series pre-read
+(:class:`app.assistant.study_preread.StudyPrereader`) with the model (``--model``, else Settings, else
+the demo model) loaded once, in the background. Jobs are kept in the study database: a restart
+carries on with those left. The study list shows each study's AI state and worst tier.
+"""
 
 from __future__ import annotations
 
 import argparse
+import logging
 import signal
 import threading
+from pathlib import Path
 
+from app.assistant.preread import PrereadOptions
+from app.assistant.study_preread import StudyPrereader
+from app.commands.analyze import QUANTIZATIONS, load_engine, resolve_model
+from app.core.errors import XMedError
 from app.core.settings import Settings
 from app.report.audit import AuditLog
 from app.studies.importer import open_library
 from app.studies.locations import StudyPaths
 from app.studies.nodes import LocalAE, NodeStore
+from app.studies.queue import ArrivalWatcher, JobQueue
 from app.studies.scp import Listener, Receiver
+
+log = logging.getLogger(__name__)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "listen", help="receive studies (DICOM Storage SCP) until stopped",
         description="Accept C-STORE from the configured nodes (their AE titles), write each instance "
-        "(fsynced) into managed storage and index it. Binds to the configured interface (default 127.0.0.1).")
+        "(fsynced) into managed storage and index it. Binds to the configured interface (default 127.0.0.1); "
+        "speaks TLS when the local AE has a certificate ('pacs nodes local --tls-cert').")
     p.add_argument("--ae", help="our AE title (default: the configured one, XMEDGPT)")
     p.add_argument("--port", type=int, help="port (default: the configured one, 11112)")
     p.add_argument("--host", help="interface to bind (default: the configured one, 127.0.0.1)")
     p.add_argument("--open", action="store_true", help="accept any calling AE title (not only configured nodes)")
+    p.add_argument("--preread", action="store_true",
+                   help="pre-read each study that arrives (one series at a time, in the background)")
+    p.add_argument("--quiet-seconds", type=float, default=None, metavar="S",
+                   help="a study is complete after S seconds without a new instance (default: Settings, 30)")
+    p.add_argument("--model", type=Path, default=None, help="model folder for --preread (default: Settings, "
+                   "then the demo model)")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default auto)")
+    p.add_argument("--quantization", choices=QUANTIZATIONS, default="auto")
+    p.add_argument("--no-reasoning", action="store_true", help="--preread: sweep and link only")
     p.set_defaults(func=run)
 
 
@@ -31,20 +58,40 @@ def run(args: argparse.Namespace) -> int:
     store = NodeStore.load(paths.nodes_file)
     for problem in store.problems:
         print(f"warning: {problem}", flush=True)
-    local = LocalAE(args.ae or store.local.ae_title, args.host or store.local.host,
-                    args.port or store.local.port).validated()
-    audit = AuditLog(Settings.load().audit_log_path())
+    cur = store.local
+    local = LocalAE(args.ae or cur.ae_title, args.host or cur.host, args.port or cur.port, cur.tls_cert,
+                    cur.tls_key, cur.tls_ca).validated()
+    settings = Settings.load()
+    quiet = args.quiet_seconds if args.quiet_seconds is not None else settings.preread_quiet_seconds
+    if quiet <= 0:
+        raise XMedError("--quiet-seconds must be positive.")
+    audit = AuditLog(settings.audit_log_path())
     db = open_library(paths, audit=audit)
     allowed = None if args.open else sorted({n.ae_title for n in store.nodes.values()})
-    listener = Listener(Receiver(db, paths.storage, audit=audit, nodes=store), local, allowed_ae_titles=allowed)
+    receiver = Receiver(db, paths.storage, audit=audit, nodes=store)
+    listener = Listener(receiver, local, allowed_ae_titles=allowed)
+    queue: JobQueue | None = None
+    if args.preread:
+        folder = resolve_model(args.model)  # checked now, loaded by the queue's thread on the first job
+        options = PrereadOptions(reasoning=not args.no_reasoning, n_samples=settings.reliability_samples,
+                                 n_questions=min(settings.reliability_questions, 3))
+        runner = StudyPrereader(db, lambda: load_engine(folder, args.device, args.quantization),
+                                paths.preread_results, options=options, audit=audit)
+        queue = JobQueue(db, runner, audit=audit)
+        ArrivalWatcher(queue, quiet_seconds=quiet).attach(receiver)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     listener.start()
+    if queue is not None:
+        queue.start()
     audit.append("pacs.listen", {"ae_title": local.ae_title, "host": local.host, "port": listener.port,
-                                 "open": bool(args.open), "allowed": allowed or []})
+                                 "open": bool(args.open), "allowed": allowed or [], "tls": local.tls,
+                                 "preread": bool(args.preread)})
     who = "any caller" if allowed is None else ", ".join(allowed)
-    print(f"Listening as {local.ae_title} on {local.host}:{listener.port} (accepting {who}); "
-          f"storage {paths.storage}. Ctrl+C to stop.", flush=True)
+    print(f"Listening as {local.ae_title} on {local.host}:{listener.port}{' over TLS' if local.tls else ''} "
+          f"(accepting {who}); storage {paths.storage}"
+          + (f"; pre-reading arrivals (complete after {quiet:g} s quiet)" if queue is not None else "")
+          + ". Ctrl+C to stop.", flush=True)
     try:
         while not stop.wait(0.5):
             pass
@@ -53,6 +100,8 @@ def run(args: argparse.Namespace) -> int:
     finally:
         listener.wait_idle(10)
         listener.stop()
+        if queue is not None:
+            queue.stop()
         audit.append("pacs.listen.stop", {"ae_title": local.ae_title, "port": listener.port})
         db.close()
         print("Stopped.", flush=True)

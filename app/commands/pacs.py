@@ -1,4 +1,5 @@
-"""``xmedgpt pacs``: remote DICOM nodes (add/list/remove) and echo/find/get/move/send against them."""
+"""``xmedgpt pacs``: remote DICOM nodes (add/list/remove), echo/find/get/move/send against them, and the
+outbox of signed results (``pacs outbox [--json] [--retry]``)."""
 
 from __future__ import annotations
 
@@ -12,11 +13,12 @@ from app.studies.dicomweb import qido, stow, wado_study
 from app.studies.importer import open_library
 from app.studies.locations import StudyPaths
 from app.studies.nodes import LocalAE, Node, NodeStore
+from app.studies.outbox import OUTBOX_STATES, Outbox
 from app.studies.scu import Query, echo, find, get_study, move_study, send_files
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("pacs", help="DICOM nodes: configure, echo, find, get, move, send",
+    p = subparsers.add_parser("pacs", help="DICOM nodes: configure, echo, find, get, move, send; the outbox",
                               description="Talk to PACS and modalities over DICOM (pynetdicom).")
     sub = p.add_subparsers(dest="pacs_command", metavar="ACTION", required=True)
 
@@ -30,6 +32,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     a.add_argument("--retrieve", choices=("get", "move"), default="move",
                    help="how studies are fetched from it (default: move, to our listener)")
     a.add_argument("--dicomweb", default="", metavar="URL", help="its DICOMweb root, if it has one")
+    a.add_argument("--tls", action="store_true", help="call the node over TLS (DICOM TLS, PS3.15 B.1)")
+    a.add_argument("--tls-ca", default="", metavar="PEM", help="CA certificate(s) the node's certificate must chain "
+                   "to (default: the system's)")
+    a.add_argument("--tls-cert", default="", metavar="PEM", help="our client certificate, if the node asks for one")
+    a.add_argument("--tls-key", default="", metavar="PEM", help="its private key (default: in --tls-cert)")
     a.add_argument("--replace", action="store_true", help="replace a node of the same name")
     a.set_defaults(func=_nodes_add)
     ls = nsub.add_parser("list", help="list the nodes and this workstation's AE")
@@ -42,6 +49,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     loc.add_argument("--ae")
     loc.add_argument("--host", help="interface the listener binds to (default 127.0.0.1)")
     loc.add_argument("--port", type=int)
+    loc.add_argument("--tls-cert", metavar="PEM", help="the listener's certificate: it then accepts TLS only")
+    loc.add_argument("--tls-key", metavar="PEM", help="its private key (default: in --tls-cert)")
+    loc.add_argument("--tls-ca", metavar="PEM", help="require callers to present a certificate signed by this CA")
+    loc.add_argument("--no-tls", action="store_true", help="listen without TLS again (forget the certificates)")
     loc.set_defaults(func=_nodes_local)
 
     e = sub.add_parser("echo", help="C-ECHO a node")
@@ -77,6 +88,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     s.add_argument("--web", action="store_true", help="use the node's DICOMweb URL (STOW-RS) instead of C-STORE")
     s.set_defaults(func=_send)
 
+    o = sub.add_parser("outbox", help="signed results waiting to be sent, sent, or failed",
+                       description="The outbox: each signed report's SR and PDF (Encapsulated PDF) queued for the "
+                       "node in Settings, sent in the background by the viewer with retries and back-off.")
+    o.add_argument("--state", choices=OUTBOX_STATES, help="only items in this state")
+    o.add_argument("--limit", type=int, default=100, help="at most this many, newest first (default 100)")
+    o.add_argument("--retry", action="store_true", help="send failed and waiting items again, now")
+    o.add_argument("--json", action="store_true")
+    o.set_defaults(func=_outbox)
+
 
 def _store() -> NodeStore:
     store = NodeStore.load(StudyPaths.detect().ensure().nodes_file)
@@ -91,9 +111,11 @@ def _audit() -> AuditLog:
 
 def _nodes_add(args: argparse.Namespace) -> int:
     store = _store()
-    node = store.add(Node(args.name, args.ae, args.host, args.port, args.retrieve, args.dicomweb), replace=args.replace)
+    tls = bool(args.tls or args.tls_ca or args.tls_cert or args.tls_key)
+    node = store.add(Node(args.name, args.ae, args.host, args.port, args.retrieve, args.dicomweb, tls, args.tls_ca,
+                          args.tls_cert, args.tls_key), replace=args.replace)
     print(f"Added '{node.name}': {node.ae_title} at {node.host}:{node.port}, retrieve by C-{node.retrieve.upper()}"
-          + (f", DICOMweb {node.dicomweb}" if node.dicomweb else "") + ".")
+          + (f", DICOMweb {node.dicomweb}" if node.dicomweb else "") + (", over TLS" if node.tls else "") + ".")
     print(f"On that node, allow this workstation: AE '{store.local.ae_title}' at this host, port {store.local.port}.")
     return 0
 
@@ -101,13 +123,16 @@ def _nodes_add(args: argparse.Namespace) -> int:
 def _nodes_list(args: argparse.Namespace) -> int:
     store = _store()
     if args.json:
-        print(json.dumps({"local": store.local.__dict__, "nodes": [n.__dict__ for n in store.nodes.values()]}, indent=2))
+        print(json.dumps({"local": store.local.to_dict(), "nodes": [n.to_dict() for n in store.nodes.values()]},
+                         indent=2))
         return 0
-    print(f"this workstation: {store.local.ae_title} listening on {store.local.host}:{store.local.port}")
+    print(f"this workstation: {store.local.ae_title} listening on {store.local.host}:{store.local.port}"
+          + (" (TLS)" if store.local.tls else ""))
     if not store.nodes:
         print("No nodes. Add one with 'xmedgpt pacs nodes add NAME --ae AE --host HOST --port PORT'.")
     for n in sorted(store.nodes.values(), key=lambda n: n.name):
-        print(f"{n.name:16} {n.ae_title:16} {n.host}:{n.port}  {n.retrieve}" + (f"  {n.dicomweb}" if n.dicomweb else ""))
+        print(f"{n.name:16} {n.ae_title:16} {n.host}:{n.port}  {n.retrieve}" + ("  TLS" if n.tls else "")
+              + (f"  {n.dicomweb}" if n.dicomweb else ""))
     return 0
 
 
@@ -120,8 +145,16 @@ def _nodes_remove(args: argparse.Namespace) -> int:
 def _nodes_local(args: argparse.Namespace) -> int:
     store = _store()
     cur = store.local
-    local = store.set_local(LocalAE(args.ae or cur.ae_title, args.host or cur.host, args.port or cur.port))
-    print(f"This workstation: {local.ae_title} listening on {local.host}:{local.port}.")
+    if args.no_tls:
+        tls = ("", "", "")
+    else:
+        tls = (args.tls_cert if args.tls_cert is not None else cur.tls_cert,
+               args.tls_key if args.tls_key is not None else cur.tls_key,
+               args.tls_ca if args.tls_ca is not None else cur.tls_ca)
+    local = store.set_local(LocalAE(args.ae or cur.ae_title, args.host or cur.host, args.port or cur.port, *tls))
+    print(f"This workstation: {local.ae_title} listening on {local.host}:{local.port}"
+          + (" over TLS" + (" (callers need a certificate from the CA)" if local.tls_ca else "") if local.tls else "")
+          + ".")
     return 0
 
 
@@ -203,3 +236,36 @@ def _send(args: argparse.Namespace) -> int:
     for path, reason in result.skipped[:5]:
         print(f"skipped {path}: {reason}")
     return 0 if result.ok else 1
+
+
+def _outbox(args: argparse.Namespace) -> int:
+    store = _store()
+    paths = StudyPaths.detect().ensure()
+    audit = _audit()
+    db = open_library(paths, audit=audit)
+    try:
+        outbox = Outbox(db, store, local=store.local, audit=audit)
+        summary = None
+        if args.retry:
+            outbox.recover()
+            outbox.retry()
+            summary = outbox.send_due()
+        items = outbox.items(args.state, limit=args.limit)
+        counts = outbox.counts()
+    finally:
+        db.close()
+    if args.json:
+        print(json.dumps({"counts": counts, "sent_now": summary, "items": [i.to_dict() for i in items]}, indent=2))
+        return 0 if not (summary and summary["failed"] + summary["retry"]) else 1
+    if summary is not None:
+        print(f"Sent {summary['sent']}; {summary['retry']} will be tried again; {summary['failed']} failed.")
+    print(", ".join(f"{n} {state}" for state, n in counts.items()))
+    if not items:
+        print("The outbox is empty.")
+    for i in items:
+        line = (f"{i.id:>5}  {i.state:8}  {i.node:14}  {i.via:8}  {i.kind:4}  {i.attempts:>2}x  "
+                f"{Path(i.path).name}")
+        if i.last_error and i.state != "sent":
+            line += f"  — {i.last_error}"
+        print(line)
+    return 0 if not (summary and summary["failed"] + summary["retry"]) else 1

@@ -50,10 +50,17 @@ def run(args: argparse.Namespace) -> int:
         print("No studies.")
         return 0
     print(f"{'date':10}  {'patient':24}  {'ID':14}  {'accession':12}  {'mod':6}  {'ser':>3}  {'inst':>5}  "
-          f"{'state':10}  {'report':6}  study UID")
+          f"{'state':10}  {'AI':12}  {'report':6}  study UID")
     for s in found:
         date = f"{s.study_date[:4]}-{s.study_date[4:6]}-{s.study_date[6:]}" if len(s.study_date) == 8 else s.study_date
         print(f"{date:10}  {s.patient_name[:24]:24}  {s.patient_id[:14]:14}  {s.accession[:12]:12}  "
               f"{'/'.join(s.modalities)[:6]:6}  {s.series:>3}  {s.instances:>5}  {s.state:10}  "
-              f"{s.report_state:6}  {s.study_uid}")
+              f"{_ai(s):12}  {s.report_state:6}  {s.study_uid}")
     return 0
+
+
+def _ai(s) -> str:
+    """The AI pre-read state as the study list shows it: ``done red``, ``queued``, ``failed``…"""
+    if s.ai_state == "done":
+        return f"done {s.ai_worst_tier or 'no lesion'}"
+    return "" if s.ai_state == "none" else s.ai_state

@@ -34,10 +34,12 @@ RANGES: dict[str, tuple[float, float]] = {
     "reliability_samples": (1, 50),
     "reliability_questions": (1, 10),
     "autosave_seconds": (0.2, 600.0),
+    "preread_quiet_seconds": (1.0, 3600.0),
 }
 #: Settings that take one of a few words.
 CHOICES: dict[str, frozenset[str]] = {
     "quantization": frozenset({"auto", "nf4", "int8", "bf16", "none"}),
+    "report_send_via": frozenset({"dimse", "dicomweb"}),
 }
 #: Longest accepted text per setting (paths, names, keys).
 MAX_TEXT: dict[str, int] = {"dictation_key": 64, "dictation_language": 16}
@@ -75,6 +77,12 @@ class Settings:
     workspace_dir: str = ""  # empty: <data>/workspace
     audit_log: str = ""  # empty: <data>/audit/audit.jsonl
     autosave_seconds: float = 2.0
+    # hospital connectivity (app/studies)
+    report_send_node: str = ""  # PACS node (``xmedgpt pacs nodes``) that signed SR + PDF go to; empty: stay local
+    report_send_via: str = "dimse"  # dimse (C-STORE) or dicomweb (STOW-RS, the node needs a DICOMweb URL)
+    pacs_listen: bool = False  # the viewer runs the Storage SCP (this workstation's AE) while it is open
+    preread_on_arrival: bool = False  # the viewer pre-reads each study that arrives, in the background
+    preread_quiet_seconds: float = 30.0  # a received study is complete after this long without a new image
 
     extra: dict[str, Any] = field(default_factory=dict, repr=False)
     problems: list[str] = field(default_factory=list, repr=False, compare=False)

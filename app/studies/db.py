@@ -8,7 +8,9 @@ tier, and the report state (``none``/``draft``/``signed``). Series and instances
 file paths) are kept too, so the files of a study can be found again without a scan.
 
 The schema is versioned with ``PRAGMA user_version`` and upgraded by :data:`MIGRATIONS` (one
-list of statements per version, each applied in one transaction). The journal is WAL, so the
+list of statements per version, each applied in one transaction). Version 2 adds the pre-read job
+queue (``jobs``, :mod:`app.studies.queue`) and the outbox of signed results (``outbox``,
+:mod:`app.studies.outbox`), so both survive restarts. The journal is WAL, so the
 viewer can search while the listener writes. A file SQLite cannot read is never deleted: it is
 renamed ``studies.sqlite.corrupt-N`` (with its ``-wal``/``-shm``) and a new, empty database is
 created; :attr:`StudyDB.recovered_from` says so and the caller rebuilds the index from the
@@ -96,6 +98,46 @@ MIGRATIONS: list[list[str]] = [
         )""",
         "CREATE INDEX instances_study ON instances (study_uid)",
         "CREATE INDEX instances_series ON instances (series_uid)",
+    ],
+    [  # 2: the pre-read job queue (app.studies.queue) and the outbox of signed results (app.studies.outbox)
+        """CREATE TABLE jobs (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            kind TEXT NOT NULL DEFAULT 'preread',
+            study_uid TEXT NOT NULL REFERENCES studies (study_uid) ON DELETE CASCADE,
+            series_uid TEXT NOT NULL DEFAULT '',
+            instances INTEGER NOT NULL DEFAULT 0,
+            state TEXT NOT NULL DEFAULT 'queued'
+                CHECK (state IN ('queued', 'running', 'done', 'failed')),
+            tier TEXT NOT NULL DEFAULT '',
+            lesions INTEGER,
+            result_path TEXT NOT NULL DEFAULT '',
+            error TEXT NOT NULL DEFAULT '',
+            attempts INTEGER NOT NULL DEFAULT 0,
+            owner TEXT NOT NULL DEFAULT '',
+            reason TEXT NOT NULL DEFAULT '',
+            created_at TEXT NOT NULL,
+            started_at TEXT NOT NULL DEFAULT '',
+            finished_at TEXT NOT NULL DEFAULT ''
+        )""",
+        "CREATE INDEX jobs_state ON jobs (state, id)",
+        "CREATE INDEX jobs_study ON jobs (study_uid)",
+        """CREATE TABLE outbox (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            node TEXT NOT NULL,
+            via TEXT NOT NULL DEFAULT 'dimse' CHECK (via IN ('dimse', 'dicomweb')),
+            path TEXT NOT NULL,
+            kind TEXT NOT NULL DEFAULT '',
+            study_uid TEXT NOT NULL DEFAULT '',
+            sop_instance_uid TEXT NOT NULL DEFAULT '',
+            state TEXT NOT NULL DEFAULT 'pending' CHECK (state IN ('pending', 'sending', 'sent', 'failed')),
+            attempts INTEGER NOT NULL DEFAULT 0,
+            next_attempt REAL NOT NULL DEFAULT 0,
+            last_error TEXT NOT NULL DEFAULT '',
+            created_at TEXT NOT NULL,
+            updated_at TEXT NOT NULL,
+            sent_at TEXT NOT NULL DEFAULT ''
+        )""",
+        "CREATE INDEX outbox_state ON outbox (state, next_attempt)",
     ],
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -198,6 +240,7 @@ class StudyDB:
         self.recovered_from: Path | None = None  # where a damaged file was set aside, if one was
         self.created = False
         self._lock = threading.RLock()
+        self._writes = 0  # write transactions committed through this object (see :meth:`change_stamp`)
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         try:
             self._conn = self._open()
@@ -280,6 +323,18 @@ class StudyDB:
                 self._conn.execute("ROLLBACK")
                 raise
             self._conn.execute("COMMIT")
+            self._writes += 1
+
+    def change_stamp(self) -> tuple[int, int]:
+        """Changes whenever the database changed: a commit through this object, or one by another
+        connection or process (``PRAGMA data_version``). Cheap; the study list polls it."""
+        with self._lock:
+            return self._writes, int(self._conn.execute("PRAGMA data_version").fetchone()[0])
+
+    def rows(self, sql: str, params: Iterable[object] = ()) -> list[tuple]:
+        """A read-only query (for the queue and the outbox, which keep their own tables here)."""
+        with self._lock:
+            return self._conn.execute(sql, tuple(params)).fetchall()
 
     # ---- writing ----------------------------------------------------------------------------
     def add_instances(self, records: Iterable[InstanceRecord], *, origin: str, state: str | None = None,
@@ -397,10 +452,20 @@ class StudyDB:
             return self._conn.execute("SELECT 1 FROM instances WHERE sop_instance_uid = ?",
                                       (sop_instance_uid,)).fetchone() is not None
 
-    def instance_paths(self, study_uid: str) -> list[Path]:
+    def instance_paths(self, study_uid: str, series_uid: str | None = None) -> list[Path]:
+        """The files of a study (or of one of its series)."""
         with self._lock:
+            if series_uid is not None:
+                return [Path(p) for (p,) in self._conn.execute(
+                    "SELECT path FROM instances WHERE study_uid = ? AND series_uid = ? ORDER BY path",
+                    (study_uid, series_uid))]
             return [Path(p) for (p,) in self._conn.execute(
                 "SELECT path FROM instances WHERE study_uid = ? ORDER BY series_uid, path", (study_uid,))]
+
+    def modalities(self) -> list[str]:
+        """Every modality of an indexed study (for the study list's filter)."""
+        with self._lock:
+            return [m for (m,) in self._conn.execute("SELECT DISTINCT modality FROM study_modalities ORDER BY modality")]
 
     def series(self, study_uid: str) -> list[dict]:
         with self._lock:

@@ -39,7 +39,14 @@ def _client(node: Node) -> Any:
     if not node.dicomweb:
         raise PacsError(f"Node '{node.name}' has no DICOMweb URL (add it with --dicomweb URL).")
     from dicomweb_client.api import DICOMwebClient
-    return DICOMwebClient(url=node.dicomweb, timeout=TIMEOUT)
+    session = None
+    if node.tls and node.dicomweb.startswith("https://"):  # the node's TLS files apply to its HTTPS too
+        import requests
+        session = requests.Session()
+        session.verify = node.tls_ca or True
+        if node.tls_cert:
+            session.cert = (node.tls_cert, node.tls_key) if node.tls_key else node.tls_cert
+    return DICOMwebClient(url=node.dicomweb, session=session, timeout=TIMEOUT)
 
 
 def _audit(audit: Audit | None, action: str, data: dict[str, Any], study_uid: str = "") -> None:

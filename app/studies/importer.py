@@ -126,6 +126,21 @@ def import_paths(db: StudyDB, paths: Iterable[Path], *, copy: bool = False, stor
     return result
 
 
+def index_scan(db: StudyDB, result: Any, *, origin: str = "opened") -> dict[str, int]:
+    """Index what the viewer has already scanned (an :class:`app.dicom.model.ScanResult`), in place, without
+    reading any file again. Files unpacked from a zip into the cache are left out (the cache is pruned;
+    ``xmedgpt import`` copies them). Returns study UID → instances indexed."""
+    by_study: dict[str, list[InstanceRecord]] = {}
+    for series in result.all_series():
+        for inst in series.instances:
+            if isinstance(inst, DicomInstance) and inst.study_uid and inst.sop_instance_uid \
+                    and not _in_cache(Path(inst.path)):
+                by_study.setdefault(inst.study_uid, []).append(record_from_instance(inst))
+    for uid, batch in by_study.items():
+        db.add_instances(batch, origin=origin, location=_common_folder([r.path for r in batch]))
+    return {uid: len(batch) for uid, batch in by_study.items()}
+
+
 def _common_folder(paths: list[str]) -> str:
     try:
         return os.path.commonpath([str(Path(p).parent) for p in paths])

@@ -5,6 +5,7 @@
 ``<data>/studies/storage/``        managed storage: imported copies and received instances,
                                    ``<StudyUID>/<SeriesUID>/<SOPInstanceUID>.dcm``
 ``<data>/studies/sources.json``    folders imported in place (to rebuild a damaged index)
+``<data>/studies/preread/``        pre-read results of arrived studies, ``<StudyUID>/<SeriesUID>.json``
 ``<data>/pacs/nodes.json``         remote DICOM nodes and this workstation's listener identity
 ==========================  ===================================================
 
@@ -31,6 +32,10 @@ class StudyPaths:
     @property
     def storage(self) -> Path:
         return self.root / "storage"
+
+    @property
+    def preread_results(self) -> Path:
+        return self.root / "preread"
 
     @property
     def sources_file(self) -> Path:

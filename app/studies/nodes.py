@@ -9,6 +9,13 @@ node entry is dropped with a problem; the others are kept.
      "local": {"ae_title": "XMEDGPT", "host": "127.0.0.1", "port": 11112},
      "nodes": [{"name": "pacs", "ae_title": "ORTHANC", "host": "10.0.0.5", "port": 4242,
                 "retrieve": "move", "dicomweb": "http://10.0.0.5:8042/dicom-web"}]}
+
+TLS (DICOM over TLS, PS3.15 B.1): a node with ``"tls": true`` is called over TLS; its certificate is
+checked against ``tls_ca`` (a PEM bundle; empty: the system's CAs) and its host name; ``tls_cert``/
+``tls_key`` are this workstation's client certificate when the node asks for one. The listener uses
+TLS when ``local`` has ``tls_cert``/``tls_key``; with ``tls_ca`` it also requires callers to present a
+certificate signed by that CA. The keys are written only when set. :mod:`app.studies.tls` makes the
+``ssl`` contexts.
 """
 
 from __future__ import annotations
@@ -72,6 +79,20 @@ def check_url(url: str) -> str:
     return url.rstrip("/")
 
 
+def check_file(path: str, what: str) -> str:
+    """A certificate or key path: text (empty: not set), made absolute; it must be a file when it exists
+    (whether it exists is checked when it is used, with a clear message)."""
+    if not isinstance(path, str):
+        raise NodeError(f"{what} must be a file path.")
+    path = path.strip()
+    if not path:
+        return ""
+    p = Path(path).expanduser()
+    if p.exists() and not p.is_file():
+        raise NodeError(f"{what} {path!r} is not a file.")
+    return str(p.resolve())
+
+
 @dataclass(frozen=True)
 class Node:
     name: str
@@ -80,14 +101,30 @@ class Node:
     port: int
     retrieve: str = "move"
     dicomweb: str = ""
+    tls: bool = False
+    tls_ca: str = ""  # PEM file of the CA(s) that signed the node's certificate; empty: the system's
+    tls_cert: str = ""  # our client certificate (PEM), if the node wants one
+    tls_key: str = ""  # its private key (PEM); empty: in tls_cert
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        for k in ("tls", "tls_ca", "tls_cert", "tls_key"):
+            if not d[k]:
+                del d[k]
+        return d
 
     def validated(self) -> "Node":
         if not isinstance(self.name, str) or not _NAME_RE.match(self.name):
             raise NodeError(f"Invalid node name {self.name!r}: letters, digits, '.', '_' or '-' (up to 64).")
         if self.retrieve not in RETRIEVE_METHODS:
             raise NodeError(f"Invalid retrieve method {self.retrieve!r}: get or move.")
+        if not isinstance(self.tls, bool):
+            raise NodeError(f"Invalid tls {self.tls!r}: true or false.")
+        if (self.tls_cert or self.tls_key or self.tls_ca) and not self.tls:
+            raise NodeError(f"Node '{self.name}' has TLS files but TLS is off; add --tls.")
         return Node(self.name, check_ae_title(self.ae_title), check_host(self.host), check_port(self.port),
-                    self.retrieve, check_url(self.dicomweb))
+                    self.retrieve, check_url(self.dicomweb), self.tls, check_file(self.tls_ca, "tls_ca"),
+                    check_file(self.tls_cert, "tls_cert"), check_file(self.tls_key, "tls_key"))
 
     @classmethod
     def from_dict(cls, d: object) -> "Node":
@@ -95,7 +132,9 @@ class Node:
             raise NodeError("a node must be an object")
         try:
             node = cls(name=d["name"], ae_title=d["ae_title"], host=d["host"], port=d["port"],
-                       retrieve=d.get("retrieve", "move"), dicomweb=d.get("dicomweb", "") or "")
+                       retrieve=d.get("retrieve", "move"), dicomweb=d.get("dicomweb", "") or "",
+                       tls=d.get("tls", False), tls_ca=d.get("tls_ca", "") or "", tls_cert=d.get("tls_cert", "") or "",
+                       tls_key=d.get("tls_key", "") or "")
         except KeyError as exc:
             raise NodeError(f"a node lacks {exc.args[0]!r}") from exc
         return node.validated()
@@ -108,9 +147,27 @@ class LocalAE:
     ae_title: str = DEFAULT_AE
     host: str = DEFAULT_HOST  # the interface the listener binds to
     port: int = DEFAULT_PORT
+    tls_cert: str = ""  # the listener's certificate (PEM); set: the listener speaks TLS only
+    tls_key: str = ""  # its private key (PEM); empty: in tls_cert
+    tls_ca: str = ""  # set: callers must present a certificate signed by this CA
+
+    @property
+    def tls(self) -> bool:
+        return bool(self.tls_cert)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        for k in ("tls_cert", "tls_key", "tls_ca"):
+            if not d[k]:
+                del d[k]
+        return d
 
     def validated(self) -> "LocalAE":
-        return LocalAE(check_ae_title(self.ae_title), check_host(self.host), check_port(self.port))
+        if (self.tls_key or self.tls_ca) and not self.tls_cert:
+            raise NodeError("The listener's TLS needs a certificate (--tls-cert).")
+        return LocalAE(check_ae_title(self.ae_title), check_host(self.host), check_port(self.port),
+                       check_file(self.tls_cert, "tls_cert"), check_file(self.tls_key, "tls_key"),
+                       check_file(self.tls_ca, "tls_ca"))
 
 
 @dataclass
@@ -133,7 +190,8 @@ class NodeStore:
             if not isinstance(local, dict):
                 raise ValueError("'local' must be an object")
             store.local = LocalAE(local.get("ae_title", DEFAULT_AE), local.get("host", DEFAULT_HOST),
-                                  local.get("port", DEFAULT_PORT)).validated()
+                                  local.get("port", DEFAULT_PORT), local.get("tls_cert", "") or "",
+                                  local.get("tls_key", "") or "", local.get("tls_ca", "") or "").validated()
         except (OSError, ValueError, NodeError, TypeError) as exc:
             aside = set_aside(store.path, f"invalid node list ({exc})")
             store.problems.append(f"The PACS node list {store.path} was invalid ({exc}); kept as {aside.name}, "
@@ -150,8 +208,8 @@ class NodeStore:
         return store
 
     def save(self) -> None:
-        data = {"schema_version": SCHEMA_VERSION, "local": asdict(self.local),
-                "nodes": [asdict(n) for n in sorted(self.nodes.values(), key=lambda n: n.name)]}
+        data = {"schema_version": SCHEMA_VERSION, "local": self.local.to_dict(),
+                "nodes": [n.to_dict() for n in sorted(self.nodes.values(), key=lambda n: n.name)]}
         write_atomic(self.path, json.dumps(data, indent=2) + "\n")
 
     def add(self, node: Node, *, replace: bool = False) -> Node:

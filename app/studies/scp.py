@@ -21,6 +21,7 @@ import logging
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,7 @@ from app.studies.db import InstanceRecord, StudyDB
 from app.studies.importer import Audit
 from app.studies.nodes import LocalAE, NodeStore
 from app.studies.storage import StorageError, StorageFull, instance_path, write_instance
+from app.studies.tls import server_context
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +101,10 @@ class Receiver:
         self._audit_lock = threading.Lock()
         self._transfers: dict[int, Transfer] = {}
         self.finished: list[Transfer] = []
+        #: Called (in the association's thread) with the study UID of each newly stored instance, and
+        #: with (transfer, outcome) when an association ends: the pre-read queue's arrival watcher.
+        self.on_stored: list[Callable[[str], None]] = []
+        self.on_finished: list[Callable[[Transfer, str], None]] = []
 
     # ---- per association -------------------------------------------------------------------
     def transfer(self, assoc: Any) -> Transfer:
@@ -139,6 +145,11 @@ class Receiver:
                                          "outcome": outcome, "instances": 0, "failed": t.failed,
                                          "disk_full": t.disk_full})
         self.finished.append(t)
+        for callback in list(self.on_finished):
+            try:
+                callback(t, outcome)
+            except Exception:  # noqa: BLE001 - a listener's bug must not break receiving
+                log.exception("association-finished callback failed")
         return t
 
     def _audit(self, action: str, data: dict[str, Any], study_uid: str = "") -> None:
@@ -192,6 +203,11 @@ class Receiver:
             new = 1
         if new:
             t.studies[study_uid] = t.studies.get(study_uid, 0) + 1
+            for callback in list(self.on_stored):
+                try:
+                    callback(study_uid)
+                except Exception:  # noqa: BLE001
+                    log.exception("instance-stored callback failed")
         else:
             t.duplicates[study_uid] = t.duplicates.get(study_uid, 0) + 1
         return STATUS_SUCCESS
@@ -272,10 +288,11 @@ class Listener:
         ]
         try:
             self.server = self.ae.start_server((self.local.host, self.local.port), block=False,
-                                               evt_handlers=handlers)
+                                               evt_handlers=handlers, ssl_context=server_context(self.local))
         except OSError as exc:
             raise XMedError(f"Cannot listen on {self.local.host}:{self.local.port}: {exc.strerror or exc}.") from exc
-        log.info("listening as %s on %s:%d", self.local.ae_title, self.local.host, self.local.port)
+        log.info("listening as %s on %s:%d%s", self.local.ae_title, self.local.host, self.port,
+                 " (TLS)" if self.local.tls else "")
         return self
 
     @property

@@ -40,6 +40,7 @@ from app.studies.db import StudyDB
 from app.studies.importer import Audit
 from app.studies.nodes import LocalAE, Node, NodeStore
 from app.studies.scp import TIMEOUT, Listener, Receiver, no_delay
+from app.studies.tls import client_context, handshake_error
 
 log = logging.getLogger(__name__)
 
@@ -69,26 +70,44 @@ def _audit(audit: Audit | None, action: str, data: dict[str, Any], study_uid: st
 
 
 def _node_data(node: Node) -> dict[str, Any]:
-    return {"node": node.name, "ae_title": node.ae_title, "host": node.host, "port": node.port}
+    data: dict[str, Any] = {"node": node.name, "ae_title": node.ae_title, "host": node.host, "port": node.port}
+    if node.tls:
+        data["tls"] = True
+    return data
 
 
 def _associate(ae: AE, node: Node, audit: Audit | None, purpose: str, **kw: Any) -> Any:
     kw["evt_handlers"] = [(evt.EVT_CONN_OPEN, no_delay), *kw.get("evt_handlers", [])]
+    context = client_context(node) if node.tls else None
+    if context is not None:
+        kw["tls_args"] = (context, node.host)
     assoc = ae.associate(node.host, node.port, ae_title=node.ae_title, **kw)
     if assoc.is_established:
         _audit(audit, "pacs.association", {"direction": "out", **_node_data(node), "purpose": purpose,
                                            "result": "accepted"})
         return assoc
+    tls_problem = handshake_error(node, context) if context is not None and not assoc.is_rejected else ""
     if assoc.is_rejected:
         why = "the node rejected the association (is this workstation's AE title " \
               f"'{ae.ae_title}' configured on it?)"
-    elif assoc.is_aborted:
+    elif tls_problem:
+        why = tls_problem
+    elif assoc.is_aborted and _reachable(node):  # pynetdicom also says "aborted" when the connection failed
         why = "the association was aborted during negotiation"
     else:
         why = "no answer (connection refused or timed out)"
     _audit(audit, "pacs.association", {"direction": "out", **_node_data(node), "purpose": purpose,
                                        "result": "failed", "reason": why})
     raise PacsError(f"Cannot reach '{node.name}' ({node.ae_title} at {node.host}:{node.port}): {why}.")
+
+
+def _reachable(node: Node, timeout: float = 3.0) -> bool:
+    """Whether a TCP connection to the node can be opened at all (to word a failed association)."""
+    try:
+        with socket.create_connection((node.host, node.port), timeout=timeout):
+            return True
+    except OSError:
+        return False
 
 
 def _status_text(status: Dataset | None) -> str:

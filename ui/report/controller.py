@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import logging
 
-from PySide6.QtCore import QEvent, QObject, QTimer
+from PySide6.QtCore import QEvent, QObject, QTimer, Signal
 from PySide6.QtGui import QGuiApplication
 from PySide6.QtWidgets import QLabel, QMainWindow, QPushButton, QVBoxLayout, QWidget
 
@@ -61,6 +61,9 @@ def overlay_source(status: FindingStatus, origin: Origin) -> str:
 
 
 class ReportController(QObject):
+    #: After a report or addendum is signed and exported: the files written (SR, PDF, text), as a list of Paths.
+    signed = Signal(object)
+
     def __init__(self, window: QMainWindow, settings: Settings, session: ReportSession | None = None) -> None:
         super().__init__(window)
         self.window = window
@@ -298,7 +301,9 @@ class ReportController(QObject):
         if done is None:
             return
         QGuiApplication.clipboard().setText(done.text)
-        self._status(f"Signed. Report written to {done.paths[0].parent} and copied as text.")
+        notes = f" {' '.join(done.notes)}" if done.notes else ""  # e.g. measurements the SR had to leave out
+        self._status(f"Signed. Report written to {done.paths[0].parent} and copied as text.{notes}")
+        self.signed.emit(list(done.paths))
 
     def _addendum_signed(self, _addendum_id: str) -> None:
         done = self.export(addendum=True)
@@ -306,6 +311,7 @@ class ReportController(QObject):
             return
         QGuiApplication.clipboard().setText(done.text)
         self._status(f"Addendum signed. Written to {done.paths[0].parent} and copied as text.")
+        self.signed.emit(list(done.paths))
 
     # ---- viewport -------------------------------------------------------------------------------
     def _viewports_of_report(self) -> list[Viewport]:

@@ -1,0 +1,348 @@
+"""The study list in the real window, offscreen: search and filters narrow the rows, columns sort, the AI
+state shows as a coloured dot, a double-click opens the study in MainWindow; the Query PACS tab searches
+the real Orthanc and retrieves in the background; signing a report sends its SR and PDF to Orthanc
+through the outbox."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import pydicom
+import pytest
+from PySide6.QtCore import QDate, Qt
+from PySide6.QtGui import QIcon
+from PySide6.QtWidgets import QPushButton
+
+from app.core.settings import Settings
+from app.dicom.loader import load_series
+from app.dicom.scan import scan
+from app.studies.db import InstanceRecord, StudyDB
+from app.studies.importer import import_paths
+from app.studies.locations import StudyPaths
+from app.studies.nodes import LocalAE, Node, NodeStore
+from app.studies.pdf import ENCAPSULATED_PDF
+from app.studies.scp import Listener, Receiver
+from app.studies.scu import send_files
+from app.synthetic.sample import load_ground_truth, write_ct_study
+from tests.app.assistant.test_preread import SPEC, TruthEngine
+from tests.app.studies.conftest import OUR_AE, free_port, home, orthanc  # noqa: F401 - fixtures
+from ui.report.panel import ReportPanel
+from ui.shell.main_window import MainWindow
+from ui.study.study_list import (
+    AI,
+    COUNTS,
+    DATE,
+    PATIENT,
+    REPORT,
+    TIER_ROLE,
+    LocalStudiesTab,
+    Services,
+)
+
+REPO = Path(__file__).resolve().parents[3]
+SAMPLE = REPO / "resources" / "sample" / "ct-demo"
+SAMPLE_FILES = sorted(SAMPLE.glob("*.dcm"))
+SAMPLE_UID = str(pydicom.dcmread(SAMPLE_FILES[0], stop_before_pixels=True).StudyInstanceUID)
+
+
+def _rec(i: int, **kw) -> InstanceRecord:
+    base = dict(sop_instance_uid=f"1.2.3.{i}.1", study_uid=f"1.2.3.{i}", series_uid=f"1.2.3.{i}.0",
+                path=f"/x/{i}.dcm", patient_name=f"DOE^JANE{i}", patient_id=f"PID{i:05d}",
+                accession=f"ACC{i:05d}", study_date=f"202601{i + 1:02d}", modality="CT" if i % 2 else "MR")
+    base.update(kw)
+    return InstanceRecord(**base)
+
+
+@pytest.fixture
+def services(home):  # noqa: F811
+    paths = StudyPaths.detect().ensure()
+    db = StudyDB(paths.database)
+    db.add_instances([_rec(i) for i in range(6)] + [_rec(9, patient_name="MÜLLER^HANS", study_date="20251224")],
+                     origin="import")
+    yield Services(db, paths, NodeStore.load(paths.nodes_file))
+    db.close()
+
+
+def _texts(tab: LocalStudiesTab, col: int) -> list[str]:
+    return [tab.proxy.index(r, col).data() for r in range(tab.proxy.rowCount())]
+
+
+def test_search_and_filters_narrow_the_rows_and_columns_sort(qtbot, services):
+    tab = LocalStudiesTab(services)
+    qtbot.addWidget(tab)
+    assert len(tab.uids()) == 7 and tab.count.text() == "7 studies"
+    assert tab.uids()[0] == "1.2.3.5"  # newest first
+    tab.search.setText("müller")  # (QTest cannot type ü)
+    qtbot.waitUntil(lambda: tab.uids() == ["1.2.3.9"], timeout=3000)
+    assert _texts(tab, PATIENT)[0].upper().startswith("MÜLLER")
+    tab.search.clear()
+    qtbot.keyClicks(tab.search, "jane")  # typed, any part of the name, any case
+    qtbot.waitUntil(lambda: len(tab.uids()) == 6, timeout=3000)
+    tab.search.setText("PID00003")  # the start of a patient ID
+    qtbot.waitUntil(lambda: tab.uids() == ["1.2.3.3"], timeout=3000)
+    tab.search.clear()
+    qtbot.waitUntil(lambda: len(tab.uids()) == 7, timeout=3000)
+    # modality filter (offered from the database)
+    assert [tab.modality.itemText(i) for i in range(tab.modality.count())] == ["All modalities", "CT", "MR"]
+    tab.modality.setCurrentText("CT")
+    assert sorted(tab.uids()) == ["1.2.3.1", "1.2.3.3", "1.2.3.5", "1.2.3.9"]
+    tab.modality.setCurrentIndex(0)
+    # date range
+    tab.dates.set_range(QDate(2026, 1, 2), QDate(2026, 1, 4))
+    assert sorted(tab.uids()) == ["1.2.3.1", "1.2.3.2", "1.2.3.3"]
+    tab.dates.preset.setCurrentText("Any date")
+    assert len(tab.uids()) == 7
+    # sorting by a column (the header click does the same)
+    tab.view.sortByColumn(DATE, Qt.SortOrder.AscendingOrder)
+    assert tab.uids()[0] == "1.2.3.9" and tab.uids()[-1] == "1.2.3.5"
+    tab.view.sortByColumn(PATIENT, Qt.SortOrder.DescendingOrder)
+    assert tab.uids()[0] == "1.2.3.9"  # MÜLLER after DOE
+
+
+def test_ai_and_report_state_follow_the_database_with_a_coloured_dot(qtbot, services):
+    tab = LocalStudiesTab(services)
+    qtbot.addWidget(tab)
+    db = services.db
+
+    def cell(uid: str, col: int, role=Qt.ItemDataRole.DisplayRole):
+        row = tab.uids().index(uid)
+        return tab.proxy.index(row, col).data(role)
+
+    assert cell("1.2.3.2", AI) == "" and cell("1.2.3.2", AI, Qt.ItemDataRole.DecorationRole) is None
+    db.set_ai("1.2.3.2", "queued")
+    qtbot.waitUntil(lambda: cell("1.2.3.2", AI) == "queued", timeout=3000)  # polled, no refresh call
+    assert cell("1.2.3.2", AI, Qt.ItemDataRole.DecorationRole) is None
+    db.set_ai("1.2.3.2", "done", "red")
+    db.set_report("1.2.3.2", "signed")
+    qtbot.waitUntil(lambda: cell("1.2.3.2", AI) == "done · red", timeout=3000)
+    icon = cell("1.2.3.2", AI, Qt.ItemDataRole.DecorationRole)
+    assert isinstance(icon, QIcon) and not icon.isNull()
+    image = icon.pixmap(12, 12).toImage()
+    centre = image.pixelColor(6, 6)
+    assert (centre.red(), centre.green(), centre.blue()) == (214, 48, 49)  # the red lamp
+    assert cell("1.2.3.2", AI, TIER_ROLE) == "red" and cell("1.2.3.2", REPORT) == "signed"
+    db.set_ai("1.2.3.3", "done", "green")
+    qtbot.waitUntil(lambda: cell("1.2.3.3", AI) == "done · green", timeout=3000)
+    green = cell("1.2.3.3", AI, Qt.ItemDataRole.DecorationRole).pixmap(12, 12).toImage().pixelColor(6, 6)
+    assert (green.red(), green.green(), green.blue()) == (39, 174, 96)
+    db.set_ai("1.2.3.4", "failed")
+    qtbot.waitUntil(lambda: cell("1.2.3.4", AI) == "failed", timeout=3000)
+    tab.view.sortByColumn(AI, Qt.SortOrder.DescendingOrder)  # worst first: failed, red, green
+    assert tab.uids()[:3] == ["1.2.3.4", "1.2.3.2", "1.2.3.3"]
+
+
+@pytest.fixture
+def window(qtbot, home, tmp_path):  # noqa: F811
+    settings = Settings(reader_name="Smith^Jane", workspace_dir=str(tmp_path / "ws"),
+                        audit_log=str(tmp_path / "audit.jsonl"), autosave_seconds=0.2)
+    win = MainWindow()
+    qtbot.addWidget(win)
+    win.attach_report(settings)
+    win.resize(1500, 950)
+    yield win, settings
+    if getattr(win, "studies", None) is not None:
+        win.studies.shutdown()
+    win.close()
+
+
+def _double_click(qtbot, view, row: int) -> None:
+    index = view.model().index(row, 0)
+    rect = view.visualRect(index)
+    qtbot.mouseClick(view.viewport(), Qt.MouseButton.LeftButton, pos=rect.center())
+    qtbot.mouseDClick(view.viewport(), Qt.MouseButton.LeftButton, pos=rect.center())
+
+
+def test_double_click_opens_the_study_in_the_viewer(qtbot, window):
+    win, settings = window
+    db = StudyDB(StudyPaths.detect().ensure().database)
+    import_paths(db, [SAMPLE])
+    db.close()
+    studies = win.attach_studies(settings=settings)
+    win.show()
+    tab = studies.widget.local
+    assert studies.dock.isVisible() and tab.uids() == [SAMPLE_UID]
+    assert tab.proxy.index(0, COUNTS).data() == f"1 / {len(SAMPLE_FILES)}"
+    assert win.result is None
+    _double_click(qtbot, tab.view, 0)
+    qtbot.waitUntil(lambda: win.grid.active.volume is not None and not win.is_busy(), timeout=30_000)
+    assert Path(win.result.all_series()[0].instances[0].path) in set(SAMPLE_FILES)
+    assert win.grid.active.volume.series.series_instance_uid == db_series_uid()
+
+
+def db_series_uid() -> str:
+    return str(pydicom.dcmread(SAMPLE_FILES[0], stop_before_pixels=True).SeriesInstanceUID)
+
+
+def test_an_opened_folder_is_indexed_and_a_draft_marks_the_report_column(qtbot, window):
+    win, settings = window
+    studies = win.attach_studies(settings=settings)
+    win.show()
+    assert studies.widget.local.uids() == []
+    win.open_paths([SAMPLE])
+    qtbot.waitUntil(lambda: not win.is_busy() and win.grid.active.volume is not None, timeout=30_000)
+    qtbot.waitUntil(lambda: studies.widget.local.uids() == [SAMPLE_UID], timeout=5000)
+    assert studies.db.get(SAMPLE_UID).origin == "opened"
+    win.report.dock.widget().findChild(QPushButton, "start_report").click()
+    qtbot.waitUntil(lambda: studies.widget.local.proxy.index(0, REPORT).data() == "draft", timeout=3000)
+
+
+def _orthanc_nodes(orthanc) -> NodeStore:  # noqa: F811
+    store = NodeStore.load(StudyPaths.detect().ensure().nodes_file)
+    store.set_local(LocalAE(OUR_AE, "127.0.0.1", orthanc.listener_port))
+    store.add(Node("orthanc", orthanc.ae_title, "127.0.0.1", orthanc.dicom_port, retrieve="get",
+                   dicomweb=orthanc.dicomweb), replace=True)
+    return store
+
+
+def test_query_pacs_tab_finds_and_retrieves_from_orthanc_in_the_background(qtbot, window, orthanc):  # noqa: F811
+    win, settings = window
+    orthanc.clear()
+    orthanc.upload(SAMPLE_FILES)
+    _orthanc_nodes(orthanc)
+    studies = win.attach_studies(settings=settings)
+    win.show()
+    pacs = studies.widget.pacs
+    studies.widget.tabs.setCurrentWidget(pacs)
+    assert pacs.node.currentText() == "orthanc" and pacs.web.isEnabled()
+    qtbot.keyClicks(pacs.patient_name, "PHANTOM*")
+    pacs.search_button.click()
+    qtbot.waitUntil(lambda: pacs.model.rowCount() == 1, timeout=20_000)
+    row = pacs.model.rows[0]
+    assert row.uid == SAMPLE_UID and row.instances == len(SAMPLE_FILES) and not row.local
+    assert pacs.proxy.index(0, AI).data() == ""
+    # a search for somebody else finds nothing
+    pacs.patient_name.setText("NOBODY*")
+    pacs.search_button.click()
+    qtbot.waitUntil(lambda: pacs.model.rowCount() == 0 and "0 studies" in pacs.status.text(), timeout=20_000)
+    pacs.patient_name.setText("PHANTOM*")
+    pacs.search_button.click()
+    qtbot.waitUntil(lambda: pacs.model.rowCount() == 1, timeout=20_000)
+
+    pacs.view.selectRow(0)
+    assert pacs.retrieve_button.isEnabled()
+    t0 = time.monotonic()
+    pacs.retrieve_button.click()
+    assert time.monotonic() - t0 < 1.0  # the window does not wait for the network
+    assert pacs.retrieving and pacs.progress.isVisible() and not pacs.retrieve_button.isEnabled()
+    qtbot.waitUntil(lambda: not pacs.retrieving, timeout=60_000)
+    qtbot.waitUntil(lambda: not pacs.progress.isVisible(), timeout=5000)
+    assert f"Retrieved {len(SAMPLE_FILES)} new image(s)" in pacs.status.text()
+    study = studies.db.get(SAMPLE_UID)
+    assert study is not None and study.state == "complete" and study.instances == len(SAMPLE_FILES)
+    assert pacs.model.rows[0].local
+    qtbot.waitUntil(lambda: studies.widget.local.uids() == [SAMPLE_UID], timeout=5000)
+    # double-click on the PACS row: it is here now, so it opens
+    _double_click(qtbot, pacs.view, 0)
+    qtbot.waitUntil(lambda: win.grid.active.volume is not None and not win.is_busy(), timeout=30_000)
+    assert all(StudyPaths.detect().storage in Path(inst.path).parents for inst in win.result.all_series()[0].instances)
+    records = [json.loads(line) for line in Path(settings.audit_log).read_text().splitlines()]
+    assert {"pacs.find", "pacs.get", "pacs.association"} <= {r["action"] for r in records}
+
+
+@pytest.mark.skipif(shutil.which("pdftoppm") is None, reason="the report tests need poppler-utils")
+def test_signing_sends_the_sr_and_pdf_to_orthanc_through_the_outbox(qtbot, window, orthanc, monkeypatch):  # noqa: F811
+    monkeypatch.setattr(ReportPanel, "auto_answer", True)  # the sign-off confirmation says "Sign"
+    win, settings = window
+    orthanc.clear()
+    _orthanc_nodes(orthanc)
+    settings.report_send_node = "orthanc"
+    studies = win.attach_studies(settings=settings)
+    win.show()
+    win.open_paths([SAMPLE])
+    qtbot.waitUntil(lambda: not win.is_busy() and win.grid.active.volume is not None
+                    and win.grid.active.volume.loaded == len(SAMPLE_FILES), timeout=30_000)
+    qtbot.wait(50)
+    win.report.dock.widget().findChild(QPushButton, "start_report").click()
+    panel = win.report.panel
+    panel.impression.setPlainText("No acute findings.")
+    panel.commit_pending()
+    assert panel.sign_button.isEnabled(), panel.blockers.text()
+    with qtbot.waitSignal(win.report.signed, timeout=30_000) as sig:
+        panel.sign_button.click()
+    exported = sig.args[0]
+    assert any(p.suffix == ".pdf" for p in exported) and any(p.suffix == ".dcm" for p in exported)
+    outbox = studies.outbox
+    # a report without findings has no measurement SR: the narrative SR and the PDF go
+    assert "queued for orthanc: 2 file(s)" in win.statusBar().currentMessage()
+    assert sorted(i.kind for i in outbox.items()) == ["pdf", "sr"]
+    qtbot.waitUntil(lambda: outbox.counts()["sent"] == 2, timeout=30_000)
+    assert studies.db.get(SAMPLE_UID).report_state == "signed"
+    view = studies.widget.outbox
+    qtbot.waitUntil(lambda: sorted(view.states().values()) == ["sent"] * 2, timeout=5000)
+    held = {}
+    for sid in orthanc.rest("/studies"):
+        for inst in orthanc.rest(f"/studies/{sid}/instances"):
+            tags = orthanc.rest(f"/instances/{inst['ID']}/simplified-tags")
+            held[tags["SOPInstanceUID"]] = (tags["SOPClassUID"], tags["StudyInstanceUID"])
+    assert {i.sop_instance_uid for i in outbox.items()} == set(held)
+    assert {study for _, study in held.values()} == {SAMPLE_UID}
+    classes = sorted(c for c, _ in held.values())
+    assert classes.count(ENCAPSULATED_PDF) == 1 and sum(c.startswith("1.2.840.10008.5.1.4.1.1.88.") for c in classes) == 1
+    records = [json.loads(line) for line in Path(settings.audit_log).read_text().splitlines()]
+    actions = [r["action"] for r in records]
+    assert actions.index("report.sign") < actions.index("pacs.outbox.queued") < actions.index("pacs.outbox.sent")
+
+
+def test_a_study_pushed_to_the_viewers_listener_is_preread_and_shows_its_dot(qtbot, window, tmp_path):
+    """Settings pacs_listen: the window runs the Storage SCP; an arriving study is queued when its association
+    is released and read in the background (a scripted engine that answers with the study's ground truth)."""
+    win, settings = window
+    folder = write_ct_study(tmp_path / "ct", n_slices=16, size=128, seed=321)
+    uid = str(pydicom.dcmread(next(folder.glob("*.dcm")), stop_before_pixels=True).StudyInstanceUID)
+    engine = TruthEngine(load_series(scan([folder]).all_series()[0]), load_ground_truth(folder))
+    store = NodeStore.load(StudyPaths.detect().ensure().nodes_file)
+    store.set_local(LocalAE("XMEDVIEW", "127.0.0.1", free_port()))
+    store.add(Node("modality", "SENDER", "127.0.0.1", 104))
+    settings.pacs_listen = True
+    studies = win.attach_studies(settings=settings, engine_factory=lambda: (engine, SPEC))
+    win.show()
+    assert studies.listener is not None and studies.queue is not None and studies.queue.running
+    t0 = time.monotonic()
+    sent = send_files(Node("viewer", "XMEDVIEW", "127.0.0.1", studies.listener.port), [folder],
+                      local=LocalAE("SENDER"))
+    assert sent.sent == 16 and time.monotonic() - t0 < 30
+    tab = studies.widget.local
+
+    def ai_text() -> str:
+        uids = tab.uids()
+        return tab.proxy.index(uids.index(uid), AI).data() if uid in uids else ""
+
+    qtbot.waitUntil(lambda: ai_text().startswith("done"), timeout=60_000)
+    study = studies.db.get(uid)
+    assert study.origin == "received" and study.ai_state == "done" and study.ai_worst_tier in ("red", "amber", "green")
+    row = tab.uids().index(uid)
+    assert tab.proxy.index(row, AI).data(TIER_ROLE) == study.ai_worst_tier
+    assert not tab.proxy.index(row, AI).data(Qt.ItemDataRole.DecorationRole).isNull()
+    assert ai_text() == f"done · {study.ai_worst_tier}"
+
+
+def test_the_outbox_view_shows_a_failed_send_and_retry_sends_it(qtbot, window, tmp_path):
+    win, settings = window
+    port = free_port()
+    store = NodeStore.load(StudyPaths.detect().ensure().nodes_file)
+    store.set_local(LocalAE("XMEDVIEW"))
+    store.add(Node("archive", "ARCHIVE", "127.0.0.1", port))
+    studies = win.attach_studies(settings=settings)
+    win.show()
+    studies.outbox.max_attempts = 1  # give up at the first failure, so the view shows "failed"
+    (item,) = studies.outbox.enqueue([SAMPLE_FILES[0]], "archive")
+    view = studies.widget.outbox
+    studies.widget.tabs.setCurrentWidget(view)
+    qtbot.waitUntil(lambda: view.states().get(item.id) == "failed", timeout=20_000)
+    row = next(r for r in range(view.table.rowCount()) if view.table.item(r, 0).data(Qt.ItemDataRole.UserRole) == item.id)
+    assert "no answer" in view.table.item(row, 5).text() and view.table.item(row, 0).text() == SAMPLE_FILES[0].name
+    assert "1 failed" in view.summary.text() and view.retry_button.isEnabled()
+    archive = StudyDB(tmp_path / "archive.sqlite")
+    listener = Listener(Receiver(archive, tmp_path / "archive"), LocalAE("ARCHIVE", "127.0.0.1", port),
+                        allowed_ae_titles=["XMEDVIEW"]).start()
+    try:
+        view.retry_button.click()
+        qtbot.waitUntil(lambda: view.states().get(item.id) == "sent", timeout=20_000)
+        listener.wait_idle(10)
+    finally:
+        listener.stop()
+    assert archive.get(SAMPLE_UID).instances == 1 and "1 sent" in view.summary.text()
+    archive.close()

@@ -1,0 +1,229 @@
+"""Wiring hospital connectivity into the main window: the study list, the outbox, arrivals.
+
+The shell owns this (as :mod:`ui.shell.assistant_setup` does for the assistant): it opens the study
+database, the PACS node list and the outbox (:mod:`app.studies`), docks the study list
+(:class:`ui.study.study_list.StudyListWidget`) beside the series browser, and connects what the
+feature packages cannot connect themselves, since they do not know each other:
+
+- double-click in the study list → ``window.open_paths`` with the study's files;
+- every study the window opens is indexed (in place) so it is in the list next time;
+- a report drafted → the study's report state ``draft``; a report (or addendum) signed → ``signed``
+  and, when Settings names a node (``report_send_node``), its SR and PDF (as Encapsulated PDF) queued in
+  the outbox, which a background thread sends with retries;
+- Settings ``pacs_listen``: the Storage SCP runs while the window is open; ``preread_on_arrival``: each
+  complete arrival is queued for the series pre-read, run one job at a time in the background with the
+  assistant's model (or the engine factory handed in).
+
+Nothing here blocks the window: the network and the model run on worker threads.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pydicom
+from PySide6.QtCore import QEvent, QObject, Qt, Signal
+
+from app.assistant.study_preread import StudyPrereader
+from app.core.errors import XMedError
+from app.core.settings import Settings
+from app.report.audit import AuditLog
+from app.studies.importer import index_scan, open_library
+from app.studies.locations import StudyPaths
+from app.studies.nodes import NodeStore
+from app.studies.outbox import Outbox, OutboxSender
+from app.studies.queue import ArrivalWatcher, JobQueue
+from app.studies.scp import Listener, Receiver
+from ui.study.study_list import Services, StudyListWidget
+
+log = logging.getLogger(__name__)
+
+
+class StudiesController(QObject):
+    """What :func:`install_studies` made; ``window.studies`` once attached."""
+
+    status = Signal(str)  # a line for the status bar (emitted from worker threads too: queued to the UI)
+
+    def __init__(self, window, settings: Settings, paths: StudyPaths, audit: Any, *,
+                 engine_factory: Callable | None = None, start_workers: bool = True) -> None:
+        super().__init__(window)
+        self.window = window
+        self.settings = settings
+        self.paths = paths.ensure()
+        self.audit = audit
+        self.db = open_library(self.paths, audit=audit)
+        self.nodes = NodeStore.load(self.paths.nodes_file)
+        self.outbox = Outbox(self.db, self.nodes, local=self.nodes.local, audit=audit)
+        self.sender = OutboxSender(self.outbox)
+        self.queue: JobQueue | None = None
+        self.listener: Listener | None = None
+        self._indexed: object = None
+        self._closed = False
+        preread = settings.preread_on_arrival or engine_factory is not None
+        if preread:
+            runner = StudyPrereader(self.db, engine_factory or self._assistant_engine, self.paths.preread_results,
+                                    audit=audit)
+            self.queue = JobQueue(self.db, runner, audit=audit)
+        self.services = Services(self.db, self.paths, self.nodes, audit, queue=self.queue, outbox=self.outbox,
+                                 preread_retrieved=preread)
+        self.widget = StudyListWidget(self.services)
+        self.widget.open_requested.connect(self.open_study)
+        self.widget.message.connect(self.status)
+        self.status.connect(lambda text: window.statusBar().showMessage(text, 8000))
+        self.dock = window.add_panel(self.widget, "Study list", Qt.DockWidgetArea.LeftDockWidgetArea,
+                                     name="study_list")
+        browser_dock = getattr(window, "browser_dock", None)
+        if browser_dock is not None:
+            window.tabifyDockWidget(browser_dock, self.dock)
+        if getattr(window, "result", None) is None:
+            self.dock.raise_()  # the start screen: nothing is open yet
+        window.idle.connect(self._index_opened)
+        self.connect_report(getattr(window, "report", None))
+        window.installEventFilter(self)
+        for problem in self.nodes.problems:
+            self.status.emit(problem)
+        if start_workers:
+            self.start()
+
+    # ---- background work ---------------------------------------------------------------------
+    def start(self) -> None:
+        self.sender.start()
+        if self.queue is not None:
+            self.queue.start()
+        if self.settings.pacs_listen:
+            self.start_listener()
+
+    def start_listener(self) -> Listener | None:
+        receiver = Receiver(self.db, self.paths.storage, audit=self.audit, nodes=self.nodes)
+        if self.queue is not None:
+            ArrivalWatcher(self.queue, quiet_seconds=self.settings.preread_quiet_seconds).attach(receiver)
+        allowed = sorted({n.ae_title for n in self.nodes.nodes.values()})
+        try:
+            self.listener = Listener(receiver, self.nodes.local, allowed_ae_titles=allowed).start()
+        except XMedError as exc:
+            self.status.emit(f"Not receiving studies: {exc}")
+            return None
+        self.services.listener = self.listener
+        self.audit.append("pacs.listen", {"ae_title": self.nodes.local.ae_title, "host": self.nodes.local.host,
+                                          "port": self.listener.port, "allowed": allowed, "tls": self.nodes.local.tls,
+                                          "source": "viewer"})
+        return self.listener
+
+    def _assistant_engine(self):
+        """The pre-read's engine: the assistant's, once it has loaded (waited for on the queue's thread)."""
+        from inference.imaging import ImageSpec
+
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline and not self._closed:
+            assistant = getattr(self.window, "assistant", None)
+            engine = getattr(assistant, "engine", None)
+            if engine is not None:
+                folder = getattr(getattr(assistant, "choice", None), "folder", None)
+                spec = ImageSpec.from_preprocessor_config(Path(folder)) if folder else None
+                return engine, spec
+            time.sleep(0.5)
+        raise XMedError("No model is loaded for the pre-read (choose one in Settings).")
+
+    # ---- the window --------------------------------------------------------------------------
+    def open_study(self, paths: list[Path]) -> None:
+        self.window.open_paths(list(paths))
+        browser_dock = getattr(self.window, "browser_dock", None)
+        if browser_dock is not None:
+            browser_dock.raise_()  # the series of the study just opened
+
+    def _index_opened(self) -> None:
+        result = getattr(self.window, "result", None)
+        if result is None or result is self._indexed:
+            return
+        self._indexed = result
+        try:
+            index_scan(self.db, result)
+        except XMedError as exc:
+            log.warning("the opened study was not added to the study list: %s", exc)
+
+    # ---- the report --------------------------------------------------------------------------
+    def connect_report(self, report: Any) -> None:
+        """Follow the report controller: drafts and signatures (its ``signed`` signal carries the files)."""
+        if report is None:
+            return
+        if hasattr(report, "signed"):
+            report.signed.connect(self.on_signed)
+        session = getattr(report, "session", None)
+        if session is not None and hasattr(session, "subscribe"):
+            session.subscribe(self._report_replaced)
+
+    def _report_replaced(self, report: Any) -> None:
+        if report is None or getattr(report, "signed", False):
+            return
+        uid = report.study.study_uid
+        study = self.db.get(uid)
+        if study is not None and study.report_state == "none":
+            self.db.set_report(uid, "draft")
+
+    def on_signed(self, exported: Any) -> list:
+        """A report was signed and exported: mark it, and queue its SR and PDF for the node in Settings."""
+        paths = [Path(p) for p in (exported.paths if hasattr(exported, "paths") else exported)]
+        uid = _study_uid(paths)
+        if uid and self.db.get(uid) is not None:
+            self.db.set_report(uid, "signed")
+        node = self.settings.report_send_node
+        if not node:
+            return []
+        try:
+            items = self.outbox.enqueue_report(paths, node, via=self.settings.report_send_via)
+        except XMedError as exc:
+            self.status.emit(f"The signed report was not queued for '{node}': {exc}")
+            return []
+        self.status.emit(f"Signed report queued for {node}: {len(items)} file(s) in the outbox.")
+        return items
+
+    # ---- closing -----------------------------------------------------------------------------
+    def eventFilter(self, obj: QObject, event: QEvent) -> bool:  # noqa: N802
+        if obj is self.window and event.type() == QEvent.Type.Close:
+            self.shutdown()
+        return False
+
+    def shutdown(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self.widget.shutdown()
+        if self.listener is not None:
+            self.listener.stop()
+        if self.queue is not None:
+            self.queue.stop()
+        self.sender.stop()
+        self.db.close()
+
+
+def _study_uid(paths: list[Path]) -> str:
+    for p in paths:
+        if p.suffix.lower() == ".dcm" and p.exists():
+            try:
+                return str(pydicom.dcmread(p, stop_before_pixels=True, specific_tags=["StudyInstanceUID"])
+                           .get("StudyInstanceUID", ""))
+            except Exception:  # noqa: BLE001 - not readable: the report state stays as it was
+                continue
+    return ""
+
+
+def install_studies(window, settings: Settings | None = None, *, paths: StudyPaths | None = None,
+                    audit: Any = None, engine_factory: Callable | None = None,
+                    start_workers: bool = True) -> StudiesController | None:
+    """Open the study database and dock the study list in ``window`` (a MainWindow). ``engine_factory``:
+    pre-read arrivals with this engine (tests); by default only when Settings asks, with the assistant's.
+    When the database cannot be used (written by a newer version, a folder that cannot be created) the
+    window works without the study list and says why in the status bar (None is returned)."""
+    settings = settings if settings is not None else Settings.load()
+    audit = audit if audit is not None else AuditLog(settings.audit_log_path(), user=settings.reader_name or None)
+    try:
+        return StudiesController(window, settings, paths or StudyPaths.detect(), audit,
+                                 engine_factory=engine_factory, start_workers=start_workers)
+    except (XMedError, OSError) as exc:
+        log.error("study list not available: %s", exc)
+        window.statusBar().showMessage(f"The study list is not available: {exc}")
+        return None
