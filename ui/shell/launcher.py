@@ -27,11 +27,14 @@ def open_window(args: argparse.Namespace):
     application()
     from ui.shell.assistant_setup import install_assistant
     from ui.shell.main_window import MainWindow
+    from ui.shell.preread_setup import install_preread
 
     window = MainWindow(model_path=model)
     install_assistant(window, model)  # --model, else Settings, else the registered default or demo model
     window.attach_report()  # after the assistant: the report follows its answers
+    install_preread(window)  # on the assistant's model; accepted lesions go into the report
     window.attach_dictation()  # after both: dictated text goes into the query box or the report
+    window.attach_studies()  # after the report: a signed report goes to the PACS outbox
     window.show()
     if path is not None:
         window.open_paths([path])

@@ -87,6 +87,7 @@ class MainWindow(QMainWindow):
         for vp in self.grid.viewports:
             self._wire(vp)
         self.grid.active_changed.connect(self._active_changed)
+        self.grid.message.connect(lambda text: self.statusBar().showMessage(text, 6000))
         self._update_edit_actions()
         self.browser.series_activated.connect(lambda i: self.show_series(i, self.grid.active))
 
@@ -170,6 +171,7 @@ class MainWindow(QMainWindow):
             "mpr_rotate": lambda: self._slab(lambda p: p.rotate(15.0)),
             "mpr_rotate_back": lambda: self._slab(lambda p: p.rotate(-15.0)),
             "next_viewport": self.grid.next_viewport,
+            "link_viewports": self.grid.toggle_link,
             "reading_mode": self.toggle_reading_mode,
             "cancel_load": self.cancel_loading,
             "show_problems": self.show_problems,
@@ -192,6 +194,10 @@ class MainWindow(QMainWindow):
         reading = self.actions_by_name["reading_mode"]
         reading.setCheckable(True)
         reading.setText("Reading mode")  # the menu entry; the tooltip and Help say what it does
+        link = self.actions_by_name["link_viewports"]
+        link.setCheckable(True)
+        link.setText("Link viewports")
+        self.grid.sync.link_changed.connect(link.setChecked)
 
     def _menus_and_toolbar(self) -> None:
         a = self.actions_by_name
@@ -205,7 +211,8 @@ class MainWindow(QMainWindow):
         self.edit_menu = m
         m = mb.addMenu("&View")
         for name in ("layout_1x1", "layout_1x2", "layout_2x2", "layout_mpr", "layout_mpr_2x2", "slab_thicker",
-                     "slab_thinner", "slab_mode", "mpr_rotate", "mpr_rotate_back", "next_viewport", None, "fit",
+                     "slab_thinner", "slab_mode", "mpr_rotate", "mpr_rotate_back", "next_viewport",
+                     "link_viewports", None, "fit",
                      "zoom_in",
                      "zoom_out", "rotate_cw", "rotate_ccw", "flip_h", "flip_v", "reset", None,
                      "previous_series", "next_series", "toggle_cine", "cine_faster", "cine_slower", None,
@@ -219,7 +226,7 @@ class MainWindow(QMainWindow):
         for name in ("preset_1", "preset_2", "preset_3", "preset_4", "preset_5", "preset_0", None, "toggle_invert"):
             m.addSeparator() if name is None else m.addAction(a[name])
         m = mb.addMenu("&Tools")
-        for name in ("tool_pan", "tool_length", "tool_rect", "tool_ellipse"):
+        for name in ("tool_pan", "tool_length", "tool_rect", "tool_ellipse", "tool_angle", "tool_cobb"):
             m.addAction(a[name])
         m = mb.addMenu("&Help")
         m.addAction(a["show_help"])
@@ -235,6 +242,7 @@ class MainWindow(QMainWindow):
         labels = {
             "open_folder": "Open", "layout_1x1": "1×1", "layout_1x2": "1×2", "layout_2x2": "2×2",
             "tool_pan": "Pan", "tool_length": "Length", "tool_rect": "Rect ROI", "tool_ellipse": "Ellipse ROI",
+            "tool_angle": "Angle", "tool_cobb": "Cobb", "link_viewports": "Link",
             "toggle_invert": "Invert", "rotate_cw": "Rotate", "flip_h": "Flip H", "flip_v": "Flip V",
             "reset": "Reset", "toggle_cine": "Cine", "show_help": "Help",
             "layout_mpr": "MPR", "slab_thicker": "Slab +", "slab_thinner": "Slab −", "slab_mode": "MIP/MinIP/Mean",
@@ -243,7 +251,8 @@ class MainWindow(QMainWindow):
             labels[f"preset_{i}"] = window_name(p.name)
         order = ["open_folder", None, "layout_1x1", "layout_1x2", "layout_2x2", "layout_mpr", "slab_thicker",
                  "slab_thinner", "slab_mode", None, "tool_pan", "tool_length",
-                 "tool_rect", "tool_ellipse", None, *[f"preset_{i}" for i in range(1, len(KEYED_PRESETS) + 1)],
+                 "tool_rect", "tool_ellipse", "tool_angle", "tool_cobb", "link_viewports", None,
+                 *[f"preset_{i}" for i in range(1, len(KEYED_PRESETS) + 1)],
                  "toggle_invert", None, "rotate_cw", "flip_h", "flip_v", "reset", "toggle_cine", None, "show_help"]
         self.tool_buttons: dict[str, QAction] = {}
         tools = QActionGroup(self)
@@ -670,6 +679,32 @@ class MainWindow(QMainWindow):
 
         self.dictation = DictationController(self, settings, **kwargs)
         return self.dictation
+
+    # -- the series pre-read (ui/shell/preread_setup.install_preread attaches it) --------------------
+
+    def attach_preread(self, controller, panel) -> QDockWidget:
+        """Dock the pre-read panel as a tab beside the assistant (else the tags); ``self.preread`` is its
+        :class:`ui.preread.controller.PrereadController`, ``self.preread_panel`` the panel."""
+        self.preread, self.preread_panel = controller, panel
+        self._register(panel, "preread")
+        panel.message.connect(lambda text: self.statusBar().showMessage(text, 8000))
+        dock = self.add_panel(panel, "Pre-read", name="preread")
+        assistant_panel = getattr(self, "assistant_panel", None)
+        beside = assistant_panel.parentWidget() if assistant_panel is not None else None
+        beside = beside if isinstance(beside, QDockWidget) else self.tags_dock
+        self.tabifyDockWidget(beside, dock)
+        beside.raise_()  # the assistant stays the tab a reading starts on
+        return dock
+
+    # -- the study list, PACS and the outbox (ui/shell/studies_setup.install_studies) -------------------
+
+    def attach_studies(self, **kwargs):
+        """Dock the study list (local studies, Query PACS, outbox) beside the series browser and follow the
+        report's signatures; ``self.studies`` is the :class:`ui.shell.studies_setup.StudiesController`."""
+        from ui.shell.studies_setup import install_studies
+
+        self.studies = install_studies(self, **kwargs)
+        return self.studies
 
 
 def _instance_path(volume: Volume, k: int) -> tuple[Path | None, int]:
