@@ -86,6 +86,8 @@ class AnswerRecord:
     answer_checks_ok: bool
     done: bool
     findings: list[int] = field(default_factory=list)  # indexes into the finding records
+    contradictions: int = 0  # between the reasoning steps (inference.reliability.consistency)
+    missing_steps: int = 0  # of the five
 
     @property
     def false_negative(self) -> bool:
@@ -188,7 +190,8 @@ def records_for_answer(study: str, k: int, window: str, answer: AssistantAnswer,
         out.append(FindingRecord(study, k, window, f.phrase, score, ok, done, tier, right, iou, side_ok, lesion, size))
     assessed = [fr for fr in rel.findings if fr.reliability is not None or fr.tier is not Tier.NONE]
     ans = AnswerRecord(study, k, window, len(shown), len(answer.findings), rel.tier.value, rel.score, answer_ok,
-                       rel.state is State.DONE and bool(assessed))
+                       rel.state is State.DONE and bool(assessed), contradictions=len(rel.contradictions),
+                       missing_steps=len(answer.parsed.missing_steps))
     recomputed = ans.done and answer_ok and all(
         green_at(fr.reliability, _checks_ok(fr.checks), fr.state is State.DONE, thresholds.green) for fr in assessed)
     if recomputed != (rel.tier is Tier.GREEN):
@@ -321,6 +324,9 @@ def measure(collected: Collected, per_answer: dict, keys: set, green: float, amb
         "false_negative_green": len(fn_green),
         "false_negative_green_share": _ratio(len(fn_green), len(fn)),
         "answers_green": sum(answer_green(a, per_answer, green) for a in ans),
+        "answers_contradicting": sum(1 for a in ans if a.contradictions),
+        "answers_contradicting_share": _ratio(sum(1 for a in ans if a.contradictions), len(ans)),
+        "answers_missing_steps": sum(1 for a in ans if a.missing_steps),
         "by_window": by_window,
     }
 
@@ -402,6 +408,9 @@ def format_table(cal: StudyCalibration) -> str:
                      f"{_fmt(m['green_coverage_of_right'])} | {m['false_negative_answers']} | "
                      f"{m['false_negative_green']} ({_fmt(m['false_negative_green_share'])}) |")
     lines.append("")
+    m = cal.held_out
+    lines.append(f"Held-out answers whose reasoning contradicts itself: {m['answers_contradicting']} of {m['answers']} "
+                 f"({_fmt(m['answers_contradicting_share'])}); with missing steps: {m['answers_missing_steps']}.")
     lines.append(f"Thresholds: green ≥ {cal.green:.3f}, amber ≥ {cal.amber:.3f} (fitted on {cal.n_fit_findings} "
                  f"checked findings; before: green ≥ {cal.collected.thresholds.green:.3f}). Tier recomputation "
                  f"mismatches: {cal.collected.tier_mismatches}. {cal.collected.seconds:.0f} s.")

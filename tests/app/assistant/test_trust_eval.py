@@ -122,6 +122,7 @@ def test_a_right_model_is_labelled_right_and_its_light_matches_the_recomputed_ru
     assert cal.held_out["green_precision"] == 1.0
     assert cal.held_out["green_coverage_of_right"] > 0.5
     assert cal.held_out["false_negative_answers"] == 0
+    assert cal.held_out["answers_contradicting"] == 0 and cal.held_out["answers_missing_steps"] == 0
 
 
 def test_a_consistently_wrong_model_is_never_green_after_calibration(study):
