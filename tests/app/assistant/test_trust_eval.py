@@ -37,10 +37,12 @@ def _key(rgb: np.ndarray) -> str:
     return hashlib.sha1(np.ascontiguousarray(rgb).tobytes()).hexdigest()
 
 
-def _steps(step2: str, step5: str) -> str:
+def _steps(step2: str, step5: str, n: int) -> str:
+    step3 = "Round, with smooth margins." if n else "Normal appearance."
+    step4 = f"{n} focal lesion{'s' if n > 1 else ''} in total." if n else "No abnormality."
     return (f"Step 1: Structure identification\nAxial CT slice.\nStep 2: Region localization\n{step2}\n"
-            f"Step 3: Detailed description\nA round lesion with smooth margins.\n"
-            f"Step 4: Holistic analysis\nA focal lesion.\nStep 5: Report synthesis\n{step5}\n")
+            f"Step 3: Detailed description\n{step3}\n"
+            f"Step 4: Holistic analysis\n{step4}\nStep 5: Report synthesis\n{step5}\n")
 
 
 class StudyModel:
@@ -67,7 +69,8 @@ class StudyModel:
                 step2.append(f"There is a {grounded} in the {les['location']}.")
                 step5.append(f"Lesion in the {les['location']}.")
             key = _key(prep.request.image)
-            self.draft[key] = _steps(" ".join(step2) or "No focal lesion.", " ".join(step5) or "No focal lesion.")
+            self.draft[key] = _steps(" ".join(step2) or "No focal lesion.", " ".join(step5) or "No focal lesion.",
+                                     len(ex.lesions))
             self.box_of[key] = grounded
 
     @property
