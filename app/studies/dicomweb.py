@@ -16,6 +16,7 @@ from pydicom.dataset import Dataset
 
 from app.studies.db import StudyDB
 from app.studies.importer import Audit
+from app.studies.importer import record as _audit
 from app.studies.nodes import Node
 from app.studies.scp import record_from_dataset
 from app.studies.scu import (
@@ -47,11 +48,6 @@ def _client(node: Node) -> Any:
         if node.tls_cert:
             session.cert = (node.tls_cert, node.tls_key) if node.tls_key else node.tls_cert
     return DICOMwebClient(url=node.dicomweb, session=session, timeout=TIMEOUT)
-
-
-def _audit(audit: Audit | None, action: str, data: dict[str, Any], study_uid: str = "") -> None:
-    if audit is not None:
-        audit.append(action, data, study_uid=study_uid)
 
 
 def _node_data(node: Node) -> dict[str, Any]:

@@ -35,6 +35,30 @@ class Audit(Protocol):
     def append(self, action: str, data: dict[str, Any] | None = None, *, study_uid: str = "") -> Any: ...
 
 
+def record(audit: Audit | None, action: str, data: dict[str, Any], study_uid: str = "", *,
+           keep_going: bool = False) -> None:
+    """Append to the audit trail when there is one. A failing trail raises (the operation must not run
+    unrecorded) unless ``keep_going``: then it is logged loudly and the caller carries on — for work that
+    has already happened and must not be lost (an instance received, a report sent, a job finished)."""
+    if audit is None:
+        return
+    try:
+        audit.append(action, data, study_uid=study_uid)
+    except XMedError as exc:
+        if not keep_going:
+            raise
+        log.error("audit trail: %s", exc)
+
+
+def notify(listeners, *args: Any, what: str = "listener") -> None:
+    """Call every listener; one listener's bug is logged and never stops the others or the caller."""
+    for listener in list(listeners):
+        try:
+            listener(*args)
+        except Exception:  # noqa: BLE001
+            log.exception("%s failed", what)
+
+
 @dataclass
 class ImportResult:
     studies: dict[str, int] = field(default_factory=dict)  # study UID -> instances found

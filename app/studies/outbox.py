@@ -35,7 +35,7 @@ from pydicom.errors import InvalidDicomError
 from app.core.errors import XMedError
 from app.studies.db import StudyDB, now
 from app.studies.dicomweb import stow
-from app.studies.importer import Audit
+from app.studies.importer import Audit, notify, record
 from app.studies.nodes import LocalAE, Node, NodeError, NodeStore
 from app.studies.pdf import ENCAPSULATED_PDF, encapsulate_pdf
 from app.studies.scu import send_files
@@ -322,19 +322,10 @@ class Outbox:
 
     # ---- helpers -----------------------------------------------------------------------------
     def _notify(self) -> None:
-        for listener in list(self.listeners):
-            try:
-                listener()
-            except Exception:  # noqa: BLE001
-                log.exception("outbox listener failed")
+        notify(self.listeners, what="outbox listener")
 
     def _audit(self, action: str, data: dict[str, Any], study_uid: str = "") -> None:
-        if self.audit is None:
-            return
-        try:
-            self.audit.append(action, data, study_uid=study_uid)
-        except XMedError as exc:
-            log.error("audit trail: %s", exc)
+        record(self.audit, action, data, study_uid, keep_going=True)
 
 
 class OutboxSender:

@@ -37,7 +37,7 @@ from typing import Any
 
 from app.core.errors import XMedError
 from app.studies.db import StudyDB, now
-from app.studies.importer import Audit
+from app.studies.importer import Audit, notify, record
 
 log = logging.getLogger(__name__)
 
@@ -366,19 +366,10 @@ class JobQueue:
 
     # ---- helpers -----------------------------------------------------------------------------
     def _notify(self, job: Job) -> None:
-        for listener in list(self.listeners):
-            try:
-                listener(job)
-            except Exception:  # noqa: BLE001
-                log.exception("pre-read queue listener failed")
+        notify(self.listeners, job, what="pre-read queue listener")
 
     def _audit(self, action: str, data: dict[str, Any], study_uid: str = "") -> None:
-        if self.audit is None:
-            return
-        try:
-            self.audit.append(action, data, study_uid=study_uid)
-        except XMedError as exc:
-            log.error("audit trail: %s", exc)
+        record(self.audit, action, data, study_uid, keep_going=True)
 
 
 class ArrivalWatcher:

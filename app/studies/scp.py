@@ -32,7 +32,7 @@ from pynetdicom.sop_class import Verification
 
 from app.core.errors import XMedError
 from app.studies.db import InstanceRecord, StudyDB
-from app.studies.importer import Audit
+from app.studies.importer import Audit, record
 from app.studies.nodes import LocalAE, NodeStore
 from app.studies.storage import StorageError, StorageFull, instance_path, write_instance
 from app.studies.tls import server_context
@@ -153,13 +153,8 @@ class Receiver:
         return t
 
     def _audit(self, action: str, data: dict[str, Any], study_uid: str = "") -> None:
-        if self.audit is None:
-            return
-        with self._audit_lock:
-            try:
-                self.audit.append(action, data, study_uid=study_uid)
-            except XMedError as exc:  # the trail must not silently stop; shout, but keep the instance
-                log.error("audit trail: %s", exc)
+        with self._audit_lock:  # the trail must not silently stop; shout, but keep the instance
+            record(self.audit, action, data, study_uid, keep_going=True)
 
     # ---- C-STORE ------------------------------------------------------------------------------
     def handle_store(self, event: Any) -> int:

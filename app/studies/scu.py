@@ -38,6 +38,7 @@ from app.core.errors import XMedError
 from app.dicom.sources import expand
 from app.studies.db import StudyDB
 from app.studies.importer import Audit
+from app.studies.importer import record as _audit
 from app.studies.nodes import LocalAE, Node, NodeStore
 from app.studies.scp import TIMEOUT, Listener, Receiver, no_delay
 from app.studies.tls import client_context, handshake_error
@@ -62,11 +63,6 @@ def _ae(local: LocalAE) -> AE:
     ae.connection_timeout = 10
     ae.maximum_pdu_size = 0
     return ae
-
-
-def _audit(audit: Audit | None, action: str, data: dict[str, Any], study_uid: str = "") -> None:
-    if audit is not None:
-        audit.append(action, data, study_uid=study_uid)
 
 
 def _node_data(node: Node) -> dict[str, Any]:
