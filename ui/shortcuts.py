@@ -59,6 +59,8 @@ SHORTCUTS: tuple[Shortcut, ...] = (
     Shortcut("redo_measurement", ("Ctrl+Y", "Ctrl+Shift+Z"), "Redo the measurement change undone last", "Edit"),
     Shortcut("delete_measurement", ("Del", "Backspace"), "Delete the last measurement on this slice", "Edit"),
     Shortcut("clear_measurements", ("Shift+Del",), "Delete all measurements of the series (asks first)", "Edit"),
+    Shortcut("toggle_key_image", ("K",), "Key image: mark the image on screen (again: unmark); the signed report "
+             "carries the key images (Key Object Selection and PDF)", "Edit"),
     # Application
     Shortcut("open_folder", ("Ctrl+O",), "Open a study folder", "Application", "window"),
     Shortcut("open_files", ("Ctrl+Shift+O",), "Open DICOM files or a zip", "Application", "window"),

@@ -16,7 +16,9 @@ without a window.
   ``pdf_writer`` the caller gives, since PDF needs Qt) and plain text, and logs
   each file in the audit trail; the reader's measurements saved with the study's
   workspace (:mod:`app.viewer.measure_store`: lengths, angles, Cobb angles, ROI
-  statistics) go into the TID 1500 document beside the findings' boxes; :meth:`ReportSession.export_addendum` writes a signed
+  statistics) go into the TID 1500 document beside the findings' boxes, and a signed report's key images
+  (marked by the reader, :mod:`app.viewer.key_images`) into a Key Object Selection document beside the SRs
+  (:mod:`app.report.export.kos`; the PDF shows them through the ``pdf_writer``); :meth:`ReportSession.export_addendum` writes a signed
   addendum (the whole report with its addenda as text and PDF, and a new narrative SR
   whose predecessor is the signed one).
 
@@ -49,6 +51,7 @@ from app.report.draft import (
     ReportError,
     StudyContext,
 )
+from app.report.export.kos import export_kos, exportable_key_images
 from app.report.export.sr import (
     SrFiles,
     SrOptions,
@@ -60,6 +63,7 @@ from app.report.export.sr import (
 from app.report.export.text import render_text
 from app.report.from_answer import draft_from_answer
 from app.report.workspace import Autosave, Workspace
+from app.viewer.key_images import KeyImage, KeyImageStore
 from app.viewer.measure_store import MeasurementStore
 from inference.phrases import phrase_key
 from inference.reliability.scoring import Reliability, Tier
@@ -83,13 +87,14 @@ class Exported:
     text: str = ""
     text_path: Path | None = None
     addendum_sr: Path | None = None  # the addendum's narrative SR (export_addendum)
+    kos: Path | None = None  # the signed report's key images as a Key Object Selection document
     #: sentences about what the export left out or could not read (saved measurements)
     notes: list[str] = field(default_factory=list)
 
     @property
     def paths(self) -> list[Path]:
         out = list(self.sr.paths) if self.sr else []
-        return out + [p for p in (self.addendum_sr, self.pdf, self.text_path) if p is not None]
+        return out + [p for p in (self.addendum_sr, self.kos, self.pdf, self.text_path) if p is not None]
 
 
 # ---- file names ---------------------------------------------------------------------------
@@ -349,9 +354,30 @@ class ReportSession:
             if done.sr.measurement is not None:
                 self.audit.export(report, "sr-measurements", done.sr.measurement, done.sr.measurement_uid)
             self.audit.export(report, "sr-report", done.sr.narrative, done.sr.narrative_uid)
+            if report.signed:
+                self._export_key_images(report, headers, out_dir, done)
         stem = export_stem(report, kind, report.signature.signed_at if report.signature else None)
         self._write_pdf_and_text(report, done, out_dir, stem, pdf_writer, pdf_path, text_file)
         return done
+
+    def key_images(self, study_uid: str | None = None) -> list[KeyImage]:
+        """The key images the reader marked in the study (saved with its workspace)."""
+        uid = study_uid or (self.report.study.study_uid if self.report is not None else "")
+        return KeyImageStore(self.workspace.root).load(uid).key_images if uid else []
+
+    def _export_key_images(self, report: DraftReport, headers: Mapping[str, Any], out_dir: Path,
+                           done: Exported) -> None:
+        loaded = KeyImageStore(self.workspace.root).load(report.study.study_uid)
+        done.notes += loaded.problems
+        kept, left = exportable_key_images(loaded.key_images, headers, report.study.study_uid)
+        done.notes += [f"Not in the key image selection: {why}." for why in left]
+        if not kept:
+            return
+        sig = report.signature
+        description = (f"Key images of the report signed by {sig.reader_name} on {sig.signed_at[:10]}"
+                       if sig is not None else "Key images marked by the reader")
+        done.kos, sop = export_kos(report, kept, headers, out_dir, options=self.sr_options, description=description)
+        self.audit.export(report, "key-images", done.kos, sop)
 
     def export_addendum(self, sources: Iterable[Path] | Mapping[str, Any], out_dir: Path | None = None, *,
                         pdf_writer: PdfWriter | None = None) -> Exported:

@@ -14,7 +14,8 @@ All decisions live in :class:`app.report.session.ReportSession` and
 - a timer writes autosave snapshots; when the study is opened again its draft comes
   back from the workspace;
 - on sign: signed SR pair + PDF + text in the study's exports folder and the text
-  on the clipboard; "Export draft SR/PDF" writes the draft the same way; a signed
+  on the clipboard, with the key images the reader marked (``K`` in the viewer) as a Key Object
+  Selection document beside the SRs and among the PDF's key images; "Export draft SR/PDF" writes the draft the same way; a signed
   addendum writes its own narrative SR (the signed one as predecessor), PDF and text;
 - each finding's key image in the PDF is rendered in the window the finding was found
   (the answer's) or drawn (the viewport's) in, whatever window is on screen now;
@@ -25,6 +26,7 @@ All decisions live in :class:`app.report.session.ReportSession` and
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 from PySide6.QtCore import QEvent, QObject, QTimer, Signal
 from PySide6.QtGui import QGuiApplication
@@ -40,6 +42,8 @@ from app.report.draft import DraftReport, FindingStatus, Origin
 from app.report.export.sr import SrOptions
 from app.report.session import Exported, ReportSession, source_paths, study_context
 from app.report.workspace import Workspace
+from app.viewer.key_images import frames_of
+from app.viewer.measure_store import frame_table
 from inference.types import Box
 from ui.report.panel import ReportPanel
 from ui.report.pdf_export import write_pdf
@@ -181,6 +185,24 @@ class ReportController(QObject):
         if self.panel is not None:
             self.panel.reader_name = name
             self.panel.refresh()
+
+    def set_workspace(self, root) -> bool:
+        """The workspace folder changed in Settings: drafts of the studies opened from now on, the exports and
+        the measurements the SR carries are read and written there. The draft on screen stays open and keeps
+        its journal where it was; True when the folder changed."""
+        root = Path(root).expanduser()
+        if Path(self.session.workspace.root) == root:
+            return False
+        try:
+            workspace = Workspace(root)
+        except XMedError as exc:
+            self._status(str(exc))
+            return False
+        self.session.workspace = workspace
+        self.settings.workspace_dir = str(root)
+        kept = " (the draft on screen stays where it was saved)" if self.session.report is not None else ""
+        self._status(f"Draft reports are kept in {root} from now on{kept}.")
+        return True
 
     # ---- panel --------------------------------------------------------------------------------
     def _report_replaced(self, report: DraftReport | None) -> None:
@@ -415,19 +437,24 @@ class ReportController(QObject):
         volume = vp.volume
         shown = vp.window
         slices = {b.slice_index for f in report.findings for b in f.boxes if b.series_uid == _series_uid(volume)}
+        # the key images the reader marked (K): in the PDF (those of this series) and, signed, in a KOS beside the SR
+        keys = self.session.key_images(report.study.study_uid)
+        marked = sorted(frames_of(keys, frame_table(volume.series.instances), _series_uid(volume)))
+        slices |= set(marked)
 
         def key_image(k: int, window: Window | None):
             """Slice k as the finding was seen: in its own window (the one on screen for older drafts)."""
             return render(volume, k, window or shown, vp.inverted) if k in slices and k < volume.loaded else None
 
         def writer(r, p):
-            return write_pdf(r, p, key_image)
+            return write_pdf(r, p, key_image, marked=marked)
 
+        sources = source_paths(volume) + self._key_image_paths(keys, volume)
         try:
             if addendum:
-                done = self.session.export_addendum(source_paths(volume), pdf_writer=writer)
+                done = self.session.export_addendum(sources, pdf_writer=writer)
             else:
-                done = self.session.export(source_paths(volume), pdf_writer=writer)
+                done = self.session.export(sources, pdf_writer=writer)
         except XMedError as exc:
             self._status(str(exc))
             return None
@@ -435,6 +462,15 @@ class ReportController(QObject):
         if not report.signed:
             self._status(f"Draft exported to {done.paths[0].parent}.")
         return done
+
+    def _key_image_paths(self, keys, volume: Volume) -> list[Path]:
+        """The files of key images marked on other series of the study (the export reads their headers)."""
+        wanted = {k.sop_instance_uid for k in keys} - {inst.sop_instance_uid for inst in volume.series.instances}
+        result = getattr(self.window, "result", None)
+        if not wanted or result is None:
+            return []
+        return [Path(inst.path) for series in result.all_series() for inst in series.instances
+                if inst.sop_instance_uid in wanted and Path(inst.path).is_file()]
 
     # ---- housekeeping ---------------------------------------------------------------------------
     def _tick(self) -> None:

@@ -9,6 +9,8 @@ found in a liver window is shown in it, never in the lung window the reader happ
 in; or a mapping slice index → frame already rendered (one window for all). Each listed
 finding's boxes are drawn on their slice with the finding's number, one key image per slice
 and window, captioned with both.
+Key images the reader marked (``marked``: slice indices of the series rendered) are shown among them,
+captioned "key image", in the window on screen, whether or not a finding is boxed there.
 A signed report lists what the reader kept; a draft lists every finding not
 rejected, AI proposals marked as not yet reviewed, and carries a "DRAFT – NOT
 SIGNED" mark on every page.
@@ -19,7 +21,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -129,7 +131,8 @@ def _ensure_gui_app() -> None:
         _APP = QApplication([])
 
 
-def write_pdf(report: DraftReport, path: Path, key_images: KeyImages | None = None) -> Path:
+def write_pdf(report: DraftReport, path: Path, key_images: KeyImages | None = None,
+              marked: Sequence[int] = ()) -> Path:
     _ensure_gui_app()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -143,7 +146,7 @@ def write_pdf(report: DraftReport, path: Path, key_images: KeyImages | None = No
     if not painter.begin(writer):
         raise XMedError(f"Cannot write the PDF {path}.")
     try:
-        _draw(report, _Page(painter, writer, draft=not report.signed), key_images or {})
+        _draw(report, _Page(painter, writer, draft=not report.signed), key_images or {}, marked)
     finally:
         painter.end()
     if not path.exists() or path.stat().st_size == 0:
@@ -152,7 +155,7 @@ def write_pdf(report: DraftReport, path: Path, key_images: KeyImages | None = No
     return path
 
 
-def _draw(report: DraftReport, page: _Page, key_images: KeyImages) -> None:
+def _draw(report: DraftReport, page: _Page, key_images: KeyImages, marked: Sequence[int] = ()) -> None:
     t = template_of(report)
     s = report.study
     page.text(t.title, size=16, bold=True)
@@ -185,7 +188,7 @@ def _draw(report: DraftReport, page: _Page, key_images: KeyImages) -> None:
     page.text(t.impression_heading, size=12, bold=True)
     page.text(report.impression_text() or "–")
     page.gap()
-    _key_images(page, kept, key_images)
+    _key_images(page, kept, key_images, marked)
     page.gap()
     p = report.provenance
     if p.model_id:
@@ -214,14 +217,20 @@ def shown_findings(report: DraftReport) -> list[Finding]:
     return [f for f in report.findings if f.status is not FindingStatus.REJECTED]
 
 
-def key_image_plan(kept: list[Finding]) -> dict[tuple[int, Window | None], list[tuple[int, Finding]]]:
-    """(slice, window) → the numbered findings boxed on that slice and found in that window, slices in order."""
+def key_image_plan(kept: list[Finding], marked: Sequence[int] = ()
+                   ) -> dict[tuple[int, Window | None], list[tuple[int, Finding]]]:
+    """(slice, window) → the numbered findings boxed on that slice and found in that window, slices in order;
+    a slice the reader marked as a key image with no finding boxed on it joins as (slice, None) → []."""
     plan: dict[tuple[int, Window | None], list[tuple[int, Finding]]] = {}
     for n, f in enumerate(kept, 1):
         for b in f.boxes:
             group = plan.setdefault((b.slice_index, f.window), [])
             if (n, f) not in group:
                 group.append((n, f))
+    boxed = {k for k, _w in plan}
+    for k in marked:
+        if k not in boxed:
+            plan.setdefault((int(k), None), [])
     return dict(sorted(plan.items(), key=lambda kv: kv[0][0]))
 
 
@@ -234,8 +243,9 @@ def window_caption(window: Window | None) -> str:
     return f"{name} window ({levels})" if name and "/" not in name else f"Window {levels}"
 
 
-def _key_images(page: _Page, kept: list[Finding], key_images: KeyImages) -> None:
-    plan = key_image_plan(kept)
+def _key_images(page: _Page, kept: list[Finding], key_images: KeyImages, marked: Sequence[int] = ()) -> None:
+    plan = key_image_plan(kept, marked)
+    marked_set = {int(k) for k in marked}
     frames: list[tuple[int, Window | None, np.ndarray]] = []
     for (k, window), _group in plan.items():
         if callable(key_images):
@@ -272,7 +282,8 @@ def _key_images(page: _Page, kept: list[Finding], key_images: KeyImages) -> None
                 page.p.drawText(QPointF(r.left(), r.top() - page.pt(2)), str(n))
         page.p.setPen(QColor(60, 60, 60))
         page.p.setFont(QFont("Sans", 7))
-        caption = " · ".join(x for x in (f"Slice {k + 1}", window_caption(window)) if x)
+        caption = " · ".join(x for x in (f"Slice {k + 1}", window_caption(window),
+                                         "key image" if k in marked_set else "") if x)
         page.p.drawText(QRectF(x0, y0 + h + page.pt(1), w, page.pt(10)), Qt.AlignmentFlag.AlignLeft, caption)
         if col == 1 or i == len(frames) - 1:
             page.y += h + page.pt(14)

@@ -4,16 +4,19 @@ The grid also owns what ties its viewports together: :class:`ui.viewer.sync.View
 (scroll, window/level, zoom and a linked cursor between series of one frame of reference, or
 linked by hand with :meth:`ViewportGrid.toggle_link`), :class:`ui.viewer.measure_persist.
 MeasurementKeeper` (measurements saved with the study's workspace and restored when a series is
-shown again), one measuring tool for every viewport and MPR view, and the lesions the MPR views
-draw on every plane (the boxes of the viewports showing the MPR's series).
+shown again), :class:`ui.viewer.key_images.KeyImageKeeper` (key images the reader marks, kept the same
+way), one measuring tool for every viewport and MPR view, and the lesions the MPR views
+draw on every plane (the boxes of the viewports showing the MPR's series), redrawn as soon as those
+boxes change (a pre-read finishing, an assistant answer, a report edit), not on the next crosshair move.
 """
 
 from __future__ import annotations
 
-from PySide6.QtCore import Signal
+from PySide6.QtCore import QTimer, Signal
 from PySide6.QtWidgets import QGridLayout, QWidget
 
 from app.viewer.mpr import Extent, extents_from_boxes
+from ui.viewer.key_images import KeyImageKeeper
 from ui.viewer.measure_persist import MeasurementKeeper
 from ui.viewer.mpr import MPR_LAYOUTS, MprPanel
 from ui.viewer.sync import ViewportSync
@@ -41,7 +44,19 @@ class ViewportGrid(QWidget):
         self.keeper.message.connect(self.message)
         for vp in self.viewports:
             self.keeper.attach(vp)
+        #: key images the reader marks (K), kept with the study's workspace like the measurements
+        self.key_images = KeyImageKeeper(workspace, self)
+        self.key_images.message.connect(self.message)
+        for vp in self.viewports:
+            self.key_images.attach(vp)
         self.sync = ViewportSync(self.viewports, self.visible, self)
+        #: boxes added or removed on a viewport (an assistant answer, a finished pre-read, a report edit):
+        #: the MPR views redraw the lesions' extents at once, not on the next crosshair move; one redraw
+        #: per burst (a pre-read adds a box per slice per lesion)
+        self._extents_timer = QTimer(self, singleShot=True, interval=0)
+        self._extents_timer.timeout.connect(self._redraw_extents)
+        for vp in self.viewports:
+            vp.overlays.changed.connect(self._extents_timer.start)
         self.sync.message.connect(self.message)
         self.layout_name = ""
         self.mpr: MprPanel | None = None  # built the first time an MPR layout is chosen
@@ -72,6 +87,9 @@ class ViewportGrid(QWidget):
                 vp.activated.connect(self.set_active)
                 vp.double_clicked.connect(self.toggle_maximized)
                 vp.tool_changed.connect(self._tool_everywhere)
+                vp.key_image_requested.connect(lambda: self.message.emit(
+                    "Key images are the acquired slices: mark one in a 1×1, 1×2 or 2×2 layout (an MPR plane is "
+                    "not an image of the study)."))
             self.mpr.extents_provider = self.mpr_extents
             self.mpr.hide()
         return self.mpr
@@ -153,6 +171,15 @@ class ViewportGrid(QWidget):
         text = self.sync.toggle_link()
         self.message.emit(text)
         return text
+
+    def set_workspace(self, root) -> None:
+        """The workspace folder changed (Settings): measurements and key images are saved there from now on."""
+        self.keeper.set_root(root)
+        self.key_images.set_root(root)
+
+    def _redraw_extents(self) -> None:
+        if self.mpr is not None and self.mpr.state is not None:
+            self.mpr.draw_extents()
 
     def mpr_extents(self) -> list[Extent]:
         """The boxes on the viewports that show the MPR's series (assistant, report, pre-read), as lesions."""

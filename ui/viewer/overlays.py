@@ -49,6 +49,9 @@ class BoxOverlayLayer(QObject):
     box_edited = Signal(str, int, object)
     #: box id the reader clicked.
     box_clicked = Signal(str)
+    #: a box was added, removed, moved, relabelled or recoloured (what other views of the boxes follow,
+    #: e.g. the MPR's lesion extents); emitted once per change, so listeners should coalesce
+    changed = Signal()
 
     def __init__(self, parent_item: pg.GraphicsObject, parent: QObject | None = None) -> None:
         super().__init__(parent)
@@ -100,6 +103,7 @@ class BoxOverlayLayer(QObject):
         roi.setAcceptedMouseButtons(Qt.MouseButton.LeftButton)
         self._place_label(entry)
         self._show(entry)
+        self.changed.emit()
         return box_id
 
     def remove(self, box_id: str) -> None:
@@ -113,6 +117,7 @@ class BoxOverlayLayer(QObject):
             item.setParentItem(None)
             if scene is not None:
                 scene.removeItem(item)
+        self.changed.emit()
 
     def clear(self, frame: int | None = None, source: str | None = None) -> None:
         """Remove all boxes, or those of one frame and/or one source."""
@@ -141,12 +146,14 @@ class BoxOverlayLayer(QObject):
         e = self._entries[box_id]
         e.label = label
         e.text.setText(label)
+        self.changed.emit()
 
     def set_source(self, box_id: str, source: str) -> None:
         """Recolour a box, e.g. from "ai" to "accepted" once the reader accepts it."""
         e = self._entries[box_id]
         e.source = source
         self._style(box_id)
+        self.changed.emit()
 
     def highlight(self, box_id: str | None) -> None:
         """Draw one box thicker (e.g. the finding selected in the report); None clears."""
@@ -193,3 +200,4 @@ class BoxOverlayLayer(QObject):
             box = self.box(box_id)
             log.debug("box %s edited: %s", box_id, box)
             self.box_edited.emit(box_id, self._entries[box_id].frame, box)
+            self.changed.emit()

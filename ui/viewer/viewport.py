@@ -182,6 +182,7 @@ class Viewport(QWidget):
     pointer_moved = Signal(object)  # (x, y) image point under the pointer (pixel c covers [c, c+1)), or None
     view_changed = Signal()  # zoom, pan, fit, rotation or resize
     zoom_changed = Signal()  # the reader zoomed (Ctrl+wheel, zoom keys): linked viewports follow
+    key_image_requested = Signal()  # K: mark / unmark the image on screen as a key image (the grid's keeper does it)
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -234,6 +235,7 @@ class Viewport(QWidget):
         self._cursor_shown = ""
         self.tool = "pan"
         self.fps = 10
+        self.key_frames: set[int] = set()  # slices the reader marked as key images (ui.viewer.key_images)
         self._cine = QTimer(self)
         self._cine.timeout.connect(self._cine_tick)
         self._keys = key_map("viewport")
@@ -300,6 +302,7 @@ class Viewport(QWidget):
         self.measurements.reset()
         self.measurements_changed.emit()
         self.overlays.clear()
+        self.key_frames = set()
         self._volume = volume
         self._study = study
         self._transform = DisplayTransform()
@@ -667,6 +670,13 @@ class Viewport(QWidget):
 
     # -- overlay text -------------------------------------------------------------------------------
 
+    def set_key_frames(self, frames) -> None:
+        """The slices of the series shown that the reader marked as key images (a star in the corner text)."""
+        frames = set(frames)
+        if frames != self.key_frames:
+            self.key_frames = frames
+            self._update_text()
+
     def set_study_info(self, study: StudyInfo | None) -> None:
         self._study = study
         self._update_text()
@@ -680,6 +690,8 @@ class Viewport(QWidget):
             corners["bottom_left"].append(CornerLine("(not loaded yet)", 0))
         if self._cine.isActive():
             corners["bottom_left"].append(CornerLine(f"Cine {self.fps} fps", 1))
+        if self._k in self.key_frames:
+            corners["bottom_left"].append(CornerLine("★ Key image", 0, shorter=("★ Key",)))
         self.corner.set_content(corners, self._transform.markers(v.geometry))
 
     def _view_moved(self) -> None:
@@ -815,6 +827,7 @@ class Viewport(QWidget):
             "clear_measurements": self.clear_measurements,
             "undo_measurement": self.undo_measurement,
             "redo_measurement": self.redo_measurement,
+            "toggle_key_image": self.key_image_requested.emit,
         }
         if action.startswith("preset_"):
             self.apply_preset(int(action.split("_")[1]))

@@ -126,3 +126,27 @@ def test_preread_lesions_can_be_given_directly(qtbot, win, study):
     for name in ("coronal", "sagittal"):
         (b,) = panel.by_plane(name).projected
         assert b.id == "lesion:7" and b.label == "L7 · mass"
+
+
+def test_extents_appear_at_once_when_boxes_arrive_while_the_mpr_is_open(qtbot, win, study):
+    """A pre-read that finishes (or an assistant answer) while the MPR layout is open draws its boxes on the
+    axial viewport of the series; the coronal and sagittal views show the extent at once, without the crosshair
+    moving, follow a relabelled box (accepted into the report) and drop it when the boxes go."""
+    les, boxes = lesion_boxes(study)
+    vp = win.grid.viewports[0]
+    win.actions_by_name["layout_mpr"].trigger()
+    panel = win.grid.mpr
+    panel.state.set_point(np.array(les["center_patient_mm"]))
+    panel.refresh()
+    coronal, sagittal = panel.by_plane("coronal"), panel.by_plane("sagittal")
+    assert coronal.projected == [] and sagittal.projected == []
+    for k, (x0, y0, x1, y1) in boxes.items():  # as the pre-read panel draws a finished run's lesions
+        vp.overlays.add_box(k, Box(x0, y0, x1, y1), "P1 · 30 mm · green", source="preread",
+                            box_id=f"preread:P1:{k}", editable=False)
+    qtbot.waitUntil(lambda: len(coronal.projected) == 1 and len(sagittal.projected) == 1, timeout=3000)
+    assert coronal.projected[0].label == "P1 · 30 mm · green"
+    for k in boxes:  # accepted into the report: the label changes on every slice
+        vp.overlays.set_label(f"preread:P1:{k}", "P1 · 30 mm · accepted")
+    qtbot.waitUntil(lambda: coronal.projected and coronal.projected[0].label == "P1 · 30 mm · accepted", timeout=3000)
+    vp.overlays.clear(source="preread")
+    qtbot.waitUntil(lambda: coronal.projected == [] and sagittal.projected == [], timeout=3000)
