@@ -92,8 +92,10 @@ def _to_bytes(ds: Dataset) -> bytes:
 
 
 def wado_study(node: Node, study_uid: str, db: StudyDB, storage: Path, *,
-               audit: Audit | None = None) -> RetrieveResult:
-    """WADO-RS a whole study into managed storage and the index (fsynced, duplicates ignored)."""
+               audit: Audit | None = None, cancel: Any = None) -> RetrieveResult:
+    """WADO-RS a whole study into managed storage and the index (fsynced, duplicates ignored); ``cancel``
+    (:class:`app.studies.scu.RetrieveCancel`): stop storing when the reader cancels (the study stays
+    incomplete)."""
     import requests
     client = _client(node)
     result = RetrieveResult(study_uid, "wado")
@@ -107,6 +109,10 @@ def wado_study(node: Node, study_uid: str, db: StudyDB, storage: Path, *,
     except requests.RequestException as exc:
         raise _http_error(node, "retrieve", exc) from exc
     for ds in datasets:
+        if cancel is not None and cancel.cancelled:
+            result.cancelled = True
+            result.problems.append("cancelled by the reader")
+            break
         sop = str(ds.get("SOPInstanceUID", ""))
         if not sop or db.has_instance(sop):
             result.duplicates += bool(sop)
@@ -126,7 +132,7 @@ def wado_study(node: Node, study_uid: str, db: StudyDB, storage: Path, *,
     if db.get(study_uid) is not None:
         if result.expected is not None:
             db.set_expected(study_uid, result.expected)
-        if result.failed:
+        if result.failed or result.cancelled:
             db.set_state(study_uid, "incomplete")
             result.state = "incomplete"
         else:

@@ -4,6 +4,10 @@ to send signed reports).
 
 Every association, query, retrieve and send is recorded in the audit trail handed in (who, which
 node, which study, how many instances). Network waits are bounded (:data:`app.studies.scp.TIMEOUT`).
+
+A retrieve can be cancelled from another thread (:class:`RetrieveCancel`, the study list's Cancel): the
+association in progress is aborted (A-ABORT, pynetdicom's ``Association.abort``), what arrived stays, and
+the study is left ``incomplete`` in the database, which a later retrieve completes.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import errno
 import logging
 import socket
+import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -224,6 +229,58 @@ def find(node: Node, local: LocalAE, query: Query, *, audit: Audit | None = None
 
 # ---- retrieve ----------------------------------------------------------------------------------
 
+class RetrieveCancel:
+    """Cancels a retrieve running on another thread: :meth:`cancel` aborts the association the retrieve
+    has open (from a short helper thread, so the caller, e.g. the window, never waits on the network) and
+    every later step sees :attr:`cancelled`."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+        self._lock = threading.Lock()
+        self._assoc: Any = None
+
+    @property
+    def cancelled(self) -> bool:
+        return self._event.is_set()
+
+    def cancel(self) -> None:
+        self._event.set()
+        with self._lock:
+            assoc = self._assoc
+        if assoc is not None:
+            _abort_soon(assoc)
+
+    def watch(self, assoc: Any) -> None:
+        """The association a retrieve now waits on (aborted at once when already cancelled)."""
+        with self._lock:
+            self._assoc = assoc
+        if self.cancelled:
+            _abort_soon(assoc)
+
+    def unwatch(self) -> None:
+        with self._lock:
+            self._assoc = None
+
+
+def _abort_soon(assoc: Any) -> None:
+    def run() -> None:
+        try:
+            if assoc.is_established:
+                assoc.abort()
+        except Exception:  # noqa: BLE001 - the connection may be gone already: nothing left to abort
+            log.debug("abort of a cancelled retrieve", exc_info=True)
+        try:  # wake a retrieve waiting for the node's next response (else it waits out the DIMSE timeout)
+            assoc.dimse.msg_queue.put((None, None))
+        except Exception:  # noqa: BLE001
+            log.debug("could not wake the cancelled retrieve", exc_info=True)
+
+    threading.Thread(target=run, name="retrieve-cancel", daemon=True).start()
+
+
+def _cancelled(cancel: RetrieveCancel | None) -> bool:
+    return cancel is not None and cancel.cancelled
+
+
 @dataclass
 class RetrieveResult:
     study_uid: str
@@ -237,6 +294,7 @@ class RetrieveResult:
     expected: int | None = None
     state: str = ""
     problems: list[str] = field(default_factory=list)
+    cancelled: bool = False  # stopped by the reader (RetrieveCancel): what arrived stays, the study incomplete
 
     @property
     def ok(self) -> bool:
@@ -252,6 +310,15 @@ def _expected(assoc: Any, study_uid: str) -> int | None:
     if not found:
         raise PacsError(f"The node does not have study {study_uid}.")
     return found[0].get("NumberOfStudyRelatedInstances")
+
+
+def _expected_unless_cancelled(assoc: Any, study_uid: str, cancel: RetrieveCancel | None) -> int | None:
+    try:
+        return _expected(assoc, study_uid)
+    except PacsError:
+        if _cancelled(cancel):  # the count was asked on the association the reader's cancel aborted
+            return None
+        raise
 
 
 def _retrieve_identifier(study_uid: str) -> Dataset:
@@ -290,8 +357,10 @@ def _settle(db: StudyDB, result: RetrieveResult, transfer_ok: bool) -> None:
 
 
 def get_study(node: Node, local: LocalAE, study_uid: str, db: StudyDB, storage: Path, *,
-              audit: Audit | None = None, nodes: NodeStore | None = None) -> RetrieveResult:
-    """C-GET a whole study over one association (instances come back on it) into storage and the index."""
+              audit: Audit | None = None, nodes: NodeStore | None = None,
+              cancel: RetrieveCancel | None = None) -> RetrieveResult:
+    """C-GET a whole study over one association (instances come back on it) into storage and the index;
+    ``cancel``: aborts the association when the reader cancels."""
     result = RetrieveResult(study_uid, "get")
     receiver = Receiver(db, storage, audit=audit, nodes=nodes, origin="retrieved")
     ae = _ae(local)
@@ -303,24 +372,41 @@ def get_study(node: Node, local: LocalAE, study_uid: str, db: StudyDB, storage: 
     roles = [build_role(cx.abstract_syntax, scp_role=True) for cx in storage_cx]
     assoc = _associate(ae, node, audit, "get", ext_neg=roles,
                        evt_handlers=[(evt.EVT_C_STORE, receiver.handle_store)])
+    if cancel is not None:
+        cancel.watch(assoc)
     try:
-        result.expected = _expected(assoc, study_uid)
-        _consume(assoc.send_c_get(_retrieve_identifier(study_uid), StudyRootQueryRetrieveInformationModelGet), result)
+        result.expected = _expected_unless_cancelled(assoc, study_uid, cancel)
+        if not _cancelled(cancel):
+            _consume(assoc.send_c_get(_retrieve_identifier(study_uid), StudyRootQueryRetrieveInformationModelGet),
+                     result)
     finally:
-        clean = assoc.is_established
+        if cancel is not None:
+            cancel.unwatch()
+        result.cancelled = _cancelled(cancel)
+        clean = assoc.is_established and not result.cancelled
         if clean:
             assoc.release()
+        elif assoc.is_established:
+            assoc.abort()
         transfer = receiver.finish(assoc, "released" if clean else "aborted")
     if transfer is not None:
         result.received = transfer.received
         result.duplicates = sum(transfer.duplicates.values())
         if transfer.disk_full:
             result.problems.append("disk full: some instances could not be stored")
+    _note_cancel(result)
     _settle(db, result, clean)
     _audit(audit, "pacs.get", {**_node_data(node), "instances": result.received, "duplicates": result.duplicates,
                                "completed": result.completed, "failed": result.failed, "expected": result.expected,
-                               "state": result.state, "status": result.status}, study_uid=study_uid)
+                               "state": result.state, "status": result.status, "cancelled": result.cancelled},
+           study_uid=study_uid)
     return result
+
+
+def _note_cancel(result: RetrieveResult) -> None:
+    if result.cancelled:
+        result.problems = [p for p in result.problems if not p.startswith("the retrieve ended with")]
+        result.problems.append("cancelled by the reader")
 
 
 def _port_in_use(host: str, port: int) -> bool:
@@ -335,12 +421,13 @@ def _port_in_use(host: str, port: int) -> bool:
 
 def move_study(node: Node, local: LocalAE, study_uid: str, db: StudyDB, storage: Path, *,
                audit: Audit | None = None, nodes: NodeStore | None = None,
-               listener: Listener | None = None) -> RetrieveResult:
+               listener: Listener | None = None, cancel: RetrieveCancel | None = None) -> RetrieveResult:
     """C-MOVE a study to our own AE title; the node sends it to our listener.
 
     ``listener``: one already running in this process. None: if something listens on the local
     port already (``xmedgpt listen``) it receives the study; else a listener is started here for
-    the duration of the move (accepting only ``node``'s AE title).
+    the duration of the move (accepting only ``node``'s AE title). ``cancel``: aborts the move association
+    when the reader cancels (the node stops sending; what arrived stays).
     """
     result = RetrieveResult(study_uid, "move")
     own: Listener | None = None
@@ -353,14 +440,22 @@ def move_study(node: Node, local: LocalAE, study_uid: str, db: StudyDB, storage:
         ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
         ae.add_requested_context(StudyRootQueryRetrieveInformationModelMove)
         assoc = _associate(ae, node, audit, "move")
+        if cancel is not None:
+            cancel.watch(assoc)
         try:
-            result.expected = _expected(assoc, study_uid)
-            _consume(assoc.send_c_move(_retrieve_identifier(study_uid), local.ae_title,
-                                       StudyRootQueryRetrieveInformationModelMove), result)
+            result.expected = _expected_unless_cancelled(assoc, study_uid, cancel)
+            if not _cancelled(cancel):
+                _consume(assoc.send_c_move(_retrieve_identifier(study_uid), local.ae_title,
+                                           StudyRootQueryRetrieveInformationModelMove), result)
         finally:
-            clean = assoc.is_established
+            if cancel is not None:
+                cancel.unwatch()
+            result.cancelled = _cancelled(cancel)
+            clean = assoc.is_established and not result.cancelled
             if clean:
                 assoc.release()
+            elif assoc.is_established:
+                assoc.abort()
         if listener is not None:
             listener.wait_idle()  # the node's store association may still be closing
             mine = [t for t in listener.receiver.finished if study_uid in t.studies or study_uid in t.duplicates]
@@ -374,11 +469,12 @@ def move_study(node: Node, local: LocalAE, study_uid: str, db: StudyDB, storage:
     if listener is None and result.completed and db.get(study_uid) is None:
         result.problems.append("the node reports the study sent, but it is not in the local database "
                                f"(is the listener on {local.host}:{local.port} this workstation's?)")
+    _note_cancel(result)
     _settle(db, result, clean)
     _audit(audit, "pacs.move", {**_node_data(node), "destination": local.ae_title, "instances": result.received,
                                 "duplicates": result.duplicates, "completed": result.completed,
                                 "failed": result.failed, "expected": result.expected, "state": result.state,
-                                "status": result.status}, study_uid=study_uid)
+                                "status": result.status, "cancelled": result.cancelled}, study_uid=study_uid)
     return result
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from app.assistant.session import AskContext, choose_model, device_for, quantization_for
 from app.core.settings import Settings
 from app.models.registry import ModelRegistry
+from app.studies.nodes import NodeStore
 from inference.types import Engine
 from ui.assistant.controller import AssistantController
 from ui.assistant.panel import AssistantPanel
@@ -44,14 +45,41 @@ def install_assistant(window, explicit_model: Path | None = None, settings: Sett
     return controller
 
 
+def apply_workspace(window, workspace: Path, before: Path) -> bool:
+    """A new workspace folder takes effect without a restart: the measurements (the viewer's keeper) and the
+    report's drafts and exports go there from now on. False when it did not change."""
+    if Path(workspace) == Path(before):
+        return False
+    grid = getattr(window, "grid", None)
+    if grid is not None and hasattr(grid, "set_workspace"):
+        grid.set_workspace(workspace)
+    report = getattr(window, "report", None)
+    if report is not None and hasattr(report, "set_workspace"):
+        report.set_workspace(workspace)
+    return True
+
+
 def open_settings(window, controller: AssistantController, registry: ModelRegistry) -> bool:
-    """Show the Settings dialog; after OK, reload the model when its choice changed.
-    A model chosen in Settings replaces ``--model`` for the rest of the session."""
+    """Show the Settings dialog; after OK, apply what changed: the reader's name, dictation, the workspace
+    folder (measurements and drafts, :func:`apply_workspace`), the PACS settings of the study list, and the
+    model (reloaded when its choice changed). A model chosen in Settings replaces ``--model`` for the rest of
+    the session."""
     s = controller.settings
     before = (controller.choice, device_for(s), quantization_for(s))
-    dialog = SettingsDialog(s, registry, window)
+    workspace_before = s.workspace_path()
+    studies = getattr(window, "studies", None)
+    nodes = None
+    if studies is not None:  # the node list the study list uses (a fresh read: `xmedgpt pacs nodes add` since)
+        try:
+            nodes = NodeStore.load(studies.paths.nodes_file)
+        except OSError:
+            nodes = None
+    dialog = SettingsDialog(s, registry, window, nodes=nodes)
     if dialog.exec() != SettingsDialog.DialogCode.Accepted:
         return False
+    apply_workspace(window, s.workspace_path(), workspace_before)
+    if studies is not None:
+        studies.apply_settings(s)  # the report's destination, listening, pre-read on arrival take effect now
     report = getattr(window, "report", None)
     if report is not None:
         report.set_reader_name(s.reader_name)  # signs from now on; the user in the audit trail

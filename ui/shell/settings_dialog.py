@@ -7,6 +7,13 @@ and messages as ``xmedgpt models``; adding hashes the weights in a background
 thread. OK writes the values into :class:`app.core.settings.Settings` and saves it;
 a folder that cannot be used keeps the dialog open with the reason.
 
+The "Studies and PACS" tab holds the workspace folder (draft reports, measurements, key images and
+exports; a file or a folder that cannot be made is refused) and the hospital connection: the node
+signed reports are sent to (the nodes of ``xmedgpt pacs nodes``, or none), by DIMSE C-STORE or DICOMweb
+STOW-RS (only for a node with a DICOMweb URL), whether this workstation's Storage SCP listens while the
+viewer is open, and whether arriving studies are pre-read once complete (after how many quiet seconds).
+A destination that is not a configured node is kept in the list, marked, and refused on OK.
+
 The microphone choice lists the input devices the capture layer sees
 (:func:`inference.speech.capture.list_input_devices`), "System default" first, and
 keeps a chosen device that is not connected now (marked so) rather than dropping it;
@@ -16,6 +23,7 @@ with no device at all it offers "System default" alone and says none was found.
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 from PySide6.QtCore import Qt, QThread, Signal
@@ -25,6 +33,7 @@ from PySide6.QtWidgets import (
     QComboBox,
     QDialog,
     QDialogButtonBox,
+    QDoubleSpinBox,
     QFileDialog,
     QFormLayout,
     QGroupBox,
@@ -37,6 +46,7 @@ from PySide6.QtWidgets import (
     QListWidgetItem,
     QPushButton,
     QSpinBox,
+    QTabWidget,
     QVBoxLayout,
     QWidget,
 )
@@ -47,17 +57,23 @@ from app.assistant.session import (
     set_quantization,
 )
 from app.core.errors import XMedError
-from app.core.settings import Settings
+from app.core.settings import CHOICES, RANGES, Settings
 from app.models.folders import (
     check_model_folder,
     convert_and_register,
     converted_folder,
 )
 from app.models.registry import ModelInfo, ModelRegistry, describe_size
+from app.studies.locations import StudyPaths
+from app.studies.nodes import NodeStore
 from inference.resources import DEMO_MODEL_DIR
 from inference.speech.capture import list_input_devices
 
 log = logging.getLogger(__name__)
+
+#: report_send_via → what the list says
+SEND_VIA = {"dimse": "DIMSE (C-STORE)", "dicomweb": "DICOMweb (STOW-RS)"}
+NO_NODE = "None (signed reports stay on this workstation)"
 
 
 class _AddWorker(QThread):
@@ -108,11 +124,13 @@ class _ConvertWorker(QThread):
 class SettingsDialog(QDialog):
     """Edits ``settings`` (and ``registry``); ``accept()`` saves to ``settings.path``."""
 
-    def __init__(self, settings: Settings, registry: ModelRegistry, parent: QWidget | None = None) -> None:
+    def __init__(self, settings: Settings, registry: ModelRegistry, parent: QWidget | None = None,
+                 nodes: NodeStore | None = None) -> None:
         super().__init__(parent)
         self.setWindowTitle("Settings")
         self.settings = settings
         self.registry = registry
+        self.nodes = nodes if nodes is not None else _load_nodes()
         self._adder: _AddWorker | None = None
         self._converter: _ConvertWorker | None = None
 
@@ -220,13 +238,137 @@ class SettingsDialog(QDialog):
         box = QDialogButtonBox(QDialogButtonBox.StandardButton.Ok | QDialogButtonBox.StandardButton.Cancel)
         box.accepted.connect(self.accept)
         box.rejected.connect(self.reject)
+        reading = QWidget()
+        rlayout = QVBoxLayout(reading)
+        rlayout.setContentsMargins(0, 0, 0, 0)
+        for w in (who, model, rel, dict_box):
+            rlayout.addWidget(w)
+        self.tabs = QTabWidget()
+        self.tabs.setObjectName("settingsTabs")
+        self.tabs.addTab(reading, "Reading")
+        self.tabs.addTab(self._studies_tab(settings), "Studies and PACS")
         layout = QVBoxLayout(self)
-        for w in (who, model, rel, dict_box, self.error, box):
+        for w in (self.tabs, self.error, box):
             layout.addWidget(w)
         for problem in registry.problems:
             self._registry_says(problem, error=True)
         self.refresh_models()
         self._check_folder(self.model_dir.text())
+
+    # ------------------------------------------------------------------ studies and PACS
+    def _studies_tab(self, s: Settings) -> QWidget:
+        self.workspace_dir = QLineEdit(s.workspace_dir)
+        self.workspace_dir.setObjectName("workspaceDir")
+        self.workspace_dir.setPlaceholderText(f"empty: the default ({_default_workspace()})")
+        browse = QPushButton("Browse…")
+        browse.clicked.connect(self._browse_workspace)
+        ws_row = QHBoxLayout()
+        ws_row.addWidget(self.workspace_dir, stretch=1)
+        ws_row.addWidget(browse)
+        files = QGroupBox("Files")
+        fform = QFormLayout(files)
+        fform.addRow("Workspace folder", ws_row)
+        note = QLabel("Draft reports, measurements, key images and exports are kept here.")
+        note.setWordWrap(True)
+        note.setStyleSheet("color: #8b949e;")
+        fform.addRow("", note)
+
+        self.send_node = QComboBox()
+        self.send_node.setObjectName("reportSendNode")
+        self.send_node.addItem(NO_NODE, "")
+        for name in sorted(self.nodes.nodes):
+            n = self.nodes.nodes[name]
+            web = ", DICOMweb" if n.dicomweb else ""
+            self.send_node.addItem(f"{name} — {n.ae_title} at {n.host}:{n.port}{web}", name)
+        if s.report_send_node and self.send_node.findData(s.report_send_node) < 0:
+            self.send_node.addItem(f"{s.report_send_node} (not configured)", s.report_send_node)
+        self.send_node.setCurrentIndex(max(0, self.send_node.findData(s.report_send_node)))
+        self.send_via = QComboBox()
+        self.send_via.setObjectName("reportSendVia")
+        for key, label in SEND_VIA.items():
+            self.send_via.addItem(label, key)
+        self.send_via.setCurrentIndex(max(0, self.send_via.findData(s.report_send_via)))
+        local = self.nodes.local
+        self.pacs_listen = QCheckBox(f"Receive studies while the viewer is open (Storage SCP {local.ae_title} on "
+                                     f"{local.host}:{local.port})")
+        self.pacs_listen.setObjectName("pacsListen")
+        self.pacs_listen.setChecked(s.pacs_listen)
+        self.preread_on_arrival = QCheckBox("Pre-read each arriving study in the background once it is complete")
+        self.preread_on_arrival.setObjectName("prereadOnArrival")
+        self.preread_on_arrival.setChecked(s.preread_on_arrival)
+        lo, hi = RANGES["preread_quiet_seconds"]
+        self.preread_quiet = QDoubleSpinBox()
+        self.preread_quiet.setObjectName("prereadQuietSeconds")
+        self.preread_quiet.setRange(lo, hi)
+        self.preread_quiet.setDecimals(0)
+        self.preread_quiet.setSuffix(" s")
+        self.preread_quiet.setValue(s.preread_quiet_seconds)
+        self.preread_quiet.setToolTip("A received study counts as complete when its association is released, or "
+                                      "after this long without a new image")
+        self.preread_quiet.setEnabled(s.preread_on_arrival)
+        self.preread_on_arrival.toggled.connect(self.preread_quiet.setEnabled)
+        self.pacs_note = QLabel()
+        self.pacs_note.setObjectName("pacsNote")
+        self.pacs_note.setWordWrap(True)
+        self.pacs_note.setStyleSheet("color: #8b949e;")
+        self.pacs_note.setText("\n".join(self.nodes.problems) if self.nodes.problems else
+                               "" if self.nodes.nodes else
+                               "No PACS node is configured: add one with 'xmedgpt pacs nodes add NAME --ae AE "
+                               "--host HOST --port PORT'.")
+        self.pacs_note.setVisible(bool(self.pacs_note.text()))
+        pacs = QGroupBox("PACS")
+        pform = QFormLayout(pacs)
+        pform.addRow("Send signed reports to", self.send_node)
+        pform.addRow("Send by", self.send_via)
+        pform.addRow("", self.pacs_note)
+        pform.addRow("", self.pacs_listen)
+        pform.addRow("", self.preread_on_arrival)
+        pform.addRow("Complete after a quiet time of", self.preread_quiet)
+        tab = QWidget()
+        layout = QVBoxLayout(tab)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(files)
+        layout.addWidget(pacs)
+        layout.addStretch(1)
+        return tab
+
+    def _browse_workspace(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "Choose the workspace folder", self.workspace_dir.text())
+        if folder:
+            self.workspace_dir.setText(folder)
+
+    def check_studies(self) -> str:
+        """Why the Studies and PACS values cannot be used (one sentence), or "" when they can. A workspace
+        folder that does not exist yet is made (last, so a refused dialog leaves nothing behind)."""
+        node = str(self.send_node.currentData() or "")
+        via = str(self.send_via.currentData() or "")
+        if via not in CHOICES["report_send_via"]:
+            return f"Reports can be sent by DIMSE or DICOMweb, not {via!r}."
+        if node and node not in self.nodes.nodes:
+            return (f"'{node}' is not a configured PACS node; choose another or none (add it with 'xmedgpt pacs "
+                    "nodes add').")
+        if node and via == "dicomweb" and not self.nodes.nodes[node].dicomweb:
+            return (f"'{node}' has no DICOMweb URL, so reports cannot be sent to it by STOW-RS; choose DIMSE or "
+                    "give the node a URL ('xmedgpt pacs nodes add … --dicomweb URL').")
+        lo, hi = RANGES["preread_quiet_seconds"]
+        if not lo <= self.preread_quiet.value() <= hi:
+            return f"The quiet time must be between {lo:g} and {hi:g} seconds."
+        text = self.workspace_dir.text().strip()
+        if not text:
+            return ""
+        if "\x00" in text:
+            return "The workspace folder is not a usable path."
+        folder = Path(text).expanduser()
+        try:
+            if folder.exists() and not folder.is_dir():
+                return f"The workspace folder {folder} is a file, not a folder."
+            folder.mkdir(parents=True, exist_ok=True)
+        except (OSError, RuntimeError, ValueError) as exc:
+            why = getattr(exc, "strerror", None) or str(exc)
+            return f"The workspace folder {folder} cannot be created: {why}."
+        if not os.access(folder, os.W_OK | os.X_OK):
+            return f"The workspace folder {folder} cannot be written to."
+        return ""
 
     # ------------------------------------------------------------------ model folder
     def _browse(self) -> None:
@@ -375,7 +517,13 @@ class SettingsDialog(QDialog):
     # ------------------------------------------------------------------ OK
     def accept(self) -> None:
         if not self._check_folder(self.model_dir.text()):
+            self.tabs.setCurrentIndex(0)
             self._fail("The model folder cannot be used: " + self.folder_check.text())
+            return
+        why = self.check_studies()
+        if why:
+            self.tabs.setCurrentIndex(1)
+            self._fail(why)
             return
         s = self.settings
         s.reader_name = self.reader_name.text().strip()
@@ -392,6 +540,12 @@ class SettingsDialog(QDialog):
         s.dictation_device = str(self.microphone.currentData() or "")
         s.dictation_auto_ask = self.auto_ask.isChecked()
         s.spoken_query_audio = self.spoken_audio.isChecked()
+        s.workspace_dir = self.workspace_dir.text().strip()
+        s.report_send_node = str(self.send_node.currentData() or "")
+        s.report_send_via = str(self.send_via.currentData())
+        s.pacs_listen = self.pacs_listen.isChecked()
+        s.preread_on_arrival = self.preread_on_arrival.isChecked()
+        s.preread_quiet_seconds = float(self.preread_quiet.value())
         try:
             s.save()
         except OSError as exc:
@@ -408,3 +562,17 @@ class SettingsDialog(QDialog):
             if w is not None:
                 w.wait()
         super().done(result)
+
+
+def _load_nodes() -> NodeStore:
+    """The PACS nodes of ``xmedgpt pacs nodes`` (none when the list cannot be read)."""
+    try:
+        return NodeStore.load(StudyPaths.detect().nodes_file)
+    except OSError as exc:
+        store = NodeStore(StudyPaths.detect().nodes_file)
+        store.problems.append(f"The PACS node list could not be read: {exc}")
+        return store
+
+
+def _default_workspace() -> Path:
+    return Settings().workspace_path()

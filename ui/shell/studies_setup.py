@@ -12,7 +12,8 @@ feature packages cannot connect themselves, since they do not know each other:
   the outbox, which a background thread sends with retries;
 - Settings ``pacs_listen``: the Storage SCP runs while the window is open; ``preread_on_arrival``: each
   complete arrival is queued for the series pre-read, run one job at a time in the background with the
-  assistant's model (or the engine factory handed in).
+  assistant's model (or the engine factory handed in). Changed in the Settings dialog they take effect at
+  once (:meth:`StudiesController.apply_settings`): the listener starts, stops or restarts, the queue starts.
 
 Nothing here blocks the window: the network and the model run on worker threads.
 """
@@ -63,11 +64,10 @@ class StudiesController(QObject):
         self.listener: Listener | None = None
         self._indexed: object = None
         self._closed = False
-        preread = settings.preread_on_arrival or engine_factory is not None
+        self._engine_factory = engine_factory
+        preread = self._prereads()
         if preread:
-            runner = StudyPrereader(self.db, engine_factory or self._assistant_engine, self.paths.preread_results,
-                                    audit=audit)
-            self.queue = JobQueue(self.db, runner, audit=audit)
+            self.queue = self._make_queue()
         self.services = Services(self.db, self.paths, self.nodes, audit, queue=self.queue, outbox=self.outbox,
                                  preread_retrieved=preread)
         self.widget = StudyListWidget(self.services)
@@ -90,6 +90,65 @@ class StudiesController(QObject):
             self.start()
 
     # ---- background work ---------------------------------------------------------------------
+    def _prereads(self) -> bool:
+        return self.settings.preread_on_arrival or self._engine_factory is not None
+
+    def _make_queue(self) -> JobQueue:
+        runner = StudyPrereader(self.db, self._engine_factory or self._assistant_engine, self.paths.preread_results,
+                                audit=self.audit)
+        return JobQueue(self.db, runner, audit=self.audit)
+
+    def apply_settings(self, settings: Settings) -> list[str]:
+        """The Settings dialog's PACS values take effect now: the report destination for the next signature,
+        the listener started, stopped or restarted (with the pre-read on arrival and its quiet time), the
+        pre-read queue started when it was off. Returns what changed (names of the settings)."""
+        keys = ("report_send_node", "report_send_via", "pacs_listen", "preread_on_arrival", "preread_quiet_seconds")
+        self.reload_nodes()
+        mine = self.settings
+        changed = [k for k in keys if getattr(mine, k) != getattr(settings, k)]
+        for k in changed:
+            setattr(mine, k, getattr(settings, k))
+        if self._closed or not changed:
+            return changed
+        preread = self._prereads()
+        if preread and self.queue is None:
+            self.queue = self._make_queue()
+            self.queue.start()
+        self.services.queue = self.queue if preread else None
+        self.services.preread_retrieved = preread
+        arrivals = {"pacs_listen", "preread_on_arrival", "preread_quiet_seconds"} & set(changed)
+        if arrivals and self.listener is not None:
+            self.stop_listener()
+        if arrivals and mine.pacs_listen and self.listener is None:
+            if self.start_listener() is not None:
+                self.status.emit(f"Receiving studies as {self.nodes.local.ae_title} on port {self.listener.port}"
+                                 + (" (each complete study is pre-read)." if preread else "."))
+        elif arrivals and not mine.pacs_listen:
+            self.status.emit("Not receiving studies (listening is off in Settings).")
+        return changed
+
+    def reload_nodes(self) -> None:
+        """Read the node list again (a node added with ``xmedgpt pacs nodes add`` since the window opened and
+        chosen in Settings): the outbox and the study list share this store, so it is updated in place."""
+        try:
+            fresh = NodeStore.load(self.paths.nodes_file)
+        except OSError:
+            return
+        if not fresh.problems:
+            self.nodes.nodes, self.nodes.local = fresh.nodes, fresh.local
+
+    def stop_listener(self) -> None:
+        if self.listener is None:
+            return
+        port = self.listener.port
+        self.listener.stop()
+        self.listener = self.services.listener = None
+        try:
+            self.audit.append("pacs.listen.stop", {"ae_title": self.nodes.local.ae_title, "port": port,
+                                                   "source": "viewer"})
+        except XMedError as exc:
+            log.warning("the listener's stop was not audited: %s", exc)
+
     def start(self) -> None:
         self.sender.start()
         if self.queue is not None:
@@ -99,7 +158,7 @@ class StudiesController(QObject):
 
     def start_listener(self) -> Listener | None:
         receiver = Receiver(self.db, self.paths.storage, audit=self.audit, nodes=self.nodes)
-        if self.queue is not None:
+        if self.queue is not None and self._prereads():
             ArrivalWatcher(self.queue, quiet_seconds=self.settings.preread_quiet_seconds).attach(receiver)
         allowed = sorted({n.ae_title for n in self.nodes.nodes.values()})
         try:

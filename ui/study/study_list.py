@@ -12,7 +12,8 @@ Three tabs in one dock (:class:`StudyListWidget`):
 - **Query PACS** (:class:`QueryPacsTab`): the same columns for a remote node, searched by C-FIND or,
   for a node with a DICOMweb URL when chosen, QIDO-RS; Retrieve brings the selected studies into the
   local database (C-GET/C-MOVE as the node is set up, or WADO-RS) on a worker thread, with progress
-  from the database as instances arrive. A study already here shows its local AI and report state;
+  from the database as instances arrive. Cancel stops it (the association is aborted): what arrived
+  stays, the study is marked incomplete, and retrieving it again completes it. A study already here shows its local AI and report state;
   double-click opens it (retrieving it first when it is not here yet).
 - **Outbox** (:class:`ui.study.outbox_view.OutboxView`): signed results waiting to go to the PACS.
 
@@ -63,7 +64,7 @@ from app.studies.db import Study, StudyDB
 from app.studies.dicomweb import qido, wado_study
 from app.studies.locations import StudyPaths
 from app.studies.nodes import NodeStore
-from app.studies.scu import Query, find, retrieve
+from app.studies.scu import Query, RetrieveCancel, find, retrieve
 
 log = logging.getLogger(__name__)
 
@@ -474,30 +475,50 @@ class RetrieveWorker(QThread):
     started_study = Signal(int, int, str)  # index (0-based), total, study UID
     study_done = Signal(str, object)  # study UID, RetrieveResult
     study_failed = Signal(str, str)  # study UID, message
+    study_cancelled = Signal(str)  # study UID: cancelled before a result came back
 
     def __init__(self, services: Services, node_name: str, uids: list[str], web: bool, parent=None) -> None:
         super().__init__(parent)
         self.services, self.node_name, self.uids, self.web = services, node_name, list(uids), web
+        self.token = RetrieveCancel()
+
+    def cancel(self) -> None:
+        """Stop now: the association in progress is aborted (from a helper thread; never waits here) and no
+        further study is retrieved."""
+        self.requestInterruption()
+        self.token.cancel()
+
+    @property
+    def cancelled(self) -> bool:
+        return self.token.cancelled
 
     def run(self) -> None:
         s = self.services
         for i, uid in enumerate(self.uids):
-            if self.isInterruptionRequested():
+            if self.isInterruptionRequested() or self.token.cancelled:
                 return
             self.started_study.emit(i, len(self.uids), uid)
             try:
                 node = s.nodes.get(self.node_name)
                 if self.web:
-                    result = wado_study(node, uid, s.db, s.paths.storage, audit=s.audit)
+                    result = wado_study(node, uid, s.db, s.paths.storage, audit=s.audit, cancel=self.token)
                 else:
                     result = retrieve(node, s.nodes.local, uid, s.db, s.paths.storage, audit=s.audit, nodes=s.nodes,
-                                      listener=s.listener)
-                if s.queue is not None and s.preread_retrieved and s.db.get(uid) is not None:
+                                      listener=s.listener, cancel=self.token)
+                if s.queue is not None and s.preread_retrieved and s.db.get(uid) is not None \
+                        and not result.cancelled:
                     s.queue.enqueue_study(uid, reason="retrieved")
             except XMedError as exc:
+                if self.token.cancelled:  # the abort cut the association short: not a failure of the node
+                    self.study_cancelled.emit(uid)
+                    return
                 self.study_failed.emit(uid, str(exc))
                 continue
             except Exception as exc:  # noqa: BLE001
+                if self.token.cancelled:
+                    log.info("retrieve of %s cancelled (%s: %s)", uid, exc.__class__.__name__, exc)
+                    self.study_cancelled.emit(uid)
+                    return
                 log.exception("retrieve failed")
                 self.study_failed.emit(uid, f"The retrieve failed unexpectedly ({exc.__class__.__name__}: {exc}).")
                 continue
@@ -522,6 +543,9 @@ class QueryPacsTab(QWidget):
         self.dates = _DateFilter(self)
         self.search_button = QPushButton("Search", objectName="pacs_search")
         self.retrieve_button = QPushButton("Retrieve", objectName="pacs_retrieve", enabled=False)
+        self.cancel_button = QPushButton("Cancel retrieve", objectName="pacs_cancel", visible=False)
+        self.cancel_button.setToolTip("Stop the retrieve: what arrived stays, the study is marked incomplete and a "
+                                      "later Retrieve completes it")
         self.progress = QProgressBar(objectName="pacs_progress", visible=False)
         self.status = QLabel(objectName="pacs_status", wordWrap=True)
         self.model = StudyTableModel(self)
@@ -540,6 +564,7 @@ class QueryPacsTab(QWidget):
         buttons = QHBoxLayout()
         buttons.addWidget(self.search_button)
         buttons.addStretch(1)
+        buttons.addWidget(self.cancel_button)
         buttons.addWidget(self.retrieve_button)
         lay = QVBoxLayout(self)
         lay.addLayout(form)
@@ -559,6 +584,7 @@ class QueryPacsTab(QWidget):
         for w in (self.patient_name, self.patient_id, self.accession, self.modality):
             w.returnPressed.connect(self.run_search)
         self.retrieve_button.clicked.connect(lambda: self.retrieve(_selected_uids(self.view)))
+        self.cancel_button.clicked.connect(self.cancel_retrieve)
         self.view.doubleClicked.connect(lambda index: self._activated(index.data(UID_ROLE)))
         self.view.selectionModel().selectionChanged.connect(lambda *_: self._update_buttons())
         self.node.currentIndexChanged.connect(lambda _i: self._node_changed())
@@ -660,13 +686,25 @@ class QueryPacsTab(QWidget):
         w.started_study.connect(self._started_study)
         w.study_done.connect(self._study_done)
         w.study_failed.connect(self._study_failed)
+        w.study_cancelled.connect(self._study_cancelled)
         w.finished.connect(self._retrieve_finished)
         self._retrieve = w
+        self.cancel_button.setEnabled(True)
+        self.cancel_button.setVisible(True)
         self.progress.setVisible(True)
         self.progress.setRange(0, 0)
         w.start()
         self._update_buttons()
         self._poll.start()
+        return True
+
+    def cancel_retrieve(self) -> bool:
+        """Stop the retrieve running (the window does not wait); False when none is running."""
+        if not self.retrieving:
+            return False
+        self._retrieve.cancel()
+        self.cancel_button.setEnabled(False)
+        self.status.setText("Cancelling the retrieve…")
         return True
 
     @property
@@ -686,7 +724,7 @@ class QueryPacsTab(QWidget):
         self._update_progress()
 
     def _update_progress(self) -> None:
-        if self._current is None:
+        if self._current is None or (self._retrieve is not None and self._retrieve.cancelled):
             return
         uid, expected = self._current
         study = self.services.db.get(uid)
@@ -700,6 +738,16 @@ class QueryPacsTab(QWidget):
             self.status.setText(f"{self._prefix}: {have} images")
 
     def _study_done(self, uid: str, result: Any) -> None:
+        if getattr(result, "cancelled", False):
+            self._open_after.discard(uid)
+            here = self.services.db.get(uid)
+            have = here.instances if here is not None else 0
+            text = (f"Retrieve cancelled: {have} image(s) of the study are here, it is marked "
+                    f"{result.state or 'not here'}; Retrieve it again to complete it.")
+            self.status.setText(text)
+            self.message.emit(text)
+            self._show_results()
+            return
         text = (f"Retrieved {result.received} new image(s), {result.duplicates} already here; the study is "
                 f"{result.state or 'not here'}.")
         if result.problems:
@@ -716,10 +764,20 @@ class QueryPacsTab(QWidget):
         self.status.setText(message)
         self.message.emit(message)
 
+    def _study_cancelled(self, uid: str) -> None:
+        self._open_after.discard(uid)
+        here = self.services.db.get(uid)
+        text = "Retrieve cancelled" + (f": {here.instances} image(s) of the study are here, it is marked {here.state}."
+                                       if here is not None else "; nothing of the study arrived.")
+        self.status.setText(text)
+        self.message.emit(text)
+        self._show_results()
+
     def _retrieve_finished(self) -> None:
         self._poll.stop()
         self._current = None
         self.progress.setVisible(False)
+        self.cancel_button.setVisible(False)
         self._update_buttons()
 
     def shutdown(self, timeout_ms: int = 60_000) -> None:

@@ -218,3 +218,136 @@ def test_microphone_choice_works_without_any_device(qtbot, settings, registry, m
     assert "No microphone was found" in d.microphone_note.text()
     d.accept()
     assert settings.dictation_device == ""
+
+
+# ---- Studies and PACS ---------------------------------------------------------------------------------
+
+@pytest.fixture
+def nodes(tmp_path):
+    from app.studies.nodes import LocalAE, Node, NodeStore
+
+    store = NodeStore.load(tmp_path / "pacs" / "nodes.json")
+    store.set_local(LocalAE("XMEDWS", "127.0.0.1", 11112))
+    store.add(Node("archive", "ARCHIVE", "10.0.0.5", 104, retrieve="move"))
+    store.add(Node("web", "WEBPACS", "10.0.0.6", 4242, dicomweb="http://10.0.0.6:8042/dicom-web"))
+    return store
+
+
+def pacs_dialog(qtbot, settings, registry, nodes) -> SettingsDialog:
+    d = SettingsDialog(settings, registry, nodes=nodes)
+    qtbot.addWidget(d)
+    d.show()
+    d.tabs.setCurrentIndex(1)
+    return d
+
+
+def test_pacs_values_are_saved_and_read_back(qtbot, settings, registry, nodes, tmp_path, output_dir):
+    settings.report_send_node, settings.preread_quiet_seconds = "archive", 20.0
+    d = pacs_dialog(qtbot, settings, registry, nodes)
+    assert d.tabs.tabText(1) == "Studies and PACS"
+    combo = d.send_node
+    assert [combo.itemData(i) for i in range(combo.count())] == ["", "archive", "web"]
+    assert combo.itemText(0).startswith("None") and "WEBPACS at 10.0.0.6:4242, DICOMweb" in combo.itemText(2)
+    assert combo.currentData() == "archive" and d.send_via.currentData() == "dimse"
+    assert not d.pacs_listen.isChecked() and "XMEDWS on 127.0.0.1:11112" in d.pacs_listen.text()
+    assert not d.preread_on_arrival.isChecked() and not d.preread_quiet.isEnabled()
+    assert d.preread_quiet.value() == 20
+    combo.setCurrentIndex(combo.findData("web"))
+    d.send_via.setCurrentIndex(d.send_via.findData("dicomweb"))
+    d.pacs_listen.setChecked(True)
+    d.preread_on_arrival.setChecked(True)
+    assert d.preread_quiet.isEnabled()
+    d.preread_quiet.setValue(45)
+    workspace = tmp_path / "reading" / "workspace"
+    d.workspace_dir.setText(str(workspace))
+    d.resize(640, 520)
+    qtbot.wait(50)
+    assert d.grab().save(str(output_dir / "settings_pacs.png"))
+    d.accept()
+    assert d.result() == SettingsDialog.DialogCode.Accepted, d.error.text()
+    again = Settings.load(settings.path)
+    assert (again.report_send_node, again.report_send_via) == ("web", "dicomweb")
+    assert again.pacs_listen is True and again.preread_on_arrival is True and again.preread_quiet_seconds == 45.0
+    assert again.workspace_dir == str(workspace) and workspace.is_dir()  # made on OK
+    assert not again.problems
+    # "none": reports stay here
+    d2 = pacs_dialog(qtbot, again, registry, nodes)
+    assert d2.send_node.currentData() == "web" and d2.send_via.currentData() == "dicomweb"
+    d2.send_node.setCurrentIndex(0)
+    d2.accept()
+    assert Settings.load(settings.path).report_send_node == ""
+
+
+def test_unusable_pacs_values_are_refused_with_a_reason(qtbot, settings, registry, nodes, tmp_path):
+    settings.report_send_node = "gone"  # a node removed with `xmedgpt pacs nodes remove` since
+    d = pacs_dialog(qtbot, settings, registry, nodes)
+    assert d.send_node.currentData() == "gone" and d.send_node.currentText() == "gone (not configured)"
+    d.accept()
+    assert d.result() != SettingsDialog.DialogCode.Accepted and d.error.isVisible()
+    assert d.error.text().startswith("'gone' is not a configured PACS node") and "\n" not in d.error.text()
+    assert not settings.path.exists() and settings.report_send_node == "gone"
+    # STOW-RS to a node without a DICOMweb URL
+    d.send_node.setCurrentIndex(d.send_node.findData("archive"))
+    d.send_via.setCurrentIndex(d.send_via.findData("dicomweb"))
+    d.tabs.setCurrentIndex(0)
+    d.accept()
+    assert "'archive' has no DICOMweb URL" in d.error.text() and d.tabs.currentIndex() == 1
+    assert not settings.path.exists()
+    # a workspace "folder" that is a file
+    d.send_via.setCurrentIndex(d.send_via.findData("dimse"))
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("x")
+    d.workspace_dir.setText(str(a_file))
+    d.accept()
+    assert d.error.text() == f"The workspace folder {a_file} is a file, not a folder."
+    assert not settings.path.exists()
+    d.workspace_dir.setText("")
+    d.accept()
+    assert d.result() == SettingsDialog.DialogCode.Accepted
+    assert Settings.load(settings.path).report_send_node == "archive"
+
+
+def test_a_new_workspace_folder_takes_effect_without_a_restart(qtbot, settings, registry, tmp_path, monkeypatch):
+    """Measurements (the viewer's keeper) and the report's drafts go to the folder chosen in Settings at once."""
+    from app.viewer.measure_store import MeasurementStore
+    from tests.app.report.test_session import SAMPLE
+    from ui.shell.main_window import MainWindow
+
+    old, new = tmp_path / "ws-old", tmp_path / "ws-new"
+    settings.workspace_dir, settings.audit_log = str(old), str(tmp_path / "audit.jsonl")
+    win = MainWindow()
+    qtbot.addWidget(win)
+    win.grid.keeper.set_root(old)
+    win.attach_report(settings)
+    win.open_paths([SAMPLE])
+    qtbot.waitUntil(lambda: not win.is_busy() and win.grid.active.volume is not None
+                    and win.grid.active.volume.loaded == win.grid.active.volume.frames.shape[0], timeout=30_000)
+    qtbot.wait(50)
+    vp = win.grid.active
+    vp.add_measurement("length", (10.0, 10.0), (60.0, 40.0))
+    (first,) = old.glob("*.measurements.json")
+    study_uid = first.name.removesuffix(".measurements.json")
+
+    def fill_and_ok(self):
+        self.workspace_dir.setText(str(new))
+        self.accept()
+        return self.result()
+
+    monkeypatch.setattr(SettingsDialog, "exec", fill_and_ok)
+    controller = AssistantController(ModelChoice("none", reason="No model configured"), settings)
+    monkeypatch.setattr(controller, "load_model", lambda *a, **k: None)
+    assert open_settings(win, controller, registry)
+    assert win.grid.keeper.store.root == new and win.report.session.workspace.root == new
+    assert f"Draft reports are kept in {new}" in win.statusBar().currentMessage()
+    vp.add_measurement("angle", (20.0, 20.0), (40.0, 40.0), (60.0, 20.0))
+    assert "angle" in {m.kind for m in MeasurementStore(new).load(study_uid).measurements}
+    assert {m.kind for m in MeasurementStore(old).load(study_uid).measurements} == {"length"}
+    # a draft started now is kept in the new folder
+    win.report.start_report()
+    win.report.session.tick()
+    assert win.report.session.report is not None
+    win.report.close()
+    from app.report.workspace import Workspace
+
+    assert Workspace(new).snapshot_path(study_uid).exists() and not Workspace(old).snapshot_path(study_uid).exists()
+    win.close()

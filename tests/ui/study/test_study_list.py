@@ -242,6 +242,100 @@ def test_query_pacs_tab_finds_and_retrieves_from_orthanc_in_the_background(qtbot
     assert {"pacs.find", "pacs.get", "pacs.association"} <= {r["action"] for r in records}
 
 
+def test_a_retrieve_can_be_cancelled_and_a_later_retrieve_completes_the_study(qtbot, window, orthanc,  # noqa: F811
+                                                                               monkeypatch):
+    """Cancel aborts the C-GET association at once: what arrived stays, the study is incomplete in the database
+    (and says so in the list), and the next Retrieve brings the rest."""
+    win, settings = window
+    orthanc.clear()
+    orthanc.upload(SAMPLE_FILES)
+    _orthanc_nodes(orthanc)
+    store = Receiver.handle_store
+
+    def slowly(self, event):  # a slow link: 32 images take seconds, so the cancel lands halfway
+        time.sleep(0.15)
+        return store(self, event)
+
+    monkeypatch.setattr(Receiver, "handle_store", slowly)
+    studies = win.attach_studies(settings=settings)
+    win.show()
+    pacs = studies.widget.pacs
+    studies.widget.tabs.setCurrentWidget(pacs)
+    assert not pacs.cancel_button.isVisible() and pacs.cancel_retrieve() is False
+    pacs.search_button.click()
+    qtbot.waitUntil(lambda: pacs.model.rowCount() == 1, timeout=20_000)
+    pacs.view.selectRow(0)
+    pacs.retrieve_button.click()
+    assert pacs.retrieving and pacs.cancel_button.isVisible() and pacs.cancel_button.isEnabled()
+
+    def here() -> int:
+        study = studies.db.get(SAMPLE_UID)
+        return study.instances if study is not None else 0
+
+    qtbot.waitUntil(lambda: here() >= 3, timeout=30_000)
+    t0 = time.monotonic()
+    pacs.cancel_button.click()
+    assert time.monotonic() - t0 < 0.5  # the window does not wait for the network
+    assert not pacs.cancel_button.isEnabled() and pacs.status.text() == "Cancelling the retrieve…"
+    qtbot.waitUntil(lambda: not pacs.retrieving, timeout=20_000)
+    assert time.monotonic() - t0 < 10  # aborted, not waited out (the DIMSE timeout is 30 s)
+    qtbot.waitUntil(lambda: not pacs.cancel_button.isVisible(), timeout=5000)
+    study = studies.db.get(SAMPLE_UID)
+    assert study.state == "incomplete" and 3 <= study.instances < len(SAMPLE_FILES)
+    have = study.instances
+    assert pacs.status.text().startswith(f"Retrieve cancelled: {have} image(s) of the study are here, it is "
+                                         "marked incomplete")
+    qtbot.waitUntil(lambda: studies.widget.local.uids() == [SAMPLE_UID], timeout=5000)
+    local = studies.widget.local
+    assert "retrieve the study again" in local.proxy.index(0, COUNTS).data(Qt.ItemDataRole.ToolTipRole)
+    records = [json.loads(line) for line in Path(settings.audit_log).read_text().splitlines()]
+    (get,) = [r for r in records if r["action"] == "pacs.get"]
+    assert get["data"]["cancelled"] is True and get["data"]["state"] == "incomplete"
+
+    # the next retrieve (no longer slow) completes the study; what was here is not stored twice
+    monkeypatch.setattr(Receiver, "handle_store", store)
+    pacs.view.selectRow(0)
+    pacs.retrieve_button.click()
+    qtbot.waitUntil(lambda: not pacs.retrieving, timeout=60_000)
+    study = studies.db.get(SAMPLE_UID)
+    assert study.state == "complete" and study.instances == len(SAMPLE_FILES)
+    assert f"Retrieved {len(SAMPLE_FILES) - have} new image(s)" in pacs.status.text()
+
+
+def test_pacs_settings_changed_in_the_dialog_take_effect_at_once(qtbot, window):
+    """What the Settings dialog's PACS section changes applies without a restart: the listener starts and stops,
+    the destination of signed reports changes, the pre-read queue starts."""
+    from dataclasses import replace
+
+    from app.studies.scu import PacsError, echo
+
+    win, settings = window
+    store = NodeStore.load(StudyPaths.detect().ensure().nodes_file)
+    store.set_local(LocalAE("XMEDVIEW", "127.0.0.1", free_port()))
+    store.add(Node("archive", "ARCHIVE", "127.0.0.1", 104))
+    studies = win.attach_studies(settings=settings)
+    assert studies.listener is None and studies.queue is None and settings.report_send_node == ""
+    viewer = Node("viewer", "XMEDVIEW", "127.0.0.1", store.local.port)
+    chosen = replace(settings, pacs_listen=True, report_send_node="archive")
+    assert sorted(studies.apply_settings(chosen)) == ["pacs_listen", "report_send_node"]
+    assert studies.listener is not None and studies.services.listener is studies.listener
+    assert settings.report_send_node == "archive"  # the next signature goes there
+    assert echo(viewer, LocalAE("ARCHIVE")) < 10  # a configured node reaches the listener
+    assert "Receiving studies as XMEDVIEW" in win.statusBar().currentMessage()
+    assert studies.apply_settings(chosen) == []  # nothing changed: the listener is not restarted
+    chosen = replace(chosen, preread_on_arrival=True, preread_quiet_seconds=5.0)
+    assert sorted(studies.apply_settings(chosen)) == ["preread_on_arrival", "preread_quiet_seconds"]
+    assert studies.queue is not None and studies.queue.running and studies.services.preread_retrieved
+    assert studies.listener is not None and echo(viewer, LocalAE("ARCHIVE")) < 10
+    studies.apply_settings(replace(chosen, pacs_listen=False))
+    assert studies.listener is None and studies.services.listener is None
+    with pytest.raises(PacsError):
+        echo(viewer, LocalAE("ARCHIVE"))
+    records = [json.loads(line) for line in Path(settings.audit_log).read_text().splitlines()]
+    assert [r["action"] for r in records if r["action"].startswith("pacs.listen")] == [
+        "pacs.listen", "pacs.listen.stop", "pacs.listen", "pacs.listen.stop"]
+
+
 @pytest.mark.skipif(shutil.which("pdftoppm") is None, reason="the report tests need poppler-utils")
 def test_signing_sends_the_sr_and_pdf_to_orthanc_through_the_outbox(qtbot, window, orthanc, monkeypatch):  # noqa: F811
     monkeypatch.setattr(ReportPanel, "auto_answer", True)  # the sign-off confirmation says "Sign"
