@@ -13,7 +13,10 @@ cancel it, and work through the lesions it lists.
   report's boxes. Clicking a box selects its lesion.
 - "Accept into report" (and "Accept all green") hands the lesions to the ``acceptor`` the shell gives
   (:func:`ui.shell.preread_setup.install_preread`: :func:`app.report.from_preread.accept_lesions`):
-  nothing of the pre-read is in the report until the reader accepts it.
+  nothing of the pre-read is in the report until the reader accepts it. An accepted lesion is marked ✓
+  (and its boxes "accepted") while its finding is in the report: when the reader rejects, undoes or
+  deletes that finding in the report, the shell calls :meth:`PrereadPanel.follow_report` and the mark
+  goes, so the lesion can be accepted again (an undo that brings the finding back brings the ✓ back).
 
 Named actions (ui.actions): ``preread_series`` (voice: "pre-read"), ``cancel_preread``,
 ``accept_preread_lesion`` and ``accept_green_lesions``.
@@ -111,7 +114,10 @@ class PrereadPanel(QWidget):
         self.activate = activate
         self.acceptor: Acceptor | None = None
         self.run: PrereadRun | None = None  # the pre-read listed (the active viewport's series)
-        self.accepted: dict[str, dict[str, str]] = {}  # series UID → lesion id → report finding id
+        self.accepted: dict[str, dict[str, str]] = {}  # series UID → lesion id → report finding id (✓ shown)
+        #: report finding id → (series UID, lesion id) of every lesion accepted (✓ or no longer), so the mark
+        #: can follow the finding when the reader decides on it in the report
+        self.links: dict[str, tuple[str, str]] = {}
         self._building = False
         self._watched: set[int] = set()
         self._build()
@@ -266,6 +272,7 @@ class PrereadPanel(QWidget):
     def _finished(self, run: PrereadRun) -> None:
         self.progress.hide()
         self.accepted.pop(run.series_uid, None)  # a new pre-read: its lesions are new proposals
+        self.links = {fid: sl for fid, sl in self.links.items() if sl[0] != run.series_uid}
         n = len(run.lesions)
         t = run.result.timing.get("total_s", 0.0)
         found = f"{n} lesion{'s' if n != 1 else ''} found" if n else "No lesion found"
@@ -481,12 +488,35 @@ class PrereadPanel(QWidget):
         if isinstance(out, str):
             return self._say(out)
         self.accepted.setdefault(self.run.series_uid, {}).update(dict(out))
+        self.links.update({fid: (self.run.series_uid, lid) for lid, fid in out})
         self._update_rows()
         self.sync_all()
         self._sync_buttons()
         ids = ", ".join(lid for lid, _ in out)
         self._say(f"Accepted into the report: {ids}." if out else "Nothing was accepted.")
         return None
+
+    def follow_report(self, in_report: Callable[[str], bool | None]) -> bool:
+        """The report changed: ``in_report(finding id)`` says whether each accepted lesion's finding is in the
+        report now (True: taken, False: rejected, set back or deleted, None: not this report's, left as it is).
+        Marks ✓ (list and box labels) exactly the lesions whose finding is taken; True when a mark changed."""
+        changed = False
+        for fid, (series_uid, lesion_id) in list(self.links.items()):
+            state = in_report(fid)
+            if state is None:
+                continue
+            taken = self.accepted.setdefault(series_uid, {})
+            if state and taken.get(lesion_id) != fid:
+                taken[lesion_id] = fid
+                changed = True
+            elif not state and taken.get(lesion_id) == fid:
+                del taken[lesion_id]
+                changed = True
+        if changed:
+            self._update_rows()
+            self.sync_all()
+            self._sync_buttons()
+        return changed
 
 
 def description(lesion: Candidate) -> str:

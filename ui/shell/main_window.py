@@ -206,7 +206,8 @@ class MainWindow(QMainWindow):
         for name in ("open_folder", "open_files", None, "show_problems", None, "quit"):
             m.addSeparator() if name is None else m.addAction(a[name])
         m = mb.addMenu("&Edit")
-        for name in ("undo_measurement", "redo_measurement", None, "delete_measurement", "clear_measurements"):
+        for name in ("undo_measurement", "redo_measurement", None, "delete_measurement", "clear_measurements", None,
+                     "toggle_key_image"):
             m.addSeparator() if name is None else m.addAction(a[name])
         self.edit_menu = m
         m = mb.addMenu("&View")

@@ -6,6 +6,11 @@ assistant's loaded model (the pre-read runs on it), the report (an accepted lesi
 there, :func:`app.report.from_preread.accept_lesions`) and the audit trail (each completed pre-read is
 recorded, :func:`app.report.from_preread.audit_preread`). ``ui.preread`` imports neither
 ``ui.assistant`` nor ``ui.report``.
+
+The pre-read's ✓ on an accepted lesion follows the report (:func:`follow_report`): every edit of the
+study's draft (:meth:`app.report.draft.DraftReport.subscribe`) and every draft the report session opens
+(:meth:`app.report.session.ReportSession.subscribe`) tells the panel which accepted lesions' findings are
+still taken; a finding the reader rejects, sets back or deletes (Undo) loses its lesion's ✓.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from app.assistant.preread import PrereadOptions
 from app.core.errors import XMedError
 from app.core.settings import Settings
 from app.report.audit import AuditLog
+from app.report.draft import DraftReport, ReportError
 from app.report.from_preread import accept_lesions, audit_preread
 from app.report.session import study_context
 from inference.types import Engine
@@ -51,12 +57,23 @@ def install_preread(window, settings: Settings | None = None, options: PrereadOp
     controller = PrereadController(source, settings, options, parent=window)
     grid = window.grid
     panel = PrereadPanel(controller, window.assistant_target, lambda: list(grid.viewports), grid.set_active)
-    panel.acceptor = lambda lesions, run: accept_into_report(window, lesions, run)
+    accepted_in: dict[str, str] = {}  # report finding id → id of the report it was accepted into
+
+    def acceptor(lesions, run):
+        out = accept_into_report(window, lesions, run)
+        report = getattr(getattr(getattr(window, "report", None), "session", None), "report", None)
+        if not isinstance(out, str) and report is not None:
+            accepted_in.update({fid: report.report_id for _lid, fid in out})
+        return out
+
+    panel.acceptor = acceptor
     for vp in grid.viewports:
         panel.watch_viewport(vp)
     grid.active_changed.connect(lambda _vp: panel.refresh())
     window.idle.connect(panel.refresh)
     window.idle.connect(panel.sync_all)
+    follow_report(window, panel, accepted_in)
+    window.idle.connect(lambda: follow_report(window, panel, accepted_in))  # a report attached later
     controller.finished.connect(lambda run: record(window, settings, run))
     window.installEventFilter(controller)  # the worker stops before the window closes
     dock = window.attach_preread(controller, panel)
@@ -115,6 +132,46 @@ def accept_into_report(window, lesions, run: PrereadRun) -> list[tuple[str, str]
     except XMedError as exc:
         return str(exc)
     return [(a.lesion_id, a.finding_id) for a in done]
+
+
+def follow_report(window, panel: PrereadPanel, accepted_in: dict[str, str]) -> bool:
+    """Keep the panel's ✓ marks on what the window's report holds (once per window; True when connected)."""
+    controller = getattr(window, "report", None)
+    session = getattr(controller, "session", None)
+    if session is None or getattr(panel, "_follows_report", None) is session:
+        return False
+    panel._follows_report = session
+    watched: list = []  # [(report, unsubscribe)] of the draft followed now
+
+    def in_report(report: DraftReport | None):
+        def state(finding_id: str) -> bool | None:
+            if report is None:
+                return None
+            try:
+                return report.finding(finding_id).included
+            except ReportError:  # not in this report: deleted from it (Undo of the acceptance), or another study's
+                return False if accepted_in.get(finding_id) == report.report_id else None
+        return state
+
+    def edited(report: DraftReport, _edit) -> None:
+        panel.follow_report(in_report(report))
+
+    def replaced(report: DraftReport | None) -> None:
+        if watched and watched[0][0] is report:
+            return
+        while watched:
+            _old, unsubscribe = watched.pop()
+            try:
+                unsubscribe()
+            except ValueError:
+                pass
+        if report is not None:
+            watched.append((report, report.subscribe(edited)))
+            panel.follow_report(in_report(report))
+
+    session.subscribe(replaced)
+    replaced(session.report)
+    return True
 
 
 def record(window, settings: Settings, run: PrereadRun) -> None:

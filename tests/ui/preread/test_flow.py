@@ -155,6 +155,8 @@ def test_preread_lists_lesions_jumps_draws_boxes_and_accepts_into_the_report(qtb
     assert panel.progress.isVisible() and panel.cancel_button.isVisible() and not panel.run_button.isEnabled()
     assert not win.preread_actions["menu"].isEnabled() and win.preread_actions["cancel"].isEnabled()
     qtbot.waitUntil(lambda: not ctl.running and ctl.is_idle(), timeout=120_000)
+    # the worker's last signals (the final progress, the result) are queued: wait for the result to land
+    qtbot.waitUntil(lambda: ctl.result_for(vp.volume) is not None, timeout=10_000)
 
     # progress: the sweep from 0 to every reading, never backwards, then the reasoning lesion by lesion
     assert stages[:3] == ["sweep", "link", "reasoning"]
@@ -235,6 +237,54 @@ def test_preread_lists_lesions_jumps_draws_boxes_and_accepts_into_the_report(qtb
     assert events[:2] == ["report.add", "report.accept"]
 
 
+def test_the_accepted_mark_follows_the_report_rejected_undone_deleted(qtbot, win):
+    """A lesion accepted into the report shows ✓; when the reader rejects its finding in the report (or Undo
+    takes the finding out of the report again) the ✓ goes and the lesion can be accepted again."""
+    panel, vp = win.preread_panel, win.grid.active
+    run_preread(qtbot, win)
+    run = win.preread.result_for(vp.volume)
+    mass = next(les for les in run.lesions if les.slices == (16, 18))
+    click_row(qtbot, panel, mass.id)
+    panel.accept_button.click()
+    report = win.report.session.report
+    (f,) = report.findings
+    assert panel.item_of(mass.id).text(0) == f"{mass.id} ✓" and not panel.accept_button.isEnabled()
+
+    # rejected in the report (its Reject button): no ✓, the boxes no longer say "accepted", acceptable again
+    win.report.panel.select_finding(f.id)
+    assert win.report.panel.reject_button.isEnabled()
+    win.report.panel.reject_button.click()
+    assert report.finding(f.id).status is FindingStatus.REJECTED
+    assert panel.item_of(mass.id).text(0) == mass.id
+    assert panel.item_of(mass.id).toolTip(0) == "Not in the report"
+    assert not vp.overlays.label_of(f"{PREFIX}{mass.id}:17").endswith("accepted")
+    click_row(qtbot, panel, mass.id)
+    assert panel.accept_button.isEnabled()
+    # accepted again: the same finding is taken again (not a second one), the ✓ is back
+    panel.accept_button.click()
+    assert len(report.findings) == 1 and report.finding(f.id).status is FindingStatus.ACCEPTED
+    assert panel.item_of(mass.id).text(0) == f"{mass.id} ✓"
+    # Undo in the report (the acceptance) takes the ✓ away again; Redo brings it back
+    report.undo()
+    assert report.finding(f.id).status is FindingStatus.REJECTED and panel.item_of(mass.id).text(0) == mass.id
+    report.redo()
+    assert panel.item_of(mass.id).text(0) == f"{mass.id} ✓"
+
+    # a lesion whose finding leaves the report altogether (Undo of its acceptance and of its addition)
+    other = next(les for les in run.lesions if les.id != mass.id)
+    click_row(qtbot, panel, other.id)
+    panel.accept_button.click()
+    assert panel.item_of(other.id).text(0) == f"{other.id} ✓" and len(report.findings) == 2
+    report.undo()  # the reader's acceptance
+    report.undo()  # the AI's proposal: the finding is gone from the report
+    assert len(report.findings) == 1 and panel.item_of(other.id).text(0) == other.id
+    click_row(qtbot, panel, other.id)
+    assert panel.accept_button.isEnabled()
+    panel.accept_button.click()
+    assert len(report.findings) == 2 and panel.item_of(other.id).text(0) == f"{other.id} ✓"
+    assert panel.item_of(mass.id).text(0) == f"{mass.id} ✓"  # the other lesion's mark was left alone
+
+
 def test_a_cancelled_run_lists_nothing_and_the_next_one_runs(qtbot, tmp_path):
     win, engine = open_with_preread(qtbot, tmp_path, delay=0.3)
     panel, ctl = win.preread_panel, win.preread
@@ -291,6 +341,7 @@ def test_without_a_model_or_a_study_the_panel_says_why(qtbot, tmp_path):
     win.open_paths([SAMPLE])
     qtbot.waitUntil(lambda: not win.is_busy() and win.grid.active.volume is not None
                     and win.grid.active.volume.loaded == 32, timeout=30_000)
+    qtbot.wait(50)  # the idle signal (the panel's refresh) is queued
     out = win.actions.run("preread_series")
     assert not out and "no assistant model" in out.message
     assert win.preread_panel.status.text() == out.message
