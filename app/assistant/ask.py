@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
@@ -279,29 +279,81 @@ class Assistant:
         if on_update is not None:
             on_update(AssistantUpdate(parsed, new, parser.text))
         timing.total_s = time.perf_counter() - t0
-        answer = AssistantAnswer(
+        answer = self._answer(volume, frame, window, question, prep, parser.text, parsed, collector, timing,
+                              "cancelled" if stopped else "stop")
+        log.info("%s answered in %.2f s: %d steps, %d findings%s", model_id, timing.total_s,
+                 len(parsed.steps), len(answer.findings), " (cancelled)" if stopped else "")
+        return answer
+
+
+    def ask_batch(
+        self,
+        volume: Volume,
+        frames: Sequence[tuple[int, Window | None]],
+        question: str = "",
+        *,
+        task: Task | str | None = None,
+        study_description: str = "",
+        cancel: CancelFn | None = None,
+    ) -> list[AssistantAnswer]:
+        """The same question about several frames of one volume (each with its window) in one batched
+        generation when the engine has ``generate_batch`` (the local engine: one forward pass per token for
+        all of them; the remote engine: concurrent requests), else one after the other. Each answer is what
+        :meth:`ask` gives for that frame, without the streaming (used by the series pre-read's stage 3)."""
+        if not frames:
+            return []
+        t0 = time.perf_counter()
+        started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        preps = [self.prepare(volume, k, w, question, task, False, study_description) for k, w in frames]
+        t_prep = time.perf_counter() - t0
+        batch = getattr(self.engine, "generate_batch", None)
+        if not callable(batch):
+            return [self.ask(volume, k, w, question, task=task, study_description=study_description, cancel=cancel)
+                    for k, w in frames]
+        try:
+            gens = list(batch([p.request for p in preps], cancel=cancel))
+        except XMedError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - an engine failure must reach the reader as a message
+            log.exception("engine failed")
+            raise AssistantError(f"The model stopped with an error: {exc}", detail=repr(exc)) from exc
+        total = time.perf_counter() - t0
+        out = []
+        for (k, w), prep, gen in zip(frames, preps, gens):
+            parser = StreamParser(prompt=prep.prompt.user)
+            collector = _FindingCollector(prep, k, volume, self.engine.model_id)
+            parser.feed(gen.text)
+            collector.add(parser.new_groundings)  # what the text completed (read after each feed, as ask does)
+            parsed = parser.finish()
+            collector.add(parser.new_groundings)
+            timing = Timing(started=started, prepare_s=t_prep, first_token_s=None, total_s=total, pieces=1)
+            reason = "cancelled" if getattr(gen, "finish_reason", "stop") == "cancelled" else "stop"
+            out.append(self._answer(volume, k, w, question, prep, parser.text, parsed, collector, timing, reason))
+        log.info("%s answered %d frames in one batch in %.2f s", self.engine.model_id, len(out), total)
+        return out
+
+    def _answer(self, volume: Volume, frame: int, window: Window | None, question: str, prep: _Prepared,
+                raw_text: str, parsed: ParsedAnswer, collector: _FindingCollector, timing: Timing,
+                finish_reason: str) -> AssistantAnswer:
+        return AssistantAnswer(
             question=question,
             task=prep.prompt.task,
             frame=frame,
             window=window if window is not None else volume.default_window,
             prompt=prep.prompt,
-            model_id=model_id,
+            model_id=self.engine.model_id,
             engine=self.engine.describe(),
-            raw_text=parser.text,
+            raw_text=raw_text,
             parsed=parsed,
             findings=collector.findings,
             guardrail=prep.guardrail,
             image=prep.image,
             timing=timing,
-            finish_reason="cancelled" if stopped else "stop",
+            finish_reason=finish_reason,
             series_uid=volume.series.uid,
             pixels=FramePixels.from_volume(volume, frame),
             context=prep.context,
         )
-        log.info("%s answered in %.2f s: %d steps, %d findings%s", model_id, timing.total_s,
-                 len(parsed.steps), len(answer.findings), " (cancelled)" if stopped else "")
-        return answer
-
 
 def _engine_image_spec(engine: Engine) -> ImageSpec:
     """The engine's own image layout: its ``image_spec``, else its processor's settings

@@ -516,26 +516,35 @@ def reason(
     cancel: CancelFn | None = None,
     progress: ProgressFn | None = None,
     reliability: bool = True,
+    batch_size: int = 8,
 ) -> None:
-    """Stage 3, in place: five-step reasoning and the reliability pass at each candidate's key slice."""
+    """Stage 3, in place: five-step reasoning and the reliability pass at each candidate's key slice.
+
+    The reasoning of ``batch_size`` candidates at a time is one batched generation (:meth:`Assistant.ask_batch`);
+    each answer then gets its own reliability pass (itself one batched sampling call)."""
     from app.assistant.session import check_answer
 
     assistant = assistant or Assistant(engine)
     total = len(candidates)
-    for i, c in enumerate(candidates):
+    done = 0
+    for start in range(0, total, max(1, batch_size)):
         if cancel is not None and cancel():
             break
-        window = LUNG if c.window == "lung" else SOFT_TISSUE if c.window == "soft tissue" else None
-        answer = assistant.ask(volume, c.key_slice, window, question, task=Task.REASONING,
-                               study_description=study_description, cancel=cancel)
-        c.answer = answer
-        c.location = location_of(volume, c)
-        c.description = _description(answer)
-        if reliability:
-            rel = check_answer(engine, answer, n_samples, n_questions, cancel=cancel)
-            c.reliability = lesion_reliability(answer, rel, c)
-        if progress is not None:
-            progress(i + 1, total)
+        chunk = candidates[start:start + max(1, batch_size)]
+        frames = [(c.key_slice, LUNG if c.window == "lung" else SOFT_TISSUE if c.window == "soft tissue" else None)
+                  for c in chunk]
+        answers = assistant.ask_batch(volume, frames, question, task=Task.REASONING,
+                                      study_description=study_description, cancel=cancel)
+        for c, answer in zip(chunk, answers):
+            c.answer = answer
+            c.location = location_of(volume, c)
+            c.description = _description(answer)
+            if reliability and not (cancel is not None and cancel()):
+                rel = check_answer(engine, answer, n_samples, n_questions, cancel=cancel)
+                c.reliability = lesion_reliability(answer, rel, c)
+            done += 1
+            if progress is not None:
+                progress(done, total)
 
 
 # ----------------------------------------------------------------------------- the whole pre-read
@@ -551,6 +560,7 @@ class PrereadOptions:
     n_samples: int = 5
     n_questions: int = 3
     max_new_tokens: int = 768  # stage 3 answers
+    reasoning_batch: int = 8  # stage 3 candidates reasoned in one batched generation
 
 
 @dataclass
@@ -612,7 +622,7 @@ def preread(
         assistant = Assistant(engine, image_spec=image_spec, max_new_tokens=options.max_new_tokens)
         reason(engine, volume, lesions, assistant=assistant, n_samples=options.n_samples,
                n_questions=options.n_questions, study_description=study_description, cancel=cancel,
-               progress=progress, reliability=options.reliability)
+               progress=progress, reliability=options.reliability, batch_size=options.reasoning_batch)
         cancelled = bool(cancel and cancel())
     for c in lesions:
         if not c.location:

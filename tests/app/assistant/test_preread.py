@@ -154,6 +154,7 @@ class TruthEngine:
         self.answers: dict[str, str] = {}
         self.reasoning: dict[str, str] = {}
         self.batches: list[int] = []
+        self.reasoning_batches: list[int] = []
         self.generate_calls = 0
         for row in truth["slices"]:
             k = row["index"]
@@ -180,6 +181,10 @@ class TruthEngine:
         return Generation(text=self.answers.get(_image_key(request.image), "No lesion is seen."))
 
     def generate_batch(self, requests: Sequence[ChatRequest], cancel=None) -> list[Generation]:
+        if all("five steps" in r.prompt for r in requests):  # the five-step prompt (stage 3), batched
+            self.reasoning_batches.append(len(requests))
+            return [Generation(text=self.reasoning.get(_image_key(r.image), FIVE_STEPS.format(boxes="No lesion.")))
+                    for r in requests]
         self.batches.append(len(requests))
         return [Generation(text=self.answers.get(_image_key(r.image), "No lesion is seen.")) for r in requests]
 
@@ -234,6 +239,7 @@ def test_preread_reasons_at_each_key_slice_and_carries_reliability(study):
     out = preread(engine, vol, PrereadOptions(batch_size=8, max_lesions=2, n_samples=2, n_questions=1),
                   image_spec=SPEC)
     assert len(out.lesions) == 2 and len(out.candidates) >= len(truth["lesions"])
+    assert engine.reasoning_batches == [2]  # stage 3: both lesions reasoned in one batched generation
     for c in out.lesions:
         assert c.answer is not None and c.answer.frame == c.key_slice
         rel = c.reliability
@@ -256,3 +262,22 @@ def test_engine_without_generate_batch_is_asked_one_by_one(study):
     engine.generate_batch = None  # an engine that cannot batch
     sw = sweep(engine, vol, slices=range(10, 16), batch_size=4, image_spec=SPEC)
     assert engine.generate_calls == sw.requests and engine.batches == []
+
+
+def test_ask_batch_answers_each_frame_as_ask_does(study):
+    from app.assistant.ask import Assistant
+    from app.assistant.preread import LUNG, SOFT_TISSUE
+
+    _, vol, truth = study
+    engine = TruthEngine(vol, truth)
+    assistant = Assistant(engine, image_spec=SPEC)
+    frames = [(row["index"], LUNG if choose_windows(vol.values(row["index"]))[0][0] == LUNG else SOFT_TISSUE)
+              for row in truth["slices"] if row["boxes"]][:4]
+    batched = assistant.ask_batch(vol, frames, "", task="reasoning")
+    assert engine.reasoning_batches == [len(frames)]
+    for (k, w), b in zip(frames, batched):
+        one = assistant.ask(vol, k, w, "", task="reasoning")
+        assert b.frame == k and b.raw_text == one.raw_text and b.finish_reason == "stop"
+        assert [(f.phrase, f.box_px, f.step) for f in b.findings] == [(f.phrase, f.box_px, f.step) for f in one.findings]
+        assert b.findings, "the truth engine boxes every lesion slice"
+        assert [s.text for s in b.steps] == [s.text for s in one.steps]
