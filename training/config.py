@@ -41,6 +41,9 @@ class DataSection:
     max_length: int = 2048
     datasets: list[str] = field(default_factory=list)  # subset of the meta's dataset names (empty: all)
     num_workers: int = 0
+    #: at most this many records, a seeded random subset (0: all). DPO holds every pair's pixel values in
+    #: memory once tokenized (~3 MB per 512-px pair with 5 tiles): load what max_steps x batch_size will see.
+    max_samples: int = 0
 
 
 @dataclass

@@ -82,12 +82,18 @@ def chat_prompt(prompt: str, system: str | None = None) -> str:
     return f"{head}<|im_start|>user\n{body}{END}\n<|im_start|>assistant\n"
 
 
-def preference_dataset(path: Path | str, seed: int = 0):
-    """A ``datasets.Dataset`` of ``images`` (PIL), chat-formatted ``prompt``, ``chosen`` and ``rejected``."""
+def preference_dataset(path: Path | str, seed: int = 0, max_samples: int = 0):
+    """A ``datasets.Dataset`` of ``images`` (PIL), chat-formatted ``prompt``, ``chosen`` and ``rejected``
+    (``max_samples`` > 0: a random subset of that many pairs, the same for the same seed)."""
+    import random
+
     from datasets import Dataset
 
+    samples = load_samples(path, seed=seed)
+    if 0 < max_samples < len(samples):
+        samples = random.Random(seed).sample(samples, max_samples)
     rows = []
-    for s in load_samples(path, seed=seed):
+    for s in samples:
         rec = s.record
         missing = [k for k in ("prompt", "chosen", "rejected") if not isinstance(rec.get(k), str)]
         if missing:
@@ -115,7 +121,7 @@ def train_dpo(config: DPOConfig, resume: bool = False) -> Path:
     seed_everything(config.train.seed)
     out = Path(config.train.output_dir)
     processor = processor_for(config.model.path)
-    dataset = preference_dataset(config.data.meta, config.train.seed)
+    dataset = preference_dataset(config.data.meta, config.train.seed, config.data.max_samples)
     policy = load_model(config.model, config.train, config.lora)
     ref = None
     if config.dpo.ref_model:

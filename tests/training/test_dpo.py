@@ -61,6 +61,15 @@ def test_preference_dataset_and_loss_mixes(corpus):
         losses(DPOSection(loss_types=["sigmoid", "sft"], loss_weights=[1.0]))
 
 
+def test_preference_dataset_loads_a_seeded_subset_when_asked(corpus):
+    """DPO keeps every tokenized pair's pixels in memory: the 512-px demo recipe loads only what it trains on."""
+    two = preference_dataset(corpus / "preference.jsonl", seed=5, max_samples=2)
+    assert len(two) == 2
+    assert [r["chosen"] for r in two] == [r["chosen"] for r in preference_dataset(corpus / "preference.jsonl", seed=5,
+                                                                                   max_samples=2)]
+    assert len(preference_dataset(corpus / "preference.jsonl", max_samples=10)) == 3  # more than there are: all
+
+
 def test_full_dpo_two_steps_reference_in_memory_and_resume(tiny, corpus, tmp_path):
     out = tmp_path / "dpo"
     assert _run(tiny, corpus, out) == 0
