@@ -214,9 +214,12 @@ def test_query_pacs_tab_finds_and_retrieves_from_orthanc_in_the_background(qtbot
     assert row.uid == SAMPLE_UID and row.instances == len(SAMPLE_FILES) and not row.local
     assert pacs.proxy.index(0, AI).data() == ""
     # a search for somebody else finds nothing
+    # (the button comes back when the search thread has finished, a moment after the results show)
+    qtbot.waitUntil(pacs.search_button.isEnabled, timeout=10_000)
     pacs.patient_name.setText("NOBODY*")
     pacs.search_button.click()
     qtbot.waitUntil(lambda: pacs.model.rowCount() == 0 and "0 studies" in pacs.status.text(), timeout=20_000)
+    qtbot.waitUntil(pacs.search_button.isEnabled, timeout=10_000)
     pacs.patient_name.setText("PHANTOM*")
     pacs.search_button.click()
     qtbot.waitUntil(lambda: pacs.model.rowCount() == 1, timeout=20_000)
