@@ -119,6 +119,8 @@ class Reslicable:
     resampled: bool = False
     source: Volume | None = None
     _background: float | None = field(default=None, repr=False)
+    #: plane name → its axes (:meth:`_axes_for`); the direction never changes, and MPR asks ~80 times a frame
+    _axes: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def shape_ijk(self) -> tuple[int, int, int]:
@@ -160,6 +162,9 @@ class Reslicable:
         Array axes: 0 = k (slices), 1 = j (rows), 2 = i (columns). Each patient axis goes to
         the volume axis most parallel to it, so a sagittal MR stack still gives a true axial.
         """
+        cached = self._axes.get(name)
+        if cached is not None:
+            return cached
         if name not in _PLANE_AXES:
             raise XMedError(f"Unknown plane {name!r}: choose one of {', '.join(PLANES)}")
         normal, along_cols, along_rows = _PLANE_AXES[name]
@@ -175,7 +180,8 @@ class Reslicable:
             return ax, 1 if float(vec[ax] @ p) > 0 else -1
 
         n_ax, _ = pick(normal)
-        return n_ax, pick(along_cols), pick(along_rows)
+        self._axes[name] = out = (n_ax, pick(along_cols), pick(along_rows))
+        return out
 
     def count(self, name: str) -> int:
         """How many slices the ``name`` plane has (along its normal)."""
