@@ -86,6 +86,7 @@ class MprView(Viewport):
         self.vb.addItem(self.image)
         self.vb.sigRangeChanged.connect(lambda *_: self._view_moved())
         self.lines: dict[str, list[QGraphicsLineItem]] = {}
+        self._line_pool: list[QGraphicsLineItem] = []  # every line item this view owns (shown or hidden)
         self.cross_color = QColor(*PLANE_COLORS[plane])
         self._internal = False  # set while this view puts its own plane volume on screen
         self._pending: Volume | None = None  # a series given from outside, still loading
@@ -299,33 +300,50 @@ class MprView(Viewport):
         return self.lines
 
     def _clear_lines(self) -> None:
-        for items in self.lines.values():
-            for it in items:
-                it.setParentItem(None)
-                if it.scene() is not None:
-                    it.scene().removeItem(it)
+        for it in self._line_pool:
+            it.setParentItem(None)
+            if it.scene() is not None:
+                it.scene().removeItem(it)
+        self._line_pool = []
         self.lines = {}
 
     def _draw_lines(self) -> None:
         """The other planes' lines (solid) and slab edges (dashed), in image pixels: they follow
-        zoom, pan, rotation and the spacing aspect with the image item."""
-        self._clear_lines()
+        zoom, pan, rotation and the spacing aspect with the image item. The line items are kept and
+        moved from frame to frame (creating and removing them cost ~10 ms a frame while scrolling)."""
         if self.state is None or self.overview:
+            self._clear_lines()
             return
+        pool = self._line_pool
+        used = 0
+        lines: dict[str, list[QGraphicsLineItem]] = {}
         for ref in self.state.reference_lines(self.plane_name):
             color = QColor(*PLANE_COLORS[ref.of])
             items = []
             segs = [(a, b, Qt.PenStyle.SolidLine) for a, b in self._gapped(ref.p0, ref.p1)]
             segs += [(a, b, Qt.PenStyle.DashLine) for a, b in ref.edges]
             for a, b, style in segs:
+                if used < len(pool):
+                    it = pool[used]
+                    if it.parentItem() is not self.image:
+                        it.setParentItem(self.image)
+                else:
+                    it = QGraphicsLineItem(self.image)
+                    pool.append(it)
+                used += 1
                 pen = QPen(color)
                 pen.setCosmetic(True)
                 pen.setWidthF(1.0)
                 pen.setStyle(style)
-                it = QGraphicsLineItem(QLineF(a[0] + 0.5, a[1] + 0.5, b[0] + 0.5, b[1] + 0.5), self.image)
-                it.setPen(pen)
+                if it.pen() != pen:
+                    it.setPen(pen)
+                it.setLine(QLineF(a[0] + 0.5, a[1] + 0.5, b[0] + 0.5, b[1] + 0.5))
+                it.setVisible(True)
                 items.append(it)
-            self.lines[ref.of] = items
+            lines[ref.of] = items
+        for it in pool[used:]:
+            it.setVisible(False)
+        self.lines = lines
 
     def _gapped(self, p0, p1):
         """The line in two pieces that leave :data:`CROSS_GAP_MM` free around the crosshair, so the
