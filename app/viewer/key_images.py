@@ -16,9 +16,7 @@ of another study) is set aside as ``*.corrupt-N``, never deleted, and :attr:`Loa
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -26,8 +24,7 @@ from pathlib import Path
 
 from app.core import strict_json
 from app.core.errors import XMedError
-from app.core.paths import set_aside, write_private
-from app.viewer.measure_store import file_stem
+from app.viewer.measure_store import file_stem, read_study_file, write_study_file
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +33,6 @@ VERSION = 1
 MAX_FILE_BYTES = 8 * 1024 * 1024
 MAX_KEY_IMAGES = 10_000
 _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
-_DAMAGE = (OSError, ValueError, TypeError, KeyError, AttributeError, RecursionError, OverflowError)
 
 
 class KeyImageStoreError(XMedError):
@@ -95,32 +91,16 @@ class KeyImageStore:
 
     def load(self, study_uid: str) -> Loaded:
         """The study's key images, in the order they were marked; never raises for a damaged file."""
-        path = self.path(study_uid)
-        if not os.path.lexists(path):
-            return Loaded()
-        try:
-            data = strict_json.expect_object(strict_json.read_file(path, max_bytes=MAX_FILE_BYTES), "the file")
-            strict_json.only_keys(data, ("format", "version", "study_uid", "key_images"), "")
-            strict_json.expect_str(data, "format", choices=(FORMAT,))
-            strict_json.expect_int(data, "version", lo=1, hi=VERSION)
-            if strict_json.expect_str(data, "study_uid") != study_uid:
-                raise ValueError("it belongs to another study")
-            items = strict_json.expect_list(data.get("key_images"), "'key_images'", max_items=MAX_KEY_IMAGES)
-            images = strict_json.expect_each(items, "key_images", KeyImage.from_dict)
-        except _DAMAGE as exc:
-            moved = set_aside(path, f"{exc.__class__.__name__}: {exc}"[:300])
-            why = (f"The key images of this study could not be read; the file was kept as {moved.name} "
-                   "and the study opens without them.")
-            return Loaded([], [why])
-        unique = list({k.key: k for k in images}.values())
-        return Loaded(unique)
+        images, problems = read_study_file(self.path(study_uid), study_uid, FORMAT, VERSION, "key_images",
+                                           KeyImage.from_dict, MAX_FILE_BYTES, MAX_KEY_IMAGES,
+                                           "The key images of this study")
+        return Loaded(list({k.key: k for k in images}.values()), problems)
 
     def save(self, study_uid: str, images: Iterable[KeyImage]) -> Path:
         """Write the study's key images atomically, owner-only (an empty list is written too: unmarked)."""
-        doc = {"format": FORMAT, "version": VERSION, "study_uid": study_uid,
-               "key_images": [k.to_dict() for k in images]}
         try:
-            return write_private(self.path(study_uid), json.dumps(doc, ensure_ascii=False, indent=1))
+            return write_study_file(self.path(study_uid), study_uid, FORMAT, VERSION, "key_images",
+                                    [k.to_dict() for k in images])
         except OSError as exc:
             raise KeyImageStoreError(f"Could not save the key images: {exc.strerror or exc}.") from exc
 

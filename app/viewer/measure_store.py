@@ -143,33 +143,45 @@ class MeasurementStore:
 
     def load(self, study_uid: str) -> Loaded:
         """The study's saved measurements; never raises for a damaged file (set aside, reported)."""
-        path = self.path(study_uid)
-        if not os.path.lexists(path):
-            return Loaded()
-        try:
-            data = strict_json.expect_object(strict_json.read_file(path, max_bytes=MAX_FILE_BYTES), "the file")
-            strict_json.only_keys(data, ("format", "version", "study_uid", "measurements"), "")
-            strict_json.expect_str(data, "format", choices=(FORMAT,))
-            strict_json.expect_int(data, "version", lo=1, hi=VERSION)
-            if strict_json.expect_str(data, "study_uid") != study_uid:
-                raise ValueError("it belongs to another study")
-            items = strict_json.expect_list(data.get("measurements"), "'measurements'", max_items=MAX_MEASUREMENTS)
-            return Loaded(strict_json.expect_each(items, "measurements", SavedMeasurement.from_dict))
-        except _DAMAGE as exc:
-            moved = set_aside(path, f"{exc.__class__.__name__}: {exc}"[:300])
-            why = (f"The saved measurements of this study could not be read; the file was kept as {moved.name} "
-                   "and the study opens without them.")
-            return Loaded([], [why])
+        items, problems = read_study_file(self.path(study_uid), study_uid, FORMAT, VERSION, "measurements",
+                                          SavedMeasurement.from_dict, MAX_FILE_BYTES, MAX_MEASUREMENTS,
+                                          "The saved measurements of this study")
+        return Loaded(items, problems)
 
     def save(self, study_uid: str, measurements: Iterable[SavedMeasurement]) -> Path:
         """Write the study's measurements (all series) atomically, owner-only."""
-        doc = {"format": FORMAT, "version": VERSION, "study_uid": study_uid,
-               "measurements": [m.to_dict() for m in measurements]}
-        path = self.path(study_uid)
         try:
-            return write_private(path, json.dumps(doc, ensure_ascii=False, indent=1))
+            return write_study_file(self.path(study_uid), study_uid, FORMAT, VERSION, "measurements",
+                                    [m.to_dict() for m in measurements])
         except OSError as exc:
             raise MeasurementStoreError(f"Could not save the measurements: {exc.strerror or exc}.") from exc
+
+
+def read_study_file(path: Path, study_uid: str, fmt: str, version: int, key: str, parse, max_bytes: int,
+                    max_items: int, what: str) -> tuple[list, list[str]]:
+    """(items, problems) of a per-study JSON file in the workspace (``{"format", "version", "study_uid",
+    key: [...]}``); a missing file is empty, a damaged one is set aside (never deleted) and reported as
+    "<what> could not be read; …" — the study opens without them."""
+    if not os.path.lexists(path):
+        return [], []
+    try:
+        data = strict_json.expect_object(strict_json.read_file(path, max_bytes=max_bytes), "the file")
+        strict_json.only_keys(data, ("format", "version", "study_uid", key), "")
+        strict_json.expect_str(data, "format", choices=(fmt,))
+        strict_json.expect_int(data, "version", lo=1, hi=version)
+        if strict_json.expect_str(data, "study_uid") != study_uid:
+            raise ValueError("it belongs to another study")
+        items = strict_json.expect_list(data.get(key), f"'{key}'", max_items=max_items)
+        return strict_json.expect_each(items, key, parse), []
+    except _DAMAGE as exc:
+        moved = set_aside(path, f"{exc.__class__.__name__}: {exc}"[:300])
+        return [], [f"{what} could not be read; the file was kept as {moved.name} and the study opens without them."]
+
+
+def write_study_file(path: Path, study_uid: str, fmt: str, version: int, key: str, items: list[dict]) -> Path:
+    """Write a per-study JSON file atomically, owner-only (raises OSError)."""
+    doc = {"format": fmt, "version": version, "study_uid": study_uid, key: items}
+    return write_private(path, json.dumps(doc, ensure_ascii=False, indent=1))
 
 
 def frame_table(instances: Sequence) -> list[tuple[str, int]]:
