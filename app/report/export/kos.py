@@ -10,7 +10,6 @@ the study's exports folder: ``KO-signed-key-images-<SOP UID>.dcm``.
 
 from __future__ import annotations
 
-import copy
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -23,9 +22,9 @@ from app.core.paths import write_private
 from app.report.draft import DraftReport
 from app.report.export.sr import (
     MANUFACTURER,
-    TYPE2_ATTRIBUTES,
     SrExportError,
     SrOptions,
+    evidence_copies,
 )
 from app.viewer.key_images import KeyImage
 
@@ -52,22 +51,9 @@ def exportable_key_images(images: Sequence[KeyImage], sources: Mapping[str, Data
 
 
 def _evidence(images: Sequence[KeyImage], sources: Mapping[str, Dataset], study_uid: str) -> list[Dataset]:
-    everyone = list(sources.values())
-    out: list[Dataset] = []
-    seen: set[str] = set()
-    for k in images:
-        if k.sop_instance_uid in seen:
-            continue
-        seen.add(k.sop_instance_uid)
-        ds = copy.deepcopy(sources[k.sop_instance_uid])
-        ds.decode()
-        ds.SpecificCharacterSet = "ISO_IR 192"
-        for kw in TYPE2_ATTRIBUTES:
-            if kw not in ds:
-                donor = next((d for d in everyone if kw in d and d.StudyInstanceUID == study_uid), None)
-                setattr(ds, kw, donor.data_element(kw).value if donor is not None else None)
-        out.append(ds)
-    return out
+    """The source header of each key image once, prepared as the SR prepares its evidence."""
+    unique = list(dict.fromkeys(k.sop_instance_uid for k in images))
+    return evidence_copies([sources[u] for u in unique], sources, study_uid)
 
 
 def key_object_selection(report: DraftReport, images: Sequence[KeyImage], sources: Mapping[str, Dataset], *,

@@ -175,6 +175,12 @@ def _evidence(findings: Sequence[Finding], sources: Mapping[str, Dataset], repor
     study_uid = report.study.study_uid
     if any(str(ds.StudyInstanceUID) != study_uid for ds in chosen):
         raise SrExportError("A finding points at an image of another study; the report cannot be exported.")
+    return evidence_copies(chosen, sources, study_uid)
+
+
+def evidence_copies(chosen: Sequence[Dataset], sources: Mapping[str, Dataset], study_uid: str) -> list[Dataset]:
+    """Copies of the ``chosen`` source headers as a document's evidence: text decoded and re-declared as UTF-8,
+    type 2 attributes a header lacks taken from another image of the study (else empty)."""
     everyone = list(sources.values())
     out = []
     for ds in chosen:
