@@ -109,6 +109,7 @@ class StudySection:
     windows_per_slice: int = 2
     max_lesions: int = 6
     xrays: int = -1
+    visible_window_share: float = 0.0  # lesion slices rendered only in windows showing a lesion (StudyCorpusConfig)
     preference_errors: list[str] = field(default_factory=list)  # [] = all
     workers: int = 1  # processes drawing studies (the same bytes whatever the number)
 
@@ -119,7 +120,8 @@ class StudySection:
         return StudyCorpusConfig(studies=studies, seed=seed, size=corpus.size, n_slices=self.n_slices,
                                  slices_per_study=self.slices_per_study, empty_fraction=self.empty_fraction,
                                  windows=list(self.windows), windows_per_slice=self.windows_per_slice,
-                                 max_lesions=self.max_lesions, lesion_mm=list(corpus.lesion_mm), xrays=self.xrays, **extra)
+                                 max_lesions=self.max_lesions, lesion_mm=list(corpus.lesion_mm), xrays=self.xrays,
+                                 visible_window_share=self.visible_window_share, **extra)
 
 
 @dataclass
@@ -166,6 +168,9 @@ class DemoConfig:
     reasoning_mix: dict[str, float] = field(default_factory=lambda: {
         "phantom_reasoning": 1, "app_reasoning": 1, "phantom_grounding": 0.5})
     threads: int = 0
+    #: start from this trained model folder (its weights and tokenizer; same sizes as ``spec``, whose
+    #: ``max_tiles`` it gets) instead of a random skeleton: what it already knows is kept ("" = random)
+    init_from: str = ""
 
 
 # ----------------------------------------------------------------------------- corpora
@@ -282,6 +287,41 @@ def build_skeleton(folder: Path, spec: SpecSection, lines: Sequence[str], name: 
     return folder
 
 
+def skeleton_from(folder: Path, init: Path, spec: SpecSection, name: str) -> Path:
+    """The starting model copied from the trained model ``init`` (weights, tokenizer, chat template) with the
+    image processor of ``spec`` (its ``max_tiles``); refuses a model whose sizes differ from ``spec``."""
+    from training.model_factory import TinySpec, build_image_processor
+
+    init = Path(init) if Path(init).is_absolute() else REPO / init
+    if not (init / "config.json").is_file():
+        raise XMedError(f"init_from: no model at {init}.")
+    cfg = json.loads((init / "config.json").read_text())
+    vision, text = cfg["vision_config"], cfg["text_config"]
+    have = {"vision_hidden": vision["hidden_size"], "vision_layers": vision["num_hidden_layers"],
+            "vision_heads": vision["num_attention_heads"], "vision_intermediate": vision["intermediate_size"],
+            "image_size": vision["image_size"][0], "patch_size": vision["patch_size"][0],
+            "text_hidden": text["hidden_size"], "text_layers": text["num_hidden_layers"],
+            "text_heads": text["num_attention_heads"], "text_kv_heads": text["num_key_value_heads"],
+            "text_intermediate": text["intermediate_size"]}
+    differ = {k: (v, getattr(spec, k)) for k, v in have.items() if v != getattr(spec, k)}
+    if differ:
+        raise XMedError("init_from: the model's sizes differ from spec: "
+                        + ", ".join(f"{k} {a} != {b}" for k, (a, b) in differ.items()))
+    folder.mkdir(parents=True, exist_ok=True)
+    keep = ("config.json", "generation_config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
+            "chat_template.jinja", "special_tokens_map.json")
+    for f in keep:
+        if (init / f).is_file():
+            shutil.copy2(init / f, folder / f)
+    tiny = TinySpec(**{k: v for k, v in asdict(spec).items() if k in TinySpec.__dataclass_fields__})
+    build_image_processor(tiny).save_pretrained(folder)
+    (folder / "processor_config.json").write_text(json.dumps(
+        {"processor_class": "InternVLProcessor", "image_seq_length": cfg["image_seq_length"]}, indent=2))
+    (folder / "model_card.json").write_text(json.dumps({"name": f"{name} (from {init.name})", "trained": False}))
+    log.info("skeleton: copied from %s (max_tiles %d)", init, spec.max_tiles)
+    return folder
+
+
 # ----------------------------------------------------------------------------- the recipe
 
 
@@ -322,6 +362,13 @@ def run_recipe(config: DemoConfig, stop_after: str | None = None) -> Path:
     def skeleton_stage() -> dict:
         if skeleton.exists():
             shutil.rmtree(skeleton)
+        if config.init_from:
+            skeleton_from(skeleton, Path(config.init_from), config.spec, config.name)
+            import hashlib
+
+            weights = hashlib.sha256((skeleton / "model.safetensors").read_bytes()).hexdigest()
+            return {"init_from": config.init_from, "init_sha256": weights,
+                    "vocabulary": json.loads((skeleton / "config.json").read_text())["text_config"]["vocab_size"]}
         build_skeleton(skeleton, config.spec, corpus_text(train_dir), config.name)
         return {"vocabulary": json.loads((skeleton / "config.json").read_text())["text_config"]["vocab_size"]}
 
@@ -479,7 +526,7 @@ def _finish(config: DemoConfig, trained: Path, eval_dir: Path, state: RecipeStat
         "size_bytes": size,
         "spec": asdict(config.spec),
         "seeds": {"train_corpus": config.corpus.seed, "held_out_corpus": config.eval.seed,
-                  "model_init": config.spec.seed,
+                  "model_init": config.init_from or config.spec.seed,
                   **({"calibration_corpus": config.eval.calibration_seed} if calibration else {})},
         "data": {"train": state.data["stages"]["phantoms"].get("train_counts"),
                  "held_out": state.data["stages"]["phantoms"].get("eval_counts"),

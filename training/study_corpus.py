@@ -102,6 +102,9 @@ class StudyCorpusConfig:
     max_lesions: int = 6  # per study
     lesion_mm: list[float] = field(default_factory=list)  # [] = the generator's 6-50 mm
     xrays: int = -1  # radiographs (-1: 15 % of the CT images)
+    #: of the slices crossing a lesion, this share has its windows drawn only from those where one of its
+    #: lesions shows (0: any window; the rest still teach that a lesion can vanish in a window)
+    visible_window_share: float = 0.0
     preference_errors: list[str] = field(default_factory=lambda: list(ALL_PREFERENCE_ERRORS))
 
     def __post_init__(self) -> None:
@@ -112,6 +115,8 @@ class StudyCorpusConfig:
                 raise XMedError(str(exc)) from None
         if self.studies < 0 or self.size < 64 or self.n_slices < 1 or self.slices_per_study < 1:
             raise XMedError("A study corpus needs >= 0 studies of >= 1 slice of >= 64 px, >= 1 slice per study.")
+        if not 0.0 <= self.visible_window_share <= 1.0 or not 0.0 <= self.empty_fraction <= 1.0:
+            raise XMedError("visible_window_share and empty_fraction are shares between 0 and 1.")
         if not 1 <= self.windows_per_slice <= len(self.windows):
             raise XMedError(f"windows_per_slice must be 1..{len(self.windows)} (the windows listed).")
         unknown = set(self.preference_errors) - set(ALL_PREFERENCE_ERRORS)
@@ -127,6 +132,8 @@ class StudyCorpusConfig:
                  f"--windows-per-slice {self.windows_per_slice} --max-lesions {self.max_lesions} --xrays {self.xrays}")
         if self.lesion_mm:
             flags += f" --lesion-mm {self.lesion_mm[0]:g} {self.lesion_mm[1]:g}"
+        if self.visible_window_share:
+            flags += f" --visible-window-share {self.visible_window_share:g}"
         if list(self.preference_errors) != list(ALL_PREFERENCE_ERRORS):
             flags += f" --preference-errors {','.join(self.preference_errors)}"
         return flags
@@ -161,7 +168,12 @@ def _pick_slices(study: PhantomStudy, cfg: StudyCorpusConfig, rng: np.random.Gen
     lesion_slices = sorted(crossing)
     want = min(cfg.slices_per_study, n)
     n_lesion = min(len(lesion_slices), int(round(want * (1.0 - cfg.empty_fraction))))
-    n_empty = min(len(empty), want - n_lesion)
+    # empty slices in proportion to the lesion slices taken (a study with few lesion slices does not fill its
+    # quota with empty ones: that would make most targets "No lesion is seen."); a study without lesions gives
+    # its share of empty slices
+    f = cfg.empty_fraction
+    share = want if f >= 1.0 else int(round((n_lesion if n_lesion else want * (1.0 - f)) * f / (1.0 - f)))
+    n_empty = min(len(empty), want - n_lesion, share)
     picked = []
     if n_lesion:
         picked += [int(k) for k in rng.choice(lesion_slices, size=n_lesion, replace=False)]
@@ -190,11 +202,17 @@ def study_cases(study: PhantomStudy, cfg: StudyCorpusConfig, rng: np.random.Gene
     by_id = {lesion.id: lesion for lesion in study.lesions}
     for k in _pick_slices(study, cfg, rng):
         sl = study.render(k)
-        names = [str(w) for w in rng.choice(cfg.windows, size=cfg.windows_per_slice, replace=False)]
+        rendered = {name: render_stored(sl.stored, study_window(name)) for name in cfg.windows}
+        pool = list(cfg.windows)
+        if cfg.visible_window_share > 0 and sl.boxes and rng.random() < cfg.visible_window_share:
+            showing = [name for name in cfg.windows
+                       if any(lesion_visibility(rendered[name], box, study.spacing_mm)[0] for box in sl.boxes.values())]
+            pool = showing or pool
+        names = [str(w) for w in rng.choice(pool, size=min(cfg.windows_per_slice, len(pool)), replace=False)]
         for name in names:
             preset = study_window(name)
             window = HEADER_WINDOW if preset is None else preset
-            image = render_stored(sl.stored, preset)
+            image = rendered[name]
             shown, hidden, borderline = [], [], False
             for lid, box in sl.boxes.items():
                 visible, contrast = lesion_visibility(image, box, study.spacing_mm)
@@ -352,6 +370,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--max-lesions", type=int, default=defaults.max_lesions, help="lesions per study (0..N)")
     parser.add_argument("--lesion-mm", type=float, nargs=2, metavar=("MIN", "MAX"),
                         help="lesion diameter range in mm (default: the generator's, 6-50 mm)")
+    parser.add_argument("--visible-window-share", type=float, default=defaults.visible_window_share,
+                        help="share of lesion slices rendered only in windows where a lesion shows (default 0)")
     parser.add_argument("--xrays", type=int, default=-1, help="radiographs (default: 15 %% of the CT images)")
     parser.add_argument("--preference-errors", help="comma-separated DPO error kinds (default: all of "
                         f"{','.join(ALL_PREFERENCE_ERRORS)})")
@@ -366,6 +386,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             windows=[w.strip() for w in args.windows.split(",") if w.strip()],
             windows_per_slice=args.windows_per_slice, max_lesions=args.max_lesions,
             lesion_mm=list(args.lesion_mm or []), xrays=args.xrays,
+            visible_window_share=args.visible_window_share,
             preference_errors=([e.strip() for e in args.preference_errors.split(",") if e.strip()]
                                if args.preference_errors else list(ALL_PREFERENCE_ERRORS)))
         summary = write_study_corpus(args.out, cfg, workers=args.workers)

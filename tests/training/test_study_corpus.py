@@ -226,3 +226,37 @@ def test_micro_512_recipe_runs_end_to_end_with_tiling(tmp_path):
     study = card["metrics_sample_study"]
     assert set(study["per_group"]) == {"soft_tissue", "lung"}
     assert "window lung (grounding)" in (out / "MODEL_CARD.md").read_text()
+
+
+def test_lesion_slices_can_be_shown_only_in_windows_where_a_lesion_shows(tmp_path):
+    """visible_window_share 1: a slice crossing a lesion is never a target that says "no lesion" because the
+    window hides it; empty slices stay in proportion to the lesion slices taken."""
+    cfg = StudyCorpusConfig(studies=3, seed=SEED + 1, n_slices=60, slices_per_study=10, empty_fraction=0.2,
+                            windows_per_slice=1, visible_window_share=1.0, xrays=0)
+    out = write_study_corpus(tmp_path / "c", cfg).out
+    anns = _records(out, "annotations")
+    crossing = [a for a in anns if a["hidden_lesions"] or a["lesions"]]
+    assert crossing and all(a["lesions"] for a in crossing)
+    empty = [a for a in anns if not a["lesions"] and not a["hidden_lesions"]]
+    assert 0 < len(empty) <= 0.35 * len(anns)
+    assert "--visible-window-share 1" in cfg.cli_flags()
+    with pytest.raises(Exception, match="share"):
+        StudyCorpusConfig(visible_window_share=1.5)
+
+
+def test_a_recipe_can_start_from_a_trained_model_of_the_same_size(tmp_path):
+    from safetensors.torch import load_file
+
+    from inference.errors import XMedError
+    from training.demo_model import SpecSection, build_skeleton, skeleton_from
+
+    spec = SpecSection(vocab_size=300, text_hidden=32, text_layers=1, text_intermediate=64, vision_hidden=32,
+                       vision_layers=1, vision_intermediate=64, image_size=56, patch_size=14, max_tiles=1)
+    base = build_skeleton(tmp_path / "base", spec, ["a mass in the right lung 12 mm"], "base")
+    tiled = skeleton_from(tmp_path / "tiled", base, SpecSection(**{**spec.__dict__, "max_tiles": 4}), "tiled")
+    a, b = load_file(base / "model.safetensors"), load_file(tiled / "model.safetensors")
+    assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
+    assert (tiled / "tokenizer.json").read_bytes() == (base / "tokenizer.json").read_bytes()
+    assert json.loads((tiled / "preprocessor_config.json").read_text())["max_patches"] == 4
+    with pytest.raises(XMedError, match="text_hidden 32 != 64"):
+        skeleton_from(tmp_path / "bad", base, SpecSection(**{**spec.__dict__, "text_hidden": 64}), "bad")
