@@ -162,6 +162,31 @@ def _boxes(text: str, step: int | None = None) -> list[Box]:
     return [b for g in parsed.groundings if step is None or g.step in (step, None) for b in g.phrase.boxes]
 
 
+class _StepTally:
+    """How often five-step answers contradict themselves (inference.reliability.consistency.check_steps, the
+    live pass's detector): answers, those with a contradiction, those with a missing step or leaked heading."""
+
+    def __init__(self) -> None:
+        self.answers = self.contradicting = self.incomplete = 0
+        self.examples: list[str] = []
+
+    def add(self, text: str) -> None:
+        from inference.reliability.consistency import check_steps
+
+        check = check_steps(parse_answer(text).steps, 5, text)
+        self.answers += 1
+        self.contradicting += bool(check.contradictions)
+        self.incomplete += bool(check.missing_steps or check.leaked_headers)
+        if check.contradictions and len(self.examples) < 3:
+            self.examples.append(check.contradictions[0].message)
+
+    def as_dict(self) -> dict:
+        n = max(1, self.answers)
+        return {"answers": self.answers, "contradicting": self.contradicting, "incomplete": self.incomplete,
+                "contradiction_rate": self.contradicting / n, "incomplete_rate": self.incomplete / n,
+                "examples": self.examples}
+
+
 def _first_number(text: str) -> float | None:
     m = re.search(r"[-+]?\d+(?:\.\d+)?", text)
     return float(m.group()) if m else None
@@ -209,8 +234,11 @@ def evaluate(engine: Engine, data: Path, options: Options = Options()) -> dict:
         if not examples:
             continue
         scored = []
+        tally = _StepTally()
         for ex in examples:
             text = runner.answer(ex, task).text
+            if task == "reasoning":
+                tally.add(text)
             truth, buckets = _truth(annotations, ex)
             pred = _boxes(text, step=2 if task == "reasoning" else None)
             im = ev.score_image(pred, truth, buckets)
@@ -221,6 +249,8 @@ def evaluate(engine: Engine, data: Path, options: Options = Options()) -> dict:
             note_outcome(ex, text)
         key = "localization" if task == "grounding" else "reasoning_localization"
         result[key] = asdict(ev.summarize_localization(scored))
+        if task == "reasoning":
+            result["reasoning_consistency"] = tally.as_dict()
 
     vqa_rows: list[tuple[Example, str, bool, list[float]]] = []
     if "vqa" in options.tasks:
@@ -318,6 +348,7 @@ def evaluate_examples(engine: Engine, examples: list[ImageExample], options: Opt
     predicted_counts: dict[str, int] = {}
     for task in tasks:
         scored: dict[str, list] = {g: [] for g in groups}
+        tally = _StepTally()
         for ex in examples:
             if task == "grounding":
                 prompt, system = GROUNDING_PROMPT, None
@@ -326,6 +357,8 @@ def evaluate_examples(engine: Engine, examples: list[ImageExample], options: Opt
                 prompt, system = p.user, p.system
             item = Example(ex.id, prompt, system, "", {"image": ex.id})
             text = runner.answer(item, task).text
+            if task == "reasoning":
+                tally.add(text)
             try:
                 buckets = [lesion_bucket(les) for les in ex.lesions]
             except (TypeError, ValueError) as exc:
@@ -339,6 +372,8 @@ def evaluate_examples(engine: Engine, examples: list[ImageExample], options: Opt
         result[key] = asdict(ev.summarize_localization([im for g in groups for im in scored[g]]))
         for g in groups:
             result["per_group"][g][key] = asdict(ev.summarize_localization(scored[g]))
+        if task == "reasoning":
+            result["reasoning_consistency"] = tally.as_dict()
     for ex in examples:
         result["per_group"][ex.group]["images"] += 1
     truth_counts = {e.id: len(e.lesions) for e in examples}
@@ -436,6 +471,12 @@ def format_table(result: dict) -> str:
         for key, title in (("localization", "grounding"), ("reasoning_localization", "reasoning step 2")):
             if per.get(key):
                 lines += _localization_lines(per[key], f"{result.get('group_by', 'group')} {group} ({title})")
+    steps = result.get("reasoning_consistency")
+    if steps:
+        lines.append(f"five-step answers: {steps['answers']}; contradicting themselves "
+                     f"{_f(steps['contradiction_rate'])} ({steps['contradicting']}); a step missing or run into "
+                     f"another {_f(steps['incomplete_rate'])} ({steps['incomplete']})")
+        lines.append("")
     if result.get("vqa"):
         lines.append("VQA                 n  accuracy")
         for qtype, m in result["vqa"].items():

@@ -188,6 +188,33 @@ def test_perfect_answers_score_perfectly(corpus):
     assert "mean IoU" in table and "reliability AUROC" in table
 
 
+class ContradictingEngine(ReferenceEngine):
+    """The reference answers, but the first ``n`` five-step answers end by denying any lesion."""
+
+    def __init__(self, data: Path, n: int) -> None:
+        super().__init__(data)
+        self.n, self.bent = n, 0
+
+    def generate(self, request: ChatRequest, cancel=None) -> Generation:
+        text = self._answer(request)
+        if "Step 5: Report synthesis" in text and "<box>" in text and self.bent < self.n:
+            self.bent += 1
+            text = text[: text.index("Step 5: Report synthesis")] + "Step 5: Report synthesis\nNo focal lesion is seen."
+        return Generation(text, [-0.1] * 5)
+
+
+def test_five_step_answers_are_checked_for_contradictions(corpus):
+    clean = evaluate(ReferenceEngine(corpus), corpus, Options(samples=0, tasks=("reasoning",)))
+    steps = clean["reasoning_consistency"]
+    assert steps["answers"] == clean["images"] and steps["contradicting"] == 0 and steps["incomplete"] == 0
+    engine = ContradictingEngine(corpus, n=2)
+    bent = evaluate(engine, corpus, Options(samples=0, tasks=("reasoning",)))
+    assert engine.bent == 2
+    steps = bent["reasoning_consistency"]
+    assert steps["contradicting"] == 2 and steps["contradiction_rate"] == pytest.approx(2 / steps["answers"])
+    assert steps["examples"] and "five-step answers" in format_table(bent)
+
+
 def test_wrong_answers_are_counted(corpus):
     result = evaluate(ReferenceEngine(corpus, wrong_vqa=3), corpus, Options(samples=0, tasks=("vqa",)))
     n = result["vqa"]["all"]["n"]
