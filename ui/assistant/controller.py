@@ -59,6 +59,7 @@ from app.core.errors import XMedError
 from app.core.settings import Settings
 from inference.reliability.scoring import State
 from inference.types import Engine
+from ui.workers import WorkerSet
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +97,7 @@ class ModelLoadWorker(_Worker):
             engine = open_engine(self.choice, self.device, self.quantization,
                                  progress=lambda m, f: self.progress.emit(m, float(f)), cancel=self.cancelled)
             engine = with_hearing(engine, self.choice.folder)  # audio encoder + projector: spoken queries as audio
-        except Exception as exc:  # noqa: BLE001 - shown to the reader as a message
+        except Exception as exc:  # noqa: BLE001 - an honest FAILED state, not a traceback
             log.exception("model load failed")
             self.failed.emit(_message(exc))
             return
@@ -117,7 +118,7 @@ class AskWorker(_Worker):
             answer = self.assistant.ask(c.volume, c.frame, c.window, c.question, invert=c.invert,
                                         study_description=c.study_description, cancel=self.cancelled,
                                         on_update=self.update.emit)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:  # noqa: BLE001 - an honest FAILED state, not a traceback
             log.exception("question failed")
             self.failed.emit(_message(exc))
             return
@@ -173,7 +174,7 @@ class AssistantController(QObject):
         self._reload = False
         self._ask: AskWorker | None = None
         self._check: ReliabilityWorker | None = None
-        self._workers: list[_Worker] = []
+        self._workers = WorkerSet()
         if engine is not None:
             self.set_engine(engine)
 
@@ -297,28 +298,21 @@ class AssistantController(QObject):
 
     # ------------------------------------------------------------------ threads
     def _start(self, w: _Worker) -> None:
-        self._workers.append(w)
-        w.finished.connect(self._retire)
-        w.start()
+        self._workers.start(w, self._retire)
 
     def _retire(self) -> None:
         w = self.sender()
-        if w in self._workers:
-            self._workers.remove(w)
         for name in ("_loader", "_ask", "_check"):
             if getattr(self, name) is w:
                 setattr(self, name, None)
-        w.deleteLater()
+        self._workers.retire(w)
         if isinstance(w, ModelLoadWorker) and self._reload:
             self.load_model()
         self.busy_changed.emit(self.busy)
 
     def is_idle(self) -> bool:
-        return not any(w.isRunning() for w in self._workers)
+        return self._workers.is_idle()
 
     def shutdown(self, timeout_ms: int = 10_000) -> None:
         """Cancel and wait for every worker (on close and in tests)."""
-        for w in list(self._workers):
-            w.cancel()
-        for w in list(self._workers):
-            w.wait(timeout_ms)
+        self._workers.shutdown(timeout_ms)

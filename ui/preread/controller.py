@@ -34,6 +34,7 @@ from app.core.errors import XMedError
 from app.core.settings import Settings
 from app.dicom.model import Volume
 from inference.types import Engine
+from ui.workers import WorkerSet
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +131,7 @@ class PrereadController(QObject):
         self.stage = ""
         self.done_total = (0, 0)
         self._worker: PrereadWorker | None = None
-        self._workers: list[PrereadWorker] = []
+        self._workers = WorkerSet()
 
     # ------------------------------------------------------------------ state
     @property
@@ -171,11 +172,9 @@ class PrereadController(QObject):
         w.progress.connect(self._progress)
         w.done.connect(self._done)
         w.failed.connect(self._failed)
-        w.finished.connect(self._retire)
         self._worker = w
-        self._workers.append(w)
         self.stage, self.done_total = "sweep", (0, 0)
-        w.start()
+        self._workers.start(w, self._retire)
         self.started.emit(volume)
         self.busy_changed.emit(True)
         return None
@@ -227,22 +226,17 @@ class PrereadController(QObject):
     # ------------------------------------------------------------------ threads
     def _retire(self) -> None:
         w = self.sender()
-        if w in self._workers:
-            self._workers.remove(w)
         if self._worker is w:
             self._worker = None
-        w.deleteLater()
+        self._workers.retire(w)
         self.busy_changed.emit(self.running)
 
     def is_idle(self) -> bool:
-        return not any(w.isRunning() for w in self._workers)
+        return self._workers.is_idle()
 
     def shutdown(self, timeout_ms: int = 10_000) -> None:
         """Cancel and wait for the worker (on close and in tests)."""
-        for w in list(self._workers):
-            w.cancel()
-        for w in list(self._workers):
-            w.wait(timeout_ms)
+        self._workers.shutdown(timeout_ms)
 
     def eventFilter(self, obj: QObject, event: QEvent) -> bool:
         """Installed on the main window: stop the worker thread before the window goes."""
