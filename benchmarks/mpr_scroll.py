@@ -6,7 +6,10 @@ slice (the crosshair moves, so the coronal and sagittal reference lines and text
 rendered into an image (``QWidget.grab``: every view painted, as a screen refresh would). Baseline in the
 same run: one 2-D viewport (``ui.viewer.viewport.Viewport``) of the same size scrolling the same volume.
 
-Goal (issue #17): p95 frame ≤ 16 ms. Usage: QT_QPA_PLATFORM=offscreen python benchmarks/mpr_scroll.py
+Each frame is timed twice: wall clock (what the goal is about; run it on an idle machine) and the CPU time
+of the main thread (Qt paints offscreen on it), which a busy machine distorts far less.
+
+Goal (issue #17): p95 frame ≤ 16 ms (wall). Usage: QT_QPA_PLATFORM=offscreen python benchmarks/mpr_scroll.py
 [--slices 300] [--size 512] [--frames 60]
 """
 
@@ -25,16 +28,19 @@ sys.path.insert(0, str(REPO))
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
 
-def _frames(step, grab, n: int) -> np.ndarray:
+def _frames(step, grab, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per frame: wall-clock ms and the main thread's CPU ms (``time.thread_time``: what the frame
+    itself cost, undistorted by other processes on a busy machine; Qt paints offscreen on this thread)."""
     step()
     grab()  # warm-up: first paint, caches
-    out = []
+    wall, cpu = [], []
     for _ in range(n):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.thread_time()
         step()
         grab()
-        out.append((time.perf_counter() - t0) * 1000)
-    return np.array(out)
+        cpu.append((time.thread_time() - c0) * 1000)
+        wall.append((time.perf_counter() - t0) * 1000)
+    return np.array(wall), np.array(cpu)
 
 
 def main() -> int:
@@ -73,7 +79,7 @@ def main() -> int:
         axial.step(1)
         app.processEvents()
 
-    mpr = _frames(mpr_step, panel.grab, args.frames)
+    mpr, mpr_cpu = _frames(mpr_step, panel.grab, args.frames)
 
     vp = Viewport()
     vp.resize(500, 600)
@@ -87,15 +93,18 @@ def main() -> int:
         app.processEvents()
 
     vp.set_slice(n // 4)
-    one = _frames(vp_step, vp.grab, args.frames)
+    one, one_cpu = _frames(vp_step, vp.grab, args.frames)
 
     print(f"\nMPR scrolling, {n}×{size}×{size} int16, {args.frames} frames, offscreen\n")
-    print("| view | frames | mean ms | p95 ms | goal p95 |")
-    print("|---|---:|---:|---:|---|")
+    print("| view | frames | mean ms | p95 ms | CPU mean ms | CPU p95 ms | goal p95 |")
+    print("|---|---:|---:|---:|---:|---:|---|")
     ok = "✓" if np.percentile(mpr, 95) <= 16.0 else "✗"
-    print(f"| MPR 1×3 (1500 × 600 px), axial step + all three painted | {len(mpr)} | {mpr.mean():.2f} | "
-          f"{np.percentile(mpr, 95):.2f} | ≤ 16 ms {ok} |")
-    print(f"| one 2-D viewport (500 × 600 px), baseline | {len(one)} | {one.mean():.2f} | {np.percentile(one, 95):.2f} | |")
+    rows = (("MPR 1×3 (1500 × 600 px), axial step + all three painted", mpr, mpr_cpu, f"≤ 16 ms {ok}"),
+            ("one 2-D viewport (500 × 600 px), baseline", one, one_cpu, ""))
+    for name, wall, cpu, goal in rows:
+        print(f"| {name} | {len(wall)} | {wall.mean():.2f} | {np.percentile(wall, 95):.2f} | "
+              f"{cpu.mean():.2f} | {np.percentile(cpu, 95):.2f} | {goal} |")
+    print("\nwall = perf_counter (needs an idle machine); CPU = this thread's CPU time per frame")
     panel.close()
     vp.close()
     return 0

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 
+import numpy as np
 import pyqtgraph as pg
 from PySide6.QtCore import QLineF, QRectF, Qt, QTimer, Signal
 from PySide6.QtGui import QColor, QPen
@@ -94,6 +95,11 @@ class MprView(Viewport):
         self._plane_image = None  # the PlaneImage on screen (app.dicom.volume)
         self.extent_items: dict[str, tuple[QGraphicsRectItem, pg.TextItem]] = {}
         self.projected: list[ProjectedBox] = []
+        self._image_key: tuple | None = None  # MprState.image_key of the plane on screen
+        self._text_key: tuple | None = None  # what the corner text was made from (see _update_text)
+        self._text_rest: tuple | None = None  # (key, corners, orientation letters) besides the plane's own lines
+        self._lines_key: tuple | None = None  # what the reference lines were drawn from (see _draw_lines)
+        self._pens: dict[tuple[str, Qt.PenStyle], QPen] = {}
 
     # -- a series given from outside (double-click / drop in the study browser while in MPR) -----------
     def set_volume(self, volume: Volume | None, study: StudyInfo | None = None, complete: bool = True) -> None:
@@ -131,6 +137,7 @@ class MprView(Viewport):
     def show_state(self, state: MprState | None, source: Volume | None, study: StudyInfo | None,
                    window: Window | None = None) -> None:
         self.state, self._source, self._shape, self._overview = state, source, None, None
+        self._image_key = self._text_key = self._text_rest = self._lines_key = None
         if state is None:
             self._own(None, None)
             self._clear_lines()
@@ -150,9 +157,17 @@ class MprView(Viewport):
         return self._plane_image.as_volume(self._source)
 
     def refresh(self, study: StudyInfo | None = None, window: Window | None = None) -> None:
-        """Reslice for the current crosshair/slab and redraw (first time: fit and header window)."""
+        """Reslice for the current crosshair/slab and redraw (first time: fit and header window).
+
+        A view whose plane did not change (:meth:`MprState.image_key`: the coronal and sagittal
+        while the axial scrolls) keeps its image, and only its text and lines follow."""
         if self.state is None or (self.overview and self._shape is not None):
             return  # the overview does not follow the crosshair
+        key = None if self.overview else self.state.image_key(self.plane_name)
+        if self._shape is not None and self._volume is not None and key == self._image_key:
+            self._update_text()
+            self._draw_lines()
+            return
         vol = self.plane_volume()
         shape = vol.frames.shape[1:3]
         if self._shape is None:
@@ -167,9 +182,13 @@ class MprView(Viewport):
             self.set_window(keep)
         else:
             self._volume = vol
+            # the plane moves (scrolling, a dragged crosshair): nearest-neighbour now, smooth once it stops
+            self.image.smooth = False
+            self._smooth_timer.start()
             self._render()
             self._update_text()
             self._refresh_cursor()
+        self._image_key = key
         pending = self._pending_measurement()
         if pending is not None and pending.frame != self._measure_frame():
             self._cancel_pending()  # the plane moved under a half-drawn angle
@@ -179,20 +198,38 @@ class MprView(Viewport):
     def _update_text(self) -> None:
         v = self._volume
         if v is None or self.state is None:
+            self._text_key = None
             return super()._update_text()
-        corners = corner_lines(v, 0, self._window, self.zoom, self._study, self._inverted)
         what = "Axial MIP (whole volume)" if self.overview else self.state.describe(self.plane_name)
         # the header's slice thickness means nothing for a reformatted plane: Th is the slab, or the
         # voxel size along the plane's normal
         st = self.state
+        normal = st.normal(self.plane_name)
         if self.overview or (st.is_oblique(self.plane_name) and not st.slab_mm):
             th = None  # a trilinear oblique plane has no slice thickness to state
         elif st.slab_mm:
             th = self._plane_image.slab_mm if self._plane_image is not None else st.slab_mm
         else:
-            normal = self.state.plane(self.plane_name).normal
             th = float(abs(st.volume.spacing @ abs(st.volume.direction.T @ normal)))
-        pos = float(self.state.point @ self.state.plane(self.plane_name).normal)
+        pos = float(st.point @ normal)
+        # the same plane volume, window, zoom, study, invert, rotation and plane text: the same corners
+        # (``v`` itself is kept in the key: compared by identity, and alive so its id is not reused)
+        zoom = self.zoom
+        key = (v, self._window, zoom, self._study, self._inverted, self._transform, what, th, pos)
+        old = self._text_key
+        if old is not None and old[0] is v and old[1:] == key[1:]:
+            return
+        self._text_key = key
+        # the other corners and the orientation letters follow neither the slice nor the crosshair: made
+        # once per series, study, window, zoom, invert, rotation and plane orientation
+        g = v.geometry
+        rest_key = (v.series, self._study, self._window, zoom, self._inverted, v.is_color, self._transform,
+                    np.asarray(g.row_direction, float).tobytes(), np.asarray(g.col_direction, float).tobytes())
+        rest = self._text_rest
+        if rest is None or rest[0][0] is not v.series or rest[0][1:] != rest_key[1:]:
+            corners = corner_lines(v, 0, self._window, zoom, self._study, self._inverted)
+            rest = self._text_rest = (rest_key, corners, self._transform.markers(g))
+        corners = {k: list(lines) for k, lines in rest[1].items()}
         bottom = [CornerLine(what, 0)]
         if th is None and not self.overview:
             bottom.append(CornerLine(f"Pos {pos:.1f} mm", 1))
@@ -200,7 +237,7 @@ class MprView(Viewport):
             bottom.append(CornerLine(f"Pos {pos:.1f} mm  Th {th:.2f} mm", 1,
                                      shorter=(f"Pos {pos:.1f}  Th {th:.2f}", f"Th {th:.2f} mm")))
         corners["bottom_left"] = bottom
-        self.corner.set_content(corners, self._transform.markers(v.geometry))
+        self.corner.set_content(corners, dict(rest[2]))
 
     # -- crosshair -------------------------------------------------------------------------------
     def crosshair_at_scene(self, scene_pos) -> None:
@@ -306,6 +343,16 @@ class MprView(Viewport):
                 it.scene().removeItem(it)
         self._line_pool = []
         self.lines = {}
+        self._lines_key = None
+
+    def _pen(self, of: str, style: Qt.PenStyle) -> QPen:
+        pen = self._pens.get((of, style))
+        if pen is None:
+            pen = self._pens[of, style] = QPen(QColor(*PLANE_COLORS[of]))
+            pen.setCosmetic(True)
+            pen.setWidthF(1.0)
+            pen.setStyle(style)
+        return pen
 
     def _draw_lines(self) -> None:
         """The other planes' lines (solid) and slab edges (dashed), in image pixels: they follow
@@ -314,11 +361,15 @@ class MprView(Viewport):
         if self.state is None or self.overview:
             self._clear_lines()
             return
+        refs = self.state.reference_lines(self.plane_name)
+        key = (tuple(refs), self.state.crosshair(self.plane_name), self.state.plane(self.plane_name).spacing)
+        if key == self._lines_key and all(it.parentItem() is self.image for its in self.lines.values() for it in its):
+            return  # the same lines where they are
+        self._lines_key = key
         pool = self._line_pool
         used = 0
         lines: dict[str, list[QGraphicsLineItem]] = {}
-        for ref in self.state.reference_lines(self.plane_name):
-            color = QColor(*PLANE_COLORS[ref.of])
+        for ref in refs:
             items = []
             segs = [(a, b, Qt.PenStyle.SolidLine) for a, b in self._gapped(ref.p0, ref.p1)]
             segs += [(a, b, Qt.PenStyle.DashLine) for a, b in ref.edges]
@@ -331,10 +382,7 @@ class MprView(Viewport):
                     it = QGraphicsLineItem(self.image)
                     pool.append(it)
                 used += 1
-                pen = QPen(color)
-                pen.setCosmetic(True)
-                pen.setWidthF(1.0)
-                pen.setStyle(style)
+                pen = self._pen(ref.of, style)
                 if it.pen() != pen:
                     it.setPen(pen)
                 it.setLine(QLineF(a[0] + 0.5, a[1] + 0.5, b[0] + 0.5, b[1] + 0.5))
@@ -348,7 +396,7 @@ class MprView(Viewport):
     def _gapped(self, p0, p1):
         """The line in two pieces that leave :data:`CROSS_GAP_MM` free around the crosshair, so the
         lines never cover what the reader is pointing at."""
-        cx, cy = self.state.crosshair(self.plane_name)
+        cx, cy = self.state.crosshair(self.plane_name)  # (cached by the state)
         dx, dy = p1[0] - p0[0], p1[1] - p0[1]
         length = (dx * dx + dy * dy) ** 0.5
         if length < 1e-9:

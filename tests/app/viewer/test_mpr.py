@@ -140,3 +140,49 @@ def test_oblique_views_keep_their_grid_while_the_crosshair_moves(state):
     for ijk in ([0, 0, 0], [ni - 1, nj - 1, nk - 1], [ni - 1, 0, 0], [0, nj - 1, nk - 1]):
         cc, rr = after.patient_to_pixel(state.volume.index_to_patient(ijk))
         assert -0.5 <= cc <= after.shape[1] - 0.5 and -0.5 <= rr <= after.shape[0] - 0.5
+
+
+def test_cached_geometry_follows_every_change_of_the_state(state):
+    """Planes, crosshair pixels, reference lines and normals are computed once per crosshair / rotation /
+    slab state (the views ask dozens of times a frame): each change gives the fresh values."""
+
+    def fresh(view):
+        other = MprState(state.volume, state.point)
+        other.angle_deg, other.slab_mm, other.mode = state.angle_deg, state.slab_mm, state.mode
+        other.point = state.point.copy()
+        return other.plane(view), other.crosshair(view), other.reference_lines(view)
+
+    changes = [lambda: state.set_from_pixel("axial", 3, 4), lambda: state.scroll("axial", 2),
+               lambda: state.set_slice("coronal", 7), lambda: state.set_slab(10.0), lambda: state.cycle_mode(),
+               lambda: state.rotate(30), lambda: state.scroll("coronal", 1), lambda: state.rotate(-30)]
+    for change in changes:
+        state.reference_lines("axial")  # fill the cache before the change
+        change()
+        for view in ("axial", "coronal", "sagittal"):
+            plane, cross, refs = fresh(view)
+            got = state.plane(view)
+            assert np.allclose(got.origin, plane.origin) and np.allclose(got.u, plane.u) and got.shape == plane.shape
+            assert state.crosshair(view) == pytest.approx(cross)
+            assert state.reference_lines(view) == refs
+            assert np.allclose(state.normal(view), got.normal)
+
+
+def test_image_key_changes_exactly_when_the_image_does(state):
+    keys = {v: state.image_key(v) for v in ("axial", "coronal", "sagittal")}
+    state.scroll("axial", 1)  # the coronal and sagittal planes stay
+    assert state.image_key("axial") != keys["axial"]
+    assert state.image_key("coronal") == keys["coronal"] and state.image_key("sagittal") == keys["sagittal"]
+    state.set_slab(5.0)
+    assert all(state.image_key(v) != keys[v] for v in ("coronal", "sagittal"))
+    state.set_slab(0.0)
+    state.rotate(30)  # oblique: the key is the plane itself
+    obl = state.image_key("coronal")
+    state.scroll("axial", 1)
+    assert state.image_key("coronal") == obl
+    state.scroll("coronal", 2)
+    assert state.image_key("coronal") != obl
+    for view in ("axial", "coronal", "sagittal"):  # equal keys, equal pixels
+        before, key = state.image(view).stored, state.image_key(view)
+        state.scroll("axial" if view != "axial" else "coronal", 1)
+        if state.image_key(view) == key:
+            np.testing.assert_array_equal(state.image(view).stored, before)
