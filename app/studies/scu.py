@@ -16,6 +16,7 @@ import errno
 import logging
 import socket
 import threading
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -123,7 +124,6 @@ def _status_text(status: Dataset | None) -> str:
 
 def echo(node: Node, local: LocalAE, *, audit: Audit | None = None) -> float:
     """C-ECHO ``node``; returns the round-trip time in seconds (PacsError if it fails)."""
-    import time
     ae = _ae(local)
     ae.add_requested_context(Verification)
     t0 = time.perf_counter()
@@ -301,24 +301,52 @@ class RetrieveResult:
         return self.state == "complete"
 
 
-def _expected(assoc: Any, study_uid: str) -> int | None:
+def _study_facts(assoc: Any, study_uid: str) -> tuple[int | None, list[str]]:
+    """(NumberOfStudyRelatedInstances, SOPClassesInStudy) from a study-level C-FIND; (None, []) when the
+    node does not answer the query (the retrieve goes on without them); PacsError when it has no such study."""
+    ds = _retrieve_identifier(study_uid)
+    ds.NumberOfStudyRelatedInstances = ""
+    ds.SOPClassesInStudy = ""
+    found: list[Dataset] = []
+    final: Dataset | None = None
     try:
-        found = _find_on(assoc, Query(level="study", study_uid=study_uid))
-    except PacsError as exc:
+        for status, identifier in assoc.send_c_find(ds, StudyRootQueryRetrieveInformationModelFind):
+            final = status
+            if status is None or "Status" not in status:
+                break
+            if int(status.Status) in (0xFF00, 0xFF01) and identifier is not None:
+                found.append(identifier)
+    except (ValueError, RuntimeError) as exc:  # no accepted context, association gone
         log.info("could not count the study's instances before retrieving: %s", exc)
-        return None
+        return None, []
+    if final is None or "Status" not in final or int(final.Status) != 0:
+        log.info("could not count the study's instances before retrieving: C-FIND %s", _status_text(final))
+        return None, []
     if not found:
         raise PacsError(f"The node does not have study {study_uid}.")
-    return found[0].get("NumberOfStudyRelatedInstances")
+    facts = _plain(found[0], ("NumberOfStudyRelatedInstances",))
+    classes = found[0].get("SOPClassesInStudy")
+    if classes is None or classes == "":
+        sop_classes: list[str] = []
+    elif isinstance(classes, (list, tuple, pydicom.multival.MultiValue)):
+        sop_classes = [str(c).strip() for c in classes if str(c).strip()]
+    else:
+        sop_classes = [str(classes).strip()]
+    return facts["NumberOfStudyRelatedInstances"], sop_classes
+
+
+def _facts_unless_cancelled(assoc: Any, study_uid: str,
+                            cancel: RetrieveCancel | None) -> tuple[int | None, list[str]]:
+    try:
+        return _study_facts(assoc, study_uid)
+    except PacsError:
+        if _cancelled(cancel):  # the count was asked on the association the reader's cancel aborted
+            return None, []
+        raise
 
 
 def _expected_unless_cancelled(assoc: Any, study_uid: str, cancel: RetrieveCancel | None) -> int | None:
-    try:
-        return _expected(assoc, study_uid)
-    except PacsError:
-        if _cancelled(cancel):  # the count was asked on the association the reader's cancel aborted
-            return None
-        raise
+    return _facts_unless_cancelled(assoc, study_uid, cancel)[0]
 
 
 def _retrieve_identifier(study_uid: str) -> Dataset:
@@ -356,26 +384,91 @@ def _settle(db: StudyDB, result: RetrieveResult, transfer_ok: bool) -> None:
         result.state = "incomplete"
 
 
+#: The storage SOP classes a C-GET proposes when the node does not say which the study holds.
+_ALL_STORAGE_CLASSES = [str(cx.abstract_syntax) for cx in StoragePresentationContexts[: 128 - 1]]
+
+
+def _storage_classes(sop_classes: list[str]) -> list[str]:
+    """The study's own SOP classes (each with every transfer syntax, so nothing is transcoded); all the
+    common storage classes when the node did not list them. Proposing 1 context instead of 127 × 45
+    transfer syntaxes makes the association ~20× cheaper to build and negotiate."""
+    wanted = [c for c in dict.fromkeys(sop_classes) if c and len(c) <= 64
+              and all(part.isdigit() for part in c.split("."))]
+    return wanted[: 128 - 1] if wanted else _ALL_STORAGE_CLASSES
+
+
 def get_study(node: Node, local: LocalAE, study_uid: str, db: StudyDB, storage: Path, *,
               audit: Audit | None = None, nodes: NodeStore | None = None,
               cancel: RetrieveCancel | None = None) -> RetrieveResult:
-    """C-GET a whole study over one association (instances come back on it) into storage and the index;
-    ``cancel``: aborts the association when the reader cancels."""
+    """C-GET a whole study into storage and the index. A short association asks the node how many
+    instances and which SOP classes the study has; the C-GET association then proposes just those (the
+    instances come back on it, made durable in groups: :mod:`app.studies.scp`). ``cancel``: aborts
+    the association in progress when the reader cancels."""
     result = RetrieveResult(study_uid, "get")
-    receiver = Receiver(db, storage, audit=audit, nodes=nodes, origin="retrieved")
     ae = _ae(local)
     ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
-    ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
-    storage_cx = StoragePresentationContexts[: 128 - 2]
-    for cx in storage_cx:
-        ae.add_requested_context(cx.abstract_syntax, ALL_TRANSFER_SYNTAXES)
-    roles = [build_role(cx.abstract_syntax, scp_role=True) for cx in storage_cx]
-    assoc = _associate(ae, node, audit, "get", ext_neg=roles,
-                       evt_handlers=[(evt.EVT_C_STORE, receiver.handle_store)])
+    assoc = _associate(ae, node, audit, "find")
     if cancel is not None:
         cancel.watch(assoc)
     try:
-        result.expected = _expected_unless_cancelled(assoc, study_uid, cancel)
+        result.expected, sop_classes = _facts_unless_cancelled(assoc, study_uid, cancel)
+    finally:
+        if cancel is not None:
+            cancel.unwatch()
+        if assoc.is_established:
+            assoc.release()
+    receiver = Receiver(db, storage, audit=audit, nodes=nodes, origin="retrieved", retrieve=True)
+    clean = False
+    transfer = None
+    classes = _storage_classes(sop_classes)
+    if not _cancelled(cancel):
+        clean, transfer = _get_on_new_association(node, local, study_uid, classes, receiver, result, audit, cancel)
+    node_failed = result.failed or any(p.startswith("the retrieve ended with") for p in result.problems)
+    if clean and node_failed and (transfer is None or not transfer.failed) and classes is not _ALL_STORAGE_CLASSES:
+        # the node failed sub-operations on an association that proposed only the SOP classes it listed: the
+        # list may be short. Once more with every common class (what arrived is kept and not fetched again).
+        log.info("C-GET of %s: %d sub-operation(s) failed with the study's own SOP classes; again with all",
+                 study_uid, result.failed)
+        first = transfer
+        result.completed = result.failed = result.warning = 0
+        result.problems = [p for p in result.problems if not p.startswith("the retrieve ended with")]
+        receiver = Receiver(db, storage, audit=audit, nodes=nodes, origin="retrieved", retrieve=True)
+        clean, transfer = _get_on_new_association(node, local, study_uid, _ALL_STORAGE_CLASSES, receiver, result,
+                                                  audit, cancel)
+        if transfer is not None and first is not None:  # new: either pass's; duplicates: what was here before
+            for uid, n in first.studies.items():
+                transfer.studies[uid] = transfer.studies.get(uid, 0) + n
+            transfer.duplicates = dict(first.duplicates)
+    result.cancelled = _cancelled(cancel)
+    if transfer is not None:
+        result.received = transfer.received
+        result.duplicates = sum(transfer.duplicates.values())
+        if transfer.disk_full:
+            result.problems.append("disk full: some instances could not be stored")
+        elif transfer.failed:
+            result.problems.append(f"{transfer.failed} instance(s) could not be stored")
+    _note_cancel(result)
+    _settle(db, result, clean)
+    _audit(audit, "pacs.get", {**_node_data(node), "instances": result.received, "duplicates": result.duplicates,
+                               "completed": result.completed, "failed": result.failed, "expected": result.expected,
+                               "state": result.state, "status": result.status, "cancelled": result.cancelled},
+           study_uid=study_uid)
+    return result
+
+
+def _get_on_new_association(node: Node, local: LocalAE, study_uid: str, classes: list[str], receiver: Receiver,
+                            result: RetrieveResult, audit: Audit | None,
+                            cancel: RetrieveCancel | None) -> tuple[bool, Any]:
+    """One C-GET association proposing ``classes`` (every transfer syntax each); (released cleanly, transfer)."""
+    ae = _ae(local)
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
+    for sop_class in classes:
+        ae.add_requested_context(sop_class, ALL_TRANSFER_SYNTAXES)
+    roles = [build_role(sop_class, scp_role=True) for sop_class in classes]
+    assoc = _associate(ae, node, audit, "get", ext_neg=roles, evt_handlers=[(evt.EVT_C_STORE, receiver.handle_store)])
+    if cancel is not None:
+        cancel.watch(assoc)
+    try:
         if not _cancelled(cancel):
             _consume(assoc.send_c_get(_retrieve_identifier(study_uid), StudyRootQueryRetrieveInformationModelGet),
                      result)
@@ -389,18 +482,7 @@ def get_study(node: Node, local: LocalAE, study_uid: str, db: StudyDB, storage: 
         elif assoc.is_established:
             assoc.abort()
         transfer = receiver.finish(assoc, "released" if clean else "aborted")
-    if transfer is not None:
-        result.received = transfer.received
-        result.duplicates = sum(transfer.duplicates.values())
-        if transfer.disk_full:
-            result.problems.append("disk full: some instances could not be stored")
-    _note_cancel(result)
-    _settle(db, result, clean)
-    _audit(audit, "pacs.get", {**_node_data(node), "instances": result.received, "duplicates": result.duplicates,
-                               "completed": result.completed, "failed": result.failed, "expected": result.expected,
-                               "state": result.state, "status": result.status, "cancelled": result.cancelled},
-           study_uid=study_uid)
-    return result
+    return clean, transfer
 
 
 def _note_cancel(result: RetrieveResult) -> None:
@@ -466,6 +548,8 @@ def move_study(node: Node, local: LocalAE, study_uid: str, db: StudyDB, storage:
     finally:
         if own is not None:
             own.stop()
+    if listener is None and result.completed:
+        _wait_settled(db, study_uid)
     if listener is None and result.completed and db.get(study_uid) is None:
         result.problems.append("the node reports the study sent, but it is not in the local database "
                                f"(is the listener on {local.host}:{local.port} this workstation's?)")
@@ -476,6 +560,18 @@ def move_study(node: Node, local: LocalAE, study_uid: str, db: StudyDB, storage:
                                 "failed": result.failed, "expected": result.expected, "state": result.state,
                                 "status": result.status, "cancelled": result.cancelled}, study_uid=study_uid)
     return result
+
+
+def _wait_settled(db: StudyDB, study_uid: str, timeout: float = TIMEOUT) -> None:
+    """A listener in another process indexes a C-MOVE's last group when the node's store association ends
+    (:mod:`app.studies.scp`); wait (bounded) until it has settled the study (state no longer ``receiving``)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        study = db.get(study_uid)
+        if study is None or study.state != "receiving":
+            return
+        time.sleep(0.05)
+    log.warning("study %s still receiving %.0f s after the move: the listener has not settled it", study_uid, timeout)
 
 
 def retrieve(node: Node, local: LocalAE, study_uid: str, db: StudyDB, storage: Path, **kw: Any) -> RetrieveResult:

@@ -9,6 +9,12 @@ and fsyncs the folder: when it returns, the instance survives a power cut, which
 Storage SCP must guarantee before answering *success*. An instance already stored (same SOP
 Instance UID) is not written again. A full disk raises :class:`StorageFull` and leaves no
 partial file behind.
+
+Group durability (retrieves, :class:`Staging`): :func:`stage_instance` writes the temp file without
+fsync; :func:`commit_staged` later fsyncs a whole group of them, links each into place and fsyncs
+each folder once. The invariant stays the same in both ways: **a file under its final name is
+whole and durable** (only temp files, ``.recv-*.tmp``, can be lost or torn by a power cut), so
+"already stored" never means "half written".
 """
 
 from __future__ import annotations
@@ -19,6 +25,8 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from app.core.errors import XMedError
@@ -47,48 +55,137 @@ def instance_path(storage: Path, study_uid: str, series_uid: str, sop_instance_u
         safe_component(sop_instance_uid) + ".dcm")
 
 
+def _error(target: Path, exc: OSError) -> StorageError:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return StorageFull(f"Disk full: cannot store {target.name} in {target.parent} ({exc.strerror}). "
+                           "Instances already acknowledged are safe; free space and retrieve again.")
+    return StorageError(f"Cannot write {target}: {exc.strerror or exc}.")
+
+
+def _link(tmp: Path, target: Path) -> bool:
+    """Move the finished temp file to ``target``; False if ``target`` exists (the temp file stays)."""
+    try:
+        os.link(tmp, target)  # atomic and never overwrites: a concurrent duplicate loses cleanly
+    except FileExistsError:
+        return False
+    except OSError:
+        if target.exists():
+            return False
+        os.replace(tmp, target)
+    return True
+
+
+@dataclass
+class Staged:
+    """An instance written to a temp file beside its target, not yet fsynced nor under its name."""
+
+    target: Path
+    tmp: Path
+    created: list[Path] = field(default_factory=list)  # folders staging created (their parents need an fsync)
+
+
+def _stage(target: Path, write, *, sync: bool) -> Staged | None:
+    if target.exists():
+        return None
+    parent = target.parent
+    missing = [p for p in (parent.parent, parent) if not p.exists()]
+    parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd, tmp_name = tempfile.mkstemp(prefix=".recv-", suffix=".tmp", dir=parent)
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            write(fh)
+            fh.flush()
+            if sync:
+                os.fsync(fh.fileno())
+        os.chmod(tmp, 0o600)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return Staged(target, tmp, missing)
+
+
 def _write(target: Path, write) -> bool:
     """Durably create ``target`` with ``write(fileobj)``; False if it already exists."""
-    if target.exists():
-        return False
-    created: list[Path] = []
-    parent = target.parent
     try:
-        missing = [p for p in (parent.parent, parent) if not p.exists()]
-        parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        created = missing
-        fd, tmp_name = tempfile.mkstemp(prefix=".recv-", suffix=".tmp", dir=parent)
-        tmp = Path(tmp_name)
+        staged = _stage(target, write, sync=True)
+        if staged is None:
+            return False
         try:
-            with os.fdopen(fd, "wb") as fh:
-                write(fh)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.chmod(tmp, 0o600)
-            try:
-                os.link(tmp, target)  # atomic and never overwrites: a concurrent duplicate loses cleanly
-            except FileExistsError:
+            if not _link(staged.tmp, target):
                 return False
-            except OSError:
-                if target.exists():
-                    return False
-                os.replace(tmp, target)
         finally:
-            tmp.unlink(missing_ok=True)
-        fsync_dir(parent)
-        for d in created:
+            staged.tmp.unlink(missing_ok=True)
+        fsync_dir(target.parent)
+        for d in staged.created:
             fsync_dir(d.parent)
         return True
     except OSError as exc:
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise StorageFull(f"Disk full: cannot store {target.name} in {parent} ({exc.strerror}). "
-                              "Instances already acknowledged are safe; free space and retrieve again.") from exc
-        raise StorageError(f"Cannot write {target}: {exc.strerror or exc}.") from exc
+        raise _error(target, exc) from exc
 
 
-def write_instance(target: Path, data: bytes) -> bool:
-    """Store ``data`` (a DICOM file: preamble, meta, dataset) at ``target``; False if already there."""
-    return _write(Path(target), lambda fh: fh.write(data))
+def _writer(data: bytes | Sequence[bytes | memoryview]):
+    parts = [data] if isinstance(data, (bytes, bytearray, memoryview)) else list(data)
+
+    def write(fh) -> None:
+        for part in parts:
+            fh.write(part)
+    return write
+
+
+def write_instance(target: Path, data: bytes | Sequence[bytes | memoryview]) -> bool:
+    """Store ``data`` (a DICOM file: preamble, meta, dataset; or its parts in order) at ``target``,
+    durably before returning; False if already there."""
+    return _write(Path(target), _writer(data))
+
+
+def stage_instance(target: Path, data: bytes | Sequence[bytes | memoryview]) -> Staged | None:
+    """Write ``data`` to a temp file beside ``target`` (no fsync, not yet under its name); None if
+    ``target`` exists already. Make it durable and visible with :func:`commit_staged`."""
+    target = Path(target)
+    try:
+        return _stage(target, _writer(data), sync=False)
+    except OSError as exc:
+        raise _error(target, exc) from exc
+
+
+def commit_staged(items: Sequence[Staged]) -> list[bool]:
+    """Make a group of staged instances durable: fsync every temp file, link each into place, fsync
+    each folder once (and the parents of folders staging created). Returns, per item, whether it is
+    new (False: the target appeared meanwhile, a duplicate). On an error no item of the group is
+    left half done: the temp files are removed and StorageFull/StorageError is raised; files already
+    linked stay (they are whole and fsynced)."""
+    done: list[bool] = []
+    current = items[0].target if items else Path()
+    try:
+        for st in items:
+            current = st.target
+            fd = os.open(st.tmp, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        folders: dict[Path, None] = {}
+        for st in items:
+            current = st.target
+            done.append(_link(st.tmp, st.target))
+            st.tmp.unlink(missing_ok=True)
+            folders[st.target.parent] = None
+            for d in st.created:
+                folders.setdefault(d.parent, None)
+        for folder in folders:
+            fsync_dir(folder)
+        return done
+    except OSError as exc:
+        raise _error(current, exc) from exc
+    finally:
+        for st in items:
+            st.tmp.unlink(missing_ok=True)
+
+
+def discard_staged(items: Sequence[Staged]) -> None:
+    for st in items:
+        st.tmp.unlink(missing_ok=True)
 
 
 def copy_instance(source: Path, target: Path) -> bool:
