@@ -401,6 +401,10 @@ def run_recipe(config: DemoConfig, stop_after: str | None = None) -> Path:
     if stop_after == "phantoms":
         return work
     stage("skeleton", skeleton_stage)
+    if config.init_from:
+        sha = state.data["stages"]["skeleton"].get("init_sha256", "?")
+        commands.append(f"# the starting model: {config.init_from} (model.safetensors sha256 {sha}) with "
+                        f"max_tiles {config.spec.max_tiles} (training.demo_model.skeleton_from)")
     if stop_after == "skeleton":
         return work
     sft_final = sft_stage("sft", config.sft_config, skeleton, _mix_meta(train_dir, "meta_stage1.json",
