@@ -42,6 +42,7 @@ benchmarks: $(STAMP)
 	$(PY) benchmarks/dictation.py
 	$(PY) benchmarks/assistant.py
 	$(PY) benchmarks/mpr.py
+	QT_QPA_PLATFORM=offscreen $(PY) benchmarks/mpr_scroll.py
 	$(PY) benchmarks/preread.py
 	$(PY) benchmarks/pacs.py
 
