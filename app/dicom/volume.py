@@ -47,6 +47,14 @@ _PLANE_AXES = {
 }
 
 
+def cross3(a, b) -> np.ndarray:
+    """``np.cross`` of two 3-vectors (the same products), without its generic machinery: ~20× faster on
+    one pair, which the MPR asks for dozens of times a frame."""
+    a0, a1, a2 = (float(x) for x in a)
+    b0, b1, b2 = (float(x) for x in b)
+    return np.array([a1 * b2 - a2 * b1, a2 * b0 - a0 * b2, a0 * b1 - a1 * b0])
+
+
 @dataclass(frozen=True)
 class Plane:
     """A 2-D image grid in patient space: pixel (col, row) ↔ patient (x, y, z) in mm (LPS)."""
@@ -60,7 +68,7 @@ class Plane:
 
     @property
     def normal(self) -> np.ndarray:
-        n = np.cross(self.u, self.v)
+        n = cross3(self.u, self.v)
         return n / np.linalg.norm(n)
 
     def pixel_to_patient(self, col: float, row: float) -> np.ndarray:

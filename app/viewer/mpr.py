@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from app.dicom.volume import MODES, PLANES, Plane, PlaneImage, Reslicable
+from app.dicom.volume import MODES, PLANES, Plane, PlaneImage, Reslicable, cross3
 
 VIEWS = PLANES  # ("axial", "coronal", "sagittal")
 #: Slab thicknesses (mm) the toolbar and keys step through; 0 is a single plane.
@@ -87,13 +87,13 @@ class MprState:
         return self._cached("plane", view, lambda: self._plane(view))
 
     def normal(self, view: str) -> np.ndarray:
-        """The unit normal of ``view``'s plane (``Plane.normal`` computes it on every call)."""
+        """The unit normal of ``view``'s plane (``Plane.normal`` computes it on every call: cached here)."""
         if not self.is_oblique(view):  # a straight plane's normal is the volume's axis: one for good
             n = self._normals.get(view)
             if n is None:
-                n = self._normals[view] = _plane_normal(self.volume.plane(view, 0))
+                n = self._normals[view] = self.volume.plane(view, 0).normal
             return n.copy()
-        return self._cached("normal", view, lambda: _plane_normal(self.plane(view))).copy()
+        return self._cached("normal", view, lambda: self.plane(view).normal).copy()
 
     def image_key(self, view: str) -> tuple:
         """What identifies the image ``view`` shows: equal keys, equal pixels (so a view whose key
@@ -188,10 +188,10 @@ class MprState:
             if other == view:
                 continue
             there_n = self.normal(other)
-            d = _cross3(here_n, there_n)
+            d = cross3(here_n, there_n)
             if math.sqrt(float(d @ d)) < 1e-9:
                 continue  # parallel planes do not cross
-            d = _unit(d)
+            d = d / np.linalg.norm(d)
             seg = _line_in(here, self.point, d, rows, cols)
             if seg is None:
                 continue
@@ -228,22 +228,6 @@ class MprState:
             where = f"{self.index(view) + 1}/{self.count(view)}"
         slab = f" · {self.mode.upper() if self.mode != 'mean' else 'Mean'} {self.slab_mm:g} mm" if self.slab_mm else ""
         return f"{view.capitalize()} {where}{slab}"
-
-
-def _cross3(a, b) -> np.ndarray:
-    """``np.cross`` of two 3-vectors, without its generic machinery (~20× faster on one pair)."""
-    a0, a1, a2 = (float(x) for x in a)
-    b0, b1, b2 = (float(x) for x in b)
-    return np.array([a1 * b2 - a2 * b1, a2 * b0 - a0 * b2, a0 * b1 - a1 * b0])
-
-
-def _unit(v: np.ndarray) -> np.ndarray:
-    return v / np.linalg.norm(v)
-
-
-def _plane_normal(plane: Plane) -> np.ndarray:
-    """``plane.normal``, computed as it does (u × v, normalised) without ``np.cross``."""
-    return _unit(_cross3(plane.u, plane.v))
 
 
 def _rotate(vec: np.ndarray, axis: np.ndarray, angle: float) -> np.ndarray:
