@@ -46,7 +46,7 @@ from app.studies.db import StudyDB
 from app.studies.importer import Audit
 from app.studies.importer import record as _audit
 from app.studies.nodes import LocalAE, Node, NodeStore
-from app.studies.scp import TIMEOUT, Listener, Receiver, no_delay
+from app.studies.scp import TIMEOUT, Listener, Receiver, on_connection_open
 from app.studies.tls import client_context, handshake_error
 
 log = logging.getLogger(__name__)
@@ -79,7 +79,7 @@ def _node_data(node: Node) -> dict[str, Any]:
 
 
 def _associate(ae: AE, node: Node, audit: Audit | None, purpose: str, **kw: Any) -> Any:
-    kw["evt_handlers"] = [(evt.EVT_CONN_OPEN, no_delay), *kw.get("evt_handlers", [])]
+    kw["evt_handlers"] = [(evt.EVT_CONN_OPEN, on_connection_open), *kw.get("evt_handlers", [])]
     context = client_context(node) if node.tls else None
     if context is not None:
         kw["tls_args"] = (context, node.host)
@@ -473,16 +473,23 @@ def _get_on_new_association(node: Node, local: LocalAE, study_uid: str, classes:
             _consume(assoc.send_c_get(_retrieve_identifier(study_uid), StudyRootQueryRetrieveInformationModelGet),
                      result)
     finally:
-        if cancel is not None:
-            cancel.unwatch()
-        result.cancelled = _cancelled(cancel)
-        clean = assoc.is_established and not result.cancelled
-        if clean:
-            assoc.release()
-        elif assoc.is_established:
-            assoc.abort()
+        clean = _end_retrieve(assoc, cancel, result)
         transfer = receiver.finish(assoc, "released" if clean else "aborted")
     return clean, transfer
+
+
+def _end_retrieve(assoc: Any, cancel: RetrieveCancel | None, result: RetrieveResult) -> bool:
+    """Close a C-GET / C-MOVE association: released when it ran to the end, aborted when the reader cancelled
+    or it broke; records the cancel in ``result``. True when released cleanly."""
+    if cancel is not None:
+        cancel.unwatch()
+    result.cancelled = _cancelled(cancel)
+    clean = assoc.is_established and not result.cancelled
+    if clean:
+        assoc.release()
+    elif assoc.is_established:
+        assoc.abort()
+    return clean
 
 
 def _note_cancel(result: RetrieveResult) -> None:
@@ -530,14 +537,7 @@ def move_study(node: Node, local: LocalAE, study_uid: str, db: StudyDB, storage:
                 _consume(assoc.send_c_move(_retrieve_identifier(study_uid), local.ae_title,
                                            StudyRootQueryRetrieveInformationModelMove), result)
         finally:
-            if cancel is not None:
-                cancel.unwatch()
-            result.cancelled = _cancelled(cancel)
-            clean = assoc.is_established and not result.cancelled
-            if clean:
-                assoc.release()
-            elif assoc.is_established:
-                assoc.abort()
+            clean = _end_retrieve(assoc, cancel, result)
         if listener is not None:
             listener.wait_idle()  # the node's store association may still be closing
             mine = [t for t in listener.receiver.finished if study_uid in t.studies or study_uid in t.duplicates]
