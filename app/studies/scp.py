@@ -479,7 +479,7 @@ class Receiver:
 _PER_MESSAGE_EVENTS = (evt.EVT_PDU_RECV, evt.EVT_PDU_SENT, evt.EVT_DIMSE_RECV, evt.EVT_DIMSE_SENT)
 
 
-def no_delay(event: Any) -> None:
+def on_connection_open(event: Any) -> None:
     """EVT_CONN_OPEN: switch Nagle's algorithm off. DIMSE is request/response; with Nagle and delayed
     ACKs each small PDU can wait ~40 ms, which dominates a study of many small instances.
 
@@ -548,7 +548,7 @@ class Listener:
 
     def start(self) -> "Listener":
         handlers = [
-            (evt.EVT_CONN_OPEN, no_delay),
+            (evt.EVT_CONN_OPEN, on_connection_open),
             (evt.EVT_C_STORE, self.receiver.handle_store),
             (evt.EVT_ACCEPTED, self.receiver.on_accepted),
             (evt.EVT_REJECTED, self.receiver.on_rejected),

@@ -10,7 +10,7 @@ Storage SCP must guarantee before answering *success*. An instance already store
 Instance UID) is not written again. A full disk raises :class:`StorageFull` and leaves no
 partial file behind.
 
-Group durability (retrieves, :class:`Staging`): :func:`stage_instance` writes the temp file without
+Group durability (retrieves, :class:`Staged`): :func:`stage_instance` writes the temp file without
 fsync; :func:`commit_staged` later fsyncs a whole group of them, links each into place and fsyncs
 each folder once. The invariant stays the same in both ways: **a file under its final name is
 whole and durable** (only temp files, ``.recv-*.tmp``, can be lost or torn by a power cut), so
@@ -181,11 +181,6 @@ def commit_staged(items: Sequence[Staged]) -> list[bool]:
     finally:
         for st in items:
             st.tmp.unlink(missing_ok=True)
-
-
-def discard_staged(items: Sequence[Staged]) -> None:
-    for st in items:
-        st.tmp.unlink(missing_ok=True)
 
 
 def copy_instance(source: Path, target: Path) -> bool:
