@@ -202,17 +202,23 @@ def study_cases(study: PhantomStudy, cfg: StudyCorpusConfig, rng: np.random.Gene
     by_id = {lesion.id: lesion for lesion in study.lesions}
     for k in _pick_slices(study, cfg, rng):
         sl = study.render(k)
-        rendered = {name: render_stored(sl.stored, study_window(name)) for name in cfg.windows}
+        rendered: dict[str, np.ndarray] = {}
+
+        def render(name: str) -> np.ndarray:  # each window rendered once, and only if needed
+            if name not in rendered:
+                rendered[name] = render_stored(sl.stored, study_window(name))
+            return rendered[name]
+
         pool = list(cfg.windows)
         if cfg.visible_window_share > 0 and sl.boxes and rng.random() < cfg.visible_window_share:
             showing = [name for name in cfg.windows
-                       if any(lesion_visibility(rendered[name], box, study.spacing_mm)[0] for box in sl.boxes.values())]
+                       if any(lesion_visibility(render(name), box, study.spacing_mm)[0] for box in sl.boxes.values())]
             pool = showing or pool
         names = [str(w) for w in rng.choice(pool, size=min(cfg.windows_per_slice, len(pool)), replace=False)]
         for name in names:
             preset = study_window(name)
             window = HEADER_WINDOW if preset is None else preset
-            image = rendered[name]
+            image = render(name)
             shown, hidden, borderline = [], [], False
             for lid, box in sl.boxes.items():
                 visible, contrast = lesion_visibility(image, box, study.spacing_mm)
