@@ -578,6 +578,7 @@ class QueryPacsTab(QWidget):
         self._current: tuple[str, int | None] | None = None  # study being retrieved, instances expected
         self._open_after: set[str] = set()
         self._prefix = ""
+        self._retrieve_busy = False
         self._poll = QTimer(self, interval=300)
         self._poll.timeout.connect(self._update_progress)
         self.search_button.clicked.connect(self.run_search)
@@ -663,7 +664,7 @@ class QueryPacsTab(QWidget):
 
     # ---- retrieve ----------------------------------------------------------------------------
     def _update_buttons(self) -> None:
-        busy = self._retrieve is not None and self._retrieve.isRunning()
+        busy = self.retrieving
         self.retrieve_button.setEnabled(bool(self.node.currentText()) and not busy
                                         and bool(self.view.selectionModel().selectedRows()))
 
@@ -680,7 +681,7 @@ class QueryPacsTab(QWidget):
     def retrieve(self, uids: list[str]) -> bool:
         """Retrieve ``uids`` from the chosen node on a worker; False when one is already running."""
         name = self.node.currentText()
-        if not uids or not name or (self._retrieve is not None and self._retrieve.isRunning()):
+        if not uids or not name or self.retrieving:
             return False
         w = RetrieveWorker(self.services, name, uids, self.web.isChecked(), self)
         w.started_study.connect(self._started_study)
@@ -689,6 +690,7 @@ class QueryPacsTab(QWidget):
         w.study_cancelled.connect(self._study_cancelled)
         w.finished.connect(self._retrieve_finished)
         self._retrieve = w
+        self._retrieve_busy = True
         self.cancel_button.setEnabled(True)
         self.cancel_button.setVisible(True)
         self.progress.setVisible(True)
@@ -709,7 +711,9 @@ class QueryPacsTab(QWidget):
 
     @property
     def retrieving(self) -> bool:
-        return self._retrieve is not None and self._retrieve.isRunning()
+        """True from Retrieve until the worker's last result has been shown here (its ``finished`` arrives
+        after its results: queued from one thread, in order), not merely until its thread has ended."""
+        return self._retrieve_busy
 
     def _expected(self, uid: str) -> int | None:
         for r in self._results:
@@ -738,6 +742,7 @@ class QueryPacsTab(QWidget):
             self.status.setText(f"{self._prefix}: {have} images")
 
     def _study_done(self, uid: str, result: Any) -> None:
+        self._current = None  # a late progress poll must not overwrite the result
         if getattr(result, "cancelled", False):
             self._open_after.discard(uid)
             here = self.services.db.get(uid)
@@ -760,11 +765,13 @@ class QueryPacsTab(QWidget):
             self.open_requested.emit(uid)
 
     def _study_failed(self, uid: str, message: str) -> None:
+        self._current = None  # a late progress poll must not overwrite the result
         self._open_after.discard(uid)
         self.status.setText(message)
         self.message.emit(message)
 
     def _study_cancelled(self, uid: str) -> None:
+        self._current = None  # a late progress poll must not overwrite the result
         self._open_after.discard(uid)
         here = self.services.db.get(uid)
         text = "Retrieve cancelled" + (f": {here.instances} image(s) of the study are here, it is marked {here.state}."
@@ -774,6 +781,7 @@ class QueryPacsTab(QWidget):
         self._show_results()
 
     def _retrieve_finished(self) -> None:
+        self._retrieve_busy = False
         self._poll.stop()
         self._current = None
         self.progress.setVisible(False)
