@@ -15,16 +15,22 @@ fsync; :func:`commit_staged` later fsyncs a whole group of them, links each into
 each folder once. The invariant stays the same in both ways: **a file under its final name is
 whole and durable** (only temp files, ``.recv-*.tmp``, can be lost or torn by a power cut), so
 "already stored" never means "half written".
+
+Temp files left by a process that died mid-write (a crash, a power cut, a killed retrieve) are never
+acknowledged instances: the first write into a folder in each process removes those older than
+:data:`STALE_TEMP_S` (younger ones may belong to another process writing right now).
 """
 
 from __future__ import annotations
 
 import errno
 import hashlib
+import logging
 import os
 import re
 import shutil
 import tempfile
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +39,10 @@ from app.core.errors import XMedError
 from app.core.paths import fsync_dir
 
 _UID_RE = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+STALE_TEMP_S = 3600.0  # a temp file this old is left over from a write that died
+_swept: set[str] = set()  # folders this process has already cleared of stale temp files
+
+log = logging.getLogger(__name__)
 
 
 class StorageError(XMedError):
@@ -84,12 +94,44 @@ class Staged:
     created: list[Path] = field(default_factory=list)  # folders staging created (their parents need an fsync)
 
 
+def sweep_stale_temps(folder: Path, max_age_s: float = STALE_TEMP_S) -> int:
+    """Remove ``.recv-*.tmp`` files older than ``max_age_s`` in ``folder`` (not below it); how many.
+    They are the remains of writes that died before their instance was acknowledged."""
+    cutoff = time.time() - max_age_s
+    removed = 0
+    try:
+        with os.scandir(folder) as entries:
+            for e in entries:
+                if not (e.name.startswith(".recv-") and e.name.endswith(".tmp")):
+                    continue
+                try:
+                    if e.is_file(follow_symlinks=False) and e.stat(follow_symlinks=False).st_mtime < cutoff:
+                        os.unlink(e.path)
+                        removed += 1
+                except OSError:
+                    continue
+    except OSError:
+        return removed
+    if removed:
+        log.info("removed %d unfinished temp file(s) of an interrupted receive from %s", removed, folder)
+    return removed
+
+
+def _sweep_once(folder: Path) -> None:
+    key = str(folder)
+    if key not in _swept:
+        _swept.add(key)
+        sweep_stale_temps(folder)
+
+
 def _stage(target: Path, write, *, sync: bool) -> Staged | None:
     if target.exists():
         return None
     parent = target.parent
     missing = [p for p in (parent.parent, parent) if not p.exists()]
     parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if not missing:
+        _sweep_once(parent)
     fd, tmp_name = tempfile.mkstemp(prefix=".recv-", suffix=".tmp", dir=parent)
     tmp = Path(tmp_name)
     try:

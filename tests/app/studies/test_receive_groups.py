@@ -90,6 +90,33 @@ def test_a_staged_instance_is_under_its_name_only_once_durable(tmp_path):
     assert not list(tmp_path.rglob("*.tmp"))
 
 
+def test_temp_files_left_by_a_dead_write_are_cleared_at_the_next_write_into_their_folder(tmp_path):
+    """A crash between the temp file and its rename leaves ``.recv-*.tmp`` behind (never an acknowledged
+    instance): the next write into that series folder removes the old ones, not the young ones (another
+    process may be writing them now), nor anything else there."""
+    data = SAMPLE_FILES[0].read_bytes()
+    series = tmp_path / "s" / "1.2"
+    series.mkdir(parents=True)
+    (series / "1.2.1.dcm").write_bytes(data)
+    dead = [series / ".recv-dead1.tmp", series / ".recv-dead2.tmp"]
+    young = series / ".recv-young.tmp"
+    other = series / "notes.tmp"
+    for p in (*dead, young, other):
+        p.write_bytes(b"half an instance")
+    old = time.time() - storage_mod.STALE_TEMP_S - 60
+    for p in (*dead, other):
+        os.utime(p, (old, old))
+    storage_mod._swept.discard(str(series))
+    assert storage_mod.write_instance(series / "1.2.2.dcm", data)
+    assert not any(p.exists() for p in dead) and young.exists() and other.exists()
+    assert (series / "1.2.1.dcm").read_bytes() == data and (series / "1.2.2.dcm").read_bytes() == data
+    again = series / ".recv-dead3.tmp"  # once per folder and process: later writes do not scan again
+    again.write_bytes(b"x")
+    os.utime(again, (old, old))
+    assert stage_instance(series / "1.2.3.dcm", data) is not None and again.exists()
+    assert storage_mod.sweep_stale_temps(series) == 1 and not again.exists()
+
+
 def test_a_full_disk_while_staging_or_committing_leaves_no_temp_file(tmp_path, monkeypatch):
     data = SAMPLE_FILES[0].read_bytes()
     real_fsync = os.fsync
