@@ -10,15 +10,19 @@ from pathlib import Path
 from PySide6.QtWidgets import QApplication
 
 from inference.resources import SAMPLE_STUDY, STYLE_SHEET
+from ui.workers import MainThreadCollector
 
 log = logging.getLogger(__name__)
 
 STYLE = STYLE_SHEET
 SAMPLE = SAMPLE_STUDY
+_collector: MainThreadCollector | None = None  # garbage collection on the GUI thread (see ui.workers)
 
 
 def application(offscreen: bool = False) -> QApplication:
-    """The one QApplication, created with the offscreen platform when asked or when there is no display."""
+    """The one QApplication, created with the offscreen platform when asked or when there is no display;
+    from then on Python collects garbage on the GUI thread only (listener and worker threads never
+    finalize Qt objects)."""
     app = QApplication.instance()
     if app is None:
         no_display = sys.platform.startswith("linux") and not (
@@ -32,7 +36,17 @@ def application(offscreen: bool = False) -> QApplication:
         if STYLE.exists():
             app.setStyleSheet(STYLE.read_text(encoding="utf-8"))
     assert isinstance(app, QApplication)
+    collect_on_gui_thread(app)
     return app
+
+
+def collect_on_gui_thread(app: QApplication) -> MainThreadCollector:
+    """From now on the cyclic garbage collector runs on the GUI thread only (:class:`MainThreadCollector`);
+    once per process."""
+    global _collector
+    if _collector is None:
+        _collector = MainThreadCollector(parent=app).start()
+    return _collector
 
 
 def has_display() -> bool:

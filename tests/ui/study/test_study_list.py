@@ -245,9 +245,6 @@ def test_query_pacs_tab_finds_and_retrieves_from_orthanc_in_the_background(qtbot
     assert {"pacs.find", "pacs.get", "pacs.association"} <= {r["action"] for r in records}
 
 
-@pytest.mark.skip(reason="hung once in a clean-clone run under load (2026-12-06): the main thread blocked inside a "
-                         "garbage collection while the second retrieve's thread waited for the GIL; a deadlock to find "
-                         "before this runs in CI again (passes when run alone)")
 def test_a_retrieve_can_be_cancelled_and_a_later_retrieve_completes_the_study(qtbot, window, orthanc,  # noqa: F811
                                                                                monkeypatch):
     """Cancel aborts the C-GET association at once: what arrived stays, the study is incomplete in the database
@@ -419,10 +416,6 @@ def test_a_study_pushed_to_the_viewers_listener_is_preread_and_shows_its_dot(qtb
     assert ai_text() == f"done · {study.ai_worst_tier}"
 
 
-@pytest.mark.skip(reason="hung in a clean-clone run on an idle machine (2026-12-06, after the retrieve changes): every "
-                         "thread idle, the listener's request thread inside pynetdicom's deepcopy of its contexts, the "
-                         "main thread in qtbot.waitUntil; the same cross-thread deadlock class as the retrieve-cancel "
-                         "test, to find before this runs in CI again")
 def test_the_outbox_view_shows_a_failed_send_and_retry_sends_it(qtbot, window, tmp_path):
     win, settings = window
     port = free_port()
