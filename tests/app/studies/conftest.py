@@ -8,8 +8,10 @@ waits (bounded) until its REST API answers, and stops it afterwards (terminate, 
 
 from __future__ import annotations
 
+import ctypes
 import json
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -25,6 +27,15 @@ ORTHANC_AE = "ORTHANC"
 OUR_AE = "XMEDTEST"
 START_TIMEOUT = 30.0
 DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")  # Debian's orthanc-dicomweb
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: Linux stops Orthanc when the test process dies, even by SIGKILL (a run
+    killed for hanging would otherwise leave it serving on its ports)."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
 
 
 def free_port() -> int:
@@ -109,7 +120,7 @@ def orthanc(tmp_path_factory) -> OrthancServer:
     cfg.write_text(json.dumps(config, indent=2))
     log_path = root / "orthanc.log"
     proc = subprocess.Popen([str(ORTHANC), str(cfg)], stdout=open(log_path, "wb"), stderr=subprocess.STDOUT,
-                            cwd=root)
+                            cwd=root, preexec_fn=_die_with_parent)
     server = OrthancServer(dicom_port, http_port, listener_port, proc, log_path)
     deadline = time.monotonic() + START_TIMEOUT
     while True:
