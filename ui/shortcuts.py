@@ -79,8 +79,8 @@ SHORTCUTS: tuple[Shortcut, ...] = (
     Shortcut("mpr_rotate_back", ("Alt+Shift+R",), "MPR: turn the crosshair back 15° (0° gives true planes again)",
              "Application", "window"),
     Shortcut("next_viewport", ("Tab",), "Next viewport", "Application", "window"),
-    Shortcut("link_viewports", ("Ctrl+L",), "Link viewports: a prior study scrolls with this one from where both are "
-             "now (again: unlink; series of one frame of reference always scroll together)", "Application", "window"),
+    Shortcut("link_viewports", ("Ctrl+L",), "Link viewports: a prior study scrolls, zooms and pans with this one from "
+             "where both are now (again: unlink; series of one frame of reference always move together)", "Application", "window"),
     Shortcut("reading_mode", ("F11", "Ctrl+Shift+R"), "Reading mode: hide the side panels and toolbar (again: restore)",
              "Application", "window"),
     Shortcut("cancel_load", ("Ctrl+.",), "Cancel loading", "Application", "window"),

@@ -15,6 +15,13 @@ The linked cursor maps the patient point under the pointer (through the same off
 manual link) onto the other viewports' slices: a small cross where that point lies, when it
 lies within a slice gap of the slice shown and inside the image.
 
+Pan and zoom follow the same way (:meth:`SyncModel.map_pixel`): the patient point at the centre of
+the view that moved (through the offset of a manual link) goes to the centre of each linked view,
+at the same scale in mm per screen pixel, so series of different pixel spacing line up. A manual
+link made while the reader shows the same anatomy at the centre of both views (panned to match)
+keeps that in-plane offset too: the offset is taken between the points at the centres of the
+views, which are the slice centres when both views are fitted.
+
 Everything here works on :class:`Pane` (what a viewport shows: geometry, slice count, frame of
 reference); ``ui.viewer.sync`` feeds it from the viewports and applies the answers.
 """
@@ -163,17 +170,25 @@ class SyncModel:
     def linked_by_hand(self) -> bool:
         return bool(self.manual)
 
-    def link(self, panes: list[Pane], slices: dict[int, int]) -> int:
+    def link(self, panes: list[Pane], slices: dict[int, int],
+             centres: dict[int, tuple[float, float]] | None = None) -> int:
         """Link every pair of ``panes`` that does not share a frame of reference, at the slices they
-        show now (``slices``: pane key → slice index); returns how many pairs were linked."""
+        show now (``slices``: pane key → slice index); returns how many pairs were linked.
+
+        ``centres`` (pane key → pixel (col, row), pixel centres at integers) is the image point at
+        the centre of each view: the reader has the same anatomy there, so the offset is taken
+        between those points; without it, between the centres of the slices."""
         self.manual.clear()
+        centres = centres or {}
         for i, a in enumerate(panes):
             for b in panes[i + 1:]:
                 if self.same_frame(a, b):
                     continue
                 ka, kb = slices.get(a.key, 0), slices.get(b.key, 0)
                 if a.geometry is not None and b.geometry is not None:
-                    offset = b.centre(kb) - a.centre(ka)
+                    pa = a.geometry.pixel_to_patient(ka, *centres[a.key]) if a.key in centres else a.centre(ka)
+                    pb = b.geometry.pixel_to_patient(kb, *centres[b.key]) if b.key in centres else b.centre(kb)
+                    offset = pb - pa
                     self.manual[frozenset((a.key, b.key))] = ManualLink(a.key, b.key, offset)
                 else:
                     self.manual[frozenset((a.key, b.key))] = ManualLink(a.key, b.key, None, kb - ka)
@@ -210,15 +225,33 @@ class SyncModel:
             return None  # an axial and a sagittal series: scrolling one does not move the other
         return nearest_slice(dst.geometry, src.centre(k) + offset, dst.count)
 
-    def cursor(self, src: Pane, k: int, col: float, row: float, dst: Pane, k_dst: int) -> tuple[float, float] | None:
-        """Where the patient point at pixel (col, row) of ``src``'s slice ``k`` lies on ``dst``'s slice
-        ``k_dst`` (pixel centres at integers), or None: not linked, not near that slice, or outside."""
+    def _point(self, src: Pane, k: int, col: float, row: float, dst: Pane) -> np.ndarray | None:
+        """The patient point of ``dst``'s series that pixel (col, row) of ``src``'s slice ``k`` stands for
+        (through a manual link's offset), or None: not linked, or no geometry to say."""
         if self.link_kind(src, dst) is None or src.geometry is None or dst.geometry is None:
             return None
         offset, _ = self._offset(src, dst)
         if offset is None:
             return None
-        p = src.geometry.pixel_to_patient(k, col, row) + offset
+        return src.geometry.pixel_to_patient(k, col, row) + offset
+
+    def map_pixel(self, src: Pane, k: int, col: float, row: float, dst: Pane, k_dst: int) -> tuple[float, float] | None:
+        """Pan sync: where the patient point at pixel (col, row) of ``src``'s slice ``k`` lies in the
+        plane of ``dst``'s slice ``k_dst`` (pixel centres at integers; anywhere in that plane, inside
+        the image or not), or None: not linked, no geometry (a manual link by slice offset), or slices
+        that are not parallel (an axial and a sagittal series do not pan together, as they do not
+        scroll together)."""
+        p = self._point(src, k, col, row, dst)
+        if p is None or not parallel(src.geometry, dst.geometry):
+            return None
+        return dst.geometry.patient_to_pixel(k_dst, p)
+
+    def cursor(self, src: Pane, k: int, col: float, row: float, dst: Pane, k_dst: int) -> tuple[float, float] | None:
+        """Where the patient point at pixel (col, row) of ``src``'s slice ``k`` lies on ``dst``'s slice
+        ``k_dst`` (pixel centres at integers), or None: not linked, not near that slice, or outside."""
+        p = self._point(src, k, col, row, dst)
+        if p is None:
+            return None
         gap = max(slice_gap(dst.geometry), slice_gap(src.geometry) if src.count > 1 else 0.0)
         distance = float((p - np.asarray(dst.geometry.origins[k_dst], float)) @ unit_normal(dst.geometry))
         if abs(distance) > gap * 0.5 + 1e-6 and abs(distance) > 1.0:

@@ -1,5 +1,14 @@
-"""Synchronised viewports: scroll, window/level and zoom follow between linked viewports, and a
+"""Synchronised viewports: scroll, window/level, zoom and pan follow between linked viewports, and a
 linked cursor marks the patient point under the pointer in the others.
+
+Zoom and pan follow as one view: after the reader zooms, pans, fits or resets one viewport, each
+linked viewport takes the same scale in mm per screen pixel (view units are mm: the image is
+scaled by its pixel spacing) and puts the patient point at the centre of the one that moved
+(through a manual link's offset) at its own centre, so the same anatomy sits at the same place in
+each. When viewports are resized (the window, a layout, maximising one, the slice bar appearing)
+the views are matched again once the resizes of that moment are done: of the viewports resized, the
+one the reader last zoomed, panned or fitted (else the first on screen) keeps the view the resize
+gave it, as an unlinked viewport would, and its linked viewports follow it.
 
 Which viewports are linked and where each goes is decided by :class:`app.viewer.sync.SyncModel`
 (a shared Frame of Reference links automatically; "Link viewports" links a prior study by hand,
@@ -14,7 +23,7 @@ import logging
 import math
 from collections.abc import Callable
 
-from PySide6.QtCore import QObject, QPointF, Signal
+from PySide6.QtCore import QObject, QPointF, QRectF, QTimer, Signal
 from PySide6.QtGui import QColor, QPainterPath, QPen
 from PySide6.QtWidgets import QGraphicsItem, QGraphicsPathItem
 
@@ -64,11 +73,18 @@ class ViewportSync(QObject):
         self._busy = False
         self._cursor_source: Viewport | None = None
         self._cursor_point = None
+        self._leader: Viewport | None = None  # the viewport the reader last zoomed, panned or fitted
+        self._resized_now: list[Viewport] = []  # resized since the last match (one burst of resizes)
+        self._resize_timer = QTimer(self, singleShot=True, interval=0)
+        self._resize_timer.timeout.connect(self._match_after_resize)
         self.crosses: dict[int, QGraphicsPathItem] = {}
         for vp in self.viewports:
             vp.slice_changed.connect(lambda k, vp=vp: self._slice(vp, k))
             vp.window_changed.connect(lambda w, vp=vp: self._window(vp, w))
-            vp.zoom_changed.connect(lambda vp=vp: self._zoom(vp))
+            vp.zoom_changed.connect(lambda vp=vp: self._view(vp))
+            vp.panned.connect(lambda vp=vp: self._view(vp))
+            vp.fitted.connect(lambda vp=vp: self._view(vp))
+            vp.vb.sigResized.connect(lambda _vb, vp=vp: self._resized(vp))
             vp.pointer_moved.connect(lambda p, vp=vp: self._pointer(vp, p))
             vp.shown.connect(lambda vp=vp: self._shown(vp))
 
@@ -129,24 +145,73 @@ class ViewportSync(QObject):
         px, py = vp.vb.viewPixelSize()
         return math.sqrt(px * py) if px > 0 and py > 0 else 0.0
 
-    def _zoom(self, vp: Viewport) -> None:
+    @staticmethod
+    def view_centre(vp: Viewport) -> tuple[float, float]:
+        """The image point at the centre of ``vp``'s view (pixel (col, row), pixel centres at integers)."""
+        p = vp.vb.mapFromViewToItem(vp.image, vp.vb.viewRect().center())
+        return p.x() - 0.5, p.y() - 0.5
+
+    def _match(self, leader: Viewport, src: Pane, other: Viewport, dst: Pane) -> bool:
+        """``other`` takes ``leader``'s scale (mm per screen pixel) and, where the model can map it,
+        puts the patient point at ``leader``'s centre at its own centre; True when it moved."""
+        want = self.mm_per_screen_pixel(leader)
+        have = self.mm_per_screen_pixel(other)
+        size = other.vb.rect().size()  # screen pixels
+        if not (0 < want < math.inf and 0 < have < math.inf) or size.isEmpty():
+            return False  # a view with no size yet (never laid out)
+        rect = other.vb.viewRect()
+        centre = rect.center()
+        hit = self.model.map_pixel(src, leader.slice_index, *self.view_centre(leader), dst, other.slice_index)
+        if hit is not None:
+            centre = other.vb.mapFromItemToView(other.image, QPointF(hit[0] + 0.5, hit[1] + 0.5))
+        shift = centre - rect.center()
+        if abs(want / have - 1.0) <= 1e-3 and math.hypot(shift.x(), shift.y()) <= 0.05 * want:
+            return False  # already there (within a twentieth of a screen pixel)
+        w, h = size.width() * want, size.height() * want
+        other.vb.setRange(QRectF(centre.x() - w / 2, centre.y() - h / 2, w, h), padding=0.0)
+        return True
+
+    def _view(self, vp: Viewport) -> None:
+        """The reader zoomed, panned or fitted ``vp``: the linked viewports take its scale and centre."""
         def go():
-            want = self.mm_per_screen_pixel(vp)
-            if want <= 0:
-                return
-            for other, *_ in self.linked(vp):
-                have = self.mm_per_screen_pixel(other)
-                if have > 0 and abs(want / have - 1.0) > 1e-3:
-                    other.vb.scaleBy((want / have, want / have))
+            self._leader = vp
+            for other, src, dst, _kind in self.linked(vp):
+                self._match(vp, src, other, dst)
+        self._guarded(go)
+
+    def _resized(self, vp: Viewport) -> None:
+        """``vp`` changed size: the linked views are matched again once this burst of resizes is over."""
+        if vp not in self._resized_now:
+            self._resized_now.append(vp)
+        self._resize_timer.start()
+
+    def _match_after_resize(self) -> None:
+        """Of the viewports just resized (on screen, with linked ones), the one the reader last zoomed,
+        panned or fitted, else the first, keeps the view the resize gave it; its linked viewports follow."""
+        resized, self._resized_now = self._resized_now, []
+        visible = self._visible()
+        candidates = [vp for vp in visible if vp in resized and vp.isVisible() and self.linked(vp)]
+        if not candidates:
+            return
+        leader = self._leader if self._leader in candidates else candidates[0]
+
+        def go():
+            for other, src, dst, _kind in self.linked(leader):
+                self._match(leader, src, other, dst)
         self._guarded(go)
 
     def _shown(self, vp: Viewport) -> None:
-        """A series arrived: its manual links are void; it joins a linked series at the same place."""
+        """A series arrived: its manual links are void; it joins a linked series at the same place
+        (slice, and scale and centre when it is on screen)."""
         self.model.forget(id(vp))
         self.hide_cursor(vp)
-        for other, *_ in self.linked(vp):
-            self._slice(other, other.slice_index)
-            break
+        links = self.linked(vp)
+        if not links:
+            return
+        other, mine, theirs, _kind = links[0]
+        self._slice(other, other.slice_index)
+        if vp in self._visible():
+            self._guarded(lambda: self._match(other, theirs, vp, mine))
 
     # -- manual link ----------------------------------------------------------------------------------
     @property
@@ -164,12 +229,13 @@ class ViewportSync(QObject):
             self.link_changed.emit(False)
             return "Show two series side by side first (layout 1×2), bring them to the same anatomy, then link"
         panes = [self.pane(vp) for vp in shown]
-        n = self.model.link(panes, {id(vp): vp.slice_index for vp in shown})
+        n = self.model.link(panes, {id(vp): vp.slice_index for vp in shown},
+                            {id(vp): self.view_centre(vp) for vp in shown})
         if n == 0:
             self.link_changed.emit(False)
             return "These series share a frame of reference: they already scroll together"
         self.link_changed.emit(True)
-        return "Viewports linked: scrolling one moves the others by the same distance"
+        return "Viewports linked: scrolling, zooming or panning one moves the others the same way"
 
     # -- linked cursor --------------------------------------------------------------------------------
     def _pointer(self, vp: Viewport, point) -> None:

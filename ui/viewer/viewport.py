@@ -143,6 +143,7 @@ class _ImageViewBox(pg.ViewBox):
             self._vp.measure_drag(ev)
         elif button in (Qt.MouseButton.LeftButton, Qt.MouseButton.MiddleButton):
             super().mouseDragEvent(ev, axis)
+            self._vp.panned.emit()
         else:
             ev.ignore()
 
@@ -182,6 +183,8 @@ class Viewport(QWidget):
     pointer_moved = Signal(object)  # (x, y) image point under the pointer (pixel c covers [c, c+1)), or None
     view_changed = Signal()  # zoom, pan, fit, rotation or resize
     zoom_changed = Signal()  # the reader zoomed (Ctrl+wheel, zoom keys): linked viewports follow
+    panned = Signal()  # the reader dragged the image (pan tool, middle button): linked viewports follow
+    fitted = Signal()  # the reader fitted the image (fit, reset, rotate / flip): linked viewports follow
     key_image_requested = Signal()  # K: mark / unmark the image on screen as a key image (the grid's keeper does it)
 
     def __init__(self, parent: QWidget | None = None) -> None:
@@ -323,7 +326,7 @@ class Viewport(QWidget):
         self.corner.set_message("")
         self._apply_transform()
         self._render()
-        self.fit()
+        self._fit()  # a series arriving is no reader's fit: it joins the linked viewports once shown
         self._after_slice_change()
         self.window_changed.emit(self._window)
         if complete:
@@ -457,8 +460,15 @@ class Viewport(QWidget):
     # -- zoom, pan, rotate, flip ---------------------------------------------------------------
 
     def fit(self) -> None:
-        if self.image.image is not None:
-            self.vb.autoRange(items=[self.image], padding=0.0)
+        """Fit to window (F, reset, a rotation or flip); linked viewports take the same scale and centre."""
+        if self._fit():
+            self.fitted.emit()
+
+    def _fit(self) -> bool:
+        if self.image.image is None:
+            return False
+        self.vb.autoRange(items=[self.image], padding=0.0)
+        return True
 
     def zoom_by(self, factor: float) -> None:
         target = clamp_zoom(self.zoom * factor)

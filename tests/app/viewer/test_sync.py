@@ -100,3 +100,41 @@ def test_helpers():
     g = axial(10, 2.5)
     assert slice_gap(g) == pytest.approx(2.5)
     assert nearest_slice(g, [0, 0, -7.4]) == 3
+
+
+def test_pan_maps_the_centre_by_patient_point():
+    """Pan sync: the pixel of the other series that shows the same patient point (another spacing, another
+    origin), anywhere in its plane; not across non-parallel slices, nor without geometry."""
+    g1 = axial(50, 2.0, spacing=(0.5, 0.5))
+    g2 = axial(20, 5.0, spacing=(1.25, 1.25), xy=(-110.0, -130.0))
+    a = Pane(1, g1, 50, (512, 512), "F", "CT")
+    b = Pane(2, g2, 20, (256, 256), "F", "CT")
+    m = SyncModel()
+    for col, row in ((100.0, 60.0), (-40.0, 700.0)):
+        c, r = m.map_pixel(a, 20, col, row, b, 8)
+        assert (c, r) == pytest.approx(((-100 + 0.5 * col + 110) / 1.25, (-120 + 0.5 * row + 130) / 1.25))
+        assert g2.pixel_to_patient(8, c, r)[:2] == pytest.approx(g1.pixel_to_patient(20, col, row)[:2])
+    assert m.map_pixel(a, 20, 10.0, 10.0, b, 3) == pytest.approx(m.map_pixel(a, 20, 10.0, 10.0, b, 8))
+    sag = Geometry(np.array([[float(x), -120.0, 50.0] for x in range(-50, 50, 2)]), np.array([0, 1.0, 0]),
+                   np.array([0, 0, -1.0]), (1.0, 1.0))
+    assert m.map_pixel(a, 20, 10.0, 10.0, Pane(3, sag, 50, (128, 128), "F", "CT"), 5) is None
+    assert m.map_pixel(a, 20, 10.0, 10.0, Pane(4, g2, 20, (256, 256), "OTHER", "CT"), 5) is None
+    flat = SyncModel()
+    flat.link([Pane(5, None, 9, (64, 64)), Pane(6, None, 9, (64, 64))], {5: 0, 6: 0})
+    assert flat.map_pixel(Pane(5, None, 9, (64, 64)), 0, 1.0, 1.0, Pane(6, None, 9, (64, 64)), 0) is None
+
+
+def test_a_manual_link_keeps_the_offset_between_the_view_centres():
+    """Linked while the reader shows the same anatomy at the centre of both views (panned off the image
+    centres): that in-plane offset is kept; scrolling is unchanged (the offset along the normal is the same)."""
+    current = Pane(1, axial(60, 2.0, z0=0.0), 60, (256, 256), "CUR", "CT")
+    prior = Pane(2, axial(40, 3.0, z0=500.0, xy=(0.0, 0.0)), 40, (256, 256), "PRIOR", "CT")
+    m = SyncModel()
+    m.link([current, prior], {1: 10, 2: 5}, {1: (100.0, 140.0), 2: (60.0, 90.0)})
+    assert m.map_pixel(current, 10, 100.0, 140.0, prior, 5) == pytest.approx((60.0, 90.0))
+    assert m.map_pixel(current, 10, 110.0, 140.0, prior, 5) == pytest.approx((70.0, 90.0))  # same spacing: 1:1
+    assert m.cursor(current, 10, 100.0, 140.0, prior, 5) == pytest.approx((60.0, 90.0))
+    assert m.target_slice(current, 13, prior) == 7 and m.target_slice(prior, 7, current) == 13
+    # without the centres: the slice centres, as before
+    m.link([current, prior], {1: 10, 2: 5})
+    assert m.map_pixel(current, 10, 127.5, 127.5, prior, 5) == pytest.approx((127.5, 127.5))

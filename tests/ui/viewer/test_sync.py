@@ -1,7 +1,12 @@
 """Synchronised viewports in the real window (issue #17, item 3): two series of one frame of reference (a 4 mm
 and an 8 mm reconstruction of one generated study) scroll to the same z position, share window/level and zoom,
 and show a linked cursor; a prior study (its own frame of reference) follows only once linked by hand, by the
-offset at the moment of linking."""
+offset at the moment of linking.
+
+Pan and zoom follow as one view (reading-room polish): a drag, a fit, a reset or a resize in one linked viewport
+leaves the same patient point at the same place on screen in the others, at the same mm per screen pixel, even
+when the pixel spacings differ; an unlinked viewport never moves, and a change the sync makes does not come
+back as a new one."""
 
 from __future__ import annotations
 
@@ -9,12 +14,12 @@ import numpy as np
 import pydicom
 import pytest
 from pydicom.uid import generate_uid
-from PySide6.QtCore import Qt
+from PySide6.QtCore import QPointF, Qt
 
 from app.synthetic.sample import write_ct_study
 from app.viewer.sync import series_identity
 from ui.shell.main_window import MainWindow
-from ui.testing import image_to_widget, wheel
+from ui.testing import image_to_widget, mouse_drag, wheel
 
 N = 40  # slices of the thin series (330 mm / 40 = 8.25 mm)
 
@@ -156,3 +161,178 @@ def test_link_key_is_ctrl_l(qtbot, win, studies):
     win.grid.viewports[0].setFocus()
     qtbot.keyClick(win.grid.viewports[0], Qt.Key.Key_L, Qt.KeyboardModifier.ControlModifier)
     assert win.grid.sync.is_linked
+
+
+# ---- pan, fit and resize follow (reading-room polish) ---------------------------------------------------
+
+
+def respaced_copy(src, dst, factor: float = 1.5, shift=(20.0, -12.0)) -> None:
+    """``src`` as another reconstruction of the same frame of reference: a wider field of view (pixel
+    spacing × ``factor``) starting elsewhere, so one patient point has other pixel coordinates."""
+    dst.mkdir(parents=True)
+    series_uid = generate_uid()
+    for i, f in enumerate(sorted(src.glob("*.dcm"))):
+        ds = pydicom.dcmread(f)
+        ds.SeriesInstanceUID = series_uid
+        ds.SeriesNumber = 4
+        ds.SeriesDescription = "Wide FOV"
+        ds.SOPInstanceUID = generate_uid()
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        ds.PixelSpacing = [float(v) * factor for v in ds.PixelSpacing]
+        x, y, z = (float(v) for v in ds.ImagePositionPatient)
+        ds.ImagePositionPatient = [x + shift[0], y + shift[1], z]
+        ds.save_as(dst / f"WF{i + 1:04d}.dcm", enforce_file_format=True)
+
+
+@pytest.fixture(scope="module")
+def mixed(studies, tmp_path_factory):
+    """The thin series and a wide-FOV reconstruction of it (same frame of reference, other pixel spacing)."""
+    current, _ = studies
+    root = tmp_path_factory.mktemp("mixed")
+    respaced_copy(current / "thin", root / "wide")
+    return current / "thin", root / "wide"
+
+
+def scale(win, vp) -> float:
+    return win.grid.sync.mm_per_screen_pixel(vp)
+
+
+def screen_points(vp):
+    r = vp.view.viewport().rect()
+    return [QPointF(r.center()), QPointF(r.width() * 0.25, r.height() * 0.3), QPointF(r.width() * 0.8, r.height() * 0.7)]
+
+
+def assert_same_place(a, b, offset=(0.0, 0.0, 0.0)):
+    """Each screen point of ``a`` shows (through ``offset``, a manual link's) the patient point that ``b`` shows
+    at the same screen point: within a screen pixel, through the viewports' own mappings."""
+    assert a.view.viewport().size() == b.view.viewport().size()
+    for pt in screen_points(a):
+        img = a.image.mapFromScene(a.view.mapToScene(pt.toPoint()))
+        p = a.volume.geometry.pixel_to_patient(a.slice_index, img.x() - 0.5, img.y() - 0.5) + np.asarray(offset)
+        c, r = b.volume.geometry.patient_to_pixel(b.slice_index, p)
+        on_b = image_to_widget(b, c + 0.5, r + 0.5)
+        assert (on_b.x(), on_b.y()) == pytest.approx((pt.toPoint().x(), pt.toPoint().y()), abs=1.0), pt
+
+
+def centre_point(vp):
+    """The patient point at the centre of ``vp``'s view."""
+    pt = vp.view.viewport().rect().center()
+    img = vp.image.mapFromScene(vp.view.mapToScene(pt))
+    return vp.volume.geometry.pixel_to_patient(vp.slice_index, img.x() - 0.5, img.y() - 0.5)
+
+
+def pan(vp, dx: float, dy: float) -> None:
+    c = QPointF(vp.view.viewport().rect().center())
+    mouse_drag(vp.view.viewport(), c, c + QPointF(dx, dy))
+
+
+def range_counter(vp) -> list:
+    seen = []
+    vp.vb.sigRangeChanged.connect(lambda *_: seen.append(1))
+    return seen
+
+
+def test_pan_follows_by_patient_point_across_pixel_spacings(qtbot, win, mixed):
+    a, b = show_two(qtbot, win, list(mixed))
+    assert series_identity(a.volume).frame_of_reference == series_identity(b.volume).frame_of_reference
+    assert a.volume.geometry.spacing[0] != pytest.approx(b.volume.geometry.spacing[0])
+    hidden = win.grid.viewports[2]  # same series, not on screen in 1×2: it follows nothing, as for scroll and zoom
+    hidden.set_volume(a.volume)
+    assert hidden not in win.grid.visible()
+    hidden_view, hidden_slice = hidden.vb.viewRange(), hidden.slice_index
+    a.set_slice(20)
+    a.zoom_by(2.0)
+    assert scale(win, a) == pytest.approx(scale(win, b), rel=1e-3)
+    before = centre_point(a)
+    pan(a, 70, -40)
+    moved = centre_point(a) - before
+    assert np.hypot(moved[0], moved[1]) > 70 * scale(win, a) * 0.9, "the drag panned a"
+    assert_same_place(a, b)
+    # the other way round, and after a Ctrl+wheel zoom about the pointer (the centre moves)
+    pan(b, -30, 55)
+    assert_same_place(a, b)
+    wheel(a.view.viewport(), QPointF(a.view.viewport().width() * 0.3, 90), 2, Qt.KeyboardModifier.ControlModifier)
+    assert scale(win, a) == pytest.approx(scale(win, b), rel=1e-3)
+    assert_same_place(a, b)
+    assert hidden.vb.viewRange() == hidden_view and hidden.slice_index == hidden_slice
+
+
+def test_an_unlinked_viewport_never_moves_and_a_manual_link_keeps_its_offset(qtbot, win, studies):
+    current, prior = studies
+    a, b = show_two(qtbot, win, [current / "thin", prior])
+    assert series_identity(a.volume).frame_of_reference != series_identity(b.volume).frame_of_reference
+    pan(b, -25, 15)  # the reader brings the prior's anatomy under the current's, off the image centres
+    still = b.vb.viewRange()
+    pan(a, 60, 30)
+    a.zoom_by(1.5)
+    a.trigger("fit")
+    pan(a, -40, 10)
+    assert b.vb.viewRange() == still, "another frame of reference, not linked: b stays where it is"
+    a.set_slice(10)
+    b.set_slice(12)
+    offset = centre_point(b) - centre_point(a)
+    win.actions_by_name["link_viewports"].trigger()
+    assert win.grid.sync.is_linked
+    pan(a, 50, -35)
+    assert_same_place(a, b, offset)
+    a.zoom_by(1.25)
+    assert scale(win, a) == pytest.approx(scale(win, b), rel=1e-3)
+    assert_same_place(a, b, offset)
+    win.actions_by_name["link_viewports"].trigger()  # unlinked again: b stays
+    still = b.vb.viewRange()
+    pan(a, 30, 30)
+    a.trigger("fit")
+    assert b.vb.viewRange() == still
+
+
+def test_fit_and_reset_in_one_give_the_others_the_same_scale_and_centre(qtbot, win, mixed):
+    a, b = show_two(qtbot, win, list(mixed))
+    a.set_slice(15)
+    a.zoom_by(2.5)
+    pan(a, 40, 40)
+    a.trigger("fit")
+    assert scale(win, a) == pytest.approx(scale(win, b), rel=1e-3)
+    assert_same_place(a, b)
+    b.zoom_by(1.6)
+    pan(b, -50, 20)
+    b.trigger("reset")
+    assert scale(win, a) == pytest.approx(scale(win, b), rel=1e-3)
+    assert_same_place(a, b)
+    a.set_transform(a.transform.rotated_cw())  # a rotation refits: b takes the scale (the centre too)
+    assert scale(win, a) == pytest.approx(scale(win, b), rel=1e-3)
+    a.set_transform(a.transform.rotated_ccw())
+    # a series arriving in b (fitted to b's window) joins a's view, as it joins a's slice
+    a.zoom_by(2.0)
+    pan(a, 35, -25)
+    b.set_volume(b.volume)
+    assert scale(win, a) == pytest.approx(scale(win, b), rel=1e-3)
+    assert_same_place(a, b)
+
+
+def test_a_resize_keeps_linked_viewports_matched(qtbot, win, mixed):
+    a, b = show_two(qtbot, win, list(mixed))
+    a.set_slice(25)
+    a.zoom_by(1.8)
+    a.trigger("fit")  # a shows its whole image; b the same scale, so its view is not "fitted" to anything
+    assert scale(win, a) == pytest.approx(scale(win, b), rel=1e-3)
+    for size in ((1000, 950), (1600, 600)):
+        fitted = scale(win, a)
+        win.resize(*size)
+        qtbot.waitUntil(lambda fitted=fitted: abs(scale(win, a) / fitted - 1) > 0.05, timeout=5_000)
+        qtbot.wait(50)
+        assert scale(win, a) == pytest.approx(scale(win, b), rel=1e-3), size
+        assert_same_place(a, b)
+
+
+def test_a_change_made_by_the_sync_does_not_come_back(qtbot, win, mixed):
+    a, b = show_two(qtbot, win, list(mixed))
+    qtbot.wait(50)
+    na, nb = range_counter(a), range_counter(b)
+    a.zoom_by(2.0)
+    a.fit()
+    a.vb.translateBy(x=15.0, y=-8.0)
+    a.panned.emit()  # what a pan drag step does
+    qtbot.wait(100)
+    assert len(na) == 3 and len(nb) == 3, (len(na), len(nb))  # one change each, per reader change
+    assert_same_place(a, b)
+
