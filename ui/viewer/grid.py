@@ -144,13 +144,28 @@ class ViewportGrid(QWidget):
             self.maximized = None
             for other in self.visible():
                 other.show()
+            self._stretch_to(None)
         elif len(self.visible()) > 1:
             self.maximized = vp
             for other in self.visible():
                 other.setVisible(other is vp)
+            self._stretch_to(vp)
         else:
             vp.fit()
         self.set_active(vp)
+
+    def _stretch_to(self, vp: Viewport | None) -> None:
+        """Give every row and column of the layout its share again (``None``), or all of it to ``vp``'s row
+        and column: an empty cell of a grid layout keeps its stretch, so hiding the others alone would
+        leave the maximised viewport in its quarter."""
+        rows, cols = LAYOUTS.get(self.layout_name, (2, 2))
+        row = col = None
+        if vp is not None:
+            row, col, _rs, _cs = self._grid.getItemPosition(self._grid.indexOf(vp))
+        for r in range(2):
+            self._grid.setRowStretch(r, (1 if r < rows else 0) if row is None else int(r == row))
+        for c in range(2):
+            self._grid.setColumnStretch(c, (1 if c < cols else 0) if col is None else int(c == col))
 
     def set_active(self, vp: Viewport) -> None:
         changed = vp is not self._active

@@ -217,11 +217,29 @@ def test_double_click_maximises_and_restores_a_viewport(qtbot, win):
     win.set_layout("2x2")
     qtbot.waitUntil(lambda: not win.is_busy(), timeout=10_000)
     target = win.grid.viewports[2]
+    quarter = target.size()
     qtbot.mouseDClick(target.view.viewport(), Qt.MouseButton.LeftButton, pos=QPoint(30, 30))
     assert win.grid.maximized is target and win.grid.active is target
     assert [v.isVisible() for v in win.grid.viewports] == [False, False, True, False]
+    grid = win.grid.contentsRect().size()  # it fills the grid, not its quarter of it
+    qtbot.waitUntil(lambda: target.width() > 0.9 * grid.width() and target.height() > 0.9 * grid.height(),
+                    timeout=3000)
     qtbot.mouseDClick(target.view.viewport(), Qt.MouseButton.LeftButton, pos=QPoint(30, 30))
     assert win.grid.maximized is None and all(v.isVisible() for v in win.grid.viewports)
+    qtbot.waitUntil(lambda: abs(target.width() - quarter.width()) <= 2 and abs(target.height() - quarter.height()) <= 2,
+                    timeout=3000)
+
+
+def test_a_maximised_viewport_of_a_side_by_side_layout_fills_the_grid(qtbot, win):
+    win.set_layout("1x2")
+    qtbot.waitUntil(lambda: not win.is_busy(), timeout=10_000)
+    right = win.grid.viewports[1]
+    half = right.width()
+    qtbot.mouseDClick(right.view.viewport(), Qt.MouseButton.LeftButton, pos=QPoint(30, 30))
+    assert win.grid.maximized is right
+    qtbot.waitUntil(lambda: right.width() > 1.8 * half, timeout=3000)
+    qtbot.mouseDClick(right.view.viewport(), Qt.MouseButton.LeftButton, pos=QPoint(30, 30))
+    qtbot.waitUntil(lambda: abs(right.width() - half) <= 2, timeout=3000)
 
 
 def test_page_down_with_one_series_keeps_the_view(qtbot, tmp_path):
