@@ -30,6 +30,7 @@ from app.core.errors import XMedError
 from app.core.names import window_name
 from app.dicom.loader import load_series
 from app.dicom.model import ScanResult, Series, Volume
+from app.viewer.measure_store import frame_table
 from app.viewer.viewport import KEYED_PRESETS, StudyInfo
 from ui.actions import Actions
 from ui.shell.help_dialog import HelpDialog
@@ -67,6 +68,10 @@ class MainWindow(QMainWindow):
         self._series: list[Series] = []
         self._study_info: list[StudyInfo] = []
         self._volumes: OrderedDict[int, Volume] = OrderedDict()
+        self._keep: dict[int, tuple] = {}  # viewport id -> (series uid, (SOP UID, frame), window) when re-opening
+        self._keep_studies: set[str] = set()
+        self._open_next: list[Path] | None = None  # asked for while a scan ran
+        self._restore: dict[int, tuple] = {}  # viewport id -> the place to go back to once its series is loaded
         self._shown: dict[int, int] = {}  # id(viewport) → series index
         self._loads: dict[int, SeriesLoadWorker] = {}  # id(viewport) → worker
         self._scan: ScanWorker | None = None
@@ -299,10 +304,15 @@ class MainWindow(QMainWindow):
             self.open_paths([Path(p) for p in paths])
 
     def open_paths(self, paths: list[Path]) -> None:
-        """Scan ``paths`` in the background, then show the first series."""
+        """Scan ``paths`` in the background, then show the first series. Opening the study on screen
+        again (e.g. once a retrieve that was opened early has brought the rest) keeps each viewport's
+        series, image and window."""
         self.cancel_loading()
         if self._scan is not None and self._scan.isRunning():
+            self._open_next = list(paths)  # opened when this scan is done (the latest request wins)
             return
+        self._open_next = None
+        self._keep, self._keep_studies = self._view_state(), self._study_uids(self.result)
         self.statusBar().showMessage(f"Reading {', '.join(p.name or str(p) for p in paths)}…")
         self._set_progress(0, 0, "Reading headers")
         worker = ScanWorker(paths, self)
@@ -310,8 +320,14 @@ class MainWindow(QMainWindow):
         worker.scanned.connect(self._scanned)
         worker.failed.connect(self._scan_failed)
         worker.finished.connect(self._maybe_idle)
+        worker.finished.connect(self._open_queued)
         self._scan = worker
         worker.start()
+
+    def _open_queued(self) -> None:
+        paths, self._open_next = self._open_next, None
+        if paths:
+            self.open_paths(paths)
 
     def _scan_failed(self, message: str) -> None:
         self._hide_progress()
@@ -340,8 +356,16 @@ class MainWindow(QMainWindow):
             return
         n = len(self._series)
         self.statusBar().showMessage(f"{n} series found", 5000)
+        keep = self._keep if self._keep_studies & self._study_uids(result) else {}
+        self._keep, self._keep_studies, self._restore = {}, set(), {}
+        uids = [s.uid for s in self._series]
         for i, vp in enumerate(self.grid.visible()):
-            self.show_series(i % n, vp)
+            kept = keep.get(id(vp))
+            if kept is not None and kept[0] in uids:
+                self._restore[id(vp)] = kept
+                self.show_series(uids.index(kept[0]), vp)
+            else:
+                self.show_series(i % n, vp)
         self.grid.set_active(self.grid.viewports[0])
         self.grid.viewports[0].setFocus()
         if self._thumbs is not None:
@@ -351,6 +375,22 @@ class MainWindow(QMainWindow):
         thumbs.finished.connect(self._maybe_idle)
         self._thumbs = thumbs
         thumbs.start()
+
+    def _view_state(self) -> dict[int, tuple]:
+        """Per visible viewport: its series, the image on screen (SOP Instance UID, frame) and its window."""
+        state: dict[int, tuple] = {}
+        for vp in self.grid.visible():
+            volume = vp.volume
+            if volume is None:
+                continue
+            table = frame_table(volume.series.instances)
+            if 0 <= vp.slice_index < len(table):
+                state[id(vp)] = (volume.series.uid, table[vp.slice_index], vp.window)
+        return state
+
+    @staticmethod
+    def _study_uids(result: ScanResult | None) -> set[str]:
+        return {st.uid for p in result.patients for st in p.studies} if result is not None else set()
 
     # -- series in viewports -----------------------------------------------------------------
 
@@ -399,6 +439,12 @@ class MainWindow(QMainWindow):
             self._volumes.popitem(last=False)
         if self._shown.get(id(vp)) == index:
             vp.load_finished()
+            kept = self._restore.pop(id(vp), None)
+            if kept is not None and vp.volume is volume:
+                table = frame_table(volume.series.instances)
+                if kept[1] in table:
+                    vp.set_slice(table.index(kept[1]))
+                vp.set_window(kept[2])
         if volume.frame_problems:
             name = self._series[index].description
             self._extra_problems += [(f"{name} image {k + 1}", r) for k, r in sorted(volume.frame_problems.items())]
@@ -434,7 +480,7 @@ class MainWindow(QMainWindow):
 
     def is_busy(self) -> bool:
         jobs = [self._scan, self._thumbs, *self._loads.values()]
-        return any(j is not None and j.isRunning() for j in jobs) or bool(self._loads)
+        return any(j is not None and j.isRunning() for j in jobs) or bool(self._loads) or self._open_next is not None
 
     def _maybe_idle(self) -> None:
         QTimer.singleShot(0, lambda: None if self.is_busy() else self.idle.emit())

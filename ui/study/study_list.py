@@ -14,7 +14,8 @@ Three tabs in one dock (:class:`StudyListWidget`):
   local database (C-GET/C-MOVE as the node is set up, or WADO-RS) on a worker thread, with progress
   from the database as instances arrive. Cancel stops it (the association is aborted): what arrived
   stays, the study is marked incomplete, and retrieving it again completes it. A study already here shows its local AI and report state;
-  double-click opens it (retrieving it first when it is not here yet).
+  double-click opens it; one not here yet is retrieved and opened as soon as its first images are
+  stored, and opened again with everything when the retrieve ends (the viewer keeps its place).
 - **Outbox** (:class:`ui.study.outbox_view.OutboxView`): signed results waiting to go to the PACS.
 
 No domain logic here: searching, retrieving and queuing are :mod:`app.studies` calls; the network
@@ -576,7 +577,8 @@ class QueryPacsTab(QWidget):
         self._retrieve: RetrieveWorker | None = None
         self._results: list[dict] = []
         self._current: tuple[str, int | None] | None = None  # study being retrieved, instances expected
-        self._open_after: set[str] = set()
+        self._open_after: set[str] = set()  # studies to open once their first images are here
+        self._opened_early: set[str] = set()  # opened while still arriving: opened again when the retrieve ends
         self._prefix = ""
         self._retrieve_busy = False
         self._poll = QTimer(self, interval=300)
@@ -733,6 +735,10 @@ class QueryPacsTab(QWidget):
         uid, expected = self._current
         study = self.services.db.get(uid)
         have = study.instances if study is not None else 0
+        if have and uid in self._open_after:  # the first images are here: the reader need not wait for the rest
+            self._open_after.discard(uid)
+            self._opened_early.add(uid)
+            self.open_requested.emit(uid)
         if expected:
             self.progress.setRange(0, expected)
             self.progress.setValue(min(have, expected))
@@ -741,8 +747,17 @@ class QueryPacsTab(QWidget):
             self.progress.setRange(0, 0)
             self.status.setText(f"{self._prefix}: {have} images")
 
+    def _reopen_if_opened_early(self, uid: str) -> None:
+        """A study opened while arriving is opened again with what is here now (the viewer keeps its place)."""
+        if uid in self._opened_early:
+            self._opened_early.discard(uid)
+            here = self.services.db.get(uid)
+            if here is not None and here.instances:
+                self.open_requested.emit(uid)
+
     def _study_done(self, uid: str, result: Any) -> None:
         self._current = None  # a late progress poll must not overwrite the result
+        self._reopen_if_opened_early(uid)
         if getattr(result, "cancelled", False):
             self._open_after.discard(uid)
             here = self.services.db.get(uid)
@@ -766,12 +781,14 @@ class QueryPacsTab(QWidget):
 
     def _study_failed(self, uid: str, message: str) -> None:
         self._current = None  # a late progress poll must not overwrite the result
+        self._reopen_if_opened_early(uid)
         self._open_after.discard(uid)
         self.status.setText(message)
         self.message.emit(message)
 
     def _study_cancelled(self, uid: str) -> None:
         self._current = None  # a late progress poll must not overwrite the result
+        self._reopen_if_opened_early(uid)
         self._open_after.discard(uid)
         here = self.services.db.get(uid)
         text = "Retrieve cancelled" + (f": {here.instances} image(s) of the study are here, it is marked {here.state}."

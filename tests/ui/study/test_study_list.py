@@ -17,9 +17,11 @@ from PySide6.QtGui import QIcon
 from PySide6.QtWidgets import QPushButton
 
 from app.core.settings import Settings
+from app.dicom.model import Window
 from app.dicom.loader import load_series
 from app.dicom.scan import scan
 from app.studies.db import InstanceRecord, StudyDB
+from app.viewer.measure_store import frame_table
 from app.studies.importer import import_paths
 from app.studies.locations import StudyPaths
 from app.studies.nodes import LocalAE, Node, NodeStore
@@ -303,6 +305,45 @@ def test_a_retrieve_can_be_cancelled_and_a_later_retrieve_completes_the_study(qt
     study = studies.db.get(SAMPLE_UID)
     assert study.state == "complete" and study.instances == len(SAMPLE_FILES)
     assert f"Retrieved {len(SAMPLE_FILES) - have} new image(s)" in pacs.status.text()
+
+
+def test_a_study_opened_from_the_pacs_shows_its_first_images_before_the_retrieve_ends(qtbot, window, orthanc,  # noqa: F811
+                                                                                       monkeypatch):
+    """Double-click on a study that is not here: the viewer opens it as soon as its first images are
+    stored, while the rest still arrives; when the retrieve ends it shows the whole study, on the image
+    and in the window the reader had chosen meanwhile."""
+    win, settings = window
+    orthanc.clear()
+    orthanc.upload(SAMPLE_FILES)
+    _orthanc_nodes(orthanc)
+    store = Receiver.handle_store
+
+    def slowly(self, event):  # a slow link: the study takes ~5 s to arrive
+        time.sleep(0.15)
+        return store(self, event)
+
+    monkeypatch.setattr(Receiver, "handle_store", slowly)
+    studies = win.attach_studies(settings=settings)
+    win.show()
+    pacs = studies.widget.pacs
+    studies.widget.tabs.setCurrentWidget(pacs)
+    pacs.search_button.click()
+    qtbot.waitUntil(lambda: pacs.model.rowCount() == 1, timeout=20_000)
+    _double_click(qtbot, pacs.view, 0)
+    vp = win.grid.viewports[0]
+    qtbot.waitUntil(lambda: vp.volume is not None and not win.is_busy(), timeout=30_000)
+    partial = len(vp.volume)
+    assert pacs.retrieving and 0 < partial < len(SAMPLE_FILES)  # viewable before the series is complete
+    vp.set_slice(partial - 1)
+    lung = Window(1500, -600)
+    vp.set_window(lung)
+    sop = frame_table(vp.volume.series.instances)[vp.slice_index]
+    qtbot.waitUntil(lambda: not pacs.retrieving, timeout=60_000)
+    qtbot.waitUntil(lambda: vp.volume is not None and len(vp.volume) == len(SAMPLE_FILES) and not win.is_busy(),
+                    timeout=30_000)
+    assert studies.db.get(SAMPLE_UID).state == "complete"
+    assert frame_table(vp.volume.series.instances)[vp.slice_index] == sop  # the same image, now in the whole series
+    assert vp.window == lung
 
 
 def test_pacs_settings_changed_in_the_dialog_take_effect_at_once(qtbot, window):
