@@ -7,6 +7,9 @@ to a private Orthanc on loopback ports (temporary storage, no plug-ins), then re
 - C-GET of the study: ours (``get_study``: every instance durable and indexed) vs dcmtk ``getscu``;
 - C-MOVE of the study to a listener: ours (``move_study`` with our Storage SCP) vs dcmtk ``movescu``
   (its own built-in store SCP).
+- For each retrieve, the time to the first image a viewer could show: ours, the first instance in the
+  study index (durable; what the study list opens early) read and decoded; dcmtk's, the first file in
+  its output folder that reads and decodes whole.
 
 dcmtk writes files without fsync and indexes nothing; ours makes every retrieved instance durable
 (fsync of the files, then of each folder, in groups) and indexes it in SQLite before the study is
@@ -91,6 +94,44 @@ def timed(fn) -> float:
     return wall
 
 
+class FirstViewable:
+    """Polls (every 5 ms, on its own thread) for the first retrieved image a viewer could show: a file
+    that ``candidates()`` names and that pydicom reads and decodes whole. ``seconds`` from ``start()``."""
+
+    def __init__(self, candidates) -> None:
+        import threading
+        self.candidates = candidates
+        self.seconds: float | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self) -> "FirstViewable":
+        self._t0 = time.perf_counter()
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        import pydicom
+        while not self._stop.is_set():
+            for path in self.candidates():
+                try:
+                    pydicom.dcmread(path).pixel_array  # noqa: B018 - decoded as the viewer would
+                except Exception:  # not there yet, or still being written
+                    continue
+                self.seconds = time.perf_counter() - self._t0
+                return
+            time.sleep(0.005)
+
+    def stop(self) -> float | None:
+        self._stop.set()
+        self._thread.join(5)
+        return self.seconds
+
+
+#: seconds to the first viewable image of the last retrieve run by ``run()`` (None: not measured)
+FIRST: list[float | None] = [None]
+
+
 def count_files(folder: Path) -> int:
     return sum(1 for p in folder.rglob("*") if p.is_file() and not p.name.endswith((".sqlite", "-wal", "-shm")))
 
@@ -133,19 +174,39 @@ def main() -> int:
                                                               method="DELETE")).read()
 
         def run(label: str, tool: str, fn, out: Path | None) -> None:
-            times, cpus = [], []
+            times, cpus, firsts = [], [], []
             for i in range(args.repeats):
                 if out is not None:
                     shutil.rmtree(out, ignore_errors=True)
                     out.mkdir(parents=True)
+                FIRST[0] = None
                 times.append(fn(out))
                 cpus.append(LAST_CPU[0])
+                if FIRST[0] is not None:
+                    firsts.append(FIRST[0])
                 if out is not None:
                     n = count_files(out)
                     assert n >= len(files), f"{label} {tool}: {n} files of {len(files)}"
-            rows.append((label, tool, statistics.median(times), len(files), statistics.median(cpus)))
+            first = statistics.median(firsts) if firsts else None
+            rows.append((label, tool, statistics.median(times), len(files), statistics.median(cpus), first))
             print(f"{label:28} {tool:24} {statistics.median(times):6.2f} s  ({', '.join(f'{t:.2f}' for t in times)})"
-                  f"  CPU {statistics.median(cpus):.2f} s", flush=True)
+                  f"  CPU {statistics.median(cpus):.2f} s" + (f"  first image {first:.2f} s" if first else ""),
+                  flush=True)
+
+        def ours_timed(db: StudyDB, call) -> float:
+            """``call()`` timed, watching the index for its first image (what the study list opens early)."""
+            watch = FirstViewable(lambda: [Path(p) for p in db.instance_paths(uid)[:1]]).start()
+            try:
+                return timed(call)
+            finally:
+                FIRST[0] = watch.stop()
+
+        def dcmtk_timed(out: Path, cmd: list[str]) -> float:
+            watch = FirstViewable(lambda: [p for p in out.rglob("*") if p.is_file()][:3]).start()
+            try:
+                return timed(lambda: subprocess.run(cmd, check=True, capture_output=True, env=DCMTK_ENV))
+            finally:
+                FIRST[0] = watch.stop()
 
         # ---- C-STORE ----
         def ours_store(_out):
@@ -163,13 +224,12 @@ def main() -> int:
         def ours_get(out):
             db = StudyDB(out / "s.sqlite")
             try:
-                return timed(lambda: get_study(node, local, uid, db, out / "storage"))
+                return ours_timed(db, lambda: get_study(node, local, uid, db, out / "storage"))
             finally:
                 db.close()
 
         def dcmtk_get(out):
-            return timed(lambda: subprocess.run(["getscu", *dcm_common, "-S", *key, "-od", str(out),
-                                                 "127.0.0.1", str(dicom_port)], check=True, capture_output=True, env=DCMTK_ENV))
+            return dcmtk_timed(out, ["getscu", *dcm_common, "-S", *key, "-od", str(out), "127.0.0.1", str(dicom_port)])
         run("C-GET study", "dcmtk getscu", dcmtk_get, work / "get-dcmtk")
         run("C-GET study", "xmedgpt get_study", ours_get, work / "get-ours")
 
@@ -177,14 +237,13 @@ def main() -> int:
         def ours_move(out):
             db = StudyDB(out / "s.sqlite")
             try:
-                return timed(lambda: move_study(node, local, uid, db, out / "storage"))
+                return ours_timed(db, lambda: move_study(node, local, uid, db, out / "storage"))
             finally:
                 db.close()
 
         def dcmtk_move(out):
-            return timed(lambda: subprocess.run(["movescu", *dcm_common, "-aem", OUR_AE, "--port", str(listener_port),
-                                                 "-S", *key, "-od", str(out), "127.0.0.1", str(dicom_port)],
-                                                check=True, capture_output=True, env=DCMTK_ENV))
+            return dcmtk_timed(out, ["movescu", *dcm_common, "-aem", OUR_AE, "--port", str(listener_port),
+                                     "-S", *key, "-od", str(out), "127.0.0.1", str(dicom_port)])
         run("C-MOVE study to listener", "dcmtk movescu", dcmtk_move, work / "move-dcmtk")
         run("C-MOVE study to listener", "xmedgpt move_study", ours_move, work / "move-ours")
     finally:
@@ -218,10 +277,11 @@ def main() -> int:
     shutil.rmtree(work, ignore_errors=True)
 
     print(f"\n| operation ({args.slices} × {args.size}² CT, loopback Orthanc 1.10) | tool | median s | instances/s "
-          "| CPU s (client) |")
-    print("|---|---|---:|---:|---:|")
-    for label, tool, seconds, n, cpu in rows:
-        print(f"| {label} | {tool} | {seconds:.2f} | {n / seconds:.0f} | {cpu:.2f} |")
+          "| CPU s (client) | first image viewable s |")
+    print("|---|---|---:|---:|---:|---:|")
+    for label, tool, seconds, n, cpu, first in rows:
+        print(f"| {label} | {tool} | {seconds:.2f} | {n / seconds:.0f} | {cpu:.2f} | "
+              f"{'' if first is None else f'{first:.2f}'} |")
     print(f"\n| study-list search over {args.studies:,} studies (indexed in {index_s:.1f} s) | median ms | matches |")
     print("|---|---:|---:|")
     for label, ms, n in search_rows:

@@ -10,8 +10,8 @@ and not written again; else written into managed storage (:mod:`app.studies.stor
   returned, one instance at a time. A power cut after the answer loses nothing.
 - **Retrieved instances** (the C-STORE sub-operations of our C-GET, and any C-STORE that carries a
   *Move Originator AE Title*, i.e. a C-MOVE sub-operation: the sender is an archive that keeps the
-  study): written to a temp file and answered at once; every :data:`GROUP_INSTANCES` instances,
-  after :data:`GROUP_SECONDS`, and always before the association's studies are settled, the group
+  study): written to a temp file and answered at once; every :data:`GROUP_INSTANCES` instances (the
+  first group: :data:`FIRST_GROUP_INSTANCES`, so the study is viewable at once), after :data:`GROUP_SECONDS`, and always before the association's studies are settled, the group
   is fsynced (each file, then each folder once), moved under its final name and indexed in one
   transaction. What remains guaranteed: a file under its final name and every indexed instance is
   whole and durable; a study is ``complete`` only when all its instances are; a power cut (or a
@@ -92,6 +92,9 @@ TIMEOUT = 30.0
 GROUP_INSTANCES = 64
 #: …or as soon as an arrival finds the oldest instance of the group waiting this long (seconds).
 GROUP_SECONDS = 1.0
+#: The first group of an association is this small, so that its first images are viewable at once
+#: (the study list opens a study as soon as it has an image indexed).
+FIRST_GROUP_INSTANCES = 4
 
 #: The index reads nothing past (0020,0011) Series Number: parsing stops before the first later tag.
 _HEADER_END = 0x00200012
@@ -379,7 +382,8 @@ class Receiver:
                 t.staged_since = time.monotonic()
             t.staged.append((staged, rec))
             t.grouped += 1
-            due = len(t.staged) >= GROUP_INSTANCES or time.monotonic() - t.staged_since >= GROUP_SECONDS
+            limit = GROUP_INSTANCES if t.commits else min(FIRST_GROUP_INSTANCES, GROUP_INSTANCES)
+            due = len(t.staged) >= limit or time.monotonic() - t.staged_since >= GROUP_SECONDS
         if due:
             self._submit(t)
         return STATUS_SUCCESS

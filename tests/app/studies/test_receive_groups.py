@@ -142,6 +142,7 @@ def test_a_get_proposes_the_study_own_sop_classes():
 
 def test_a_get_commits_in_groups_and_the_study_is_complete_only_at_the_end(sample_in_orthanc, home, monkeypatch):
     monkeypatch.setattr(scp_mod, "GROUP_INSTANCES", 5)
+    monkeypatch.setattr(scp_mod, "FIRST_GROUP_INSTANCES", 5)
     monkeypatch.setattr(scp_mod, "GROUP_SECONDS", 600.0)  # groups by count only, however loaded the machine
     paths = StudyPaths.detect().ensure()
     db = StudyDB(paths.database)
@@ -165,9 +166,31 @@ def test_a_get_commits_in_groups_and_the_study_is_complete_only_at_the_end(sampl
     db.close()
 
 
+def test_the_first_group_is_small_so_the_study_is_viewable_at_once(sample_in_orthanc, home, monkeypatch):
+    monkeypatch.setattr(scp_mod, "GROUP_SECONDS", 600.0)  # by count only (GROUP_INSTANCES 64 > the 32 images)
+    paths = StudyPaths.detect().ensure()
+    db = StudyDB(paths.database)
+    seen: list[int] = []
+    store = Receiver.handle_store
+
+    def watching(self, event):
+        s = db.get(SAMPLE_UID)
+        seen.append(s.instances if s else 0)
+        time.sleep(0.05)  # a link slow enough for the committer to flush the first group meanwhile
+        return store(self, event)
+    monkeypatch.setattr(Receiver, "handle_store", watching)
+    res = get_study(_node(sample_in_orthanc), LocalAE(OUR_AE), SAMPLE_UID, db, paths.storage)
+    assert res.state == "complete"
+    first = scp_mod.FIRST_GROUP_INSTANCES
+    assert seen[:first] == [0] * first and first in seen  # indexed after the first few, not after 64
+    assert set(seen) == {0, first}  # then one group of 64 (the rest of the 32) at the end
+    db.close()
+
+
 def test_a_group_lost_to_a_full_disk_leaves_the_study_incomplete_and_a_second_get_completes_it(
         sample_in_orthanc, home, monkeypatch, caplog):
     monkeypatch.setattr(scp_mod, "GROUP_INSTANCES", 8)
+    monkeypatch.setattr(scp_mod, "FIRST_GROUP_INSTANCES", 8)
     monkeypatch.setattr(scp_mod, "GROUP_SECONDS", 600.0)
     real = scp_mod.commit_staged
     calls = {"n": 0}
