@@ -12,8 +12,13 @@ air-filled lung (−950…−500 HU). A slice with at least ``lung_min`` lung is
 batches: :meth:`LocalEngine.generate_batch <inference.engine.local.LocalEngine.generate_batch>` runs a
 batch in one left-padded ``generate`` (one forward pass per token for all of them), the remote
 engine's ``generate_batch`` sends them concurrently so a vLLM server batches them; an engine without
-``generate_batch`` is asked one request at a time. ``cancel()`` is checked between batches (and passed
-to the engine); ``progress(done, total)`` counts requests answered.
+``generate_batch`` is asked one request at a time. While the engine answers one batch, a background thread
+prepares the next (renders, model images and, for the local engine, the processor's encoding, kept on the
+CPU until it is answered: :meth:`LocalEngine.encode <inference.engine.local.LocalEngine.encode>` +
+``generate_encoded``); it works at most one batch ahead, the caller helps it with a batch it has to wait
+for (the first), and the answers are the same as one thread's, in the same order. ``cancel()`` is checked
+between batches and between images (and passed to the engine); ``progress(done, total)`` counts requests
+answered.
 
 **Stage 2 — 3-D candidates** (:func:`link`). Boxes of one slice that overlap (IoU ≥ 0.5) are one
 (the larger kept). Boxes on neighbouring slices are linked into a track when they overlap in plane
@@ -38,6 +43,7 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -48,7 +54,7 @@ from app.assistant.ask import Assistant, AssistantAnswer
 from app.core.errors import XMedError
 from app.dicom.display import render
 from app.dicom.model import Volume, Window
-from inference.imaging import ImageSpec, prepare_model_image
+from inference.imaging import ImageSpec, ModelImage, prepare_model_image
 from inference.parsing import parse_answer
 from inference.prompts import ImageContext, Task, load_template
 from inference.types import Box, ChatRequest, Engine, Generation
@@ -186,6 +192,175 @@ def _answer_batch(engine: Engine, requests: list[ChatRequest], cancel: CancelFn 
     return out
 
 
+@dataclass
+class _Chunk:
+    """One batch of the sweep, ready to be answered: its (slice, window)s, model images and requests, and,
+    for an engine that can encode ahead (``encode`` + ``generate_encoded``), its encoded inputs."""
+
+    plan: list[tuple[int, Window | None]]
+    images: list[ModelImage]
+    requests: list[ChatRequest]
+    inputs: object | None = None
+
+
+class _ChunkFeed:
+    """The sweep's chunks, prepared ahead on one background thread (a bounded producer).
+
+    A chunk is made in two steps: ``image(i, j)`` makes image ``j`` of chunk ``i`` (render + model image) and,
+    once all its images are made, ``finish(i, images)`` turns them into the chunk (requests, encoded inputs).
+    With ``prefetch`` a producer thread makes chunk i + 1 while the caller answers chunk i, never more than one
+    chunk ahead (so at most two chunks' images and inputs are held at a time). While the caller waits for a
+    chunk (the first one, or when the producer falls behind) it helps: it makes that chunk's images not yet
+    taken by the producer, so both cores render the first batch. Images are stored by position, so who made
+    one never changes the chunk. Without ``prefetch`` the caller makes every chunk itself, in :meth:`get`.
+
+    :meth:`get` returns chunk ``i`` (chunks are asked for in order), ``None`` when ``cancel()`` said to stop,
+    and raises what making it raised (the same exception object). :meth:`close` (also on leaving ``with``)
+    stops the producer and waits for its thread; it stops at the next image."""
+
+    def __init__(self, sizes: Sequence[int], image: Callable[[int, int], object],
+                 finish: Callable[[int, list], _Chunk], cancel: CancelFn | None, prefetch: bool = True) -> None:
+        self.sizes = list(sizes)
+        self.count = len(self.sizes)
+        self.image, self.finish, self.cancel = image, finish, cancel
+        self.prefetch = prefetch and self.count > 1
+        self._cond = threading.Condition()
+        self._cursor = (0, 0)  # the next image to take: (chunk, position); images are taken in order
+        self._made: dict[int, list] = {}  # chunk → its images so far (None where not made yet)
+        self._left: dict[int, int] = {}  # chunk → images taken but not made yet, or not taken
+        self._ready: dict[int, tuple[str, object]] = {}  # chunk → ("chunk", _Chunk) | ("error", exc)
+        self._wanted = 0  # the chunk the caller asked for last; the producer works at most one beyond it
+        self._stop = False  # close() was called
+        self._cancelled = False  # cancel() said so (seen by either thread)
+        self._thread: threading.Thread | None = None
+        self._died: BaseException | None = None  # what ended the producer outside making an image
+
+    def __enter__(self) -> _ChunkFeed:  # noqa: PYI034 - private, never subclassed
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _cancel_seen(self) -> bool:
+        if self.cancel is not None and self.cancel():
+            with self._cond:
+                self._cancelled = True
+                self._cond.notify_all()
+        return self._cancelled
+
+    def _take(self, only: int | None) -> tuple[int, int] | None:
+        """Under the lock: the next image to make (of chunk ``only`` if given), or None."""
+        c, j = self._cursor
+        if c >= self.count or (only is not None and c != only) or c in self._ready:
+            return None
+        if c not in self._made:
+            self._made[c] = [None] * self.sizes[c]
+            self._left[c] = self.sizes[c]
+        self._cursor = (c, j + 1) if j + 1 < self.sizes[c] else (c + 1, 0)
+        return c, j
+
+    def _make(self, c: int, j: int) -> None:
+        """Make image j of chunk c (outside the lock); whoever makes a chunk's last image finishes the chunk."""
+        try:
+            im = self.image(c, j)
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller, raised where it asks for chunk c
+            with self._cond:
+                self._ready.setdefault(c, ("error", exc))
+                self._cond.notify_all()
+            return
+        with self._cond:
+            if c in self._ready:  # another image of this chunk failed
+                return
+            self._made[c][j] = im
+            self._left[c] -= 1
+            if self._left[c] > 0:
+                return
+            images = self._made.pop(c)
+            del self._left[c]
+        if self._stop or self._cancelled:
+            return
+        try:
+            item: tuple[str, object] = ("chunk", self.finish(c, images))
+        except BaseException as exc:  # noqa: BLE001 - as above
+            item = ("error", exc)
+        with self._cond:
+            self._ready[c] = item
+            self._cond.notify_all()
+
+    def _run(self) -> None:
+        try:
+            self._produce()
+        except BaseException as exc:  # noqa: BLE001 - never a silent death the caller would wait for forever
+            with self._cond:
+                self._died = exc
+                self._cond.notify_all()
+
+    def _produce(self) -> None:
+        while True:
+            with self._cond:
+                while True:  # one ahead: chunk c only once the caller has asked for chunk c - 1
+                    if self._stop or self._cancelled or any(kind == "error" for kind, _ in self._ready.values()):
+                        return
+                    if self._cursor[0] >= self.count:
+                        return
+                    if self._cursor[0] <= self._wanted + 1:
+                        break
+                    self._cond.wait()
+            if self._cancel_seen():
+                return
+            with self._cond:
+                task = self._take(None)
+            if task is not None:
+                self._make(*task)
+
+    def get(self, i: int) -> _Chunk | None:
+        with self._cond:
+            self._wanted = i
+            self._cond.notify_all()
+            if self.prefetch and self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="xmedgpt-preread-prepare", daemon=True)
+                self._thread.start()
+        while True:
+            with self._cond:
+                if i in self._ready:
+                    kind, value = self._ready.pop(i)
+                    break
+                if self._cancelled:
+                    return None
+                if self._died is not None:
+                    raise self._died
+                task = self._take(i)  # help with the chunk this thread waits for
+                if task is None:
+                    self._cond.wait()
+                    continue
+            if self._cancel_seen():
+                return None
+            self._make(*task)
+        if kind == "error":
+            raise value  # type: ignore[misc]
+        return value  # type: ignore[return-value]
+
+    def close(self) -> None:
+        with self._cond:
+            self._stop = True
+            self._ready.clear()
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+
+
+def _answer_chunk(engine: Engine, chunk: _Chunk, cancel: CancelFn | None) -> list[Generation]:
+    if chunk.inputs is not None:
+        return list(engine.generate_encoded(chunk.requests, chunk.inputs, cancel=cancel))  # type: ignore[attr-defined]
+    return _answer_batch(engine, chunk.requests, cancel)
+
+
+def _encodes_ahead(engine: Engine) -> bool:
+    """Whether the engine can encode a batch on another thread and answer it later (the local engine)."""
+    return callable(getattr(engine, "encode", None)) and callable(getattr(engine, "generate_encoded", None))
+
+
 def sweep_prompt(volume: Volume) -> tuple[str, str]:
     """(system, user) of the sweep: the product's system prompt and the short locate-every-lesion prompt."""
     series = volume.series
@@ -207,8 +382,13 @@ def sweep(
     cancel: CancelFn | None = None,
     progress: ProgressFn | None = None,
     max_new_tokens: int = SWEEP_TOKENS,
+    prefetch: bool = True,
 ) -> SweepResult:
-    """Stage 1: every slice (or ``slices``), in its reader's windows, asked to locate every lesion."""
+    """Stage 1: every slice (or ``slices``), in its reader's windows, asked to locate every lesion.
+
+    With ``prefetch`` (the default) one background thread prepares the next batch (render, model image
+    and, for the local engine, the processor's encoding) while the engine answers this one; the answers
+    are the same as without it, in the same order. ``cancel`` is then also called from that thread."""
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1")
     _spacing(volume)
@@ -236,37 +416,58 @@ def sweep(
     if progress is not None:
         progress(0, total)
     done = 0
-    for start in range(0, total, batch_size):
-        if cancel is not None and cancel():
-            result.cancelled = True
-            break
-        chunk = plan[start:start + batch_size]
-        images = [prepare_model_image(render(volume, k, w), spec, pixel_spacing=spacing) for k, w in chunk]
+    encode = engine.encode if _encodes_ahead(engine) else None  # type: ignore[attr-defined]
+
+    def image(i: int, j: int) -> ModelImage:
+        k, w = plan[i * batch_size + j]
+        return prepare_model_image(render(volume, k, w), spec, pixel_spacing=spacing)
+
+    def finish(i: int, images: list[ModelImage]) -> _Chunk:
         requests = [ChatRequest(prompt=user, image=im.rgb, system=system, max_new_tokens=max_new_tokens)
                     for im in images]
-        answers = _answer_batch(engine, requests, cancel)
-        result.batches += 1
-        if any(a.finish_reason == "cancelled" for a in answers):
-            result.cancelled = True
-        for (k, w), im, gen in zip(chunk, images, answers):
-            name = w.name if w is not None else "default"
-            result.answers[(k, name)] = gen.text
-            conf = _confidence(gen)
-            for g in parse_answer(gen.text).groundings:
-                for b in g.phrase.boxes:
-                    px = im.transform.norm_to_source(b)
-                    if px is None or px.area <= 0:
-                        continue
-                    result.detections.append(make_detection(volume, k, px, name, g.phrase.phrase or "lesion", conf))
-        done += len(chunk)
-        if progress is not None:
-            progress(done, total)
-        if result.cancelled:
-            break
+        inputs = encode(requests, on_device=False) if encode is not None else None
+        return _Chunk(plan[i * batch_size:(i + 1) * batch_size], images, requests, inputs)
+
+    sizes = [min(batch_size, total - start) for start in range(0, total, batch_size)]
+    with _ChunkFeed(sizes, image, finish, cancel, prefetch) as feed:
+        for i in range(feed.count):
+            if cancel is not None and cancel():
+                result.cancelled = True
+                break
+            prepared = feed.get(i)
+            if prepared is None:  # cancel() said so while the chunk was being made
+                result.cancelled = True
+                break
+            done = _read_chunk(engine, volume, prepared, cancel, result, done)
+            if progress is not None:
+                progress(done, total)
+            if result.cancelled:
+                break
     result.seconds = time.perf_counter() - t0
     log.info("pre-read sweep: %d requests in %d batches, %d boxes, %.1f s%s", done, result.batches,
              len(result.detections), result.seconds, " (cancelled)" if result.cancelled else "")
     return result
+
+
+def _read_chunk(engine: Engine, volume: Volume, prepared: _Chunk, cancel: CancelFn | None, result: SweepResult,
+                done: int) -> int:
+    """Answer one prepared batch and add its boxes to ``result``; the requests done after it."""
+    chunk, images = prepared.plan, prepared.images
+    answers = _answer_chunk(engine, prepared, cancel)
+    result.batches += 1
+    if any(a.finish_reason == "cancelled" for a in answers):
+        result.cancelled = True
+    for (k, w), im, gen in zip(chunk, images, answers):
+        name = w.name if w is not None else "default"
+        result.answers[(k, name)] = gen.text
+        conf = _confidence(gen)
+        for g in parse_answer(gen.text).groundings:
+            for b in g.phrase.boxes:
+                px = im.transform.norm_to_source(b)
+                if px is None or px.area <= 0:
+                    continue
+                result.detections.append(make_detection(volume, k, px, name, g.phrase.phrase or "lesion", conf))
+    return done + len(chunk)
 
 
 # ----------------------------------------------------------------------------- stage 2

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import hashlib
 import math
+import threading
+import time
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,6 +24,7 @@ from app.assistant.preread import (
     preread,
     sweep,
 )
+from app.core.errors import XMedError
 from app.dicom.display import render
 from app.dicom.loader import load_series
 from app.dicom.model import Geometry, Series, Volume, Window
@@ -281,3 +285,236 @@ def test_ask_batch_answers_each_frame_as_ask_does(study):
         assert [(f.phrase, f.box_px, f.step) for f in b.findings] == [(f.phrase, f.box_px, f.step) for f in one.findings]
         assert b.findings, "the truth engine boxes every lesion slice"
         assert [s.text for s in b.steps] == [s.text for s in one.steps]
+
+
+# ----------------------------------------------------------------------------- the prefetching sweep
+
+PRODUCER = "xmedgpt-preread-prepare"
+
+
+def _producers() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == PRODUCER and t.is_alive()]
+
+
+def _sweep_key(sw) -> tuple:
+    dets = [(d.slice, d.box, d.window, d.phrase, d.confidence, tuple(np.round(d.center_mm, 9)), d.width_mm,
+             d.height_mm) for d in sw.detections]
+    return dets, list(sw.answers.items()), sw.requests, sw.batches, sw.windows, sw.cancelled
+
+
+class EncodingTruthEngine(TruthEngine):
+    """The truth engine split like the local engine: ``encode`` (recording its thread) + ``generate_encoded``."""
+
+    def __init__(self, *args, fail_encode_batch: int | None = None, delay: float = 0.0, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.encode_threads: list[str] = []
+        self.fail_encode_batch = fail_encode_batch
+        self.delay = delay  # seconds per answered batch
+
+    def encode(self, requests, *, on_device=True):
+        self.encode_threads.append(threading.current_thread().name)
+        if self.fail_encode_batch is not None and len(self.encode_threads) - 1 == self.fail_encode_batch:
+            raise XMedError("The image handed to the model must be RGB, 8 bits per channel.")
+        return {"keys": [_image_key(r.image) for r in requests], "on_device": on_device}
+
+    def generate_encoded(self, requests, inputs, cancel=None):
+        assert inputs["keys"] == [_image_key(r.image) for r in requests]
+        time.sleep(self.delay)
+        self.batches.append(len(requests))
+        return [Generation(text=self.answers.get(k, "No lesion is seen.")) for k in inputs["keys"]]
+
+
+@pytest.fixture
+def spy_render(monkeypatch):
+    """Records every render of the sweep: (slice, window name, thread name), and lets a test slow it down."""
+    import app.assistant.preread as pr
+
+    calls: list[tuple[int, str, str]] = []
+    cond = threading.Condition()
+    state = {"delay": 0.0, "fail": None}
+    real = pr.render
+
+    def render_spy(volume, k, window=None, *args, **kwargs):
+        if state["delay"]:
+            time.sleep(state["delay"])
+        if state["fail"] == k:
+            state["failed_on"] = threading.current_thread().name
+            raise XMedError(f"Slice {k} could not be rendered.")
+        out = real(volume, k, window, *args, **kwargs)
+        with cond:
+            calls.append((k, window.name if window is not None else "default", threading.current_thread().name))
+            cond.notify_all()
+        return out
+
+    monkeypatch.setattr(pr, "render", render_spy)
+    return calls, cond, state
+
+
+
+@pytest.mark.parametrize("engine_class", [TruthEngine, EncodingTruthEngine])
+def test_prefetch_prepares_the_next_batch_while_this_one_is_answered(study, spy_render, engine_class):
+    _, vol, truth = study
+    calls, cond, _ = spy_render
+    ks = range(8, 28)  # 20 requests in batches of 4: 5 batches
+    sequential = engine_class(vol, truth, extra_slice=12)
+    before = sweep(sequential, vol, slices=ks, batch_size=4, image_spec=SPEC, windows=lambda v, k: [LUNG],
+                   prefetch=False)
+    assert {c[2] for c in calls} == {threading.current_thread().name}  # without prefetch: all on this thread
+    calls.clear()
+
+    engine = engine_class(vol, truth, extra_slice=12)
+    seen_ahead: list[int] = []
+    answer = engine.generate_encoded if engine_class is EncodingTruthEngine else engine.generate_batch
+
+    def answering(requests, *args, **kwargs):
+        answered = sum(engine.batches)  # requests answered before this batch
+        if answered + 4 < 20:  # the next batch is being prepared while this one is answered...
+            with cond:
+                assert cond.wait_for(lambda: len(calls) >= answered + 8, timeout=10), "next batch not prepared"
+            time.sleep(0.1)
+            seen_ahead.append(len(calls) - answered)  # ...and no further: one batch ahead at most
+        return answer(requests, *args, **kwargs)
+
+    if engine_class is EncodingTruthEngine:
+        engine.generate_encoded = answering
+    else:
+        engine.generate_batch = answering
+    after = sweep(engine, vol, slices=ks, batch_size=4, image_spec=SPEC, windows=lambda v, k: [LUNG])
+    assert seen_ahead == [8, 8, 8, 8]
+    assert {c[2] for c in calls[4:]} == {PRODUCER}  # every batch after the first made by the producer
+    assert sorted((k, w) for k, w, _ in calls) == [(k, "lung") for k in ks]  # each once
+    if engine_class is EncodingTruthEngine:
+        assert engine.encode_threads[1:] == [PRODUCER] * 4 and sequential.encode_threads == ["MainThread"] * 5
+    assert _sweep_key(after) == _sweep_key(before)  # the same answers and boxes, in the same order
+    assert any(d.slice == 12 for d in after.detections) and len(after.answers) == 20
+    assert not _producers()
+
+
+def test_prefetched_sweep_with_the_demo_model_answers_as_the_sequential_one(tmp_path):
+    from inference.engine.local import LocalEngine
+
+    folder = write_ct_study(tmp_path / "ct", n_slices=12, size=96, seed=77)
+    vol = load_series(scan([folder]).all_series()[0])
+    engine = LocalEngine.from_folder(Path(__file__).resolve().parents[3] / "resources" / "models" / "demo",
+                                     device="cpu")
+    spec = ImageSpec.from_preprocessor_config(engine.folder)
+    encoded_on: list[tuple[str, bool]] = []
+    real_encode = engine.encode
+
+    def encode(requests, *, on_device=True):
+        encoded_on.append((threading.current_thread().name, on_device))
+        return real_encode(requests, on_device=on_device)
+
+    engine.encode = encode
+    first = sweep(engine, vol, batch_size=5, image_spec=spec, max_new_tokens=24, prefetch=False)
+    assert {t for t, _ in encoded_on} == {threading.current_thread().name}
+    encoded_on.clear()
+    second = sweep(engine, vol, batch_size=5, image_spec=spec, max_new_tokens=24)
+    assert first.batches == second.batches >= 3 and PRODUCER in {t for t, _ in encoded_on}
+    assert not any(on for _, on in encoded_on)  # encoded ahead on the CPU, moved when answered
+    assert all(first.answers.values()) and _sweep_key(second) == _sweep_key(first)
+    assert not _producers()
+
+
+def test_cancel_mid_sweep_stops_the_producer_promptly(study, spy_render):
+    _, vol, truth = study
+    calls, _, state = spy_render
+    state["delay"] = 0.05  # rendering is slow: the producer is busy when the cancel comes
+    engine = TruthEngine(vol, truth)
+    stop = threading.Event()
+    at_cancel: list[int] = []
+    answer = engine.generate_batch
+
+    def answering(requests, cancel=None):
+        out = answer(requests, cancel)
+        if len(engine.batches) == 2:
+            stop.set()
+            at_cancel.append(len(calls))
+        return out
+
+    engine.generate_batch = answering
+    t0 = time.perf_counter()
+    sw = sweep(engine, vol, slices=range(40), batch_size=4, image_spec=SPEC, windows=lambda v, k: [LUNG],
+               cancel=stop.is_set)
+    assert sw.cancelled and sw.batches == 2 and engine.batches == [4, 4]
+    assert PRODUCER in {c[2] for c in calls}
+    assert not _producers()  # the producer's thread has ended when the sweep returns
+    assert len(calls) <= at_cancel[0] + 1  # it stopped at the next image, not at the end of its batch
+    assert time.perf_counter() - t0 < 0.05 * 40  # far from rendering all 40
+
+
+def test_both_threads_render_the_first_batch(study, spy_render):
+    _, vol, truth = study
+    calls, _, state = spy_render
+    state["delay"] = 0.03  # slow enough that the producer and the waiting caller each take some images
+    engine = TruthEngine(vol, truth)
+    sw = sweep(engine, vol, slices=range(16), batch_size=8, image_spec=SPEC, windows=lambda v, k: [LUNG])
+    first = {t for k, _, t in calls if k < 8}
+    assert first == {PRODUCER, threading.current_thread().name}
+    assert {t for k, _, t in calls if k >= 8} <= first and sw.batches == 2 and not _producers()
+    reference = sweep(TruthEngine(vol, truth), vol, slices=range(16), batch_size=8, image_spec=SPEC,
+                      windows=lambda v, k: [LUNG], prefetch=False)
+    assert _sweep_key(sw) == _sweep_key(reference)
+
+
+def test_cancel_seen_first_by_the_producer_ends_the_sweep(study):
+    _, vol, truth = study
+    engine = TruthEngine(vol, truth)
+    # only the producer is told (a cancel flag set while it prepares): the caller learns it from the feed
+    sw = sweep(engine, vol, slices=range(20), batch_size=4, image_spec=SPEC, windows=lambda v, k: [LUNG],
+               cancel=lambda: threading.current_thread().name == PRODUCER and len(engine.batches) >= 1)
+    assert sw.cancelled and 1 <= sw.batches < 5 and len(sw.answers) == 4 * sw.batches
+    assert not _producers()
+
+
+def test_a_cancel_callback_that_fails_on_the_producer_surfaces_instead_of_hanging(study):
+    _, vol, truth = study
+    engine = TruthEngine(vol, truth)
+
+    def cancel() -> bool:
+        if threading.current_thread().name == PRODUCER and engine.batches:
+            raise RuntimeError("the cancel flag's owner is gone")
+        return False
+    result: list = []
+    worker = threading.Thread(target=lambda: result.append(_try_sweep(engine, vol, cancel)), daemon=True)
+    worker.start()
+    worker.join(30)
+    assert not worker.is_alive(), "the sweep hung when its producer died"
+    (outcome,) = result
+    assert isinstance(outcome, RuntimeError) and "owner is gone" in str(outcome)
+    assert not _producers()
+
+
+def _try_sweep(engine, vol, cancel):
+    try:
+        return sweep(engine, vol, slices=range(20), batch_size=4, image_spec=SPEC, windows=lambda v, k: [LUNG],
+                     cancel=cancel)
+    except Exception as exc:  # noqa: BLE001 - the test inspects it
+        return exc
+
+
+@pytest.mark.parametrize("prefetch", [True, False])
+def test_an_error_while_preparing_surfaces_where_its_batch_is_due(study, spy_render, prefetch):
+    _, vol, truth = study
+    _, _, state = spy_render
+    state["fail"] = 18  # in the third batch
+    engine = TruthEngine(vol, truth)
+    with pytest.raises(XMedError, match=r"^Slice 18 could not be rendered\.$"):
+        sweep(engine, vol, slices=range(10, 30), batch_size=4, image_spec=SPEC, windows=lambda v, k: [LUNG],
+              prefetch=prefetch)
+    assert engine.batches == [4, 4]  # the batches before it were answered, as without prefetch
+    assert state["failed_on"] == (PRODUCER if prefetch else threading.current_thread().name)
+    assert not _producers()
+
+
+@pytest.mark.parametrize("prefetch", [True, False])
+def test_an_error_while_encoding_surfaces_with_its_message(study, prefetch):
+    _, vol, truth = study
+    engine = EncodingTruthEngine(vol, truth, fail_encode_batch=1, delay=0.5)  # the producer encodes batch 2
+    seen: list[tuple[int, int]] = []
+    with pytest.raises(XMedError, match=r"^The image handed to the model must be RGB, 8 bits per channel\.$"):
+        sweep(engine, vol, slices=range(10, 30), batch_size=4, image_spec=SPEC, windows=lambda v, k: [LUNG],
+              progress=lambda d, t: seen.append((d, t)), prefetch=prefetch)
+    assert engine.batches == [4] and seen == [(0, 20), (4, 20)]
+    assert engine.encode_threads[-1] == (PRODUCER if prefetch else threading.current_thread().name)
+    assert not _producers()

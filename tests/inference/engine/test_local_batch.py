@@ -4,11 +4,13 @@ RemoteEngine.generate_batch sends the requests concurrently."""
 
 from __future__ import annotations
 
+import platform
 import threading
 import time
 
 import numpy as np
 import pytest
+import torch
 
 from inference.engine.local import LocalEngine
 from inference.engine.remote import RemoteEngine
@@ -67,3 +69,60 @@ def test_remote_generate_batch_runs_requests_concurrently(monkeypatch):
     out = remote.generate_batch(reqs)
     assert [g.text for g in out] == [str(i) for i in range(8)]  # in order
     assert peak[0] == 4  # max_parallel requests in flight at once
+
+
+def test_generate_encoded_answers_as_generate_batch(engine):
+    """The split the pre-read's sweep pipelines: encode (on the CPU, on another thread, while the engine is
+    busy generating) + generate_encoded gives exactly generate_batch's answers."""
+    reqs = requests()
+    reference = engine.generate_batch(reqs)
+    encoded: dict = {}
+    started = threading.Event()
+
+    def encode_ahead() -> None:
+        started.wait(10)
+        encoded["inputs"] = engine.encode(reqs, on_device=False)
+        encoded["thread"] = threading.current_thread().name
+
+    worker = threading.Thread(target=encode_ahead, name="encode-ahead")
+    worker.start()
+
+    def busy() -> bool:  # generation is under way: let the other thread encode now
+        started.set()
+        return False
+
+    during = engine.generate_batch(reqs, cancel=busy)
+    worker.join(10)
+    assert encoded["thread"] == "encode-ahead"
+    assert set(encoded["inputs"]) >= {"input_ids", "attention_mask", "pixel_values"}
+    assert all(t.device.type == "cpu" for t in encoded["inputs"].values())
+    out = engine.generate_encoded(reqs, encoded["inputs"])
+    for ref, a, b in zip(reference, during, out):
+        assert b.token_ids == ref.token_ids == a.token_ids and b.text == ref.text
+        assert b.token_logprobs == ref.token_logprobs and b.finish_reason == ref.finish_reason
+    assert engine.generate_encoded([], encoded["inputs"]) == []
+    with pytest.raises(ValueError, match="3 encoded rows for 2 requests"):
+        engine.generate_encoded(reqs[:2], encoded["inputs"])
+
+
+@pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc only")
+def test_a_cpu_engine_reuses_the_blocks_a_growing_cache_frees(engine):
+    """Generation on the CPU grows each layer's key/value cache by one copy per token (16 rows: ~2 MB tensors);
+    glibc is told to reuse the freed blocks instead of mapping fresh pages for each (~14 000 page faults for
+    this loop with glibc's defaults)."""
+    import resource
+
+    from inference.engine import local
+
+    def grow() -> list[torch.Tensor]:
+        layers = [torch.zeros(16, 2, 420, 32) for _ in range(8)]
+        step = torch.ones(16, 2, 1, 32)
+        for _ in range(96):
+            layers = [torch.cat([k, step], dim=2) for k in layers]
+        return layers
+
+    grow()
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    assert grow()[0].shape == (16, 2, 516, 32)
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before < 1000
+    assert local._allocator_tuned is True and local.keep_freed_memory() is True
