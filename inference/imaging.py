@@ -185,11 +185,13 @@ def tile_image(rgb: np.ndarray, spec: ImageSpec = ImageSpec()) -> list[np.ndarra
     return tiles
 
 
-def _resize(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+def _resize(pixels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Bicubic resize of a uint8 grey (rows, cols) or RGB image; each channel is resampled alike, so
+    resizing a grey frame and then repeating it gives the bytes of resizing its RGB copy."""
     w, h = size
-    if rgb.shape[1] == w and rgb.shape[0] == h:
-        return rgb
-    return np.asarray(Image.fromarray(rgb).resize((w, h), Image.Resampling.BICUBIC))
+    if pixels.shape[1] == w and pixels.shape[0] == h:
+        return pixels
+    return np.asarray(Image.fromarray(pixels).resize((w, h), Image.Resampling.BICUBIC))
 
 
 # ----------------------------------------------------------------------------- frame ↔ model image
@@ -266,8 +268,10 @@ def prepare_model_image(
     stretched so anatomy keeps its shape, as the viewer shows it. With ``resize`` the
     image is resampled to the tiled canvas the processor would use.
     """
-    rgb = to_rgb(frame)
-    h, w = rgb.shape[:2]
+    a = np.asarray(frame)
+    grey = a.ndim == 2 and a.dtype == np.uint8
+    pixels = a if grey else to_rgb(a)  # a grey frame is resized as grey (the same bytes, half the work)
+    h, w = pixels.shape[:2]
     if h < 1 or w < 1:
         raise ValueError("empty frame")
     lw, lh = float(w), float(h)  # logical (square-pixel) size
@@ -285,7 +289,9 @@ def prepare_model_image(
     content_w = max(1, round(lw * cw_ / sw))
     content_h = max(1, round(lh * ch_ / sh))
     ox, oy = (cw_ - content_w) // 2, (ch_ - content_h) // 2
-    content = _resize(rgb, (content_w, content_h))
+    content = _resize(pixels, (content_w, content_h))
+    if grey:
+        content = to_rgb(content)
     if (content_w, content_h) == (cw_, ch_):
         out = content
     else:

@@ -212,3 +212,16 @@ def test_spec_from_a_loaded_image_processor():
 def test_rejects_unrendered_frames():
     with pytest.raises(ValueError):
         prepare_model_image(np.zeros((10, 10), np.int16))
+
+
+@pytest.mark.parametrize("shape,spacing", [((512, 512), None), ((77, 513), None), ((300, 256), (0.5, 0.8))])
+def test_a_grey_frame_gives_the_model_the_bytes_of_its_rgb_copy(shape, spacing):
+    """A grey frame is resized as grey (half the work) and only then made RGB: the model image is
+    byte for byte what resizing the RGB copy gives, for any canvas, padding or stretch."""
+    grey = np.random.default_rng(7).integers(0, 256, shape, dtype=np.uint8)
+    rgb = np.repeat(grey[:, :, None], 3, axis=2)
+    for spec in (ImageSpec(), ImageSpec(tile_size=224, max_tiles=4), ImageSpec(tile_size=224, max_tiles=1)):
+        a = prepare_model_image(grey, spec, pixel_spacing=spacing)
+        b = prepare_model_image(rgb, spec, pixel_spacing=spacing)
+        assert a.rgb.dtype == np.uint8 and a.rgb.shape == b.rgb.shape and a.rgb.shape[2] == 3
+        assert np.array_equal(a.rgb, b.rgb) and a.transform == b.transform
