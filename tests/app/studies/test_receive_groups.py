@@ -252,6 +252,7 @@ def _sender(port: int):
 def test_pushed_instances_are_durable_and_indexed_before_each_answer_move_suboperations_in_groups(home,
                                                                                                  monkeypatch):
     monkeypatch.setattr(scp_mod, "GROUP_SECONDS", 600.0)
+    monkeypatch.setattr(scp_mod, "FIRST_GROUP_INSTANCES", scp_mod.GROUP_INSTANCES)  # one group for the 4 below
     paths = StudyPaths.detect().ensure()
     db = StudyDB(paths.database)
     listener = Listener(Receiver(db, paths.storage), LocalAE(OUR_AE, "127.0.0.1", free_port()),
