@@ -68,8 +68,6 @@ class MainWindow(QMainWindow):
         self._series: list[Series] = []
         self._study_info: list[StudyInfo] = []
         self._volumes: OrderedDict[int, Volume] = OrderedDict()
-        self._keep: dict[int, tuple] = {}  # viewport id -> (series uid, (SOP UID, frame), window) when re-opening
-        self._keep_studies: set[str] = set()
         self._open_next: list[Path] | None = None  # asked for while a scan ran
         self._restore: dict[int, tuple] = {}  # viewport id -> the place to go back to once its series is loaded
         self._shown: dict[int, int] = {}  # id(viewport) → series index
@@ -312,7 +310,6 @@ class MainWindow(QMainWindow):
             self._open_next = list(paths)  # opened when this scan is done (the latest request wins)
             return
         self._open_next = None
-        self._keep, self._keep_studies = self._view_state(), self._study_uids(self.result)
         self.statusBar().showMessage(f"Reading {', '.join(p.name or str(p) for p in paths)}…")
         self._set_progress(0, 0, "Reading headers")
         worker = ScanWorker(paths, self)
@@ -335,6 +332,8 @@ class MainWindow(QMainWindow):
 
     def _scanned(self, result: ScanResult) -> None:
         self._hide_progress()
+        # the same study again (a retrieve opened early is complete now): each viewport keeps its place
+        keep = self._view_state() if self._study_uids(self.result) & self._study_uids(result) else {}
         for vp in self.grid.viewports:
             vp.set_volume(None)
         self.result = result
@@ -356,8 +355,7 @@ class MainWindow(QMainWindow):
             return
         n = len(self._series)
         self.statusBar().showMessage(f"{n} series found", 5000)
-        keep = self._keep if self._keep_studies & self._study_uids(result) else {}
-        self._keep, self._keep_studies, self._restore = {}, set(), {}
+        self._restore = {}
         uids = [s.uid for s in self._series]
         for i, vp in enumerate(self.grid.visible()):
             kept = keep.get(id(vp))

@@ -747,8 +747,11 @@ class QueryPacsTab(QWidget):
             self.progress.setRange(0, 0)
             self.status.setText(f"{self._prefix}: {have} images")
 
-    def _reopen_if_opened_early(self, uid: str) -> None:
-        """A study opened while arriving is opened again with what is here now (the viewer keeps its place)."""
+    def _ended(self, uid: str) -> None:
+        """A study's retrieve ended (done, failed or cancelled): a late progress poll must not overwrite its
+        result, and a study opened while arriving is opened again with what is here now (the viewer keeps
+        its place)."""
+        self._current = None
         if uid in self._opened_early:
             self._opened_early.discard(uid)
             here = self.services.db.get(uid)
@@ -756,8 +759,7 @@ class QueryPacsTab(QWidget):
                 self.open_requested.emit(uid)
 
     def _study_done(self, uid: str, result: Any) -> None:
-        self._current = None  # a late progress poll must not overwrite the result
-        self._reopen_if_opened_early(uid)
+        self._ended(uid)
         if getattr(result, "cancelled", False):
             self._open_after.discard(uid)
             here = self.services.db.get(uid)
@@ -780,15 +782,13 @@ class QueryPacsTab(QWidget):
             self.open_requested.emit(uid)
 
     def _study_failed(self, uid: str, message: str) -> None:
-        self._current = None  # a late progress poll must not overwrite the result
-        self._reopen_if_opened_early(uid)
+        self._ended(uid)
         self._open_after.discard(uid)
         self.status.setText(message)
         self.message.emit(message)
 
     def _study_cancelled(self, uid: str) -> None:
-        self._current = None  # a late progress poll must not overwrite the result
-        self._reopen_if_opened_early(uid)
+        self._ended(uid)
         self._open_after.discard(uid)
         here = self.services.db.get(uid)
         text = "Retrieve cancelled" + (f": {here.instances} image(s) of the study are here, it is marked {here.state}."

@@ -111,11 +111,8 @@ class ViewportGrid(QWidget):
         for i, vp in enumerate(self.viewports[: rows * cols]):
             self._grid.addWidget(vp, i // cols, i % cols)
             vp.show()
-        for r in range(2):
-            self._grid.setRowStretch(r, 1 if r < rows else 0)
-        for c in range(2):
-            self._grid.setColumnStretch(c, 1 if c < cols else 0)
         self.layout_name = name
+        self._stretch_to(None)
         if self._active not in self.visible():
             self.set_active(self.viewports[0])
 
