@@ -17,11 +17,10 @@ from PySide6.QtGui import QIcon
 from PySide6.QtWidgets import QPushButton
 
 from app.core.settings import Settings
-from app.dicom.model import Window
 from app.dicom.loader import load_series
+from app.dicom.model import Window
 from app.dicom.scan import scan
 from app.studies.db import InstanceRecord, StudyDB
-from app.viewer.measure_store import frame_table
 from app.studies.importer import import_paths
 from app.studies.locations import StudyPaths
 from app.studies.nodes import LocalAE, Node, NodeStore
@@ -29,6 +28,7 @@ from app.studies.pdf import ENCAPSULATED_PDF
 from app.studies.scp import Listener, Receiver
 from app.studies.scu import send_files
 from app.synthetic.sample import load_ground_truth, write_ct_study
+from app.viewer.measure_store import frame_table
 from tests.app.assistant.test_preread import SPEC, TruthEngine
 from tests.app.studies.conftest import OUR_AE, free_port, home, orthanc  # noqa: F401 - fixtures
 from ui.report.panel import ReportPanel
@@ -199,6 +199,26 @@ def _orthanc_nodes(orthanc) -> NodeStore:  # noqa: F811
     return store
 
 
+def _pacs_over_a_slow_link(win, settings, orthanc, monkeypatch):  # noqa: F811
+    """The sample study in Orthanc, received over a slow link (0.15 s an image: ~5 s for the 32), and
+    the window's Query PACS tab shown; (studies, pacs tab, the real store handler)."""
+    orthanc.clear()
+    orthanc.upload(SAMPLE_FILES)
+    _orthanc_nodes(orthanc)
+    store = Receiver.handle_store
+
+    def slowly(self, event):
+        time.sleep(0.15)
+        return store(self, event)
+
+    monkeypatch.setattr(Receiver, "handle_store", slowly)
+    studies = win.attach_studies(settings=settings)
+    win.show()
+    pacs = studies.widget.pacs
+    studies.widget.tabs.setCurrentWidget(pacs)
+    return studies, pacs, store
+
+
 def test_query_pacs_tab_finds_and_retrieves_from_orthanc_in_the_background(qtbot, window, orthanc):  # noqa: F811
     win, settings = window
     orthanc.clear()
@@ -252,20 +272,7 @@ def test_a_retrieve_can_be_cancelled_and_a_later_retrieve_completes_the_study(qt
     """Cancel aborts the C-GET association at once: what arrived stays, the study is incomplete in the database
     (and says so in the list), and the next Retrieve brings the rest."""
     win, settings = window
-    orthanc.clear()
-    orthanc.upload(SAMPLE_FILES)
-    _orthanc_nodes(orthanc)
-    store = Receiver.handle_store
-
-    def slowly(self, event):  # a slow link: 32 images take seconds, so the cancel lands halfway
-        time.sleep(0.15)
-        return store(self, event)
-
-    monkeypatch.setattr(Receiver, "handle_store", slowly)
-    studies = win.attach_studies(settings=settings)
-    win.show()
-    pacs = studies.widget.pacs
-    studies.widget.tabs.setCurrentWidget(pacs)
+    studies, pacs, store = _pacs_over_a_slow_link(win, settings, orthanc, monkeypatch)  # cancel lands halfway
     assert not pacs.cancel_button.isVisible() and pacs.cancel_retrieve() is False
     pacs.search_button.click()
     qtbot.waitUntil(lambda: pacs.model.rowCount() == 1, timeout=20_000)
@@ -313,20 +320,7 @@ def test_a_study_opened_from_the_pacs_shows_its_first_images_before_the_retrieve
     stored, while the rest still arrives; when the retrieve ends it shows the whole study, on the image
     and in the window the reader had chosen meanwhile."""
     win, settings = window
-    orthanc.clear()
-    orthanc.upload(SAMPLE_FILES)
-    _orthanc_nodes(orthanc)
-    store = Receiver.handle_store
-
-    def slowly(self, event):  # a slow link: the study takes ~5 s to arrive
-        time.sleep(0.15)
-        return store(self, event)
-
-    monkeypatch.setattr(Receiver, "handle_store", slowly)
-    studies = win.attach_studies(settings=settings)
-    win.show()
-    pacs = studies.widget.pacs
-    studies.widget.tabs.setCurrentWidget(pacs)
+    studies, pacs, _ = _pacs_over_a_slow_link(win, settings, orthanc, monkeypatch)
     pacs.search_button.click()
     qtbot.waitUntil(lambda: pacs.model.rowCount() == 1, timeout=20_000)
     _double_click(qtbot, pacs.view, 0)

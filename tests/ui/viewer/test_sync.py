@@ -24,20 +24,28 @@ from ui.testing import image_to_widget, mouse_drag, wheel
 N = 40  # slices of the thin series (330 mm / 40 = 8.25 mm)
 
 
-def thick_copy(src, dst, every: int = 2) -> None:
-    """Every other slice of ``src`` as a new series of the same study and frame of reference."""
+def derived_series(files, dst, number: int, description: str, prefix: str, change) -> None:
+    """``files`` as a new series of the same study and frame of reference in ``dst``: new series and
+    instance UIDs, ``change(ds, i)`` applied to each before it is written."""
     dst.mkdir(parents=True)
     series_uid = generate_uid()
-    for i, f in enumerate(sorted(src.glob("*.dcm"))[::every]):
+    for i, f in enumerate(files):
         ds = pydicom.dcmread(f)
         ds.SeriesInstanceUID = series_uid
-        ds.SeriesNumber = 3
-        ds.SeriesDescription = "Thick"
+        ds.SeriesNumber = number
+        ds.SeriesDescription = description
         ds.SOPInstanceUID = generate_uid()
         ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        change(ds, i)
+        ds.save_as(dst / f"{prefix}{i + 1:04d}.dcm", enforce_file_format=True)
+
+
+def thick_copy(src, dst, every: int = 2) -> None:
+    """Every other slice of ``src`` as a new series of the same study and frame of reference."""
+    def thicker(ds, i):
         ds.InstanceNumber = i + 1
         ds.SliceThickness = float(ds.SliceThickness) * every
-        ds.save_as(dst / f"TH{i + 1:04d}.dcm", enforce_file_format=True)
+    derived_series(sorted(src.glob("*.dcm"))[::every], dst, 3, "Thick", "TH", thicker)
 
 
 @pytest.fixture(scope="module")
@@ -169,19 +177,11 @@ def test_link_key_is_ctrl_l(qtbot, win, studies):
 def respaced_copy(src, dst, factor: float = 1.5, shift=(20.0, -12.0)) -> None:
     """``src`` as another reconstruction of the same frame of reference: a wider field of view (pixel
     spacing × ``factor``) starting elsewhere, so one patient point has other pixel coordinates."""
-    dst.mkdir(parents=True)
-    series_uid = generate_uid()
-    for i, f in enumerate(sorted(src.glob("*.dcm"))):
-        ds = pydicom.dcmread(f)
-        ds.SeriesInstanceUID = series_uid
-        ds.SeriesNumber = 4
-        ds.SeriesDescription = "Wide FOV"
-        ds.SOPInstanceUID = generate_uid()
-        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    def wider(ds, _i):
         ds.PixelSpacing = [float(v) * factor for v in ds.PixelSpacing]
         x, y, z = (float(v) for v in ds.ImagePositionPatient)
         ds.ImagePositionPatient = [x + shift[0], y + shift[1], z]
-        ds.save_as(dst / f"WF{i + 1:04d}.dcm", enforce_file_format=True)
+    derived_series(sorted(src.glob("*.dcm")), dst, 4, "Wide FOV", "WF", wider)
 
 
 @pytest.fixture(scope="module")
