@@ -511,7 +511,7 @@ class LocalEngine:
         """
         if not requests:
             return []
-        return self.generate_encoded(requests, self.encode(requests), cancel, top_logprobs=top_logprobs)
+        return self.generate_encoded(requests, self.encode(requests, on_device=False), cancel, top_logprobs=top_logprobs)
 
     def generate_encoded(
         self,
