@@ -33,6 +33,8 @@ run: $(STAMP)
 
 test: $(STAMP)
 	mkdir -p $(OUTPUT)
+	@echo "free disk before the tests (the suite keeps ~200 MB of temporary files at its peak):"; \
+	df -h . "$${TMPDIR:-/tmp}" 2>/dev/null || true
 	$(VENV)/bin/lint-imports
 	QT_QPA_PLATFORM=offscreen $(PY) -m pytest $(PYTEST_ARGS)
 
