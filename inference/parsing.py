@@ -66,6 +66,28 @@ _HEADING = re.compile(
 )
 
 
+#: A step heading inside running text ("… localized. Step 5: Report synthesis …"): "step N" with its
+#: punctuation, and the step's name when one follows.
+_NAMES_PLAIN = "|".join(_STEP_NAME_RE[name] for name in STEP_NAMES)
+_INLINE_HEADING = re.compile(
+    # a step's name after its number, or followed by a colon ("Step 5: Report synthesis", "3. Detailed description:")
+    r"(?:\b(?:step|stage)[ \t]*[1-5](?![0-9])[ \t]*[:.)\-–—]?[ \t]*|\b[1-5][.)][ \t]*)(?:" + _NAMES_PLAIN
+    + r")[ \t]*[:：]?[ \t]*"
+    r"|\b(?:" + _NAMES_PLAIN + r")[ \t]*[:：][ \t]*"
+    # or a bare "Step 5:" before a sentence
+    r"|\b(?:step|stage)[ \t]*[1-5](?![0-9])[ \t]*[:)\-–—][ \t]*(?=(?-i:[A-Z])|\n|$)",
+    re.IGNORECASE,
+)
+
+
+def strip_step_headings(text: str) -> str:
+    """``text`` without the step headings in it ("Step 5:", "Step 5: Report synthesis", "3. Detailed
+    description:"), at a line's start or inside a sentence: what a step's own text is once the headings a
+    model repeated in it are gone (the reliability pass still sees and reports them, on the raw steps)."""
+    out = _INLINE_HEADING.sub("", _HEADING.sub("", text))
+    return re.sub(r"[ \t]{2,}", " ", re.sub(r"(?m)^[ \t]+", "", out))
+
+
 @dataclass(frozen=True)
 class Grounding:
     """A grounded phrase and where it sits: its step (None before the first heading)

@@ -27,6 +27,7 @@ from app.report.draft import (
     StudyContext,
 )
 from app.report.templates import ReportTemplate, template_for
+from inference.parsing import strip_step_headings
 from inference.phrases import (
     phrase_key,
     sentence_with,
@@ -103,12 +104,26 @@ def draft_from_answer(
     return report
 
 
+#: A report section's label at the start of a sentence of the synthesis ("FINDINGS: A 52 mm …").
+_SECTION_LABEL = re.compile(r"^\s*(?:findings|impression|conclusions?|summary)\s*[:：]\s*", re.IGNORECASE)
+
+
 def ai_sentences(text: str, by_phrase: Mapping[str, Finding], caution: str = "") -> list[AiSentence]:
     """The sentences of an AI impression (:func:`inference.phrases.split_sentences`), each naming the
-    findings whose phrase (:func:`phrase_key`) or finding type (as a word) it contains."""
+    findings whose phrase (:func:`phrase_key`) or finding type (as a word) it contains.
+
+    What the reader is asked to accept is the model's statements, not its scaffolding: step headings the
+    model repeated inside the synthesis (:func:`inference.parsing.strip_step_headings`) and report section
+    labels ("FINDINGS:", "IMPRESSION:") are left out, and a sentence said twice is proposed once. The
+    reliability pass judges the raw steps, headings and repeats included."""
     out = []
-    for sentence in split_sentences(text):
+    seen: set[str] = set()
+    for sentence in split_sentences(strip_step_headings(text)):
+        sentence = _SECTION_LABEL.sub("", sentence).strip()
         key = phrase_key(sentence)
+        if not re.search(r"[A-Za-z0-9]", sentence) or key in seen:
+            continue
+        seen.add(key)
         names = tuple(f.id for phrase, f in by_phrase.items()
                       if phrase in key or (f.finding_type and re.search(rf"\b{re.escape(f.finding_type)}s?\b", key)))
         out.append(AiSentence(uuid.uuid4().hex[:12], sentence.strip(), finding_ids=names, caution=caution))

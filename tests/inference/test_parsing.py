@@ -20,6 +20,7 @@ from inference.parsing import (
     format_grounding,
     normalize_box,
     parse_answer,
+    strip_step_headings,
 )
 from inference.types import STEP_NAMES, Box
 
@@ -352,3 +353,18 @@ def test_missing_prompt_file_is_a_readable_error(tmp_path):
 
     with pytest.raises(XMedError, match="prompt file guardrail.txt is missing"):
         build_prompt(Task.VQA, "x", directory=tmp_path)
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("Step 5: Report synthesis\nFINDINGS: A mass.", "\nFINDINGS: A mass."),
+    ("No lesion. Step 2: Region localization No focal lesion.", "No lesion. No focal lesion."),
+    ("A mass. 3. Detailed description: a 12 mm nodule.", "A mass. a 12 mm nodule."),
+    ("Step 4 Holistic analysis: Two lesions.", "Two lesions."),
+    ("Seen. Step 5: No change.", "Seen. No change."),
+    # not headings: a step mentioned in a sentence, numbers in measurements
+    ("A 12 mm nodule at step 2 of the protocol.", "A 12 mm nodule at step 2 of the protocol."),
+    ("Seen at step 2. The mass grows.", "Seen at step 2. The mass grows."),
+    ("3 lesions, 2) small.", "3 lesions, 2) small."),
+])
+def test_step_headings_are_cut_out_of_running_text(text, expected):
+    assert strip_step_headings(text) == expected

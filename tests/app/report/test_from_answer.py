@@ -57,3 +57,29 @@ def test_draft_from_answer_merges_phrases_and_names_frames():
     r.accept_sentence(sentence.id)  # the reader takes it explicitly
     assert r.impression_text() == "Solitary pulmonary nodule; follow-up advised."
     assert r.template == "ct"
+
+
+def test_the_proposed_impression_holds_the_models_statements_not_its_step_headings_or_section_labels():
+    """The real-window reading's answer (tests/ui/shell/reading_session.py, demo model): the synthesis
+    repeated its own headings and a sentence; the reader was asked to accept "Step 5: Report synthesis"."""
+    synthesis = ("No focal liver parenchyma is localized.\n\nStep 5: No focal liver parenchyma is localized.\n\n"
+                 "Step 5: Report synthesis\nFINDINGS: A 52 mm hypodense lesion with lobulated margins in the right "
+                 "hepatic lobe. The liver parenchyma is otherwise homogeneous.\nIMPRESSION: Two lesions on the right "
+                 "side; the largest is a hyperdense lesion in the right hepatic lobe (53 mm).")
+    steps = [ReasoningStep(3, "Detailed description", "Step 2: Region localization\nNo focal lesion."),
+             ReasoningStep(5, "Report synthesis", synthesis)]
+    def ref(k):
+        return FrameRef(k, f"1.2.3.{k}", "1.2.3")
+
+    r = draft_from_answer(STUDY, steps, [], ref, Provenance("m"))
+    assert [s.text for s in r.ai_sentences] == [
+        "No focal liver parenchyma is localized.",
+        "A 52 mm hypodense lesion with lobulated margins in the right hepatic lobe.",
+        "The liver parenchyma is otherwise homogeneous.",
+        "Two lesions on the right side; the largest is a hyperdense lesion in the right hepatic lobe (53 mm).",
+    ]
+    # a sentence that only mentions a step, or a label inside it, is the model's text and stays
+    r = draft_from_answer(STUDY, [ReasoningStep(5, "Report synthesis",
+                                                "Reassess at step 2 of the protocol. Findings: none acute.")],
+                          [], ref, Provenance("m"))
+    assert [s.text for s in r.ai_sentences] == ["Reassess at step 2 of the protocol.", "none acute."]
