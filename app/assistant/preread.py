@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -56,6 +57,7 @@ from app.dicom.display import render
 from app.dicom.model import Volume, Window
 from inference.imaging import ImageSpec, ModelImage, prepare_model_image
 from inference.parsing import parse_answer
+from inference.phrases import sentence_with, strip_grounding
 from inference.prompts import ImageContext, Task, load_template
 from inference.types import Box, ChatRequest, Engine, Generation
 
@@ -660,10 +662,27 @@ def location_of(volume: Volume, c: Candidate) -> str:
     return f"{side} {region}"
 
 
-def _description(answer: AssistantAnswer) -> str:
+_LESION_LINE = re.compile(r"^[ \t]*L(?P<n>\d+)[ \t]*:[ \t]*(?P<text>.+?)[ \t]*$", re.MULTILINE)
+
+
+def _description(answer: AssistantAnswer, c: Candidate | None = None) -> str:
+    """What the answer at the key slice says of this lesion: its line of the detailed description
+    when that step describes lesions one per line ("L2: A 39 mm mass …", in the order step 2 boxed
+    them; the only line when there is one), else the step's sentence naming the phrase of the finding
+    whose box matches the candidate, else the whole step."""
+    finding = _matching_finding(answer, c) if c is not None else None
     for step in answer.steps:
         if step.index == 3 and step.text.strip():
-            return step.text.strip()
+            text = step.text.strip()
+            lines = {int(m.group("n")): strip_grounding(m.group("text")).strip() for m in _LESION_LINE.finditer(text)}
+            if len(lines) == 1:
+                return next(iter(lines.values()))
+            if finding is None:
+                return text  # which of the lesions it describes is not known: all of them
+            boxed = [f for f in answer.findings if f.step == 2]
+            if finding in boxed and boxed.index(finding) + 1 in lines:
+                return lines[boxed.index(finding) + 1]
+            return sentence_with(text, finding.phrase) or text
     for step in answer.steps:
         if step.index == 5 and step.text.strip():
             return step.text.strip()
@@ -739,7 +758,7 @@ def reason(
         for c, answer in zip(chunk, answers):
             c.answer = answer
             c.location = location_of(volume, c)
-            c.description = _description(answer)
+            c.description = _description(answer, c)
             if reliability and not (cancel is not None and cancel()):
                 rel = check_answer(engine, answer, n_samples, n_questions, cancel=cancel)
                 c.reliability = lesion_reliability(answer, rel, c)

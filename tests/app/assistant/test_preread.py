@@ -518,3 +518,28 @@ def test_an_error_while_encoding_surfaces_with_its_message(study, prefetch):
     assert engine.batches == [4] and seen == [(0, 20), (4, 20)]
     assert engine.encode_threads[-1] == (PRODUCER if prefetch else threading.current_thread().name)
     assert not _producers()
+
+
+def test_a_lesions_description_is_its_own_line_of_the_detailed_description():
+    """Several lesions at one key slice: step 3 describes them one per line, in step 2's order; each
+    lesion of the list shows its own line (the whole step only when no box of the answer matches it)."""
+    from types import SimpleNamespace
+
+    from app.assistant.preread import _description
+    from inference.types import ReasoningStep
+
+    def finding(phrase, box):
+        return SimpleNamespace(phrase=phrase, box_px=box, step=2)
+
+    upper, lower = finding("mass", Box(100, 100, 140, 140)), finding("mass", Box(300, 300, 330, 330))
+    step3 = ("L1: A 57 mm mass with spiculated margins in the right lower lobe.\n"
+             "L2: A 39 mm mass with smooth margins in the left lower lobe.")
+    answer = SimpleNamespace(steps=[ReasoningStep(3, "Detailed description", step3)], findings=[upper, lower])
+    at = lambda box: SimpleNamespace(key_box=box)  # noqa: E731
+    assert _description(answer, at(Box(302, 298, 332, 331))) == \
+        "A 39 mm mass with smooth margins in the left lower lobe."
+    assert _description(answer, at(Box(101, 99, 139, 141))) == \
+        "A 57 mm mass with spiculated margins in the right lower lobe."
+    assert _description(answer, at(Box(450, 450, 460, 460))) == step3  # no box of the answer is this lesion
+    one = SimpleNamespace(steps=[ReasoningStep(3, "Detailed description", "L1: A 12 mm nodule.")], findings=[])
+    assert _description(one, at(Box(0, 0, 5, 5))) == "A 12 mm nodule."
