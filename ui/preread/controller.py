@@ -41,7 +41,15 @@ log = logging.getLogger(__name__)
 #: completed pre-reads kept (each holds its volume in memory), most recent last
 MAX_RESULTS = 4
 
-#: The engine to pre-read with, or one sentence saying why there is none now.
+
+
+class Waiting(str):
+    """Why a pre-read cannot start yet, for a reason that passes by itself (the model or the series is
+    still loading): the panel keeps the reader's request and starts it then."""
+
+
+#: The engine to pre-read with, or one sentence saying why there is none now (a :class:`Waiting` when
+#: there will be one soon).
 EngineSource = Callable[[], "Engine | str"]
 
 
@@ -154,13 +162,14 @@ class PrereadController(QObject):
 
     # ------------------------------------------------------------------ running
     def start(self, volume: Volume | None, study_description: str = "") -> str | None:
-        """Pre-read ``volume`` in the background; None when started, else why it cannot start now."""
+        """Pre-read ``volume`` in the background; None when started, else why it cannot start now (a
+        :class:`Waiting` when that passes by itself)."""
         if volume is None:
             return "Open a series first, then pre-read it."
         if self.running:
             return "A pre-read is already running; cancel it first."
         if volume.loaded and volume.loaded < len(volume):
-            return "Wait until the whole series has loaded, then pre-read it."
+            return Waiting("The series is still loading")
         if volume.geometry is None:
             return ("This series has no slice geometry (positions and orientation), so lesions cannot be "
                     "followed from slice to slice.")

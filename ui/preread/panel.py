@@ -44,7 +44,8 @@ from PySide6.QtWidgets import (
 from app.assistant.preread import LUNG, SOFT_TISSUE, Candidate
 from app.dicom.model import Volume, Window
 from inference.phrases import strip_grounding
-from ui.preread.controller import PrereadController, PrereadRun
+from inference.reliability.tiers import CHECK_LABEL
+from ui.preread.controller import PrereadController, PrereadRun, Waiting
 from ui.viewer.viewport import Viewport
 
 PREFIX = "preread:"  # overlay ids: "preread:<lesion id>:<slice>"
@@ -104,6 +105,7 @@ def series_name(volume: Volume) -> str:
 class PrereadPanel(QWidget):
     message = Signal(str)  # status-bar text
     lesion_shown = Signal(str)  # lesion id, after the jump to its key slice
+    waiting_changed = Signal(bool)  # a pre-read asked for waits for the model or the series to load
 
     def __init__(self, controller: PrereadController, target: Target, viewports: Callable[[], Sequence[Viewport]],
                  activate: Callable[[Viewport], None] | None = None, parent: QWidget | None = None) -> None:
@@ -120,6 +122,9 @@ class PrereadPanel(QWidget):
         self.links: dict[str, tuple[str, str]] = {}
         self._building = False
         self._watched: set[int] = set()
+        #: the pre-read the reader asked for while the model or the series was still loading: (volume,
+        #: study description), started by :meth:`start_waiting` when that is done
+        self._waiting: tuple[Volume, str] | None = None
         self._build()
         c = controller
         c.started.connect(self._started)
@@ -206,9 +211,12 @@ class PrereadPanel(QWidget):
 
     def _sync_buttons(self) -> None:
         running = self.controller.running
-        self.run_button.setEnabled(not running)
-        self.cancel_button.setVisible(running)
-        self.cancel_button.setEnabled(running)
+        busy = running or self.waiting
+        self.run_button.setEnabled(not busy)
+        self.cancel_button.setVisible(busy)
+        self.cancel_button.setEnabled(busy)
+        self.cancel_button.setToolTip("Stop the pre-read; nothing of it is listed" if running else
+                                      "Do not pre-read when loading is done")
         lesion = self.current_lesion()
         taken = self._taken()
         can_accept = self.acceptor is not None and self.run is not None
@@ -231,16 +239,55 @@ class PrereadPanel(QWidget):
         return {}
 
     # ------------------------------------------------------------------ running
+    @property
+    def waiting(self) -> bool:
+        """A pre-read was asked for and starts when the model or the series has loaded."""
+        return self._waiting is not None
+
     def start(self, *_args) -> str | None:
-        """Pre-read the active viewport's series; None when it started, else why not (also shown)."""
+        """Pre-read the active viewport's series; None when it started, else why not (also shown). Asked
+        while the model or the series is still loading, the request is kept and starts when that is done
+        (:meth:`start_waiting`); Cancel withdraws it."""
         found = self.target()
         if found is None:
             return self._say("Open a study first: the pre-read reads the series on screen.")
         vp, study_description = found
         why = self.controller.start(vp.volume, study_description)
+        if isinstance(why, Waiting):
+            self._set_waiting((vp.volume, study_description))
+            return self._say(f"{why}: the pre-read of {series_name(vp.volume)} starts when it is ready "
+                             "(Cancel withdraws it).")
+        self._set_waiting(None)
         return self._say(why) if why else None
 
+    def start_waiting(self) -> None:
+        """Start the pre-read the reader asked for while loading, if it can start now; say why not when
+        it never will (the model failed to load, the series left the screen)."""
+        if self._waiting is None or self.controller.running:
+            return
+        volume, study_description = self._waiting
+        if not any(vp.volume is volume for vp in self.viewports()):
+            self._set_waiting(None)
+            self._say(f"The pre-read of {series_name(volume)} did not start: the series is no longer on screen.")
+            return
+        why = self.controller.start(volume, study_description)
+        if isinstance(why, Waiting):
+            return
+        self._set_waiting(None)
+        if why:
+            self._say(f"The pre-read did not start: {why}")
+
+    def _set_waiting(self, request: tuple[Volume, str] | None) -> None:
+        changed = (request is None) != (self._waiting is None)
+        self._waiting = request
+        if changed:
+            self._sync_buttons()
+            self.waiting_changed.emit(request is not None)
+
     def cancel(self, *_args) -> str | None:
+        if self._waiting is not None and not self.controller.running:
+            self._set_waiting(None)
+            return self._say("The pre-read will not start: withdrawn.")
         why = self.controller.cancel()
         if why:
             return self._say(why)
@@ -414,12 +461,13 @@ class PrereadPanel(QWidget):
         score = rel.get("score")
         reliability = (f"{tier} ({float(score):.2f})" if tier and isinstance(score, (int, float))
                        else TIER_WORD[tier])
-        failed = [c.get("name", "") for c in rel.get("checks") or [] if not c.get("passed")]
+        failed = [CHECK_LABEL.get(c.get("name", ""), c.get("name", "")) + (f" ({c['detail']})" if c.get("detail") else "")
+                  for c in rel.get("checks") or [] if not c.get("passed")]
         first, last = lesion.slices
         lines = [(f"{lesion.id} · {location_text(lesion)} · {lesion.diameter_mm:.1f} mm · about "
                  f"{lesion.volume_ml:.2f} mL · images {first + 1}–{last + 1}, key {lesion.key_slice + 1} · "
                  f"{lesion.window or 'default'} window"),
-                 f"Reliability: {reliability}" + (f" — not passed: {', '.join(failed)}" if failed else ""),
+                 f"Reliability: {reliability}" + (f" — not passed: {'; '.join(failed)}" if failed else ""),
                  description(lesion) or "No description (the reasoning step did not run)."]
         return "\n".join(lines)
 

@@ -27,7 +27,7 @@ from app.report.draft import DraftReport, ReportError
 from app.report.from_preread import accept_lesions, audit_preread
 from app.report.session import study_context
 from inference.types import Engine
-from ui.preread.controller import PrereadController, PrereadRun
+from ui.preread.controller import PrereadController, PrereadRun, Waiting
 from ui.preread.panel import PrereadPanel
 
 log = logging.getLogger(__name__)
@@ -41,7 +41,7 @@ def assistant_engine(window) -> Engine | str:
     if assistant.ready and assistant.engine is not None:
         return assistant.engine
     if assistant.state == "loading":
-        return "The model is still loading; pre-read the series once it is ready."
+        return Waiting("The model is still loading")
     return f"No model is ready for the pre-read: {assistant.indicator}"
 
 
@@ -71,6 +71,10 @@ def install_preread(window, settings: Settings | None = None, options: PrereadOp
         panel.watch_viewport(vp)
     grid.active_changed.connect(lambda _vp: panel.refresh())
     window.idle.connect(panel.refresh)
+    window.idle.connect(panel.start_waiting)  # a request made while the series was loading
+    assistant = getattr(window, "assistant", None)
+    if assistant is not None:  # … or while the model was loading
+        assistant.model_changed.connect(lambda _state, _text: panel.start_waiting())
     window.idle.connect(panel.sync_all)
     follow_report(window, panel, accepted_in)
     window.idle.connect(lambda: follow_report(window, panel, accepted_in))  # a report attached later
@@ -110,12 +114,13 @@ def _menu_and_toolbar(window, panel: PrereadPanel) -> None:
     window.preread_actions = {"menu": run, "cancel": cancel, "toolbar": button}
 
     def sync(_busy: bool = False) -> None:
-        busy = panel.controller.running
+        busy = panel.controller.running or panel.waiting
         run.setEnabled(not busy)
         button.setEnabled(not busy)
         cancel.setEnabled(busy)
 
     panel.controller.busy_changed.connect(sync)
+    panel.waiting_changed.connect(sync)
     sync()
 
 

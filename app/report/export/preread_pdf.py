@@ -31,6 +31,7 @@ from app.core.names import window_name
 from app.core.paths import write_private
 from app.dicom.display import render
 from app.dicom.model import Volume, Window
+from inference.reliability.tiers import CHECK_LABEL
 
 log = logging.getLogger(__name__)
 
@@ -356,7 +357,8 @@ def _lesion_page(doc: _Document, les: Mapping, key_image: KeyImage | None) -> No
         for c in checks[:10]:
             mark = "passed" if c.get("passed") else "not passed"
             detail = str(c.get("detail") or "").strip()
-            page = page.paragraph(f"{c.get('name', 'check')}: {mark}" + (f" - {detail}" if detail else ""), size=9,
+            name = str(c.get("name") or "check")
+            page = page.paragraph(f"{CHECK_LABEL.get(name, name)}: {mark}" + (f" - {detail}" if detail else ""), size=9,
                                   colour=MUTED if c.get("passed") else (0, 0, 0), indent=8, on_new_page=more)
     pixels = key_image(les) if key_image is not None else None
     if pixels is None:

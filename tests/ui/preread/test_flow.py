@@ -10,6 +10,7 @@ import re
 import time
 from collections.abc import Sequence
 
+import numpy as np
 import pytest
 from PySide6.QtCore import Qt
 from PySide6.QtGui import QColor
@@ -21,7 +22,7 @@ from app.report.audit import read_records
 from app.report.draft import FindingStatus, Origin
 from app.synthetic.sample import load_ground_truth
 from inference.reliability.scoring import Thresholds
-from inference.types import ChatRequest, Generation
+from inference.types import Box, ChatRequest, Generation
 from tests.app.assistant.test_preread import SPEC, TruthEngine, _image_key
 from tests.app.report.test_session import SAMPLE
 from tests.ui.report.test_flow import open_sample, settings_in
@@ -331,6 +332,47 @@ def test_voice_command_menu_and_toolbar_start_the_preread(qtbot, win):
     assert win.preread_panel.parentWidget() in win.tabifiedDockWidgets(assistant_dock)
 
 
+def test_asked_while_the_model_loads_the_preread_starts_when_it_is_ready(qtbot, tmp_path):
+    """A radiologist who clicks "Pre-read series" right after opening the viewer (the model still loading)
+    is not told to come back: the request waits, Cancel withdraws it, and a model that fails says so."""
+    win, engine = open_with_preread(qtbot, tmp_path)
+    panel, ctl, assistant = win.preread_panel, win.preread, win.assistant
+    menu, cancel_action = win.preread_actions["menu"], win.preread_actions["cancel"]
+    try:
+        assistant._set_state("loading", "Loading XMedGPT demo…")  # as load_model() does
+        panel.run_button.click()
+        assert not ctl.running and panel.waiting
+        assert panel.status.text().startswith("The model is still loading: the pre-read of #2 ")
+        assert "starts when it is ready" in panel.status.text()
+        assert not panel.run_button.isEnabled() and panel.cancel_button.isVisible()
+        assert not menu.isEnabled() and cancel_action.isEnabled()
+        with qtbot.waitSignal(ctl.finished, timeout=120_000):
+            assistant.set_engine(engine)  # what the loader's `loaded` signal does
+        assert not panel.waiting and panel.lesions.topLevelItemCount() == 6
+        qtbot.waitUntil(menu.isEnabled, timeout=30_000)  # when the worker thread has ended
+        assert panel.run_button.isEnabled() and menu.isEnabled() and not cancel_action.isEnabled()
+
+        # withdrawn: loading ends and nothing starts
+        assistant._set_state("loading", "Loading XMedGPT demo…")
+        panel.run_button.click()
+        assert panel.waiting
+        panel.cancel_button.click()
+        assert not panel.waiting and panel.status.text() == "The pre-read will not start: withdrawn."
+        with qtbot.assertNotEmitted(ctl.started, wait=200):
+            assistant.set_engine(engine)
+
+        # the model fails to load: the reader is told, the request is dropped
+        assistant._set_state("loading", "Loading XMedGPT demo…")
+        panel.run_button.click()
+        with qtbot.assertNotEmitted(ctl.started, wait=200):
+            assistant._set_state("failed", "The model folder is damaged.")
+        assert not panel.waiting and panel.run_button.isEnabled()
+        assert panel.status.text() == ("The pre-read did not start: No model is ready for the pre-read: "
+                                       "The model folder is damaged.")
+    finally:
+        ctl.shutdown()
+
+
 def test_without_a_model_or_a_study_the_panel_says_why(qtbot, tmp_path):
     win = MainWindow()
     qtbot.addWidget(win)
@@ -353,3 +395,20 @@ def test_without_a_model_or_a_study_the_panel_says_why(qtbot, tmp_path):
 def test_tier_colours_are_readable():
     for tier, tint in TIER_TINT.items():
         assert contrast(tint, TIER_TEXT[tier]) >= 4.5, tier
+
+
+def test_a_lesions_detail_says_which_checks_failed_and_why_in_words(qtbot, win):
+    from app.assistant.preread import Candidate, Detection
+
+    det = Detection(slice=22, box=Box(10, 10, 40, 40), window="lung", phrase="mass", confidence=0.9,
+                    center_mm=np.zeros(3), width_mm=30.0, height_mm=30.0)
+    lesion = Candidate("P2", {22: det}, np.zeros(3), 66.5, 50.06, 0.9, 22, description="A 57 mm mass.",
+                       location="right lung",
+                       reliability={"tier": "red", "score": 0.0, "checks": [
+                           {"name": "box_consistency", "passed": False,
+                            "detail": "0 of 5 re-readings boxed the draft's place; 5 gave no box"},
+                           {"name": "side", "passed": True, "detail": "the text says right"}]})
+    text = win.preread_panel._detail(lesion)
+    assert ("Reliability: red (0.00) — not passed: box re-read (0 of 5 re-readings boxed the draft's place; "
+            "5 gave no box)") in text
+    assert "box_consistency" not in text and "side" not in text.split("\n")[1]
