@@ -65,3 +65,14 @@ def box_label(who: str, number: int, what: str, tier: str = "", *, limit: int = 
     if len(what) > limit:
         what = what[: limit - 1].rstrip() + "…"
     return " · ".join(x for x in (f"{who} {number}", what, tier) if x)
+
+
+def approximate_ml(ml: float) -> str:
+    """An approximate volume as a reader writes it: two significant figures, at least to a hundredth
+    of a mL (``50.06`` → ``50 mL``, ``4.37`` → ``4.4 mL``, ``0.063`` → ``0.06 mL``)."""
+    ml = float(ml)
+    if abs(ml) >= 10:
+        return f"{ml:.0f} mL"
+    if abs(ml) >= 1:
+        return f"{ml:.1f} mL"
+    return f"{ml:.2f} mL"

@@ -42,6 +42,7 @@ from PySide6.QtWidgets import (
 )
 
 from app.assistant.preread import LUNG, SOFT_TISSUE, Candidate
+from app.core.names import approximate_ml
 from app.dicom.model import Volume, Window
 from inference.phrases import strip_grounding
 from inference.reliability.tiers import CHECK_LABEL
@@ -465,7 +466,7 @@ class PrereadPanel(QWidget):
                   for c in rel.get("checks") or [] if not c.get("passed")]
         first, last = lesion.slices
         lines = [(f"{lesion.id} · {location_text(lesion)} · {lesion.diameter_mm:.1f} mm · about "
-                 f"{lesion.volume_ml:.2f} mL · images {first + 1}–{last + 1}, key {lesion.key_slice + 1} · "
+                 f"{approximate_ml(lesion.volume_ml)} · images {first + 1}–{last + 1}, key {lesion.key_slice + 1} · "
                  f"{lesion.window or 'default'} window"),
                  f"Reliability: {reliability}" + (f" — not passed: {'; '.join(failed)}" if failed else ""),
                  description(lesion) or "No description (the reasoning step did not run)."]

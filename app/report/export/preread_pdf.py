@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from app.core.names import window_name
+from app.core.names import approximate_ml, window_name
 from app.core.paths import write_private
 from app.dicom.display import render
 from app.dicom.model import Volume, Window
@@ -339,7 +339,7 @@ def _lesion_page(doc: _Document, les: Mapping, key_image: KeyImage | None) -> No
                    f"viewer numbers them)")
     volume_ml = les.get("volume_ml")
     page.paragraph(f"Size: longest axial diameter {size:.1f} mm"
-                   + (f", approximate volume {float(volume_ml):.2f} mL" if volume_ml is not None else ""))
+                   + (f", approximate volume {approximate_ml(volume_ml)}" if volume_ml is not None else ""))
     centre = les.get("center_patient_mm")
     if centre:
         page.paragraph("Centre (patient mm, LPS): " + ", ".join(f"{float(v):.1f}" for v in centre))

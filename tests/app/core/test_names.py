@@ -1,6 +1,6 @@
 """One rule for people and dates, with the style named at each use."""
 
-from app.core.names import NameStyle, display_date, person_name
+from app.core.names import NameStyle, approximate_ml, display_date, person_name
 
 
 def test_list_style_is_family_first_as_a_study_list_shows_it():
@@ -56,3 +56,8 @@ def test_box_labels_have_one_form():
     assert box_label("You", 4, "nodule") == "You 4 · nodule"
     assert box_label("AI", 2, "hypodense lesion in the right hepatic lobe near the dome") \
         == "AI 2 · hypodense lesion in the right h…"
+
+
+def test_an_approximate_volume_is_written_to_two_significant_figures():
+    assert [approximate_ml(v) for v in (50.06, 12.59, 4.37, 1.0, 0.063, 0.004)] == [
+        "50 mL", "13 mL", "4.4 mL", "1.0 mL", "0.06 mL", "0.00 mL"]
