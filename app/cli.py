@@ -40,6 +40,8 @@ def run(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None, defa
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
+    if not args.verbose:  # its connection errors come back as our one-line message ("Cannot reach …")
+        logging.getLogger("pynetdicom").setLevel(logging.CRITICAL)
     if args.command is None:
         if default is None:
             parser.print_help()

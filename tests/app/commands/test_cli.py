@@ -23,3 +23,28 @@ def test_console_script_help_runs_without_qt_display():
     )
     assert proc.returncode == 0, proc.stderr
     assert "screenshot" in proc.stdout and "view" in proc.stdout
+
+
+def test_an_unreachable_pacs_node_is_one_line_and_verbose_shows_the_network_log(tmp_path):
+    """An administrator's `xmedgpt pacs echo` to a node that does not answer: our one-line message only,
+    not pynetdicom's ERROR line before it; -v adds pynetdicom's own log."""
+    import os
+    import socket
+
+    with socket.socket() as s:  # a loopback port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "XMEDGPT_HOME": str(tmp_path)}
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        code = "import sys; from app.cli import main; sys.exit(main(sys.argv[1:]))"
+        return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=60,
+                              env=env)
+
+    assert cli("pacs", "nodes", "add", "down", "--ae", "DOWN", "--host", "127.0.0.1", "--port", str(port)).returncode == 0
+    quiet = cli("pacs", "echo", "--node", "down")
+    assert quiet.returncode == 1
+    assert quiet.stderr.strip().splitlines() == [
+        f"xmedgpt: Cannot reach 'down' (DOWN at 127.0.0.1:{port}): no answer (connection refused or timed out)."]
+    loud = cli("-v", "pacs", "echo", "--node", "down")
+    assert "pynetdicom" in loud.stderr and loud.stderr.strip().endswith("(connection refused or timed out).")
