@@ -140,7 +140,8 @@ def model_questions(
     generation = engine.generate(request, cancel=cancel)
     questions = parse_decomposition(finding.id, generation.text, max_questions)
     if not questions:
-        log.warning("decomposition of finding %s gave no usable question: %r", finding.id, generation.text[:200])
+        log.info("decomposition of finding %s gave no usable question (template questions stand in): %r",
+                 finding.id, generation.text[:200])
     return questions
 
 
