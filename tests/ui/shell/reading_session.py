@@ -94,6 +94,22 @@ class Reader:
         self.xdo("mouseup", "1")
         time.sleep(0.15)
 
+    def drag_pixels(self, viewport_fn: Callable, start: tuple[float, float], end: tuple[float, float]) -> None:
+        """Drag between two image pixel points (x = column, y = row) of a viewport, as the mouse would."""
+        def fractions():
+            from ui.testing import image_to_widget
+
+            vp = viewport_fn()
+            w = vp.view.viewport()
+            out = []
+            for x, y in (start, end):
+                p = w.mapTo(vp, image_to_widget(vp, x, y).toPoint())
+                out.append((p.x() / vp.width(), p.y() / vp.height()))
+            return out
+
+        a, b = self.qt(fractions)
+        self.drag(viewport_fn, a, b)
+
     def key(self, *keys: str) -> None:
         for k in keys:
             self.xdo("key", "--delay", "30", k)
@@ -143,10 +159,18 @@ def read_the_study(r: Reader) -> None:
     r.seen["window"] = r.qt(lambda: vp().window.name)
     r.shot("lung-window")
 
-    # a length measurement across the mass, then undo and redo it
+    # a length measurement across the mass (left to right through its centre, where the study's ground
+    # truth puts its box on this image), then undo and redo it
+    from app.synthetic.sample import load_ground_truth
+    from ui.shell.app_setup import SAMPLE  # what the window opened (no path given)
+
+    truth = load_ground_truth(SAMPLE)
+    box = next(b for row in truth["slices"] if row["index"] == 16 for b in row["boxes"])
+    mid = (box["y0"] + box["y1"]) / 2
+    r.seen["mass_width_mm"] = (box["x1"] - box["x0"]) * truth["pixel_spacing_mm"][1]
     before = r.qt(lambda: len(vp().measurements.items))
     r.key("l")
-    r.drag(lambda: vp(), (0.30, 0.45), (0.40, 0.52))
+    r.drag_pixels(lambda: vp(), (box["x0"], mid), (box["x1"], mid))
     r.wait("a measurement", lambda: len(vp().measurements.items) == before + 1)
     r.seen["measurement_label"] = r.qt(lambda: vp().measurements.items[-1].label.toPlainText())
     r.shot("length")

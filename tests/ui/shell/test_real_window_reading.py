@@ -69,7 +69,9 @@ def test_a_scripted_reading_in_a_real_window(xvfb, tmp_path, output_dir):
     assert seen["slice_after_scroll"] == 16  # 16 presses of Down from image 1
     assert seen["readout_after_scroll"], "the cursor readout follows the slice under the resting pointer"
     assert "lung" in seen["window"].lower()
+    # dragged across the mass's section on image 17, where the ground truth boxes it: the section's width
     assert seen["measurement_label"].endswith("mm")
+    assert float(seen["measurement_label"].split()[0]) == pytest.approx(seen["mass_width_mm"], abs=2.0)
     assert seen["answer"], "the assistant answered"
     exports = seen["exports"]
     assert {Path(e["path"]).suffix for e in exports} >= {".pdf", ".dcm", ".txt"}
