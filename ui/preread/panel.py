@@ -419,6 +419,23 @@ class PrereadPanel(QWidget):
             self.lesions.setCurrentItem(item)  # jumps through _current_changed
         return True
 
+    def step_lesion(self, delta: int) -> str | None:
+        """Select the next (``delta`` 1) or previous (-1) lesion of the list, from the first or the last
+        one when none is selected and round at the ends, and show it; why not, when there is none."""
+        n = self.lesions.topLevelItemCount()
+        if self.run is None:
+            return "No lesion list for the series on screen: pre-read it first."
+        if n == 0:
+            return "The pre-read found no lesion in this series."
+        current = self.lesions.currentItem()
+        i = self.lesions.indexOfTopLevelItem(current) if current is not None else -1
+        item = self.lesions.topLevelItem((i + delta) % n if i >= 0 else (0 if delta > 0 else n - 1))
+        if item is current:  # the only lesion: show it again (the reader may have scrolled away)
+            return self.show_lesion(item.data(COL_ID, Qt.ItemDataRole.UserRole))
+        self.lesions.setCurrentItem(item)  # shows it (_current_changed)
+        self.lesions.scrollToItem(item)
+        return None
+
     def _current_changed(self, item: QTreeWidgetItem | None) -> None:
         if self._building or item is None:
             self._sync_buttons()

@@ -176,6 +176,8 @@ class MainWindow(QMainWindow):
             "next_viewport": self.grid.next_viewport,
             "link_viewports": self.grid.toggle_link,
             "reading_mode": self.toggle_reading_mode,
+            "next_preread_lesion": lambda: self._step_preread(1),
+            "previous_preread_lesion": lambda: self._step_preread(-1),
             "cancel_load": self.cancel_loading,
             "show_problems": self.show_problems,
             "show_help": self.show_help,
@@ -726,6 +728,14 @@ class MainWindow(QMainWindow):
         return self.dictation
 
     # -- the series pre-read (ui/shell/preread_setup.install_preread attaches it) --------------------
+
+    def _step_preread(self, delta: int) -> str | None:
+        """N / Shift+N: the next / previous lesion of the pre-read list, from the keyboard, eyes on the image."""
+        panel = getattr(self, "preread_panel", None)
+        why = panel.step_lesion(delta) if panel is not None else "There is no pre-read in this window."
+        if why:
+            self.statusBar().showMessage(why, 5000)
+        return why
 
     def attach_preread(self, controller, panel) -> QDockWidget:
         """Dock the pre-read panel as a tab beside the assistant (else the tags); ``self.preread`` is its

@@ -412,3 +412,26 @@ def test_a_lesions_detail_says_which_checks_failed_and_why_in_words(qtbot, win):
     assert ("Reliability: red (0.00) — not passed: box re-read (0 of 5 re-readings boxed the draft's place; "
             "5 gave no box)") in text
     assert "box_consistency" not in text and "side" not in text.split("\n")[1]
+
+
+def test_n_and_shift_n_step_through_the_lesions_with_the_eyes_on_the_image(qtbot, win):
+    """Keys as a reader presses them on the image: N goes to the next lesion of the list (its key slice
+    and window), Shift+N back, round at the ends; before a pre-read N says why it does nothing."""
+    panel, vp = win.preread_panel, win.grid.active
+    vp.view.setFocus()
+    qtbot.keyClick(vp.view, Qt.Key.Key_N)
+    assert win.statusBar().currentMessage() == "No lesion list for the series on screen: pre-read it first."
+    run_preread(qtbot, win)
+    lesions = panel.run.lesions
+    assert len(lesions) == 6
+    vp.view.setFocus()
+    seen = []
+    for _ in range(len(lesions) + 1):
+        qtbot.keyClick(vp.view, Qt.Key.Key_N)
+        les = panel.current_lesion()
+        assert vp.slice_index == les.key_slice  # jumped to its key slice
+        seen.append(les.id)
+    assert seen == [c.id for c in lesions] + [lesions[0].id]  # in list order, then round to the first
+    qtbot.keyClick(vp.view, Qt.Key.Key_N, Qt.KeyboardModifier.ShiftModifier)
+    assert panel.current_lesion().id == lesions[-1].id and vp.slice_index == lesions[-1].key_slice
+    assert win.grid.active is vp and win.focusWidget() is vp.view  # the image keeps the keys (Up/Down scroll)
