@@ -435,3 +435,15 @@ def test_n_and_shift_n_step_through_the_lesions_with_the_eyes_on_the_image(qtbot
     qtbot.keyClick(vp.view, Qt.Key.Key_N, Qt.KeyboardModifier.ShiftModifier)
     assert panel.current_lesion().id == lesions[-1].id and vp.slice_index == lesions[-1].key_slice
     assert win.grid.active is vp and win.focusWidget() is vp.view  # the image keeps the keys (Up/Down scroll)
+
+
+def test_next_lesion_by_voice(qtbot, win):
+    """What the dictation controller runs for "next lesion" / "previous finding"."""
+    run_preread(qtbot, win)
+    first, last = win.preread_panel.run.lesions[0], win.preread_panel.run.lesions[-1]
+    command = Dictation().handle("Next lesion.").command
+    assert command == "next_preread_lesion" and win.actions.run(command)
+    assert win.preread_panel.current_lesion().id == first.id and win.grid.active.slice_index == first.key_slice
+    command = Dictation().handle("Previous finding").command
+    assert command == "previous_preread_lesion" and win.actions.run(command)
+    assert win.preread_panel.current_lesion().id == last.id
