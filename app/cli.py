@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import pkgutil
 import sys
 from collections.abc import Callable, Sequence
@@ -40,8 +41,11 @@ def run(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None, defa
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
-    if not args.verbose:  # its connection errors come back as our one-line message ("Cannot reach …")
+    if not args.verbose:
+        # pynetdicom's connection errors come back as our one-line message ("Cannot reach …"), and the
+        # model loader's console progress bars ("Loading weights 0%|…") are not for an administrator
         logging.getLogger("pynetdicom").setLevel(logging.CRITICAL)
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # read when transformers is imported
     if args.command is None:
         if default is None:
             parser.print_help()

@@ -48,3 +48,15 @@ def test_an_unreachable_pacs_node_is_one_line_and_verbose_shows_the_network_log(
         f"xmedgpt: Cannot reach 'down' (DOWN at 127.0.0.1:{port}): no answer (connection refused or timed out)."]
     loud = cli("-v", "pacs", "echo", "--node", "down")
     assert "pynetdicom" in loud.stderr and loud.stderr.strip().endswith("(connection refused or timed out).")
+
+
+def test_a_headless_answer_prints_its_summary_not_the_loaders_progress_bars(tmp_path):
+    from pathlib import Path
+
+    sample = Path(__file__).resolve().parents[3] / "resources" / "sample" / "ct-demo"
+    code = "import sys; from app.cli import main; sys.exit(main(sys.argv[1:]))"
+    proc = subprocess.run([sys.executable, "-c", code, "analyze", str(sample), "--slice", "16", "--json",
+                           str(tmp_path / "a.json")], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "Loading weights" not in proc.stderr and "%|" not in proc.stderr, proc.stderr[-2000:]
+    assert proc.stdout.startswith(f"wrote {tmp_path / 'a.json'}: 5 steps")
