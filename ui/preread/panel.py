@@ -479,11 +479,13 @@ class PrereadPanel(QWidget):
         score = rel.get("score")
         reliability = (f"{tier} ({float(score):.2f})" if tier and isinstance(score, (int, float))
                        else TIER_WORD[tier])
-        failed = [CHECK_LABEL.get(c.get("name", ""), c.get("name", "")) + (f" ({c['detail']})" if c.get("detail") else "")
+        failed = [CHECK_LABEL.get(c.get("name", ""), c.get("name", ""))
+                  + (f" ({c['detail']})" if c.get("detail") else "")
                   for c in rel.get("checks") or [] if not c.get("passed")]
         first, last = lesion.slices
         lines = [(f"{lesion.id} · {location_text(lesion)} · {lesion.diameter_mm:.1f} mm · about "
-                 f"{approximate_ml(lesion.volume_ml)} · images {first + 1}–{last + 1}, key {lesion.key_slice + 1} · "
+                 f"{approximate_ml(lesion.volume_ml)} · images {first + 1}–{last + 1}, "
+                 f"key {lesion.key_slice + 1} · "
                  f"{lesion.window or 'default'} window"),
                  f"Reliability: {reliability}" + (f" — not passed: {'; '.join(failed)}" if failed else ""),
                  description(lesion) or "No description (the reasoning step did not run)."]

@@ -41,7 +41,8 @@ def test_an_unreachable_pacs_node_is_one_line_and_verbose_shows_the_network_log(
         return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=60,
                               env=env)
 
-    assert cli("pacs", "nodes", "add", "down", "--ae", "DOWN", "--host", "127.0.0.1", "--port", str(port)).returncode == 0
+    added = cli("pacs", "nodes", "add", "down", "--ae", "DOWN", "--host", "127.0.0.1", "--port", str(port))
+    assert added.returncode == 0, added.stderr
     quiet = cli("pacs", "echo", "--node", "down")
     assert quiet.returncode == 1
     assert quiet.stderr.strip().splitlines() == [
