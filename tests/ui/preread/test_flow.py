@@ -447,3 +447,22 @@ def test_next_lesion_by_voice(qtbot, win):
     command = Dictation().handle("Previous finding").command
     assert command == "previous_preread_lesion" and win.actions.run(command)
     assert win.preread_panel.current_lesion().id == last.id
+
+
+def test_asked_while_the_series_loads_the_preread_starts_when_the_window_is_idle(qtbot, win):
+    """The other reason to wait: the series on screen is still loading. The window's idle signal (a load
+    ended) starts the request."""
+    from ui.preread.controller import Waiting
+
+    panel, ctl, vol = win.preread_panel, win.preread, win.grid.active.volume
+    vol.loaded = len(vol) - 5  # as during a progressive load
+    why = ctl.start(vol)
+    assert isinstance(why, Waiting) and why == "The series is still loading"
+    panel.run_button.click()
+    assert panel.waiting and "The series is still loading: the pre-read of #2 " in panel.status.text()
+    win.idle.emit()  # still loading: it keeps waiting
+    assert panel.waiting and not ctl.running
+    vol.loaded = len(vol)
+    with qtbot.waitSignal(ctl.finished, timeout=120_000):
+        win.idle.emit()  # what the window sends when the load has ended
+    assert not panel.waiting and panel.lesions.topLevelItemCount() == 6
