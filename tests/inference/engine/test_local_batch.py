@@ -108,8 +108,10 @@ def test_generate_encoded_answers_as_generate_batch(engine):
 @pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc only")
 def test_a_cpu_engine_reuses_the_blocks_a_growing_cache_frees(engine):
     """Generation on the CPU grows each layer's key/value cache by one copy per token (16 rows: ~2 MB tensors);
-    glibc is told to reuse the freed blocks instead of mapping fresh pages for each (~14 000 page faults for
-    this loop with glibc's defaults)."""
+    glibc is told to reuse the freed blocks instead of mapping fresh pages for each. Counted on this thread
+    (RUSAGE_THREAD: the process-wide count also holds the suite's other threads; one clean-clone run read 1 082
+    there): in fresh processes this loop took 9 600–12 300 faults on its thread with glibc's defaults and 0–501
+    with the engine's setting."""
     import resource
 
     from inference.engine import local
@@ -122,7 +124,7 @@ def test_a_cpu_engine_reuses_the_blocks_a_growing_cache_frees(engine):
         return layers
 
     grow()
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    before = resource.getrusage(resource.RUSAGE_THREAD).ru_minflt
     assert grow()[0].shape == (16, 2, 516, 32)
-    assert resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before < 1000
+    assert resource.getrusage(resource.RUSAGE_THREAD).ru_minflt - before < 3000
     assert local._allocator_tuned is True and local.keep_freed_memory() is True
