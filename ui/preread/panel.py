@@ -45,7 +45,8 @@ from app.assistant.preread import LUNG, SOFT_TISSUE, Candidate
 from app.core.names import approximate_ml
 from app.dicom.model import Volume, Window
 from inference.phrases import strip_grounding
-from inference.reliability.tiers import CHECK_LABEL
+from inference.reliability.checks import Check
+from inference.reliability.tiers import check_sentence
 from ui.preread.controller import PrereadController, PrereadRun, Waiting
 from ui.viewer.viewport import Viewport
 
@@ -479,15 +480,14 @@ class PrereadPanel(QWidget):
         score = rel.get("score")
         reliability = (f"{tier} ({float(score):.2f})" if tier and isinstance(score, (int, float))
                        else TIER_WORD[tier])
-        failed = [CHECK_LABEL.get(c.get("name", ""), c.get("name", ""))
-                  + (f" ({c['detail']})" if c.get("detail") else "")
+        failed = [check_sentence(Check(str(c.get("name") or "check"), c.get("passed"), str(c.get("detail") or "")))
                   for c in rel.get("checks") or [] if not c.get("passed")]
         first, last = lesion.slices
         lines = [(f"{lesion.id} · {location_text(lesion)} · {lesion.diameter_mm:.1f} mm · about "
                  f"{approximate_ml(lesion.volume_ml)} · images {first + 1}–{last + 1}, "
                  f"key {lesion.key_slice + 1} · "
                  f"{lesion.window or 'default'} window"),
-                 f"Reliability: {reliability}" + (f" — not passed: {'; '.join(failed)}" if failed else ""),
+                 f"Reliability: {reliability}" + (f" — not passed: {' '.join(failed)}" if failed else ""),
                  description(lesion) or "No description (the reasoning step did not run)."]
         return "\n".join(lines)
 

@@ -409,8 +409,8 @@ def test_a_lesions_detail_says_which_checks_failed_and_why_in_words(qtbot, win):
                             "detail": "0 of 5 re-readings boxed the draft's place; 5 gave no box"},
                            {"name": "side", "passed": True, "detail": "the text says right"}]})
     text = win.preread_panel._detail(lesion)
-    assert ("Reliability: red (0.00) — not passed: box re-read (0 of 5 re-readings boxed the draft's place; "
-            "5 gave no box)") in text
+    assert ("Reliability: red (0.00) — not passed: box re-read: 0 of 5 re-readings boxed the draft's place; "
+            "5 gave no box.") in text
     assert "box_consistency" not in text and "side" not in text.split("\n")[1]
 
 
