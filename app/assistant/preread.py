@@ -680,8 +680,9 @@ def _description(answer: AssistantAnswer, c: Candidate | None = None) -> str:
             if finding is None:
                 return text  # which of the lesions it describes is not known: all of them
             boxed = [f for f in answer.findings if f.step == 2]
-            if finding in boxed and boxed.index(finding) + 1 in lines:
-                return lines[boxed.index(finding) + 1]
+            n = boxed.index(finding) + 1 if finding in boxed else None
+            if n in lines:
+                return lines[n]
             return sentence_with(text, finding.phrase) or text
     for step in answer.steps:
         if step.index == 5 and step.text.strip():

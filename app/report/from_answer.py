@@ -126,7 +126,7 @@ def ai_sentences(text: str, by_phrase: Mapping[str, Finding], caution: str = "")
         seen.add(key)
         names = tuple(f.id for phrase, f in by_phrase.items()
                       if phrase in key or (f.finding_type and re.search(rf"\b{re.escape(f.finding_type)}s?\b", key)))
-        out.append(AiSentence(uuid.uuid4().hex[:12], sentence.strip(), finding_ids=names, caution=caution))
+        out.append(AiSentence(uuid.uuid4().hex[:12], sentence, finding_ids=names, caution=caution))
     return out
 
 

@@ -42,7 +42,6 @@ log = logging.getLogger(__name__)
 MAX_RESULTS = 4
 
 
-
 class Waiting(str):
     """Why a pre-read cannot start yet, for a reason that passes by itself (the model or the series is
     still loading): the panel keeps the reader's request and starts it then."""
