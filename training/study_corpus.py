@@ -45,7 +45,7 @@ import logging
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -61,6 +61,7 @@ from app.synthetic.cases import (
     _renumber,
     make_case,
 )
+from app.synthetic.truth import to_1000
 from app.synthetic.volumes import (
     HEADER_WINDOW,
     MIN_CONTRAST,
@@ -106,6 +107,10 @@ class StudyCorpusConfig:
     #: lesions shows (0: any window; the rest still teach that a lesion can vanish in a window)
     visible_window_share: float = 0.0
     preference_errors: list[str] = field(default_factory=lambda: list(ALL_PREFERENCE_ERRORS))
+    #: > 0: each slice-window gives square crops of this many pixels at the slice's own scale (1:1) instead of
+    #: the whole slice -- the zoom pass's view (:mod:`inference.zoom`): a crop around lesions (each lesion whole
+    #: inside or wholly outside it) and one showing none; a slice without lesions gives one crop anywhere
+    crop: int = 0
 
     def __post_init__(self) -> None:
         for name in self.windows:
@@ -117,6 +122,8 @@ class StudyCorpusConfig:
             raise XMedError("A study corpus needs >= 0 studies of >= 1 slice of >= 64 px, >= 1 slice per study.")
         if not 0.0 <= self.visible_window_share <= 1.0 or not 0.0 <= self.empty_fraction <= 1.0:
             raise XMedError("visible_window_share and empty_fraction are shares between 0 and 1.")
+        if self.crop and not 64 <= self.crop <= self.size:
+            raise XMedError(f"A crop must be 64..{self.size} px (the slice size).")
         if not 1 <= self.windows_per_slice <= len(self.windows):
             raise XMedError(f"windows_per_slice must be 1..{len(self.windows)} (the windows listed).")
         unknown = set(self.preference_errors) - set(ALL_PREFERENCE_ERRORS)
@@ -134,6 +141,8 @@ class StudyCorpusConfig:
             flags += f" --lesion-mm {self.lesion_mm[0]:g} {self.lesion_mm[1]:g}"
         if self.visible_window_share:
             flags += f" --visible-window-share {self.visible_window_share:g}"
+        if self.crop:
+            flags += f" --crop {self.crop}"
         if list(self.preference_errors) != list(ALL_PREFERENCE_ERRORS):
             flags += f" --preference-errors {','.join(self.preference_errors)}"
         return flags
@@ -242,7 +251,70 @@ def study_cases(study: PhantomStudy, cfg: StudyCorpusConfig, rng: np.random.Gene
                                window.name), study.spacing_mm, _structures(sl.labels), _renumber(shown))
             source = {"study": study.index, "seed": study.seed, "slice": k, "window": name,
                       "z_mm": round(-float(study.depths[k]), 2)}
-            yield case, source, hidden
+            if cfg.crop:
+                yield from _crops(case, sl.labels, source, hidden, cfg.crop, rng, skipped)
+            else:
+                yield case, source, hidden
+
+
+# ----------------------------------------------------------------------------- crops (the zoom pass's view)
+
+
+def _overlaps(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+
+def _inside(box: tuple[int, int, int, int], frame: tuple[int, int, int, int]) -> bool:
+    return frame[0] <= box[0] and frame[1] <= box[1] and box[2] <= frame[2] and box[3] <= frame[3]
+
+
+def _crop_case(case: PhantomCase, labels: np.ndarray, x: int, y: int, c: int) -> PhantomCase:
+    """``case`` seen through the ``c``-pixel square at (x, y): its image, structures and the lesions wholly inside."""
+    frame = (x, y, x + c, y + c)
+    lesions = []
+    for t in case.lesions:
+        if t.box is not None and _inside(t.box, frame):
+            box = (t.box[0] - x, t.box[1] - y, t.box[2] - x, t.box[3] - y)
+            lesions.append(replace(t, box=box, box_1000=to_1000(box, c, c)))
+    return PhantomCase(0, case.kind, np.ascontiguousarray(case.image[y:y + c, x:x + c]), case.window,
+                       case.pixel_spacing_mm, _structures(labels[y:y + c, x:x + c]), _renumber(lesions))
+
+
+def _crops(case: PhantomCase, labels: np.ndarray, source: dict, hidden: list, c: int, rng: np.random.Generator,
+           skipped: dict[str, int], tries: int = 30):
+    """The crops of one slice-window: around a lesion (every other lesion whole inside or wholly outside; a
+    draw that cuts one is redrawn) and one showing no lesion; one crop anywhere when the slice shows none."""
+    h, w = case.image.shape
+    boxes = [t.box for t in case.lesions if t.box is not None]
+
+    def emit(x: int, y: int):
+        # a hidden lesion in the crop: its box shifted and clipped to the crop (what of it the crop holds)
+        seen = []
+        for t in hidden:
+            if t.box is not None and _overlaps(t.box, (x, y, x + c, y + c)):
+                box = (max(0, t.box[0] - x), max(0, t.box[1] - y), min(c, t.box[2] - x), min(c, t.box[3] - y))
+                seen.append(replace(t, box=box, box_1000=to_1000(box, c, c)))
+        return _crop_case(case, labels, x, y, c), {**source, "crop": [x, y, c]}, seen
+
+    if boxes:
+        for _ in range(tries):
+            target = boxes[int(rng.integers(len(boxes)))]
+            lo_x, hi_x = max(0, target[2] - c), min(target[0], w - c)
+            lo_y, hi_y = max(0, target[3] - c), min(target[1], h - c)
+            if lo_x > hi_x or lo_y > hi_y:
+                break  # the lesion is larger than a crop
+            x, y = int(rng.integers(lo_x, hi_x + 1)), int(rng.integers(lo_y, hi_y + 1))
+            frame = (x, y, x + c, y + c)
+            if all(_inside(b, frame) or not _overlaps(b, frame) for b in boxes):
+                yield emit(x, y)
+                break
+        else:
+            skipped["crop_cuts_lesion"] = skipped.get("crop_cuts_lesion", 0) + 1
+    for _ in range(tries):
+        x, y = int(rng.integers(0, w - c + 1)), int(rng.integers(0, h - c + 1))
+        if not any(_overlaps(b, (x - 2, y - 2, x + c + 2, y + c + 2)) for b in boxes):
+            yield emit(x, y)
+            break
 
 
 # ----------------------------------------------------------------------------- writing
@@ -323,7 +395,8 @@ def write_study_corpus(out: Path | str, cfg: StudyCorpusConfig,
         if progress is not None:
             progress(j + 1, cfg.studies)
     n_ct = len(files["annotations"])
-    n_xray = int(round(0.15 * n_ct)) if cfg.xrays < 0 else cfg.xrays
+    # radiographs are whole images: none by default in a corpus of crops
+    n_xray = (0 if cfg.crop else int(round(0.15 * n_ct))) if cfg.xrays < 0 else cfg.xrays
     xray_cfg = CorpusConfig.restricted(["xray"], 3, cfg.mm())
     for i in range(n_xray):
         case = make_case(cfg.seed, i, cfg.size, xray_cfg)
@@ -381,6 +454,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--xrays", type=int, default=-1, help="radiographs (default: 15 %% of the CT images)")
     parser.add_argument("--preference-errors", help="comma-separated DPO error kinds (default: all of "
                         f"{','.join(ALL_PREFERENCE_ERRORS)})")
+    parser.add_argument("--crop", type=int, default=0,
+                        help="square crops of N px at the slice's scale instead of whole slices (the zoom pass's view)")
     parser.add_argument("--workers", type=int, default=1, help="processes drawing studies (same bytes; default 1)")
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
@@ -392,7 +467,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             windows=[w.strip() for w in args.windows.split(",") if w.strip()],
             windows_per_slice=args.windows_per_slice, max_lesions=args.max_lesions,
             lesion_mm=list(args.lesion_mm or []), xrays=args.xrays,
-            visible_window_share=args.visible_window_share,
+            visible_window_share=args.visible_window_share, crop=args.crop,
             preference_errors=([e.strip() for e in args.preference_errors.split(",") if e.strip()]
                                if args.preference_errors else list(ALL_PREFERENCE_ERRORS)))
         summary = write_study_corpus(args.out, cfg, workers=args.workers)

@@ -260,3 +260,41 @@ def test_a_recipe_can_start_from_a_trained_model_of_the_same_size(tmp_path):
     assert json.loads((tiled / "preprocessor_config.json").read_text())["max_patches"] == 4
     with pytest.raises(XMedError, match="text_hidden 32 != 64"):
         skeleton_from(tmp_path / "bad", base, SpecSection(**{**spec.__dict__, "text_hidden": 64}), "bad")
+
+
+def test_crops_are_the_slice_at_its_own_scale_with_each_lesion_whole_or_absent(tmp_path):
+    """--crop 224 (the zoom pass's view): each crop is the viewer's rendering of its slice cut at 1:1; its
+    lesions are the slice's lesions wholly inside it, shifted; a shown lesion is never cut by a crop's side;
+    crops around lesions and crops showing none are both there."""
+    from app.synthetic.truth import to_1000
+    from app.synthetic.volumes import random_study, render_stored, study_window
+
+    cfg = StudyCorpusConfig(studies=4, seed=SEED, n_slices=60, slices_per_study=6, crop=224)
+    out = write_study_corpus(tmp_path / "crops", cfg).out
+    anns = _records(out, "annotations")
+    assert anns and all(a["width"] == a["height"] == 224 and a["kind"] != "xray" for a in anns)  # no radiographs
+    assert any(a["lesions"] for a in anns) and sum(not a["lesions"] for a in anns) >= len(anns) / 3
+    studies = {}
+    for a in anns:
+        src = a["source"]
+        x, y, c = src["crop"]
+        assert c == 224 and 0 <= x <= 512 - c and 0 <= y <= 512 - c
+        if src["study"] not in studies:
+            studies[src["study"]] = random_study(SEED, src["study"], 60, 512, cfg.max_lesions)
+        sl = studies[src["study"]].render(src["slice"])
+        whole = render_stored(sl.stored, study_window(src["window"]))
+        image = np.asarray(__import__("PIL.Image", fromlist=["Image"]).open(out / a["image"]).convert("L"))
+        assert np.array_equal(image, whole[y:y + c, x:x + c])
+        shown = set()
+        for les in a["lesions"]:
+            x0, y0, x1, y1 = les["box"]
+            assert 0 <= x0 < x1 <= c and 0 <= y0 < y1 <= c and tuple(les["box_1000"]) == to_1000(les["box"], c, c)
+            shown.add((x0 + x, y0 + y, x1 + x, y1 + y))
+        assert shown <= {tuple(b) for b in sl.boxes.values()}
+        hidden = {tuple(h["box"]) for h in a["hidden_lesions"]}
+        for box in sl.boxes.values():
+            inside = x <= box[0] and y <= box[1] and box[2] <= x + c and box[3] <= y + c
+            apart = box[2] <= x or box[0] >= x + c or box[3] <= y or box[1] >= y + c
+            if not (inside or apart):  # cut by the crop: only a lesion this window does not show
+                assert (max(0, box[0] - x), max(0, box[1] - y), min(c, box[2] - x), min(c, box[3] - y)) in hidden
+    assert txt.grounding_answer([]) in (out / "grounding.jsonl").read_text()
