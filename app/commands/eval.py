@@ -52,6 +52,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    "(soft_tissue, lung, liver, bone, default) or 'all' (default: the header's window)")
     p.add_argument("--slices", help="study only: slices to evaluate, numbered from 1 as in the viewer, e.g. "
                    "3,7,20-25 (default: every slice)")
+    p.add_argument("--zoom", type=int, default=0, metavar="PX",
+                   help="grounding by the zoom pass: ask every overlapping PX-pixel crop at the image's own scale and "
+                   "merge the boxes (inference.zoom; default 0: the whole image)")
+    p.add_argument("--zoom-overlap", type=int, default=80, metavar="PX",
+                   help="pixels neighbouring zoom crops share, at least the largest lesion (default 80)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--quantization", default="auto", help="auto, nf4, int8, bf16 or none")
     p.set_defaults(func=_run)
@@ -70,6 +75,8 @@ def _run(args: argparse.Namespace) -> int:
         from app.models.registry import require_native_model_folder
 
         require_native_model_folder(Path(args.model))  # the same folder check as models add, analyze and serve
+    if args.zoom and not 0 <= args.zoom_overlap < args.zoom:
+        raise XMedError(f"--zoom-overlap must be 0..{args.zoom - 1} px (under the crop's {args.zoom}).")
     if study:
         result = _run_study(args, tasks)
     elif args.window or args.slices:
@@ -78,7 +85,8 @@ def _run(args: argparse.Namespace) -> int:
     else:
         result = run_eval(args.model, args.data, Options(limit=args.limit, samples=args.samples, tasks=tasks,
                                                          max_new_tokens=args.max_new_tokens,
-                                                         labelled_out=args.labelled_out),
+                                                         labelled_out=args.labelled_out, zoom=args.zoom,
+                                                         zoom_overlap=args.zoom_overlap),
                           args.device, args.quantization)
     sys.stdout.write(format_table(result) + "\n")
     if "study" in result:
@@ -97,7 +105,8 @@ def _run_study(args: argparse.Namespace, tasks: tuple[str, ...]) -> dict:
     from app.synthetic.study_dataset import study_examples
 
     study = study_examples(args.data, [args.window] if args.window else None, args.slices)
-    options = Options(limit=args.limit, samples=0, tasks=tasks, max_new_tokens=args.max_new_tokens)
+    options = Options(limit=args.limit, samples=0, tasks=tasks, max_new_tokens=args.max_new_tokens, zoom=args.zoom,
+                      zoom_overlap=args.zoom_overlap)
     result = run_eval_examples(args.model, study.examples, options, args.device, args.quantization,
                                data=f"{args.data} (study: {len(study.slices)} slices x {len(study.windows)} windows)",
                                group_by="window")

@@ -41,6 +41,7 @@ from inference.evaluation.sizes import size_bucket
 from inference.parsing import parse_answer
 from inference.resources import DEMO_MODEL_DIR
 from inference.types import Box, ChatRequest, Engine
+from inference.zoom import zoom_ground
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +59,8 @@ class Options:
     top_p: float = 0.9
     max_new_tokens: int | None = None  # caps every task's answer length (default: per task)
     labelled_out: Path | None = None  # write the sampled VQA answers as an `xmedgpt calibrate` set here
+    zoom: int = 0  # > 0: grounding by the zoom pass over crops of this many pixels (inference.zoom)
+    zoom_overlap: int = 80  # pixels neighbouring crops share (at least the largest lesion)
 
 
 @dataclass
@@ -112,10 +115,11 @@ def load_rgb(path: Path) -> np.ndarray:
 
 class _Runner:
     def __init__(self, engine: Engine, data: Path, max_new_tokens: int | None = None,
-                 images: dict[str, np.ndarray] | None = None) -> None:
+                 images: dict[str, np.ndarray] | None = None, zoom: int = 0, zoom_overlap: int = 80) -> None:
         self.engine = engine
         self.data = data
         self.max_new_tokens = max_new_tokens
+        self.zoom, self.zoom_overlap = zoom, zoom_overlap
         self._images: dict[str, np.ndarray] = dict(images or {})  # in-memory examples: their images by id
         self.timing: dict[str, ev.Timing] = {}
 
@@ -132,7 +136,11 @@ class _Runner:
 
     def answer(self, ex: Example, task: str):
         start = time.perf_counter()
-        gen = self.engine.generate(self.request(ex, task))
+        request = self.request(ex, task)
+        if task == "grounding" and self.zoom > 0 and request.image is not None:
+            gen = zoom_ground(self.engine, request, self.zoom, self.zoom_overlap).generation()
+        else:
+            gen = self.engine.generate(request)
         self.timing.setdefault(task, ev.Timing()).add(time.perf_counter() - start, len(gen.token_logprobs))
         return gen
 
@@ -216,7 +224,7 @@ def evaluate(engine: Engine, data: Path, options: Options = Options()) -> dict:
             if ex.image not in all_images:
                 all_images.append(ex.image)
     chosen = set(all_images[: options.limit] if options.limit else all_images)
-    runner = _Runner(engine, data, options.max_new_tokens)
+    runner = _Runner(engine, data, options.max_new_tokens, zoom=options.zoom, zoom_overlap=options.zoom_overlap)
     result: dict = {"model": engine.describe(), "data": str(data), "images": len(chosen)}
     started = time.perf_counter()
     draft_right: dict[str, bool] = {}
@@ -340,7 +348,8 @@ def evaluate_examples(engine: Engine, examples: list[ImageExample], options: Opt
                         f"asked for {', '.join(options.tasks)}.")
     if len({e.id for e in examples}) != len(examples):
         raise XMedError("Every in-memory example needs its own id.")
-    runner = _Runner(engine, Path("."), options.max_new_tokens, images={e.id: e.image for e in examples})
+    runner = _Runner(engine, Path("."), options.max_new_tokens, images={e.id: e.image for e in examples},
+                     zoom=options.zoom, zoom_overlap=options.zoom_overlap)
     groups = list(dict.fromkeys(e.group for e in examples))
     result: dict = {"model": engine.describe(), "data": data, "images": len(examples), "group_by": group_by,
                     "groups": groups, "per_group": {g: {"images": 0} for g in groups}}
