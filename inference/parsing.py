@@ -55,6 +55,9 @@ _STEP_NAME_RE = {
     "Holistic analysis": r"holistic\s+analysis",
     "Report synthesis": r"report\s+synthesis",
 }
+#: the five step names as patterns, in step order: the one spelling of each that every heading pattern uses
+#: (here, and the leaked-heading check of inference.reliability.consistency)
+STEP_NAME_PATTERNS = tuple(_STEP_NAME_RE[name] for name in STEP_NAMES)
 _NAMES_ALT = "|".join(f"(?P<n{i}>{_STEP_NAME_RE[name]})" for i, name in enumerate(STEP_NAMES, 1))
 _HEADING = re.compile(
     r"^[ \t>]*(?:#{1,6}[ \t]*)?(?:[*_]{1,2}[ \t]*)?"
@@ -68,7 +71,7 @@ _HEADING = re.compile(
 
 #: A step heading inside running text ("… localized. Step 5: Report synthesis …"): "step N" with its
 #: punctuation, and the step's name when one follows.
-_NAMES_PLAIN = "|".join(_STEP_NAME_RE[name] for name in STEP_NAMES)
+_NAMES_PLAIN = "|".join(STEP_NAME_PATTERNS)
 _INLINE_HEADING = re.compile(
     # a step's name after its number, or followed by a colon ("Step 5: Report synthesis", "3. Detailed description:")
     r"(?:\b(?:step|stage)[ \t]*[1-5](?![0-9])[ \t]*[:.)\-–—]?[ \t]*|\b[1-5][.)][ \t]*)(?:" + _NAMES_PLAIN
