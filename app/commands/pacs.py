@@ -7,8 +7,11 @@ import argparse
 import json
 from pathlib import Path
 
+from app.core.errors import XMedError
+from app.core.names import display_date
 from app.core.settings import Settings
 from app.report.audit import AuditLog
+from app.studies.db import dicom_date_range
 from app.studies.dicomweb import qido, stow, wado_study
 from app.studies.importer import open_library
 from app.studies.locations import StudyPaths
@@ -65,7 +68,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     f.add_argument("--patient-name", default="", help="DICOM wildcards allowed, e.g. 'DOE*'")
     f.add_argument("--patient-id", default="")
     f.add_argument("--accession", default="")
-    f.add_argument("--date", default="", help="YYYYMMDD or YYYYMMDD-YYYYMMDD")
+    f.add_argument("--date", default="", help="study date or range: 2026-12-06, 2026-12-01-2026-12-06, "
+                   "2026-12-01- (from), -2026-12-06 (until); YYYYMMDD also")
     f.add_argument("--modality", default="")
     f.add_argument("--study", default="", metavar="UID")
     f.add_argument("--json", action="store_true")
@@ -169,8 +173,12 @@ def _echo(args: argparse.Namespace) -> int:
 def _find(args: argparse.Namespace) -> int:
     store = _store()
     node = store.get(args.node)
+    try:
+        date = dicom_date_range(args.date)
+    except ValueError as exc:
+        raise XMedError(f"--date: {exc}.") from None
     query = Query(level=args.level, patient_name=args.patient_name, patient_id=args.patient_id,
-                  accession=args.accession, study_date=args.date, modality=args.modality, study_uid=args.study)
+                  accession=args.accession, study_date=date, modality=args.modality, study_uid=args.study)
     results = qido(node, query, audit=_audit()) if args.web else find(node, store.local, query, audit=_audit())
     if args.json:
         print(json.dumps({"node": node.name, "level": args.level, "results": results}, indent=2))
@@ -179,10 +187,10 @@ def _find(args: argparse.Namespace) -> int:
         print("No matches.")
         return 0
     if args.level == "study":
-        print(f"{'date':8}  {'patient':24}  {'ID':14}  {'accession':12}  {'mod':8}  {'ser':>3}  {'inst':>5}  study UID")
+        print(f"{'date':10}  {'patient':24}  {'ID':14}  {'accession':12}  {'mod':8}  {'ser':>3}  {'inst':>5}  study UID")
         for r in results:
             mods = "/".join(r["ModalitiesInStudy"] or [])
-            print(f"{r['StudyDate']:8}  {r['PatientName'][:24]:24}  {r['PatientID'][:14]:14}  "
+            print(f"{display_date(r['StudyDate']):10}  {r['PatientName'][:24]:24}  {r['PatientID'][:14]:14}  "
                   f"{r['AccessionNumber'][:12]:12}  {mods[:8]:8}  {r['NumberOfStudyRelatedSeries'] or '':>3}  "
                   f"{r['NumberOfStudyRelatedInstances'] or '':>5}  {r['StudyInstanceUID']}")
     else:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sqlite3
 import threading
 import time
@@ -228,8 +229,33 @@ def normalise_date(text: str) -> str:
     t = text.strip().replace("-", "").replace(".", "").replace("/", "")
     if len(t) != 8 or not t.isdigit():
         raise ValueError(f"not a date: {text!r} (use YYYY-MM-DD or YYYYMMDD)")
-    datetime.strptime(t, "%Y%m%d")
+    try:
+        datetime.strptime(t, "%Y%m%d")
+    except ValueError:
+        raise ValueError(f"no such date: {text!r}") from None
     return t
+
+
+_DATE_RANGE = re.compile(r"(\d{4}-?\d{2}-?\d{2})?\s*(-|\.\.|to)?\s*(\d{4}-?\d{2}-?\d{2})?")
+
+
+def dicom_date_range(text: str) -> str:
+    """A study date or range as a reader types it -- ``2026-12-06``, ``20261206``, ``2026-12-01-2026-12-06``,
+    ``20261201-20261206``, ``2026-12-01..2026-12-06``, open ``2026-12-01-`` / ``-2026-12-06`` -- as a DICOM
+    query value (``20261201-20261206``); "" stays ""; else ValueError."""
+    t = text.strip()
+    if not t:
+        return ""
+    m = _DATE_RANGE.fullmatch(t)
+    if m is None or not (m.group(1) or m.group(3)) or (m.group(1) and m.group(3) and not m.group(2)):
+        raise ValueError(f"not a date or date range: {text!r} (use YYYY-MM-DD, or FROM-TO)")
+    first = normalise_date(m.group(1)) if m.group(1) else ""
+    last = normalise_date(m.group(3)) if m.group(3) else ""
+    if not m.group(2):
+        return first
+    if first and last and last < first:
+        raise ValueError(f"the range {text!r} ends before it starts")
+    return f"{first}-{last}"
 
 
 class StudyDB:

@@ -112,6 +112,29 @@ def _reachable(node: Node, timeout: float = 3.0) -> bool:
         return False
 
 
+def _refused(node: Node, local: LocalAE, what: str) -> str:
+    """What to say when a node accepted the association and then ended it on our request without an
+    answer: what archives do (Orthanc among them) with a query or retrieve from a caller they do not know."""
+    return (f"'{node.name}' ({node.ae_title} at {node.host}:{node.port}) ended the {what} without an answer: it "
+            f"most likely does not accept queries and retrieves from this workstation. Add AE "
+            f"'{local.ae_title}' (this computer, port {local.port}) to its known DICOM nodes (in Orthanc: "
+            "DicomModalities)")
+
+
+def _no_answer(status: Dataset | None, assoc: Any, started: float, wait: float = 1.0) -> bool:
+    """The request (sent at ``started``, monotonic) got no final status because the peer aborted the
+    association at once -- not a DIMSE timeout, after which pynetdicom aborts it too. pynetdicom hands back
+    the empty status before its reactor has processed the A-ABORT: wait (bounded) for that."""
+    if (status is not None and "Status" in status) or assoc is None:
+        return False
+    if time.monotonic() - started > TIMEOUT / 2:
+        return False
+    deadline = time.monotonic() + wait
+    while assoc.is_established and not assoc.is_aborted and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return bool(assoc.is_aborted)
+
+
 def _status_text(status: Dataset | None) -> str:
     if status is None or "Status" not in status:
         return "no response (timeout or connection lost)"
@@ -198,16 +221,19 @@ def _plain(ds: Dataset, keys: Sequence[str]) -> dict[str, Any]:
     return out
 
 
-def _find_on(assoc: Any, query: Query) -> list[dict[str, Any]]:
+def _find_on(assoc: Any, query: Query, node: Node, local: LocalAE) -> list[dict[str, Any]]:
     keys = STUDY_KEYS if query.level == "study" else SERIES_KEYS
     results: list[dict[str, Any]] = []
     final: Dataset | None = None
+    started = time.monotonic()
     for status, identifier in assoc.send_c_find(query.identifier(), StudyRootQueryRetrieveInformationModelFind):
         final = status
         if status is None or "Status" not in status:
             break
         if int(status.Status) in (0xFF00, 0xFF01) and identifier is not None:
             results.append(_plain(identifier, keys))
+    if _no_answer(final, assoc, started):
+        raise PacsError(_refused(node, local, "query") + ".")
     if final is None or "Status" not in final or int(final.Status) != 0:
         raise PacsError(f"C-FIND failed: {_status_text(final)}.")
     return results
@@ -219,7 +245,7 @@ def find(node: Node, local: LocalAE, query: Query, *, audit: Audit | None = None
     ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
     assoc = _associate(ae, node, audit, "find")
     try:
-        results = _find_on(assoc, query)
+        results = _find_on(assoc, query, node, local)
     finally:
         assoc.release()
     _audit(audit, "pacs.find", {**_node_data(node), "level": query.level, "query": query.summary(),
@@ -301,14 +327,16 @@ class RetrieveResult:
         return self.state == "complete"
 
 
-def _study_facts(assoc: Any, study_uid: str) -> tuple[int | None, list[str]]:
+def _study_facts(assoc: Any, study_uid: str, node: Node, local: LocalAE) -> tuple[int | None, list[str]]:
     """(NumberOfStudyRelatedInstances, SOPClassesInStudy) from a study-level C-FIND; (None, []) when the
-    node does not answer the query (the retrieve goes on without them); PacsError when it has no such study."""
+    node does not answer the query (the retrieve goes on without them); PacsError when it has no such study
+    or ends the association on the query (it refuses this workstation: the retrieve would be refused too)."""
     ds = _retrieve_identifier(study_uid)
     ds.NumberOfStudyRelatedInstances = ""
     ds.SOPClassesInStudy = ""
     found: list[Dataset] = []
     final: Dataset | None = None
+    started = time.monotonic()
     try:
         for status, identifier in assoc.send_c_find(ds, StudyRootQueryRetrieveInformationModelFind):
             final = status
@@ -319,6 +347,8 @@ def _study_facts(assoc: Any, study_uid: str) -> tuple[int | None, list[str]]:
     except (ValueError, RuntimeError) as exc:  # no accepted context, association gone
         log.info("could not count the study's instances before retrieving: %s", exc)
         return None, []
+    if _no_answer(final, assoc, started):
+        raise PacsError(_refused(node, local, "retrieve") + ".")
     if final is None or "Status" not in final or int(final.Status) != 0:
         log.info("could not count the study's instances before retrieving: C-FIND %s", _status_text(final))
         return None, []
@@ -335,18 +365,19 @@ def _study_facts(assoc: Any, study_uid: str) -> tuple[int | None, list[str]]:
     return facts["NumberOfStudyRelatedInstances"], sop_classes
 
 
-def _facts_unless_cancelled(assoc: Any, study_uid: str,
-                            cancel: RetrieveCancel | None) -> tuple[int | None, list[str]]:
+def _facts_unless_cancelled(assoc: Any, study_uid: str, cancel: RetrieveCancel | None, node: Node,
+                            local: LocalAE) -> tuple[int | None, list[str]]:
     try:
-        return _study_facts(assoc, study_uid)
+        return _study_facts(assoc, study_uid, node, local)
     except PacsError:
         if _cancelled(cancel):  # the count was asked on the association the reader's cancel aborted
             return None, []
         raise
 
 
-def _expected_unless_cancelled(assoc: Any, study_uid: str, cancel: RetrieveCancel | None) -> int | None:
-    return _facts_unless_cancelled(assoc, study_uid, cancel)[0]
+def _expected_unless_cancelled(assoc: Any, study_uid: str, cancel: RetrieveCancel | None, node: Node,
+                               local: LocalAE) -> int | None:
+    return _facts_unless_cancelled(assoc, study_uid, cancel, node, local)[0]
 
 
 def _retrieve_identifier(study_uid: str) -> Dataset:
@@ -356,8 +387,9 @@ def _retrieve_identifier(study_uid: str) -> Dataset:
     return ds
 
 
-def _consume(responses: Iterable, result: RetrieveResult) -> None:
+def _consume(responses: Iterable, result: RetrieveResult, assoc: Any = None, refused: str = "") -> None:
     final: Dataset | None = None
+    started = time.monotonic()
     for status, _identifier in responses:
         final = status
         if status is None or "Status" not in status:
@@ -367,7 +399,10 @@ def _consume(responses: Iterable, result: RetrieveResult) -> None:
             if key in status and status[key].value is not None:
                 setattr(result, attr, int(status[key].value))
     result.status = _status_text(final)
-    if final is None or "Status" not in final or int(final.Status) not in (0x0000, 0xB000):
+    if refused and result.completed == 0 and _no_answer(final, assoc, started):
+        result.status = "refused"
+        result.problems.append(f"the retrieve ended with no answer: {refused}")
+    elif final is None or "Status" not in final or int(final.Status) not in (0x0000, 0xB000):
         result.problems.append(f"the retrieve ended with {result.status}")
 
 
@@ -411,7 +446,7 @@ def get_study(node: Node, local: LocalAE, study_uid: str, db: StudyDB, storage: 
     if cancel is not None:
         cancel.watch(assoc)
     try:
-        result.expected, sop_classes = _facts_unless_cancelled(assoc, study_uid, cancel)
+        result.expected, sop_classes = _facts_unless_cancelled(assoc, study_uid, cancel, node, local)
     finally:
         if cancel is not None:
             cancel.unwatch()
@@ -471,7 +506,7 @@ def _get_on_new_association(node: Node, local: LocalAE, study_uid: str, classes:
     try:
         if not _cancelled(cancel):
             _consume(assoc.send_c_get(_retrieve_identifier(study_uid), StudyRootQueryRetrieveInformationModelGet),
-                     result)
+                     result, assoc, _refused(node, local, "retrieve"))
     finally:
         clean = _end_retrieve(assoc, cancel, result)
         transfer = receiver.finish(assoc, "released" if clean else "aborted")
@@ -532,10 +567,11 @@ def move_study(node: Node, local: LocalAE, study_uid: str, db: StudyDB, storage:
         if cancel is not None:
             cancel.watch(assoc)
         try:
-            result.expected = _expected_unless_cancelled(assoc, study_uid, cancel)
+            result.expected = _expected_unless_cancelled(assoc, study_uid, cancel, node, local)
             if not _cancelled(cancel):
                 _consume(assoc.send_c_move(_retrieve_identifier(study_uid), local.ae_title,
-                                           StudyRootQueryRetrieveInformationModelMove), result)
+                                           StudyRootQueryRetrieveInformationModelMove), result, assoc,
+                         _refused(node, local, "retrieve"))
         finally:
             clean = _end_retrieve(assoc, cancel, result)
         if listener is not None:

@@ -167,6 +167,47 @@ def test_round_trip_send_find_get_move_and_store_back(orthanc, home, capsys, tmp
     assert main(["audit", "verify"]) == 0
 
 
+def test_a_node_that_does_not_know_this_workstation_is_named_as_the_cause_at_once(sample_in_orthanc, home,
+                                                                                   capsys):
+    """Orthanc accepts the association of a caller not in its DicomModalities, then aborts it on the C-FIND
+    / C-GET / C-MOVE: the reader is told, in one line and within seconds, to add this AE on the node (it
+    said "no response (timeout or connection lost)", and a C-MOVE waited 30 s for it)."""
+    orthanc = sample_in_orthanc
+    assert _cli(capsys, "pacs", "nodes", "local", "--ae", "STRANGER", "--port", str(free_port()))[0] == 0
+    for method in ("get", "move"):
+        assert _cli(capsys, "pacs", "nodes", "add", method, "--ae", orthanc.ae_title, "--host", "127.0.0.1",
+                    "--port", str(orthanc.dicom_port), "--retrieve", method)[0] == 0
+    assert _cli(capsys, "pacs", "echo", "--node", "get")[0] == 0  # C-ECHO is answered for anyone
+    for argv in (("find", "--node", "get"), ("get", "--node", "get", "--study", SAMPLE_UID),
+                 ("move", "--node", "move", "--study", SAMPLE_UID)):
+        t0 = time.monotonic()
+        rc = main(["pacs", *argv])
+        err = capsys.readouterr().err.strip()
+        assert rc == 1 and time.monotonic() - t0 < 10, (argv, err)
+        assert len(err.splitlines()) == 1 and "does not accept queries and retrieves from this workstation" in err
+        assert "'STRANGER'" in err and "DicomModalities" in err, err
+    assert _local_studies(capsys) == {}
+
+
+def test_find_takes_dates_as_a_reader_types_them_and_prints_them_so(sample_in_orthanc, home, capsys):
+    from app.studies.db import dicom_date_range
+
+    assert [dicom_date_range(t) for t in ("", "2025-01-01", "20250101", "2024-12-01-2025-01-31",
+                                          "20241201-20250131", "2024-12-01..2025-01-31", "2025-01-02-",
+                                          "-2024-12-31")] == \
+        ["", "20250101", "20250101", "20241201-20250131", "20241201-20250131", "20241201-20250131", "20250102-",
+         "-20241231"]
+    for bad in ("x", "2025-13-01", "2025-02-30", "2025-02-01-2025-01-01", "2025-01-01 2025-02-01", "-"):
+        with pytest.raises(ValueError):
+            dicom_date_range(bad)
+    _configure(sample_in_orthanc, capsys)
+    rc, out = _cli(capsys, "pacs", "find", "--node", "orthanc", "--date", "2024-12-01-2025-01-31")
+    assert rc == 0 and out.splitlines()[1].startswith("2025-01-01  PHANTOM^CHEST"), out  # the sample's date
+    assert _cli(capsys, "pacs", "find", "--node", "orthanc", "--date", "2025-01-02-")[1].strip() == "No matches."
+    assert main(["pacs", "find", "--node", "orthanc", "--date", "2025-13-01"]) == 1
+    assert capsys.readouterr().err.strip() == "xmedgpt: --date: no such date: '2025-13-01'."
+
+
 def test_listen_command_rejects_unknown_ae_and_is_the_move_destination(sample_in_orthanc, home, capsys):
     orthanc = sample_in_orthanc
     _configure(orthanc, capsys, retrieve="move")

@@ -297,7 +297,7 @@ def test_a_get_whose_node_lists_the_wrong_sop_classes_still_brings_the_whole_stu
     from app.studies import scu as scu_mod
     real = scu_mod._study_facts
     monkeypatch.setattr(scu_mod, "_study_facts",  # a node whose SOPClassesInStudy says MR for this CT study
-                        lambda assoc, uid: (real(assoc, uid)[0], ["1.2.840.10008.5.1.4.1.1.4"]))
+                        lambda assoc, uid, *a: (real(assoc, uid, *a)[0], ["1.2.840.10008.5.1.4.1.1.4"]))
     paths = StudyPaths.detect().ensure()
     db = StudyDB(paths.database)
     res = get_study(_node(sample_in_orthanc), LocalAE(OUR_AE), SAMPLE_UID, db, paths.storage)
