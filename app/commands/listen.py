@@ -14,18 +14,20 @@ import argparse
 import logging
 import signal
 import threading
+import time
 from pathlib import Path
 
 from app.assistant.preread import PrereadOptions
 from app.assistant.study_preread import StudyPrereader
 from app.commands.analyze import QUANTIZATIONS, load_engine, resolve_model
 from app.core.errors import XMedError
+from app.core.names import NameStyle, person_name
 from app.core.settings import Settings
 from app.report.audit import AuditLog
 from app.studies.importer import open_library
 from app.studies.locations import StudyPaths
 from app.studies.nodes import LocalAE, NodeStore
-from app.studies.queue import ArrivalWatcher, JobQueue
+from app.studies.queue import ArrivalWatcher, Job, JobQueue
 from app.studies.scp import Listener, Receiver
 
 log = logging.getLogger(__name__)
@@ -51,6 +53,51 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--quantization", choices=QUANTIZATIONS, default="auto")
     p.add_argument("--no-reasoning", action="store_true", help="--preread: sweep and link only")
     p.set_defaults(func=run)
+
+
+def _say(text: str) -> None:
+    """One line on the console, time-stamped: what a foreground server shows its administrator."""
+    print(f"{time.strftime('%H:%M:%S')}  {text}", flush=True)
+
+
+def _study_label(db, study_uid: str) -> str:
+    study = db.get(study_uid)
+    if study is None:
+        return study_uid
+    who = person_name(study.patient_name, NameStyle.LIST) or study.patient_id or "no name"
+    return f"{who}, accession {study.accession}" if study.accession else f"{who}, study {study_uid}"
+
+
+def _say_transfer(db, queue: JobQueue | None, t, outcome: str) -> None:
+    """A line per study an association brought (or a line for one that brought nothing new)."""
+    ended = "" if outcome == "released" else f" (association {outcome})"
+    if not t.studies and not t.duplicates and not t.failed:
+        return
+    for uid in sorted(set(t.studies) | set(t.duplicates)):
+        study = db.get(uid)
+        parts = [f"{t.studies.get(uid, 0)} new"]
+        if t.duplicates.get(uid):
+            parts.append(f"{t.duplicates[uid]} already here")
+        state = study.state if study is not None else "not indexed"
+        if study is not None and study.expected_instances:
+            state += f", {study.instances} of {study.expected_instances}"
+        queued = queue is not None and any(j.state in ("queued", "running") for j in queue.jobs(uid))
+        _say(f"received from {t.calling_ae or t.address}{ended}: {_study_label(db, uid)}: {', '.join(parts)}; "
+             f"study {state}" + ("; pre-read queued" if queued else ""))
+    if t.failed:
+        _say(f"{t.failed} instance(s) from {t.calling_ae or t.address} could not be stored"
+             + (": the disk is full" if t.disk_full else "") + " (the sender was told; nothing acknowledged is lost)")
+
+
+def _say_job(db, job: Job) -> None:
+    label = _study_label(db, job.study_uid)
+    if job.state == "running":
+        _say(f"pre-read started: {label} ({job.instances} images)")
+    elif job.state == "done":
+        found = "no lesion found" if not job.lesions else f"{job.lesions} lesion(s)"
+        _say(f"pre-read done: {label}: {found}" + (f", worst tier {job.tier}" if job.tier else ""))
+    elif job.state == "failed":
+        _say(f"pre-read failed: {label}: {job.error}")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -79,6 +126,8 @@ def run(args: argparse.Namespace) -> int:
                                 paths.preread_results, options=options, audit=audit)
         queue = JobQueue(db, runner, audit=audit)
         ArrivalWatcher(queue, quiet_seconds=quiet).attach(receiver)
+        queue.listeners.append(lambda job: _say_job(db, job))
+    receiver.on_finished.append(lambda t, outcome: _say_transfer(db, queue, t, outcome))
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     listener.start()

@@ -243,6 +243,10 @@ def test_listen_command_rejects_unknown_ae_and_is_the_move_destination(sample_in
         reader.join(5)
     rest = "".join(lines)
     assert "REJECTED association from AE 'INTRUDER'" in rest, rest
+    # the administrator watching the console sees each arrival in a line of its own
+    arrived = [line for line in lines if "received from ORTHANC" in line]
+    assert len(arrived) == 1 and f"PHANTOM, CHEST, accession PH000000: {len(SAMPLE_FILES)} new; study complete" \
+        in arrived[0], rest
     assert "Stopped." in rest
     records = _audit_actions(home)
     rejected = [r for r in records if r["action"] == "pacs.association" and r["data"]["result"] == "rejected"]

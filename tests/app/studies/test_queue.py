@@ -313,7 +313,15 @@ def test_listen_preread_reads_an_arriving_study_with_the_demo_model(home, tmp_pa
     assert doc["model"]["id"] and doc["series"]["slices"] == 4
     assert study.ai_worst_tier == worst_tier(les["reliability"].get("tier", "none") for les in doc["lesions"])
     db.close()
-    assert "Stopped." in "".join(lines)
+    text = "".join(lines)
+    assert "Stopped." in text
+    # the console tells the administrator what arrived and what the pre-read found, a line each
+    order = [next(i for i, line in enumerate(lines) if what in line) for what in
+             ("received from SENDER", "pre-read started", "pre-read done")]
+    assert order == sorted(order), text
+    assert "4 new; study complete; pre-read queued" in lines[order[0]], text
+    n = doc["lesions"] and len(doc["lesions"])
+    assert (f"{n} lesion(s)" if n else "no lesion found") in lines[order[2]], text
     records = [json.loads(line) for line in (home / "data" / "audit" / "audit.jsonl").read_text().splitlines()]
     outputs = [r for r in records if r["action"] == "ai.output"]
     assert outputs and outputs[0]["study_uid"] == uid and outputs[0]["data"]["source"] == "pre-read on arrival"
