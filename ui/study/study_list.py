@@ -69,9 +69,11 @@ from app.studies.scu import Query, RetrieveCancel, find, retrieve
 
 log = logging.getLogger(__name__)
 
-COLUMNS = ("Patient", "Patient ID", "Accession", "Date", "Modalities", "Description", "Series / images", "AI",
-           "Report")
-PATIENT, PATIENT_ID, ACCESSION, DATE, MODALITIES, DESCRIPTION, COUNTS, AI, REPORT = range(len(COLUMNS))
+#: The AI dot first and the patient next: what a reader triages by is in view in the narrow dock (the rest
+#: scrolls in).
+COLUMNS = ("AI", "Patient", "Date", "Report", "Accession", "Patient ID", "Modalities", "Description",
+           "Series / images")
+AI, PATIENT, DATE, REPORT, ACCESSION, PATIENT_ID, MODALITIES, DESCRIPTION, COUNTS = range(len(COLUMNS))
 SORT_ROLE = Qt.ItemDataRole.UserRole + 1  # the raw value a column sorts by
 UID_ROLE = Qt.ItemDataRole.UserRole + 2  # the study instance UID of the row
 TIER_ROLE = Qt.ItemDataRole.UserRole + 3  # AI column: the worst tier ('red', 'amber', 'green', 'none', '')
@@ -277,8 +279,8 @@ def make_table(model: StudyTableModel, parent: QWidget) -> tuple[QTableView, QSo
     header = view.horizontalHeader()
     header.setSectionResizeMode(QHeaderView.ResizeMode.Interactive)
     header.setStretchLastSection(True)
-    for col, width in ((PATIENT, 160), (PATIENT_ID, 90), (ACCESSION, 90), (DATE, 120), (MODALITIES, 70),
-                       (DESCRIPTION, 150), (COUNTS, 90), (AI, 120)):
+    for col, width in ((AI, 92), (PATIENT, 150), (DATE, 120), (REPORT, 60), (ACCESSION, 90), (PATIENT_ID, 90),
+                       (MODALITIES, 70), (DESCRIPTION, 150), (COUNTS, 90)):
         view.setColumnWidth(col, width)
     return view, proxy
 
