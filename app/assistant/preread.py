@@ -814,6 +814,43 @@ class Preread:
         }
 
 
+def from_json(document: dict, volume: Volume) -> Preread:
+    """A pre-read saved by :meth:`Preread.to_json` (the pre-read on arrival writes one per series) back onto
+    the loaded ``volume``: its lesions with their boxes, sizes, reliability and descriptions (the five-step
+    answers themselves are not kept). PrereadError when it is not this series as loaded now."""
+    series = document.get("series") or {}
+    if document.get("series_uid") != volume.series.uid:
+        raise PrereadError("The saved pre-read is of another series.")
+    if series.get("slices") not in (None, len(volume)):
+        raise PrereadError(f"The saved pre-read read {series.get('slices')} slices; this series has {len(volume)} "
+                           "now (pre-read it again).")
+    lesions: list[Candidate] = []
+    try:
+        for les in document.get("lesions") or []:
+            window, phrase, score = str(les.get("window") or ""), str(les.get("phrase") or "lesion"), float(les["score"])
+            detections = {}
+            for k, b in (les.get("boxes") or {}).items():
+                if not 0 <= int(k) < len(volume):
+                    raise PrereadError(f"Lesion {les.get('id')}: slice {int(k) + 1} is not in this series.")
+                box = Box(*(float(b[c]) for c in ("x0", "y0", "x1", "y1")))
+                detections[int(k)] = make_detection(volume, int(k), box, window, phrase, score)
+            key = int(les["key_slice"])
+            if key not in detections:
+                raise PrereadError(f"Lesion {les.get('id')}: no box on its key slice.")
+            lesions.append(Candidate(
+                str(les["id"]), detections, np.asarray(les["center_patient_mm"], dtype=float),
+                float(les["diameter_mm"]), float(les["volume_ml"]), score, key, None, les.get("reliability"),
+                str(les.get("location") or ""), str(les.get("description") or "")))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise PrereadError(f"The saved pre-read is damaged ({type(exc).__name__}: {exc}).") from None
+    model = document.get("model") or {}
+    timing = {str(k): float(v) for k, v in (document.get("timing") or {}).items() if isinstance(v, (int, float))}
+    sweep_result = SweepResult([d for c in lesions for d in c.detections.values()], {}, {}, 0, 0,
+                               timing.get("sweep_s", 0.0))
+    return Preread(volume.series.uid, str(model.get("id") or ""), str(model.get("engine") or ""), sweep_result,
+                   list(lesions), lesions, timing, bool(document.get("cancelled")))
+
+
 def preread(
     engine: Engine,
     volume: Volume,

@@ -18,6 +18,7 @@ import json
 import logging
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -120,3 +121,28 @@ class StudyPrereader:
         except XMedError as exc:
             log.error("audit trail: %s", exc)
 
+
+
+@dataclass(frozen=True)
+class SavedPreread:
+    """The latest finished pre-read on arrival of a series: its document and when it finished."""
+
+    document: dict
+    finished_at: str  # ISO time (UTC) the job finished
+    path: Path
+
+
+def saved_preread(db: StudyDB, series_uid: str) -> SavedPreread | None:
+    """The newest done pre-read job of ``series_uid`` whose result file reads; None when there is none (or its
+    file is gone or damaged: logged, nothing deleted)."""
+    rows = db.rows("SELECT result_path, finished_at FROM jobs WHERE series_uid = ? AND state = 'done' "
+                   "AND result_path != '' ORDER BY id DESC LIMIT 1", (series_uid,))
+    if not rows:
+        return None
+    path, finished = Path(rows[0][0]), str(rows[0][1] or "")
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        log.warning("the saved pre-read of series %s cannot be read (%s): %s", series_uid, path, exc)
+        return None
+    return SavedPreread(document, finished, path) if isinstance(document, dict) else None

@@ -73,6 +73,9 @@ class PrereadRun:
     result: Preread
     study_description: str = ""
     finished_at: float = field(default_factory=time.time)
+    #: where a pre-read not run in this window comes from, as the panel says it ("on arrival, 19:09"); "" for
+    #: one run here
+    origin: str = ""
 
     @property
     def series_uid(self) -> str:
@@ -124,6 +127,7 @@ class PrereadController(QObject):
     stage_changed = Signal(str)
     progress = Signal(int, int)
     finished = Signal(object)
+    restored = Signal(object)  # PrereadRun of a pre-read saved earlier (on arrival), shown without running
     cancelled = Signal(str)
     failed = Signal(str)
     busy_changed = Signal(bool)
@@ -158,6 +162,18 @@ class PrereadController(QObject):
 
     def result_for(self, volume: Volume | None) -> PrereadRun | None:
         return self.results.get(volume.series.uid) if volume is not None else None
+
+    def restore(self, volume: Volume, result: Preread, origin: str, study_description: str = "") -> bool:
+        """Show a pre-read made elsewhere (the pre-read on arrival) for ``volume`` as if it had run here; not when
+        this window has a result for that series already or is pre-reading it. True when it was taken."""
+        if volume.series.uid in self.results or (self.running and self.volume is volume):
+            return False
+        run = PrereadRun(volume, result, study_description, origin=origin)
+        self.results[run.series_uid] = run
+        while len(self.results) > MAX_RESULTS:
+            self.results.pop(next(iter(self.results)))
+        self.restored.emit(run)
+        return True
 
     # ------------------------------------------------------------------ running
     def start(self, volume: Volume | None, study_description: str = "") -> str | None:

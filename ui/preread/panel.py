@@ -133,6 +133,7 @@ class PrereadPanel(QWidget):
         c.stage_changed.connect(self._stage)
         c.progress.connect(self._progress)
         c.finished.connect(self._finished)
+        c.restored.connect(self._restored)
         c.cancelled.connect(self._stopped)
         c.failed.connect(self._stopped)
         c.busy_changed.connect(lambda _b: self._sync_buttons())
@@ -335,6 +336,15 @@ class PrereadPanel(QWidget):
         self.sync_all()
         self._sync_buttons()
 
+    def _restored(self, run: PrereadRun) -> None:
+        n = len(run.lesions)
+        found = f"{n} lesion{'s' if n != 1 else ''}" if n else "No lesion"
+        self.refresh()
+        self._say(f"{found} from the pre-read {run.origin} in {series_name(run.volume)}"
+                  + (". Click one to see it." if n else "."))
+        self.sync_all()
+        self._sync_buttons()
+
     def _stopped(self, message: str) -> None:
         self.progress.hide()
         self._say(message)
@@ -357,7 +367,8 @@ class PrereadPanel(QWidget):
         elif run is None:
             self.series_label.setText(f"{series_name(volume)}: not pre-read yet.")
         else:
-            self.series_label.setText(f"{series_name(volume)}: pre-read by {run.result.model}")
+            self.series_label.setText(f"{series_name(volume)}: pre-read by {run.result.model}"
+                                      + (f" {run.origin}" if run.origin else ""))
         if run is self.run and self.lesions.topLevelItemCount() == len(run.lesions if run else []):
             self._update_rows()
             return

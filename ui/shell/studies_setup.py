@@ -29,7 +29,8 @@ from typing import Any
 import pydicom
 from PySide6.QtCore import QEvent, QObject, Qt, Signal
 
-from app.assistant.study_preread import StudyPrereader
+from app.assistant.preread import from_json as preread_from_json
+from app.assistant.study_preread import StudyPrereader, saved_preread
 from app.core.errors import XMedError
 from app.core.settings import Settings
 from app.report.audit import AuditLog
@@ -82,6 +83,8 @@ class StudiesController(QObject):
         if getattr(window, "result", None) is None:
             self.dock.raise_()  # the start screen: nothing is open yet
         window.idle.connect(self._index_opened)
+        window.idle.connect(self.restore_prereads)
+        self._restored: set[tuple[str, str]] = set()  # (series UID, saved pre-read finished at) shown
         self.connect_report(getattr(window, "report", None))
         window.installEventFilter(self)
         for problem in self.nodes.problems:
@@ -204,6 +207,34 @@ class StudiesController(QObject):
         except XMedError as exc:
             log.warning("the opened study was not added to the study list: %s", exc)
 
+    def restore_prereads(self) -> int:
+        """Each loaded series that was pre-read on arrival (or by ``xmedgpt listen --preread``) shows that
+        pre-read's lesions in the Pre-read panel at once, unless this window has pre-read it; a saved result that
+        no longer fits the series (other slices) is said once and left on disk. Returns how many were shown."""
+        controller = getattr(self.window, "preread", None)
+        grid = getattr(self.window, "grid", None)
+        if controller is None or grid is None:
+            return 0
+        shown = 0
+        for vp in grid.viewports:
+            volume = vp.volume
+            if volume is None or (volume.loaded and volume.loaded < len(volume)) \
+                    or controller.result_for(volume) is not None:
+                continue
+            saved = saved_preread(self.db, volume.series.uid)
+            if saved is None or (volume.series.uid, saved.finished_at) in self._restored:
+                continue
+            self._restored.add((volume.series.uid, saved.finished_at))
+            try:
+                result = preread_from_json(saved.document, volume)
+            except XMedError as exc:
+                self.status.emit(f"The pre-read on arrival of this series was not shown: {exc}")
+                continue
+            study = self.db.get(saved.document.get("study_uid", ""))
+            shown += controller.restore(volume, result, f"on arrival, {_local_time(saved.finished_at)}",
+                                        study.description if study is not None else "")
+        return shown
+
     # ---- the report --------------------------------------------------------------------------
     def connect_report(self, report: Any) -> None:
         """Follow the report controller: drafts and signatures (its ``signed`` signal carries the files)."""
@@ -286,3 +317,14 @@ def install_studies(window, settings: Settings | None = None, *, paths: StudyPat
         log.error("study list not available: %s", exc)
         window.statusBar().showMessage(f"The study list is not available: {exc}")
         return None
+
+
+def _local_time(iso: str) -> str:
+    """A job's UTC finish time as the reading room's clock shows it: ``19:09`` today, else ``2026-12-05 19:09``."""
+    from datetime import datetime
+
+    try:
+        t = datetime.fromisoformat(iso.replace("Z", "+00:00")).astimezone()
+    except ValueError:
+        return iso
+    return t.strftime("%H:%M") if t.date() == datetime.now().astimezone().date() else t.strftime("%Y-%m-%d %H:%M")

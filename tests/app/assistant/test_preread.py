@@ -260,6 +260,41 @@ def test_preread_reasons_at_each_key_slice_and_carries_reliability(study):
                         "volume_ml", "location", "description", "reliability"}
 
 
+def test_a_saved_preread_reads_back_onto_its_series_and_nothing_else(study, tmp_path):
+    """What the pre-read on arrival writes (Preread.to_json) comes back onto the loaded series when the study
+    is opened: the same lesions, boxes, key slices, sizes and reliability; refused for another series, a
+    series with other slices now, or a damaged file."""
+    import copy
+    import json
+
+    from app.assistant.preread import PrereadError, from_json
+
+    _, vol, truth = study
+    out = preread(TruthEngine(vol, truth), vol, PrereadOptions(batch_size=8, max_lesions=3, n_samples=2,
+                                                                n_questions=1), image_spec=SPEC)
+    doc = json.loads(json.dumps(out.to_json()))  # through a file's text, as it is stored
+    doc["series"] = {"uid": vol.series.uid, "slices": len(vol)}
+    back = from_json(doc, vol)
+    assert back.model == out.model and back.series_uid == vol.series.uid and back.lesions
+    assert [c.to_json() for c in back.lesions] == [les for les in doc["lesions"]]  # every field as saved
+    for a, b in zip(back.lesions, out.lesions):
+        assert a.key_box.iou(b.key_box) > 0.99 and a.slices == b.slices and a.answer is None
+    other = copy.deepcopy(doc)
+    other["series_uid"] = "1.2.3"
+    with pytest.raises(PrereadError, match="another series"):
+        from_json(other, vol)
+    shorter = copy.deepcopy(doc)
+    shorter["series"]["slices"] = len(vol) - 1
+    with pytest.raises(PrereadError, match="pre-read it again"):
+        from_json(shorter, vol)
+    for damage in (lambda d: d["lesions"][0].pop("key_slice"), lambda d: d["lesions"][0].update(score="x"),
+                   lambda d: d["lesions"][0]["boxes"].update({"999": d["lesions"][0]["box_pixels"]})):
+        bad = copy.deepcopy(doc)
+        damage(bad)
+        with pytest.raises(PrereadError):
+            from_json(bad, vol)
+
+
 def test_engine_without_generate_batch_is_asked_one_by_one(study):
     _, vol, truth = study
     engine = TruthEngine(vol, truth)

@@ -450,6 +450,27 @@ def test_a_study_pushed_to_the_viewers_listener_is_preread_and_shows_its_dot(qtb
     assert not tab.proxy.index(row, AI).data(Qt.ItemDataRole.DecorationRole).isNull()
     assert ai_text() == f"done · {study.ai_worst_tier}"
 
+    # opened from the list, its series shows that pre-read's lesions at once (nothing is run again)
+    from ui.shell.preread_setup import install_preread
+
+    install_preread(win, settings, engine=engine)
+    asked = (engine.generate_calls, len(engine.batches), len(engine.reasoning_batches))
+    _double_click(qtbot, tab.view, row)
+    qtbot.waitUntil(lambda: win.grid.active.volume is not None
+                    and win.preread.result_for(win.grid.active.volume) is not None, timeout=30_000)
+    (job,) = studies.queue.jobs(uid)
+    saved = json.loads(Path(job.result_path).read_text())
+    run = win.preread.result_for(win.grid.active.volume)
+    assert [les.id for les in run.lesions] == [les["id"] for les in saved["lesions"]] and saved["lesions"]
+    assert [(les.key_slice, les.slices) for les in run.lesions] == \
+        [(les["key_slice"], tuple(les["slices"])) for les in saved["lesions"]]
+    assert run.origin.startswith("on arrival, ") and not win.preread.running
+    assert (engine.generate_calls, len(engine.batches), len(engine.reasoning_batches)) == asked
+    panel = win.preread_panel
+    assert panel.lesions.topLevelItemCount() == len(saved["lesions"])
+    assert "on arrival" in panel.series_label.text()
+    assert panel.select_lesion(run.lesions[0].id) and win.grid.active.slice_index == run.lesions[0].key_slice
+
 
 def test_the_outbox_view_shows_a_failed_send_and_retry_sends_it(qtbot, window, tmp_path):
     win, settings = window
