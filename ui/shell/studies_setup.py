@@ -49,6 +49,7 @@ class StudiesController(QObject):
     """What :func:`install_studies` made; ``window.studies`` once attached."""
 
     status = Signal(str)  # a line for the status bar (emitted from worker threads too: queued to the UI)
+    preread_done = Signal()  # a pre-read job finished (emitted on the queue's thread: queued to the UI)
 
     def __init__(self, window, settings: Settings, paths: StudyPaths, audit: Any, *,
                  engine_factory: Callable | None = None, start_workers: bool = True) -> None:
@@ -84,6 +85,7 @@ class StudiesController(QObject):
             self.dock.raise_()  # the start screen: nothing is open yet
         window.idle.connect(self._index_opened)
         window.idle.connect(self.restore_prereads)
+        self.preread_done.connect(self.restore_prereads)
         self._restored: set[tuple[str, str]] = set()  # (series UID, saved pre-read finished at) shown
         self.connect_report(getattr(window, "report", None))
         window.installEventFilter(self)
@@ -99,7 +101,10 @@ class StudiesController(QObject):
     def _make_queue(self) -> JobQueue:
         runner = StudyPrereader(self.db, self._engine_factory or self._assistant_engine, self.paths.preread_results,
                                 audit=self.audit)
-        return JobQueue(self.db, runner, audit=self.audit)
+        queue = JobQueue(self.db, runner, audit=self.audit)
+        # a series open in the window when its pre-read on arrival finishes shows it then
+        queue.listeners.append(lambda job: self.preread_done.emit() if job.state == "done" else None)
+        return queue
 
     def apply_settings(self, settings: Settings) -> list[str]:
         """The Settings dialog's PACS values take effect now: the report destination for the next signature,

@@ -472,6 +472,54 @@ def test_a_study_pushed_to_the_viewers_listener_is_preread_and_shows_its_dot(qtb
     assert panel.select_lesion(run.lesions[0].id) and win.grid.active.slice_index == run.lesions[0].key_slice
 
 
+def test_a_study_open_while_its_preread_on_arrival_runs_shows_the_lesions_when_it_ends(qtbot, window, tmp_path):
+    """The reader opens an arriving study before its pre-read on arrival is done: the Pre-read panel fills in by
+    itself when the job ends (the series is not read a second time)."""
+    import threading
+
+    from ui.shell.preread_setup import install_preread
+
+    win, settings = window
+    folder = write_ct_study(tmp_path / "ct", n_slices=16, size=128, seed=654)
+    uid = str(pydicom.dcmread(next(folder.glob("*.dcm")), stop_before_pixels=True).StudyInstanceUID)
+    gate, entered = threading.Event(), threading.Event()
+
+    class GatedEngine(TruthEngine):
+        def generate_batch(self, requests, cancel=None):
+            entered.set()
+            assert gate.wait(60), "the test never opened the gate"
+            return super().generate_batch(requests, cancel)
+
+    engine = GatedEngine(load_series(scan([folder]).all_series()[0]), load_ground_truth(folder))
+    store = NodeStore.load(StudyPaths.detect().ensure().nodes_file)
+    store.set_local(LocalAE("XMEDVIEW", "127.0.0.1", free_port()))
+    store.add(Node("modality", "SENDER", "127.0.0.1", 104))
+    settings.pacs_listen = True
+    studies = win.attach_studies(settings=settings, engine_factory=lambda: (engine, SPEC))
+    install_preread(win, settings, engine=engine)
+    win.show()
+    try:
+        sent = send_files(Node("viewer", "XMEDVIEW", "127.0.0.1", studies.listener.port), [folder],
+                          local=LocalAE("SENDER"))
+        assert sent.sent == 16
+        qtbot.waitUntil(entered.is_set, timeout=30_000)  # the pre-read on arrival is running
+        tab = studies.widget.local
+        qtbot.waitUntil(lambda: uid in tab.uids(), timeout=5_000)
+        _double_click(qtbot, tab.view, tab.uids().index(uid))
+        qtbot.waitUntil(lambda: win.grid.active.volume is not None and not win.is_busy(), timeout=30_000)
+        qtbot.wait(300)
+        assert win.preread.result_for(win.grid.active.volume) is None  # nothing yet: the job is still running
+        gate.set()
+        qtbot.waitUntil(lambda: win.preread.result_for(win.grid.active.volume) is not None, timeout=60_000)
+    finally:
+        gate.set()
+    run = win.preread.result_for(win.grid.active.volume)
+    (job,) = studies.queue.jobs(uid)
+    assert job.state == "done" and [c.id for c in run.lesions] == [
+        les["id"] for les in json.loads(Path(job.result_path).read_text())["lesions"]]
+    assert run.origin.startswith("on arrival") and win.preread_panel.lesions.topLevelItemCount() == len(run.lesions)
+
+
 def test_the_outbox_view_shows_a_failed_send_and_retry_sends_it(qtbot, window, tmp_path):
     win, settings = window
     port = free_port()
