@@ -418,19 +418,26 @@ def test_signing_sends_the_sr_and_pdf_to_orthanc_through_the_outbox(qtbot, windo
     assert actions.index("report.sign") < actions.index("pacs.outbox.queued") < actions.index("pacs.outbox.sent")
 
 
-def test_a_study_pushed_to_the_viewers_listener_is_preread_and_shows_its_dot(qtbot, window, tmp_path):
-    """Settings pacs_listen: the window runs the Storage SCP; an arriving study is queued when its association
-    is released and read in the background (a scripted engine that answers with the study's ground truth)."""
-    win, settings = window
-    folder = write_ct_study(tmp_path / "ct", n_slices=16, size=128, seed=321)
+def _listening_window(win, settings, tmp_path, seed: int, engine_class):
+    """The window receiving as XMEDVIEW (Settings pacs_listen) and pre-reading arrivals with ``engine_class``
+    answering from a fresh study's ground truth: (study folder, its UID, the engine, the studies controller)."""
+    folder = write_ct_study(tmp_path / "ct", n_slices=16, size=128, seed=seed)
     uid = str(pydicom.dcmread(next(folder.glob("*.dcm")), stop_before_pixels=True).StudyInstanceUID)
-    engine = TruthEngine(load_series(scan([folder]).all_series()[0]), load_ground_truth(folder))
+    engine = engine_class(load_series(scan([folder]).all_series()[0]), load_ground_truth(folder))
     store = NodeStore.load(StudyPaths.detect().ensure().nodes_file)
     store.set_local(LocalAE("XMEDVIEW", "127.0.0.1", free_port()))
     store.add(Node("modality", "SENDER", "127.0.0.1", 104))
     settings.pacs_listen = True
     studies = win.attach_studies(settings=settings, engine_factory=lambda: (engine, SPEC))
     win.show()
+    return folder, uid, engine, studies
+
+
+def test_a_study_pushed_to_the_viewers_listener_is_preread_and_shows_its_dot(qtbot, window, tmp_path):
+    """Settings pacs_listen: the window runs the Storage SCP; an arriving study is queued when its association
+    is released and read in the background (a scripted engine that answers with the study's ground truth)."""
+    win, settings = window
+    folder, uid, engine, studies = _listening_window(win, settings, tmp_path, 321, TruthEngine)
     assert studies.listener is not None and studies.queue is not None and studies.queue.running
     t0 = time.monotonic()
     sent = send_files(Node("viewer", "XMEDVIEW", "127.0.0.1", studies.listener.port), [folder],
@@ -480,8 +487,6 @@ def test_a_study_open_while_its_preread_on_arrival_runs_shows_the_lesions_when_i
     from ui.shell.preread_setup import install_preread
 
     win, settings = window
-    folder = write_ct_study(tmp_path / "ct", n_slices=16, size=128, seed=654)
-    uid = str(pydicom.dcmread(next(folder.glob("*.dcm")), stop_before_pixels=True).StudyInstanceUID)
     gate, entered = threading.Event(), threading.Event()
 
     class GatedEngine(TruthEngine):
@@ -490,14 +495,8 @@ def test_a_study_open_while_its_preread_on_arrival_runs_shows_the_lesions_when_i
             assert gate.wait(60), "the test never opened the gate"
             return super().generate_batch(requests, cancel)
 
-    engine = GatedEngine(load_series(scan([folder]).all_series()[0]), load_ground_truth(folder))
-    store = NodeStore.load(StudyPaths.detect().ensure().nodes_file)
-    store.set_local(LocalAE("XMEDVIEW", "127.0.0.1", free_port()))
-    store.add(Node("modality", "SENDER", "127.0.0.1", 104))
-    settings.pacs_listen = True
-    studies = win.attach_studies(settings=settings, engine_factory=lambda: (engine, SPEC))
+    folder, uid, engine, studies = _listening_window(win, settings, tmp_path, 654, GatedEngine)
     install_preread(win, settings, engine=engine)
-    win.show()
     try:
         sent = send_files(Node("viewer", "XMEDVIEW", "127.0.0.1", studies.listener.port), [folder],
                           local=LocalAE("SENDER"))
