@@ -477,6 +477,10 @@ def test_a_study_pushed_to_the_viewers_listener_is_preread_and_shows_its_dot(qtb
     assert panel.lesions.topLevelItemCount() == len(saved["lesions"])
     assert "on arrival" in panel.series_label.text()
     assert panel.select_lesion(run.lesions[0].id) and win.grid.active.slice_index == run.lesions[0].key_slice
+    # and the reader can take it into the report as a proposal, as after a pre-read run here
+    assert panel.accept_selected() is None, panel.detail.text()
+    draft = win.report.session.report
+    assert len(draft.findings) == 1 and run.lesions[0].id in panel._taken()
 
 
 def test_a_study_open_while_its_preread_on_arrival_runs_shows_the_lesions_when_it_ends(qtbot, window, tmp_path):
