@@ -122,3 +122,48 @@ def test_eval_refuses_a_malformed_model_folder_in_one_line(tmp_path):
     with pytest.raises(XMedError) as info:
         main(["--data", str(data), "--model", str(model), "--samples", "0"])
     assert "\n" not in str(info.value)
+
+
+class CropTruthEngine:
+    """Answers grounding on the zoom pass's crops of the study's slices with the truth as the crop shows it: a
+    lesion wholly inside, its box; one the crop cuts, the part inside (as a detector would box it)."""
+
+    def __init__(self, examples: list[ImageExample], crop: int, overlap: int) -> None:
+        from app.synthetic.truth import to_1000
+        from inference.zoom import crop_origins
+
+        self.answers: dict[bytes, str] = {}
+        for e in examples:
+            h, w = e.image.shape[:2]
+            boxes = [[v * s / 1000 for v, s in zip(les["box_1000"], (w, h, w, h))] for les in e.lesions]
+            for x, y in crop_origins(w, h, crop, overlap):
+                lines = []
+                for b in boxes:
+                    cut = (max(b[0], x) - x, max(b[1], y) - y, min(b[2], x + crop) - x, min(b[3], y + crop) - y)
+                    if cut[2] > cut[0] and cut[3] > cut[1]:
+                        lines.append(format_grounding("lesion", [Box(*map(float, to_1000(cut, crop, crop)))]))
+                key = np.ascontiguousarray(e.image[y:y + crop, x:x + crop]).tobytes()
+                self.answers[key] = "\n".join(lines) or "No lesion is seen."
+        self.asked = 0
+
+    def describe(self) -> str:
+        return "crop truth"
+
+    def generate(self, request, cancel=None) -> Generation:
+        self.asked += 1
+        return Generation(self.answers[np.ascontiguousarray(request.image).tobytes()], [-0.1])
+
+
+def test_the_zoom_pass_scores_through_the_harness_on_the_studys_own_slices(study, tiny_model_dir):
+    """Options.zoom: each 512-px slice is asked as nine overlapping 224-px crops; with answers that are right
+    for every crop, the merged boxes score as the truth does (to the grounding scale's rounding)."""
+    se = study_examples(study, ["lung"], "1-3")
+    engine = CropTruthEngine(se.examples, 224, 80)
+    result = evaluate_examples(engine, se.examples, Options(samples=0, tasks=("grounding",), zoom=224),
+                               group_by="window")
+    loc = result["localization"]
+    assert engine.asked == 9 * len(se.examples) and loc["lesions"] > 0
+    assert loc["mean_iou"] > 0.85 and loc["accuracy_at_05"] == 1.0, loc
+    assert loc["false_positives_per_image"] == 0
+    with pytest.raises(XMedError, match="zoom-overlap"):
+        main(["--data", str(study), "--model", str(tiny_model_dir), "--zoom", "224", "--zoom-overlap", "224"])
