@@ -98,7 +98,7 @@ class MainWindow(QMainWindow):
 
     def _docks(self) -> None:
         self.setDockNestingEnabled(True)
-        self.browser_dock = self.add_panel(self.browser, "Studies", Qt.DockWidgetArea.LeftDockWidgetArea,
+        self.browser_dock = self.add_panel(self.browser, "Series", Qt.DockWidgetArea.LeftDockWidgetArea,
                                            name="studies")
         # the tags want width, the study list does not: the tags share the right-hand column (as a
         # tab beside the assistant and the report), so a narrow left column leaves the images the room

@@ -56,9 +56,9 @@ def full(qtbot, tmp_path):
 
 def test_the_view_menu_lists_every_panel(full):
     view = entries(menu(full, "View"))
-    for title in ("Studies", "DICOM tags", "Assistant", "Report"):
+    for title in ("Series", "DICOM tags", "Assistant", "Report"):
         assert title in view, view
-    assert [d.windowTitle() for d in full.docks] == ["Studies", "DICOM tags", "Assistant", "Report"]
+    assert [d.windowTitle() for d in full.docks] == ["Series", "DICOM tags", "Assistant", "Report"]
 
 
 def test_a_closed_panel_comes_back_from_the_view_menu(full, qtbot):
