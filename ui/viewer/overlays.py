@@ -14,7 +14,7 @@ import logging
 from dataclasses import dataclass
 
 import pyqtgraph as pg
-from PySide6.QtCore import QObject, Qt, Signal
+from PySide6.QtCore import QObject, QRectF, Qt, Signal
 
 from inference.types import Box
 
@@ -60,6 +60,7 @@ class BoxOverlayLayer(QObject):
         self._ids = itertools.count(1)
         self._frame = 0
         self._highlighted: str | None = None
+        self._watching_view = False
 
     # -- API ---------------------------------------------------------------------------
 
@@ -103,6 +104,7 @@ class BoxOverlayLayer(QObject):
         roi.setAcceptedMouseButtons(Qt.MouseButton.LeftButton)
         self._place_label(entry)
         self._show(entry)
+        self.layout_labels()
         self.changed.emit()
         return box_id
 
@@ -117,6 +119,7 @@ class BoxOverlayLayer(QObject):
             item.setParentItem(None)
             if scene is not None:
                 scene.removeItem(item)
+        self.layout_labels()
         self.changed.emit()
 
     def clear(self, frame: int | None = None, source: str | None = None) -> None:
@@ -146,6 +149,8 @@ class BoxOverlayLayer(QObject):
         e = self._entries[box_id]
         e.label = label
         e.text.setText(label)
+        self._show(e)
+        self.layout_labels()
         self.changed.emit()
 
     def set_source(self, box_id: str, source: str) -> None:
@@ -178,6 +183,7 @@ class BoxOverlayLayer(QObject):
         self._frame = frame
         for e in self._entries.values():
             self._show(e)
+        self.layout_labels()
 
     def _show(self, e: _Entry) -> None:
         visible = e.frame == self._frame
@@ -194,6 +200,39 @@ class BoxOverlayLayer(QObject):
     def _place_label(self, e: _Entry) -> None:
         pos = e.roi.pos()
         e.text.setPos(pos.x(), pos.y())
+        self.layout_labels()
+
+    def label_rect(self, box_id: str) -> QRectF:
+        """Where the label of ``box_id`` is on screen (scene coordinates: the view's pixels)."""
+        e = self._entries[box_id]
+        corner = self._parent.mapToScene(e.roi.pos())
+        size = e.text.textItem.boundingRect()
+        lift = e.text.anchor.y()
+        return QRectF(corner.x(), corner.y() - size.height() * lift, size.width(), size.height())
+
+    def layout_labels(self) -> None:
+        """Labels of this frame's boxes, top to bottom: each above its box, or as many lines higher as it takes
+        not to cover a label placed before it (at most 8). Labels keep their screen size at any zoom, so this
+        runs again when the view is zoomed or panned."""
+        self._watch_view()
+        placed: list[QRectF] = []
+        shown = [(i, e) for i, e in self._entries.items() if e.frame == self._frame and e.label]
+        shown.sort(key=lambda ie: (ie[1].roi.pos().y(), ie[1].roi.pos().x()))
+        for box_id, e in shown:
+            for lift in range(9):
+                e.text.setAnchor((0, 1 + lift))
+                rect = self.label_rect(box_id)
+                if not any(rect.intersects(r) for r in placed):
+                    break
+            placed.append(rect)
+
+    def _watch_view(self) -> None:
+        if self._watching_view:
+            return
+        view = self._parent.getViewBox() if hasattr(self._parent, "getViewBox") else None
+        if view is not None:
+            view.sigTransformChanged.connect(lambda *_: self.layout_labels())
+            self._watching_view = True
 
     def _finished(self, box_id: str) -> None:
         if box_id in self._entries:

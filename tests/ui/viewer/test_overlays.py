@@ -131,3 +131,32 @@ def test_new_volume_clears_boxes(vp):
     vp.overlays.add_box(0, Box(1, 1, 20, 20), "a")
     vp.set_volume(synthetic_volume(n=3))
     assert vp.overlays.ids() == []
+
+
+def _painted_label(vp, box_id: str):
+    """The label as painted: its text item's rectangle in the view's pixels."""
+    text = vp.overlays._entries[box_id].text
+    return text.textItem.mapRectToScene(text.textItem.boundingRect()) if text.isVisible() else None
+
+
+def test_labels_of_boxes_that_share_a_corner_do_not_cover_each_other(vp, qtbot):
+    """A pre-read lesion accepted into the report has two boxes at one place (the pre-read's and the
+    finding's): seen in a real window, their labels were drawn over each other. The later one goes up a line,
+    at any zoom; it comes back down when the other goes."""
+    layer = vp.overlays
+    a = layer.add_box(1, Box(100, 80, 160, 140), "P3 · 65 mm · red ✓ accepted", source="preread")
+    b = layer.add_box(1, Box(100, 80, 160, 140), "AI 1 · mass · red", source="accepted")
+    c = layer.add_box(1, Box(300, 300, 330, 330), "AI 2 · nodule · amber", source="ai")  # far away: stays put
+    vp.set_slice(1)
+    for zoom in (1.0, 2.5, 0.6):
+        vp.zoom_by(zoom)
+        qtbot.wait(50)
+        ra, rb = _painted_label(vp, a), _painted_label(vp, b)
+        assert ra is not None and rb is not None
+        assert not ra.intersects(rb), (zoom, ra, rb)
+        assert rb.bottom() <= ra.top() + 1  # the later one above
+        assert layer.label_rect(b).topLeft().y() == pytest.approx(rb.top(), abs=1.5)  # the layout sees what is painted
+    assert layer._entries[c].text.anchor.y() == 1
+    layer.remove(a)
+    qtbot.wait(20)
+    assert layer._entries[b].text.anchor.y() == 1  # alone again: back above its box
