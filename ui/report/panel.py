@@ -310,6 +310,7 @@ class ReportPanel(QWidget):
         left_out = f" ({rejected} rejected AI finding{'s' if rejected != 1 else ''} left out)" if rejected else ""
         return (f"Sign this report as {person_name(self.reader_name, NameStyle.FULL)}?\n\n"
                 f"{kept} accepted finding{'s' if kept != 1 else ''} will be in the signed report{left_out}.\n"
+                f"{_unconfirmed_line(r.included_findings())}"
                 f"{ai_line}"
                 "A signed report cannot be changed; later corrections go into an addendum.")
 
@@ -583,3 +584,17 @@ class ReportPanel(QWidget):
     def _on_edit(self, report: DraftReport, edit: Edit) -> None:
         self.status_line.clear()  # "Draft updated …" stays until the reader works on the draft
         self.refresh()
+
+
+def _unconfirmed_line(findings) -> str:
+    """The sign question's warning for AI findings going in as the AI wrote them although its reliability check
+    did not confirm them (red or amber): the reader took them, so they are said by number and tier, not
+    refused ("" when there are none)."""
+    unsure = [(i, f.ai_certainty.tier.value) for i, f in enumerate(findings, start=1)
+              if f.ai_certainty is not None and f.ai_certainty.tier.value in ("red", "amber")]
+    if not unsure:
+        return ""
+    which = ", ".join(f"{i} ({tier})" for i, tier in unsure)
+    one = len(unsure) == 1
+    return (f"Not confirmed by the AI's reliability check, accepted as the AI wrote {'it' if one else 'them'}: "
+            f"finding{'' if one else 's'} {which}.\n")

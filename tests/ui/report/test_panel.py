@@ -248,6 +248,22 @@ def test_sign_asks_first_naming_the_reader_and_the_accepted_findings(qtbot, monk
     assert report.signed and report.signature.reader_name == "Smith^Jane" and len(seen) == 2
 
 
+def test_sign_question_names_accepted_ai_findings_the_reliability_check_did_not_confirm(qtbot, report):
+    """Seen signing a pre-read lesion rated red: the question said only "1 accepted finding". A red or amber AI
+    finding going in as the AI wrote it is named by its number and tier; one the reader rewrote is theirs."""
+    w = ReportPanel(report, reader_name="Smith^Jane")
+    qtbot.addWidget(w)
+    green, red = report.findings
+    report.accept(green.id)
+    assert "Not confirmed" not in w.sign_question()
+    report.accept(red.id)
+    q = w.sign_question()
+    assert "2 accepted findings will be" in q
+    assert "Not confirmed by the AI's reliability check, accepted as the AI wrote it: finding 2 (red)." in q
+    report.edit_text(red.id, "Small left pleural effusion.")  # the reader's words now: no AI certainty
+    assert "Not confirmed" not in w.sign_question()
+
+
 def test_addendum_after_signing_is_typed_signed_and_shown(qtbot, report, output_dir):
     """Issue #20.6: "Add addendum" on a signed report; the addendum is signed on its own."""
     w = ReportPanel(report, reader_name="Smith^Jane")
