@@ -83,10 +83,10 @@ class StudiesController(QObject):
             window.tabifyDockWidget(browser_dock, self.dock)
         if getattr(window, "result", None) is None:
             self.dock.raise_()  # the start screen: nothing is open yet
+        self._restored: set[tuple[str, str]] = set()  # (series UID, saved pre-read finished at) shown
         window.idle.connect(self._index_opened)
         window.idle.connect(self.restore_prereads)
         self.preread_done.connect(self.restore_prereads)
-        self._restored: set[tuple[str, str]] = set()  # (series UID, saved pre-read finished at) shown
         self.connect_report(getattr(window, "report", None))
         window.installEventFilter(self)
         for problem in self.nodes.problems:
