@@ -133,8 +133,8 @@ class SavedPreread:
 
 
 def saved_preread(db: StudyDB, series_uid: str) -> SavedPreread | None:
-    """The newest done pre-read job of ``series_uid`` whose result file reads; None when there is none (or its
-    file is gone or damaged: logged, nothing deleted)."""
+    """The newest done pre-read job of ``series_uid`` and its result; None when there is none. XMedError when its
+    file is gone or does not read as a pre-read (logged; nothing is deleted)."""
     rows = db.rows("SELECT result_path, finished_at FROM jobs WHERE series_uid = ? AND state = 'done' "
                    "AND result_path != '' ORDER BY id DESC LIMIT 1", (series_uid,))
     if not rows:
@@ -144,5 +144,7 @@ def saved_preread(db: StudyDB, series_uid: str) -> SavedPreread | None:
         document = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         log.warning("the saved pre-read of series %s cannot be read (%s): %s", series_uid, path, exc)
-        return None
-    return SavedPreread(document, finished, path) if isinstance(document, dict) else None
+        raise XMedError(f"its file cannot be read ({path.name}: {type(exc).__name__}).") from None
+    if not isinstance(document, dict):
+        raise XMedError(f"its file is not a pre-read ({path.name}).")
+    return SavedPreread(document, finished, path)

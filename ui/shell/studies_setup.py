@@ -215,7 +215,8 @@ class StudiesController(QObject):
     def restore_prereads(self) -> int:
         """Each loaded series that was pre-read on arrival (or by ``xmedgpt listen --preread``) shows that
         pre-read's lesions in the Pre-read panel at once, unless this window has pre-read it; a saved result that
-        no longer fits the series (other slices) is said once and left on disk. Returns how many were shown."""
+        no longer fits the series (other slices) or does not read is said once and left on disk. Returns how many
+        were shown."""
         controller = getattr(self.window, "preread", None)
         grid = getattr(self.window, "grid", None)
         if controller is None or grid is None:
@@ -226,11 +227,19 @@ class StudiesController(QObject):
             if volume is None or (volume.loaded and volume.loaded < len(volume)) \
                     or controller.result_for(volume) is not None:
                 continue
-            saved = saved_preread(self.db, volume.series.uid)
-            if saved is None or (volume.series.uid, saved.finished_at) in self._restored:
-                continue
-            self._restored.add((volume.series.uid, saved.finished_at))
             try:
+                saved = saved_preread(self.db, volume.series.uid)
+            except XMedError as exc:
+                saved, problem = None, str(exc)
+            else:
+                problem = ""
+            key = (volume.series.uid, saved.finished_at if saved is not None else problem)
+            if (saved is None and not problem) or key in self._restored:
+                continue
+            self._restored.add(key)
+            try:
+                if saved is None:
+                    raise XMedError(problem)
                 result = preread_from_json(saved.document, volume)
             except XMedError as exc:
                 self.status.emit(f"The pre-read on arrival of this series was not shown: {exc}")

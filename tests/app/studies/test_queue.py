@@ -22,6 +22,7 @@ from pynetdicom.presentation import build_context
 from app.assistant.preread import PrereadOptions
 from app.assistant.study_preread import StudyPrereader
 from app.cli import main
+from app.core.errors import XMedError
 from app.core.settings import Settings
 from app.dicom.loader import load_series
 from app.dicom.scan import scan
@@ -130,6 +131,16 @@ def test_a_study_sent_to_the_scp_is_preread_when_the_association_is_released(hom
     finally:
         listener.stop()
     assert len(queue.jobs(uid)) == 1
+    # what the viewer reads back when the study is opened: the newest done job's file; a damaged file is an
+    # error to say (and stays where it is), not a silent nothing
+    from app.assistant.study_preread import saved_preread
+
+    saved = saved_preread(db, job.series_uid)
+    assert saved.document == doc and saved.finished_at == job.finished_at and saved_preread(db, "1.2.3") is None
+    Path(job.result_path).write_text("{ damaged")
+    with pytest.raises(XMedError, match="cannot be read"):
+        saved_preread(db, job.series_uid)
+    assert Path(job.result_path).read_text() == "{ damaged"
     db.close()
 
 

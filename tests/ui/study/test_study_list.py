@@ -481,6 +481,15 @@ def test_a_study_pushed_to_the_viewers_listener_is_preread_and_shows_its_dot(qtb
     assert panel.accept_selected() is None, panel.detail.text()
     draft = win.report.session.report
     assert len(draft.findings) == 1 and run.lesions[0].id in panel._taken()
+    # a saved result that no longer reads is said, once, and left on disk
+    Path(job.result_path).write_text("{ damaged")
+    win.preread.results.clear()
+    said: list[str] = []
+    studies.status.connect(said.append)
+    assert studies.restore_prereads() == 0 and studies.restore_prereads() == 0
+    assert len(said) == 1 and said[0].startswith("The pre-read on arrival of this series was not shown: its file "
+                                                 "cannot be read"), said
+    assert Path(job.result_path).read_text() == "{ damaged"
 
 
 def test_a_study_open_while_its_preread_on_arrival_runs_shows_the_lesions_when_it_ends(qtbot, window, tmp_path):
