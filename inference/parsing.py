@@ -58,12 +58,13 @@ _STEP_NAME_RE = {
 #: the five step names as patterns, in step order: the one spelling of each that every heading pattern uses
 #: (here, and the leaked-heading check of inference.reliability.consistency)
 STEP_NAME_PATTERNS = tuple(_STEP_NAME_RE[name] for name in STEP_NAMES)
-_NAMES_ALT = "|".join(f"(?P<n{i}>{_STEP_NAME_RE[name]})" for i, name in enumerate(STEP_NAMES, 1))
+#: the same as one alternation with a group per step, ``n1`` … ``n5``: which group matched is the step's number
+STEP_NAME_GROUPS = "|".join(f"(?P<n{i}>{p})" for i, p in enumerate(STEP_NAME_PATTERNS, 1))
 _HEADING = re.compile(
     r"^[ \t>]*(?:#{1,6}[ \t]*)?(?:[*_]{1,2}[ \t]*)?"
     r"(?:(?:step|stage)[ \t]*(?P<num>[1-5])(?![0-9])[ \t]*[:.)\-–—]?[ \t]*"
     r"|(?P<lnum>[1-5])[ \t]*[.)][ \t]+)?"
-    r"(?:[*_]{1,2}[ \t]*)?\(?(?:" + _NAMES_ALT + r")?\)?[ \t]*(?:[*_]{1,2}[ \t]*)?"
+    r"(?:[*_]{1,2}[ \t]*)?\(?(?:" + STEP_NAME_GROUPS + r")?\)?[ \t]*(?:[*_]{1,2}[ \t]*)?"
     r"(?P<end>[:：]|[-–—](?=[ \t])|(?=\n))(?:[ \t]*[*_]{1,2})?",
     re.I | re.M,
 )

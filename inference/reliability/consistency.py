@@ -65,7 +65,7 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from inference.parsing import STEP_NAME_PATTERNS
+from inference.parsing import STEP_NAME_GROUPS, STEP_NAME_PATTERNS
 from inference.phrases import split_sentences, strip_grounding
 from inference.types import STEP_NAMES, Box, ReasoningStep
 
@@ -300,10 +300,9 @@ _LARGEST = re.compile(r"\b(?:the\s+)?(?:largest|biggest|dominant|index)\b", re.I
 
 #: a heading of another step inside a step's text
 _NAMED_HEADER = re.compile(
-    r"(?P<name>" + "|".join(f"(?P<n{i}>{p})" for i, p in enumerate(STEP_NAME_PATTERNS, 1)) + r")\s*[:：]", re.I)
+    r"(?P<name>" + STEP_NAME_GROUPS + r")\s*[:：]", re.I)
 _LINE_NAMED_HEADER = re.compile(
-    r"^[ \t>#*_]*(?:\d[.)]\s*)?(?P<name>" + "|".join(f"(?P<n{i}>{p})" for i, p in enumerate(STEP_NAME_PATTERNS, 1))
-    + r")[ \t*_]*$", re.I | re.M)
+    r"^[ \t>#*_]*(?:\d[.)]\s*)?(?P<name>" + STEP_NAME_GROUPS + r")[ \t*_]*$", re.I | re.M)
 _NUMBERED_HEADER = re.compile(
     r"\bstep\s*(?P<num>[1-5])(?![0-9])\s*(?::|[-–—)]\s|\.?\s*(?:" + "|".join(STEP_NAME_PATTERNS) + r"))", re.I)
 _LINE_NUMBERED_HEADER = re.compile(r"^[ \t>#*_]*step\s*(?P<num>[1-5])(?![0-9])\s*[.)]?[ \t*_]*$", re.I | re.M)
