@@ -42,6 +42,10 @@ class Box:
     def area(self) -> float:
         return max(0.0, self.width) * max(0.0, self.height)
 
+    def contains(self, other: "Box") -> bool:
+        """Whether ``other`` lies wholly inside this box (edges may touch)."""
+        return self.x0 <= other.x0 and self.y0 <= other.y0 and other.x1 <= self.x1 and other.y1 <= self.y1
+
     def iou(self, other: "Box") -> float:
         ix = max(0.0, min(self.x1, other.x1) - max(self.x0, other.x0))
         iy = max(0.0, min(self.y1, other.y1) - max(self.y0, other.y0))

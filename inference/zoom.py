@@ -78,17 +78,13 @@ def _to_pixels(box: Box, w: int, h: int) -> tuple[float, float, float, float]:
     return (box.x0 * w / BOX_SCALE, box.y0 * h / BOX_SCALE, box.x1 * w / BOX_SCALE, box.y1 * h / BOX_SCALE)
 
 
-def _inside(a: Box, b: Box, slack: float = 0.0) -> bool:
-    return a.x0 >= b.x0 - slack and a.y0 >= b.y0 - slack and a.x1 <= b.x1 + slack and a.y1 <= b.y1 + slack
-
-
 def merge(boxes: list[tuple[str, Box]], merge_iou: float = 0.3) -> list[ZoomFinding]:
     """One finding per group of overlapping boxes (IoU ≥ ``merge_iou`` or one inside the other), grouped
     transitively, in order of first appearance."""
     groups: list[list[int]] = []
     for i, (_p, box) in enumerate(boxes):
-        joined = [g for g in groups if any(box.iou(boxes[j][1]) >= merge_iou or _inside(box, boxes[j][1])
-                                           or _inside(boxes[j][1], box) for j in g)]
+        joined = [g for g in groups if any(box.iou(boxes[j][1]) >= merge_iou or boxes[j][1].contains(box)
+                                           or box.contains(boxes[j][1]) for j in g)]
         for g in joined:
             groups.remove(g)
         groups.append(sorted([i] + [j for g in joined for j in g]))

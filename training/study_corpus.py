@@ -76,7 +76,7 @@ from app.synthetic.volumes import (
     study_window,
 )
 from inference.parsing import BOX_SCALE
-from inference.types import STEP_NAMES
+from inference.types import STEP_NAMES, Box
 from training import phantom_text as txt
 from training.phantoms import (
     ALL_PREFERENCE_ERRORS,
@@ -265,7 +265,7 @@ def _overlaps(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> boo
 
 
 def _inside(box: tuple[int, int, int, int], frame: tuple[int, int, int, int]) -> bool:
-    return frame[0] <= box[0] and frame[1] <= box[1] and box[2] <= frame[2] and box[3] <= frame[3]
+    return Box(*frame).contains(Box(*box))
 
 
 def _crop_case(case: PhantomCase, labels: np.ndarray, x: int, y: int, c: int) -> PhantomCase:
