@@ -83,7 +83,8 @@ class StudiesController(QObject):
             window.tabifyDockWidget(browser_dock, self.dock)
         if getattr(window, "result", None) is None:
             self.dock.raise_()  # the start screen: nothing is open yet
-        self._restored: set[tuple[str, str]] = set()  # (series UID, saved pre-read finished at) shown
+        #: (series UID, saved pre-read finished at) shown, or (series UID, why not) said
+        self._restored: set[tuple[str, str]] = set()
         window.idle.connect(self._index_opened)
         window.idle.connect(self.restore_prereads)
         self.preread_done.connect(self.restore_prereads)
@@ -227,22 +228,17 @@ class StudiesController(QObject):
             if volume is None or (volume.loaded and volume.loaded < len(volume)) \
                     or controller.result_for(volume) is not None:
                 continue
+            uid = volume.series.uid
             try:
-                saved = saved_preread(self.db, volume.series.uid)
-            except XMedError as exc:
-                saved, problem = None, str(exc)
-            else:
-                problem = ""
-            key = (volume.series.uid, saved.finished_at if saved is not None else problem)
-            if (saved is None and not problem) or key in self._restored:
-                continue
-            self._restored.add(key)
-            try:
-                if saved is None:
-                    raise XMedError(problem)
+                saved = saved_preread(self.db, uid)
+                if saved is None or (uid, saved.finished_at) in self._restored:
+                    continue
+                self._restored.add((uid, saved.finished_at))
                 result = preread_from_json(saved.document, volume)
             except XMedError as exc:
-                self.status.emit(f"The pre-read on arrival of this series was not shown: {exc}")
+                if (uid, str(exc)) not in self._restored:  # said once
+                    self._restored.add((uid, str(exc)))
+                    self.status.emit(f"The pre-read on arrival of this series was not shown: {exc}")
                 continue
             study = self.db.get(saved.document.get("study_uid", ""))
             shown += controller.restore(volume, result, f"on arrival, {_local_time(saved.finished_at)}",
