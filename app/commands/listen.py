@@ -60,8 +60,7 @@ def _say(text: str) -> None:
     print(f"{time.strftime('%H:%M:%S')}  {text}", flush=True)
 
 
-def _study_label(db, study_uid: str) -> str:
-    study = db.get(study_uid)
+def _study_label(study, study_uid: str) -> str:
     if study is None:
         return study_uid
     who = person_name(study.patient_name, NameStyle.LIST) or study.patient_id or "no name"
@@ -69,7 +68,8 @@ def _study_label(db, study_uid: str) -> str:
 
 
 def _say_transfer(db, queue: JobQueue | None, t, outcome: str) -> None:
-    """A line per study an association brought (or a line for one that brought nothing new)."""
+    """A line per study an association brought instances of (new or already here), and one for instances it
+    could not store."""
     ended = "" if outcome == "released" else f" (association {outcome})"
     if not t.studies and not t.duplicates and not t.failed:
         return
@@ -82,7 +82,7 @@ def _say_transfer(db, queue: JobQueue | None, t, outcome: str) -> None:
         if study is not None and study.expected_instances:
             state += f", {study.instances} of {study.expected_instances}"
         queued = queue is not None and any(j.state in ("queued", "running") for j in queue.jobs(uid))
-        _say(f"received from {t.calling_ae or t.address}{ended}: {_study_label(db, uid)}: {', '.join(parts)}; "
+        _say(f"received from {t.calling_ae or t.address}{ended}: {_study_label(study, uid)}: {', '.join(parts)}; "
              f"study {state}" + ("; pre-read queued" if queued else ""))
     if t.failed:
         _say(f"{t.failed} instance(s) from {t.calling_ae or t.address} could not be stored"
@@ -90,7 +90,7 @@ def _say_transfer(db, queue: JobQueue | None, t, outcome: str) -> None:
 
 
 def _say_job(db, job: Job) -> None:
-    label = _study_label(db, job.study_uid)
+    label = _study_label(db.get(job.study_uid), job.study_uid)
     if job.state == "running":
         _say(f"pre-read started: {label} ({job.instances} images)")
     elif job.state == "done":

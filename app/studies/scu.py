@@ -387,7 +387,7 @@ def _retrieve_identifier(study_uid: str) -> Dataset:
     return ds
 
 
-def _consume(responses: Iterable, result: RetrieveResult, assoc: Any = None, refused: str = "") -> None:
+def _consume(responses: Iterable, result: RetrieveResult, assoc: Any, refused: str) -> None:
     final: Dataset | None = None
     started = time.monotonic()
     for status, _identifier in responses:
@@ -399,7 +399,7 @@ def _consume(responses: Iterable, result: RetrieveResult, assoc: Any = None, ref
             if key in status and status[key].value is not None:
                 setattr(result, attr, int(status[key].value))
     result.status = _status_text(final)
-    if refused and result.completed == 0 and _no_answer(final, assoc, started):
+    if result.completed == 0 and _no_answer(final, assoc, started):
         result.status = "refused"
         result.problems.append(f"the retrieve ended with no answer: {refused}")
     elif final is None or "Status" not in final or int(final.Status) not in (0x0000, 0xB000):
