@@ -102,9 +102,8 @@ class BoxOverlayLayer(QObject):
         roi.sigRegionChangeFinished.connect(lambda *_: self._finished(box_id))
         roi.sigClicked.connect(lambda *_: self.box_clicked.emit(box_id))
         roi.setAcceptedMouseButtons(Qt.MouseButton.LeftButton)
-        self._place_label(entry)
+        self._place_label(entry)  # and lays out this frame's labels
         self._show(entry)
-        self.layout_labels()
         self.changed.emit()
         return box_id
 
