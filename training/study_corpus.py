@@ -268,14 +268,17 @@ def _inside(box: tuple[int, int, int, int], frame: tuple[int, int, int, int]) ->
     return Box(*frame).contains(Box(*box))
 
 
+def _in_crop(t, x: int, y: int, c: int):
+    """Lesion truth ``t`` on the ``c``-pixel crop at (x, y): its box shifted there and clipped to the crop."""
+    assert t.box is not None
+    box = (max(0, t.box[0] - x), max(0, t.box[1] - y), min(c, t.box[2] - x), min(c, t.box[3] - y))
+    return replace(t, box=box, box_1000=to_1000(box, c, c))
+
+
 def _crop_case(case: PhantomCase, labels: np.ndarray, x: int, y: int, c: int) -> PhantomCase:
     """``case`` seen through the ``c``-pixel square at (x, y): its image, structures and the lesions wholly inside."""
     frame = (x, y, x + c, y + c)
-    lesions = []
-    for t in case.lesions:
-        if t.box is not None and _inside(t.box, frame):
-            box = (t.box[0] - x, t.box[1] - y, t.box[2] - x, t.box[3] - y)
-            lesions.append(replace(t, box=box, box_1000=to_1000(box, c, c)))
+    lesions = [_in_crop(t, x, y, c) for t in case.lesions if t.box is not None and _inside(t.box, frame)]
     return PhantomCase(0, case.kind, np.ascontiguousarray(case.image[y:y + c, x:x + c]), case.window,
                        case.pixel_spacing_mm, _structures(labels[y:y + c, x:x + c]), _renumber(lesions))
 
@@ -288,12 +291,8 @@ def _crops(case: PhantomCase, labels: np.ndarray, source: dict, hidden: list, c:
     boxes = [t.box for t in case.lesions if t.box is not None]
 
     def emit(x: int, y: int):
-        # a hidden lesion in the crop: its box shifted and clipped to the crop (what of it the crop holds)
-        seen = []
-        for t in hidden:
-            if t.box is not None and _overlaps(t.box, (x, y, x + c, y + c)):
-                box = (max(0, t.box[0] - x), max(0, t.box[1] - y), min(c, t.box[2] - x), min(c, t.box[3] - y))
-                seen.append(replace(t, box=box, box_1000=to_1000(box, c, c)))
+        # a hidden lesion in the crop: what of it the crop holds
+        seen = [_in_crop(t, x, y, c) for t in hidden if t.box is not None and _overlaps(t.box, (x, y, x + c, y + c))]
         return _crop_case(case, labels, x, y, c), {**source, "crop": [x, y, c]}, seen
 
     if boxes:
