@@ -220,6 +220,12 @@ def stated_density(text: str) -> str | None:
 
 # ------------------------------------------------------------------------ the checks
 
+def sizes_disagree(stated_mm: float, measured_mm: float) -> bool:
+    """The size rule of every check: off by more than SIZE_TOLERANCE_RATIO *and* SIZE_TOLERANCE_MM."""
+    big, small = max(stated_mm, measured_mm), max(min(stated_mm, measured_mm), 1e-6)
+    return big / small - 1.0 > SIZE_TOLERANCE_RATIO and abs(stated_mm - measured_mm) > SIZE_TOLERANCE_MM
+
+
 def check_size(text: str, box: Box, pixels: FramePixels | None) -> Check | None:
     stated = stated_size_mm(text)
     if stated is None:
@@ -238,7 +244,7 @@ def check_size(text: str, box: Box, pixels: FramePixels | None) -> Check | None:
     inputs = {"stated_mm": stated, "box_mm": (round(w, 1), round(h, 1)), "difference_mm": round(diff, 1),
               "ratio": round(ratio, 3), "tolerance_ratio": SIZE_TOLERANCE_RATIO, "tolerance_mm": SIZE_TOLERANCE_MM}
     box_text = f"{w:.0f} × {h:.0f} mm"
-    if ratio > SIZE_TOLERANCE_RATIO and diff > SIZE_TOLERANCE_MM:
+    if sizes_disagree(stated[0], measured):
         return Check("size", False, f"the text says {said} but the box measures {box_text} "
                      f"(off by {diff:.0f} mm, {ratio:.0%})", EVIDENCE, inputs)
     return Check("size", True, f"the text says {said}; the box measures {box_text}", EVIDENCE, inputs)

@@ -20,6 +20,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from app.assistant.evidence import sizes_disagree, stated_size_mm
 from app.assistant.preread import LUNG, SOFT_TISSUE
 from app.dicom.model import Volume, Window
 from app.report.audit import AuditLog
@@ -108,7 +109,20 @@ def lesion_text(lesion: Lesion) -> str:
     desc = description_text(lesion)
     if desc and desc[-1] not in ".!?":
         desc += "."
-    return f"{head} {desc}".strip()
+    return f"{head} {desc} {size_conflict_text(lesion)}".strip()
+
+
+def size_conflict_text(lesion: Lesion) -> str:
+    """A sentence when the description states a size the lesion's boxes do not measure (the reliability
+    check's size rule), so the finding does not carry two sizes silently; "" otherwise.
+
+    ``Sizes disagree: the description says 32 mm, the boxes measure 65 mm.``
+    """
+    stated = stated_size_mm(description_text(lesion))
+    if stated is None or not sizes_disagree(stated[0], lesion.diameter_mm):
+        return ""
+    return (f"Sizes disagree: the description says {stated[0]:.0f} mm, the boxes measure "
+            f"{lesion.diameter_mm:.0f} mm.")
 
 
 def window_of(lesion: Lesion) -> Window | None:

@@ -90,3 +90,21 @@ def test_tiers_and_the_audit_of_a_whole_preread(sample, tmp_path):
     (box,) = records[1].data["boxes"]
     assert box["frame"] == 17 and box["sop_instance_uid"] == frame_refs(volume)(17).sop_instance_uid
     assert records[1].data["model_id"] == "demo" and records[0].data["prompt"] == "series pre-read"
+
+
+def test_a_description_whose_size_the_boxes_do_not_measure_is_flagged_in_the_finding(sample):
+    """The finding carries the measured diameter; a description stating another size (by the size check's
+    rule) gets a sentence saying the two disagree, instead of two sizes side by side silently."""
+    _result, _series, volume = sample
+    les = lesion(volume)
+    measured = round(les.diameter_mm)
+    assert 15 < measured < 60
+    les.description = f"A {measured + 3} mm spiculated nodule in the right lower lobe."
+    assert "disagree" not in lesion_text(les)  # within the tolerance
+    les.description = f"A {3 * measured} mm spiculated nodule in the right lower lobe."
+    text = lesion_text(les)
+    assert text.endswith(f"Sizes disagree: the description says {3 * measured} mm, the boxes measure {measured} mm.")
+    les.description = f"A {measured / 30:.1f} cm nodule."  # cm read as mm: a third of the size
+    assert "disagree" in lesion_text(les) and "the description says" in lesion_text(les)
+    les.description = "A spiculated nodule."
+    assert "disagree" not in lesion_text(les)
