@@ -12,7 +12,7 @@ from collections import OrderedDict
 from pathlib import Path
 
 from PySide6.QtCore import Qt, QTimer, Signal
-from PySide6.QtGui import QAction, QActionGroup, QKeySequence
+from PySide6.QtGui import QAction, QKeySequence
 from PySide6.QtWidgets import (
     QDockWidget,
     QFileDialog,
@@ -22,18 +22,17 @@ from PySide6.QtWidgets import (
     QMessageBox,
     QProgressBar,
     QPushButton,
-    QToolBar,
     QWidget,
 )
 
 from app.core.errors import XMedError
-from app.core.names import window_name
 from app.dicom.loader import load_series
 from app.dicom.model import ScanResult, Series, Volume
 from app.viewer.measure_store import frame_table
-from app.viewer.viewport import KEYED_PRESETS, StudyInfo
+from app.viewer.viewport import StudyInfo
 from ui.actions import Actions
 from ui.shell.help_dialog import HelpDialog
+from ui.shell.toolbar import build_toolbar
 from ui.shortcuts import SHORTCUTS, by_action, pretty_keys
 from ui.study.browser import StudyBrowser
 from ui.study.problems_dialog import ProblemsDialog, problem_rows
@@ -240,44 +239,7 @@ class MainWindow(QMainWindow):
         about.triggered.connect(self._about)
         m.addAction(about)
 
-        tb = QToolBar("Main")
-        tb.setObjectName("main_toolbar")
-        tb.setMovable(False)
-        tb.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextOnly)
-        self.addToolBar(tb)
-        labels = {
-            "open_folder": "Open", "layout_1x1": "1×1", "layout_1x2": "1×2", "layout_2x2": "2×2",
-            "tool_pan": "Pan", "tool_length": "Length", "tool_rect": "Rect ROI", "tool_ellipse": "Ellipse ROI",
-            "tool_angle": "Angle", "tool_cobb": "Cobb", "link_viewports": "Link",
-            "toggle_invert": "Invert", "rotate_cw": "Rotate", "flip_h": "Flip H", "flip_v": "Flip V",
-            "reset": "Reset", "toggle_cine": "Cine", "show_help": "Help",
-            "layout_mpr": "MPR", "slab_thicker": "Slab +", "slab_thinner": "Slab −", "slab_mode": "MIP/MinIP/Mean",
-        }
-        for i, p in enumerate(KEYED_PRESETS, start=1):
-            labels[f"preset_{i}"] = window_name(p.name)
-        order = ["open_folder", None, "layout_1x1", "layout_1x2", "layout_2x2", "layout_mpr", "slab_thicker",
-                 "slab_thinner", "slab_mode", None, "tool_pan", "tool_length",
-                 "tool_rect", "tool_ellipse", "tool_angle", "tool_cobb", "link_viewports", None,
-                 *[f"preset_{i}" for i in range(1, len(KEYED_PRESETS) + 1)],
-                 "toggle_invert", None, "rotate_cw", "flip_h", "flip_v", "reset", "toggle_cine", None, "show_help"]
-        self.tool_buttons: dict[str, QAction] = {}
-        tools = QActionGroup(self)
-        tools.setExclusive(True)
-        for name in order:
-            if name is None:
-                tb.addSeparator()
-                continue
-            src = a[name]
-            btn = QAction(labels[name], self)
-            btn.setToolTip(src.toolTip())
-            btn.triggered.connect(src.trigger)
-            if name.startswith("tool_"):
-                btn.setCheckable(True)
-                btn.setChecked(name == "tool_pan")
-                tools.addAction(btn)
-                self.tool_buttons[name] = btn
-            tb.addAction(btn)
-        self.toolbar = tb
+        self.toolbar, self.tool_buttons = build_toolbar(self, a)
 
     def _wire(self, vp: Viewport) -> None:
         vp.slice_changed.connect(lambda _k, vp=vp: self._viewport_slice(vp))

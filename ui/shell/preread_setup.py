@@ -108,9 +108,9 @@ def _menu_and_toolbar(window, panel: PrereadPanel) -> None:
     toolbar = getattr(window, "toolbar", None)
     if toolbar is not None:
         actions = toolbar.actions()
-        before = actions[-1] if actions else None  # Help stays last
-        toolbar.insertAction(before, button)
-        toolbar.insertSeparator(before)
+        after_open = actions[1] if len(actions) > 1 else None  # Open | Pre-read | layouts …: in sight first
+        toolbar.insertAction(after_open, button)
+        toolbar.insertSeparator(button)
     window.preread_actions = {"menu": run, "cancel": cancel, "toolbar": button}
 
     def sync(_busy: bool = False) -> None:

@@ -325,6 +325,8 @@ def test_voice_command_menu_and_toolbar_start_the_preread(qtbot, win):
     assert win.preread_actions["menu"] in tools.actions()
     assert win.preread_actions["toolbar"] in win.toolbar.actions()
     assert win.toolbar.actions()[-1].text() == "Help"  # Help stays last
+    assert win.toolbar.actions()[:3] == [win.toolbar.actions()[0], win.toolbar.actions()[1],
+                                         win.preread_actions["toolbar"]]  # Open | Pre-read: in sight first
     with qtbot.waitSignal(ctl.finished, timeout=120_000):
         win.preread_actions["toolbar"].trigger()
     # the panel is a tab beside the assistant's
@@ -466,3 +468,45 @@ def test_asked_while_the_series_loads_the_preread_starts_when_the_window_is_idle
     with qtbot.waitSignal(ctl.finished, timeout=120_000):
         win.idle.emit()  # what the window sends when the load has ended
     assert not panel.waiting and panel.lesions.topLevelItemCount() == 6
+
+
+def test_every_toolbar_command_is_in_sight_on_a_1366_px_wide_screen(qtbot, win):
+    """At 1600 px the toolbar overflowed and hid Pre-read, Cine, Flip V, Reset and Help behind a » drawn
+    dark on dark. Now the presets, slab and orientation commands are one button with a menu each: every
+    button is shown on a laptop-wide window (1366 px); narrower, the » shows (light) what does not fit."""
+    from PySide6.QtWidgets import QToolButton
+
+    tb = win.toolbar
+    win.resize(1366, 800)
+    win.show()
+    qtbot.waitExposed(win)
+    qtbot.waitUntil(lambda: tb.width() <= 1366, timeout=5000)
+    hidden = [a.text() or a.objectName() for a in tb.actions()
+              if not a.isSeparator() and not tb.widgetForAction(a).isVisible()]
+    assert hidden == []
+    assert tb.widgetForAction(win.preread_actions["toolbar"]).geometry().right() < 300
+    # the menus: the window's own actions (text, shortcut, checked state), triggered from the toolbar
+    window = tb.findChild(QToolButton, "toolbar_window")
+    names = [a.text().split("\t")[0] for a in window.menu().actions()]
+    assert names[:2] == [win.actions_by_name["preset_1"].text().split("\t")[0],
+                         win.actions_by_name["preset_2"].text().split("\t")[0]]
+    vp = win.grid.active
+    window.menu().actions()[1].trigger()
+    assert "lung" in vp.window.name.lower()
+    orient = tb.findChild(QToolButton, "toolbar_orient")
+    before = vp.transform
+    orient.defaultAction().trigger()  # a click on the button itself rotates
+    assert vp.transform == before.rotated_cw()
+    flip_v = next(a for a in orient.menu().actions() if a is win.actions_by_name["flip_v"])
+    flip_v.trigger()
+    assert vp.transform == before.rotated_cw().flipped_v()
+    slab = tb.findChild(QToolButton, "toolbar_slab")
+    assert [a for a in slab.menu().actions()] == [win.actions_by_name[n]
+                                                  for n in ("slab_thicker", "slab_thinner", "slab_mode")]
+    win.resize(700, 800)
+    qtbot.waitUntil(lambda: tb.width() <= 700, timeout=5000)
+    ext = tb.findChild(QToolButton, "qt_toolbar_ext_button")
+    qtbot.waitUntil(ext.isVisible, timeout=5000)
+    image = ext.icon().pixmap(16, 16).toImage()
+    assert max(image.pixelColor(x, y).lightness() for x in range(16) for y in range(16)
+               if image.pixelColor(x, y).alpha() > 0) > 150  # a light », not Qt's dark arrow
