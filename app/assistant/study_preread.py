@@ -29,8 +29,8 @@ from app.core.paths import write_atomic
 from app.dicom.loader import load_series
 from app.dicom.model import Series
 from app.dicom.scan import scan
-from app.studies.db import StudyDB
-from app.studies.queue import Job, JobCancelled, JobOutcome, worst_tier
+from app.studies.db import StudyDB, now
+from app.studies.queue import Job, JobCancelled, JobOutcome, refresh_study, worst_tier
 from inference.imaging import ImageSpec
 from inference.types import Engine
 
@@ -45,6 +45,55 @@ def pick(series: list[Series], series_uid: str) -> Series:
     if not mine:
         raise XMedError(f"Series {series_uid} has no readable image in the local database's files.")
     return max(mine, key=lambda s: (s.frame_count, -s.part))
+
+
+def result_path(results_dir: Path, study_uid: str, series_uid: str) -> Path:
+    """Where the pre-read of a series is kept (one file per series: the newest pre-read)."""
+    return Path(results_dir) / study_uid / f"{series_uid}.json"
+
+
+def preread_document(out: Any, study_uid: str, series_uid: str, series: Series, slices: int) -> dict:
+    """The saved form of a pre-read: ``xmedgpt preread --json``'s document, with its study and series."""
+    document = out.to_json()
+    document["study_uid"] = study_uid
+    document["series"] = {"uid": series_uid, "number": series.number, "description": series.description,
+                          "modality": series.modality, "slices": slices}
+    return document
+
+
+def document_tier(document: dict) -> str:
+    """The worst tier of the document's lesions ('' when it lists none)."""
+    return worst_tier((les.get("reliability") or {}).get("tier", "none") or "none" for les in document["lesions"])
+
+
+VIEWER_REASON = "read in the viewer"
+
+
+def keep_viewer_preread(db: StudyDB, results_dir: Path, volume: Any, out: Any) -> Path | None:
+    """A pre-read the reader ran in the viewer, kept as a pre-read on arrival is: its document written next to
+    theirs, a done job in the study database (so the study list shows the study's AI state and worst tier, the
+    pre-read on arrival skips the series as read, and reopening the study shows the lesions again without a
+    new pre-read). None when the series is not in the local database (a folder opened without indexing)."""
+    series = volume.series
+    uid = series.uid
+    dicom_uid = series.series_instance_uid or uid
+    rows = db.rows("SELECT study_uid, instance_count FROM series WHERE series_uid = ?", (dicom_uid,))
+    if not rows:
+        return None
+    study_uid, instances = str(rows[0][0]), int(rows[0][1] or 0)
+    if uid != dicom_uid:  # a split-off stack of the series: counted as its own, never as the series read
+        instances = 0
+    document = preread_document(out, study_uid, uid, series, len(volume))
+    target = result_path(results_dir, study_uid, uid)
+    write_atomic(target, json.dumps(document, indent=2, ensure_ascii=False) + "\n")
+    stamp = now()
+    with db.transaction() as c:
+        c.execute("INSERT INTO jobs (kind, study_uid, series_uid, instances, state, tier, lesions, result_path, "
+                  "reason, created_at, started_at, finished_at) VALUES ('preread', ?, ?, ?, 'done', ?, ?, ?, ?, ?, "
+                  "?, ?)", (study_uid, uid, instances, document_tier(document), len(document["lesions"]),
+                            str(target), VIEWER_REASON, stamp, stamp, stamp))
+    refresh_study(db, study_uid)
+    return target
 
 
 class StudyPrereader:
@@ -68,7 +117,7 @@ class StudyPrereader:
             return self._engine
 
     def result_path(self, study_uid: str, series_uid: str) -> Path:
-        return self.results_dir / study_uid / f"{series_uid}.json"
+        return result_path(self.results_dir, study_uid, series_uid)
 
     def __call__(self, job: Job, cancel: Callable[[], bool]) -> JobOutcome:
         paths = self.db.instance_paths(job.study_uid, series_uid=job.series_uid)
@@ -90,14 +139,11 @@ class StudyPrereader:
         out = preread(engine, volume, self.options, image_spec=spec, study_description=description, cancel=cancel)
         if out.cancelled or cancel():
             raise JobCancelled("stopped during the pre-read")
-        document = out.to_json()
-        document["study_uid"] = job.study_uid
-        document["series"] = {"uid": job.series_uid, "number": series.number, "description": series.description,
-                              "modality": series.modality, "slices": len(volume)}
+        document = preread_document(out, job.study_uid, job.series_uid, series, len(volume))
         target = self.result_path(job.study_uid, job.series_uid)
         write_atomic(target, json.dumps(document, indent=2, ensure_ascii=False) + "\n")
         lesions = document["lesions"]
-        tier = worst_tier((les.get("reliability") or {}).get("tier", "none") or "none" for les in lesions)
+        tier = document_tier(document)
         self._audit(job, out, document, volume)
         log.info("pre-read of series %s: %d lesion(s), worst tier %s", job.series_uid, len(lesions), tier or "-")
         return JobOutcome(tier=tier, lesions=len(lesions), result_path=str(target))
@@ -130,16 +176,22 @@ class SavedPreread:
     document: dict
     finished_at: str  # ISO time (UTC) the job finished
     path: Path
+    reason: str = ""  # the job's: "retrieved", "arrival …", or VIEWER_REASON
+
+    @property
+    def origin(self) -> str:
+        """How the panel names it: "in the viewer" or "on arrival"."""
+        return "in the viewer" if self.reason == VIEWER_REASON else "on arrival"
 
 
 def saved_preread(db: StudyDB, series_uid: str) -> SavedPreread | None:
     """The newest done pre-read job of ``series_uid`` and its result; None when there is none. XMedError when its
     file is gone or does not read as a pre-read (logged; nothing is deleted)."""
-    rows = db.rows("SELECT result_path, finished_at FROM jobs WHERE series_uid = ? AND state = 'done' "
+    rows = db.rows("SELECT result_path, finished_at, reason FROM jobs WHERE series_uid = ? AND state = 'done' "
                    "AND result_path != '' ORDER BY id DESC LIMIT 1", (series_uid,))
     if not rows:
         return None
-    path, finished = Path(rows[0][0]), str(rows[0][1] or "")
+    path, finished, reason = Path(rows[0][0]), str(rows[0][1] or ""), str(rows[0][2] or "")
     try:
         document = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
@@ -147,4 +199,4 @@ def saved_preread(db: StudyDB, series_uid: str) -> SavedPreread | None:
         raise XMedError(f"its file cannot be read ({path.name}: {type(exc).__name__}).") from None
     if not isinstance(document, dict):
         raise XMedError(f"its file is not a pre-read ({path.name}).")
-    return SavedPreread(document, finished, path)
+    return SavedPreread(document, finished, path, reason)

@@ -41,10 +41,15 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from app.assistant.preread import LUNG, SOFT_TISSUE, Candidate
+from app.assistant.preread import Candidate
 from app.core.names import approximate_ml
-from app.dicom.model import Volume, Window
-from inference.phrases import strip_grounding
+from app.dicom.model import Volume
+from app.report.from_preread import (
+    description_text,
+    lesion_tier,
+    size_conflict_text,
+    window_of,
+)
 from inference.reliability.checks import Check
 from inference.reliability.tiers import check_sentence
 from ui.preread.controller import PrereadController, PrereadRun, Waiting
@@ -72,11 +77,6 @@ Target = Callable[[], "tuple[Viewport, str] | None"]
 Acceptor = Callable[[list[Candidate], PrereadRun], "list[tuple[str, str]] | str"]
 
 
-def tier_of(lesion: Candidate) -> str:
-    tier = str((lesion.reliability or {}).get("tier") or "")
-    return tier if tier in ("green", "amber", "red") else ""
-
-
 def slices_text(lesion: Candidate) -> str:
     """1-based, as the viewer numbers the images: "18", or "17–19 (18)" with the key slice in brackets."""
     first, last = lesion.slices
@@ -88,13 +88,9 @@ def location_text(lesion: Candidate) -> str:
     return loc[:1].upper() + loc[1:] if loc else "—"
 
 
-def window_of(lesion: Candidate) -> Window | None:
-    return {"lung": LUNG, "soft tissue": SOFT_TISSUE}.get(lesion.window)
-
-
 def box_label(lesion: Candidate, accepted: bool = False) -> str:
     """``P1 · 12 mm · green`` on the image (``P1 · 12 mm · accepted`` once in the report)."""
-    tail = "accepted" if accepted else (tier_of(lesion) or "not assessed")
+    tail = "accepted" if accepted else (lesion_tier(lesion) or "not assessed")
     return f"{lesion.id} · {lesion.diameter_mm:.0f} mm · {tail}"
 
 
@@ -225,7 +221,7 @@ class PrereadPanel(QWidget):
         can_accept = self.acceptor is not None and self.run is not None
         self.accept_button.setEnabled(can_accept and lesion is not None and lesion.id not in taken)
         self.accept_green_button.setEnabled(can_accept and any(
-            tier_of(les) == "green" and les.id not in taken for les in (self.run.lesions if self.run else [])))
+            lesion_tier(les) == "green" and les.id not in taken for les in (self.run.lesions if self.run else [])))
 
     # ------------------------------------------------------------------ named actions (ui.actions)
     def named_actions(self) -> dict:
@@ -393,7 +389,7 @@ class PrereadPanel(QWidget):
             lesion = self.run.lesion(item.data(COL_ID, Qt.ItemDataRole.UserRole)) if self.run else None
             if lesion is None:
                 continue
-            tier = tier_of(lesion)
+            tier = lesion_tier(lesion)
             item.setText(COL_ID, lesion.id + (ACCEPTED_MARK if lesion.id in taken else ""))
             item.setText(COL_LOCATION, location_text(lesion))
             item.setText(COL_SIZE, f"{lesion.diameter_mm:.1f}")
@@ -403,7 +399,7 @@ class PrereadPanel(QWidget):
             item.setForeground(COL_TIER, QBrush(TIER_TEXT[tier]))
             for col in (COL_SIZE, COL_SLICES):
                 item.setTextAlignment(col, Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
-            tip = description(lesion) or lesion.phrase
+            tip = description_text(lesion) or lesion.phrase
             item.setToolTip(COL_LOCATION, tip)
             item.setToolTip(COL_ID, "In the report" if lesion.id in taken else "Not in the report")
 
@@ -487,7 +483,7 @@ class PrereadPanel(QWidget):
 
     def _detail(self, lesion: Candidate) -> str:
         rel = lesion.reliability or {}
-        tier = tier_of(lesion)
+        tier = lesion_tier(lesion)
         score = rel.get("score")
         reliability = (f"{tier} ({float(score):.2f})" if tier and isinstance(score, (int, float))
                        else TIER_WORD[tier])
@@ -499,8 +495,9 @@ class PrereadPanel(QWidget):
                  f"key {lesion.key_slice + 1} · "
                  f"{lesion.window or 'default'} window"),
                  f"Reliability: {reliability}" + (f" — not passed: {' '.join(failed)}" if failed else ""),
-                 description(lesion) or "No description (the reasoning step did not run)."]
-        return "\n".join(lines)
+                 description_text(lesion) or "No description (the reasoning step did not run).",
+                 size_conflict_text(lesion)]
+        return "\n".join(line for line in lines if line)
 
     def watch_viewport(self, vp: Viewport) -> None:
         """Redraw the pre-read boxes when ``vp`` shows another series (its boxes are cleared then), and
@@ -555,7 +552,7 @@ class PrereadPanel(QWidget):
         if self.run is None:
             return self._say("Pre-read the series first.")
         taken = self._taken()
-        green = [les for les in self.run.lesions if tier_of(les) == "green" and les.id not in taken]
+        green = [les for les in self.run.lesions if lesion_tier(les) == "green" and les.id not in taken]
         if not green:
             return self._say("There is no green lesion left to accept.")
         return self._accept(green)
@@ -596,11 +593,6 @@ class PrereadPanel(QWidget):
             self.sync_all()
             self._sync_buttons()
         return changed
-
-
-def description(lesion: Candidate) -> str:
-    """The reasoning's description on one line, without grounding tags."""
-    return " ".join(strip_grounding(lesion.description or "").split())
 
 
 def _same(a, b, tol: float = 1e-3) -> bool:

@@ -711,7 +711,16 @@ class MainWindow(QMainWindow):
         beside = beside if isinstance(beside, QDockWidget) else self.tags_dock
         self.tabifyDockWidget(beside, dock)
         beside.raise_()  # the assistant stays the tab a reading starts on
+        self._keep_prereads_with_studies()
         return dock
+
+    def _keep_prereads_with_studies(self) -> None:
+        """Once both the pre-read and the study list are attached (either order), each pre-read run here is kept
+        with its study (:meth:`ui.shell.studies_setup.StudiesController.keep_preread`)."""
+        controller, studies = getattr(self, "preread", None), getattr(self, "studies", None)
+        if controller is not None and studies is not None and getattr(self, "_kept_by", None) is not controller:
+            controller.finished.connect(studies.keep_preread)
+            self._kept_by = controller
 
     # -- the study list, PACS and the outbox (ui/shell/studies_setup.install_studies) -------------------
 
@@ -721,6 +730,7 @@ class MainWindow(QMainWindow):
         from ui.shell.studies_setup import install_studies
 
         self.studies = install_studies(self, **kwargs)
+        self._keep_prereads_with_studies()
         return self.studies
 
 

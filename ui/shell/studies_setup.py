@@ -30,7 +30,7 @@ import pydicom
 from PySide6.QtCore import QEvent, QObject, Qt, Signal
 
 from app.assistant.preread import from_json as preread_from_json
-from app.assistant.study_preread import StudyPrereader, saved_preread
+from app.assistant.study_preread import StudyPrereader, keep_viewer_preread, saved_preread
 from app.core.errors import XMedError
 from app.core.settings import Settings
 from app.report.audit import AuditLog
@@ -241,9 +241,20 @@ class StudiesController(QObject):
                     self.status.emit(f"The pre-read on arrival of this series was not shown: {exc}")
                 continue
             study = self.db.get(saved.document.get("study_uid", ""))
-            shown += controller.restore(volume, result, f"on arrival, {_local_time(saved.finished_at)}",
+            shown += controller.restore(volume, result, f"{saved.origin}, {_local_time(saved.finished_at)}",
                                         study.description if study is not None else "")
         return shown
+
+    def keep_preread(self, run: Any) -> Path | None:
+        """A pre-read run in this window is kept with the study (the study list's AI column, reopening the
+        study shows it); a series not in the local database is not. A failure to write is said, not raised."""
+        try:
+            path = keep_viewer_preread(self.db, self.paths.preread_results, run.volume, run.result)
+        except (OSError, XMedError) as exc:
+            log.error("the pre-read of %s was not kept: %s", run.series_uid, exc)
+            self.status.emit(f"The pre-read is shown but was not saved with the study: {exc}")
+            return None
+        return path
 
     # ---- the report --------------------------------------------------------------------------
     def connect_report(self, report: Any) -> None:

@@ -295,6 +295,44 @@ def test_a_saved_preread_reads_back_onto_its_series_and_nothing_else(study, tmp_
             from_json(bad, vol)
 
 
+def test_a_preread_run_in_the_viewer_is_kept_with_its_study(study, tmp_path):
+    """The reader's own pre-read is kept as one on arrival is: its document beside theirs, a done job (the study
+    list's AI state and worst tier), read back when the study is opened again ("in the viewer"), and the
+    pre-read on arrival takes the series as read. A series not in the local database is not kept."""
+    import json
+
+    from app.assistant.preread import from_json
+    from app.assistant.study_preread import VIEWER_REASON, keep_viewer_preread, saved_preread
+    from app.studies.db import StudyDB
+    from app.studies.importer import import_paths
+    from app.studies.queue import JobQueue
+
+    folder, vol, truth = study
+    out = preread(TruthEngine(vol, truth), vol, PrereadOptions(batch_size=8, max_lesions=3, n_samples=2,
+                                                                n_questions=1), image_spec=SPEC)
+    db = StudyDB(tmp_path / "studies.sqlite")
+    try:
+        results = tmp_path / "results"
+        assert keep_viewer_preread(db, results, vol, out) is None and not results.exists()  # not indexed
+        import_paths(db, [folder])
+        (study_row,) = db.search()
+        assert study_row.ai_state == "none"
+        path = keep_viewer_preread(db, results, vol, out)
+        assert path is not None and path.parent.name == study_row.study_uid
+        doc = json.loads(path.read_text())
+        assert doc["study_uid"] == study_row.study_uid and doc["series"]["slices"] == len(vol)
+        tiers = {les["reliability"]["tier"] for les in doc["lesions"]}
+        expected = next(t for t in ("red", "amber", "green") if t in tiers)
+        study_row = db.get(study_row.study_uid)
+        assert (study_row.ai_state, study_row.ai_worst_tier) == ("done", expected)
+        saved = saved_preread(db, vol.series.uid)
+        assert saved is not None and saved.reason == VIEWER_REASON and saved.origin == "in the viewer"
+        assert [c.to_json() for c in from_json(saved.document, vol).lesions] == doc["lesions"]
+        assert JobQueue(db, runner=None).enqueue_study(study_row.study_uid, reason="arrival") == []  # read already
+    finally:
+        db.close()
+
+
 def test_engine_without_generate_batch_is_asked_one_by_one(study):
     _, vol, truth = study
     engine = TruthEngine(vol, truth)

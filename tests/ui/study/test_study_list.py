@@ -532,6 +532,47 @@ def test_a_study_open_while_its_preread_on_arrival_runs_shows_the_lesions_when_i
     assert run.origin.startswith("on arrival") and win.preread_panel.lesions.topLevelItemCount() == len(run.lesions)
 
 
+def test_a_preread_run_in_the_viewer_shows_in_the_study_list_and_comes_back_when_the_study_is_reopened(
+        qtbot, window, tmp_path):
+    """The reader pre-reads a study opened from the list: its AI column shows done with the worst tier (it said
+    nothing before), and after the window forgets the result (another session), opening the study again shows
+    the same lesions, named as read in the viewer, without pre-reading again."""
+    from ui.shell.preread_setup import install_preread
+
+    win, settings = window
+    folder = write_ct_study(tmp_path / "ct", n_slices=16, size=128, seed=987)
+    uid = str(pydicom.dcmread(next(folder.glob("*.dcm")), stop_before_pixels=True).StudyInstanceUID)
+    engine = TruthEngine(load_series(scan([folder]).all_series()[0]), load_ground_truth(folder))
+    engine.image_spec = SPEC  # the layout its answers were made for
+    db = StudyDB(StudyPaths.detect().ensure().database)
+    import_paths(db, [folder])
+    db.close()
+    studies = win.attach_studies(settings=settings)
+    install_preread(win, settings, engine=engine)  # after the study list: either order keeps the pre-reads
+    win.show()
+    tab = studies.widget.local
+    qtbot.waitUntil(lambda: tab.uids() == [uid], timeout=5000)
+    assert tab.proxy.index(0, AI).data() in ("", None)
+    _double_click(qtbot, tab.view, 0)
+    qtbot.waitUntil(lambda: win.grid.active.volume is not None and not win.is_busy(), timeout=30_000)
+    with qtbot.waitSignal(win.preread.finished, timeout=60_000):
+        win.preread_panel.run_button.click()
+    run = win.preread.result_for(win.grid.active.volume)
+    assert run.lesions
+    study = studies.db.get(uid)
+    assert study.ai_state == "done" and study.ai_worst_tier in ("red", "amber", "green")
+    qtbot.waitUntil(lambda: tab.proxy.index(0, AI).data() == f"done · {study.ai_worst_tier}", timeout=5000)
+    asked = (engine.generate_calls, len(engine.batches), len(engine.reasoning_batches))
+    win.preread.results.clear()  # a new session of the window: only what was saved
+    studies.restore_prereads()
+    back = win.preread.result_for(win.grid.active.volume)
+    assert back is not None and back.origin.startswith("in the viewer, ")
+    assert [(c.id, c.key_slice, c.slices) for c in back.lesions] == [(c.id, c.key_slice, c.slices) for c in run.lesions]
+    assert "in the viewer" in win.preread_panel.series_label.text()
+    assert (engine.generate_calls, len(engine.batches), len(engine.reasoning_batches)) == asked
+    win.preread.shutdown()
+
+
 def test_the_outbox_view_shows_a_failed_send_and_retry_sends_it(qtbot, window, tmp_path):
     win, settings = window
     port = free_port()
