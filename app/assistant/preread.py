@@ -669,8 +669,20 @@ def _description(answer: AssistantAnswer, c: Candidate | None = None) -> str:
     """What the answer at the key slice says of this lesion: its line of the detailed description
     when that step describes lesions one per line ("L2: A 39 mm mass …", in the order step 2 boxed
     them; the only line when there is one), else the step's sentence naming the phrase of the finding
-    whose box matches the candidate, else the whole step."""
+    whose box matches the candidate, else the whole step. When no box of the answer is this candidate,
+    the text says so first: what the reasoning describes may be another lesion (or none)."""
     finding = _matching_finding(answer, c) if c is not None else None
+    text = _described(answer, finding)
+    if c is not None and finding is None and text:
+        return f"{UNBOXED_PREFIX} {text}"
+    return text
+
+
+#: How a description begins when the reasoning at the key slice boxed something else (or nothing).
+UNBOXED_PREFIX = "At its key slice the reasoning drew no box on this lesion; it says:"
+
+
+def _described(answer: AssistantAnswer, finding) -> str:
     for step in answer.steps:
         if step.index == 3 and step.text.strip():
             text = step.text.strip()
