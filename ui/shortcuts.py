@@ -83,6 +83,10 @@ SHORTCUTS: tuple[Shortcut, ...] = (
              "where both are now (again: unlink; series of one frame of reference always move together)", "Application", "window"),
     Shortcut("reading_mode", ("F11", "Ctrl+Shift+R"), "Reading mode: hide the side panels and toolbar (again: restore)",
              "Application", "window"),
+    Shortcut("run_preread", ("Ctrl+Shift+P",), "Pre-read the series on screen: the AI lists its lesions (again while "
+             "it runs: nothing; Cancel is in the Pre-read panel)", "Application", "window"),
+    Shortcut("take_preread_lesion", ("Ctrl+Shift+A",), "Pre-read: accept the lesion on screen (the one N / Shift+N "
+             "went to) into the report", "Application", "window"),
     Shortcut("next_preread_lesion", ("N",), "Pre-read: next lesion of the list (jumps to its key slice and window)",
              "Application", "window"),
     Shortcut("previous_preread_lesion", ("Shift+N",), "Pre-read: previous lesion of the list", "Application",

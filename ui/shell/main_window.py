@@ -175,6 +175,8 @@ class MainWindow(QMainWindow):
             "next_viewport": self.grid.next_viewport,
             "link_viewports": self.grid.toggle_link,
             "reading_mode": self.toggle_reading_mode,
+            "run_preread": lambda: self._preread_command("start"),
+            "take_preread_lesion": lambda: self._preread_command("accept_selected"),
             "next_preread_lesion": lambda: self._step_preread(1),
             "previous_preread_lesion": lambda: self._step_preread(-1),
             "cancel_load": self.cancel_loading,
@@ -695,6 +697,15 @@ class MainWindow(QMainWindow):
         """N / Shift+N: the next / previous lesion of the pre-read list, from the keyboard, eyes on the image."""
         panel = getattr(self, "preread_panel", None)
         why = panel.step_lesion(delta) if panel is not None else "There is no pre-read in this window."
+        if why:
+            self.statusBar().showMessage(why, 5000)
+        return why
+
+    def _preread_command(self, method: str) -> str | None:
+        """Ctrl+Shift+P / Ctrl+Shift+A: the Pre-read panel's Pre-read series / Accept into report, from the keyboard;
+        why not goes to the status bar."""
+        panel = getattr(self, "preread_panel", None)
+        why = getattr(panel, method)() if panel is not None else "There is no pre-read in this window."
         if why:
             self.statusBar().showMessage(why, 5000)
         return why

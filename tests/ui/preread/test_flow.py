@@ -439,6 +439,29 @@ def test_n_and_shift_n_step_through_the_lesions_with_the_eyes_on_the_image(qtbot
     assert win.grid.active is vp and win.focusWidget() is vp.view  # the image keeps the keys (Up/Down scroll)
 
 
+def test_a_whole_preread_from_the_keyboard_with_the_eyes_on_the_image(qtbot, win):
+    """Ctrl+Shift+P pre-reads the series on screen, N goes to a lesion, Ctrl+Shift+A takes it into the report;
+    Ctrl+Shift+A again says it is in already; the image keeps the keys throughout."""
+    panel, vp = win.preread_panel, win.grid.active
+    vp.view.setFocus()
+    qtbot.keyClick(vp.view, Qt.Key.Key_A, Qt.KeyboardModifier.ControlModifier | Qt.KeyboardModifier.ShiftModifier)
+    assert win.report.session.report is None or not win.report.session.report.findings  # nothing to take yet
+    with qtbot.waitSignal(win.preread.finished, timeout=120_000):
+        qtbot.keyClick(vp.view, Qt.Key.Key_P,
+                       Qt.KeyboardModifier.ControlModifier | Qt.KeyboardModifier.ShiftModifier)
+    vp.view.setFocus()
+    qtbot.keyClick(vp.view, Qt.Key.Key_N)
+    lesion = panel.current_lesion()
+    assert lesion is not None and vp.slice_index == lesion.key_slice
+    qtbot.keyClick(vp.view, Qt.Key.Key_A, Qt.KeyboardModifier.ControlModifier | Qt.KeyboardModifier.ShiftModifier)
+    (finding,) = win.report.session.report.findings
+    assert lesion.id in panel._taken() and finding.text.startswith(lesion.location[:1].upper())
+    qtbot.keyClick(vp.view, Qt.Key.Key_A, Qt.KeyboardModifier.ControlModifier | Qt.KeyboardModifier.ShiftModifier)
+    assert len(win.report.session.report.findings) == 1
+    assert win.statusBar().currentMessage() == f"Lesion {lesion.id} is already in the report."
+    assert win.focusWidget() is vp.view
+
+
 def test_next_lesion_by_voice(qtbot, win):
     """What the dictation controller runs for "next lesion" / "previous finding"."""
     run_preread(qtbot, win)
