@@ -175,6 +175,8 @@ class MainWindow(QMainWindow):
             "next_viewport": self.grid.next_viewport,
             "link_viewports": self.grid.toggle_link,
             "reading_mode": self.toggle_reading_mode,
+            "next_study": lambda: self._step_study(1),
+            "previous_study": lambda: self._step_study(-1),
             "run_preread": lambda: self._preread_command("start"),
             "take_preread_lesion": lambda: self._preread_command("accept_selected"),
             "next_preread_lesion": lambda: self._step_preread(1),
@@ -698,6 +700,13 @@ class MainWindow(QMainWindow):
         panel = getattr(self, "preread_panel", None)
         why = panel.step_lesion(delta) if panel is not None else "There is no pre-read in this window."
         if why:
+            self.statusBar().showMessage(why, 5000)
+        return why
+
+    def _step_study(self, step: int) -> str | None:
+        studies = getattr(self, "studies", None)
+        why = studies.step_study(step) if studies is not None else "There is no study list in this window."
+        if why and studies is None:
             self.statusBar().showMessage(why, 5000)
         return why
 

@@ -30,8 +30,13 @@ import pydicom
 from PySide6.QtCore import QEvent, QObject, Qt, Signal
 
 from app.assistant.preread import from_json as preread_from_json
-from app.assistant.study_preread import StudyPrereader, keep_viewer_preread, saved_preread
+from app.assistant.study_preread import (
+    StudyPrereader,
+    keep_viewer_preread,
+    saved_preread,
+)
 from app.core.errors import XMedError
+from app.core.names import NameStyle, display_date, person_name
 from app.core.settings import Settings
 from app.report.audit import AuditLog
 from app.studies.importer import index_scan, open_library
@@ -212,6 +217,37 @@ class StudiesController(QObject):
             index_scan(self.db, result)
         except XMedError as exc:
             log.warning("the opened study was not added to the study list: %s", exc)
+        self.widget.local.refresh()
+        self.widget.local.show_current(self.current_study_uid())
+
+    # ---- the worklist ------------------------------------------------------------------------
+    def current_study_uid(self) -> str:
+        """The study open in the window ('' when none)."""
+        result = getattr(self.window, "result", None)
+        for patient in getattr(result, "patients", None) or []:
+            for study in patient.studies:
+                return study.uid
+        return ""
+
+    def step_study(self, step: int = 1) -> str | None:
+        """Ctrl+PgDown / Ctrl+PgUp: open the next / previous study of the study list (as it is searched, filtered
+        and sorted) whose report is not signed; None when one opens, else why not (also on the status bar)."""
+        current = self.current_study_uid()
+        row = self.widget.local.to_read_after(current, step)
+        if row is None:
+            where = "after" if step > 0 else "before"
+            why = (f"No study to read {where} this one in the study list (every other listed study is signed, or "
+                   "the search and filters hide it)." if current else "The study list has no study to read.")
+            self.status.emit(why)
+            return why
+        self.status.emit(f"Opening {_who(row)}…")
+        self.widget.open_study(row.uid)
+        return None
+
+    def next_to_read_text(self) -> str:
+        """" Next to read: NAME, DATE (Ctrl+PgDown)." after a signature; "" when the list has none."""
+        row = self.widget.local.to_read_after(self.current_study_uid(), 1)
+        return f" Next to read: {_who(row)} (Ctrl+PgDown)." if row is not None else ""
 
     def restore_prereads(self) -> int:
         """Each loaded series that was pre-read on arrival (or by ``xmedgpt listen --preread``) shows that
@@ -281,15 +317,20 @@ class StudiesController(QObject):
         uid = _study_uid(paths)
         if uid and self.db.get(uid) is not None:
             self.db.set_report(uid, "signed")
+            self.widget.local.refresh()
         node = self.settings.report_send_node
         if not node:
+            following = self.next_to_read_text()
+            if following:
+                self.status.emit("Report signed." + following)
             return []
         try:
             items = self.outbox.enqueue_report(paths, node, via=self.settings.report_send_via)
         except XMedError as exc:
             self.status.emit(f"The signed report was not queued for '{node}': {exc}")
             return []
-        self.status.emit(f"Signed report queued for {node}: {len(items)} file(s) in the outbox.")
+        self.status.emit(f"Signed report queued for {node}: {len(items)} file(s) in the outbox."
+                         + self.next_to_read_text())
         return items
 
     # ---- closing -----------------------------------------------------------------------------
@@ -309,6 +350,13 @@ class StudiesController(QObject):
             self.queue.stop()
         self.sender.stop()
         self.db.close()
+
+
+def _who(row: Any) -> str:
+    """"Doe, John · 2025-01-01 · CT CHEST" for the status bar."""
+    parts = [person_name(row.patient_name, NameStyle.LIST) or row.patient_id or "unnamed patient",
+             display_date(row.date), row.description]
+    return " · ".join(p for p in parts if p)
 
 
 def _study_uid(paths: list[Path]) -> str:

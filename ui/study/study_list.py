@@ -445,6 +445,32 @@ class LocalStudiesTab(QWidget):
         """The UIDs of the rows in the order shown (tests)."""
         return [self.proxy.index(r, 0).data(UID_ROLE) for r in range(self.proxy.rowCount())]
 
+    def to_read_after(self, uid: str, step: int = 1) -> StudyRow | None:
+        """The next (``step`` 1) or previous (-1) study of the list as shown (its search, filters and sort) whose
+        report is not signed and that has images here, after ``uid`` (from the top or bottom when ``uid`` is not
+        listed); None when there is none. The worklist a reader walks with Ctrl+PgDown."""
+        order = [self.model.rows[self.proxy.mapToSource(self.proxy.index(r, 0)).row()]
+                 for r in range(self.proxy.rowCount())]
+        uids = [row.uid for row in order]
+        start = uids.index(uid) if uid in uids else (-1 if step > 0 else len(order))
+        k = start + step
+        while 0 <= k < len(order):
+            row = order[k]
+            if row.report_state != "signed" and row.state != "remote" and (row.instances or 0) > 0:
+                return row
+            k += step
+        return None
+
+    def show_current(self, uid: str) -> None:
+        """Select (and scroll to) the row of the study open in the viewer, so the list shows where the reader is."""
+        for r in range(self.proxy.rowCount()):
+            index = self.proxy.index(r, 0)
+            if index.data(UID_ROLE) == uid:
+                self.view.selectionModel().select(index, self.view.selectionModel().SelectionFlag.ClearAndSelect
+                                                  | self.view.selectionModel().SelectionFlag.Rows)
+                self.view.scrollTo(index)
+                return
+
 
 # ---- Query PACS ------------------------------------------------------------------------------------
 

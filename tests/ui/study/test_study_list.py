@@ -13,7 +13,7 @@ from pathlib import Path
 import pydicom
 import pytest
 from PySide6.QtCore import QDate, Qt
-from PySide6.QtGui import QIcon
+from PySide6.QtGui import QGuiApplication, QIcon
 from PySide6.QtWidgets import QPushButton
 
 from app.core.settings import Settings
@@ -571,6 +571,52 @@ def test_a_preread_run_in_the_viewer_shows_in_the_study_list_and_comes_back_when
     assert "in the viewer" in win.preread_panel.series_label.text()
     assert (engine.generate_calls, len(engine.batches), len(engine.reasoning_batches)) == asked
     win.preread.shutdown()
+
+
+def test_ctrl_pgdown_walks_the_study_list_to_the_next_study_to_read(qtbot, window, tmp_path):
+    """A shift from the study list without the mouse: Ctrl+PgDown opens the next study of the list as sorted
+    whose report is not signed (signed ones are skipped), Ctrl+PgUp the one before; the list selects the study on
+    screen; at the end the status bar says why nothing opens; signing names the next one to read."""
+    win, settings = window
+    db = StudyDB(StudyPaths.detect().ensure().database)
+    folders = [write_ct_study(tmp_path / f"ct{i}", n_slices=4, size=64, seed=700 + i) for i in range(3)]
+    import_paths(db, folders)
+    uids = [str(pydicom.dcmread(next(f.glob("*.dcm")), stop_before_pixels=True).StudyInstanceUID) for f in folders]
+    db.close()
+    studies = win.attach_studies(settings=settings)
+    win.show()
+    win.activateWindow()
+    qtbot.waitUntil(lambda: QGuiApplication.focusWindow() is win.windowHandle(), timeout=5000)  # keys reach it
+    tab = studies.widget.local
+    qtbot.waitUntil(lambda: sorted(tab.uids()) == sorted(uids), timeout=5000)
+    order = tab.uids()
+    studies.db.set_report(order[1], "signed")  # read already: the walk skips it
+    tab.refresh()
+
+    def open_uid() -> str:
+        return studies.current_study_uid() if win.result is not None and not win.is_busy() else ""
+
+    def press(key, widget=None) -> None:
+        widget = widget or win.grid.active.view  # the image has the keys while reading
+        widget.setFocus()
+        qtbot.keyClick(widget, key, Qt.KeyboardModifier.ControlModifier)
+
+    said: list[str] = []
+    studies.status.connect(said.append)
+    press(Qt.Key.Key_PageDown, win)  # shift start, nothing open: the first study to read
+    qtbot.waitUntil(lambda: open_uid() == order[0], timeout=30_000)
+    qtbot.waitUntil(lambda: [i.row() for i in tab.view.selectionModel().selectedRows()] == [0], timeout=5000)
+    press(Qt.Key.Key_PageDown)
+    qtbot.waitUntil(lambda: open_uid() == order[2], timeout=30_000)  # order[1] is signed
+    assert said[-1].startswith("Opening PHANTOM") and "2025-01-01" in said[-1], said
+    press(Qt.Key.Key_PageDown)
+    qtbot.wait(200)
+    assert open_uid() == order[2] and said[-1].startswith("No study to read after this one"), said
+    press(Qt.Key.Key_PageUp)
+    qtbot.waitUntil(lambda: open_uid() == order[0], timeout=30_000)
+    studies.on_signed([next(folders[uids.index(order[0])].glob("*.dcm"))])  # a file of the study: its UID
+    assert studies.db.get(order[0]).report_state == "signed"
+    assert said and said[-1].startswith("Report signed. Next to read: ") and said[-1].endswith("(Ctrl+PgDown).")
 
 
 def test_the_outbox_view_shows_a_failed_send_and_retry_sends_it(qtbot, window, tmp_path):
