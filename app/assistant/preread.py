@@ -689,6 +689,8 @@ def _described(answer: AssistantAnswer, finding) -> str:
             lines = {int(m.group("n")): strip_grounding(m.group("text")).strip() for m in _LESION_LINE.finditer(text)}
             if len(lines) == 1:
                 return next(iter(lines.values()))
+            if lines:  # the labels (L1:, L2:) mean nothing to a reader: the lines' texts only
+                text = " ".join(lines[n] for n in sorted(lines))
             if finding is None:
                 return text  # which of the lesions it describes is not known: all of them
             boxed = [f for f in answer.findings if f.step == 2]

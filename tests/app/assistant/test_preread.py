@@ -616,7 +616,9 @@ def test_a_lesions_description_is_its_own_line_of_the_detailed_description():
     # no box of the answer is this lesion: what the step says, introduced as not being about it
     from app.assistant.preread import UNBOXED_PREFIX
 
-    assert _description(answer, at(Box(450, 450, 460, 460))) == f"{UNBOXED_PREFIX} {step3}"
+    assert _description(answer, at(Box(450, 450, 460, 460))) == (
+        f"{UNBOXED_PREFIX} A 57 mm mass with spiculated margins in the right lower lobe. "
+        "A 39 mm mass with smooth margins in the left lower lobe.")  # both lines, without their L1:/L2: labels
     one = SimpleNamespace(steps=[ReasoningStep(3, "Detailed description", "L1: A 12 mm nodule.")], findings=[])
     assert _description(one, at(Box(0, 0, 5, 5))) == f"{UNBOXED_PREFIX} A 12 mm nodule."
     boxed = SimpleNamespace(steps=one.steps, findings=[finding("nodule", Box(0, 0, 6, 6))])
