@@ -237,16 +237,16 @@ def test_steps_fold_away_and_back(qtbot, host):
 
 def test_clicking_a_phrase_highlights_its_box_and_shows_its_slice(qtbot, host):
     host.vp.set_slice(7)
-    ask_and_wait(qtbot, host, reliability=False)
+    ask_and_wait(qtbot, host)  # the labels gain their tier when the reliability pass ends: wait for it
     host.vp.set_slice(0)
     step = host.panel.step_views[2]
     (_, first), (_, second) = step.links()
     step.body.linkActivated.emit(f"g:{second}")
-    focus = [i for i in host.vp.overlays.ids() if host.vp.overlays.label_of(i) == "AI 2 · a second focus"][0]
+    focus = [i for i in host.vp.overlays.ids() if host.vp.overlays.label_of(i).startswith("AI 2 · a second focus")][0]
     assert host.vp.overlays.highlighted == focus and host.vp.slice_index == 7
     assert host.vp.overlays.visible_ids() == host.vp.overlays.ids()
     step.body.linkActivated.emit(f"g:{first}")
-    assert host.vp.overlays.label_of(host.vp.overlays.highlighted) == "AI 1 · a nodule"
+    assert host.vp.overlays.label_of(host.vp.overlays.highlighted).startswith("AI 1 · a nodule")
 
 
 def test_an_edited_box_stays_where_the_reader_put_it(qtbot, host):
