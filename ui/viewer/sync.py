@@ -28,6 +28,7 @@ from PySide6.QtGui import QColor, QPainterPath, QPen
 from PySide6.QtWidgets import QGraphicsItem, QGraphicsPathItem
 
 from app.viewer.sync import Pane, SyncModel, series_identity
+from app.viewer.viewport import clamp_zoom
 from ui.viewer.viewport import Viewport
 
 log = logging.getLogger(__name__)
@@ -165,6 +166,9 @@ class ViewportSync(QObject):
         if hit is not None:
             centre = other.vb.mapFromItemToView(other.image, QPointF(hit[0] + 0.5, hit[1] + 0.5))
         shift = centre - rect.center()
+        zoom = other.zoom * have / want  # the follower's zoom at the leader's scale: kept within the zoom limits
+        if zoom != clamp_zoom(zoom):  # (a follower with other pixel spacing could be taken past them)
+            want = have * other.zoom / clamp_zoom(zoom)
         if abs(want / have - 1.0) <= 1e-3 and math.hypot(shift.x(), shift.y()) <= 0.05 * want:
             return False  # already there (within a twentieth of a screen pixel)
         w, h = size.width() * want, size.height() * want

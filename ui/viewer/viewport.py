@@ -123,6 +123,7 @@ class _ImageViewBox(pg.ViewBox):
     def wheelEvent(self, ev, axis=None):  # noqa: N802 (pyqtgraph API)
         if ev.modifiers() & Qt.KeyboardModifier.ControlModifier:
             super().wheelEvent(ev, axis)
+            self._vp.keep_zoom_in_limits()
             self._vp.zoom_changed.emit()
             return
         ev.accept()
@@ -469,6 +470,13 @@ class Viewport(QWidget):
             return False
         self.vb.autoRange(items=[self.image], padding=0.0)
         return True
+
+    def keep_zoom_in_limits(self) -> None:
+        """Back within ZOOM_MIN..ZOOM_MAX after a zoom that did not go through :meth:`zoom_by` (Ctrl+wheel)."""
+        z = self.zoom
+        if z != clamp_zoom(z):
+            s = z / clamp_zoom(z)
+            self.vb.scaleBy((s, s))
 
     def zoom_by(self, factor: float) -> None:
         target = clamp_zoom(self.zoom * factor)

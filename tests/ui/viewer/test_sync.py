@@ -10,6 +10,8 @@ back as a new one."""
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pydicom
 import pytest
@@ -336,3 +338,30 @@ def test_a_change_made_by_the_sync_does_not_come_back(qtbot, win, mixed):
     assert len(na) == 3 and len(nb) == 3, (len(na), len(nb))  # one change each, per reader change
     assert_same_place(a, b)
 
+
+
+def test_a_follower_with_coarser_pixels_stays_within_the_zoom_limits(qtbot, win, tmp_path, studies):
+    """A linked series whose pixels are 8× larger takes the leader's scale in mm per screen pixel, i.e. 8× the
+    leader's zoom: past ZOOM_MAX when the leader is zoomed in far, so it stops at the limit (it used to go on)."""
+    from app.viewer.viewport import ZOOM_MAX
+
+    current, _ = studies
+    src = sorted((current / "thin").glob("*.dcm"))
+
+    def coarse(ds, i):
+        ds.PixelSpacing = [float(v) * 8 for v in ds.PixelSpacing]
+    derived_series(src, tmp_path / "coarse", 4, "Coarse", "CO", coarse)
+    shutil.copytree(current / "thin", tmp_path / "thin")
+    a, b = show_two(qtbot, win, [tmp_path])
+    fine, rough = (a, b) if a.volume.geometry.spacing[0] < b.volume.geometry.spacing[0] else (b, a)
+    assert {a.volume.series.description, b.volume.series.description} == {"Coarse", "Axial 8.25 mm portal venous"}
+    fine.zoom_by(1.2)
+    assert rough.zoom == pytest.approx(8 * fine.zoom, rel=1e-2)  # the same mm per screen pixel
+    assert rough.zoom < ZOOM_MAX
+    fine.zoom_by(ZOOM_MAX)  # the leader at its own limit
+    assert fine.zoom == pytest.approx(ZOOM_MAX, rel=1e-3)
+    assert rough.zoom == pytest.approx(ZOOM_MAX, rel=1e-2)  # not 8 × 40
+    # Ctrl+wheel (pyqtgraph's own zoom) is held to the limits too
+    for _ in range(10):
+        wheel(fine.view.viewport(), fine.view.viewport().rect().center(), 1, Qt.KeyboardModifier.ControlModifier)
+    assert fine.zoom <= ZOOM_MAX * 1.001 and rough.zoom <= ZOOM_MAX * 1.001
