@@ -81,6 +81,8 @@ SHORTCUTS: tuple[Shortcut, ...] = (
     Shortcut("next_study", ("Ctrl+PgDown",), "Next study to read: the next one of the study list (as searched, "
              "filtered and sorted) whose report is not signed", "Application", "window"),
     Shortcut("previous_study", ("Ctrl+PgUp",), "Previous study to read in the study list", "Application", "window"),
+    Shortcut("open_with_prior", ("Ctrl+Shift+C",), "Compare: the study on screen (or selected) beside the patient's "
+             "most recent earlier study, 1×2", "Application", "window"),
     Shortcut("next_viewport", ("Tab",), "Next viewport", "Application", "window"),
     Shortcut("link_viewports", ("Ctrl+L",), "Link viewports: a prior study scrolls, zooms and pans with this one from "
              "where both are now (again: unlink; series of one frame of reference always move together)", "Application", "window"),

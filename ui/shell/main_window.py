@@ -175,6 +175,7 @@ class MainWindow(QMainWindow):
             "next_viewport": self.grid.next_viewport,
             "link_viewports": self.grid.toggle_link,
             "reading_mode": self.toggle_reading_mode,
+            "open_with_prior": lambda: self._studies_command("open_with_prior"),
             "next_study": lambda: self._step_study(1),
             "previous_study": lambda: self._step_study(-1),
             "run_preread": lambda: self._preread_command("start"),
@@ -704,11 +705,16 @@ class MainWindow(QMainWindow):
         return why
 
     def _step_study(self, step: int) -> str | None:
+        return self._studies_command("step_study", step)
+
+    def _studies_command(self, method: str, *args) -> str | None:
+        """A study-list command from the keyboard; the study list says why not on the status bar itself."""
         studies = getattr(self, "studies", None)
-        why = studies.step_study(step) if studies is not None else "There is no study list in this window."
-        if why and studies is None:
+        if studies is None:
+            why = "There is no study list in this window."
             self.statusBar().showMessage(why, 5000)
-        return why
+            return why
+        return getattr(studies, method)(*args)
 
     def _preread_command(self, method: str) -> str | None:
         """Ctrl+Shift+P / Ctrl+Shift+A: the Pre-read panel's Pre-read series / Accept into report, from the keyboard;

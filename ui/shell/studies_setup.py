@@ -91,6 +91,7 @@ class StudiesController(QObject):
         #: (series UID, saved pre-read finished at) shown, or (series UID, why not) said
         self._restored: set[tuple[str, str]] = set()
         window.idle.connect(self._index_opened)
+        window.idle.connect(self._place_compare)
         window.idle.connect(self.restore_prereads)
         self.preread_done.connect(self.restore_prereads)
         self.connect_report(getattr(window, "report", None))
@@ -222,12 +223,18 @@ class StudiesController(QObject):
 
     # ---- the worklist ------------------------------------------------------------------------
     def current_study_uid(self) -> str:
-        """The study open in the window ('' when none)."""
+        """The study open in the window: the active viewport's (a prior may be open beside it), else the first
+        one opened ('' when none)."""
         result = getattr(self.window, "result", None)
-        for patient in getattr(result, "patients", None) or []:
-            for study in patient.studies:
-                return study.uid
-        return ""
+        studies = [st for p in getattr(result, "patients", None) or [] for st in p.studies]
+        grid = getattr(self.window, "grid", None)
+        volume = grid.active.volume if grid is not None and grid.active is not None else None
+        if volume is not None:
+            uid = volume.series.uid
+            for st in studies:
+                if any(s.uid == uid for s in st.series):
+                    return st.uid
+        return studies[0].uid if studies else ""
 
     def step_study(self, step: int = 1) -> str | None:
         """Ctrl+PgDown / Ctrl+PgUp: open the next / previous study of the study list (as it is searched, filtered
@@ -243,6 +250,62 @@ class StudiesController(QObject):
         self.status.emit(f"Opening {_who(row)}…")
         self.widget.open_study(row.uid)
         return None
+
+    def prior_of(self, uid: str):
+        """The most recent earlier study of the same patient (same patient ID) with images here; None if none."""
+        study = self.db.get(uid)
+        if study is None or not study.patient_id:
+            return None
+        when = lambda s: (s.study_date or "", s.study_time or "")  # noqa: E731
+        earlier = [s for s in self.db.search(patient_id=study.patient_id, limit=None)
+                   if s.study_uid != uid and s.instances > 0 and when(s) < when(study)]
+        return max(earlier, key=when) if earlier else None
+
+    def open_with_prior(self) -> str | None:
+        """Ctrl+Shift+C: the study on screen (else the one selected in the list) beside the patient's most recent
+        earlier study, 1×2, current left and prior right; None when it opens, else why not."""
+        current = self.current_study_uid() or next(iter(self.widget.local.selected()), "")
+        if not current:
+            return self._say("Open or select a study first: its prior is found by the patient ID.")
+        prior = self.prior_of(current)
+        if prior is None:
+            return self._say("No earlier study of this patient in the study list (same patient ID, with images).")
+        files = self.widget.study_files(current) + self.widget.study_files(prior.study_uid)
+        self._compare = (current, prior.study_uid)
+        self.window.set_layout("1x2")
+        self.window.open_paths(files)
+        self.status.emit(f"Opening the prior of {display_date(prior.study_date)} beside this study…")
+        return None
+
+    def _place_compare(self) -> None:
+        """Once both studies of an open-with-prior are scanned: the current study's main series left, the prior's
+        right (each its largest image series), and how to link them."""
+        pending = getattr(self, "_compare", None)
+        result = getattr(self.window, "result", None)
+        if pending is None or result is None:
+            return
+        series = result.all_series()
+        main: dict[str, int] = {}
+        for p in result.patients:
+            for st in p.studies:
+                mine = [i for i, s in enumerate(series) if any(s is t for t in st.series) and s.frame_count > 0]
+                if mine:
+                    main[st.uid] = max(mine, key=lambda i: series[i].frame_count)
+        current, prior = pending
+        if current not in main or prior not in main:
+            return
+        self._compare = None
+        left, right = self.window.grid.viewports[:2]
+        self.window.show_series(main[current], left)
+        self.window.show_series(main[prior], right)
+        self.window.grid.set_active(left)
+        prior_row = self.db.get(prior)
+        when = display_date(prior_row.study_date) if prior_row is not None else "the prior"
+        self.status.emit(f"Prior of {when} on the right: scroll it to the same level, then Ctrl+L links the two.")
+
+    def _say(self, text: str) -> str:
+        self.status.emit(text)
+        return text
 
     def next_to_read_text(self) -> str:
         """" Next to read: NAME, DATE (Ctrl+PgDown)." after a signature; "" when the list has none."""

@@ -445,6 +445,10 @@ class LocalStudiesTab(QWidget):
         """The UIDs of the rows in the order shown (tests)."""
         return [self.proxy.index(r, 0).data(UID_ROLE) for r in range(self.proxy.rowCount())]
 
+    def selected(self) -> list[str]:
+        """The UIDs of the selected rows."""
+        return _selected_uids(self.view)
+
     def to_read_after(self, uid: str, step: int = 1) -> StudyRow | None:
         """The next (``step`` 1) or previous (-1) study of the list as shown (its search, filters and sort) whose
         report is not signed and that has images here, after ``uid`` (from the top or bottom when ``uid`` is not

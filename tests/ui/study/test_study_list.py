@@ -619,6 +619,71 @@ def test_ctrl_pgdown_walks_the_study_list_to_the_next_study_to_read(qtbot, windo
     assert said and said[-1].startswith("Report signed. Next to read: ") and said[-1].endswith("(Ctrl+PgDown).")
 
 
+def _as_prior(src: Path, dst: Path, date: str) -> str:
+    """``src`` as an earlier study of the same patient (new study, series, instance and frame-of-reference
+    UIDs, study date ``date``); returns its study UID."""
+    from pydicom.uid import generate_uid
+
+    dst.mkdir(parents=True)
+    study, series, frame = generate_uid(), generate_uid(), generate_uid()
+    for f in sorted(src.glob("*.dcm")):
+        ds = pydicom.dcmread(f)
+        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study, series, frame
+        ds.SOPInstanceUID = generate_uid()
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        ds.StudyDate = ds.SeriesDate = date
+        ds.save_as(dst / f.name, enforce_file_format=True)
+    return study
+
+
+def test_ctrl_shift_c_opens_the_study_beside_the_patients_prior(qtbot, window, tmp_path):
+    """Comparing with the prior: the study on screen and the same patient's most recent earlier study, 1×2, the
+    current one left; a patient without an earlier study gets a one-line answer."""
+    win, settings = window
+    current = write_ct_study(tmp_path / "now", n_slices=6, size=64, seed=811)
+    older = _as_prior(current, tmp_path / "2023", "20230301")
+    prior = _as_prior(current, tmp_path / "2024", "20240615")  # the most recent earlier one
+    alone = write_ct_study(tmp_path / "other", n_slices=4, size=64, seed=812)  # another patient
+    db = StudyDB(StudyPaths.detect().ensure().database)
+    import_paths(db, [current, tmp_path / "2023", tmp_path / "2024", alone])
+    db.close()
+    uid = str(pydicom.dcmread(next(current.glob("*.dcm")), stop_before_pixels=True).StudyInstanceUID)
+    studies = win.attach_studies(settings=settings)
+    win.show()
+    win.activateWindow()
+    qtbot.waitUntil(lambda: QGuiApplication.focusWindow() is win.windowHandle(), timeout=5000)
+    tab = studies.widget.local
+    qtbot.waitUntil(lambda: len(tab.uids()) == 4, timeout=5000)
+    assert studies.prior_of(uid).study_uid == prior and studies.prior_of(older) is None
+    _double_click(qtbot, tab.view, tab.uids().index(uid))
+    qtbot.waitUntil(lambda: studies.current_study_uid() == uid and not win.is_busy(), timeout=30_000)
+    said: list[str] = []
+    studies.status.connect(said.append)
+    qtbot.keyClick(win, Qt.Key.Key_C, Qt.KeyboardModifier.ControlModifier | Qt.KeyboardModifier.ShiftModifier)
+    left, right = win.grid.viewports[:2]
+
+    def study_of(vp) -> str:
+        v = vp.volume
+        if v is None or v.loaded < len(v):
+            return ""
+        return str(pydicom.dcmread(v.series.instances[0].path, stop_before_pixels=True).StudyInstanceUID)
+
+    qtbot.waitUntil(lambda: (study_of(left), study_of(right)) == (uid, prior), timeout=30_000)
+    assert [vp.isVisible() for vp in win.grid.viewports[:2]] == [True, True] and len(win.grid.visible()) == 2
+    assert win.grid.active is left
+    assert said[-1] == "Prior of 2024-06-15 on the right: scroll it to the same level, then Ctrl+L links the two."
+    assert studies.current_study_uid() == uid  # the active viewport's study, whatever the scan's order
+    win.grid.set_active(right)
+    assert studies.current_study_uid() == prior
+    win.grid.set_active(left)
+    # a patient with one study only
+    _double_click(qtbot, tab.view, tab.uids().index(
+        str(pydicom.dcmread(next(alone.glob("*.dcm")), stop_before_pixels=True).StudyInstanceUID)))
+    qtbot.waitUntil(lambda: studies.current_study_uid() != uid and not win.is_busy(), timeout=30_000)
+    qtbot.keyClick(win, Qt.Key.Key_C, Qt.KeyboardModifier.ControlModifier | Qt.KeyboardModifier.ShiftModifier)
+    assert said[-1] == "No earlier study of this patient in the study list (same patient ID, with images)."
+
+
 def test_the_outbox_view_shows_a_failed_send_and_retry_sends_it(qtbot, window, tmp_path):
     win, settings = window
     port = free_port()
