@@ -24,7 +24,7 @@ help:
 	@echo "make run         set up and open the viewer on the bundled sample study"
 	@echo "make test        set up and run the whole test suite"
 	@echo "make benchmarks  run the speed/memory benchmarks (tables for the README)"
-	@echo "make demo-model  retrain the embedded demo model from scratch (CPU, about two hours; resumable)"
+	@echo "make demo-model  retrain the embedded demo model from scratch (CPU, about two and a half hours; resumable)"
 	@echo "make installer   build the Linux desktop bundle (build/installer/*.tar.gz)"
 	@echo "make installer-test  build, install into an empty folder and run the bundled app"
 
@@ -49,12 +49,21 @@ benchmarks: $(STAMP)
 	$(PY) benchmarks/pacs.py
 
 DEMO_WORK ?= checkpoints/demo-recipe
+# the 224-px phantom model, then issue #14 run 4's two recipes on 512-px study slices (docs/demo-512-run-4-thumb.md)
+DEMO_224 = checkpoints/demo-224
+DEMO_512 = training.demo_model --config training/configs/demo_model_512_thumb.yaml --set init_from=$(DEMO_224) --stop-after sft -v
+DEMO_512_PHASE2 = training.demo_model --config training/configs/demo_model_512_thumb_phase2.yaml --out resources/models/demo -v
+
 demo-model: $(STAMP)
-	rm -rf $(DEMO_WORK)
-	$(PY) -m training.demo_model --config training/configs/demo_model.yaml --work-dir $(DEMO_WORK) --out resources/models/demo -v
+	rm -rf $(DEMO_WORK) $(DEMO_224) checkpoints/demo-recipe-512-thumb checkpoints/demo-recipe-512-thumb-phase2
+	$(PY) -m training.demo_model --config training/configs/demo_model.yaml --work-dir $(DEMO_WORK) --out $(DEMO_224) -v
+	$(PY) -m $(DEMO_512)
+	$(PY) -m $(DEMO_512_PHASE2)
 
 demo-model-resume: $(STAMP)
-	$(PY) -m training.demo_model --config training/configs/demo_model.yaml --work-dir $(DEMO_WORK) --out resources/models/demo -v
+	$(PY) -m training.demo_model --config training/configs/demo_model.yaml --work-dir $(DEMO_WORK) --out $(DEMO_224) -v
+	$(PY) -m $(DEMO_512)
+	$(PY) -m $(DEMO_512_PHASE2)
 
 installer: $(STAMP)
 	$(PIP) install -q -e ".[installer]"
