@@ -176,12 +176,12 @@ class MainWindow(QMainWindow):
             "link_viewports": self.grid.toggle_link,
             "reading_mode": self.toggle_reading_mode,
             "open_with_prior": lambda: self._studies_command("open_with_prior"),
-            "next_study": lambda: self._step_study(1),
-            "previous_study": lambda: self._step_study(-1),
+            "next_study": lambda: self._studies_command("step_study", 1),
+            "previous_study": lambda: self._studies_command("step_study", -1),
             "run_preread": lambda: self._preread_command("start"),
             "take_preread_lesion": lambda: self._preread_command("accept_selected"),
-            "next_preread_lesion": lambda: self._step_preread(1),
-            "previous_preread_lesion": lambda: self._step_preread(-1),
+            "next_preread_lesion": lambda: self._preread_command("step_lesion", 1),
+            "previous_preread_lesion": lambda: self._preread_command("step_lesion", -1),
             "cancel_load": self.cancel_loading,
             "show_problems": self.show_problems,
             "show_help": self.show_help,
@@ -696,17 +696,6 @@ class MainWindow(QMainWindow):
 
     # -- the series pre-read (ui/shell/preread_setup.install_preread attaches it) --------------------
 
-    def _step_preread(self, delta: int) -> str | None:
-        """N / Shift+N: the next / previous lesion of the pre-read list, from the keyboard, eyes on the image."""
-        panel = getattr(self, "preread_panel", None)
-        why = panel.step_lesion(delta) if panel is not None else "There is no pre-read in this window."
-        if why:
-            self.statusBar().showMessage(why, 5000)
-        return why
-
-    def _step_study(self, step: int) -> str | None:
-        return self._studies_command("step_study", step)
-
     def _studies_command(self, method: str, *args) -> str | None:
         """A study-list command from the keyboard; the study list says why not on the status bar itself."""
         studies = getattr(self, "studies", None)
@@ -716,11 +705,11 @@ class MainWindow(QMainWindow):
             return why
         return getattr(studies, method)(*args)
 
-    def _preread_command(self, method: str) -> str | None:
-        """Ctrl+Shift+P / Ctrl+Shift+A: the Pre-read panel's Pre-read series / Accept into report, from the keyboard;
-        why not goes to the status bar."""
+    def _preread_command(self, method: str, *args) -> str | None:
+        """A Pre-read panel command from the keyboard, eyes on the image (Ctrl+Shift+P pre-read series,
+        Ctrl+Shift+A accept, N / Shift+N next / previous lesion); why not goes to the status bar."""
         panel = getattr(self, "preread_panel", None)
-        why = getattr(panel, method)() if panel is not None else "There is no pre-read in this window."
+        why = getattr(panel, method)(*args) if panel is not None else "There is no pre-read in this window."
         if why:
             self.statusBar().showMessage(why, 5000)
         return why

@@ -243,10 +243,9 @@ class StudiesController(QObject):
         row = self.widget.local.to_read_after(current, step)
         if row is None:
             where = "after" if step > 0 else "before"
-            why = (f"No study to read {where} this one in the study list (every other listed study is signed, or "
-                   "the search and filters hide it)." if current else "The study list has no study to read.")
-            self.status.emit(why)
-            return why
+            return self._say(f"No study to read {where} this one in the study list (every other listed study is "
+                             "signed, or the search and filters hide it)." if current
+                             else "The study list has no study to read.")
         self.status.emit(f"Opening {_who(row)}…")
         self.widget.open_study(row.uid)
         return None
