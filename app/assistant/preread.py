@@ -655,11 +655,52 @@ def link(volume: Volume, detections: Sequence[Detection], *, min_iou: float = 0.
 # ----------------------------------------------------------------------------- stage 3
 
 
-def location_of(volume: Volume, c: Candidate) -> str:
-    """Side (DICOM LPS: +x is the patient's left) and region (lung when read in the lung window)."""
+def location_of(volume: Volume, c: Candidate, lung_fractions: dict[int, float] | None = None) -> str:
+    """Side (DICOM LPS: +x is the patient's left) and region, read from the CT's own pixels (see
+    :func:`region_of`), not from the window the box was found in."""
     side = "left" if float(c.center_mm[0]) > 0 else "right"
-    region = "lung" if c.window == "lung" else "upper abdomen" if c.window == "soft tissue" else "body"
-    return f"{side} {region}"
+    return f"{side} {region_of(volume, c, lung_fractions)}"
+
+
+#: a box whose neighbourhood (the box and half its size around it) is at least this share lung is "lung"
+LUNG_AROUND_MIN = 0.25
+#: a slice with at least this share of lung in its body section is a chest slice
+CHEST_SLICE_MIN = 0.03
+
+
+def region_of(volume: Volume, c: Candidate, lung_fractions: dict[int, float] | None = None) -> str:
+    """Where a CT candidate lies, from Hounsfield units alone: "lung" when its key-slice neighbourhood
+    is largely aerated lung (−950…−500 HU), else "chest" on a slice with lung in it (mediastinum, chest
+    wall, a lung apex or base), "upper abdomen" below the last slice with lung, and "body" where it cannot
+    tell (above the lungs, a series without lung, not CT). ``lung_fractions`` (slice → share of lung, as
+    the sweep measured it) is a cache: slices measured here are added to it."""
+    geo = volume.geometry
+    if (volume.series.modality or "").upper() != "CT" or volume.is_color or geo is None:
+        return "lung" if c.window == "lung" else "body"
+    fractions = lung_fractions if lung_fractions is not None else {}
+
+    def fraction(k: int) -> float:
+        if k not in fractions:
+            fractions[k] = lung_fraction(volume.values(k))
+        return fractions[k]
+
+    hu = np.asarray(volume.values(c.key_slice), dtype=np.float32)
+    b = c.key_box
+    grow_x, grow_y = (b.x1 - b.x0) / 2.0, (b.y1 - b.y0) / 2.0
+    y0, y1 = max(0, int(b.y0 - grow_y)), min(hu.shape[0], int(math.ceil(b.y1 + grow_y)))
+    x0, x1 = max(0, int(b.x0 - grow_x)), min(hu.shape[1], int(math.ceil(b.x1 + grow_x)))
+    around = hu[y0:y1, x0:x1]
+    if around.size and float(((around >= LUNG_HU[0]) & (around < LUNG_HU[1])).mean()) >= LUNG_AROUND_MIN:
+        return "lung"
+    if fraction(c.key_slice) >= CHEST_SLICE_MIN:
+        return "chest"
+    normal = np.cross(geo.row_direction, geo.col_direction)
+    height = geo.origins @ normal * float(np.sign(normal[2]) or 1.0)  # along the patient's feet-to-head axis
+    step = max(1, len(volume) // 64)  # enough slices to find where the lungs end
+    lung = [k for k in range(0, len(volume), step) if fraction(k) >= CHEST_SLICE_MIN]
+    if not lung:
+        return "body"
+    return "upper abdomen" if height[c.key_slice] < min(height[k] for k in lung) else "body"
 
 
 _LESION_LINE = re.compile(r"^[ \t]*L(?P<n>\d+)[ \t]*:[ \t]*(?P<text>.+?)[ \t]*$", re.MULTILINE)
@@ -752,14 +793,17 @@ def reason(
     progress: ProgressFn | None = None,
     reliability: bool = True,
     batch_size: int = 8,
+    lung_fractions: dict[int, float] | None = None,
 ) -> None:
     """Stage 3, in place: five-step reasoning and the reliability pass at each candidate's key slice.
 
     The reasoning of ``batch_size`` candidates at a time is one batched generation (:meth:`Assistant.ask_batch`);
-    each answer then gets its own reliability pass (itself one batched sampling call)."""
+    each answer then gets its own reliability pass (itself one batched sampling call). ``lung_fractions``:
+    the sweep's, for :func:`region_of`."""
     from app.assistant.session import check_answer
 
     assistant = assistant or Assistant(engine)
+    fractions = dict(lung_fractions or {})
     total = len(candidates)
     done = 0
     for start in range(0, total, max(1, batch_size)):
@@ -772,7 +816,7 @@ def reason(
                                       study_description=study_description, cancel=cancel)
         for c, answer in zip(chunk, answers):
             c.answer = answer
-            c.location = location_of(volume, c)
+            c.location = location_of(volume, c, fractions)
             c.description = _description(answer, c)
             if reliability and not (cancel is not None and cancel()):
                 rel = check_answer(engine, answer, n_samples, n_questions, cancel=cancel)
@@ -894,11 +938,13 @@ def preread(
         assistant = Assistant(engine, image_spec=image_spec, max_new_tokens=options.max_new_tokens)
         reason(engine, volume, lesions, assistant=assistant, n_samples=options.n_samples,
                n_questions=options.n_questions, study_description=study_description, cancel=cancel,
-               progress=progress, reliability=options.reliability, batch_size=options.reasoning_batch)
+               progress=progress, reliability=options.reliability, batch_size=options.reasoning_batch,
+               lung_fractions=sw.lung_fractions)
         cancelled = bool(cancel and cancel())
+    fractions = dict(sw.lung_fractions)
     for c in lesions:
         if not c.location:
-            c.location = location_of(volume, c)
+            c.location = location_of(volume, c, fractions)
     t3 = time.perf_counter()
     timing = {"sweep_s": t1 - t0, "link_s": t2 - t1, "reasoning_s": t3 - t2, "total_s": t3 - t0,
               "slices": float(len(sw.windows)), "requests": float(sw.requests), "batches": float(sw.batches)}

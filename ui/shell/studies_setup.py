@@ -336,7 +336,7 @@ class StudiesController(QObject):
             except XMedError as exc:
                 if (uid, str(exc)) not in self._restored:  # said once
                     self._restored.add((uid, str(exc)))
-                    self.status.emit(f"The pre-read on arrival of this series was not shown: {exc}")
+                    self.status.emit(f"The saved pre-read of this series was not shown: {exc}")  # on arrival or in the viewer
                 continue
             study = self.db.get(saved.document.get("study_uid", ""))
             shown += controller.restore(volume, result, f"{saved.origin}, {_local_time(saved.finished_at)}",

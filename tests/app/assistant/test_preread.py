@@ -19,6 +19,7 @@ from app.assistant.preread import (
     PrereadOptions,
     choose_windows,
     link,
+    location_of,
     lung_fraction,
     make_detection,
     preread,
@@ -235,6 +236,26 @@ def test_cancel_stops_the_sweep_between_batches(study):
                progress=lambda d, t: calls.__setitem__("n", calls["n"] + 1))
     assert sw.cancelled and len(engine.batches) == 2 and sw.batches == 2
     assert calls["n"] == 3  # 0, after batch 1, after batch 2
+
+
+def test_a_lesions_region_comes_from_the_pixels_not_from_the_window_it_was_found_in(study):
+    """A box found in the soft-tissue window on a lung slice is still in the lung; a box on the first slice (the
+    lung apex, swept in both windows) was once called "upper abdomen": the region is now read from the HU."""
+    _, vol, truth = study
+
+    def where(k: int, box: tuple[int, int, int, int], window: str = "soft tissue") -> str:
+        (c,) = link(vol, [make_detection(vol, k, Box(*box), window, "lesion")])
+        return location_of(vol, c)
+
+    boxes = {b["lesion_id"]: (s["index"], (b["x0"], b["y0"], b["x1"], b["y1"])) for s in truth["slices"] for b in s["boxes"]}
+    side = {les["id"]: les["location"].split()[0] for les in truth["lesions"]}
+    for lid in ("L1", "L3"):  # a 6 mm nodule and a 32 mm mass in the lung
+        assert where(*boxes[lid]) == f"{side[lid]} lung"
+    assert where(*boxes["L5"], window="lung") == f"{side['L5']} upper abdomen"  # the liver, whatever the window
+    mid = len(vol) * 20 // 48
+    assert where(mid, (58, 50, 70, 62)).endswith(" chest")  # the mediastinum of a lung slice
+    assert where(0, (40, 50, 50, 60)).endswith(" body")  # above the lungs: not claimed to be abdomen
+    assert where(len(vol) - 1, (60, 60, 70, 70)).endswith(" upper abdomen")
 
 
 def test_preread_reasons_at_each_key_slice_and_carries_reliability(study):

@@ -487,7 +487,7 @@ def test_a_study_pushed_to_the_viewers_listener_is_preread_and_shows_its_dot(qtb
     said: list[str] = []
     studies.status.connect(said.append)
     assert studies.restore_prereads() == 0 and studies.restore_prereads() == 0
-    assert len(said) == 1 and said[0].startswith("The pre-read on arrival of this series was not shown: its file "
+    assert len(said) == 1 and said[0].startswith("The saved pre-read of this series was not shown: its file "
                                                  "cannot be read"), said
     assert Path(job.result_path).read_text() == "{ damaged"
 
