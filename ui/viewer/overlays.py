@@ -20,12 +20,15 @@ from inference.types import Box
 
 log = logging.getLogger(__name__)
 
+#: Box colours say who drew a box and whether it is in the report -- never how reliable it is: green, amber and red
+#: are the reliability light's (a green box labelled "red" was read as "checked and right"), so no colour here is
+#: near them; the tier is in the label.
 SOURCE_COLORS: dict[str, tuple[int, int, int]] = {
-    "ai": (255, 196, 0),  # amber: machine proposal awaiting the reader
-    "accepted": (60, 230, 90),
+    "ai": (255, 110, 220),  # magenta: the AI's proposal, awaiting the reader
+    "accepted": (255, 255, 255),  # white: taken into the report by the reader
     "rejected": (150, 150, 150),
     "user": (0, 190, 255),
-    "truth": (255, 80, 200),
+    "truth": (140, 255, 255),  # evaluation views only
     "preread": (185, 140, 255),  # violet: a lesion of the series pre-read, not in the report
 }
 DEFAULT_COLOR = (255, 255, 255)

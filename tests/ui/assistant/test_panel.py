@@ -21,6 +21,7 @@ from inference.types import ChatRequest, Generation
 from ui.assistant.controller import AssistantController
 from ui.assistant.panel import TIER_TINT, AssistantPanel
 from ui.testing import synthetic_volume
+from ui.viewer.overlays import SOURCE_COLORS
 from ui.viewer.viewport import Viewport
 
 SIZE = 256  # synthetic volume: square, so 0–1000 maps to pixels by × SIZE / 1000
@@ -208,7 +209,7 @@ def test_grounded_answer_draws_its_boxes_on_the_asked_slice(qtbot, host):
         assert label.count(" · ") == 2 and label.split(" · ")[2] in ("green", "amber", "red"), label
         want = [v * scale for v in expected[" · ".join(label.split(" · ")[:2])]]
         assert [box.x0, box.y0, box.x1, box.y1] == pytest.approx(want, abs=0.6)
-        assert host.vp.overlays.color_of(box_id) == (255, 196, 0)  # drawn as an "ai" proposal
+        assert host.vp.overlays.color_of(box_id) == SOURCE_COLORS["ai"]  # drawn as an "ai" proposal
     assert sorted(host.panel.step_views) == [1, 2, 3, 4, 5]
     assert host.panel.step_views[2].header.text() == "2 · Region localization"
     assert [t for t, _ in host.panel.step_views[2].links()] == ["a nodule", "a second focus"]

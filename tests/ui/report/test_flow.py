@@ -33,6 +33,7 @@ from ui.report.controller import PREFIX
 from ui.shell.assistant_setup import install_assistant
 from ui.shell.main_window import MainWindow
 from ui.testing import image_to_widget, mouse_drag
+from ui.viewer.overlays import SOURCE_COLORS
 
 pytestmark = pytest.mark.skipif(shutil.which("pdftoppm") is None, reason="needs poppler-utils (make system-deps)")
 
@@ -95,7 +96,7 @@ def test_whole_flow_from_question_to_signed_sr_and_pdf(qtbot, tmp_path, monkeypa
     assert report.finding(mass).reliability.tier.value == checked[1].value
     assert vp.overlays.label_of(f"{PREFIX}{mass}:0") == f"AI 1 · mass · {checked[1].value}"
     assert sorted(vp.overlays.visible_ids()) == sorted(f"{PREFIX}{i}:0" for i in (mass, effusion, nodule))
-    assert vp.overlays.color_of(f"{PREFIX}{mass}:0") == (255, 196, 0)  # amber: awaiting the reader
+    assert vp.overlays.color_of(f"{PREFIX}{mass}:0") == SOURCE_COLORS["ai"]  # awaiting the reader
 
     # selecting a finding in the list jumps to its slice and thickens its box
     vp.set_slice(0)
@@ -119,7 +120,7 @@ def test_whole_flow_from_question_to_signed_sr_and_pdf(qtbot, tmp_path, monkeypa
     for fid in (mass, nodule):
         panel.select_finding(fid)
         panel.accept_button.click()
-    assert vp.overlays.color_of(f"{PREFIX}{nodule}:0") == (60, 230, 90)
+    assert vp.overlays.color_of(f"{PREFIX}{nodule}:0") == SOURCE_COLORS["accepted"]
     panel.impression.setPlainText("Spiculated right lower lobe mass, suspicious for malignancy. CT-guided biopsy.")
     panel.commit_pending()
     # Issue #13.7: the AI's impression sentence is a proposal; the reader wrote their own, so rejects it

@@ -160,3 +160,24 @@ def test_labels_of_boxes_that_share_a_corner_do_not_cover_each_other(vp, qtbot):
     layer.remove(a)
     qtbot.wait(20)
     assert layer._entries[b].text.anchor.y() == 1  # alone again: back above its box
+
+
+def test_no_box_colour_can_be_read_as_a_reliability_light():
+    """An accepted finding with a red tier was drawn green: box colours say who drew a box and whether it is in the
+    report, so none may share a hue with the light's green, amber or red (white and grey are not hues)."""
+    import colorsys
+
+    from ui.assistant.reliability_panel import LAMP_ON
+
+    def hue_sat(rgb) -> tuple[float, float]:
+        h, _, s = colorsys.rgb_to_hls(*(c / 255.0 for c in rgb))
+        return h * 360.0, s
+
+    lamps = [hue_sat(c.getRgb()[:3])[0] for c in LAMP_ON.values()]
+    for source, rgb in SOURCE_COLORS.items():
+        hue, sat = hue_sat(rgb)
+        if sat < 0.25 or max(rgb) - min(rgb) < 40:  # white, grey
+            continue
+        for lamp in lamps:
+            gap = min(abs(hue - lamp), 360.0 - abs(hue - lamp))
+            assert gap >= 30.0, (source, rgb, lamp)
