@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from app.assistant.evidence import sizes_disagree, stated_size_mm
-from app.assistant.preread import LUNG, SOFT_TISSUE
+from app.assistant.preread import LUNG, SOFT_TISSUE, UNBOXED_PREFIX
 from app.dicom.model import Volume, Window
 from app.report.audit import AuditLog
 from app.report.draft import (
@@ -97,8 +97,16 @@ def description_text(lesion: Lesion) -> str:
     return " ".join(strip_grounding(lesion.description or "").split())
 
 
+def own_description(lesion: Lesion) -> str:
+    """:func:`description_text` when the reasoning at the key slice described this lesion (boxed it); "" when it
+    boxed something else or nothing -- its words may be another lesion's, so they stay in the Pre-read panel and
+    out of the report."""
+    text = description_text(lesion)
+    return "" if text.startswith(UNBOXED_PREFIX) else text
+
+
 def lesion_text(lesion: Lesion) -> str:
-    """The finding's text: where, what and how large, on which images, then the model's description.
+    """The finding's text: where, what and how large, on which images, then the model's description of it.
 
     ``Right lung, images 17–19 (key image 18): nodule, 32 mm. A round solid nodule with smooth margins.``
     """
@@ -106,7 +114,7 @@ def lesion_text(lesion: Lesion) -> str:
     where = where[:1].upper() + where[1:] if where else "Pre-read lesion"
     what = (lesion.phrase or "lesion").strip() or "lesion"
     head = f"{where}, {slice_range_text(lesion)}: {what}, {lesion.diameter_mm:.0f} mm."
-    desc = description_text(lesion)
+    desc = own_description(lesion)
     if desc and desc[-1] not in ".!?":
         desc += "."
     return f"{head} {desc} {size_conflict_text(lesion)}".strip()
@@ -118,7 +126,7 @@ def size_conflict_text(lesion: Lesion) -> str:
 
     ``Sizes disagree: the description says 32 mm, the boxes measure 65 mm.``
     """
-    stated = stated_size_mm(description_text(lesion))
+    stated = stated_size_mm(own_description(lesion))
     if stated is None or not sizes_disagree(stated[0], lesion.diameter_mm):
         return ""
     return (f"Sizes disagree: the description says {stated[0]:.0f} mm, the boxes measure "
@@ -132,7 +140,7 @@ def window_of(lesion: Lesion) -> Window | None:
 
 def finding_type_of(lesion: Lesion, modality: str) -> str:
     """The template's finding type the phrase or description names (longest first); "" if none."""
-    words = phrase_key(f"{lesion.phrase} {description_text(lesion)}")
+    words = phrase_key(f"{lesion.phrase} {own_description(lesion)}")
     for t in sorted(template_for(modality).finding_types, key=len, reverse=True):
         if t != "other" and re.search(rf"\b{re.escape(t)}s?\b", words):
             return t

@@ -108,3 +108,20 @@ def test_a_description_whose_size_the_boxes_do_not_measure_is_flagged_in_the_fin
     assert "disagree" in lesion_text(les) and "the description says" in lesion_text(les)
     les.description = "A spiculated nodule."
     assert "disagree" not in lesion_text(les)
+
+
+def test_words_the_reasoning_said_of_another_lesion_stay_out_of_the_report(sample):
+    """When the reasoning at the key slice boxed something else (or nothing), its description may be another
+    lesion's: the panel shows it behind a warning, the report finding keeps only what the pre-read measured."""
+    from app.assistant.preread import UNBOXED_PREFIX
+    from app.report.from_preread import finding_type_of
+
+    _result, _series, volume = sample
+    les = lesion(volume)
+    les.description = f"{UNBOXED_PREFIX} A 80 mm hypodense mass with smooth margins in the right hepatic lobe."
+    text = lesion_text(les)
+    assert text == f"Right lung, images 17–19 (key image 18): nodule, {les.diameter_mm:.0f} mm.", text
+    assert finding_type_of(les, "CT") == "nodule"  # the sweep's phrase, not the other lesion's "mass"
+    les.description = "A 80 mm hypodense mass with smooth margins in the right lower lobe."  # its own: kept
+    assert "nodule, " in lesion_text(les) and "A 80 mm hypodense mass with smooth margins" in lesion_text(les)
+    assert "Sizes disagree: the description says 80 mm" in lesion_text(les)
