@@ -308,10 +308,12 @@ class ReportPanel(QWidget):
                    if r.ai_sentences else "")
         rejected = sum(1 for f in r.findings if f.status is FindingStatus.REJECTED)
         left_out = f" ({rejected} rejected AI finding{'s' if rejected != 1 else ''} left out)" if rejected else ""
+        empty = "" if r.impression_text().strip() else "The impression is empty: the report will say IMPRESSION: -.\n"
         return (f"Sign this report as {person_name(self.reader_name, NameStyle.FULL)}?\n\n"
                 f"{kept} accepted finding{'s' if kept != 1 else ''} will be in the signed report{left_out}.\n"
                 f"{_unconfirmed_line(r.included_findings())}"
                 f"{ai_line}"
+                f"{empty}"
                 "A signed report cannot be changed; later corrections go into an addendum.")
 
     def sign(self) -> None:

@@ -264,6 +264,18 @@ def test_sign_question_names_accepted_ai_findings_the_reliability_check_did_not_
     assert "Not confirmed" not in w.sign_question()
 
 
+def test_sign_question_says_when_the_impression_is_empty(qtbot, report):
+    """Seen in a real window: a report with an accepted finding and no impression was signed as "IMPRESSION: -"
+    without a word; the question now says so (signing stays the reader's choice)."""
+    w = ReportPanel(report, reader_name="Smith^Jane")
+    qtbot.addWidget(w)
+    report.accept(report.findings[0].id)
+    report.set_impression("")
+    assert "The impression is empty" in w.sign_question()
+    report.set_impression("Small pleural effusion.")
+    assert "The impression is empty" not in w.sign_question()
+
+
 def test_addendum_after_signing_is_typed_signed_and_shown(qtbot, report, output_dir):
     """Issue #20.6: "Add addendum" on a signed report; the addendum is signed on its own."""
     w = ReportPanel(report, reader_name="Smith^Jane")
