@@ -47,7 +47,9 @@ from app.report.templates import heading, template_of
 
 log = logging.getLogger(__name__)
 
-BOX_COLOURS = [QColor(255, 200, 0), QColor(0, 200, 255), QColor(255, 90, 200), QColor(120, 255, 120)]
+#: finding number → box colour on the key images: none near the reliability tiers' green, amber or red (a box's colour
+#: is not its reliability; the tier is printed under the finding)
+BOX_COLOURS = [QColor(255, 110, 220), QColor(0, 200, 255), QColor(185, 140, 255), QColor(255, 255, 255)]
 #: reliability tier → text colour on the white page (each at least 4.5:1 against white, WCAG AA)
 TIER_COLOURS = {"green": QColor(20, 110, 45), "amber": QColor(150, 80, 0), "red": QColor(170, 20, 20)}
 

@@ -81,10 +81,10 @@ def test_pdf_has_everything_and_renders(tmp_path, output_dir):
     px = np.frombuffer(img.constBits(), np.uint8).reshape(img.height(), img.bytesPerLine())[:, : img.width() * 3]
     px = px.reshape(img.height(), img.width(), 3).astype(int)
     dark = (px.sum(axis=2) < 200).mean()
-    yellow = ((px[..., 0] > 200) & (px[..., 1] > 150) & (px[..., 2] < 80)).sum()  # finding 1's box
+    magenta = ((px[..., 0] > 200) & (px[..., 1] < 160) & (px[..., 2] > 170)).sum()  # finding 1's box
     cyan = ((px[..., 0] < 80) & (px[..., 1] > 150) & (px[..., 2] > 200)).sum()  # kept finding 2's box
     assert dark > 0.02  # text and the dark lung images are there
-    assert yellow > 20 and cyan > 20
+    assert magenta > 20 and cyan > 20
 
 
 def test_each_key_image_is_shown_in_the_window_its_finding_was_found_in(tmp_path, output_dir):

@@ -163,8 +163,9 @@ def test_labels_of_boxes_that_share_a_corner_do_not_cover_each_other(vp, qtbot):
 
 
 def test_no_box_colour_can_be_read_as_a_reliability_light():
-    """An accepted finding with a red tier was drawn green: box colours say who drew a box and whether it is in the
-    report, so none may share a hue with the light's green, amber or red (white and grey are not hues)."""
+    """An accepted finding with a red tier was drawn green (and the PDF's key image drew finding 1 amber): box colours
+    say who drew a box and whether it is in the report, so none may share a hue with the light's green, amber or red
+    (white and grey are not hues)."""
     import colorsys
 
     from ui.assistant.reliability_panel import LAMP_ON
@@ -173,8 +174,11 @@ def test_no_box_colour_can_be_read_as_a_reliability_light():
         h, _, s = colorsys.rgb_to_hls(*(c / 255.0 for c in rgb))
         return h * 360.0, s
 
+    from ui.report.pdf_export import BOX_COLOURS
+
     lamps = [hue_sat(c.getRgb()[:3])[0] for c in LAMP_ON.values()]
-    for source, rgb in SOURCE_COLORS.items():
+    pdf = {f"pdf key image {n}": c.getRgb()[:3] for n, c in enumerate(BOX_COLOURS, 1)}
+    for source, rgb in {**SOURCE_COLORS, **pdf}.items():
         hue, sat = hue_sat(rgb)
         if sat < 0.25 or max(rgb) - min(rgb) < 40:  # white, grey
             continue
