@@ -5,9 +5,10 @@ ask the local XMedGPT and write a JSON file with the reasoning steps, the findin
 with their boxes in three coordinate systems (frame pixels, the model's 0–1000
 scale, patient mm), the guardrail's warnings, the model that answered and timing.
 
-``--slice`` takes one index from 0 (default: the middle slice), or several: a list and
-ranges (``3,7,20-25``) or ``all``; the JSON is then ``{"source": …, "slices": [answer, …]}``,
-each answer shaped as a single one (its ``frame`` is the 0-based slice index).
+``--slice`` takes one image number as the viewer shows it, from 1 (default: the middle slice), or
+several: a list and ranges (``3,7,20-25``) or ``all``; the JSON is then ``{"source": …, "slices":
+[answer, …]}``, each answer shaped as a single one (its ``frame`` is the 0-based slice index: image
+number − 1).
 ``--reliability`` runs the viewer's reliability pass on each answer
 (:func:`app.assistant.session.check_answer`: re-asked questions, boxes grounded again,
 checks against the pixels, the body region and the reasoning) and adds
@@ -34,7 +35,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import re
 import tempfile
 from pathlib import Path
 
@@ -54,7 +54,14 @@ from app.dicom.display import auto_window_for, render
 from app.dicom.loader import load_series
 from app.dicom.model import ScanResult, Series
 from app.dicom.scan import scan
-from app.dicom.slice_request import OpenedSlice, choose_window, open_slice, pick_series
+from app.dicom.slice_request import (
+    OpenedSlice,
+    choose_window,
+    one_slice,
+    open_slice,
+    pick_series,
+    slice_numbers,
+)
 from app.models.registry import (
     ModelRegistry,
     require_native_model_folder,
@@ -92,8 +99,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--pdf", dest="pdf_out", type=Path, metavar="OUT.pdf", help="draft report as PDF with the key image")
     p.add_argument("--series", default="0", help="series index (as listed by `info`) or UID (default 0)")
     p.add_argument("--slice", default=None, metavar="K|LIST|all",
-                   help="slice index from 0 (default: the middle); several: a list and ranges such as 3,7,20-25, "
-                        "or 'all' (the JSON then has \"slices\": one answer per slice)")
+                   help="image number from 1, as the viewer shows it (default: the middle); several: a list and "
+                        "ranges such as 3,7,20-25, or 'all' (the JSON then has \"slices\": one answer per slice, "
+                        "each with its 0-based \"frame\")")
     p.add_argument("--question", default="", help="what to ask (default: the five-step analysis of the slice)")
     p.add_argument("--task", choices=["auto", *(t.value for t in Task)], default="auto",
                    help="prompt to use; 'auto' reads it from the question (\"locate …\" → locate)")
@@ -115,53 +123,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run, pdf_writer=None)
 
 
-def parse_slices(text: str | None, count: int) -> list[int] | None:
-    """``--slice``: None for one slice (an index, or the middle by default); else the indices, from 0,
-    of a list and ranges ("3,7,20-25") or of "all", in order without repeats."""
-    if one_slice(text):
-        return None
-    key = text.strip().lower()
-    if key == "all":
-        return list(range(count))
-    out: list[int] = []
-    for part in key.split(","):
-        part = part.strip()
-        m = re.fullmatch(r"(\d+)\s*-\s*(\d+)", part)
-        if m:
-            a, b = int(m.group(1)), int(m.group(2))
-            if b < a:
-                raise XMedError(f"--slice range {part} runs backwards; write it as {b}-{a}")
-            ks = range(a, b + 1)
-        elif part.isdigit():
-            ks = range(int(part), int(part) + 1)
-        else:
-            raise XMedError(f"--slice {text!r}: expected an index, a list and ranges such as 3,7,20-25, or 'all'")
-        for k in ks:
-            if not 0 <= k < count:
-                raise XMedError(f"Slice {k} is outside this series (0 to {count - 1})")
-            if k not in out:
-                out.append(k)
-    return out
-
-
-def one_slice(text: str | None) -> bool:
-    """``--slice`` names one slice (or none: the middle)."""
-    return text is None or text.strip().lstrip("-").isdigit()
-
-
 def open_slices(paths: list[Path], series_key: str, text: str | None, window_text: str) -> tuple[OpenedSlice, list[int]]:
     """One slice (as ``open_slice``) or several of one series, loaded together; the window of "auto"
     is resolved per slice by the caller."""
     if one_slice(text):
-        opened = open_slice(paths, series_key, None if text is None else int(text), window_text)
+        opened = open_slice(paths, series_key, text, window_text)
         return opened, [opened.index]
     result = scan(list(paths))
     series = pick_series(result.all_series(), series_key)
-    ks = parse_slices(text, series.frame_count) or []
+    ks = slice_numbers(text, series.frame_count)
     volume = load_series(series, only=ks)
     bad = [k for k in ks if k in volume.frame_problems]
     if bad:
-        raise XMedError(f"Slice {bad[0]} cannot be shown: {volume.frame_problems[bad[0]]}")
+        raise XMedError(f"Image {bad[0] + 1} cannot be shown: {volume.frame_problems[bad[0]]}")
     return OpenedSlice(result, series, ks[0], volume, choose_window(window_text, series.modality)), ks
 
 
@@ -287,7 +261,7 @@ def run(args: argparse.Namespace) -> int:
     audit.ensure_writable()  # every AI request and answer is recorded: find out now, not after the model ran
     several = not one_slice(args.slice)
     if several and (args.sr_out is not None or args.pdf_out is not None):
-        raise XMedError("--sr and --pdf write the answer about one slice; give --slice one index for them")
+        raise XMedError("--sr and --pdf write the answer about one slice; give --slice one image number for them")
     settings = Settings.load()
     n_samples = args.reliability_samples or settings.reliability_samples
     n_questions = args.reliability_questions or settings.reliability_questions
@@ -324,10 +298,10 @@ def run(args: argparse.Namespace) -> int:
         if args.sr_out is None and args.pdf_out is None:  # the draft report's session audits it otherwise
             audit_answer(audit, answer, volume, study, _weights_sha256(folder))
         for warning in answer.warnings:
-            print(f"warning: slice {k}: {warning}" if several else f"warning: {warning}")
+            print(f"warning: image {k + 1}: {warning}" if several else f"warning: {warning}")
         tier = f", reliability {rel.tier.value}" if rel is not None else ""
         if several:
-            print(f"slice {k} ({k + 1}/{n}): {len(answer.steps)} steps, {len(answer.findings)} findings{tier} "
+            print(f"image {k + 1}/{n}: {len(answer.steps)} steps, {len(answer.findings)} findings{tier} "
                   f"in {answer.timing.total_s:.1f} s")
     if several:
         document = {"source": {**source, "frames": ks}, "slices": answers}
@@ -340,24 +314,24 @@ def run(args: argparse.Namespace) -> int:
         written += write_draft_report(args, answer, volume, study, folder)
     if several:
         print(f"wrote {', '.join(map(str, written))}: {len(ks)} slices from {answer.engine} "
-              f"(series {series.description!r}, slices {_ranges(ks)} of 0-{n - 1})")
+              f"(series {series.description!r}, images {_ranges(ks)} of 1-{n})")
     else:
         print(
             f"wrote {', '.join(map(str, written))}: {len(answer.steps)} steps, {len(answer.findings)} findings{tier} "
             f"from {answer.engine} in {answer.timing.total_s:.1f} s (series {series.description!r}, "
-            f"slice {ks[0] + 1}/{n})"
+            f"image {ks[0] + 1}/{n})"
         )
     return 0
 
 
 def _ranges(ks: list[int]) -> str:
-    """[3, 4, 5, 9] → "3-5,9" (indices from 0, as --slice takes them)."""
+    """Indices [3, 4, 5, 9] → "4-6,10" (image numbers from 1, as --slice takes them)."""
     parts: list[str] = []
     i = 0
     while i < len(ks):
         j = i
         while j + 1 < len(ks) and ks[j + 1] == ks[j] + 1:
             j += 1
-        parts.append(str(ks[i]) if i == j else f"{ks[i]}-{ks[j]}")
+        parts.append(str(ks[i] + 1) if i == j else f"{ks[i] + 1}-{ks[j] + 1}")
         i = j + 1
     return ",".join(parts)

@@ -22,7 +22,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("paths", nargs="+", metavar="PATH", type=Path)
     p.add_argument("--out", required=True, type=Path, help="PNG file to write")
     p.add_argument("--series", default="0", help="series index (as listed by `info`) or UID (default 0)")
-    p.add_argument("--slice", type=int, default=None, help="slice index from 0 (default: the middle)")
+    p.add_argument("--slice", default=None, help="image number from 1, as the viewer shows it (default: the middle)")
     p.add_argument(
         "--window", default="default",
         help="preset name (soft tissue, lung, liver, bone, brain, …), WIDTH/LEVEL such as 400/40, "

@@ -22,6 +22,7 @@ from app.core.errors import XMedError
 from app.dicom.display import render
 from app.dicom.loader import frame_plan, load_series
 from app.dicom.scan import scan
+from app.dicom.slice_request import slice_numbers
 from app.synthetic.sample import ground_truth_path, load_ground_truth
 from app.synthetic.truth import to_1000
 from app.synthetic.volumes import (
@@ -41,23 +42,9 @@ def is_study_folder(folder: Path | str) -> bool:
 
 
 def parse_slices(text: str | None, n: int) -> list[int]:
-    """``"3,7,20-25"`` (1-based, inclusive ranges) → sorted 0-based indices; None/"" / "all": every slice."""
-    if not text or text.strip().lower() == "all":
-        return list(range(n))
-    out: set[int] = set()
-    for part in text.split(","):
-        part = part.strip()
-        if not part:
-            continue
-        try:
-            lo, _, hi = part.partition("-")
-            a, b = int(lo), int(hi) if hi else int(lo)
-        except ValueError:
-            raise XMedError(f"--slices: {part!r} is not a slice number or a range such as 20-25") from None
-        if not 1 <= a <= b <= n:
-            raise XMedError(f"--slices: {part} is outside the study's slices 1-{n}")
-        out.update(range(a - 1, b))
-    return sorted(out)
+    """``--slices "3,7,20-25"`` (image numbers from 1, inclusive ranges) → sorted 0-based indices; None/"" /
+    "all": every slice (the commands' one rule, :func:`app.dicom.slice_request.slice_numbers`)."""
+    return slice_numbers(text, n, "--slices")
 
 
 def parse_windows(text: str | None) -> list[str]:

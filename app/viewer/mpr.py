@@ -273,16 +273,17 @@ class RenderedPlane:
     window: object  # app.dicom.model.Window used
 
 
-def render_plane(paths, series_key: str = "0", plane: str = "axial", index: int | None = None,
+def render_plane(paths, series_key: str = "0", plane: str = "axial", number: str | int | None = None,
                  slab_mm: float = 0.0, mode: str = "mip", window_text: str = "default",
                  invert: bool = False) -> RenderedPlane:
-    """Scan ``paths``, load the whole series, reslice ``plane`` at ``index`` (default: the
-    middle), optionally as a slab, and window it exactly as the viewer's 2-D path does."""
+    """Scan ``paths``, load the whole series, reslice ``plane`` at plane ``number`` (from 1, as the
+    viewer numbers images; default: the middle), optionally as a slab, and window it exactly as the
+    viewer's 2-D path does."""
     from app.core.errors import XMedError
     from app.dicom.display import VOI_LUT, auto_window_for, render
     from app.dicom.loader import load_series
     from app.dicom.scan import scan
-    from app.dicom.slice_request import choose_window, pick_series
+    from app.dicom.slice_request import choose_window, pick_series, slice_index
     from app.dicom.volume import reslicable
 
     if plane not in VIEWS:
@@ -297,12 +298,11 @@ def render_plane(paths, series_key: str = "0", plane: str = "axial", index: int 
     volume = load_series(series)
     if volume.frame_problems:
         k, why = next(iter(volume.frame_problems.items()))
-        raise XMedError(f"Slice {k} cannot be read ({why}): the volume cannot be resliced")
+        raise XMedError(f"Image {k + 1} cannot be read ({why}): the volume cannot be resliced")
     rv = reslicable(volume)
     n = rv.count(plane)
-    k = n // 2 if index is None else int(index)
-    if not 0 <= k < n:
-        raise XMedError(f"Slice {k} is outside the {plane} planes (0 to {n - 1})")
+    k = slice_index(number, n, f"--slice ({plane} planes)")
+    k = n // 2 if k is None else k
     pimg = rv.reslice(plane, k, slab_mm=slab_mm, mode=mode)
     shown = pimg.as_volume(volume)
     if window is not None and window is not VOI_LUT and window.name == "auto":

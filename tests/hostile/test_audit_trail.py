@@ -77,7 +77,7 @@ def failed_in_one_line(proc: subprocess.CompletedProcess, *words: str) -> None:
 def test_analyze_json_records_the_request_and_answer_with_the_weights_hash(tmp_path):
     home = tmp_path / "home"
     out = tmp_path / "answer.json"
-    proc = cli(home, "analyze", str(SAMPLE_STUDY), "--slice", "17", "--device", "cpu", "--quantization", "none",
+    proc = cli(home, "analyze", str(SAMPLE_STUDY), "--slice", "18", "--device", "cpu", "--quantization", "none",
                "--max-new-tokens", "32", "--question", "Any lung lesion?", "--json", str(out))
     no_traceback(proc)
     assert proc.returncode == 0, proc.stderr

@@ -170,11 +170,12 @@ def test_loader_checks_every_compressed_frame_before_the_decoder(tmp_path):
     ((k, why),) = got["bad"].items()
     assert one_line(why) and "64×64" in why and "1×65535" in why
 
-    proc = xmedgpt("render", str(folder), "--out", str(tmp_path / "k.png"), "--slice", k, tmp_path=tmp_path)
+    image = str(int(k) + 1)  # the viewer's number of the damaged slice
+    proc = xmedgpt("render", str(folder), "--out", str(tmp_path / "k.png"), "--slice", image, tmp_path=tmp_path)
     clean_exit(proc, codes=(1,))
     line = proc.stderr.strip().splitlines()[-1]  # after the loader's own log line, if any
-    assert line.startswith(f"xmedgpt: Slice {k} cannot be shown: damaged file") and "1×65535" in line
-    other = "0" if k != "0" else "1"
+    assert line.startswith(f"xmedgpt: Image {image} cannot be shown: damaged file") and "1×65535" in line
+    other = "1" if image != "1" else "2"
     clean_exit(xmedgpt("render", str(folder), "--out", str(tmp_path / "o.png"), "--slice", other, tmp_path=tmp_path))
 
 

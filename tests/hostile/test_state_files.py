@@ -364,7 +364,7 @@ def test_analyze_runs_with_damaged_settings_and_registry(tmp_path):
     paths.settings_file.write_text(json.dumps({"audit_log": str(tmp_path), "reliability_samples": 1e308}))
     (paths.models / "registry.json").write_text("[]")
     out = tmp_path / "answer.json"
-    proc = cli(home, "analyze", str(SAMPLE_STUDY), "--slice", "17", "--device", "cpu", "--quantization", "none",
+    proc = cli(home, "analyze", str(SAMPLE_STUDY), "--slice", "18", "--device", "cpu", "--quantization", "none",
                "--max-new-tokens", "32", "--json", str(out))
     no_traceback(proc)
     assert proc.returncode == 0, proc.stderr

@@ -44,7 +44,7 @@ def scripted(monkeypatch, tmp_path):
 def test_writes_steps_findings_in_three_coordinate_systems_model_and_timing(study, scripted, tmp_path, capsys):
     engines, _, model = scripted
     out = tmp_path / "answer.json"
-    code = main(["analyze", str(study), "--slice", "2", "--question", "Any liver lesion?",
+    code = main(["analyze", str(study), "--slice", "3", "--question", "Any liver lesion?",
                  "--model", str(model), "--json", str(out)])
     assert code == 0, capsys.readouterr().err
     data = json.loads(out.read_text())
@@ -97,7 +97,7 @@ def test_without_a_model_it_says_what_to_do(study, tmp_path, monkeypatch, capsys
 def test_slice_outside_the_series_is_refused(study, scripted, tmp_path, capsys):
     _, _, model = scripted
     assert main(["analyze", str(study), "--slice", "9", "--model", str(model), "--json", str(tmp_path / "x.json")]) == 1
-    assert "Slice 9 is outside this series (0 to 3)" in capsys.readouterr().err
+    assert "--slice 9: this series has images 1 to 4" in capsys.readouterr().err
 
 
 @pytest.mark.slow

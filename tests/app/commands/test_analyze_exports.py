@@ -46,7 +46,7 @@ def run_analyze(argv: list[str]) -> int:
 
 def test_sr_and_pdf_of_the_draft(scripted, tmp_path, output_dir, capsys):
     sr, pdf = tmp_path / "out" / "draft.dcm", output_dir / "analyze-draft.pdf"
-    code = run_analyze(["analyze", str(SAMPLE), "--slice", str(SLICE), "--window", "1500/-600",
+    code = run_analyze(["analyze", str(SAMPLE), "--slice", str(SLICE + 1), "--window", "1500/-600",
                         "--question", "Any lung lesion?", "--model", str(scripted), "--sr", str(sr), "--pdf", str(pdf)])
     assert code == 0, capsys.readouterr().err
     narrative = sr.with_name("draft-report.dcm")
@@ -92,6 +92,6 @@ def test_pdf_needs_the_qt_writer_and_some_output_is_required(scripted, tmp_path,
 
 def test_sr_alone_without_qt(scripted, tmp_path, capsys):
     sr = tmp_path / "only.dcm"
-    assert headless_main(["analyze", str(SAMPLE), "--slice", str(SLICE), "--model", str(scripted),
+    assert headless_main(["analyze", str(SAMPLE), "--slice", str(SLICE + 1), "--model", str(scripted),
                           "--sr", str(sr)]) == 0, capsys.readouterr().err
     assert dciodvfy_errors(sr) == [] and Path(sr.with_name("only-report.dcm")).exists()

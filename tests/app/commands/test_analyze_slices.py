@@ -38,16 +38,23 @@ def model(monkeypatch, tmp_path) -> tuple[list[ScriptedEngine], Path]:
     return engines, tmp_path / "model"
 
 
-def test_parse_slices_keeps_todays_zero_based_indices():
-    assert analyze.parse_slices(None, 10) is None and analyze.parse_slices("3", 10) is None  # one slice
-    assert analyze.parse_slices("3,7,2-4", 10) == [3, 7, 2, 4]
-    assert analyze.parse_slices(" all ", 4) == [0, 1, 2, 3]
-    with pytest.raises(XMedError, match=r"Slice 10 is outside this series \(0 to 9\)"):
-        analyze.parse_slices("8-12", 10)
+def test_slices_are_numbered_from_1_as_the_viewer_and_the_report_number_them():
+    """``--slice 17`` printed "slice 18/32" and ``eval --slices 17`` meant another image than ``analyze --slice 17``:
+    every command now takes the viewer's image numbers, and the JSON keeps 0-based indices."""
+    from app.dicom.slice_request import one_slice, slice_index, slice_numbers
+
+    assert one_slice(None) and one_slice("3") and not one_slice("3,4") and not one_slice("all")
+    assert slice_index("3", 10) == 2 and slice_index(None, 10) is None
+    assert slice_numbers("3,7,2-4", 10) == [1, 2, 3, 6] and slice_numbers(" all ", 4) == [0, 1, 2, 3]
+    assert slice_numbers("10", 10) == [9]
+    with pytest.raises(XMedError, match=r"--slice 8-12: this series has images 1 to 10"):
+        slice_numbers("8-12", 10)
+    with pytest.raises(XMedError, match=r"this series has images 1 to 10"):
+        slice_index("0", 10)
     with pytest.raises(XMedError, match="backwards"):
-        analyze.parse_slices("5-3", 10)
-    with pytest.raises(XMedError, match="expected an index"):
-        analyze.parse_slices("3,x", 10)
+        slice_numbers("5-3", 10)
+    with pytest.raises(XMedError, match="expected image numbers from 1"):
+        slice_numbers("3,x", 10)
 
 
 def _check_shape(check: dict) -> None:
@@ -57,12 +64,12 @@ def _check_shape(check: dict) -> None:
 def test_a_list_and_range_of_slices_with_reliability(study, model, tmp_path, capsys):
     engines, folder = model
     out = tmp_path / "slices.json"
-    code = main(["analyze", str(study), "--slice", "0,2-3", "--reliability", "--reliability-samples", "3",
+    code = main(["analyze", str(study), "--slice", "1,3-4", "--reliability", "--reliability-samples", "3",
                  "--reliability-questions", "2", "--model", str(folder), "--json", str(out)])
     assert code == 0, capsys.readouterr().err
     data = json.loads(out.read_text())
     assert data["source"]["frames"] == [0, 2, 3] and data["source"]["slices"] == 4
-    assert [a["frame"] for a in data["slices"]] == [0, 2, 3]  # 0-based slice index, as --slice takes it
+    assert [a["frame"] for a in data["slices"]] == [0, 2, 3]  # 0-based slice index: image number - 1
     for answer in data["slices"]:
         assert answer["source"]["slice"] == answer["frame"]
         assert answer["guardrail_warnings"] == []
@@ -85,7 +92,7 @@ def test_a_list_and_range_of_slices_with_reliability(study, model, tmp_path, cap
     (engine,) = engines
     assert len(engine.requests) == 3
     printed = capsys.readouterr().out
-    assert "slice 2 (3/4)" in printed and "reliability" in printed and "slices 0,2-3 of 0-3" in printed
+    assert "image 3/4:" in printed and "reliability" in printed and "images 1,3-4 of 1-4" in printed
 
 
 def test_all_slices(study, model, tmp_path, capsys):
@@ -101,7 +108,7 @@ def test_all_slices(study, model, tmp_path, capsys):
 def test_one_slice_keeps_todays_shape_and_gains_reliability(study, model, tmp_path, capsys):
     _, folder = model
     out = tmp_path / "one.json"
-    assert main(["analyze", str(study), "--slice", "2", "--reliability", "--reliability-samples", "2",
+    assert main(["analyze", str(study), "--slice", "3", "--reliability", "--reliability-samples", "2",
                  "--model", str(folder), "--json", str(out)]) == 0
     data = json.loads(out.read_text())
     assert "slices" not in data  # today's single answer, not a list
@@ -113,7 +120,9 @@ def test_one_slice_keeps_todays_shape_and_gains_reliability(study, model, tmp_pa
 def test_bad_slice_lists_are_refused_before_the_model_runs(study, model, tmp_path, capsys):
     engines, folder = model
     assert main(["analyze", str(study), "--slice", "1-9", "--model", str(folder), "--json", str(tmp_path / "x.json")]) == 1
-    assert "Slice 4 is outside this series (0 to 3)" in capsys.readouterr().err
-    assert main(["analyze", str(study), "--slice", "0,1", "--model", str(folder), "--sr", str(tmp_path / "x.dcm")]) == 1
+    assert "--slice 1-9: this series has images 1 to 4" in capsys.readouterr().err
+    assert main(["analyze", str(study), "--slice", "0", "--model", str(folder), "--json", str(tmp_path / "x.json")]) == 1
+    assert "this series has images 1 to 4" in capsys.readouterr().err
+    assert main(["analyze", str(study), "--slice", "1,2", "--model", str(folder), "--sr", str(tmp_path / "x.dcm")]) == 1
     assert "one slice" in capsys.readouterr().err
     assert engines == [] and not (tmp_path / "x.json").exists()

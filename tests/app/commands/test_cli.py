@@ -56,7 +56,7 @@ def test_a_headless_answer_prints_its_summary_not_the_loaders_progress_bars(tmp_
 
     sample = Path(__file__).resolve().parents[3] / "resources" / "sample" / "ct-demo"
     code = "import sys; from app.cli import main; sys.exit(main(sys.argv[1:]))"
-    proc = subprocess.run([sys.executable, "-c", code, "analyze", str(sample), "--slice", "16", "--json",
+    proc = subprocess.run([sys.executable, "-c", code, "analyze", str(sample), "--slice", "17", "--json",
                            str(tmp_path / "a.json")], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "Loading weights" not in proc.stderr and "%|" not in proc.stderr, proc.stderr[-2000:]

@@ -47,7 +47,7 @@ def test_info_text_via_console_entry(study):
 
 def test_render_with_named_and_numeric_windows(study, tmp_path, capsys):
     out = tmp_path / "lung.png"
-    assert main(["render", str(study), "--out", str(out), "--window", "lung", "--slice", "1"]) == 0
+    assert main(["render", str(study), "--out", str(out), "--window", "lung", "--slice", "2"]) == 0
     img = read_png(out)
     assert img.shape == (16, 16)
     assert abs(int(img[0, 12]) - 128) <= 1  # −600 HU at the lung window centre: mid-grey
@@ -68,7 +68,8 @@ def test_render_colour_file(tmp_path):
 def test_render_errors_are_one_line_not_tracebacks(study, tmp_path):
     for args, message in (
         (["--series", "7"], "There is no series 7"),
-        (["--slice", "99"], "outside this series"),
+        (["--slice", "99"], "this series has images 1 to 4"),
+        (["--slice", "0"], "this series has images 1 to 4"),
         (["--window", "sunset"], "unknown window"),
     ):
         proc = subprocess.run(
