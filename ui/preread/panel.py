@@ -77,6 +77,23 @@ Target = Callable[[], "tuple[Viewport, str] | None"]
 Acceptor = Callable[[list[Candidate], PrereadRun], "list[tuple[str, str]] | str"]
 
 
+#: how the Tier column sorts: the most trustworthy first, "not assessed" last
+TIER_RANK = {"green": 0, "amber": 1, "red": 2, "": 3}
+SORT_KEY = Qt.ItemDataRole.UserRole + 1
+
+
+class _LesionItem(QTreeWidgetItem):
+    """A row that sorts by what its column means -- P2 before P10, sizes and images as numbers, tiers by
+    rank -- when the reader clicks a column header (N / Shift+N then follow the list as shown)."""
+
+    def __lt__(self, other: QTreeWidgetItem) -> bool:
+        col = self.treeWidget().sortColumn() if self.treeWidget() is not None else COL_ID
+        a, b = self.data(col, SORT_KEY), other.data(col, SORT_KEY)
+        if a is None or b is None:  # not filled in yet (super().__lt__ would recurse in PySide6)
+            return self.text(col) < other.text(col)
+        return (a, self.data(COL_ID, SORT_KEY) or 0) < (b, other.data(COL_ID, SORT_KEY) or 0)
+
+
 def slices_text(lesion: Candidate) -> str:
     """1-based, as the viewer numbers the images: "18", or "17–19 (18)" with the key slice in brackets."""
     first, last = lesion.slices
@@ -174,6 +191,8 @@ class PrereadPanel(QWidget):
                 "brackets", COL_TIER: "Reliability: green consistent, amber check, red unreliable"}
         for col, tip in tips.items():
             self.lesions.headerItem().setToolTip(col, tip)
+        self.lesions.setSortingEnabled(True)  # a header click sorts (by size, images, tier); Lesion: the AI's order
+        self.lesions.sortByColumn(COL_ID, Qt.SortOrder.AscendingOrder)
         self.lesions.currentItemChanged.connect(lambda cur, _prev: self._current_changed(cur))
         self.lesions.itemClicked.connect(lambda item, _col: self.show_lesion(item.data(COL_ID, Qt.ItemDataRole.UserRole)))
         self.detail = QLabel("")
@@ -372,8 +391,9 @@ class PrereadPanel(QWidget):
         self._building = True
         try:
             self.lesions.clear()
+            self.lesions.setSortingEnabled(False)  # _update_rows sorts once every row is filled
             for lesion in run.lesions if run is not None else []:
-                item = QTreeWidgetItem()
+                item = _LesionItem()
                 item.setData(COL_ID, Qt.ItemDataRole.UserRole, lesion.id)
                 self.lesions.addTopLevelItem(item)
             self._update_rows()
@@ -383,6 +403,13 @@ class PrereadPanel(QWidget):
         self._sync_buttons()
 
     def _update_rows(self) -> None:
+        self.lesions.setSortingEnabled(False)  # rows move as their keys change: fill them all, then sort once
+        try:
+            self._fill_rows()
+        finally:
+            self.lesions.setSortingEnabled(True)
+
+    def _fill_rows(self) -> None:
         taken = self._taken()
         for i in range(self.lesions.topLevelItemCount()):
             item = self.lesions.topLevelItem(i)
@@ -395,6 +422,12 @@ class PrereadPanel(QWidget):
             item.setText(COL_SIZE, f"{lesion.diameter_mm:.1f}")
             item.setText(COL_SLICES, slices_text(lesion))
             item.setText(COL_TIER, f"● {TIER_WORD[tier]}")
+            number = lesion.id[1:] if lesion.id[:1].isalpha() else lesion.id
+            keys = {COL_ID: int(number) if number.isdigit() else 0, COL_LOCATION: location_text(lesion).lower(),
+                    COL_SIZE: float(lesion.diameter_mm), COL_SLICES: lesion.slices[0] * 10_000 + lesion.slices[1],
+                    COL_TIER: TIER_RANK[tier]}
+            for col, key in keys.items():
+                item.setData(col, SORT_KEY, key)
             item.setBackground(COL_TIER, QBrush(TIER_TINT[tier]))
             item.setForeground(COL_TIER, QBrush(TIER_TEXT[tier]))
             for col in (COL_SIZE, COL_SLICES):

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import pytest
-from PySide6.QtCore import Qt
+from PySide6.QtCore import QPoint, Qt
 from PySide6.QtGui import QColor
 
 from app.assistant.preread import PrereadOptions, choose_windows
@@ -437,6 +437,42 @@ def test_n_and_shift_n_step_through_the_lesions_with_the_eyes_on_the_image(qtbot
     qtbot.keyClick(vp.view, Qt.Key.Key_N, Qt.KeyboardModifier.ShiftModifier)
     assert panel.current_lesion().id == lesions[-1].id and vp.slice_index == lesions[-1].key_slice
     assert win.grid.active is vp and win.focusWidget() is vp.view  # the image keeps the keys (Up/Down scroll)
+
+
+def test_a_header_click_sorts_the_lesions_and_n_follows_the_list_as_shown(qtbot, win):
+    """Largest first, or the most trustworthy first: a click on Size or Tier sorts by what the column means (sizes
+    as numbers, tiers green < amber < red, P2 before P10); N then steps in the order shown."""
+    panel, vp = win.preread_panel, win.grid.active
+    run_preread(qtbot, win)
+    lesions = panel.run.lesions
+
+    def shown() -> list[str]:
+        return [panel.lesions.topLevelItem(i).data(0, Qt.ItemDataRole.UserRole)
+                for i in range(panel.lesions.topLevelItemCount())]
+
+    assert shown() == [c.id for c in lesions]  # the AI's order, P1 first
+    header = panel.lesions.header()
+    size_col = 2
+
+    def click_header(col: int) -> None:
+        x = header.sectionViewportPosition(col) + header.sectionSize(col) // 2
+        qtbot.mouseClick(header.viewport(), Qt.MouseButton.LeftButton, pos=QPoint(x, header.height() // 2))
+
+    click_header(size_col)
+    assert shown() == [c.id for c in sorted(lesions, key=lambda c: (c.diameter_mm, int(c.id[1:])))]
+    click_header(size_col)  # again: largest first
+    by_size = [c.id for c in sorted(lesions, key=lambda c: (-c.diameter_mm, -int(c.id[1:])))]
+    assert shown() == by_size
+    vp.view.setFocus()
+    seen = []
+    for _ in range(3):
+        qtbot.keyClick(vp.view, Qt.Key.Key_N)
+        seen.append(panel.current_lesion().id)
+    assert seen == by_size[:3]
+    rank = {"green": 0, "amber": 1, "red": 2}
+    click_header(4)
+    tiers = [rank.get(panel.run.lesion(i).reliability["tier"], 3) for i in shown()]
+    assert tiers == sorted(tiers)
 
 
 def test_a_whole_preread_from_the_keyboard_with_the_eyes_on_the_image(qtbot, win):
