@@ -110,6 +110,20 @@ def wheel(widget: QWidget, pos: QPointF | QPoint, notches: int, modifiers=Qt.Key
     QApplication.processEvents()
 
 
+def settle_view(viewport, timeout_s: float = 5.0) -> None:
+    """Wait until the image stops moving in the widget (a dock that appears, a slice jump or a fit can still
+    resize or re-range the view for a few event-loop turns on a loaded machine): positions computed with
+    :func:`image_to_widget` before that land elsewhere."""
+    deadline = time.monotonic() + timeout_s
+    last, same = None, 0
+    while time.monotonic() < deadline and same < 3:
+        QApplication.processEvents()
+        here = image_to_widget(viewport, 0.0, 0.0), image_to_widget(viewport, 100.0, 100.0)
+        same = same + 1 if here == last else 0
+        last = here
+        time.sleep(0.03)
+
+
 def image_to_widget(viewport, x: float, y: float) -> QPointF:
     """Where image pixel point (x = column, y = row) appears in the viewport's view widget."""
     scene = viewport.image.mapToScene(QPointF(x, y))
