@@ -399,20 +399,30 @@ def _sweep_key(sw) -> tuple:
 class EncodingTruthEngine(TruthEngine):
     """The truth engine split like the local engine: ``encode`` (recording its thread) + ``generate_encoded``."""
 
-    def __init__(self, *args, fail_encode_batch: int | None = None, delay: float = 0.0, **kwargs) -> None:
+    def __init__(self, *args, fail_encode_batch: int | None = None, delay: float = 0.0,
+                 answer_first_after_encodes: int = 0, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.encode_threads: list[str] = []
         self.fail_encode_batch = fail_encode_batch
         self.delay = delay  # seconds per answered batch
+        # the first batch is answered once this many batches were handed to encode (bounded): the producer, which
+        # encodes the next batch while one is answered, gets there first even on a busy machine
+        self.answer_first_after_encodes = answer_first_after_encodes
+        self._encoded = threading.Condition()
 
     def encode(self, requests, *, on_device=True):
-        self.encode_threads.append(threading.current_thread().name)
+        with self._encoded:
+            self.encode_threads.append(threading.current_thread().name)
+            self._encoded.notify_all()
         if self.fail_encode_batch is not None and len(self.encode_threads) - 1 == self.fail_encode_batch:
             raise XMedError("The image handed to the model must be RGB, 8 bits per channel.")
         return {"keys": [_image_key(r.image) for r in requests], "on_device": on_device}
 
     def generate_encoded(self, requests, inputs, cancel=None):
         assert inputs["keys"] == [_image_key(r.image) for r in requests]
+        if not self.batches and self.answer_first_after_encodes:
+            with self._encoded:
+                self._encoded.wait_for(lambda: len(self.encode_threads) >= self.answer_first_after_encodes, 10)
         time.sleep(self.delay)
         self.batches.append(len(requests))
         return [Generation(text=self.answers.get(k, "No lesion is seen.")) for k in inputs["keys"]]
@@ -642,7 +652,8 @@ def test_an_error_while_preparing_surfaces_where_its_batch_is_due(study, spy_ren
 @pytest.mark.parametrize("prefetch", [True, False])
 def test_an_error_while_encoding_surfaces_with_its_message(study, prefetch):
     _, vol, truth = study
-    engine = EncodingTruthEngine(vol, truth, fail_encode_batch=1, delay=0.5)  # the producer encodes batch 2
+    # the producer encodes batch 2 while batch 1 is answered (without prefetch, the caller after it)
+    engine = EncodingTruthEngine(vol, truth, fail_encode_batch=1, answer_first_after_encodes=2 if prefetch else 0)
     seen: list[tuple[int, int]] = []
     with pytest.raises(XMedError, match=r"^The image handed to the model must be RGB, 8 bits per channel\.$"):
         sweep(engine, vol, slices=range(10, 30), batch_size=4, image_spec=SPEC, windows=lambda v, k: [LUNG],
