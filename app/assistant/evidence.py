@@ -384,6 +384,15 @@ def _crop(a: np.ndarray, box: Box) -> np.ndarray:
     return a[y0:y1, x0:x1]
 
 
+def box_contrast(values: np.ndarray, box: Box) -> float | None:
+    """How much the box's centre stands out from the ring around it: |median(centre) − median(ring)| in the
+    values' units (HU on CT), as the density check measures them; None when either holds too few pixels."""
+    core, ring = _core_and_ring(np.asarray(values), box)
+    if core.size < _MIN_CORE_PIXELS or ring.size < _MIN_RING_PIXELS:
+        return None
+    return abs(float(np.median(core)) - float(np.median(ring)))
+
+
 def _core_and_ring(values: np.ndarray, box: Box) -> tuple[np.ndarray, np.ndarray]:
     """The values in the middle of the box and in a ring around it (flattened)."""
     w, h = box.width, box.height

@@ -31,7 +31,9 @@ its neighbours — times the slice spacing) and a score: the mean detection conf
 answer's mean token log-prob; 1 when the engine gives none) × n / (n + 1) for n slices with a box, so
 a lesion seen on more slices ranks higher. Duplicates are suppressed by 3-D non-maximum suppression:
 a candidate whose patient-space bounding cuboid overlaps a better one's at IoU ≥ 0.3, or whose centre
-lies within half the smaller diameter of it, is dropped.
+lies within half the smaller diameter of it, is dropped. On CT the score is then scaled by how much the
+boxes stand out from what surrounds them (:func:`rank_by_contrast`: median HU of a box's centre against
+a ring around it, full score from 10 HU), and the list is ranked again.
 
 **Stage 3 — reasoning** (:func:`reason`). At each kept candidate's key slice, with its window, the
 existing :class:`~app.assistant.ask.Assistant` runs the five-step grounded reasoning and
@@ -490,6 +492,7 @@ class Candidate:
     reliability: dict | None = None
     location: str = ""
     description: str = ""
+    contrast_hu: float | None = None  # how much its boxes stand out from around them (median over its slices)
 
     @property
     def slices(self) -> tuple[int, int]:
@@ -519,6 +522,7 @@ class Candidate:
             "diameter_mm": round(self.diameter_mm, 1),
             "volume_ml": round(self.volume_ml, 3),
             "score": round(self.score, 4),
+            "contrast_hu": None if self.contrast_hu is None else round(self.contrast_hu, 1),
             "window": self.window,
             "phrase": self.phrase,
             "location": self.location,
@@ -650,6 +654,35 @@ def link(volume: Volume, detections: Sequence[Detection], *, min_iou: float = 0.
     for i, c in enumerate(kept, 1):
         c.id = f"P{i}"
     return kept
+
+
+#: a CT candidate whose boxes stand out from their surroundings by at least this (median HU of the box's centre
+#: against its ring -- the density check's margin for hypo/hyperdense) keeps its score; less, and its score
+#: falls in proportion, to VISIBILITY_FLOOR times it for a box on tissue that looks the same inside and out
+VISIBLE_HU = 10.0
+VISIBILITY_FLOOR = 0.1
+
+
+def rank_by_contrast(volume: Volume, candidates: Sequence[Candidate]) -> list[Candidate]:
+    """Stage 2's last step on CT: each candidate's contrast -- |median HU of its box's centre − median HU of the
+    ring around it| (:func:`app.assistant.evidence.box_contrast`), the median over its slices -- scales its
+    score (× min(1, contrast / VISIBLE_HU), at least VISIBILITY_FLOOR), then the list is sorted again and
+    renumbered P1, P2, …. A lesion is seen because it differs from what surrounds it; most false boxes of the
+    sweep sit on homogeneous liver or lung. Other modalities (no HU) keep the model's order."""
+    from app.assistant.evidence import box_contrast
+
+    if (volume.series.modality or "").upper() != "CT" or volume.is_color:
+        return list(candidates)
+    for c in candidates:
+        values = [v for k, d in c.detections.items()
+                  if (v := box_contrast(volume.values(k), d.box)) is not None]
+        c.contrast_hu = float(np.median(values)) if values else None
+        if c.contrast_hu is not None:
+            c.score *= min(1.0, max(VISIBILITY_FLOOR, c.contrast_hu / VISIBLE_HU))
+    ranked = sorted(candidates, key=lambda c: -c.score)
+    for i, c in enumerate(ranked, 1):
+        c.id = f"P{i}"
+    return ranked
 
 
 # ----------------------------------------------------------------------------- stage 3
@@ -898,7 +931,8 @@ def from_json(document: dict, volume: Volume) -> Preread:
             lesions.append(Candidate(
                 str(les["id"]), detections, np.asarray(les["center_patient_mm"], dtype=float),
                 float(les["diameter_mm"]), float(les["volume_ml"]), score, key, None, les.get("reliability"),
-                str(les.get("location") or ""), str(les.get("description") or "")))
+                str(les.get("location") or ""), str(les.get("description") or ""),
+                None if les.get("contrast_hu") is None else float(les["contrast_hu"])))
     except (KeyError, TypeError, ValueError) as exc:
         raise PrereadError(f"The saved pre-read is damaged ({type(exc).__name__}: {exc}).") from None
     model = document.get("model") or {}
@@ -929,7 +963,7 @@ def preread(
                progress=progress)
     t1 = time.perf_counter()
     say("link")
-    candidates = link(volume, sw.detections)
+    candidates = rank_by_contrast(volume, link(volume, sw.detections))
     lesions = [c for c in candidates if len(c.detections) >= options.min_slices][: options.max_lesions]
     t2 = time.perf_counter()
     cancelled = sw.cancelled

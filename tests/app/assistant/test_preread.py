@@ -21,6 +21,7 @@ from app.assistant.preread import (
     link,
     location_of,
     lung_fraction,
+    rank_by_contrast,
     make_detection,
     preread,
     sweep,
@@ -258,6 +259,32 @@ def test_a_lesions_region_comes_from_the_pixels_not_from_the_window_it_was_found
     assert where(len(vol) - 1, (60, 60, 70, 70)).endswith(" upper abdomen")
 
 
+def test_candidates_on_tissue_that_looks_the_same_inside_and_out_rank_below_those_that_stand_out(study):
+    """Most false boxes of the sweep sit on homogeneous liver or lung: on CT a candidate's score is scaled by how
+    much its boxes stand out from a ring around them, and the list is ranked and numbered again."""
+    _, vol, truth = study
+    (row,) = [r for r in truth["slices"] if r["index"] == 39]  # the 24 mm liver lesion (L5)
+    b = row["boxes"][0]
+    lesion = [make_detection(vol, k, Box(b["x0"], b["y0"], b["x1"], b["y1"]), "soft tissue", "lesion", 0.6)
+              for k in (38, 39, 40)]
+    liver = [make_detection(vol, k, Box(26, 52, 36, 62), "soft tissue", "lesion", 0.9)  # plain liver, below L5
+             for k in (42, 43, 44)]
+    linked = link(vol, lesion + liver)
+    assert [c.key_slice for c in linked] == [43, 39]  # the model's confidence put the plain liver first
+    ranked = rank_by_contrast(vol, linked)
+    assert [c.key_slice for c in ranked] == [39, 43] and [c.id for c in ranked] == ["P1", "P2"]
+    first, second = ranked
+    assert first.contrast_hu >= 10.0 and second.contrast_hu < 5.0
+    assert second.score < 0.5 * 0.9 * 3 / 4  # scaled down from confidence × n / (n + 1)
+    assert first.to_json()["contrast_hu"] == round(first.contrast_hu, 1)
+    mr = Volume(series=Series(uid="1.2.3.8", number=1, description="MR", modality="MR"), frames=vol.frames,
+                slopes=vol.slopes, intercepts=vol.intercepts, geometry=vol.geometry, default_window=Window(400, 40),
+                loaded=len(vol))
+    kept = link(mr, [make_detection(mr, k, d.box, d.window, d.phrase, d.confidence) for k, d in
+                     [(d.slice, d) for d in lesion + liver]])
+    assert [c.key_slice for c in rank_by_contrast(mr, kept)] == [43, 39]  # no HU: the model's order stays
+
+
 def test_preread_reasons_at_each_key_slice_and_carries_reliability(study):
     _, vol, truth = study
     engine = TruthEngine(vol, truth)
@@ -402,7 +429,9 @@ class EncodingTruthEngine(TruthEngine):
     def __init__(self, *args, fail_encode_batch: int | None = None, delay: float = 0.0,
                  answer_first_after_encodes: int = 0, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self.encode_threads: list[str] = []
+        self.encode_threads: list[str] = []  # in the order encode was called
+        self.encoder_of: dict[tuple, str] = {}  # a batch's image keys → the thread that encoded it
+        self.answered: list[tuple] = []  # the image keys of each batch answered, in order
         self.fail_encode_batch = fail_encode_batch
         self.delay = delay  # seconds per answered batch
         # the first batch is answered once this many batches were handed to encode (bounded): the producer, which
@@ -413,6 +442,7 @@ class EncodingTruthEngine(TruthEngine):
     def encode(self, requests, *, on_device=True):
         with self._encoded:
             self.encode_threads.append(threading.current_thread().name)
+            self.encoder_of[tuple(_image_key(r.image) for r in requests)] = threading.current_thread().name
             self._encoded.notify_all()
         if self.fail_encode_batch is not None and len(self.encode_threads) - 1 == self.fail_encode_batch:
             raise XMedError("The image handed to the model must be RGB, 8 bits per channel.")
@@ -424,6 +454,7 @@ class EncodingTruthEngine(TruthEngine):
             with self._encoded:
                 self._encoded.wait_for(lambda: len(self.encode_threads) >= self.answer_first_after_encodes, 10)
         time.sleep(self.delay)
+        self.answered.append(tuple(inputs["keys"]))
         self.batches.append(len(requests))
         return [Generation(text=self.answers.get(k, "No lesion is seen.")) for k in inputs["keys"]]
 
@@ -490,7 +521,9 @@ def test_prefetch_prepares_the_next_batch_while_this_one_is_answered(study, spy_
     assert {c[2] for c in calls if c[0] >= ks[4]} == {PRODUCER}
     assert sorted((k, w) for k, w, _ in calls) == [(k, "lung") for k in ks]  # each once
     if engine_class is EncodingTruthEngine:
-        assert engine.encode_threads[1:] == [PRODUCER] * 4 and sequential.encode_threads == ["MainThread"] * 5
+        # by batch, not by call order: under load the caller may encode batch 1 after the producer encoded batch 2
+        assert [engine.encoder_of[keys] for keys in engine.answered[1:]] == [PRODUCER] * 4
+        assert sequential.encode_threads == ["MainThread"] * 5
     assert _sweep_key(after) == _sweep_key(before)  # the same answers and boxes, in the same order
     assert any(d.slice == 12 for d in after.detections) and len(after.answers) == 20
     assert not _producers()
