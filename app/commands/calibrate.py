@@ -8,7 +8,9 @@ records (their format is documented there), samples the ones without samples wit
 slice is asked about in every ``--window`` as the viewer asks, the full reliability pass runs on each
 answer, the findings are labelled right or wrong from the ground truth, the thresholds are fitted on one
 split and measured on the other (:mod:`app.assistant.trust_eval`), and the model's own
-``reliability_calibration.json`` is written (``--out`` to write elsewhere).
+``reliability_calibration.json`` is written (``--out`` to write elsewhere) -- only when the fit rests on at
+least ``--min-count`` checked findings, unless ``--out`` says where: a measurement on a few slices never
+replaces a model's calibration by itself.
 """
 
 from __future__ import annotations
@@ -49,7 +51,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("-n", "--samples", type=int, default=10, help="answers sampled per question (default 10)")
     p.add_argument("--max-green-error", type=float, default=0.05, help="error rate allowed in green (default 0.05)")
     p.add_argument("--max-amber-error", type=float, default=0.25, help="error rate allowed in amber (default 0.25)")
-    p.add_argument("--min-count", type=int, default=20, help="answers needed at or above a threshold (default 20)")
+    p.add_argument("--min-count", type=int, default=20, help="answers needed at or above a threshold (default 20); "
+                   "on studies also the checked findings a fit needs before it replaces the model's own file")
     g = p.add_argument_group("studies (when --data is a study written by 'xmedgpt sample')")
     g.add_argument("--window", default="all", help="windows to read each slice in: soft_tissue,lung,liver,bone,default "
                    "or 'all' (default: all)")
@@ -108,6 +111,14 @@ def _run_studies(args: argparse.Namespace) -> int:
     cal = trust_eval.fit(collected, per_answer, args.holdout, args.seed, args.max_green_error, args.max_amber_error,
                          args.min_count)
     before = collected.thresholds
+    if args.json_out is not None:
+        write_private(args.json_out, json.dumps(cal.to_json(), indent=2) + "\n")
+    if args.out is None and cal.n_fit_findings < args.min_count:
+        # a measurement must not silently replace the model's calibration with thresholds fitted on next to nothing
+        sys.stdout.write(trust_eval.format_table(cal) + f"\n\nnot written: the thresholds rest on {cal.n_fit_findings} "
+                         f"checked finding(s), fewer than --min-count {args.min_count}; the model keeps its "
+                         f"calibration ({folder / 'reliability_calibration.json'}). Give --out to write them anyway.\n")
+        return 0
     out = args.out if args.out is not None else folder / "reliability_calibration.json"
     document = {
         "version": 1,
@@ -127,8 +138,6 @@ def _run_studies(args: argparse.Namespace) -> int:
     }
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
-    if args.json_out is not None:
-        write_private(args.json_out, json.dumps(cal.to_json(), indent=2) + "\n")
     sys.stdout.write(trust_eval.format_table(cal) + f"\n\nwrote {out}\n")
     return 0
 

@@ -200,3 +200,13 @@ def test_calibrate_command_on_a_study_writes_the_table_and_a_calibration_file(st
     assert rec["records"]["tier_mismatches"] == 0 and rec["records"]["findings"]
     assert (records.stat().st_mode & 0o777) == 0o600  # patient-derived records are private
     assert load_ground_truth(folder)  # the study is untouched
+    # without --out, the model's own file is written only when the fit rests on --min-count checked findings
+    # (a measurement on a few slices once replaced the demo model's calibration with never-green thresholds)
+    own = tmp_path / "reliability_calibration.json"
+    rc = main(["calibrate", "--data", str(folder), "--window", "soft_tissue,lung", "--samples", "2",
+               "--questions", "1", "--min-count", "10000"])
+    assert rc == 0 and not own.exists()
+    assert "not written: the thresholds rest on" in capsys.readouterr().out
+    rc = main(["calibrate", "--data", str(folder), "--window", "soft_tissue,lung", "--samples", "2",
+               "--questions", "1", "--min-count", "2"])
+    assert rc == 0 and json.loads(own.read_text())["calibrated"] is True
