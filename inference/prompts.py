@@ -34,6 +34,19 @@ log = logging.getLogger(__name__)
 
 _DEFAULT_QUESTION = "Analyse this image."
 
+#: Questions the workstation sends for the five-step analysis: the default, the viewer's "Describe findings"
+#: preset (app.assistant.session.PRESET_QUESTIONS), the trust evaluation's question (app.assistant.trust_eval)
+#: and what a reader types. A model trained on one of them only answered the others with broken steps, so the
+#: demo recipe's app-prompt set cycles through all of them (training.demo_model.write_app_prompt_sets).
+REASONING_QUESTIONS: tuple[str, ...] = (
+    "",
+    "Describe the findings on this slice.",
+    "Describe the findings.",
+    "What do you see on this image?",
+    "Is there a focal lesion?",
+    "Analyse this slice step by step.",
+)
+
 _LOCATE = re.compile(
     r"^\s*(?:please\s+|can\s+you\s+|could\s+you\s+)?"
     r"(?:locate|find|show(?:\s+me)?|mark|outline|point\s+(?:to|at)|box|where\s+(?:is|are))\b[\s:]*"

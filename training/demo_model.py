@@ -439,11 +439,12 @@ _CONTEXT = {"ct_chest": ("CT", "CHEST"), "ct_abdomen": ("CT", "ABDOMEN"), "xray"
 def write_app_prompt_sets(train_dir: Path) -> dict[str, dict]:
     """The corpus's answers under the prompts the workstation really sends, so the demo works in the app.
 
-    ``app_reasoning``: the app's system prompt + five-step reasoning template (inference.prompts);
+    ``app_reasoning``: the app's system prompt + five-step reasoning template (inference.prompts), its question
+    cycling through :data:`inference.prompts.REASONING_QUESTIONS`;
     ``app_vqa``: the VQA template, and the reliability pass's bare question + answer instruction.
     Returns their meta entries.
     """
-    from inference.prompts import ImageContext, Task, build_prompt
+    from inference.prompts import REASONING_QUESTIONS, ImageContext, Task, build_prompt
     from inference.reliability.sampling import ANSWER_INSTRUCTION
 
     kinds = {}
@@ -461,9 +462,9 @@ def write_app_prompt_sets(train_dir: Path) -> dict[str, dict]:
         return {"image": image, "conversations": turns}
 
     sets: dict[str, list[dict]] = {"app_reasoning": [], "app_vqa": []}
-    for line in (train_dir / "reasoning.jsonl").read_text(encoding="utf-8").splitlines():
-        rec = json.loads(line)
-        prompt = build_prompt(Task.REASONING, "", context(rec["image"]))
+    for i, line in enumerate((train_dir / "reasoning.jsonl").read_text(encoding="utf-8").splitlines()):
+        rec = json.loads(line)  # the same five steps whichever of the workstation's questions asked for them
+        prompt = build_prompt(Task.REASONING, REASONING_QUESTIONS[i % len(REASONING_QUESTIONS)], context(rec["image"]))
         sets["app_reasoning"].append(conv(rec["image"], prompt.system, prompt.user,
                                           rec["conversations"][-1]["value"]))
     for i, line in enumerate((train_dir / "vqa.jsonl").read_text(encoding="utf-8").splitlines()):

@@ -101,6 +101,24 @@ def test_app_prompt_sets_use_the_workstation_prompts(tmp_path):
     assert chat_segments(reasoning[0]["conversations"])[0][0].startswith("<|im_start|>system\nYou are XMedGPT")
 
 
+def test_the_five_steps_are_taught_under_every_question_the_workstation_sends(tmp_path):
+    """Trained under "Analyse this image." only, the demo model answered the viewer's own "Describe findings" preset
+    with broken steps: the app-prompt set cycles through the workstation's questions, the viewer's presets among them."""
+    from app.assistant.session import PRESET_QUESTIONS
+    from app.assistant.trust_eval import DEFAULT_QUESTION
+    from inference.prompts import REASONING_QUESTIONS, Task, build_prompt, infer_task
+    from training.demo_model import write_app_prompt_sets
+    from training.phantoms import write_corpus
+
+    sent = [q for _, q in PRESET_QUESTIONS if infer_task(q) is Task.REASONING] + [DEFAULT_QUESTION]
+    assert sent and set(sent) <= set(REASONING_QUESTIONS)
+    corpus = write_corpus(tmp_path / "c", n=len(REASONING_QUESTIONS), seed=5, size=64).out
+    write_app_prompt_sets(corpus)
+    users = [json.loads(x)["conversations"][1]["value"] for x in (corpus / "app_reasoning.jsonl").read_text().splitlines()]
+    for q in REASONING_QUESTIONS:
+        assert any(u.endswith(build_prompt(Task.REASONING, q).user) for u in users), q
+
+
 DEMO = REPO / "resources" / "models" / "demo"
 
 
