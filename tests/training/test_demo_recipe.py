@@ -102,8 +102,9 @@ def test_app_prompt_sets_use_the_workstation_prompts(tmp_path):
 
 
 def test_the_five_steps_are_taught_under_every_question_the_workstation_sends(tmp_path):
-    """Trained under "Analyse this image." only, the demo model answered the viewer's own "Describe findings" preset
-    with broken steps: the app-prompt set cycles through the workstation's questions, the viewer's presets among them."""
+    """Trained under "Analyse this image." only, the demo model answered the trust evaluation's "Describe the
+    findings." with broken steps: the app-prompt set cycles through the workstation's questions, the viewer's presets
+    among them."""
     from app.assistant.session import PRESET_QUESTIONS
     from app.assistant.trust_eval import DEFAULT_QUESTION
     from inference.prompts import REASONING_QUESTIONS, Task, build_prompt, infer_task
