@@ -56,7 +56,7 @@ DEMO_RUN4 = checkpoints/demo-512-run4
 DEMO_512 = training.demo_model --config training/configs/demo_model_512_thumb.yaml --set init_from=$(DEMO_224) --stop-after sft -v
 DEMO_512_PHASE2 = training.demo_model --config training/configs/demo_model_512_thumb_phase2.yaml --out $(DEMO_RUN4) -v
 DEMO_RUN5 = training.demo_model --config training/configs/demo_model_512_run5.yaml --set init_from=$(DEMO_RUN4) --stop-after sft -v
-DEMO_RUN5_PHASE2 ?= training/configs/demo_model_512_run5b_phase2.yaml
+DEMO_RUN5_PHASE2 ?= training/configs/demo_model_512_run5_phase2.yaml
 DEMO_STEPS = $(PY) -m training.demo_model --config training/configs/demo_model.yaml --work-dir $(DEMO_WORK) --out $(DEMO_224) -v \
 	&& $(PY) -m $(DEMO_512) && $(PY) -m $(DEMO_512_PHASE2) && $(PY) -m $(DEMO_RUN5) \
 	&& $(PY) -m training.demo_model --config $(DEMO_RUN5_PHASE2) --out resources/models/demo -v

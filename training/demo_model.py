@@ -171,6 +171,9 @@ class DemoConfig:
     #: start from this trained model folder (its weights and tokenizer; same sizes as ``spec``, whose
     #: ``max_tiles`` it gets) instead of a random skeleton: what it already knows is kept ("" = random)
     init_from: str = ""
+    #: the questions of the app-prompt reasoning set: "default" (runs 1-5: "Analyse this image." only) or "all"
+    #: (inference.prompts.REASONING_QUESTIONS, every question the workstation sends; run 5b)
+    app_questions: str = "default"
 
 
 # ----------------------------------------------------------------------------- corpora
@@ -408,10 +411,10 @@ def run_recipe(config: DemoConfig, stop_after: str | None = None) -> Path:
     if stop_after == "skeleton":
         return work
     sft_final = sft_stage("sft", config.sft_config, skeleton, _mix_meta(train_dir, "meta_stage1.json",
-                                                                         config.stage1_mix))
+                                                                         config.stage1_mix, config.app_questions))
     if stop_after == "sft":
         return work
-    reasoning_meta = _mix_meta(train_dir, "meta_reasoning.json", config.reasoning_mix)
+    reasoning_meta = _mix_meta(train_dir, "meta_reasoning.json", config.reasoning_mix, config.app_questions)
     reasoning_final = sft_stage("reasoning", config.reasoning_config, sft_final, reasoning_meta)
     if stop_after == "reasoning":
         return work
@@ -436,11 +439,11 @@ def _card(final: Path) -> dict:
 _CONTEXT = {"ct_chest": ("CT", "CHEST"), "ct_abdomen": ("CT", "ABDOMEN"), "xray": ("DX", "CHEST")}
 
 
-def write_app_prompt_sets(train_dir: Path) -> dict[str, dict]:
+def write_app_prompt_sets(train_dir: Path, questions: str = "default") -> dict[str, dict]:
     """The corpus's answers under the prompts the workstation really sends, so the demo works in the app.
 
-    ``app_reasoning``: the app's system prompt + five-step reasoning template (inference.prompts), its question
-    cycling through :data:`inference.prompts.REASONING_QUESTIONS`;
+    ``app_reasoning``: the app's system prompt + five-step reasoning template (inference.prompts), under the
+    default question, or (``questions="all"``) cycling through :data:`inference.prompts.REASONING_QUESTIONS`;
     ``app_vqa``: the VQA template, and the reliability pass's bare question + answer instruction.
     Returns their meta entries.
     """
@@ -464,7 +467,8 @@ def write_app_prompt_sets(train_dir: Path) -> dict[str, dict]:
     sets: dict[str, list[dict]] = {"app_reasoning": [], "app_vqa": []}
     for i, line in enumerate((train_dir / "reasoning.jsonl").read_text(encoding="utf-8").splitlines()):
         rec = json.loads(line)  # the same five steps whichever of the workstation's questions asked for them
-        prompt = build_prompt(Task.REASONING, REASONING_QUESTIONS[i % len(REASONING_QUESTIONS)], context(rec["image"]))
+        question = REASONING_QUESTIONS[i % len(REASONING_QUESTIONS)] if questions == "all" else ""
+        prompt = build_prompt(Task.REASONING, question, context(rec["image"]))
         sets["app_reasoning"].append(conv(rec["image"], prompt.system, prompt.user,
                                           rec["conversations"][-1]["value"]))
     for i, line in enumerate((train_dir / "vqa.jsonl").read_text(encoding="utf-8").splitlines()):
@@ -484,11 +488,11 @@ def write_app_prompt_sets(train_dir: Path) -> dict[str, dict]:
     return entries
 
 
-def _mix_meta(train_dir: Path, name: str, mix: dict[str, float]) -> Path:
+def _mix_meta(train_dir: Path, name: str, mix: dict[str, float], app_questions: str = "default") -> Path:
     """A meta file over the corpus's datasets with the recipe's repeat factors (0 leaves a set out)."""
     meta = json.loads((train_dir / "meta.json").read_text())
     if any(k.startswith("app_") for k in mix):
-        meta.update(write_app_prompt_sets(train_dir))
+        meta.update(write_app_prompt_sets(train_dir, app_questions))
     unknown = set(mix) - set(meta)
     if unknown:
         raise XMedError(f"The phantom corpus has no dataset(s) {', '.join(sorted(unknown))}.")

@@ -114,10 +114,16 @@ def test_the_five_steps_are_taught_under_every_question_the_workstation_sends(tm
     sent = [q for _, q in PRESET_QUESTIONS if infer_task(q) is Task.REASONING] + [DEFAULT_QUESTION]
     assert sent and set(sent) <= set(REASONING_QUESTIONS)
     corpus = write_corpus(tmp_path / "c", n=len(REASONING_QUESTIONS), seed=5, size=64).out
-    write_app_prompt_sets(corpus)
-    users = [json.loads(x)["conversations"][1]["value"] for x in (corpus / "app_reasoning.jsonl").read_text().splitlines()]
+
+    def users() -> list[str]:
+        return [json.loads(x)["conversations"][1]["value"]
+                for x in (corpus / "app_reasoning.jsonl").read_text().splitlines()]
+
+    write_app_prompt_sets(corpus, "all")  # run 5b's recipe
     for q in REASONING_QUESTIONS:
-        assert any(u.endswith(build_prompt(Task.REASONING, q).user) for u in users), q
+        assert any(u.endswith(build_prompt(Task.REASONING, q).user) for u in users()), q
+    write_app_prompt_sets(corpus)  # runs 1-5 (so their recipes still make the models they made)
+    assert all(u.endswith(build_prompt(Task.REASONING, "").user) for u in users())
 
 
 DEMO = REPO / "resources" / "models" / "demo"
