@@ -83,6 +83,12 @@ class PrereadError(XMedError):
 # ----------------------------------------------------------------------------- windows
 
 
+def _in_hu(volume: Volume) -> bool:
+    """A greyscale CT series: its values are Hounsfield units (the window rule, the contrast ranking and the
+    region need them)."""
+    return (volume.series.modality or "").upper() == "CT" and not volume.is_color
+
+
 def lung_fraction(hu: np.ndarray) -> float:
     """Share of the body section that is air-filled lung (−950…−500 HU); 0 for a slice without body.
 
@@ -404,7 +410,7 @@ def sweep(
     plan: list[tuple[int, Window]] = []
     chosen: dict[int, list[str]] = {}
     fractions: dict[int, float] = {}
-    ct = (volume.series.modality or "").upper() == "CT" and not volume.is_color
+    ct = _in_hu(volume)
     for k in ks:
         if windows is not None:
             ws = windows(volume, k)
@@ -671,7 +677,7 @@ def rank_by_contrast(volume: Volume, candidates: Sequence[Candidate]) -> list[Ca
     sweep sit on homogeneous liver or lung. Other modalities (no HU) keep the model's order."""
     from app.assistant.evidence import box_contrast
 
-    if (volume.series.modality or "").upper() != "CT" or volume.is_color:
+    if not _in_hu(volume):
         return list(candidates)
     for c in candidates:
         values = [v for k, d in c.detections.items()
@@ -708,7 +714,7 @@ def region_of(volume: Volume, c: Candidate, lung_fractions: dict[int, float] | N
     tell (above the lungs, a series without lung, not CT). ``lung_fractions`` (slice → share of lung, as
     the sweep measured it) is a cache: slices measured here are added to it."""
     geo = volume.geometry
-    if (volume.series.modality or "").upper() != "CT" or volume.is_color or geo is None:
+    if not _in_hu(volume) or geo is None:
         return "lung" if c.window == "lung" else "body"
     fractions = lung_fractions if lung_fractions is not None else {}
 
@@ -832,11 +838,11 @@ def reason(
 
     The reasoning of ``batch_size`` candidates at a time is one batched generation (:meth:`Assistant.ask_batch`);
     each answer then gets its own reliability pass (itself one batched sampling call). ``lung_fractions``:
-    the sweep's, for :func:`region_of`."""
+    the sweep's, for :func:`region_of` (a cache it adds to)."""
     from app.assistant.session import check_answer
 
     assistant = assistant or Assistant(engine)
-    fractions = dict(lung_fractions or {})
+    fractions = lung_fractions if lung_fractions is not None else {}
     total = len(candidates)
     done = 0
     for start in range(0, total, max(1, batch_size)):
@@ -967,15 +973,15 @@ def preread(
     lesions = [c for c in candidates if len(c.detections) >= options.min_slices][: options.max_lesions]
     t2 = time.perf_counter()
     cancelled = sw.cancelled
+    fractions = dict(sw.lung_fractions)  # the regions' cache (the sweep's own stays as measured, for its JSON)
     if options.reasoning and not cancelled and lesions:
         say("reasoning")
         assistant = Assistant(engine, image_spec=image_spec, max_new_tokens=options.max_new_tokens)
         reason(engine, volume, lesions, assistant=assistant, n_samples=options.n_samples,
                n_questions=options.n_questions, study_description=study_description, cancel=cancel,
                progress=progress, reliability=options.reliability, batch_size=options.reasoning_batch,
-               lung_fractions=sw.lung_fractions)
+               lung_fractions=fractions)
         cancelled = bool(cancel and cancel())
-    fractions = dict(sw.lung_fractions)
     for c in lesions:
         if not c.location:
             c.location = location_of(volume, c, fractions)
