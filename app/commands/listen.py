@@ -118,6 +118,8 @@ def run(args: argparse.Namespace) -> int:
     receiver = Receiver(db, paths.storage, audit=audit, nodes=store)
     listener = Listener(receiver, local, allowed_ae_titles=allowed)
     queue: JobQueue | None = None
+    watcher: ArrivalWatcher | None = None
+    console = threading.Lock()  # an arrival's line before its pre-read's: the worker may start the job at once
     if args.preread:
         folder = resolve_model(args.model)  # checked now, loaded by the queue's thread on the first job
         options = PrereadOptions(reasoning=not args.no_reasoning, n_samples=settings.reliability_samples,
@@ -125,9 +127,22 @@ def run(args: argparse.Namespace) -> int:
         runner = StudyPrereader(db, lambda: load_engine(folder, args.device, args.quantization),
                                 paths.preread_results, options=options, audit=audit)
         queue = JobQueue(db, runner, audit=audit)
-        ArrivalWatcher(queue, quiet_seconds=quiet).attach(receiver)
-        queue.listeners.append(lambda job: _say_job(db, job))
-    receiver.on_finished.append(lambda t, outcome: _say_transfer(db, queue, t, outcome))
+        watcher = ArrivalWatcher(queue, quiet_seconds=quiet)
+        receiver.on_stored.append(watcher.instance_stored)
+
+        def say_job(job: Job) -> None:
+            with console:
+                _say_job(db, job)
+
+        queue.listeners.append(say_job)
+
+    def transfer_finished(t, outcome: str) -> None:
+        with console:  # queue the study's pre-read and say it arrived before the worker can say it started
+            if watcher is not None:
+                watcher.association_finished(t, outcome)
+            _say_transfer(db, queue, t, outcome)
+
+    receiver.on_finished.append(transfer_finished)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     listener.start()

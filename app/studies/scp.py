@@ -61,6 +61,7 @@ from pynetdicom import (
     AllStoragePresentationContexts,
     evt,
 )
+from pynetdicom.pdu_primitives import A_RELEASE
 from pynetdicom.sop_class import Verification
 from pynetdicom.transport import ThreadedAssociationServer
 
@@ -186,6 +187,7 @@ class Transfer:
     failed: int = 0
     disk_full: bool = False
     finished: bool = False
+    release_answered: bool = False  # this end sent the A-RELEASE response (the peer asked to release)
     grouped: int = 0  # retrieved instances acknowledged before their group was durable
     receiving: set[str] = field(default_factory=set)  # studies this association has indexed new instances of
     staged: list[tuple[Staged, InstanceRecord]] = field(default_factory=list, repr=False)
@@ -475,9 +477,22 @@ class Receiver:
     def on_aborted(self, event: Any) -> None:
         self.finish(event.assoc, "aborted")
 
+    def on_acse_sent(self, event: Any) -> None:
+        """EVT_ACSE_SENT (a handful per association, on the association's thread): note the A-RELEASE
+        response. pynetdicom's association thread marks itself released only *after* handing that response to
+        the DUL thread, which sends it; the peer then closes the connection, and EVT_CONN_CLOSE (on the DUL
+        thread) can arrive before the association says it is released -- a clean release read as a lost
+        connection, the study marked incomplete (seen in CI). The note is made before the response leaves."""
+        primitive = event.primitive
+        if isinstance(primitive, A_RELEASE) and primitive.result is not None:
+            self.transfer(event.assoc).release_answered = True
+
     def on_conn_close(self, event: Any) -> None:
         assoc = event.assoc
-        self.finish(assoc, "released" if getattr(assoc, "is_released", False) else "lost")
+        with self._lock:
+            t = self._transfers.get(id(assoc))
+        answered = t is not None and t.release_answered
+        self.finish(assoc, "released" if answered or getattr(assoc, "is_released", False) else "lost")
 
 
 _PER_MESSAGE_EVENTS = (evt.EVT_PDU_RECV, evt.EVT_PDU_SENT, evt.EVT_DIMSE_RECV, evt.EVT_DIMSE_SENT)
@@ -558,6 +573,7 @@ class Listener:
             (evt.EVT_REJECTED, self.receiver.on_rejected),
             (evt.EVT_RELEASED, self.receiver.on_released),
             (evt.EVT_ABORTED, self.receiver.on_aborted),
+            (evt.EVT_ACSE_SENT, self.receiver.on_acse_sent),
             (evt.EVT_CONN_CLOSE, self.receiver.on_conn_close),
         ]
         try:  # AE.start_server(block=False), with our own accept loop (its poll interval, no forced gc.collect)

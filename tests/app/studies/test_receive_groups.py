@@ -292,6 +292,45 @@ def test_pushed_instances_are_durable_and_indexed_before_each_answer_move_subope
         db.close()
 
 
+def test_a_release_is_a_release_whichever_thread_hears_of_it_first(home, monkeypatch):
+    """pynetdicom's association thread hands the A-RELEASE response to the DUL thread and only then marks
+    itself released; the peer closes the connection at once and EVT_CONN_CLOSE (DUL thread) can come first.
+    CI saw it: a study pushed whole and released was marked incomplete, "association lost". Here the
+    association thread is held after the response so that the close always comes first."""
+    from pynetdicom.acse import ACSE
+
+    real = ACSE.send_release
+
+    def slow_after_response(self, is_response=False):
+        real(self, is_response)
+        if is_response:
+            time.sleep(0.5)  # the association thread descheduled between the response and "released"
+
+    monkeypatch.setattr(ACSE, "send_release", slow_after_response)
+    paths = StudyPaths.detect().ensure()
+    db = StudyDB(paths.database)
+    receiver = Receiver(db, paths.storage)
+    outcomes: list[str] = []
+    receiver.on_finished.append(lambda t, outcome: outcomes.append(outcome))
+    listener = Listener(receiver, LocalAE(OUR_AE, "127.0.0.1", free_port()), allowed_ae_titles=["SENDER"]).start()
+    try:
+        assoc = _sender(listener.port)
+        try:
+            for f in SAMPLE_FILES[:2]:
+                assert assoc.send_c_store(f).Status == 0
+        finally:
+            assoc.release()
+        assert listener.wait_idle(10)
+        deadline = time.monotonic() + 10
+        while not outcomes and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert outcomes == ["released"]
+        assert db.get(SAMPLE_UID).state == "complete"
+    finally:
+        listener.stop()
+        db.close()
+
+
 def test_a_get_whose_node_lists_the_wrong_sop_classes_still_brings_the_whole_study(sample_in_orthanc, home,
                                                                                    monkeypatch):
     from app.studies import scu as scu_mod
