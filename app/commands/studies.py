@@ -6,6 +6,7 @@ import argparse
 import json
 
 from app.core.errors import XMedError
+from app.core.names import NameStyle, display_date, person_name
 from app.studies.importer import open_library
 
 
@@ -52,8 +53,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"{'date':10}  {'patient':24}  {'ID':14}  {'accession':12}  {'mod':6}  {'ser':>3}  {'inst':>5}  "
           f"{'state':10}  {'AI':12}  {'report':6}  study UID")
     for s in found:
-        date = f"{s.study_date[:4]}-{s.study_date[4:6]}-{s.study_date[6:]}" if len(s.study_date) == 8 else s.study_date
-        print(f"{date:10}  {s.patient_name[:24]:24}  {s.patient_id[:14]:14}  {s.accession[:12]:12}  "
+        print(f"{display_date(s.study_date):10}  {person_name(s.patient_name, NameStyle.LIST)[:24]:24}  {s.patient_id[:14]:14}  {s.accession[:12]:12}  "
               f"{'/'.join(s.modalities)[:6]:6}  {s.series:>3}  {s.instances:>5}  {s.state:10}  "
               f"{_ai(s):12}  {s.report_state:6}  {s.study_uid}")
     return 0

@@ -154,7 +154,7 @@ def test_import_in_place_and_copy_commands(tmp_path, monkeypatch, capsys):
     assert Path(s2["location"]).is_relative_to(storage) and s2["origin"] == "copy"
     assert len(list(storage.rglob("*.dcm"))) == 2
     assert main(["studies"]) == 0
-    assert "PHANTOM^CHEST" in capsys.readouterr().out
+    assert "PHANTOM, CHEST" in capsys.readouterr().out  # as the viewer writes a name, not DICOM carets
     audit = (tmp_path / "home" / "data" / "audit" / "audit.jsonl").read_text().splitlines()
     assert sum('"studies.import"' in line for line in audit) == 2
     assert main(["audit", "verify"]) == 0
