@@ -222,8 +222,19 @@ class StudyTableModel(QAbstractTableModel):
                         "done": f"AI pre-read done; worst reliability: {r.tier or 'no lesion found'}"}.get(r.ai_state)
             if c == COUNTS and r.state in ("incomplete", "receiving"):
                 return "Not all images are here yet: retrieve the study again to complete it."
+            if c in (PATIENT, DATE):  # the narrow dock shows these two: which study is it?
+                return self.summary(r)
             return r.uid if c == DESCRIPTION else None
         return None
+
+    @classmethod
+    def summary(cls, r: StudyRow) -> str:
+        """Everything that tells one study from another, one line per field: the rows of one patient look
+        alike in the narrow dock, where patient ID, accession and description are scrolled out of sight."""
+        fields = (("", cls._text(r, PATIENT)), ("Patient ID", r.patient_id), ("Accession", r.accession),
+                  ("Date", cls._text(r, DATE)), ("", r.description), ("Modalities", cls._text(r, MODALITIES)),
+                  ("Series / images", cls._text(r, COUNTS)))
+        return "\n".join(f"{k}: {v}" if k else v for k, v in fields if v)
 
     @staticmethod
     def _text(r: StudyRow, c: int) -> str:

@@ -102,6 +102,11 @@ def test_search_and_filters_narrow_the_rows_and_columns_sort(qtbot, services):
     assert tab.uids()[0] == "1.2.3.9" and tab.uids()[-1] == "1.2.3.5"
     tab.view.sortByColumn(PATIENT, Qt.SortOrder.DescendingOrder)
     assert tab.uids()[0] == "1.2.3.9"  # MÜLLER after DOE
+    # the patient and date cells, all the narrow dock shows, tell one study of a patient from another on hover
+    tips = {tab.proxy.index(i, PATIENT).data(Qt.ItemDataRole.ToolTipRole) for i in range(tab.proxy.rowCount())}
+    assert len(tips) == 7 and all("Patient ID: " in t and "Accession: " in t for t in tips)
+    assert tab.proxy.index(0, DATE).data(Qt.ItemDataRole.ToolTipRole) == tab.proxy.index(0, PATIENT).data(
+        Qt.ItemDataRole.ToolTipRole)
 
 
 def test_ai_and_report_state_follow_the_database_with_a_coloured_dot(qtbot, services):
