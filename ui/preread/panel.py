@@ -82,6 +82,16 @@ TIER_RANK = {"green": 0, "amber": 1, "red": 2, "": 3}
 SORT_KEY = Qt.ItemDataRole.UserRole + 1
 
 
+IDLE_HINT = ("Pre-read the series on screen: the AI goes through every slice and lists the lesions for you to "
+             "look at. Nothing goes into the report until you accept it.")
+
+
+def _run_summary(run: PrereadRun) -> str:
+    n = len(run.lesions)
+    found = f"{n} lesion{'s' if n != 1 else ''}" if n else "No lesion"
+    return f"{found} in {series_name(run.volume)}" + (". Click one to see it." if n else ".")
+
+
 class _LesionItem(QTreeWidgetItem):
     """A row that sorts by what its column means -- P2 before P10, sizes and images as numbers, tiers by
     rank -- when the reader clicks a column header (N / Shift+N then follow the list as shown)."""
@@ -169,8 +179,7 @@ class PrereadPanel(QWidget):
         self.cancel_button.setToolTip("Stop the pre-read; nothing of it is listed")
         self.cancel_button.clicked.connect(self.cancel)
         self.cancel_button.hide()
-        self.status = QLabel("Pre-read the series on screen: the AI goes through every slice and lists the "
-                             "lesions for you to look at. Nothing goes into the report until you accept it.")
+        self.status = QLabel(IDLE_HINT)
         self.status.setWordWrap(True)
         self.lesions = QTreeWidget()
         self.lesions.setObjectName("prereadLesions")
@@ -387,6 +396,9 @@ class PrereadPanel(QWidget):
         if run is self.run and self.lesions.topLevelItemCount() == len(run.lesions if run else []):
             self._update_rows()
             return
+        if run is not self.run and not self.controller.running:
+            # another series (or study) on screen: what the status said was about the list it leaves
+            self.status.setText(IDLE_HINT if run is None else _run_summary(run))
         self.run = run
         self._building = True
         try:

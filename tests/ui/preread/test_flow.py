@@ -569,3 +569,31 @@ def test_every_toolbar_command_is_in_sight_on_a_1366_px_wide_screen(qtbot, win):
     image = ext.icon().pixmap(16, 16).toImage()
     assert max(image.pixelColor(x, y).lightness() for x in range(16) for y in range(16)
                if image.pixelColor(x, y).alpha() > 0) > 150  # a light », not Qt's dark arrow
+
+
+def test_the_status_line_follows_the_series_on_screen(qtbot, win, tmp_path):
+    """Seen in a real window: after Ctrl+PgDown to the next study the panel still said "Accepted into the
+    report: P1." -- about the study just left. The line speaks of the list on screen."""
+    import shutil
+
+    from pydicom.data import get_testdata_file
+
+    from ui.preread.panel import IDLE_HINT
+
+    panel = win.preread_panel
+    run_preread(qtbot, win)
+    click_row(qtbot, panel, "P1")
+    panel.accept_button.click()
+    assert panel.status.text() == "Accepted into the report: P1."
+    other = tmp_path / "other"
+    other.mkdir()
+    shutil.copy(get_testdata_file("CT_small.dcm"), other)
+    win.open_paths([other])
+    qtbot.waitUntil(lambda: not win.is_busy() and win.grid.active.volume is not None
+                    and len(win.grid.active.volume) == 1, timeout=30_000)
+    qtbot.waitUntil(lambda: panel.status.text() == IDLE_HINT, timeout=5000)
+    assert panel.lesions.topLevelItemCount() == 0
+    win.open_paths([SAMPLE])  # back: its pre-read is listed again, and the line says so
+    qtbot.waitUntil(lambda: panel.lesions.topLevelItemCount() > 0, timeout=30_000)
+    n = panel.lesions.topLevelItemCount()
+    assert re.fullmatch(rf"{n} lesions? in .+\. Click one to see it\.", panel.status.text()), panel.status.text()
