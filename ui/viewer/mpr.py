@@ -20,7 +20,7 @@ import logging
 
 import numpy as np
 import pyqtgraph as pg
-from PySide6.QtCore import QLineF, QRectF, Qt, QTimer, Signal
+from PySide6.QtCore import QLineF, QPointF, QRectF, Qt, QTimer, Signal
 from PySide6.QtGui import QColor, QPen
 from PySide6.QtWidgets import QGraphicsLineItem, QGraphicsRectItem, QGridLayout, QWidget
 
@@ -37,7 +37,7 @@ from app.viewer.mpr import (
     project_extent,
 )
 from app.viewer.viewport import CornerLine, StudyInfo, corner_lines
-from ui.viewer.overlays import DEFAULT_COLOR, SOURCE_COLORS
+from ui.viewer.overlays import DEFAULT_COLOR, SOURCE_COLORS, stack_labels
 from ui.viewer.viewport import Viewport, _ImageViewBox
 
 log = logging.getLogger(__name__)
@@ -95,6 +95,7 @@ class MprView(Viewport):
         self._plane_image = None  # the PlaneImage on screen (app.dicom.volume)
         self.extent_items: dict[str, tuple[QGraphicsRectItem, pg.TextItem]] = {}
         self.projected: list[ProjectedBox] = []
+        self._watching_extent_labels = False
         self._image_key: tuple | None = None  # MprState.image_key of the plane on screen
         self._text_key: tuple | None = None  # what the corner text was made from (see _update_text)
         self._text_rest: tuple | None = None  # (key, corners, orientation letters) besides the plane's own lines
@@ -332,6 +333,17 @@ class MprView(Viewport):
             text.setZValue(16)
             text.setVisible(bool(b.label))
             self.extent_items[b.id] = (rect, text)
+        self.layout_extent_labels()
+
+    def layout_extent_labels(self) -> None:
+        """The extents' labels stacked so that none covers another (a lesion accepted into the report has its
+        pre-read label and its finding's at one corner); again when the view is zoomed or panned."""
+        if not self._watching_extent_labels:
+            self.vb.sigTransformChanged.connect(lambda *_: self.layout_extent_labels())
+            self._watching_extent_labels = True
+        stack_labels(self.image, [(text, QPointF(b.x0, b.y0)) for b in self.projected
+                                  if b.id in self.extent_items and b.label
+                                  for text in (self.extent_items[b.id][1],)])
 
     def reference_line_items(self) -> dict[str, list[QGraphicsLineItem]]:
         return self.lines

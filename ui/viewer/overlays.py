@@ -14,7 +14,7 @@ import logging
 from dataclasses import dataclass
 
 import pyqtgraph as pg
-from PySide6.QtCore import QObject, QRectF, Qt, Signal
+from PySide6.QtCore import QObject, QPointF, QRectF, Qt, Signal
 
 from inference.types import Box
 
@@ -35,6 +35,21 @@ DEFAULT_COLOR = (255, 255, 255)
 HIGHLIGHT_WIDTH = 4
 NORMAL_WIDTH = 2
 
+
+
+def stack_labels(parent, labels: list[tuple[pg.TextItem, QPointF]]) -> None:
+    """Box labels top to bottom: each above its box's top-left corner (``parent``'s coordinates), or as many
+    lines higher as it takes not to cover a label placed before it (at most 8)."""
+    placed: list[QRectF] = []
+    for text, corner in sorted(labels, key=lambda tc: (tc[1].y(), tc[1].x())):
+        at = parent.mapToScene(corner)
+        size = text.textItem.boundingRect()
+        for lift in range(9):
+            text.setAnchor((0, 1 + lift))
+            rect = QRectF(at.x(), at.y() - size.height() * (1 + lift), size.width(), size.height())
+            if not any(rect.intersects(r) for r in placed):
+                break
+        placed.append(rect)
 
 @dataclass
 class _Entry:
@@ -213,20 +228,11 @@ class BoxOverlayLayer(QObject):
         return QRectF(corner.x(), corner.y() - size.height() * lift, size.width(), size.height())
 
     def layout_labels(self) -> None:
-        """Labels of this frame's boxes, top to bottom: each above its box, or as many lines higher as it takes
-        not to cover a label placed before it (at most 8). Labels keep their screen size at any zoom, so this
-        runs again when the view is zoomed or panned."""
+        """Labels of this frame's boxes (:func:`stack_labels`). Labels keep their screen size at any zoom, so
+        this runs again when the view is zoomed or panned."""
         self._watch_view()
-        placed: list[QRectF] = []
-        shown = [(i, e) for i, e in self._entries.items() if e.frame == self._frame and e.label]
-        shown.sort(key=lambda ie: (ie[1].roi.pos().y(), ie[1].roi.pos().x()))
-        for box_id, e in shown:
-            for lift in range(9):
-                e.text.setAnchor((0, 1 + lift))
-                rect = self.label_rect(box_id)
-                if not any(rect.intersects(r) for r in placed):
-                    break
-            placed.append(rect)
+        stack_labels(self._parent, [(e.text, e.roi.pos()) for e in self._entries.values()
+                                    if e.frame == self._frame and e.label])
 
     def _watch_view(self) -> None:
         if self._watching_view:

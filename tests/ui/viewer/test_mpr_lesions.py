@@ -150,3 +150,34 @@ def test_extents_appear_at_once_when_boxes_arrive_while_the_mpr_is_open(qtbot, w
     qtbot.waitUntil(lambda: coronal.projected and coronal.projected[0].label == "P1 · 30 mm · accepted", timeout=3000)
     vp.overlays.clear(source="preread")
     qtbot.waitUntil(lambda: coronal.projected == [] and sagittal.projected == [], timeout=3000)
+
+
+def test_two_labels_at_one_extent_do_not_cover_each_other(qtbot, win, study):
+    """Seen in a real window: a pre-read lesion accepted into the report has its lesion label and its finding's
+    at the same corner of the coronal extent, one printed over the other. They stack, as on the axial image."""
+    from PySide6.QtCore import QRectF
+
+    les, boxes = lesion_boxes(study)
+    vp = win.grid.viewports[0]
+    for k, (x0, y0, x1, y1) in boxes.items():
+        vp.overlays.add_box(k, Box(x0, y0, x1, y1), "P1 · 15 mm · accepted", "ai")
+        vp.overlays.add_box(k, Box(x0, y0, x1, y1), "AI 1 · nodule · red", "accepted")
+    win.actions_by_name["layout_mpr"].trigger()
+    panel = win.grid.mpr
+    panel.state.set_point(np.array(les["center_patient_mm"]))
+    panel.refresh()
+    coronal = panel.by_plane("coronal")
+    qtbot.waitUntil(lambda: len(coronal.extent_items) == 2, timeout=5000)
+
+    def screen_rect(text) -> QRectF:
+        return text.mapRectToScene(text.boundingRect())
+
+    def overlap() -> float:
+        a, b = (screen_rect(t) for _, t in coronal.extent_items.values())
+        i = a.intersected(b)
+        return i.width() * i.height()
+
+    assert overlap() == 0
+    coronal.vb.scaleBy((0.5, 0.5))  # zoomed: the labels keep their size, so they are stacked again
+    qtbot.wait(50)
+    assert overlap() == 0
