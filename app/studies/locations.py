@@ -14,6 +14,8 @@
 
 from __future__ import annotations
 
+import sqlite3
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,6 +47,17 @@ class StudyPaths:
     def detect(cls, paths: AppPaths | None = None) -> "StudyPaths":
         paths = paths or AppPaths.detect()
         return cls(root=paths.data / "studies", nodes_file=paths.data / "pacs" / "nodes.json")
+
+    def has_studies(self) -> bool:
+        """True when the study database lists at least one study. A read-only look: no database, one that
+        cannot be read (the viewer's own opening repairs it) or an empty one is False."""
+        if not self.database.is_file():
+            return False
+        try:
+            with closing(sqlite3.connect(f"{self.database.as_uri()}?mode=ro", uri=True, timeout=2)) as conn:
+                return conn.execute("SELECT 1 FROM studies LIMIT 1").fetchone() is not None
+        except sqlite3.Error:
+            return False
 
     def ensure(self) -> "StudyPaths":
         for d in (self.root, self.storage, self.nodes_file.parent):

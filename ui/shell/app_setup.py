@@ -56,8 +56,16 @@ def has_display() -> bool:
     return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
 
 
-def default_study(path: Path | None) -> Path | None:
-    """The study to open: ``path``, else the bundled sample when present."""
+def default_study(path: Path | None, *, start_screen: bool = False) -> Path | None:
+    """The study to open: ``path``, else the bundled sample when present -- except, with ``start_screen``
+    (the viewer), once the study list has studies: a shift starts from the list, not from the phantom."""
     if path is not None:
         return path
-    return SAMPLE if SAMPLE.exists() else None
+    if not SAMPLE.exists():
+        return None
+    if start_screen:
+        from app.studies.locations import StudyPaths
+
+        if StudyPaths.detect().has_studies():
+            return None
+    return SAMPLE

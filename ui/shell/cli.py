@@ -39,7 +39,8 @@ def _register_gui(sub: argparse._SubParsersAction) -> None:
     sub.choices["analyze"].set_defaults(pdf_writer=_write_pdf)
 
     p = sub.add_parser("view", help="open the viewer (default command)")
-    p.add_argument("path", nargs="?", type=Path, help="study folder, files, DICOMDIR or zip")
+    p.add_argument("path", nargs="?", type=Path, help="study folder, files, DICOMDIR or zip (without it: the study "
+                   "list, or the bundled sample while the list is empty)")
     p.add_argument("--model", type=Path, help="local model folder for the assistant")
     p.set_defaults(func=_view)
 

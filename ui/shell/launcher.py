@@ -13,7 +13,7 @@ log = logging.getLogger(__name__)
 
 def open_window(args: argparse.Namespace):
     """Check the arguments, create the main window and start opening the study."""
-    path = default_study(getattr(args, "path", None))
+    path = default_study(getattr(args, "path", None), start_screen=True)
     if path is not None and not path.exists():
         raise XMedError(f"{path} does not exist")
     model = getattr(args, "model", None)

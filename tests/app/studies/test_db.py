@@ -170,3 +170,19 @@ def test_import_never_decodes_pixels(tmp_path, monkeypatch):
     res = import_paths(db, [SAMPLE])
     assert res.studies and sum(res.studies.values()) == 32, res.problems
     assert time.perf_counter() - t0 < 30
+
+
+def test_has_studies_looks_without_creating_or_repairing(tmp_path):
+    """What the viewer asks at start (the study list, or the sample while there is nothing to list): a
+    read-only look that neither creates a database nor trips over a damaged one."""
+    paths = StudyPaths(root=tmp_path / "studies", nodes_file=tmp_path / "nodes.json")
+    assert not paths.has_studies() and not paths.database.exists()
+    paths.ensure()
+    db = StudyDB(paths.database)
+    assert not paths.has_studies()  # a database, no study
+    db.add_instances([_rec(1)], origin="import")
+    assert paths.has_studies()
+    db.close()
+    paths.database.write_bytes(b"not a database at all" * 100)
+    assert not paths.has_studies()
+    assert paths.database.read_bytes().startswith(b"not a database")  # left for the repair, untouched

@@ -24,11 +24,22 @@ def test_view_opens_the_study_with_the_model_folder(qtbot, tmp_path):
 
 
 @pytest.mark.skipif(not SAMPLE.exists(), reason="bundled sample not present")
-def test_view_without_a_path_opens_the_bundled_sample(qtbot):
-    win = open_window(argparse.Namespace(path=None, model=None))
+def test_view_without_a_path_opens_the_sample_first_and_the_study_list_once_it_has_studies(qtbot, tmp_path,
+                                                                                           monkeypatch):
+    monkeypatch.setenv("XMEDGPT_HOME", str(tmp_path / "home"))
+    win = open_window(argparse.Namespace(path=None, model=None))  # the first start: nothing to list yet
     qtbot.addWidget(win)
     qtbot.waitUntil(lambda: win.grid.active.volume is not None and not win.is_busy(), timeout=30_000)
     assert win.grid.active.volume.series.instances[0].path.parent.resolve() == SAMPLE.resolve()
+    qtbot.waitUntil(lambda: win.studies.db.count() == 1, timeout=10_000)  # the sample opened: it is listed
+    win.shutdown()
+    # the next start (a shift): the study list in front, no study opened for the reader
+    win = open_window(argparse.Namespace(path=None, model=None))
+    qtbot.addWidget(win)
+    qtbot.wait(300)
+    assert win.grid.active.volume is None and not win.is_busy()
+    assert len(win.studies.widget.local.uids()) == 1
+    assert not win.studies.widget.visibleRegion().isEmpty()  # its tab is the one in front
     win.shutdown()
 
 
