@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from app.assistant.ask import Assistant, AssistantAnswer
-from app.assistant.session import _stated_location, check_answer, finding_sentence
+from app.assistant.session import PRESET_QUESTIONS, _stated_location, check_answer, finding_sentence
 from app.core.errors import XMedError
 from app.dicom.loader import load_series
 from app.dicom.scan import scan
@@ -53,8 +53,9 @@ log = logging.getLogger(__name__)
 
 #: a finding is right when its box overlaps a true lesion box this much (and its side is right)
 RIGHT_IOU = 0.3
-#: what the viewer's quick "describe" asks: the five-step chain
-DEFAULT_QUESTION = "Describe the findings."
+#: what the viewer's "Describe findings" button asks (the five-step chain): measured as it is used. It used to
+#: be "Describe the findings.", which the viewer never sends and which the demo model answered with broken steps.
+DEFAULT_QUESTION = dict(PRESET_QUESTIONS)["Describe findings"]
 
 
 @dataclass

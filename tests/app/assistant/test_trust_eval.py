@@ -210,3 +210,11 @@ def test_calibrate_command_on_a_study_writes_the_table_and_a_calibration_file(st
     rc = main(["calibrate", "--data", str(folder), "--window", "soft_tissue,lung", "--samples", "2",
                "--questions", "1", "--min-count", "2"])
     assert rc == 0 and json.loads(own.read_text())["calibrated"] is True
+
+
+def test_the_evaluation_asks_what_the_viewer_asks():
+    """Measured where it is used: the question is the viewer's own "Describe findings" (it was "Describe the
+    findings.", which no button sends and the demo model answered with broken steps)."""
+    from app.assistant.session import PRESET_QUESTIONS
+
+    assert trust_eval.DEFAULT_QUESTION in {q for _, q in PRESET_QUESTIONS}
