@@ -42,11 +42,9 @@ def _small_spec():
 
 
 def _eight_b_spec():
-    from training.model_factory import TinySpec
+    from training.model_factory import eight_b_class_spec
 
-    return TinySpec(vocab_size=1024, text_hidden=3584, text_layers=28, text_heads=28, text_kv_heads=4,
-                    text_intermediate=18944, vision_hidden=1024, vision_layers=24, vision_heads=16,
-                    vision_intermediate=4096, image_size=448, patch_size=14, max_tiles=6, model_vocab=151674)
+    return eight_b_class_spec()
 
 
 def _image():
@@ -136,6 +134,9 @@ def main() -> int:
     parser.add_argument("--samples", type=int, default=4, help="n for the sampling row")
     parser.add_argument("--model", type=Path, help="CPU model folder (default: demo model, else a small random one)")
     parser.add_argument("--skip-gpu", action="store_true", help="do not run the 8B-class GPU rows")
+    parser.add_argument("--gpu-model", type=Path, metavar="DIR",
+                        help="the 8B-class random model's folder: used if it is there, else written there and kept "
+                             "(default: a temporary folder)")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
@@ -155,8 +156,10 @@ def main() -> int:
         for quant, label in (("none", "CPU fp32 (baseline)"), ("nf4", "CPU NF4 4-bit")):
             rows.append((label, _child(cpu_model, "cpu", quant, args)))
         if torch.cuda.is_available() and not args.skip_gpu:
-            big = build_tiny_model(Path(tmp) / "8b", _eight_b_spec(), name="8B-class InternVL (random)",
-                                   device="cuda", dtype=torch.bfloat16)
+            big = args.gpu_model or Path(tmp) / "8b"
+            if not (big / "config.json").is_file():
+                build_tiny_model(big, _eight_b_spec(), name="8B-class InternVL (random)", device="cuda",
+                                 dtype=torch.bfloat16)
             torch.cuda.empty_cache()
             for quant, label in (("bf16", "CUDA bf16 (baseline)"), ("nf4", "CUDA NF4 4-bit")):
                 rows.append((label, _child(big, "cuda", quant, args)))

@@ -27,8 +27,16 @@ Every row runs with ``torch.set_num_threads(--threads)`` (default 1): on a busy 
 measured ~15× slower than the same call on a worker thread (where the streamed single-slice path
 runs), which would compare thread scheduling, not batching.
 
+On a GPU (``--device cuda``, the issue's second table): ``--device-sweep`` runs only the sweep of the whole series
+on that device, once per batch size (after a warm-up batch), and prints slices and requests per second, the
+seconds until the first batch's boxes are there (the first lesion a reader could be shown), and the peak GPU
+memory; ``--build-8b DIR`` first writes an 8B-class InternVL with random weights there (InternVL2-8B's shapes,
+``training.model_factory.eight_b_class_spec``; kept, so a second run reuses it) and reads with it, in NF4 by
+default. ``benchmarks/device_session.sh`` runs this and the assistant's GPU rows in one go.
+
 Usage: python benchmarks/preread.py [--slices 300] [--size 512] [--compare-slices 0 (all)] [--rounds 1]
        [--batch 8,16,32] [--threads 1] [--study DIR] [--model DIR] [--skip-full]
+       python benchmarks/preread.py --device-sweep --device cuda [--quantization nf4] [--build-8b DIR] [--batch 16,32,64]
 """
 
 from __future__ import annotations
@@ -94,7 +102,9 @@ def _child(args: argparse.Namespace) -> None:
 
     torch.set_num_threads(args.threads)
     volume = load_series(scan([args.study]).all_series()[0])
-    engine, spec = load_engine(Path(args.model), "cpu", "auto")
+    t_load = time.perf_counter()
+    engine, spec = load_engine(Path(args.model), args.device, args.quantization)
+    load_s = time.perf_counter() - t_load
     n = len(volume)
     m = n if args.compare_slices <= 0 else min(args.compare_slices, n)
     subset = sorted({int(k) for k in np.linspace(0, n - 1, m)})
@@ -137,6 +147,27 @@ def _child(args: argparse.Namespace) -> None:
                 times[name].append(time.perf_counter() - t0)
         out["rows"] = [{"name": m, "requests": counts[m][0], "boxes": counts[m][1], "times": times[m],
                         "median": statistics.median(times[m]), "best": min(times[m])} for m in methods]
+    elif args.child.startswith("device:"):  # the sweep of every slice on --device: speed, first boxes, memory
+        batch = int(args.child.split(":")[1])
+        cuda = args.device.startswith("cuda")
+        sweep(engine, volume, slices=list(range(min(batch, n))), batch_size=batch, image_spec=spec)  # warm-up
+        if cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+        first: list[float] = []
+        t0 = time.perf_counter()
+
+        def progress(done: int, _total: int) -> None:
+            if done and not first:
+                first.append(time.perf_counter() - t0)
+
+        sw = sweep(engine, volume, batch_size=batch, image_spec=spec, progress=progress)
+        if cuda:
+            torch.cuda.synchronize()
+        seconds = time.perf_counter() - t0
+        out.update(batch=batch, seconds=seconds, requests=sw.requests, boxes=len(sw.detections),
+                   first_batch_s=first[0] if first else None, load_s=load_s, device=engine.describe(),
+                   gpu_peak_mib=torch.cuda.max_memory_allocated() / 1024**2 if cuda else None)
     elif args.child.startswith("full:"):
         batch = int(args.child.split(":")[1])
         result = preread(engine, volume, PrereadOptions(batch_size=batch), image_spec=spec)
@@ -152,11 +183,49 @@ def _run_child(study: Path, model: Path, mode: str, args: argparse.Namespace) ->
         out = Path(tmp) / "r.json"
         cmd = [sys.executable, __file__, "--child", mode, "--study", str(study), "--model", str(model),
                "--compare-slices", str(args.compare_slices), "--batch", args.batch, "--rounds", str(args.rounds),
-               "--threads", str(args.threads), "--out", str(out)]
+               "--threads", str(args.threads), "--device", args.device, "--quantization", args.quantization,
+               "--out", str(out)]
         proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TQDM_DISABLE": "1"})
         if proc.returncode != 0:
             raise SystemExit(f"{mode} failed:\n{proc.stderr[-3000:]}")
         return json.loads(out.read_text())
+
+
+def _eight_b_model(folder: Path, device: str) -> Path:
+    """The 8B-class random InternVL at ``folder``, written there first if it is not (bf16, on ``device``)."""
+    if (folder / "config.json").is_file():
+        return folder
+    import torch
+
+    from training.model_factory import build_tiny_model, eight_b_class_spec
+
+    t0 = time.perf_counter()
+    build_tiny_model(folder, eight_b_class_spec(), name="8B-class InternVL (random)", device=device,
+                     dtype=torch.bfloat16 if device.startswith("cuda") else torch.float32)
+    print(f"wrote the 8B-class random model to {folder} in {time.perf_counter() - t0:.0f} s", flush=True)
+    return folder
+
+
+def _device_table(study: Path, args: argparse.Namespace) -> None:
+    rows = []
+    for b in args.batches:
+        r = _run_child(study, args.model, f"device:{b}", args)
+        rows.append(r)
+        print(f"batch {b}: {r['series_slices'] / r['seconds']:.2f} slices/s ({r['seconds']:.1f} s, {r['requests']} "
+              f"requests), first boxes after {r['first_batch_s'] or 0:.1f} s", flush=True)
+    first = rows[0]
+    print(f"\nsweep of a {first['series_slices']}-slice series ({first['series_requests']} requests: slices × windows), "
+          f"{first['device']}, model loaded in {first['load_s']:.0f} s\n")
+    print("| batch | s | slices/s | requests/s | first boxes s | boxes | peak GPU MiB | peak RSS MiB |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        gpu = f"{r['gpu_peak_mib']:.0f}" if r.get("gpu_peak_mib") is not None else "–"
+        print(f"| {r['batch']} | {r['seconds']:.1f} | {r['series_slices'] / r['seconds']:.2f} | "
+              f"{r['requests'] / r['seconds']:.2f} | {r['first_batch_s'] or 0:.1f} | {r['boxes']} | {gpu} | "
+              f"{r['peak_rss_mib']:.0f} |")
+    best = max(r["series_slices"] / r["seconds"] for r in rows)
+    if args.device.startswith("cuda"):  # the issue's goal is for an 8B-class model on one H100-class GPU
+        print(f"goal (GPU, 8B-class NF4): ≥ 5 slices/s: {'met' if best >= 5 else 'NOT met'} ({best:.2f} at best)")
 
 
 def main() -> None:
@@ -172,6 +241,12 @@ def main() -> None:
     ap.add_argument("--study", type=Path, help="an existing series instead of generating one")
     ap.add_argument("--model", type=Path, default=DEMO)
     ap.add_argument("--skip-full", action="store_true", help="leave out the whole pre-read row")
+    ap.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
+    ap.add_argument("--quantization", default="auto", help="auto (NF4 on CUDA), nf4, int8, bf16 or none")
+    ap.add_argument("--device-sweep", action="store_true",
+                    help="only the sweep of the whole series on --device, per batch size (the GPU table)")
+    ap.add_argument("--build-8b", type=Path, metavar="DIR",
+                    help="write an 8B-class InternVL with random weights to DIR (once) and read with it")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--out", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -189,6 +264,13 @@ def main() -> None:
         t0 = time.perf_counter()
         write_ct_study(study, n_slices=args.slices, size=args.size, seed=args.seed)
         print(f"generated {args.slices} × {args.size}² in {time.perf_counter() - t0:.1f} s", flush=True)
+    if args.build_8b is not None:
+        args.model = _eight_b_model(args.build_8b, args.device)
+    if args.device_sweep:
+        _device_table(study, args)
+        if tmp is not None:
+            tmp.cleanup()
+        return
     cmp = _run_child(study, args.model, "compare", args)
     full = None if args.skip_full else _run_child(study, args.model, f"full:{max(args.batches)}", args)
     rows = cmp["rows"]

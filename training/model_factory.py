@@ -152,6 +152,15 @@ def build_config(tokenizer: PreTrainedTokenizerFast, spec: TinySpec = TinySpec()
     )
 
 
+
+def eight_b_class_spec() -> TinySpec:
+    """InternVL2-8B's shapes (InternViT-300M + a Qwen2-7B-sized language model, 448-px tiles) with a small
+    tokenizer: random weights for the GPU benchmarks (memory, first token, decode and sweep speed)."""
+    return TinySpec(vocab_size=1024, text_hidden=3584, text_layers=28, text_heads=28, text_kv_heads=4,
+                    text_intermediate=18944, vision_hidden=1024, vision_layers=24, vision_heads=16,
+                    vision_intermediate=4096, image_size=448, patch_size=14, max_tiles=6, model_vocab=151674)
+
+
 def build_image_processor(spec: TinySpec = TinySpec()) -> GotOcr2ImageProcessorPil:
     return GotOcr2ImageProcessorPil(
         size={"height": spec.image_size, "width": spec.image_size},
