@@ -524,6 +524,41 @@ def negative_check(result: Reliability, answer: AssistantAnswer, pixels: FramePi
     return Check("negative_grounding", False, detail, NEGATIVE, dict(check.inputs))
 
 
+def _clears(window) -> set[str]:
+    """What a CT window shows as a reader clears it: lung (wide, low level) or soft tissue (narrow, level near
+    water; the liver window too). A bone or brain-subdural window clears neither."""
+    w, c = float(window.width), float(window.center)
+    out = set()
+    if w >= 1000 and c <= -300:
+        out.add("lung")
+    if w <= 600 and -50 <= c <= 200:
+        out.add("soft tissue")
+    return out
+
+
+def negative_window_check(answer: AssistantAnswer, pixels: FramePixels | None, target: str) -> Check | None:
+    """A negative answer clears only what its window shows. "No lesion" read on a CT slice in the bone window
+    says nothing about the lung or the liver (a consistently wrong model is then green on a missed lesion:
+    seen in the trust evaluation): it is not checked there -- never green -- and the detail names the
+    window(s) a reader clears this slice in (the pre-read's choice, from the slice's lung share). None off CT."""
+    window = answer.window
+    if pixels is None or pixels.values is None or not pixels.is_ct or window is None:
+        return None
+    from app.assistant.preread import choose_windows  # the pre-read imports this module
+
+    needed, _ = choose_windows(pixels.values)
+    shown = _clears(window)
+    name = (window.name or "header").lower()
+    label = f"the {name} window (W {window.width:.0f} / L {window.center:.0f})"
+    missing = [w.name for w in needed if w.name not in shown]
+    if not missing:
+        return Check("negative_window", True, f"\"no {target}\" was read in {label}, which shows this slice's "
+                     f"{' and '.join(w.name for w in needed)}", NEGATIVE)
+    return not_checked("negative_window", f"\"no {target}\" was read in {label}, which does not clear this "
+                       f"slice's {' and '.join(missing)}: read it in the {' and the '.join(missing)} window",
+                       NEGATIVE)
+
+
 def _sampled_phrase(box: BoxResult) -> str:
     from collections import Counter
 
@@ -591,6 +626,9 @@ def check_answer(
     neg = negative_check(result, answer, pixels) if negative else None
     if neg is not None:
         answer_level.append(neg)
+    seen = negative_window_check(answer, pixels, negative) if negative else None
+    if seen is not None:
+        answer_level.append(seen)
     labels = {fid: f.phrase for fid, f in firsts.items()}
     return finalize(result, finding_checks(answer, pixels), answer_level, contradictions, labels)
 

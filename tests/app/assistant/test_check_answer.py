@@ -18,6 +18,7 @@ import pytest
 import app.assistant.session as session
 from app.assistant.ask import Assistant
 from app.assistant.session import check_answer, draft_findings, negative_target
+from app.dicom.model import Window
 from inference.imaging import ImageSpec
 from inference.reliability.scoring import State, Thresholds, Tier
 from inference.types import Box, ChatRequest, Generation
@@ -211,6 +212,25 @@ def test_a_negative_answer_whose_re_readings_find_nothing_is_green():
     rel = check_answer(engine, ask(engine), n_samples=5, max_questions=5)
     assert rel.tier is Tier.GREEN, rel.message
     assert next(c for c in rel.checks if c.name == "negative_grounding").passed is True
+
+
+@pytest.mark.parametrize("window, cleared", [(Window(2500, 480, "Bone"), False), (Window(1500, -600, "Lung"), False),
+                                             (Window(150, 90, "Liver"), True), (Window(400, 40, "Soft tissue"), True)])
+def test_a_negative_answer_is_checked_only_in_a_window_that_shows_what_it_clears(window, cleared):
+    """The trust evaluation saw it: "no lesion" read in the bone window, the model consistently sure, the light
+    green on a slice with a lesion. A negative clears only what its window shows: on this abdominal slice the
+    soft tissue (the liver window is one); in the bone or lung window it is not checked, never green."""
+    engine = ConsistentModel(NEGATIVE, {r"^Is there": "no", r"^How many": "0"}, [None])
+    answer = Assistant(engine, image_spec=SPEC).ask(ct_volume(), 0, window, "Describe the findings on this slice.")
+    rel = check_answer(engine, answer, n_samples=5, max_questions=5)
+    check = next(c for c in rel.checks if c.name == "negative_window")
+    assert next(c for c in rel.checks if c.name == "negative_grounding").passed is True
+    if cleared:
+        assert check.passed is True and rel.tier is Tier.GREEN, rel.message
+    else:
+        assert check.passed is None and rel.tier is Tier.NONE
+        assert f"read in the {window.name.lower()} window (W {window.width} / L {window.center})" in check.detail
+        assert "read it in the soft tissue window" in rel.message
 
 
 def test_an_answer_without_a_box_is_not_shown_as_checked():
