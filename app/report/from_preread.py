@@ -117,7 +117,7 @@ def lesion_text(lesion: Lesion) -> str:
     desc = own_description(lesion)
     if desc and desc[-1] not in ".!?":
         desc += "."
-    return f"{head} {desc} {size_conflict_text(lesion)}".strip()
+    return " ".join(t for t in (head, desc, size_conflict_text(lesion), kind_conflict_text(lesion)) if t)
 
 
 def size_conflict_text(lesion: Lesion) -> str:
@@ -131,6 +131,27 @@ def size_conflict_text(lesion: Lesion) -> str:
         return ""
     return (f"Sizes disagree: the description says {stated[0]:.0f} mm, the boxes measure "
             f"{lesion.diameter_mm:.0f} mm.")
+
+
+#: what kind of lesion a phrase calls it, where the sweep and the reasoning can disagree
+_KINDS = ("mass", "nodule", "cyst")
+
+
+def _kinds(text: str) -> set[str]:
+    return {k for k in _KINDS if re.search(rf"\b{k}(?:es|s)?\b", text, re.IGNORECASE)}
+
+
+def kind_conflict_text(lesion: Lesion) -> str:
+    """A sentence when the sweep's phrase and the reasoning's description call the lesion different kinds, so
+    the finding does not say "nodule, 15 mm. A 33 mm mass ..." silently; "" otherwise.
+
+    ``Kinds disagree: the sweep called it a nodule, the description a mass.``
+    """
+    said, described = _kinds(lesion.phrase or ""), _kinds(own_description(lesion))
+    if not said or not described or said & described:
+        return ""
+    return (f"Kinds disagree: the sweep called it a {' or '.join(sorted(said))}, the description a "
+            f"{' or '.join(sorted(described))}.")
 
 
 def window_of(lesion: Lesion) -> Window | None:

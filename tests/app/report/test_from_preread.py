@@ -125,3 +125,16 @@ def test_words_the_reasoning_said_of_another_lesion_stay_out_of_the_report(sampl
     les.description = "A 80 mm hypodense mass with smooth margins in the right lower lobe."  # its own: kept
     assert "nodule, " in lesion_text(les) and "A 80 mm hypodense mass with smooth margins" in lesion_text(les)
     assert "Sizes disagree: the description says 80 mm" in lesion_text(les)
+
+
+def test_a_description_naming_another_kind_than_the_sweep_is_flagged_in_the_finding(sample):
+    """The sweep called it a nodule, the reasoning at its key slice a mass: the finding says so in a sentence
+    instead of "nodule, 15 mm. A mass ..." side by side silently."""
+    _result, _series, volume = sample
+    les = lesion(volume)  # the sweep's phrase: "nodule"
+    les.description = "A spiculated mass in the right lower lobe."
+    assert lesion_text(les).endswith("Kinds disagree: the sweep called it a nodule, the description a mass.")
+    les.description = "Two spiculated nodules in the right lower lobe."
+    assert "disagree" not in lesion_text(les)
+    les.description = "Spiculated margins, solid."  # names no kind: nothing to hold against the phrase
+    assert "disagree" not in lesion_text(les)
