@@ -265,14 +265,17 @@ def text_segments(text: str, groundings: Sequence[Grounding], step: int | None) 
 
 # ---------------------------------------------------------------------- reliability inputs and outputs
 
-#: "no focal lesion", "without evidence of a mass", "normal", "unremarkable": a negative answer
+#: "no focal lesion", "without evidence of a mass", "normal", "unremarkable": a negative answer; a negation
+#: runs on over nouns joined to it ("no pulmonary nodule or mass", "no nodule, mass or effusion")
+_NEG_QUALS = (r"(?:(?:definite|discrete|obvious|suspicious|significant|acute|focal|visible|measurable|pulmonary|lung|"
+              r"liver|hepatic|renal|solid|cystic|space-occupying|pleural)\s+)*")
+_NEG_NOUN = (r"(?:lesions?|mass(?:es)?|nodules?|tumou?rs?|abnormalit(?:y|ies)|findings?|metastas[ie]s|cysts?|"
+             r"opacit(?:y|ies)|consolidations?|effusions?)")
 _NEGATION = re.compile(
     r"\b(?:no|without|negative\s+for|free\s+of|absence\s+of)\s+"
     r"(?:(?:evidence|signs?|suspicion)\s+of\s+)?(?:(?:an?|any)\s+)?"
-    r"(?P<quals>(?:(?:definite|discrete|obvious|suspicious|significant|acute|focal|visible|measurable|"
-    r"pulmonary|lung|liver|hepatic|renal|solid|cystic|space-occupying)\s+)*)"
-    r"(?P<noun>lesions?|mass(?:es)?|nodules?|tumou?rs?|abnormalit(?:y|ies)|findings?|metastas[ie]s|cysts?|"
-    r"opacit(?:y|ies)|consolidations?)\b"
+    rf"(?P<quals>{_NEG_QUALS})(?P<noun>{_NEG_NOUN})"
+    rf"(?:(?:\s*,\s*|\s+(?:or|nor|and)\s+)(?:(?:no|any)\s+)?{_NEG_QUALS}{_NEG_NOUN})*\b"
     r"|\b(?P<normal>normal(?:\s+(?:study|scan|image|appearance|findings))?|unremarkable|within\s+normal\s+limits|"
     r"nothing\s+abnormal)\b",
     re.IGNORECASE,

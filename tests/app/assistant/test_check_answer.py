@@ -186,6 +186,16 @@ def test_negative_answers_are_recognised():
     assert negative_target(ask(ConsistentModel(normal, {}, [None]))) == "lesion"
     positive = five_steps("A mass in the liver, no box given.", "Liver mass; no other lesion.")
     assert negative_target(ask(ConsistentModel(positive, {}, [None]))) is None
+    # the demo model's own words on the sample's 32 mm mass (issue #13: "No focal lesion" never checked): the
+    # negation runs over "or mass", which is not a lesion named outside it
+    both = five_steps("No focal lesion is localized.", "FINDINGS: No pulmonary nodule or mass. The remaining lung "
+                      "parenchyma is clear.\nIMPRESSION: No focal lesion.", step3="No pulmonary nodule or mass.",
+                      step4="The image shows no abnormality.")
+    assert negative_target(ask(ConsistentModel(both, {}, [None]))) == "nodule"
+    listed = five_steps("Nothing focal.", "No nodule, mass or pleural effusion.")
+    assert negative_target(ask(ConsistentModel(listed, {}, [None]))) == "nodule"
+    but = five_steps("Nothing focal.", "No nodule, a mass in the liver.")
+    assert negative_target(ask(ConsistentModel(but, {}, [None]))) is None  # a mass named: not a negative answer
     absent = ConsistentModel("The left kidney is absent from this image.", {}, [None])
     assert negative_target(ask(absent, question="Locate the left kidney")) == "left kidney"
 
