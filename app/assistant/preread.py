@@ -74,6 +74,9 @@ LUNG_HU = (-950.0, -500.0)
 BODY_HU = -500.0
 
 SWEEP_TOKENS = 96  # a few boxes: "<ref>…</ref><box>[[…]]</box>" is about 25 tokens each
+#: a sweep box this many times longer than wide is no lesion's (nodules, masses and cysts are roundish): the demo
+#: model now and then writes a strip from the body's edge down the lung (20 × 190 mm), listed as a 190 mm "mass"
+MAX_BOX_ASPECT = 4.0
 
 
 class PrereadError(XMedError):
@@ -182,6 +185,12 @@ def make_detection(volume: Volume, k: int, box: Box, window: str = "", phrase: s
     rs, cs = _spacing(volume)
     return Detection(k, box, window, phrase, confidence, box_center_mm(volume, k, box),
                      box.width * cs, box.height * rs)
+
+
+def plausible_box(box: Box) -> bool:
+    """A box a lesion could have: its long side at most :data:`MAX_BOX_ASPECT` times its short side."""
+    short, long = sorted((box.width, box.height))
+    return short > 0 and long <= MAX_BOX_ASPECT * short
 
 
 def _confidence(gen: Generation) -> float:
@@ -474,7 +483,7 @@ def _read_chunk(engine: Engine, volume: Volume, prepared: _Chunk, cancel: Cancel
         for g in parse_answer(gen.text).groundings:
             for b in g.phrase.boxes:
                 px = im.transform.norm_to_source(b)
-                if px is None or px.area <= 0:
+                if px is None or px.area <= 0 or not plausible_box(px):
                     continue
                 result.detections.append(make_detection(volume, k, px, name, g.phrase.phrase or "lesion", conf))
     return done + len(chunk)

@@ -156,7 +156,8 @@ class TruthEngine:
     """Answers the sweep with the ground-truth boxes of the slice it is shown (found by the image's hash),
     records the batches it receives; ``extra`` adds a false box on one slice."""
 
-    def __init__(self, volume: Volume, truth: dict, extra_slice: int | None = None) -> None:
+    def __init__(self, volume: Volume, truth: dict, extra_slice: int | None = None,
+                 extra_box: Box = Box(100, 100, 160, 160)) -> None:
         self.answers: dict[str, str] = {}
         self.reasoning: dict[str, str] = {}
         self.batches: list[int] = []
@@ -171,7 +172,7 @@ class TruthEngine:
                 for b in row["boxes"]:
                     parts.append(format_grounding("nodule", [t.source_to_norm(Box(b["x0"], b["y0"], b["x1"], b["y1"]))]))
                 if k == extra_slice:
-                    parts.append(format_grounding("nodule", [Box(100, 100, 160, 160)]))
+                    parts.append(format_grounding("nodule", [extra_box]))
                 self.answers[_image_key(image.rgb)] = "\n".join(parts) or "No lesion is seen."
                 self.reasoning[_image_key(image.rgb)] = FIVE_STEPS.format(boxes=" ".join(parts) or "No lesion.")
 
@@ -223,6 +224,21 @@ def test_sweep_finds_the_studys_lesions_in_batches_with_progress(study):
     assert result.lesions == len(truth["lesions"]) >= 5
     assert result.sensitivity[2.0] == 1.0 and result.sensitivity[1.0] == 1.0
     assert result.false_positives == 1  # the one made-up box
+
+
+def test_a_strip_no_lesion_could_have_is_not_a_detection(study):
+    """The demo model now and then writes a strip down the lung (20 × 190 mm) that the list showed as a 190 mm
+    "mass": a box more than four times longer than wide is dropped from the sweep; a square one is kept."""
+    from app.assistant.preread import MAX_BOX_ASPECT, plausible_box
+
+    _, vol, truth = study
+    assert plausible_box(Box(0, 0, 40, 160)) and not plausible_box(Box(0, 0, 40, 161)) and MAX_BOX_ASPECT == 4.0
+    assert not plausible_box(Box(5, 5, 5, 30))  # no width at all
+    on = [d for d in sweep(TruthEngine(vol, truth, extra_slice=10), vol, batch_size=8, image_spec=SPEC).detections
+          if d.slice == 10]
+    strip = TruthEngine(vol, truth, extra_slice=10, extra_box=Box(700, 80, 740, 600))
+    off = [d for d in sweep(strip, vol, batch_size=8, image_spec=SPEC).detections if d.slice == 10]
+    assert len(off) == len(on) - 1 and all(plausible_box(d.box) for d in off)
 
 
 def test_cancel_stops_the_sweep_between_batches(study):
