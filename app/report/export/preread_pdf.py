@@ -40,7 +40,9 @@ MARGIN = 50.0
 #: reliability tier → text colour on the white page (each at least 4.5:1 against white, WCAG AA)
 TIER_COLOURS = {"green": (20, 110, 45), "amber": (150, 80, 0), "red": (170, 20, 20)}
 NOT_ASSESSED = (90, 90, 90)
-BOX_COLOUR = (230, 40, 40)
+#: the AI's proposal, magenta as in the viewer (ui.viewer.overlays.SOURCE_COLORS): never a reliability hue -- a
+#: red box read as "red tier" beside a lesion whose tier is green
+BOX_COLOUR = (255, 110, 220)
 MUTED = (90, 90, 90)
 DISCLAIMER = ("AI pre-read: proposals for the reader to confirm, not a report. A lesion is in the report only "
               "once the reader has accepted it.")

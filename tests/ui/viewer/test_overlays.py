@@ -174,10 +174,12 @@ def test_no_box_colour_can_be_read_as_a_reliability_light():
         h, _, s = colorsys.rgb_to_hls(*(c / 255.0 for c in rgb))
         return h * 360.0, s
 
+    from app.report.export.preread_pdf import BOX_COLOUR as PREREAD_PDF_BOX
     from ui.report.pdf_export import BOX_COLOURS
 
     lamps = [hue_sat(c.getRgb()[:3])[0] for c in LAMP_ON.values()]
     pdf = {f"pdf key image {n}": c.getRgb()[:3] for n, c in enumerate(BOX_COLOURS, 1)}
+    pdf["pre-read pdf"] = PREREAD_PDF_BOX  # it drew every lesion's box red, whatever its tier
     for source, rgb in {**SOURCE_COLORS, **pdf}.items():
         hue, sat = hue_sat(rgb)
         if sat < 0.25 or max(rgb) - min(rgb) < 40:  # white, grey
