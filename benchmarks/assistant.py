@@ -41,12 +41,6 @@ def _small_spec():
                     vision_intermediate=1024, image_size=224, patch_size=14, max_tiles=6, model_vocab=32000)
 
 
-def _eight_b_spec():
-    from training.model_factory import eight_b_class_spec
-
-    return eight_b_class_spec()
-
-
 def _image():
     import numpy as np
 
@@ -146,7 +140,7 @@ def main() -> int:
 
     import torch
 
-    from training.model_factory import build_tiny_model
+    from training.model_factory import build_tiny_model, eight_b_class_model
 
     rows: list[tuple[str, dict]] = []
     with tempfile.TemporaryDirectory(prefix="xmedgpt-bench-") as tmp:
@@ -156,10 +150,7 @@ def main() -> int:
         for quant, label in (("none", "CPU fp32 (baseline)"), ("nf4", "CPU NF4 4-bit")):
             rows.append((label, _child(cpu_model, "cpu", quant, args)))
         if torch.cuda.is_available() and not args.skip_gpu:
-            big = args.gpu_model or Path(tmp) / "8b"
-            if not (big / "config.json").is_file():
-                build_tiny_model(big, _eight_b_spec(), name="8B-class InternVL (random)", device="cuda",
-                                 dtype=torch.bfloat16)
+            big = eight_b_class_model(args.gpu_model or Path(tmp) / "8b", "cuda")
             torch.cuda.empty_cache()
             for quant, label in (("bf16", "CUDA bf16 (baseline)"), ("nf4", "CUDA NF4 4-bit")):
                 rows.append((label, _child(big, "cuda", quant, args)))

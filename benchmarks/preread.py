@@ -191,21 +191,6 @@ def _run_child(study: Path, model: Path, mode: str, args: argparse.Namespace) ->
         return json.loads(out.read_text())
 
 
-def _eight_b_model(folder: Path, device: str) -> Path:
-    """The 8B-class random InternVL at ``folder``, written there first if it is not (bf16, on ``device``)."""
-    if (folder / "config.json").is_file():
-        return folder
-    import torch
-
-    from training.model_factory import build_tiny_model, eight_b_class_spec
-
-    t0 = time.perf_counter()
-    build_tiny_model(folder, eight_b_class_spec(), name="8B-class InternVL (random)", device=device,
-                     dtype=torch.bfloat16 if device.startswith("cuda") else torch.float32)
-    print(f"wrote the 8B-class random model to {folder} in {time.perf_counter() - t0:.0f} s", flush=True)
-    return folder
-
-
 def _device_table(study: Path, args: argparse.Namespace) -> None:
     rows = []
     for b in args.batches:
@@ -265,7 +250,11 @@ def main() -> None:
         write_ct_study(study, n_slices=args.slices, size=args.size, seed=args.seed)
         print(f"generated {args.slices} × {args.size}² in {time.perf_counter() - t0:.1f} s", flush=True)
     if args.build_8b is not None:
-        args.model = _eight_b_model(args.build_8b, args.device)
+        from training.model_factory import eight_b_class_model
+
+        t0 = time.perf_counter()
+        args.model = eight_b_class_model(args.build_8b, args.device)
+        print(f"8B-class random model at {args.model} ({time.perf_counter() - t0:.0f} s)", flush=True)
     if args.device_sweep:
         _device_table(study, args)
         if tmp is not None:

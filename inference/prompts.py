@@ -35,10 +35,10 @@ log = logging.getLogger(__name__)
 _DEFAULT_QUESTION = "Analyse this image."
 
 #: Questions the workstation sends for the five-step analysis: the default, the viewer's "Describe findings"
-#: preset (app.assistant.session.PRESET_QUESTIONS), the trust evaluation's question (app.assistant.trust_eval)
-#: and what a reader types. Trained under "Analyse this image." only, the demo model answered the trust
-#: evaluation's "Describe the findings." with broken steps (every one of 40 answers), so the demo recipe's
-#: app-prompt set cycles through all of them (training.demo_model.write_app_prompt_sets).
+#: preset (app.assistant.session.PRESET_QUESTIONS, which the trust evaluation asks too) and what a reader types.
+#: Trained under "Analyse this image." only, the demo model answered "Describe the findings." with broken steps
+#: (every one of 40 answers), so the demo recipe's app-prompt set can cycle through all of them
+#: (training.demo_model.write_app_prompt_sets, ``app_questions: all``).
 REASONING_QUESTIONS: tuple[str, ...] = (
     "",
     "Describe the findings on this slice.",

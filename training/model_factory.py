@@ -152,7 +152,6 @@ def build_config(tokenizer: PreTrainedTokenizerFast, spec: TinySpec = TinySpec()
     )
 
 
-
 def eight_b_class_spec() -> TinySpec:
     """InternVL2-8B's shapes (InternViT-300M + a Qwen2-7B-sized language model, 448-px tiles) with a small
     tokenizer: random weights for the GPU benchmarks (memory, first token, decode and sweep speed)."""
@@ -207,4 +206,14 @@ def build_tiny_model(
     (folder / "processor_config.json").write_text(json.dumps(processor_config, indent=2))
     (folder / "model_card.json").write_text(json.dumps({"name": name, "trained": False}, indent=2))
     log.info("wrote tiny InternVL to %s", folder)
+    return folder
+
+
+def eight_b_class_model(folder: Path, device: str = "cuda") -> Path:
+    """The 8B-class random InternVL (:func:`eight_b_class_spec`) at ``folder``, written there first when it is
+    not (bf16 on CUDA, where it is quick to initialise): the GPU benchmarks share one copy of its ~16 GB."""
+    folder = Path(folder)
+    if not (folder / "config.json").is_file():
+        build_tiny_model(folder, eight_b_class_spec(), name="8B-class InternVL (random)", device=device,
+                         dtype=torch.bfloat16 if device.startswith("cuda") else torch.float32)
     return folder

@@ -190,7 +190,8 @@ def _find(args: argparse.Namespace) -> int:
         print(f"{'date':10}  {'patient':24}  {'ID':14}  {'accession':12}  {'mod':8}  {'ser':>3}  {'inst':>5}  study UID")
         for r in results:
             mods = "/".join(r["ModalitiesInStudy"] or [])
-            print(f"{display_date(r['StudyDate']):10}  {person_name(r['PatientName'], NameStyle.LIST)[:24]:24}  {r['PatientID'][:14]:14}  "
+            patient = person_name(r["PatientName"], NameStyle.LIST)
+            print(f"{display_date(r['StudyDate']):10}  {patient[:24]:24}  {r['PatientID'][:14]:14}  "
                   f"{r['AccessionNumber'][:12]:12}  {mods[:8]:8}  {r['NumberOfStudyRelatedSeries'] or '':>3}  "
                   f"{r['NumberOfStudyRelatedInstances'] or '':>5}  {r['StudyInstanceUID']}")
     else:

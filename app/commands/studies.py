@@ -53,7 +53,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"{'date':10}  {'patient':24}  {'ID':14}  {'accession':12}  {'mod':6}  {'ser':>3}  {'inst':>5}  "
           f"{'state':10}  {'AI':12}  {'report':6}  study UID")
     for s in found:
-        print(f"{display_date(s.study_date):10}  {person_name(s.patient_name, NameStyle.LIST)[:24]:24}  {s.patient_id[:14]:14}  {s.accession[:12]:12}  "
+        patient = person_name(s.patient_name, NameStyle.LIST)
+        print(f"{display_date(s.study_date):10}  {patient[:24]:24}  {s.patient_id[:14]:14}  {s.accession[:12]:12}  "
               f"{'/'.join(s.modalities)[:6]:6}  {s.series:>3}  {s.instances:>5}  {s.state:10}  "
               f"{_ai(s):12}  {s.report_state:6}  {s.study_uid}")
     return 0

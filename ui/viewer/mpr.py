@@ -341,9 +341,8 @@ class MprView(Viewport):
         if not self._watching_extent_labels:
             self.vb.sigTransformChanged.connect(lambda *_: self.layout_extent_labels())
             self._watching_extent_labels = True
-        stack_labels(self.image, [(text, QPointF(b.x0, b.y0)) for b in self.projected
-                                  if b.id in self.extent_items and b.label
-                                  for text in (self.extent_items[b.id][1],)])
+        stack_labels(self.image, [(self.extent_items[b.id][1], QPointF(b.x0, b.y0)) for b in self.projected
+                                  if b.id in self.extent_items and b.label])
 
     def reference_line_items(self) -> dict[str, list[QGraphicsLineItem]]:
         return self.lines

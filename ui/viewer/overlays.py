@@ -36,20 +36,26 @@ HIGHLIGHT_WIDTH = 4
 NORMAL_WIDTH = 2
 
 
+def label_scene_rect(parent, text: pg.TextItem, corner: QPointF) -> QRectF:
+    """Where a box's label is on screen (scene coordinates: the view's pixels), its box's top-left corner at
+    ``corner`` in ``parent``'s coordinates and the label lifted as its anchor says."""
+    at = parent.mapToScene(corner)
+    size = text.textItem.boundingRect()
+    return QRectF(at.x(), at.y() - size.height() * text.anchor.y(), size.width(), size.height())
+
 
 def stack_labels(parent, labels: list[tuple[pg.TextItem, QPointF]]) -> None:
     """Box labels top to bottom: each above its box's top-left corner (``parent``'s coordinates), or as many
     lines higher as it takes not to cover a label placed before it (at most 8)."""
     placed: list[QRectF] = []
     for text, corner in sorted(labels, key=lambda tc: (tc[1].y(), tc[1].x())):
-        at = parent.mapToScene(corner)
-        size = text.textItem.boundingRect()
         for lift in range(9):
             text.setAnchor((0, 1 + lift))
-            rect = QRectF(at.x(), at.y() - size.height() * (1 + lift), size.width(), size.height())
+            rect = label_scene_rect(parent, text, corner)
             if not any(rect.intersects(r) for r in placed):
                 break
         placed.append(rect)
+
 
 @dataclass
 class _Entry:
@@ -222,10 +228,7 @@ class BoxOverlayLayer(QObject):
     def label_rect(self, box_id: str) -> QRectF:
         """Where the label of ``box_id`` is on screen (scene coordinates: the view's pixels)."""
         e = self._entries[box_id]
-        corner = self._parent.mapToScene(e.roi.pos())
-        size = e.text.textItem.boundingRect()
-        lift = e.text.anchor.y()
-        return QRectF(corner.x(), corner.y() - size.height() * lift, size.width(), size.height())
+        return label_scene_rect(self._parent, e.text, e.roi.pos())
 
     def layout_labels(self) -> None:
         """Labels of this frame's boxes (:func:`stack_labels`). Labels keep their screen size at any zoom, so
