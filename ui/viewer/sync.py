@@ -79,6 +79,7 @@ class ViewportSync(QObject):
         self._resize_timer = QTimer(self, singleShot=True, interval=0)
         self._resize_timer.timeout.connect(self._match_after_resize)
         self.crosses: dict[int, QGraphicsPathItem] = {}
+        self._joined: dict[int, object] = {}  # viewport → the volume it has joined its linked viewports with
         for vp in self.viewports:
             vp.slice_changed.connect(lambda k, vp=vp: self._slice(vp, k))
             vp.window_changed.connect(lambda w, vp=vp: self._window(vp, w))
@@ -123,8 +124,16 @@ class ViewportSync(QObject):
             self._busy = False
 
     # -- scroll, window, zoom ------------------------------------------------------------------------
+    def _arriving(self, vp: Viewport) -> bool:
+        """Its series is arriving: the viewport reports its first slice and header window before ``shown``, and
+        those are no reader's scroll or window -- it joins its linked viewports' place in :meth:`_shown`
+        instead of moving them to image 1."""
+        return self._joined.get(id(vp)) is not vp.volume
+
     def _slice(self, vp: Viewport, k: int) -> None:
         def go():
+            if self._arriving(vp):
+                return
             for other, src, dst, _kind in self.linked(vp):
                 target = self.model.target_slice(src, k, dst)
                 if target is not None and target != other.slice_index:
@@ -135,6 +144,8 @@ class ViewportSync(QObject):
 
     def _window(self, vp: Viewport, window) -> None:
         def go():
+            if self._arriving(vp):
+                return
             for other, src, dst, _kind in self.linked(vp):
                 if src.modality == dst.modality and other.window != window:
                     other.set_window(window)
@@ -209,11 +220,13 @@ class ViewportSync(QObject):
         (slice, and scale and centre when it is on screen)."""
         self.model.forget(id(vp))
         self.hide_cursor(vp)
+        self._joined[id(vp)] = vp.volume
         links = self.linked(vp)
         if not links:
             return
         other, mine, theirs, _kind = links[0]
         self._slice(other, other.slice_index)
+        self._window(other, other.window)
         if vp in self._visible():
             self._guarded(lambda: self._match(other, theirs, vp, mine))
 

@@ -183,9 +183,13 @@ def read_the_study(r: Reader) -> None:
     # two viewports side by side, then back
     r.key("ctrl+2")
     r.wait("layout 1x2", lambda: win.grid.layout_name == "1x2")
+    r.wait("the second viewport's series", lambda: all(v.volume is not None for v in win.grid.visible())
+           and not win.is_busy())
     r.shot("layout-1x2")
+    r.seen["place_in_1x2"] = r.qt(lambda: [(v.slice_index, v.window.name) for v in win.grid.visible()])
     r.key("ctrl+1")
     r.wait("layout 1x1", lambda: win.grid.layout_name == "1x1")
+    r.seen["slice_after_layouts"] = r.qt(lambda: vp().slice_index)
 
     # soft-tissue window, then ask the assistant by typing into its query box
     r.key("1")

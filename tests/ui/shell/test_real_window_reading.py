@@ -72,6 +72,10 @@ def test_a_scripted_reading_in_a_real_window(xvfb, tmp_path, output_dir):
     # dragged across the mass's section on image 17, where the ground truth boxes it: the section's width
     assert seen["measurement_label"].endswith("mm")
     assert float(seen["measurement_label"].split()[0]) == pytest.approx(seen["mass_width_mm"], abs=2.0)
+    # Ctrl+2 and back keep the reader's place (the new viewport's series arrived at image 1 and moved the
+    # reader's viewport there, so the question below was asked about image 1)
+    assert seen["place_in_1x2"][0][0] == 16 and "lung" in seen["place_in_1x2"][0][1].lower(), seen["place_in_1x2"]
+    assert seen["slice_after_layouts"] == 16
     assert seen["answer"], "the assistant answered"
     exports = seen["exports"]
     assert {Path(e["path"]).suffix for e in exports} >= {".pdf", ".dcm", ".txt"}

@@ -109,6 +109,24 @@ def test_series_of_one_frame_of_reference_scroll_to_the_same_z(qtbot, win, studi
     assert thick.slice_index == 13 and thin.slice_index == 26 and z_of(thin) == pytest.approx(z_of(thick))
 
 
+def test_a_series_arriving_in_a_new_viewport_joins_the_readers_place_and_does_not_move_it(qtbot, win, studies):
+    """Seen in the real-window reading's screenshots: the reader at image 17 in the lung window pressed Ctrl+2;
+    the new viewport's series arrived at image 1 in its header window and the linked reader's viewport jumped
+    there too, so the question asked next was about image 1. The arriving series joins the reader's place."""
+    current, _ = studies
+    win.open_paths([current])
+    a = win.grid.viewports[0]
+    wait_loaded(qtbot, win, [a])
+    a.set_slice(17)
+    a.trigger("preset_2")  # lung window
+    place, window = z_of(a), a.window
+    win.set_layout("1x2")
+    b = win.grid.viewports[1]
+    wait_loaded(qtbot, win, [a, b])
+    assert a.slice_index == 17 and a.window == window
+    assert abs(z_of(b) - place) <= 8.25 / 2 * 2 + 1e-6 and b.window == window  # within half a thick slice
+
+
 def test_window_zoom_and_linked_cursor_follow(qtbot, win, studies):
     current, _ = studies
     a, b = show_two(qtbot, win, [current])
