@@ -292,8 +292,11 @@ def build_skeleton(folder: Path, spec: SpecSection, lines: Sequence[str], name: 
 
 def skeleton_from(folder: Path, init: Path, spec: SpecSection, name: str) -> Path:
     """The starting model copied from the trained model ``init`` (weights, tokenizer, chat template) with the
-    image processor of ``spec`` (its ``max_tiles``); refuses a model whose sizes differ from ``spec``."""
-    from training.model_factory import TinySpec, build_image_processor
+    image processor of ``spec`` (its ``max_tiles``); refuses a model whose sizes differ from ``spec``, except a
+    larger tile (``spec.image_size`` a multiple of the model's, same patch size): then the vision tower's
+    position embeddings are resized to the finer patch grid (:func:`grow_tile`) and every tile gives more
+    image tokens."""
+    from training.model_factory import TinySpec, build_image_processor, image_tokens_per_tile
 
     init = Path(init) if Path(init).is_absolute() else REPO / init
     if not (init / "config.json").is_file():
@@ -307,6 +310,9 @@ def skeleton_from(folder: Path, init: Path, spec: SpecSection, name: str) -> Pat
             "text_heads": text["num_attention_heads"], "text_kv_heads": text["num_key_value_heads"],
             "text_intermediate": text["intermediate_size"]}
     differ = {k: (v, getattr(spec, k)) for k, v in have.items() if v != getattr(spec, k)}
+    grow = differ.pop("image_size", None)
+    if grow and (spec.image_size <= grow[0] or spec.image_size % grow[0]):
+        differ["image_size"] = grow   # only a larger tile, a whole multiple of the trained one, is grown into
     if differ:
         raise XMedError("init_from: the model's sizes differ from spec: "
                         + ", ".join(f"{k} {a} != {b}" for k, (a, b) in differ.items()))
@@ -317,12 +323,41 @@ def skeleton_from(folder: Path, init: Path, spec: SpecSection, name: str) -> Pat
         if (init / f).is_file():
             shutil.copy2(init / f, folder / f)
     tiny = TinySpec(**{k: v for k, v in asdict(spec).items() if k in TinySpec.__dataclass_fields__})
+    if grow:
+        cfg = grow_tile(folder, spec.image_size, image_tokens_per_tile(tiny, cfg.get("downsample_ratio", 0.5)))
     build_image_processor(tiny).save_pretrained(folder)
     (folder / "processor_config.json").write_text(json.dumps(
         {"processor_class": "InternVLProcessor", "image_seq_length": cfg["image_seq_length"]}, indent=2))
     (folder / "model_card.json").write_text(json.dumps({"name": f"{name} (from {init.name})", "trained": False}))
     log.info("skeleton: copied from %s (max_tiles %d)", init, spec.max_tiles)
     return folder
+
+
+def grow_tile(folder: Path, image_size: int, image_tokens: int) -> dict:
+    """The model in ``folder`` made to read ``image_size``-px tiles: its absolute position embeddings resized
+    bicubically to the finer patch grid (the resize InternVL's vision embeddings do on the fly,
+    ``InternVLVisionEmbeddings.interpolate_pos_encoding``, done once and stored, so the weights match the
+    config), config ``image_size`` and ``image_seq_length`` to match. Returns the new config."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    cfg = json.loads((folder / "config.json").read_text())
+    weights = load_file(folder / "model.safetensors")
+    key = next(k for k in weights if k.endswith("vision_tower.embeddings.position_embeddings"))
+    pos = weights[key]
+    side = round((pos.shape[1] - 1) ** 0.5)
+    new_side = image_size // cfg["vision_config"]["patch_size"][0]
+    grid = pos[:, 1:].reshape(1, side, side, -1).permute(0, 3, 1, 2)
+    grid = torch.nn.functional.interpolate(grid, size=(new_side, new_side), mode="bicubic", align_corners=False)
+    weights[key] = torch.cat([pos[:, :1], grid.permute(0, 2, 3, 1).reshape(1, new_side * new_side, -1)],
+                             dim=1).contiguous()
+    save_file(weights, folder / "model.safetensors", metadata={"format": "pt"})
+    cfg["vision_config"]["image_size"] = [image_size, image_size]
+    cfg["image_seq_length"] = image_tokens
+    (folder / "config.json").write_text(json.dumps(cfg, indent=2))
+    log.info("skeleton: tile grown from %d to %d px (%d x %d patches, %d image tokens)",
+             side * cfg["vision_config"]["patch_size"][0], image_size, new_side, new_side, image_tokens)
+    return cfg
 
 
 # ----------------------------------------------------------------------------- the recipe
@@ -407,7 +442,8 @@ def run_recipe(config: DemoConfig, stop_after: str | None = None) -> Path:
     if config.init_from:
         sha = state.data["stages"]["skeleton"].get("init_sha256", "?")
         commands.append(f"# the starting model: {config.init_from} (model.safetensors sha256 {sha}) with "
-                        f"max_tiles {config.spec.max_tiles} (training.demo_model.skeleton_from)")
+                        f"{config.spec.image_size}-px tiles, max_tiles {config.spec.max_tiles} "
+                        "(training.demo_model.skeleton_from)")
     if stop_after == "skeleton":
         return work
     sft_final = sft_stage("sft", config.sft_config, skeleton, _mix_meta(train_dir, "meta_stage1.json",

@@ -262,6 +262,39 @@ def test_a_recipe_can_start_from_a_trained_model_of_the_same_size(tmp_path):
         skeleton_from(tmp_path / "bad", base, SpecSection(**{**spec.__dict__, "text_hidden": 64}), "bad")
 
 
+def test_a_trained_model_grows_into_a_larger_tile_reading_it_as_before(tmp_path):
+    """skeleton_from with a larger image_size (run 8: 224 -> 448 px): the position embeddings are resized once
+    and stored, so the grown model answers a 448-px tile exactly as the trained model does when InternVL
+    resizes its embeddings on the fly; a tile that is not a larger whole multiple is refused."""
+    import torch
+    from transformers import InternVLForConditionalGeneration
+
+    from inference.errors import XMedError
+    from training.demo_model import SpecSection, build_skeleton, skeleton_from
+
+    spec = SpecSection(vocab_size=300, text_hidden=32, text_layers=1, text_intermediate=64, vision_hidden=32,
+                       vision_layers=1, vision_intermediate=64, image_size=56, patch_size=14, max_tiles=1)
+    base = build_skeleton(tmp_path / "base", spec, ["a mass in the right lung 12 mm"], "base")
+    grown = skeleton_from(tmp_path / "grown", base, SpecSection(**{**spec.__dict__, "image_size": 112}), "grown")
+    cfg = json.loads((grown / "config.json").read_text())
+    assert cfg["vision_config"]["image_size"] == [112, 112] and cfg["image_seq_length"] == 16  # 8 x 8 patches / 4
+    assert json.loads((grown / "processor_config.json").read_text())["image_seq_length"] == 16
+    assert json.loads((grown / "preprocessor_config.json").read_text())["size"] == {"height": 112, "width": 112}
+    a = InternVLForConditionalGeneration.from_pretrained(base).eval()
+    b = InternVLForConditionalGeneration.from_pretrained(grown).eval()
+    assert b.model.vision_tower.embeddings.position_embeddings.shape[1] == 1 + 64
+    torch.manual_seed(3)
+    ids = torch.randint(10, 250, (1, 30))
+    ids[0, 2:18] = a.config.image_token_id
+    pixels = torch.randn(1, 3, 112, 112)
+    with torch.no_grad():
+        assert torch.allclose(a(input_ids=ids, pixel_values=pixels).logits,
+                              b(input_ids=ids, pixel_values=pixels).logits, atol=1e-5)
+    for size in (28, 84):   # smaller; not a whole multiple
+        with pytest.raises(XMedError, match="image_size"):
+            skeleton_from(tmp_path / f"bad{size}", base, SpecSection(**{**spec.__dict__, "image_size": size}), "bad")
+
+
 def test_crops_are_the_slice_at_its_own_scale_with_each_lesion_whole_or_absent(tmp_path):
     """--crop 224 (the zoom pass's view): each crop is the viewer's rendering of its slice cut at 1:1; its
     lesions are the slice's lesions wholly inside it, shifted; a shown lesion is never cut by a crop's side;
