@@ -33,6 +33,12 @@ def phrase_key(phrase: str) -> str:
     return " ".join(phrase.split()).casefold()
 
 
+def names(word: str, text: str) -> bool:
+    """Whether ``text`` names ``word`` as a whole word, singular or plural, any case ("mass" in "Two masses.",
+    "nodule" in "nodules"; not "mass" in "massive")."""
+    return re.search(rf"\b{re.escape(word)}(?:es|s)?\b", text, re.IGNORECASE) is not None
+
+
 def strip_grounding(text: str) -> str:
     """``text`` without ``<ref>`` tags, ``<box>…</box>`` and bare ``[[…]]`` box lists (runs of spaces folded)."""
     return re.sub(r"[ \t]{2,}", " ", _TAG.sub("", text))

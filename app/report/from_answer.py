@@ -29,6 +29,7 @@ from app.report.draft import (
 from app.report.templates import ReportTemplate, template_for
 from inference.parsing import strip_step_headings
 from inference.phrases import (
+    names,
     phrase_key,
     sentence_with,
     split_sentences,
@@ -124,9 +125,9 @@ def ai_sentences(text: str, by_phrase: Mapping[str, Finding], caution: str = "")
         if not re.search(r"[A-Za-z0-9]", sentence) or key in seen:
             continue
         seen.add(key)
-        names = tuple(f.id for phrase, f in by_phrase.items()
-                      if phrase in key or (f.finding_type and re.search(rf"\b{re.escape(f.finding_type)}s?\b", key)))
-        out.append(AiSentence(uuid.uuid4().hex[:12], sentence, finding_ids=names, caution=caution))
+        ids = tuple(f.id for phrase, f in by_phrase.items()
+                    if phrase in key or (f.finding_type and names(f.finding_type, key)))
+        out.append(AiSentence(uuid.uuid4().hex[:12], sentence, finding_ids=ids, caution=caution))
     return out
 
 

@@ -35,7 +35,7 @@ from app.report.draft import (
 )
 from app.report.session import ReportSession, frame_refs
 from app.report.templates import template_for
-from inference.phrases import phrase_key, strip_grounding
+from inference.phrases import names, phrase_key, strip_grounding
 from inference.reliability.scoring import Tier
 from inference.types import Box
 
@@ -138,7 +138,7 @@ _KINDS = ("mass", "nodule", "cyst")
 
 
 def _kinds(text: str) -> set[str]:
-    return {k for k in _KINDS if re.search(rf"\b{k}(?:es|s)?\b", text, re.IGNORECASE)}
+    return {k for k in _KINDS if names(k, text)}
 
 
 def kind_conflict_text(lesion: Lesion) -> str:
@@ -163,7 +163,7 @@ def finding_type_of(lesion: Lesion, modality: str) -> str:
     """The template's finding type the phrase or description names (longest first); "" if none."""
     words = phrase_key(f"{lesion.phrase} {own_description(lesion)}")
     for t in sorted(template_for(modality).finding_types, key=len, reverse=True):
-        if t != "other" and re.search(rf"\b{re.escape(t)}s?\b", words):
+        if t != "other" and names(t, words):
             return t
     return ""
 

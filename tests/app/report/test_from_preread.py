@@ -138,3 +138,18 @@ def test_a_description_naming_another_kind_than_the_sweep_is_flagged_in_the_find
     assert "disagree" not in lesion_text(les)
     les.description = "Spiculated margins, solid."  # names no kind: nothing to hold against the phrase
     assert "disagree" not in lesion_text(les)
+
+
+def test_a_plural_names_the_finding_type(sample):
+    """"Two masses" is a mass finding; "massive" is not one."""
+    from app.report.from_preread import finding_type_of
+    from inference.phrases import names
+
+    _result, _series, volume = sample
+    dets = [make_detection(volume, k, Box(157, 326, 183, 350), "lung", "abnormality") for k in (16, 17, 18)]
+    (les,) = link(volume, dets)
+    les.description = "Two spiculated masses in the right lower lobe."
+    assert finding_type_of(les, "CT") == "mass"
+    les.description = "Massive pleural thickening."
+    assert finding_type_of(les, "CT") == ""
+    assert names("nodule", "Nodules.") and names("mass", "masses") and not names("mass", "massive")
