@@ -254,6 +254,9 @@ def run(args: argparse.Namespace) -> int:
         raise XMedError("--max-new-tokens must be at least 1")
     if args.json_out is None and args.sr_out is None and args.pdf_out is None:
         raise XMedError("Say what to write: --json OUT, --sr OUT.dcm and/or --pdf OUT.pdf")
+    if args.task == "locate" and not args.question.strip():
+        raise XMedError("--task locate needs --question naming what to find, e.g. --question \"the mass in the "
+                        "right lung\"")
     if args.pdf_out is not None and args.pdf_writer is None:
         raise XMedError("PDF export needs the viewer's Qt libraries; run the installed `xmedgpt` command.")
     folder = resolve_model(args.model)

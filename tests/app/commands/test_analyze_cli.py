@@ -100,6 +100,16 @@ def test_slice_outside_the_series_is_refused(study, scripted, tmp_path, capsys):
     assert "--slice 9: this series has images 1 to 4" in capsys.readouterr().err
 
 
+
+def test_locate_without_a_target_is_one_line_not_a_traceback(study, scripted, tmp_path, capsys):
+    _, _, model = scripted
+    assert main(["analyze", str(study), "--task", "locate", "--model", str(model),
+                 "--json", str(tmp_path / "x.json")]) == 1
+    err = capsys.readouterr().err
+    assert "--task locate needs --question naming what to find" in err and "Traceback" not in err
+    assert not (tmp_path / "x.json").exists()
+
+
 @pytest.mark.slow
 def test_with_the_real_tiny_model(study, tmp_path, monkeypatch):
     from training.model_factory import build_tiny_model
