@@ -67,8 +67,8 @@ SHORTCUTS: tuple[Shortcut, ...] = (
     Shortcut("layout_1x1", ("Ctrl+1",), "Layout 1×1", "Application", "window"),
     Shortcut("layout_1x2", ("Ctrl+2",), "Layout 1×2", "Application", "window"),
     Shortcut("layout_2x2", ("Ctrl+4",), "Layout 2×2", "Application", "window"),
-    Shortcut("layout_mpr", ("Ctrl+3",), "MPR 1×3: axial, coronal, sagittal with crosshair (left click / drag sets it)",
-             "Application", "window"),
+    Shortcut("layout_mpr", ("Ctrl+3",), "MPR: axial, coronal, sagittal with crosshair (left click / drag sets it); "
+             "the axial beside the other two stacked where three columns would be narrow", "Application", "window"),
     Shortcut("layout_mpr_2x2", ("Ctrl+5",), "MPR 2×2: the three planes plus a whole-volume axial MIP",
              "Application", "window"),
     Shortcut("slab_thicker", ("S",), "MPR: thicker slab (0, 2, 5, 10, 20, 40 mm)", "Application", "window"),

@@ -25,6 +25,23 @@ SLAB_STEPS = (0.0, 2.0, 5.0, 10.0, 20.0, 40.0)
 PLANE_COLORS = {"axial": (255, 80, 80), "coronal": (80, 220, 80), "sagittal": (80, 150, 255)}
 
 
+#: A view's place in the MPR grid: (row, column, row span, column span).
+Cell = tuple[int, int, int, int]
+#: The three planes side by side, and the axial beside the other two stacked.
+SIDE_BY_SIDE: tuple[Cell, ...] = ((0, 0, 1, 1), (0, 1, 1, 1), (0, 2, 1, 1))
+AXIAL_BESIDE_STACK: tuple[Cell, ...] = ((0, 0, 2, 1), (0, 1, 1, 1), (1, 1, 1, 1))
+
+
+def three_plane_cells(width: float, height: float) -> tuple[Cell, ...]:
+    """Where the axial, coronal and sagittal views go in an area of ``width`` x ``height``: side by side,
+    or -- when that leaves the views narrow strips (1366-px screens with both docks open: three 170-px
+    columns) -- the axial at full height beside the coronal over the sagittal. The arrangement whose
+    smallest view holds the larger square image wins."""
+    side = min(width / 3, height)
+    stacked = min(width / 2, height / 2)
+    return AXIAL_BESIDE_STACK if stacked > side else SIDE_BY_SIDE
+
+
 @dataclass(frozen=True)
 class RefLine:
     """Where plane ``of`` crosses a view: a segment in that view's pixels (col, row), plus the

@@ -31,10 +31,12 @@ from app.viewer import measure
 from app.viewer.mpr import (
     PLANE_COLORS,
     VIEWS,
+    Cell,
     Extent,
     MprState,
     ProjectedBox,
     project_extent,
+    three_plane_cells,
 )
 from app.viewer.viewport import CornerLine, StudyInfo, corner_lines
 from ui.viewer.overlays import DEFAULT_COLOR, SOURCE_COLORS, stack_labels
@@ -457,6 +459,7 @@ class MprPanel(QWidget):
         self.state: MprState | None = None
         self.source: Volume | None = None
         self.layout_name = ""
+        self._placed: tuple[Cell, ...] = ()
         self._syncing = False
         self.set_layout("mpr")
 
@@ -467,23 +470,43 @@ class MprPanel(QWidget):
         (rows, cols), _ = MPR_LAYOUTS[self.layout_name]
         return self.views[: rows * cols]
 
-    def set_layout(self, name: str) -> None:
+    def cells(self, name: str | None = None) -> tuple[Cell, ...]:
+        """Where each visible view goes for layout ``name`` (default: the current one) at the panel's size;
+        "mpr" follows :func:`app.viewer.mpr.three_plane_cells`."""
+        name = name or self.layout_name
+        if name == "mpr":
+            return three_plane_cells(self.width(), self.height())
         (rows, cols), _ = MPR_LAYOUTS[name]
-        for v in self.views:
-            self._grid.removeWidget(v)
-            v.hide()
-        for i, v in enumerate(self.views[: rows * cols]):
-            self._grid.addWidget(v, i // cols, i % cols)
-            v.show()
-        for r in range(3):
-            self._grid.setRowStretch(r, 1 if r < rows else 0)
-        for c in range(3):
-            self._grid.setColumnStretch(c, 1 if c < cols else 0)
+        return tuple((i // cols, i % cols, 1, 1) for i in range(rows * cols))
+
+    def set_layout(self, name: str) -> None:
+        self._place(self.cells(name))
         self.layout_name = name
         for v in self.visible():
             if v.state is not None and v.volume is None:
                 v.refresh()
         QTimer.singleShot(50, self.fit_all)  # again once the views surely have their new sizes
+
+    def _place(self, cells: tuple[Cell, ...]) -> None:
+        for v in self.views:
+            self._grid.removeWidget(v)
+            v.hide()
+        for v, (r, c, rs, cs) in zip(self.views, cells):
+            self._grid.addWidget(v, r, c, rs, cs)
+            v.show()
+        rows = max(r + rs for r, _c, rs, _cs in cells)
+        cols = max(c + cs for _r, c, _rs, cs in cells)
+        for r in range(3):
+            self._grid.setRowStretch(r, 1 if r < rows else 0)
+        for c in range(3):
+            self._grid.setColumnStretch(c, 1 if c < cols else 0)
+        self._placed = cells
+
+    def resizeEvent(self, event) -> None:  # noqa: N802 (Qt API)
+        super().resizeEvent(event)
+        if self.layout_name and self.cells() != self._placed:  # a dock closed or opened: fit the views again
+            self._place(self.cells())
+            QTimer.singleShot(50, self.fit_all)
 
     def fit_all(self) -> None:
         for v in self.visible():

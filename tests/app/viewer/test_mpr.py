@@ -186,3 +186,13 @@ def test_image_key_changes_exactly_when_the_image_does(state):
         state.scroll("axial" if view != "axial" else "coronal", 1)
         if state.image_key(view) == key:
             np.testing.assert_array_equal(state.image(view).stored, before)
+
+
+def test_three_planes_go_side_by_side_unless_that_makes_narrow_strips():
+    from app.viewer.mpr import AXIAL_BESIDE_STACK, SIDE_BY_SIDE, three_plane_cells
+
+    assert three_plane_cells(1500, 600) == SIDE_BY_SIDE   # a wide area: three 500-px views
+    assert three_plane_cells(1360, 690) == SIDE_BY_SIDE   # 1366-px screen, docks closed: 453 px beats 345
+    assert three_plane_cells(530, 690) == AXIAL_BESIDE_STACK  # both docks open: 176-px strips or 265-px squares
+    assert three_plane_cells(900, 600) == SIDE_BY_SIDE    # the turning point: width 1.5 x height
+    assert three_plane_cells(890, 600) == AXIAL_BESIDE_STACK

@@ -181,3 +181,17 @@ def test_mpr_refuses_what_it_cannot_reslice(qtbot):
     assert cor.volume.frames.shape[1:] == (6, 40)
     t = cor.image.transform()
     assert (t.m11(), t.m22()) == (pytest.approx(0.8), pytest.approx(2.0))  # column spacing × slice spacing
+
+
+def test_mpr_in_a_narrow_area_puts_the_axial_beside_the_other_two_and_follows_the_docks(qtbot, win):
+    """On a 1366-px screen with the study list and the assistant docked, three columns left 170-px strips."""
+    win.resize(1000, 760)
+    win.actions_by_name["layout_mpr"].trigger()
+    panel = win.grid.mpr
+    qtbot.waitUntil(lambda: panel.width() < 1.5 * panel.height())
+    axial, coronal, sagittal = (panel.by_plane(n) for n in ("axial", "coronal", "sagittal"))
+    qtbot.waitUntil(lambda: axial.height() > 1.5 * coronal.height())
+    assert coronal.x() == sagittal.x() > axial.x() and sagittal.y() > coronal.y()
+    assert min(v.width() for v in (axial, coronal, sagittal)) > panel.width() / 3 + 20
+    win.resize(2400, 760)   # wide again (a dock closed, a wider screen): side by side
+    qtbot.waitUntil(lambda: axial.y() == coronal.y() == sagittal.y() and axial.x() < coronal.x() < sagittal.x())
