@@ -112,11 +112,16 @@ class StudySection:
     visible_window_share: float = 0.0  # lesion slices rendered only in windows showing a lesion (StudyCorpusConfig)
     preference_errors: list[str] = field(default_factory=list)  # [] = all
     workers: int = 1  # processes drawing studies (the same bytes whatever the number)
+    #: training slices moved by up to this many pixels (StudyCorpusConfig.shift); the held-out and calibration
+    #: corpora are never moved: they are measured as the viewer shows a study
+    shift: int = 0
 
-    def config(self, corpus: CorpusSection, seed: int, studies: int):
+    def config(self, corpus: CorpusSection, seed: int, studies: int, train: bool = False):
         from training.study_corpus import StudyCorpusConfig
 
         extra = {"preference_errors": list(self.preference_errors)} if self.preference_errors else {}
+        if train and self.shift:
+            extra["shift"] = self.shift
         return StudyCorpusConfig(studies=studies, seed=seed, size=corpus.size, n_slices=self.n_slices,
                                  slices_per_study=self.slices_per_study, empty_fraction=self.empty_fraction,
                                  windows=list(self.windows), windows_per_slice=self.windows_per_slice,
@@ -179,13 +184,13 @@ class DemoConfig:
 # ----------------------------------------------------------------------------- corpora
 
 
-def write_recipe_corpus(config: DemoConfig, folder: Path, n: int, seed: int) -> dict:
-    """Write the recipe's kind of corpus (``corpus.kind``) with ``n`` cases (studies) and ``seed``;
-    returns {"counts", "lesions_per_image"}."""
+def write_recipe_corpus(config: DemoConfig, folder: Path, n: int, seed: int, train: bool = False) -> dict:
+    """Write the recipe's kind of corpus (``corpus.kind``) with ``n`` cases (studies) and ``seed`` (``train``:
+    the training corpus, with its augmentation); returns {"counts", "lesions_per_image"}."""
     if config.corpus.kind == "study":
         from training.study_corpus import write_study_corpus
 
-        s = write_study_corpus(folder, config.study.config(config.corpus, seed, n), workers=config.study.workers)
+        s = write_study_corpus(folder, config.study.config(config.corpus, seed, n, train), workers=config.study.workers)
         return {"counts": s.counts, "lesions_per_image": s.lesions_per_image, "windows": s.windows,
                 "size_classes": s.size_classes}
     if config.corpus.kind != "phantoms":
@@ -196,10 +201,10 @@ def write_recipe_corpus(config: DemoConfig, folder: Path, n: int, seed: int) -> 
     return {"counts": p.counts, "lesions_per_image": p.lesions_per_image}
 
 
-def corpus_command(config: DemoConfig, folder: Path, n: int, seed: int) -> str:
+def corpus_command(config: DemoConfig, folder: Path, n: int, seed: int, train: bool = False) -> str:
     """The shell command that writes the same corpus as :func:`write_recipe_corpus`."""
     if config.corpus.kind == "study":
-        cfg = config.study.config(config.corpus, seed, n)
+        cfg = config.study.config(config.corpus, seed, n, train)
         return f"python -m training.study_corpus --out {folder} --studies {n} --seed {seed} {cfg.cli_flags()}"
     return f"python -m training.phantoms --out {folder} --n {n} --seed {seed} {config.corpus.cli_flags()}"
 
@@ -391,7 +396,7 @@ def run_recipe(config: DemoConfig, stop_after: str | None = None) -> Path:
         state.finish(name, time.monotonic() - start, **details, **extra)
 
     def phantoms() -> dict:
-        a = write_recipe_corpus(config, train_dir, config.corpus.n, config.corpus.seed)
+        a = write_recipe_corpus(config, train_dir, config.corpus.n, config.corpus.seed, train=True)
         b = write_recipe_corpus(config, eval_dir, config.eval.n, config.eval.seed)
         return {"train_counts": a["counts"], "eval_counts": b["counts"],
                 "train_lesions_per_image": a["lesions_per_image"], "eval_lesions_per_image": b["lesions_per_image"],
@@ -434,7 +439,7 @@ def run_recipe(config: DemoConfig, stop_after: str | None = None) -> Path:
 
     seed_everything(config.corpus.seed)
     stage("phantoms", phantoms)
-    commands.append(corpus_command(config, train_dir, config.corpus.n, config.corpus.seed))
+    commands.append(corpus_command(config, train_dir, config.corpus.n, config.corpus.seed, train=True))
     commands.append(corpus_command(config, eval_dir, config.eval.n, config.eval.seed))
     if stop_after == "phantoms":
         return work

@@ -68,6 +68,7 @@ from app.synthetic.volumes import (
     MIN_SECTION_MM,
     STUDY_WINDOWS,
     PhantomStudy,
+    StudySlice,
     lesion_visibility,
     random_study,
     render_stored,
@@ -111,6 +112,11 @@ class StudyCorpusConfig:
     #: the whole slice -- the zoom pass's view (:mod:`inference.zoom`): a crop around lesions (each lesion whole
     #: inside or wholly outside it) and one showing none; a slice without lesions gives one crop anywhere
     crop: int = 0
+    #: > 0: each slice moved by a random whole-pixel offset of up to this many pixels in x and y (air comes in
+    #: at the edge, boxes move with it), so a lesion's place in the image is not what the model learns: the
+    #: committed demo model boxed the sample's 32 mm mass once the slice was moved 25 px up, and missed it where
+    #: the study has it
+    shift: int = 0
 
     def __post_init__(self) -> None:
         for name in self.windows:
@@ -124,6 +130,8 @@ class StudyCorpusConfig:
             raise XMedError("visible_window_share and empty_fraction are shares between 0 and 1.")
         if self.crop and not 64 <= self.crop <= self.size:
             raise XMedError(f"A crop must be 64..{self.size} px (the slice size).")
+        if not 0 <= self.shift <= self.size // 4:
+            raise XMedError(f"A shift must be 0..{self.size // 4} px (a quarter of the slice).")
         if not 1 <= self.windows_per_slice <= len(self.windows):
             raise XMedError(f"windows_per_slice must be 1..{len(self.windows)} (the windows listed).")
         unknown = set(self.preference_errors) - set(ALL_PREFERENCE_ERRORS)
@@ -143,6 +151,8 @@ class StudyCorpusConfig:
             flags += f" --visible-window-share {self.visible_window_share:g}"
         if self.crop:
             flags += f" --crop {self.crop}"
+        if self.shift:
+            flags += f" --shift {self.shift}"
         if list(self.preference_errors) != list(ALL_PREFERENCE_ERRORS):
             flags += f" --preference-errors {','.join(self.preference_errors)}"
         return flags
@@ -211,6 +221,10 @@ def study_cases(study: PhantomStudy, cfg: StudyCorpusConfig, rng: np.random.Gene
     by_id = {lesion.id: lesion for lesion in study.lesions}
     for k in _pick_slices(study, cfg, rng):
         sl = study.render(k)
+        offset = (0, 0)
+        if cfg.shift:
+            offset = tuple(int(v) for v in rng.integers(-cfg.shift, cfg.shift + 1, size=2))
+            sl = shifted(sl, *offset)
         rendered: dict[str, np.ndarray] = {}
 
         def render(name: str) -> np.ndarray:  # each window rendered once, and only if needed
@@ -250,11 +264,31 @@ def study_cases(study: PhantomStudy, cfg: StudyCorpusConfig, rng: np.random.Gene
             case = PhantomCase(0, _kind_of(sl.labels, organs), image, Window(window.width, window.center,
                                window.name), study.spacing_mm, _structures(sl.labels), _renumber(shown))
             source = {"study": study.index, "seed": study.seed, "slice": k, "window": name,
-                      "z_mm": round(-float(study.depths[k]), 2)}
+                      "z_mm": round(-float(study.depths[k]), 2), **({"shift": list(offset)} if cfg.shift else {})}
             if cfg.crop:
                 yield from _crops(case, sl.labels, source, hidden, cfg.crop, rng, skipped)
             else:
                 yield case, source, hidden
+
+
+def shifted(sl: StudySlice, dx: int, dy: int) -> StudySlice:
+    """Slice ``sl`` moved ``dx`` px right and ``dy`` px down: what leaves the image is dropped, what comes in is
+    air outside the scanner's field (stored 0, label 0); each lesion's box moves with it and is cut to the
+    image (a shift of a quarter of the slice at most leaves the body's lesions whole)."""
+    h, w = sl.stored.shape
+
+    def move(a: np.ndarray) -> np.ndarray:
+        out = np.zeros_like(a)
+        out[max(0, dy):h + min(0, dy), max(0, dx):w + min(0, dx)] = a[max(0, -dy):h - max(0, dy),
+                                                                     max(0, -dx):w - max(0, dx)]
+        return out
+
+    boxes = {}
+    for lid, (x0, y0, x1, y1) in sl.boxes.items():
+        box = (max(0, x0 + dx), max(0, y0 + dy), min(w, x1 + dx), min(h, y1 + dy))
+        if box[0] < box[2] and box[1] < box[3]:
+            boxes[lid] = box
+    return replace(sl, stored=move(sl.stored), labels=move(sl.labels), boxes=boxes)
 
 
 # ----------------------------------------------------------------------------- crops (the zoom pass's view)
@@ -455,6 +489,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         f"{','.join(ALL_PREFERENCE_ERRORS)})")
     parser.add_argument("--crop", type=int, default=0,
                         help="square crops of N px at the slice's scale instead of whole slices (the zoom pass's view)")
+    parser.add_argument("--shift", type=int, default=0,
+                        help="move each slice by up to N px in x and y, boxes with it (default 0: not moved)")
     parser.add_argument("--workers", type=int, default=1, help="processes drawing studies (same bytes; default 1)")
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
@@ -466,7 +502,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             windows=[w.strip() for w in args.windows.split(",") if w.strip()],
             windows_per_slice=args.windows_per_slice, max_lesions=args.max_lesions,
             lesion_mm=list(args.lesion_mm or []), xrays=args.xrays,
-            visible_window_share=args.visible_window_share, crop=args.crop,
+            visible_window_share=args.visible_window_share, crop=args.crop, shift=args.shift,
             preference_errors=([e.strip() for e in args.preference_errors.split(",") if e.strip()]
                                if args.preference_errors else list(ALL_PREFERENCE_ERRORS)))
         summary = write_study_corpus(args.out, cfg, workers=args.workers)

@@ -331,3 +331,48 @@ def test_crops_are_the_slice_at_its_own_scale_with_each_lesion_whole_or_absent(t
             if not (inside or apart):  # cut by the crop: only a lesion this window does not show
                 assert (max(0, box[0] - x), max(0, box[1] - y), min(c, box[2] - x), min(c, box[3] - y)) in hidden
     assert txt.grounding_answer([]) in (out / "grounding.jsonl").read_text()
+
+
+def test_shifted_slices_are_the_study_moved_with_their_boxes(tmp_path):
+    """--shift 32: each training slice is the viewer's rendering of its study slice moved by the offset its
+    source records (air where the image came in), each shown lesion's box moved by the same offset; offsets
+    vary in both directions; the recipe moves its training corpus only, never the held-out one."""
+    from app.synthetic.truth import to_1000
+    from app.synthetic.volumes import random_study, render_stored, study_window
+    from training.demo_model import CorpusSection, StudySection
+    from training.study_corpus import shifted
+
+    cfg = StudyCorpusConfig(studies=3, seed=SEED, n_slices=60, slices_per_study=5, shift=32, xrays=0)
+    out = write_study_corpus(tmp_path / "moved", cfg).out
+    anns = _records(out, "annotations")
+    offsets = {tuple(a["source"]["shift"]) for a in anns}
+    assert len(offsets) > 3 and all(abs(dx) <= 32 and abs(dy) <= 32 for dx, dy in offsets)
+    assert {dx < 0 for dx, _ in offsets} == {True, False} and {dy < 0 for _, dy in offsets} == {True, False}
+    studies = {}
+    for a in anns:
+        src = a["source"]
+        dx, dy = src["shift"]
+        if src["study"] not in studies:
+            studies[src["study"]] = random_study(SEED, src["study"], 60, 512, cfg.max_lesions)
+        sl = studies[src["study"]].render(src["slice"])
+        image = np.asarray(__import__("PIL.Image", fromlist=["Image"]).open(out / a["image"]).convert("L"))
+        moved = render_stored(shifted(sl, dx, dy).stored, study_window(src["window"]))
+        assert np.array_equal(image, moved)
+        whole = render_stored(sl.stored, study_window(src["window"]))
+        ys, xs = slice(max(0, dy), 512 + min(0, dy)), slice(max(0, dx), 512 + min(0, dx))
+        assert np.array_equal(image[ys, xs], whole[max(0, -dy):512 - max(0, dy), max(0, -dx):512 - max(0, dx)])
+        for les in a["lesions"]:
+            x0, y0, x1, y1 = les["box"]
+            assert (x0 - dx, y0 - dy, x1 - dx, y1 - dy) in {tuple(b) for b in sl.boxes.values()}
+            assert tuple(les["box_1000"]) == to_1000(les["box"], 512, 512)
+    assert any(a["lesions"] for a in anns)
+    # unmoved corpora carry no offset; the recipe moves the training corpus only
+    plain = write_study_corpus(tmp_path / "plain", StudyCorpusConfig(studies=1, seed=SEED, n_slices=60,
+                                                                      slices_per_study=3, xrays=0)).out
+    assert all("shift" not in a["source"] for a in _records(plain, "annotations"))
+    section = StudySection(shift=32)
+    assert section.config(CorpusSection(), 1, 2, train=True).shift == 32
+    assert section.config(CorpusSection(), 99, 2).shift == 0
+    assert "--shift 32" in section.config(CorpusSection(), 1, 2, train=True).cli_flags()
+    with pytest.raises(Exception, match="shift"):
+        StudyCorpusConfig(shift=200)
