@@ -562,6 +562,44 @@ def negative_window_check(answer: AssistantAnswer, pixels: FramePixels | None, t
                        NEGATIVE)
 
 
+#: a window the reasoning names ("Axial CT slice of the chest in lung window")
+_STATED_WINDOW = re.compile(r"\b(lung|bone|soft[- ]tissue|liver|mediastinal|abdominal|brain)\s+window\b", re.I)
+
+
+def _window_class(width: float, center: float) -> str | None:
+    """Which of lung, bone or soft tissue a CT window (W, L) shows; None for one between them."""
+    if width >= 1000 and center <= -300:
+        return "lung"
+    if width >= 1000 and center >= 200:
+        return "bone"
+    if width <= 600 and -50 <= center <= 200:
+        return "soft tissue"
+    return None
+
+
+def stated_window_check(answer: AssistantAnswer) -> Check | None:
+    """The reasoning names the window the slice is shown in ("… in bone window"), and the workstation knows
+    which it is: a wrong one means the model misread the image it was shown (seen in a real-window reading:
+    "in bone window" beside the soft tissue window), checked against the pixels like a wrong side. A liver or
+    mediastinal window counts as soft tissue. None when the answer names no window or the slice's window is
+    none of the three (or the image is not CT)."""
+    window, pixels = answer.window, answer.pixels
+    m = _STATED_WINDOW.search(strip_grounding(answer.parsed.text or answer.raw_text))
+    if m is None or window is None or (pixels is not None and not pixels.is_ct):
+        return None
+    said = m.group(1).lower().replace("-", " ")
+    said_class = said if said in ("lung", "bone") else "soft tissue"
+    shown = _window_class(float(window.width), float(window.center))
+    if shown is None:
+        return None
+    label = f"the {(window.name or 'header').lower()} window (W {window.width:.0f} / L {window.center:.0f})"
+    inputs = {"stated": said, "width": float(window.width), "center": float(window.center)}
+    if said_class == shown:
+        return Check("stated_window", True, f"the reasoning's {said} window is {label}, as shown", inputs=inputs)
+    return Check("stated_window", False, f"the reasoning says the image is in the {said} window; it was shown in "
+                 f"{label}: the model misread the image", inputs=inputs)
+
+
 def _sampled_phrase(box: BoxResult) -> str:
     from collections import Counter
 
@@ -603,9 +641,10 @@ def check_answer(
     steps, contradictions = step_checks(answer)
     findings = draft_findings(answer, pixels)
     thresholds = thresholds_for(getattr(engine, "folder", None))
+    stated = [c for c in (stated_window_check(answer),) if c is not None]
     if not findings:
         empty = not_assessed(State.DONE, "Nothing to check: the answer states no finding.")
-        return finalize(empty, {}, [*steps, *question_region_checks(answer)], contradictions)
+        return finalize(empty, {}, [*steps, *question_region_checks(answer), *stated], contradictions)
     negative = negative_target(answer)
     probes: list[GroundingProbe] = []
     firsts: dict[str, Finding] = {}
@@ -619,7 +658,7 @@ def check_answer(
     rs = ReliabilitySettings(n_samples=n_samples, max_questions=max_questions)
     result = assess(engine, findings, answer.image.rgb, thresholds=thresholds, settings=rs, cancel=cancel,
                     progress=progress, probes=probes, context=answer.context)
-    answer_level = [*steps, *question_region_checks(answer)]
+    answer_level = [*steps, *question_region_checks(answer), *stated]
     if not answer.findings and not negative:
         answer_level.append(not_checked("box", "the answer gives no box, so it could not be checked against the image"))
     unnamed = sum(1 for f in answer.findings if not phrase_key(f.phrase))

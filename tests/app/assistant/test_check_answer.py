@@ -295,3 +295,28 @@ def test_a_question_about_a_structure_the_series_region_cannot_confirm_is_not_gr
     region = next(c for c in rel.checks if c.name == "region")
     assert region.passed is None and "the liver" in region.detail and "not known" in region.detail
     assert rel.findings[0].tier is Tier.GREEN and rel.tier is Tier.NONE
+
+
+@pytest.mark.parametrize("said, passed", [("bone", False), ("lung", False), ("soft tissue", True), ("liver", True)])
+def test_the_window_the_reasoning_names_is_checked_against_the_one_shown(said, passed):
+    """Seen in a real-window reading: "Axial CT slice of the chest in bone window" beside the soft tissue
+    window. The workstation knows the window; a wrong one is a misread image and keeps the answer from green."""
+    draft = NEGATIVE.replace("Axial CT of the upper abdomen.", f"Axial CT slice of the upper abdomen in {said} window.")
+    engine = ConsistentModel(draft, {r"^Is there": "no", r"^How many": "0"}, [None])
+    answer = Assistant(engine, image_spec=SPEC).ask(ct_volume(), 0, Window(400, 40, "Soft tissue"),
+                                                    "Describe the findings on this slice.")
+    rel = check_answer(engine, answer, n_samples=5, max_questions=5)
+    check = next(c for c in rel.checks if c.name == "stated_window")
+    assert check.passed is passed
+    if passed:
+        assert rel.tier is Tier.GREEN, rel.message
+    else:
+        assert rel.tier is Tier.AMBER, rel.message
+        assert (f"the reasoning says the image is in the {said} window; it was shown in the soft tissue window "
+                "(W 400 / L 40)") in check.detail
+
+
+def test_an_answer_naming_no_window_gets_no_window_check():
+    engine = ConsistentModel(NEGATIVE, {r"^Is there": "no", r"^How many": "0"}, [None])
+    rel = check_answer(engine, ask(engine), n_samples=5, max_questions=5)
+    assert not any(c.name == "stated_window" for c in rel.checks)
