@@ -527,16 +527,28 @@ def negative_check(result: Reliability, answer: AssistantAnswer, pixels: FramePi
     return Check("negative_grounding", False, detail, NEGATIVE, dict(check.inputs))
 
 
+def _window_class(width: float, center: float) -> str | None:
+    """Which of lung (wide, low level), bone (wide, high level) or soft tissue (narrow, level near water; the
+    liver and mediastinal windows too) a CT window (W, L) shows; None for one between them."""
+    if width >= 1000 and center <= -300:
+        return "lung"
+    if width >= 1000 and center >= 200:
+        return "bone"
+    if width <= 600 and -50 <= center <= 200:
+        return "soft tissue"
+    return None
+
+
+def _window_label(window) -> str:
+    """``the lung window (W 1500 / L -600)``: a window in the words of a check's detail."""
+    return f"the {(window.name or 'header').lower()} window (W {window.width:.0f} / L {window.center:.0f})"
+
+
 def _clears(window) -> set[str]:
-    """What a CT window shows as a reader clears it: lung (wide, low level) or soft tissue (narrow, level near
-    water; the liver window too). A bone or brain-subdural window clears neither."""
-    w, c = float(window.width), float(window.center)
-    out = set()
-    if w >= 1000 and c <= -300:
-        out.add("lung")
-    if w <= 600 and -50 <= c <= 200:
-        out.add("soft tissue")
-    return out
+    """What a CT window shows as a reader clears it: lung or soft tissue. A bone or brain-subdural window clears
+    neither."""
+    shown = _window_class(float(window.width), float(window.center))
+    return {shown} if shown in ("lung", "soft tissue") else set()
 
 
 def negative_window_check(answer: AssistantAnswer, pixels: FramePixels | None, target: str) -> Check | None:
@@ -551,8 +563,7 @@ def negative_window_check(answer: AssistantAnswer, pixels: FramePixels | None, t
 
     needed, _ = choose_windows(pixels.values)
     shown = _clears(window)
-    name = (window.name or "header").lower()
-    label = f"the {name} window (W {window.width:.0f} / L {window.center:.0f})"
+    label = _window_label(window)
     missing = [w.name for w in needed if w.name not in shown]
     if not missing:
         return Check("negative_window", True, f"\"no {target}\" was read in {label}, which shows this slice's "
@@ -564,17 +575,6 @@ def negative_window_check(answer: AssistantAnswer, pixels: FramePixels | None, t
 
 #: a window the reasoning names ("Axial CT slice of the chest in lung window")
 _STATED_WINDOW = re.compile(r"\b(lung|bone|soft[- ]tissue|liver|mediastinal|abdominal|brain)\s+window\b", re.I)
-
-
-def _window_class(width: float, center: float) -> str | None:
-    """Which of lung, bone or soft tissue a CT window (W, L) shows; None for one between them."""
-    if width >= 1000 and center <= -300:
-        return "lung"
-    if width >= 1000 and center >= 200:
-        return "bone"
-    if width <= 600 and -50 <= center <= 200:
-        return "soft tissue"
-    return None
 
 
 def stated_window_check(answer: AssistantAnswer) -> Check | None:
@@ -592,7 +592,7 @@ def stated_window_check(answer: AssistantAnswer) -> Check | None:
     shown = _window_class(float(window.width), float(window.center))
     if shown is None:
         return None
-    label = f"the {(window.name or 'header').lower()} window (W {window.width:.0f} / L {window.center:.0f})"
+    label = _window_label(window)
     inputs = {"stated": said, "width": float(window.width), "center": float(window.center)}
     if said_class == shown:
         return Check("stated_window", True, f"the reasoning's {said} window is {label}, as shown", inputs=inputs)
