@@ -148,6 +148,7 @@ def main() -> int:
     from app.studies.nodes import LocalAE, Node
     from app.studies.scu import get_study, move_study, send_files
     from app.synthetic.sample import write_ct_study
+    from pynetdicom import ALL_TRANSFER_SYNTAXES
 
     work = Path(tempfile.mkdtemp(prefix="xmedgpt-bench-pacs-"))
     rows: list[tuple[str, str, float, int]] = []
@@ -230,8 +231,42 @@ def main() -> int:
 
         def dcmtk_get(out):
             return dcmtk_timed(out, ["getscu", *dcm_common, "-S", *key, "-od", str(out), "127.0.0.1", str(dicom_port)])
+        def floor_get(_out):
+            """pynetdicom alone: the same C-GET association (our connection settings) whose C-STORE handler
+            keeps nothing: what the library costs before a byte is written or indexed."""
+            from pydicom.dataset import Dataset
+            from pynetdicom import AE, evt, build_role
+            from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelGet
+
+            from app.studies.scp import on_connection_open
+            ae = AE(ae_title=OUR_AE)
+            ae.maximum_pdu_size = 0
+            ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
+            sop_class = str(pydicom.dcmread(files[0], stop_before_pixels=True).SOPClassUID)
+            ae.add_requested_context(sop_class, ALL_TRANSFER_SYNTAXES)
+            got = [0]
+
+            def keep_nothing(_event) -> int:
+                got[0] += 1
+                return 0x0000
+
+            def call() -> None:
+                assoc = ae.associate("127.0.0.1", dicom_port, ae_title="ORTHANC",
+                                     ext_neg=[build_role(sop_class, scp_role=True)],
+                                     evt_handlers=[(evt.EVT_CONN_OPEN, on_connection_open),
+                                                   (evt.EVT_C_STORE, keep_nothing)])
+                ident = Dataset()
+                ident.QueryRetrieveLevel = "STUDY"
+                ident.StudyInstanceUID = uid
+                for _status, _ds in assoc.send_c_get(ident, StudyRootQueryRetrieveInformationModelGet):
+                    pass
+                assoc.release()
+            wall = timed(call)
+            assert got[0] == len(files), f"pynetdicom alone: {got[0]} of {len(files)}"
+            return wall
         run("C-GET study", "dcmtk getscu", dcmtk_get, work / "get-dcmtk")
         run("C-GET study", "xmedgpt get_study", ours_get, work / "get-ours")
+        run("C-GET study", "pynetdicom alone (keeps nothing)", floor_get, None)
 
         # ---- C-MOVE ----
         def ours_move(out):
@@ -277,10 +312,12 @@ def main() -> int:
     shutil.rmtree(work, ignore_errors=True)
 
     print(f"\n| operation ({args.slices} × {args.size}² CT, loopback Orthanc 1.10) | tool | median s | instances/s "
-          "| CPU s (client) | first image viewable s |")
-    print("|---|---|---:|---:|---:|---:|")
+          "| × dcmtk | CPU s (client) | first image viewable s |")
+    print("|---|---|---:|---:|---:|---:|---:|")
+    dcmtk = {label: seconds for label, tool, seconds, *_ in rows if tool.startswith("dcmtk")}
     for label, tool, seconds, n, cpu, first in rows:
-        print(f"| {label} | {tool} | {seconds:.2f} | {n / seconds:.0f} | {cpu:.2f} | "
+        ratio = "" if tool.startswith("dcmtk") or label not in dcmtk else f"{dcmtk[label] / seconds:.2f}"
+        print(f"| {label} | {tool} | {seconds:.2f} | {n / seconds:.0f} | {ratio} | {cpu:.2f} | "
               f"{'' if first is None else f'{first:.2f}'} |")
     print(f"\n| study-list search over {args.studies:,} studies (indexed in {index_s:.1f} s) | median ms | matches |")
     print("|---|---:|---:|")

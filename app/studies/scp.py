@@ -495,12 +495,21 @@ class Receiver:
         self.finish(assoc, "released" if answered or getattr(assoc, "is_released", False) else "lost")
 
 
+#: seconds pynetdicom's connection thread pauses when a poll found nothing to do (its default: 0.001)
+DUL_POLL_S = 0.0002
+
 _PER_MESSAGE_EVENTS = (evt.EVT_PDU_RECV, evt.EVT_PDU_SENT, evt.EVT_DIMSE_RECV, evt.EVT_DIMSE_SENT)
 
 
 def on_connection_open(event: Any) -> None:
     """EVT_CONN_OPEN: switch Nagle's algorithm off. DIMSE is request/response; with Nagle and delayed
     ACKs each small PDU can wait ~40 ms, which dominates a study of many small instances.
+
+    Also shortens the pause of pynetdicom's connection thread between polls of an idle socket and of its
+    outgoing queue (:data:`DUL_POLL_S`, pynetdicom's own 1 ms otherwise): each stored instance waits for
+    about two of those pauses (its C-STORE response leaves on the next poll), which was half of a
+    300-instance C-GET's wall time on loopback. An open but idle association costs ~8 % of a core
+    instead of ~4 % (measured).
 
     Also unbinds pynetdicom's standard logging handlers of every PDU and DIMSE message (they format
     each message, UID names included, even when nothing is logged: ~10 % of a retrieve's CPU) unless
@@ -511,6 +520,9 @@ def on_connection_open(event: Any) -> None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     except (AttributeError, OSError) as exc:
         log.debug("TCP_NODELAY not set: %s", exc)
+    dul = getattr(event.assoc, "dul", None)
+    if dul is not None and hasattr(dul, "_run_loop_delay"):
+        dul._run_loop_delay = DUL_POLL_S
     if logging.getLogger("pynetdicom").isEnabledFor(logging.DEBUG):
         return
     assoc = event.assoc

@@ -279,6 +279,36 @@ def test_same_instance_twice_is_stored_once(home, tmp_path):
     assert not list(StudyPaths.detect().storage.rglob("*.tmp"))
 
 
+def test_both_ends_of_our_associations_poll_quickly(home, tmp_path):
+    """pynetdicom's connection thread pauses 1 ms whenever a poll finds nothing to do, and each stored
+    instance waits for about two such pauses: half of a 300-instance C-GET's time. Our associations, the
+    ones we open and the ones our listener accepts, pause DUL_POLL_S instead. If a pynetdicom release
+    renames the attribute this fails, rather than retrieves silently getting twice as slow."""
+    from pynetdicom import evt
+    from pynetdicom.sop_class import Verification
+
+    from app.studies.scp import DUL_POLL_S, on_connection_open
+    assert DUL_POLL_S < 0.001
+    db, listener = _listener(tmp_path)
+    try:
+        caller = AE(ae_title="SENDER")
+        caller.add_requested_context(Verification)
+        assoc = caller.associate("127.0.0.1", listener.port, ae_title=OUR_AE,
+                                 evt_handlers=[(evt.EVT_CONN_OPEN, on_connection_open)])
+        assert assoc.is_established
+        try:
+            assert assoc.dul._run_loop_delay == DUL_POLL_S  # the end we opened
+            accepted = listener.server.active_associations
+            assert accepted and all(a.dul._run_loop_delay == DUL_POLL_S for a in accepted)  # the listener's end
+            assert assoc.send_c_echo().Status == 0
+        finally:
+            assoc.release()
+        assert listener.wait_idle(10)
+    finally:
+        listener.stop()
+        db.close()
+
+
 def test_aborted_association_leaves_incomplete_study_a_retrieve_completes(sample_in_orthanc, home, tmp_path):
     orthanc = sample_in_orthanc
     db, listener = _listener(tmp_path)
