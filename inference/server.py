@@ -6,7 +6,8 @@ Loopback by default; binding to any other address requires a bearer token.
 Images are accepted only inline as base64 data URLs: the server never fetches anything.
 
 Sampling: without ``temperature`` (or with 0) answers are greedy, the reading a
-radiologist expects to be reproducible; ``temperature`` > 0 samples.
+radiologist expects to be reproducible; ``temperature`` > 0 samples, from the client's
+``seed`` or, without one, from a digest of the request: the same request gets the same samples.
 
 Hostile clients. Every budget lives in :class:`ServerLimits` (defaults are the
 module constants below; :class:`EngineServer` takes them as parameters):
@@ -271,6 +272,7 @@ class CompletionParams:
     top_logprobs: int
     image_data: bytes | None = None
     max_tokens_given: bool = True
+    seed: int | None = None  # the client's (OpenAI's ``seed``); None: the engine draws from what is asked
 
     @property
     def greedy(self) -> bool:
@@ -443,6 +445,7 @@ def parse_completion(body: dict, limits: ServerLimits | None = None) -> Completi
         top_logprobs=top,
         image_data=images[0] if images else None,
         max_tokens_given=max_tokens is not None,
+        seed=_number(body, "seed", None, int, -(1 << 63), (1 << 63) - 1),
     )
     if params.greedy and params.n > 1:
         raise _bad("n > 1 needs a temperature above 0 (greedy answers are all the same).")
@@ -523,6 +526,8 @@ class EngineService:
         self.engine = engine
         self.limits = limits or ServerLimits()
         self.has_top_logprobs = "top_logprobs" in inspect.signature(engine.generate).parameters
+        sample_params = inspect.signature(engine.sample).parameters
+        self.has_seed = "seed" in sample_params or any(p.kind is p.VAR_KEYWORD for p in sample_params.values())
 
     def prompt_tokens(self, request: ChatRequest) -> int:
         """Prompt length in tokens, image tokens included where the engine can encode requests;
@@ -557,6 +562,8 @@ class EngineService:
         extra = {"top_logprobs": params.top_logprobs} if params.top_logprobs and self.has_top_logprobs else {}
         if params.greedy:
             return [self.engine.generate(params.request, cancel, **extra)]
+        if params.seed is not None and self.has_seed:
+            extra["seed"] = params.seed
         return self.engine.sample([params.request], params.n, params.temperature, params.top_p, cancel, **extra)[0]
 
 

@@ -7,6 +7,7 @@ the model's 0–1000 grounding scale.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
@@ -99,6 +100,27 @@ class ChatRequest:
 
 CancelFn = Callable[[], bool]
 
+#: Seeds are kept below 2**63 (what every torch generator and an OpenAI-compatible ``seed`` accept).
+_SEED_MASK = (1 << 63) - 1
+
+
+def sampling_seed(requests: Sequence[ChatRequest], n: int, temperature: float, top_p: float) -> int:
+    """The seed that sampled answers to ``requests`` are drawn with: a digest of what is asked (each
+    prompt, system text, token budget and image, pixel for pixel) and how (n, temperature, top_p).
+    The same question about the same image gets the same samples, so the reliability light a reader
+    sees does not change when the question is asked again, and an audited answer can be reproduced;
+    another question or image gets other samples."""
+    h = hashlib.sha256(f"xmedgpt-sample|{n}|{float(temperature)!r}|{float(top_p)!r}".encode())
+    for r in requests:
+        h.update(f"|{len(r.prompt)}:{r.prompt}|{r.system!r}|{r.max_new_tokens}|".encode("utf-8", "surrogatepass"))
+        if r.image is None:
+            h.update(b"no image")
+        else:
+            image = np.ascontiguousarray(r.image)
+            h.update(f"{image.shape}{image.dtype.str}".encode())
+            h.update(memoryview(image).cast("B"))
+    return int.from_bytes(h.digest()[:8], "little") & _SEED_MASK
+
 
 @runtime_checkable
 class Engine(Protocol):
@@ -125,5 +147,7 @@ class Engine(Protocol):
         top_p: float = 0.9,
         cancel: CancelFn | None = None,
     ) -> list[list[Generation]]:
-        """``n`` sampled answers per request, with token log-probs; batched where possible."""
+        """``n`` sampled answers per request, with token log-probs; batched where possible. Drawn with
+        :func:`sampling_seed` of the call unless a ``seed`` keyword says otherwise (engines that take one):
+        the same call gives the same answers."""
         ...

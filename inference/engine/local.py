@@ -8,6 +8,7 @@ device cannot hold is refused with a message that says what to do.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import queue
@@ -32,7 +33,7 @@ from transformers.generation.streamers import BaseStreamer
 from inference.engine import memory
 from inference.engine.processor import ImageOnlyInternVLProcessor, load_processor
 from inference.errors import XMedError
-from inference.types import CancelFn, ChatRequest, Generation
+from inference.types import CancelFn, ChatRequest, Generation, sampling_seed
 
 log = logging.getLogger(__name__)
 
@@ -596,21 +597,27 @@ class LocalEngine:
         cancel: CancelFn | None = None,
         *,
         top_logprobs: int = 0,
+        seed: int | None = None,
     ) -> list[list[TokenGeneration]]:
         """``n`` sampled answers per request, all in one batch.
 
         The prompts (image included) are run through the model once; their
         key/value cache is then repeated ``n`` times and the samples decode from it.
+        Drawn from ``seed`` (default: :func:`~inference.types.sampling_seed` of this call), on a forked
+        random state: the same call gives the same samples, and the process's own random state is
+        left as it was.
         """
         if not requests:
             return []
         if n < 1:
             raise ValueError("n must be at least 1")
+        if seed is None:
+            seed = sampling_seed(requests, n, temperature, top_p)
         inputs = self.encode(requests)
         ids, mask = inputs["input_ids"], inputs["attention_mask"]
         max_new = max(r.max_new_tokens for r in requests)
         stopping, crit = self._stopping(cancel)
-        with self._lock, torch.inference_mode():
+        with self._lock, torch.inference_mode(), _seeded(seed, self.device):
             prefix = {k: v for k, v in inputs.items() if k not in ("input_ids", "attention_mask")}
             positions = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)
             prefill = self.model(
@@ -643,6 +650,19 @@ class LocalEngine:
                                         cancelled, top[k] if top else None))
             results.append(row)
         return results
+
+
+@contextlib.contextmanager
+def _seeded(seed: int, device: str) -> Iterator[None]:
+    """Run the block with torch's random state (the CPU's, and ``device``'s when it is a GPU) seeded with
+    ``seed``; the state from before is back afterwards. Callers hold the engine's lock."""
+    devices = []
+    if str(device).startswith("cuda"):
+        index = torch.device(device).index
+        devices = [torch.cuda.current_device() if index is None else index]
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed & ((1 << 63) - 1))
+        yield
 
 
 def check_memory(config: dict, plan: _Plan, context: int = 4096) -> memory.MemoryEstimate:

@@ -22,7 +22,7 @@ import numpy as np
 from PIL import Image
 
 from inference.errors import XMedError
-from inference.types import CancelFn, ChatRequest, Generation
+from inference.types import CancelFn, ChatRequest, Generation, sampling_seed
 
 log = logging.getLogger(__name__)
 
@@ -205,13 +205,19 @@ class RemoteEngine:
         temperature: float = 1.0,
         top_p: float = 0.9,
         cancel: CancelFn | None = None,
+        *,
+        seed: int | None = None,
     ) -> list[list[Generation]]:
-        """One call per request with ``n`` choices; requests run concurrently so the server can batch them."""
+        """One call per request with ``n`` choices; requests run concurrently so the server can batch them.
+        Each call carries a ``seed`` (``seed``, or :func:`~inference.types.sampling_seed` of that request):
+        vLLM and this project's server then answer the same question about the same image with the same
+        samples."""
 
         def one(request: ChatRequest) -> list[Generation]:
             if cancel is not None and cancel():
                 return [Generation(text="", finish_reason="cancelled") for _ in range(n)]
-            body = self._body(request, n=n, temperature=temperature, top_p=top_p, logprobs=True)
+            drawn = sampling_seed([request], n, temperature, top_p) if seed is None else seed
+            body = self._body(request, n=n, temperature=temperature, top_p=top_p, logprobs=True, seed=drawn)
             choices = sorted(self._json("POST", "/chat/completions", body)["choices"], key=lambda c: c["index"])
             return [_generation(c) for c in choices]
 

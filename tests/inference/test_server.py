@@ -67,6 +67,21 @@ def test_remote_engine_samples_n_with_logprobs(server, image):
             assert all(lp <= 0 for lp in s.token_logprobs)
 
 
+def test_remote_samples_are_reproducible_and_a_client_seed_is_honoured(server, engine, image):
+    """RemoteEngine sends a seed drawn from the request (vLLM honours it, as this server does): the same
+    question about the same image samples the same answers, here and through the local engine."""
+    remote = RemoteEngine(server.url)
+    request = ChatRequest("Where?", image, max_new_tokens=6)
+    first = remote.sample([request], n=3, temperature=1.0, top_p=0.95)[0]
+    again = remote.sample([request], n=3, temperature=1.0, top_p=0.95)[0]
+    assert [g.text for g in again] == [g.text for g in first]
+    local = engine.sample([request], n=3, temperature=1.0, top_p=0.95)[0]
+    assert [g.text for g in local] == [g.text for g in first]  # the same seed, the same pixels
+    seeded = [[g.text for g in remote.sample([request], n=3, temperature=1.0, top_p=0.95, seed=s)[0]]
+              for s in (11, 11, 12)]
+    assert seeded[0] == seeded[1] != seeded[2]
+
+
 def test_openai_client_plain_stream_and_n_with_logprobs(server, engine, image):
     openai = pytest.importorskip("openai")
     from inference.engine.remote import chat_messages

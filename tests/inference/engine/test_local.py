@@ -148,6 +148,29 @@ def test_sample_batches_requests_and_log_probs_match_a_recomputed_forward(engine
             assert np.allclose(s.token_logprobs, expected, atol=1e-4)
 
 
+def test_the_same_question_about_the_same_image_samples_the_same_answers(engine, image):
+    """The reliability light is drawn from samples: asked again, the same question about the same slice must
+    light the same, and an audited answer must be reproducible. The process's random state is untouched."""
+    requests = [ChatRequest("Where is the nodule?", image, max_new_tokens=8)]
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    first = engine.sample(requests, n=4, temperature=1.0, top_p=0.95)
+    assert torch.equal(torch.get_rng_state(), before)
+    torch.manual_seed(999)  # whatever else ran in between
+    again = engine.sample(requests, n=4, temperature=1.0, top_p=0.95)
+    assert [s.token_ids for s in again[0]] == [s.token_ids for s in first[0]]
+    assert len({tuple(s.token_ids) for s in first[0]}) > 1  # still n different draws
+
+    def draws(**kw) -> list:
+        return [s.token_ids for s in engine.sample(**{"requests": requests, "n": 4, "temperature": 1.0,
+                                                      "top_p": 0.95, **kw})[0]]
+    other_image = image.copy()
+    other_image[0, 0, 0] ^= 1  # one pixel
+    assert draws(requests=[ChatRequest("Where is the nodule?", other_image, max_new_tokens=8)]) != draws()
+    assert draws(requests=[ChatRequest("Where is the mass?", image, max_new_tokens=8)]) != draws()
+    assert draws(seed=5) == draws(seed=5) != draws(seed=6)
+
+
 def test_cancel_stops_generation_early(engine, image):
     calls = {"n": 0}
 
