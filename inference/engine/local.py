@@ -8,13 +8,16 @@ device cannot hold is refused with a message that says what to do.
 
 from __future__ import annotations
 
+import collections
 import contextlib
+import copy
 import json
 import logging
 import queue
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 from pathlib import Path
 
 import numpy as np
@@ -266,6 +269,10 @@ class LocalEngine:
         padding = range(len(self.tokenizer), vocab_rows)
         self.suppressed_ids = sorted(set(processor.image_token_ids) | set(padding))
         self._suppress = _Suppress(self.suppressed_ids)
+        self._image_ids = torch.tensor(sorted(set(processor.image_token_ids)), dtype=torch.long)
+        #: key/value caches of prompt heads already read (the system prompt, ~350 tokens, is the same in
+        #: every request): token ids -> cache of one row; guarded by the model lock
+        self._heads: collections.OrderedDict[tuple[int, ...], Any] = collections.OrderedDict()
         if str(device).startswith("cpu"):
             keep_freed_memory()  # the key/value cache lives in CPU memory: see the function
 
@@ -474,6 +481,63 @@ class LocalEngine:
         crit = _Cancel(cancel)
         return StoppingCriteriaList([crit]), crit
 
+    def _shared_head(self, ids: torch.Tensor, mask: torch.Tensor) -> int:
+        """How many tokens at the start of every row are the same in all rows and come before the image
+        (the system prompt and the user turn's opening); 0 when a row is padded (the heads would not line
+        up) or the head is too short to be worth a cache. At most all but the last prompt token."""
+        if ids.shape[1] < 2 or not bool(mask.all()):
+            return 0
+        differs = (ids != ids[:1]).any(dim=0) | torch.isin(ids[0], self._image_ids.to(ids.device))
+        stops = torch.nonzero(differs)
+        head = int(stops[0]) if len(stops) else ids.shape[1]
+        head = min(head, ids.shape[1] - 1)
+        return head if head >= HEAD_CACHE_MIN_TOKENS else 0
+
+    def _head_cache(self, head: torch.Tensor, rows: int) -> Any:
+        """A fresh cache holding ``head``'s keys and values for ``rows`` rows: read once per distinct head
+        (kept for the next :data:`HEAD_CACHE_ENTRIES` heads), copied for each use. Under the model lock."""
+        key = tuple(head.tolist())
+        kept = self._heads.get(key)
+        if kept is None:
+            out = self.model(input_ids=head[None], attention_mask=torch.ones_like(head)[None], use_cache=True)
+            kept = out.cache if getattr(out, "cache", None) is not None else out.past_key_values
+            self._heads[key] = kept
+            while len(self._heads) > HEAD_CACHE_ENTRIES:
+                self._heads.popitem(last=False)
+        else:
+            self._heads.move_to_end(key)
+        cache = copy.deepcopy(kept)
+        if rows > 1:
+            cache.batch_repeat_interleave(rows)
+        return cache
+
+    def _prefill(self, inputs: dict[str, torch.Tensor], upto: int) -> Any | None:
+        """Read the prompt of every row up to token ``upto`` (exclusive) into a key/value cache, the shared
+        head from :meth:`_head_cache`; None when the rows share no head worth caching (``generate`` then
+        reads the whole prompt itself). The answers are those of reading the whole prompt at once, up to
+        the last bits of floating point. Under the model lock."""
+        ids, mask = inputs["input_ids"], inputs["attention_mask"]
+        head = min(self._shared_head(ids, mask), upto)
+        if head == 0:
+            return None
+        cache = self._head_cache(ids[0, :head], ids.shape[0])
+        if upto > head:
+            rest = {k: v for k, v in inputs.items() if k not in ("input_ids", "attention_mask")}
+            positions = torch.arange(head, upto, device=ids.device).expand(ids.shape[0], -1)
+            out = self.model(input_ids=ids[:, head:upto], attention_mask=mask[:, :upto], position_ids=positions,
+                             cache=cache, use_cache=True, **rest)
+            cache = out.cache if getattr(out, "cache", None) is not None else out.past_key_values
+        return cache
+
+    def _generate_kwargs(self, inputs: dict[str, torch.Tensor]) -> dict[str, Any]:
+        """What ``generate`` is given for ``inputs``: the prompt with all but its last token already read
+        (through the head cache) when the rows share a head, else ``inputs`` as they are."""
+        ids = inputs["input_ids"]
+        cache = self._prefill(inputs, ids.shape[1] - 1)
+        if cache is None:
+            return dict(inputs)
+        return {"input_ids": ids, "attention_mask": inputs["attention_mask"], "cache": cache}
+
     def _scored_generate(self, prompt_len: int, max_new: int, stopping, top_logprobs: int, **kwargs):
         """``generate`` with the model's own token suppression, returning the new tokens, their
         log-probs and the ``top_logprobs`` alternatives (call under the model lock)."""
@@ -534,8 +598,8 @@ class LocalEngine:
         max_new = max(r.max_new_tokens for r in requests)
         stopping, crit = self._stopping(cancel)
         with self._lock, torch.inference_mode():
-            new, lp, top = self._scored_generate(ids.shape[1], max_new, stopping, top_logprobs, **inputs,
-                                                 do_sample=False)
+            new, lp, top = self._scored_generate(ids.shape[1], max_new, stopping, top_logprobs,
+                                                 **self._generate_kwargs(inputs), do_sample=False)
         cancelled = bool(crit and crit.cancelled)
         return [
             self._finish(new[i, : r.max_new_tokens].tolist(), lp[i, : r.max_new_tokens].tolist(), r.max_new_tokens,
@@ -561,8 +625,9 @@ class LocalEngine:
         def work() -> None:
             try:
                 with self._lock, torch.inference_mode():
+                    inputs = make_inputs()
                     self.model.generate(
-                        **make_inputs(),
+                        **(self._generate_kwargs(inputs) if "input_ids" in inputs else inputs),
                         do_sample=False,
                         max_new_tokens=max_new_tokens,
                         stopping_criteria=stopping,
@@ -618,16 +683,18 @@ class LocalEngine:
         max_new = max(r.max_new_tokens for r in requests)
         stopping, crit = self._stopping(cancel)
         with self._lock, torch.inference_mode(), _seeded(seed, self.device):
-            prefix = {k: v for k, v in inputs.items() if k not in ("input_ids", "attention_mask")}
-            positions = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)
-            prefill = self.model(
-                input_ids=ids[:, :-1],
-                attention_mask=mask[:, :-1],
-                position_ids=positions[:, :-1],
-                use_cache=True,
-                **prefix,
-            )
-            cache = prefill.cache if hasattr(prefill, "cache") and prefill.cache is not None else prefill.past_key_values
+            cache = self._prefill(inputs, ids.shape[1] - 1)
+            if cache is None:  # rows of different heads (or padded): the whole prompt, as one forward
+                prefix = {k: v for k, v in inputs.items() if k not in ("input_ids", "attention_mask")}
+                positions = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)
+                prefill = self.model(
+                    input_ids=ids[:, :-1],
+                    attention_mask=mask[:, :-1],
+                    position_ids=positions[:, :-1],
+                    use_cache=True,
+                    **prefix,
+                )
+                cache = prefill.cache if getattr(prefill, "cache", None) is not None else prefill.past_key_values
             cache.batch_repeat_interleave(n)
             new, lp, top = self._scored_generate(
                 ids.shape[1], max_new, stopping, top_logprobs,
@@ -650,6 +717,12 @@ class LocalEngine:
                                         cancelled, top[k] if top else None))
             results.append(row)
         return results
+
+
+#: A shared prompt head shorter than this is read with the rest of the prompt (not worth a cache)
+HEAD_CACHE_MIN_TOKENS = 16
+#: Distinct prompt heads kept (system prompts: the assistant's, the audio one, a remote client's)
+HEAD_CACHE_ENTRIES = 4
 
 
 @contextlib.contextmanager

@@ -1,0 +1,80 @@
+"""The shared prompt head (the system prompt, ~350 tokens of the ~420 a sweep request reads) is read once and
+its key/value cache reused: the answers must be those of reading every prompt whole."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import inference.engine.local as local_mod
+from inference.engine.local import LocalEngine
+from inference.types import ChatRequest
+from tests.inference.engine.test_local import greedy_by_hand, sequence_logprobs
+
+SYSTEM = ("You are XMedGPT, a medical imaging assistant helping a radiologist read one image from a DICOM study. "
+          "Describe only what is visible in this image; your answer is a draft for the radiologist to check.")
+
+
+@pytest.fixture
+def engine(tiny_model_dir) -> LocalEngine:
+    return LocalEngine.from_folder(tiny_model_dir, device="cpu")
+
+
+def _images(n: int) -> list[np.ndarray]:
+    rng = np.random.default_rng(11)
+    return [rng.integers(0, 256, size=(64, 64, 3), dtype=np.uint8) for _ in range(n)]
+
+
+def test_a_long_system_prompt_is_read_once_and_answers_match_whole_prompts(engine):
+    image = _images(1)[0]
+    request = ChatRequest("Where is the nodule?", image, system=SYSTEM, max_new_tokens=8)
+    inputs = engine.encode([request])
+    head = engine._shared_head(inputs["input_ids"], inputs["attention_mask"])
+    first_image = int(torch.isin(inputs["input_ids"][0], engine._image_ids).nonzero()[0])
+    assert local_mod.HEAD_CACHE_MIN_TOKENS <= head <= first_image  # the system prompt, never the image
+
+    result = engine.generate(request)
+    assert len(engine._heads) == 1
+    tokens, logprobs = greedy_by_hand(engine, request, 8)  # full forwards, no cache at all
+    kept = [t for t in tokens if t not in engine.eos_ids]
+    assert result.token_ids == kept
+    assert np.allclose(result.token_logprobs, logprobs[: len(kept)], atol=1e-4)
+    assert "".join(engine.stream(request)) == result.text  # the streamed path reads the head from the cache too
+    assert len(engine._heads) == 1  # same head: read once
+
+
+def test_a_batch_sharing_the_head_answers_as_each_request_alone(engine):
+    requests = [ChatRequest("Locate every lesion.", im, system=SYSTEM, max_new_tokens=6) for im in _images(3)]
+    batch = engine.generate_batch(requests)
+    for request, got in zip(requests, batch):
+        tokens, logprobs = greedy_by_hand(engine, request, 6)
+        kept = [t for t in tokens if t not in engine.eos_ids]
+        assert got.token_ids == kept
+        assert np.allclose(got.token_logprobs, logprobs[: len(kept)], atol=1e-4)
+
+
+def test_padded_batches_and_other_heads_read_whole_prompts(engine, monkeypatch):
+    images = _images(2)
+    mixed = [ChatRequest("Where?", images[0], system=SYSTEM, max_new_tokens=5),
+             ChatRequest("Is there a mass in the right lower lobe of this lung?", images[1], system=SYSTEM,
+                         max_new_tokens=5)]
+    inputs = engine.encode(mixed)
+    assert engine._shared_head(inputs["input_ids"], inputs["attention_mask"]) == 0  # left padding: heads misalign
+    answers = engine.generate_batch(mixed)
+    monkeypatch.setattr(local_mod, "HEAD_CACHE_MIN_TOKENS", 10**9)
+    assert [a.token_ids for a in answers] == [engine.generate(r).token_ids for r in mixed]
+
+    monkeypatch.setattr(local_mod, "HEAD_CACHE_MIN_TOKENS", 16)
+    monkeypatch.setattr(local_mod, "HEAD_CACHE_ENTRIES", 2)
+    for i in range(4):
+        engine.generate(ChatRequest("Where?", images[0], system=f"{SYSTEM} Variant {i}.", max_new_tokens=2))
+    assert len(engine._heads) == 2  # bounded
+
+
+def test_sampling_from_the_head_cache_scores_like_a_whole_forward(engine):
+    request = ChatRequest("Where is the nodule?", _images(1)[0], system=SYSTEM, max_new_tokens=6)
+    samples = engine.sample([request], n=3, temperature=1.0, top_p=0.95, seed=3)[0]
+    assert len(engine._heads) == 1
+    for s in samples:
+        assert np.allclose(s.token_logprobs, sequence_logprobs(engine, request, s.token_ids), atol=1e-4)
