@@ -78,3 +78,25 @@ def test_sampling_from_the_head_cache_scores_like_a_whole_forward(engine):
     assert len(engine._heads) == 1
     for s in samples:
         assert np.allclose(s.token_logprobs, sequence_logprobs(engine, request, s.token_ids), atol=1e-4)
+
+
+def test_a_batch_drops_rows_that_finished_and_the_others_answer_as_before(engine, monkeypatch):
+    """A greedy batch decodes FIRST_PASS_TOKENS for every row, then only the rows still writing."""
+    requests = [ChatRequest(f"Locate every lesion ({i}).", im, system=SYSTEM, max_new_tokens=14)
+                for i, im in enumerate(_images(3))]
+    monkeypatch.setattr(local_mod, "FIRST_PASS_TOKENS", 10**6)  # one pass: the reference
+    reference = engine.generate_batch(requests, top_logprobs=2)
+    lengths = [len(a.token_ids) for a in reference]
+    assert min(lengths) < 8 < max(lengths)  # this tiny model: one row ends early, others write on
+
+    monkeypatch.setattr(local_mod, "FIRST_PASS_TOKENS", 8)
+    calls = []
+    run = engine._run_generate
+    monkeypatch.setattr(engine, "_run_generate",
+                        lambda *a, **kw: calls.append(kw["input_ids"].shape[0]) or run(*a, **kw))
+    two_pass = engine.generate_batch(requests, top_logprobs=2)
+    assert calls == [3, sum(n > 8 for n in lengths)]  # the second pass carries only the rows still writing
+    for got, want in zip(two_pass, reference):
+        assert got.token_ids == want.token_ids and got.finish_reason == want.finish_reason
+        assert np.allclose(got.token_logprobs, want.token_logprobs, atol=1e-4)
+        assert [[t for t, _ in step] for step in got.top_logprobs] == [[t for t, _ in step] for step in want.top_logprobs]
