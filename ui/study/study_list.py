@@ -53,6 +53,7 @@ from PySide6.QtWidgets import (
     QLineEdit,
     QProgressBar,
     QPushButton,
+    QStyle,
     QTableView,
     QTabWidget,
     QVBoxLayout,
@@ -138,7 +139,7 @@ class StudyRow:
 
     def ai_text(self) -> str:
         if self.ai_state == "done":
-            return {"": "done · no lesion", "none": "done · not assessed"}.get(self.tier, f"done · {self.tier}")
+            return {"": "no lesion", "none": "not assessed"}.get(self.tier, self.tier)  # beside its tier's dot
         return AI_TEXT.get(self.ai_state, self.ai_state)
 
     def counts_text(self) -> str:
@@ -290,10 +291,33 @@ def make_table(model: StudyTableModel, parent: QWidget) -> tuple[QTableView, QSo
     header = view.horizontalHeader()
     header.setSectionResizeMode(QHeaderView.ResizeMode.Interactive)
     header.setStretchLastSection(True)
-    for col, width in ((AI, 92), (PATIENT, 150), (DATE, 120), (REPORT, 60), (ACCESSION, 90), (PATIENT_ID, 90),
-                       (MODALITIES, 70), (DESCRIPTION, 150), (COUNTS, 90)):
+    for col, width in column_widths(view).items():
         view.setColumnWidth(col, width)
     return view, proxy
+
+
+#: What the columns sized from the font must show whole: a study date with its time; the AI column's dot
+#: with its common states ("not assessed" may be elided there: its tooltip says it)
+_DATE_SAMPLE = "2026-12-31 23:59"
+_AI_SAMPLES = ("running…", "no lesion", "amber", "queued")
+
+
+def column_widths(view: QTableView) -> dict[int, int]:
+    """Starting column widths in the view's own font: the date with its time and the AI state whole, the
+    patient's name in what is left of a 370-pixel dock (the study list's place on a 1366-pixel laptop
+    screen beside the image and the assistant), the rest a fixed share; a reader widens any of them."""
+    metrics = view.fontMetrics()
+    pad = 2 * view.style().pixelMetric(QStyle.PixelMetric.PM_FocusFrameHMargin, None, view) + 12
+    dot = view.style().pixelMetric(QStyle.PixelMetric.PM_SmallIconSize, None, view) + 4
+    ai = max(metrics.horizontalAdvance(t) for t in _AI_SAMPLES) + dot + pad
+    date = metrics.horizontalAdvance(_DATE_SAMPLE) + pad
+    return {AI: ai, PATIENT: max(110, DOCK_VIEWPORT - ai - date), DATE: date, REPORT: 60, ACCESSION: 90,
+            PATIENT_ID: 90, MODALITIES: 70, DESCRIPTION: 150, COUNTS: 90}
+
+
+#: The table's viewport in the narrowest dock the main window gives the study list (370 px, less its frame,
+#: margins and vertical scroll bar)
+DOCK_VIEWPORT = 340
 
 
 def _selected_uids(view: QTableView) -> list[str]:
