@@ -481,17 +481,22 @@ class LocalEngine:
         crit = _Cancel(cancel)
         return StoppingCriteriaList([crit]), crit
 
-    def _shared_head(self, ids: torch.Tensor, mask: torch.Tensor) -> int:
-        """How many tokens at the start of every row are the same in all rows and come before the image
-        (the system prompt and the user turn's opening); 0 when a row is padded (the heads would not line
-        up) or the head is too short to be worth a cache. At most all but the last prompt token."""
-        if ids.shape[1] < 2 or not bool(mask.all()):
-            return 0
-        differs = (ids != ids[:1]).any(dim=0) | torch.isin(ids[0], self._image_ids.to(ids.device))
+    def _shared_head(self, ids: torch.Tensor, mask: torch.Tensor) -> tuple[int, torch.Tensor] | None:
+        """(head, pads): every row's real tokens (after its ``pads`` of left padding) start with the same
+        ``head`` tokens, all before the image (the system prompt and the user turn's opening); None when the
+        head is too short to be worth a cache or the padding is not on the left."""
+        length = ids.shape[1]
+        if length < 2:
+            return None
+        pads = (mask == 0).sum(dim=1)
+        if not torch.equal((mask.cumsum(dim=1) == 0).sum(dim=1), pads):  # zeros somewhere but the left
+            return None
+        shortest = int((length - pads).min())
+        real = ids.gather(1, pads[:, None] + torch.arange(shortest, device=ids.device)[None])
+        differs = (real != real[:1]).any(dim=0) | torch.isin(real[0], self._image_ids.to(ids.device))
         stops = torch.nonzero(differs)
-        head = int(stops[0]) if len(stops) else ids.shape[1]
-        head = min(head, ids.shape[1] - 1)
-        return head if head >= HEAD_CACHE_MIN_TOKENS else 0
+        head = min(int(stops[0]) if len(stops) else shortest, length - 1)
+        return (head, pads) if head >= HEAD_CACHE_MIN_TOKENS else None
 
     def _head_cache(self, head: torch.Tensor, rows: int) -> Any:
         """A fresh cache holding ``head``'s keys and values for ``rows`` rows: read once per distinct head
@@ -511,20 +516,50 @@ class LocalEngine:
             cache.batch_repeat_interleave(rows)
         return cache
 
+    @staticmethod
+    def _left_padded(cache: Any, pads: torch.Tensor, columns: int) -> bool:
+        """Lay a head cache (every row the same ``head`` keys and values) out as a left-padded batch's first
+        ``columns`` columns: row r holds its ``pads[r]`` padding columns (zeros, masked out), then the
+        head's first ``columns - pads[r]`` keys and values, which do not depend on what follows them. False
+        (nothing changed) for a cache whose layers are not plain dynamic ones."""
+        from transformers.cache_utils import DynamicLayer
+
+        layers = getattr(cache, "layers", None)
+        if not layers or any(type(layer) is not DynamicLayer for layer in layers):
+            return False
+        for layer in layers:
+            for name in ("keys", "values"):
+                head = getattr(layer, name)
+                laid = head.new_zeros((*head.shape[:2], columns, head.shape[3]))
+                for r, pad in enumerate(pads.tolist()):
+                    if columns > pad:
+                        laid[r, :, pad:columns] = head[r, :, : columns - pad]
+                setattr(layer, name, laid)
+        return True
+
     def _prefill(self, inputs: dict[str, torch.Tensor], upto: int) -> Any | None:
-        """Read the prompt of every row up to token ``upto`` (exclusive) into a key/value cache, the shared
-        head from :meth:`_head_cache`; None when the rows share no head worth caching (``generate`` then
-        reads the whole prompt itself). The answers are those of reading the whole prompt at once, up to
-        the last bits of floating point. Under the model lock."""
+        """Read the prompt of every row up to column ``upto`` (exclusive) into a key/value cache, the head the
+        rows share from :meth:`_head_cache` (laid out under each row's left padding); None when they share
+        no head worth caching (``generate`` then reads the whole prompt itself). The answers are those of
+        reading the whole prompt at once, up to the last bits of floating point. Under the model lock."""
         ids, mask = inputs["input_ids"], inputs["attention_mask"]
-        head = min(self._shared_head(ids, mask), upto)
-        if head == 0:
+        found = self._shared_head(ids, mask)
+        if found is None:
             return None
-        cache = self._head_cache(ids[0, :head], ids.shape[0])
-        if upto > head:
+        head, pads = found
+        first = int(torch.argmin(pads))  # a row without padding (the longest)
+        columns = min(head + int(pads[first]), upto)  # the columns every row takes from the head
+        if columns <= 0:
+            return None
+        cache = self._head_cache(ids[first, int(pads[first]):int(pads[first]) + head], ids.shape[0])
+        if bool(pads.any()) and not self._left_padded(cache, pads, columns):
+            return None
+        if not bool(pads.any()) and columns < head:
+            cache.crop(head - columns)
+        if upto > columns:
             rest = {k: v for k, v in inputs.items() if k not in ("input_ids", "attention_mask")}
-            positions = torch.arange(head, upto, device=ids.device).expand(ids.shape[0], -1)
-            out = self.model(input_ids=ids[:, head:upto], attention_mask=mask[:, :upto], position_ids=positions,
+            positions = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)[:, columns:upto]
+            out = self.model(input_ids=ids[:, columns:upto], attention_mask=mask[:, :upto], position_ids=positions,
                              cache=cache, use_cache=True, **rest)
             cache = out.cache if getattr(out, "cache", None) is not None else out.past_key_values
         return cache
@@ -711,18 +746,33 @@ class LocalEngine:
         top_logprobs: int = 0,
         seed: int | None = None,
     ) -> list[list[TokenGeneration]]:
-        """``n`` sampled answers per request, all in one batch.
+        """``n`` sampled answers per request, one batch per system prompt.
 
         The prompts (image included) are run through the model once; their
         key/value cache is then repeated ``n`` times and the samples decode from it.
-        Drawn from ``seed`` (default: :func:`~inference.types.sampling_seed` of this call), on a forked
-        random state: the same call gives the same samples, and the process's own random state is
-        left as it was.
+        Requests with different system prompts are batched apart: a reliability pass asks short questions
+        without one beside a grounding request with the ~350-token system prompt, and in one batch the
+        questions were left padded to its length (two thirds of the positions read were padding).
+        Each batch is drawn from ``seed`` (default: :func:`~inference.types.sampling_seed` of its requests),
+        on a forked random state: the same call gives the same samples, and the process's own random
+        state is left as it was.
         """
         if not requests:
             return []
         if n < 1:
             raise ValueError("n must be at least 1")
+        groups: dict[str | None, list[int]] = {}
+        for i, r in enumerate(requests):
+            groups.setdefault(r.system, []).append(i)
+        if len(groups) > 1:
+            results: list[list[TokenGeneration]] = [[] for _ in requests]
+            for g, rows in enumerate(groups.values()):
+                part = self.sample([requests[i] for i in rows], n, temperature, top_p, cancel,
+                                   top_logprobs=top_logprobs,
+                                   seed=None if seed is None else (seed * 1_000_003 + g) & _SEED_MASK)
+                for i, row in zip(rows, part):
+                    results[i] = row
+            return results
         if seed is None:
             seed = sampling_seed(requests, n, temperature, top_p)
         inputs = self.encode(requests)
@@ -775,6 +825,9 @@ HEAD_CACHE_ENTRIES = 4
 FIRST_PASS_TOKENS = 8
 
 
+_SEED_MASK = (1 << 63) - 1
+
+
 @contextlib.contextmanager
 def _seeded(seed: int, device: str) -> Iterator[None]:
     """Run the block with torch's random state (the CPU's, and ``device``'s when it is a GPU) seeded with
@@ -784,7 +837,7 @@ def _seeded(seed: int, device: str) -> Iterator[None]:
         index = torch.device(device).index
         devices = [torch.cuda.current_device() if index is None else index]
     with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed & ((1 << 63) - 1))
+        torch.manual_seed(seed & _SEED_MASK)
         yield
 
 

@@ -30,7 +30,8 @@ def test_a_long_system_prompt_is_read_once_and_answers_match_whole_prompts(engin
     image = _images(1)[0]
     request = ChatRequest("Where is the nodule?", image, system=SYSTEM, max_new_tokens=8)
     inputs = engine.encode([request])
-    head = engine._shared_head(inputs["input_ids"], inputs["attention_mask"])
+    head, pads = engine._shared_head(inputs["input_ids"], inputs["attention_mask"])
+    assert pads.tolist() == [0]
     first_image = int(torch.isin(inputs["input_ids"][0], engine._image_ids).nonzero()[0])
     assert local_mod.HEAD_CACHE_MIN_TOKENS <= head <= first_image  # the system prompt, never the image
 
@@ -54,21 +55,44 @@ def test_a_batch_sharing_the_head_answers_as_each_request_alone(engine):
         assert np.allclose(got.token_logprobs, logprobs[: len(kept)], atol=1e-4)
 
 
-def test_padded_batches_and_other_heads_read_whole_prompts(engine, monkeypatch):
-    images = _images(2)
-    mixed = [ChatRequest("Where?", images[0], system=SYSTEM, max_new_tokens=5),
-             ChatRequest("Is there a mass in the right lower lobe of this lung?", images[1], system=SYSTEM,
-                         max_new_tokens=5)]
+def test_a_left_padded_batch_shares_the_head_and_answers_as_each_request_alone(engine):
+    """Questions of different lengths (the reliability pass's) are left padded: each row's head sits after its
+    padding, and the cache is laid out so."""
+    images = _images(3)
+    mixed = [ChatRequest("Where?", images[0], system=SYSTEM, max_new_tokens=6),
+             ChatRequest("Is there a mass in the right lower lobe of this lung, and how large is it?", images[1],
+                         system=SYSTEM, max_new_tokens=6),
+             ChatRequest("Which side is the nodule on?", None, system=SYSTEM, max_new_tokens=6)]
     inputs = engine.encode(mixed)
-    assert engine._shared_head(inputs["input_ids"], inputs["attention_mask"]) == 0  # left padding: heads misalign
+    head, pads = engine._shared_head(inputs["input_ids"], inputs["attention_mask"])
+    assert head >= local_mod.HEAD_CACHE_MIN_TOKENS and pads.min() == 0 and pads.max() > 0
     answers = engine.generate_batch(mixed)
+    assert len(engine._heads) == 1
+    for request, got in zip(mixed, answers):
+        tokens, logprobs = greedy_by_hand(engine, request, 6)  # alone, unpadded, no cache at all
+        kept = [t for t in tokens if t not in engine.eos_ids]
+        assert got.token_ids == kept
+        assert np.allclose(got.token_logprobs, logprobs[: len(kept)], atol=1e-4)
+    drawn = engine.sample(mixed, n=2, temperature=1.0, top_p=0.95, seed=4)
+    for request, samples in zip(mixed, drawn):
+        for s in samples:
+            assert np.allclose(s.token_logprobs, sequence_logprobs(engine, request, s.token_ids), atol=1e-4)
+
+
+def test_other_heads_read_whole_prompts_and_the_cache_is_bounded(engine, monkeypatch):
+    image = _images(1)[0]
+    other = [ChatRequest("Where?", image, system=SYSTEM, max_new_tokens=4),
+             ChatRequest("Where?", image, system="Answer in one word. " + SYSTEM, max_new_tokens=4)]
+    inputs = engine.encode(other)
+    assert engine._shared_head(inputs["input_ids"], inputs["attention_mask"]) is None  # they differ early
+    answers = engine.generate_batch(other)
     monkeypatch.setattr(local_mod, "HEAD_CACHE_MIN_TOKENS", 10**9)
-    assert [a.token_ids for a in answers] == [engine.generate(r).token_ids for r in mixed]
+    assert [a.token_ids for a in answers] == [engine.generate(r).token_ids for r in other]
 
     monkeypatch.setattr(local_mod, "HEAD_CACHE_MIN_TOKENS", 16)
     monkeypatch.setattr(local_mod, "HEAD_CACHE_ENTRIES", 2)
     for i in range(4):
-        engine.generate(ChatRequest("Where?", images[0], system=f"{SYSTEM} Variant {i}.", max_new_tokens=2))
+        engine.generate(ChatRequest("Where?", image, system=f"{SYSTEM} Variant {i}.", max_new_tokens=2))
     assert len(engine._heads) == 2  # bounded
 
 
@@ -100,3 +124,22 @@ def test_a_batch_drops_rows_that_finished_and_the_others_answer_as_before(engine
         assert got.token_ids == want.token_ids and got.finish_reason == want.finish_reason
         assert np.allclose(got.token_logprobs, want.token_logprobs, atol=1e-4)
         assert [[t for t, _ in step] for step in got.top_logprobs] == [[t for t, _ in step] for step in want.top_logprobs]
+
+
+def test_questions_without_a_system_prompt_are_not_padded_to_one_with_it(engine, monkeypatch):
+    """A reliability pass samples short questions (no system prompt) with a grounding request (the system
+    prompt): batched apart, one batch per system prompt, each as if sampled alone, in the order asked."""
+    image = _images(1)[0]
+    questions = [ChatRequest("Is there a mass? Answer yes or no.", image, max_new_tokens=5),
+                 ChatRequest("Which side?", image, max_new_tokens=5)]
+    grounding = ChatRequest("Locate the mass.", image, system=SYSTEM, max_new_tokens=5)
+    widths = []
+    encode = engine.encode
+    monkeypatch.setattr(engine, "encode", lambda reqs, **kw: widths.append(encode(reqs, **kw)["input_ids"].shape) or
+                        encode(reqs, **kw))
+    mixed = engine.sample([questions[0], grounding, questions[1]], n=3)
+    assert [w[0] for w in widths] == [2, 1]  # two batches: the questions, then the grounding request
+    alone_q = engine.sample(questions, n=3)
+    alone_g = engine.sample([grounding], n=3)
+    ids = lambda row: [s.token_ids for s in row]  # noqa: E731
+    assert [ids(r) for r in mixed] == [ids(alone_q[0]), ids(alone_g[0]), ids(alone_q[1])]
