@@ -161,6 +161,10 @@ def test_bad_requests_get_clear_json_errors(server):
     assert status == 400 and "fetches nothing" in data["error"]["message"]
     status, data = _post(server, json.dumps({"messages": [{"role": "user", "content": "a"}], "n": 3}).encode())
     assert status == 400 and "temperature" in data["error"]["message"]
+    for seed, says in (("7", "whole number"), (1.5, "whole number"), (2**70, "between")):
+        body = {"messages": [{"role": "user", "content": "a"}], "n": 2, "temperature": 1.0, "seed": seed}
+        status, data = _post(server, json.dumps(body).encode())
+        assert status == 400 and "'seed'" in data["error"]["message"] and says in data["error"]["message"]
 
 
 def test_unreachable_server_is_a_clear_error():
