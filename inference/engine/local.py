@@ -767,12 +767,16 @@ class LocalEngine:
         if len(groups) > 1:
             results: list[list[TokenGeneration]] = [[] for _ in requests]
             for g, rows in enumerate(groups.values()):
-                part = self.sample([requests[i] for i in rows], n, temperature, top_p, cancel,
-                                   top_logprobs=top_logprobs,
-                                   seed=None if seed is None else (seed * 1_000_003 + g) & _SEED_MASK)
+                part = self._sample_batch([requests[i] for i in rows], n, temperature, top_p, cancel, top_logprobs,
+                                          None if seed is None else (seed * 1_000_003 + g) & _SEED_MASK)
                 for i, row in zip(rows, part):
                     results[i] = row
             return results
+        return self._sample_batch(requests, n, temperature, top_p, cancel, top_logprobs, seed)
+
+    def _sample_batch(self, requests: Sequence[ChatRequest], n: int, temperature: float, top_p: float,
+                      cancel: CancelFn | None, top_logprobs: int, seed: int | None) -> list[list[TokenGeneration]]:
+        """:meth:`sample` of requests with one system prompt: one batch."""
         if seed is None:
             seed = sampling_seed(requests, n, temperature, top_p)
         inputs = self.encode(requests)
