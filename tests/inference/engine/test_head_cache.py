@@ -143,3 +143,15 @@ def test_questions_without_a_system_prompt_are_not_padded_to_one_with_it(engine,
     alone_g = engine.sample([grounding], n=3)
     ids = lambda row: [s.token_ids for s in row]  # noqa: E731
     assert [ids(r) for r in mixed] == [ids(alone_q[0]), ids(alone_g[0]), ids(alone_q[1])]
+
+
+def test_a_four_bit_model_reads_the_head_from_the_cache_as_it_reads_it_whole(tiny_model_dir, monkeypatch):
+    """The workstation's real checkpoints run in NF4: the head cache must hold there too."""
+    engine = LocalEngine.from_folder(tiny_model_dir, device="cpu", quantization="nf4")
+    requests = [ChatRequest(f"Where is the nodule ({i})?", im, system=SYSTEM, max_new_tokens=6)
+                for i, im in enumerate(_images(2))]
+    cached = [a.token_ids for a in engine.generate_batch(requests)] + [engine.generate(requests[0]).token_ids]
+    assert len(engine._heads) == 1
+    monkeypatch.setattr(local_mod, "HEAD_CACHE_MIN_TOKENS", 10**9)
+    whole = [a.token_ids for a in engine.generate_batch(requests)] + [engine.generate(requests[0]).token_ids]
+    assert cached == whole
