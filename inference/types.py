@@ -101,7 +101,7 @@ class ChatRequest:
 CancelFn = Callable[[], bool]
 
 #: Seeds are kept below 2**63 (what every torch generator and an OpenAI-compatible ``seed`` accept).
-_SEED_MASK = (1 << 63) - 1
+SEED_MASK = (1 << 63) - 1
 
 
 def sampling_seed(requests: Sequence[ChatRequest], n: int, temperature: float, top_p: float) -> int:
@@ -119,7 +119,7 @@ def sampling_seed(requests: Sequence[ChatRequest], n: int, temperature: float, t
             image = np.ascontiguousarray(r.image)
             h.update(f"{image.shape}{image.dtype.str}".encode())
             h.update(memoryview(image).cast("B"))
-    return int.from_bytes(h.digest()[:8], "little") & _SEED_MASK
+    return int.from_bytes(h.digest()[:8], "little") & SEED_MASK
 
 
 @runtime_checkable

@@ -17,8 +17,8 @@ import queue
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -36,7 +36,7 @@ from transformers.generation.streamers import BaseStreamer
 from inference.engine import memory
 from inference.engine.processor import ImageOnlyInternVLProcessor, load_processor
 from inference.errors import XMedError
-from inference.types import CancelFn, ChatRequest, Generation, sampling_seed
+from inference.types import SEED_MASK, CancelFn, ChatRequest, Generation, sampling_seed
 
 log = logging.getLogger(__name__)
 
@@ -768,7 +768,7 @@ class LocalEngine:
             results: list[list[TokenGeneration]] = [[] for _ in requests]
             for g, rows in enumerate(groups.values()):
                 part = self._sample_batch([requests[i] for i in rows], n, temperature, top_p, cancel, top_logprobs,
-                                          None if seed is None else (seed * 1_000_003 + g) & _SEED_MASK)
+                                          None if seed is None else (seed * 1_000_003 + g) & SEED_MASK)
                 for i, row in zip(rows, part):
                     results[i] = row
             return results
@@ -829,8 +829,6 @@ HEAD_CACHE_ENTRIES = 4
 FIRST_PASS_TOKENS = 8
 
 
-_SEED_MASK = (1 << 63) - 1
-
 
 @contextlib.contextmanager
 def _seeded(seed: int, device: str) -> Iterator[None]:
@@ -841,7 +839,7 @@ def _seeded(seed: int, device: str) -> Iterator[None]:
         index = torch.device(device).index
         devices = [torch.cuda.current_device() if index is None else index]
     with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed & _SEED_MASK)
+        torch.manual_seed(seed & SEED_MASK)
         yield
 
 
