@@ -829,7 +829,6 @@ HEAD_CACHE_ENTRIES = 4
 FIRST_PASS_TOKENS = 8
 
 
-
 @contextlib.contextmanager
 def _seeded(seed: int, device: str) -> Iterator[None]:
     """Run the block with torch's random state (the CPU's, and ``device``'s when it is a GPU) seeded with
