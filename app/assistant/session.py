@@ -157,8 +157,26 @@ def open_engine(choice: ModelChoice, device: str = "auto", quantization: str = "
     )
 
     assert choice.folder is not None
-    return LocalEngine.from_folder(choice.folder, device=device, quantization=quantization, progress=progress,
-                                   cancel=cancel)
+    engine = LocalEngine.from_folder(choice.folder, device=device, quantization=quantization, progress=progress,
+                                     cancel=cancel)
+    read_system_prompt(engine)
+    return engine
+
+
+def read_system_prompt(engine: Engine) -> None:
+    """Have a local engine read the assistant's system prompt now (every question begins with it: ~350
+    tokens), so the reader's first question does not wait for it. Never fails a load."""
+    import numpy as np
+
+    from inference.prompts import build_prompt
+    from inference.types import ChatRequest
+
+    try:
+        system = build_prompt(Task.REASONING).system
+        engine.read_ahead(ChatRequest(prompt="", image=np.zeros((28, 28, 3), np.uint8), system=system,
+                                      max_new_tokens=1))
+    except Exception:  # noqa: BLE001 - an optimisation; the first question reads it otherwise
+        log.warning("the system prompt was not read ahead", exc_info=True)
 
 
 def engine_label(engine: Engine, choice: ModelChoice) -> str:

@@ -564,6 +564,18 @@ class LocalEngine:
             cache = out.cache if getattr(out, "cache", None) is not None else out.past_key_values
         return cache
 
+    def read_ahead(self, request: ChatRequest) -> bool:
+        """Read ``request``'s head (its system prompt and the user turn's opening) into the head cache now,
+        so the first question does not wait for it; generates nothing. False when it has no head worth
+        keeping. A model just loaded is asked this once with the assistant's system prompt."""
+        inputs = self.encode([request], on_device=True)
+        with self._lock, torch.inference_mode():
+            found = self._shared_head(inputs["input_ids"], inputs["attention_mask"])
+            if found is None:
+                return False
+            self._head_cache(inputs["input_ids"][0, :found[0]], 1)
+        return True
+
     def _generate_kwargs(self, inputs: dict[str, torch.Tensor]) -> dict[str, Any]:
         """What ``generate`` is given for ``inputs``: the prompt with all but its last token already read
         (through the head cache) when the rows share a head, else ``inputs`` as they are."""

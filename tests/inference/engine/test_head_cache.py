@@ -155,3 +155,19 @@ def test_a_four_bit_model_reads_the_head_from_the_cache_as_it_reads_it_whole(tin
     monkeypatch.setattr(local_mod, "HEAD_CACHE_MIN_TOKENS", 10**9)
     whole = [a.token_ids for a in engine.generate_batch(requests)] + [engine.generate(requests[0]).token_ids]
     assert cached == whole
+
+
+def test_a_loaded_model_reads_the_assistants_system_prompt_before_the_first_question(tiny_model_dir, monkeypatch):
+    from app.assistant.session import ModelChoice, open_engine
+    from inference.prompts import Task, build_prompt
+
+    engine = open_engine(ModelChoice("local", folder=tiny_model_dir), device="cpu")
+    assert len(engine._heads) == 1  # read at load
+    kept_before = []
+    head_cache = engine._head_cache
+    monkeypatch.setattr(engine, "_head_cache",
+                        lambda head, rows: kept_before.append(tuple(head.tolist()) in engine._heads) or
+                        head_cache(head, rows))
+    prompt = build_prompt(Task.REASONING, "Describe the findings on this slice.")  # a viewer button's question
+    engine.generate(ChatRequest(prompt.user, _images(1)[0], system=prompt.system, max_new_tokens=2))
+    assert kept_before == [True] and len(engine._heads) == 1  # the first question found its head read
