@@ -309,6 +309,47 @@ def test_both_ends_of_our_associations_poll_quickly(home, tmp_path):
         db.close()
 
 
+def test_files_are_sent_as_they_are_on_disk_and_a_file_with_thin_meta_still_goes(home, tmp_path, monkeypatch):
+    """C-STORE sends a file's own bytes (read in chunks, not decoded and re-encoded by pynetdicom); a file whose
+    meta lacks the SOP instance is decoded by us and sent. Both arrive whole; pynetdicom's switch is off after."""
+    import pynetdicom.association
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_dataset
+    from pynetdicom import _config
+
+    def no_decoding(*_a, **_k):
+        raise AssertionError("pynetdicom decoded a file it was to send as it is")
+    monkeypatch.setattr(pynetdicom.association, "dcmread", no_decoding)
+
+    thin = tmp_path / "thin.dcm"
+    ds = pydicom.dcmread(SAMPLE_FILES[1])
+    del ds.file_meta.MediaStorageSOPInstanceUID
+    ds.save_as(thin, enforce_file_format=False)
+    db, listener = _listener(tmp_path)
+    try:
+        node = Node("us", OUR_AE, "127.0.0.1", listener.port)
+        res = send_files(node, [SAMPLE_FILES[0], thin], local=LocalAE("SENDER"))
+        assert res.sent == 2 and res.ok, res.failed
+        listener.wait_idle(10)
+    finally:
+        listener.stop()
+        db.close()
+    stored = {pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID: f
+              for f in StudyPaths.detect().storage.rglob("*.dcm")}
+    assert len(stored) == 2
+
+    def body(path: Path) -> bytes:  # the dataset as encoded in the file, after its meta
+        raw = pydicom.dcmread(path)
+        buf = DicomBytesIO()
+        buf.is_little_endian, buf.is_implicit_VR = True, raw.file_meta.TransferSyntaxUID.is_implicit_VR
+        write_dataset(buf, raw)
+        return buf.getvalue()
+    original = pydicom.dcmread(SAMPLE_FILES[0])
+    assert body(stored[original.SOPInstanceUID]) == body(SAMPLE_FILES[0])
+    assert pydicom.dcmread(stored[ds.SOPInstanceUID]).PixelData == ds.PixelData
+    assert _config.STORE_SEND_CHUNKED_DATASET is False  # other users of pynetdicom in the process see its default
+
+
 def test_aborted_association_leaves_incomplete_study_a_retrieve_completes(sample_in_orthanc, home, tmp_path):
     orthanc = sample_in_orthanc
     db, listener = _listener(tmp_path)
