@@ -186,6 +186,7 @@ class ReliabilityPanel(QWidget):
         self.light = TrafficLight()
         self.score = QLabel("Reliability: –")
         self.score.setObjectName("reliabilityScore")
+        self.score.setWordWrap(True)  # its counts of checks run long: unwrapped it widened the dock (712 px at 1366)
         self.meaning = QLabel("Not assessed yet.")
         self.meaning.setWordWrap(True)
         self.spinner = QProgressBar()

@@ -203,6 +203,7 @@ def read_the_study(r: Reader) -> None:
     r.seen["tier"] = r.qt(lambda: win.assistant_panel.reliability.light.tier.value)
     r.seen["reliability_text"] = r.qt(lambda: win.assistant_panel.reliability.score.text())
     r.shot("answer")
+    r.seen["image_width_answer"] = r.qt(lambda: win.grid.width())  # the docks leave the image its room
 
     # the report: decide on every AI finding, add a sentence to the impression, sign
     r.qt(lambda: (win.report.dock.show(), win.report.dock.raise_()))
@@ -233,6 +234,7 @@ def read_the_study(r: Reader) -> None:
     r.key("ctrl+End")
     r.type(" No acute abnormality reported by the reader.")
     r.shot("report-edited")
+    r.seen["image_width_report"] = r.qt(lambda: win.grid.width())
     r.wait("Sign enabled", lambda: panel().sign_button.isEnabled(), timeout=30)
     r.click(lambda: panel().sign_button)
     # the confirmation: the reader presses the Sign button of the dialog (Tab to it, Enter would cancel)
@@ -297,7 +299,8 @@ def main(argv: list[str] | None = None) -> int:
     app = application()
     window = open_window(argparse.Namespace(path=None, model=None))
     window.move(0, 0)
-    window.resize(1600, 1000)
+    screen = app.primaryScreen().availableGeometry()  # a 1600x1000 window, or the whole of a smaller screen
+    window.resize(min(1600, screen.width()), min(1000, screen.height()))
     qt = OnQtThread()
     reader = Reader(window, qt, args.out)
     result: dict[str, object] = {"ok": False}

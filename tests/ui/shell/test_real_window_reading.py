@@ -4,7 +4,8 @@ The script (tests/ui/shell/reading_session.py) opens the bundled sample study wi
 demo model the way ``xmedgpt view`` does, scrolls with the arrow keys, changes the window from the
 keyboard, measures with a mouse drag (and undoes/redoes it), switches layouts, asks the assistant
 by typing, decides on the AI findings, edits the impression, signs through the confirmation
-dialog and exports. Screenshots of each step land in test-output/reading/ for a person to look at.
+dialog and exports, on a 1600x1000 screen and on a 1366x768 laptop screen. Screenshots of each step land
+in test-output/reading/ (and reading-1366x768/) for a person to look at.
 """
 
 from __future__ import annotations
@@ -31,11 +32,13 @@ pytestmark = [
 ]
 
 
-@pytest.fixture
-def xvfb():
-    """A private X server on a display number it picks itself; stopped after the test."""
+@pytest.fixture(params=["1600x1000", "1366x768"])
+def xvfb(request):
+    """A private X server on a display number it picks itself; stopped after the test. Two screens: a reading-room
+    monitor's window and a laptop's whole screen (the window takes what the screen has)."""
     read, write = os.pipe()
-    proc = subprocess.Popen(["Xvfb", "-displayfd", str(write), "-screen", "0", "1600x1000x24", "-nolisten", "tcp"],
+    proc = subprocess.Popen(["Xvfb", "-displayfd", str(write), "-screen", "0", f"{request.param}x24", "-nolisten",
+                             "tcp"],
                             pass_fds=(write,), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     os.close(write)
     try:
@@ -51,11 +54,11 @@ def xvfb():
             proc.kill()
 
 
-def test_a_scripted_reading_in_a_real_window(xvfb, tmp_path, output_dir):
+def test_a_scripted_reading_in_a_real_window(xvfb, tmp_path, output_dir, request):
     home = tmp_path / "home"
     Settings(reader_name="Smith^Jane", institution_name="General Hospital", reliability_samples=3,
              reliability_questions=2).save(home / "config" / "settings.json")
-    out = output_dir / "reading"
+    out = output_dir / ("reading" if "1600x1000" in request.node.name else "reading-1366x768")
     shutil.rmtree(out, ignore_errors=True)
     env = {**os.environ, "DISPLAY": xvfb, "QT_QPA_PLATFORM": "xcb", "XMEDGPT_HOME": str(home)}
     proc = subprocess.run([sys.executable, "-m", "tests.ui.shell.reading_session", str(out)], cwd=REPO, env=env,
@@ -80,6 +83,10 @@ def test_a_scripted_reading_in_a_real_window(xvfb, tmp_path, output_dir):
     exports = seen["exports"]
     assert {Path(e["path"]).suffix for e in exports} >= {".pdf", ".dcm", ".txt"}
     assert all(e["mode"] == "0o600" for e in exports), exports  # patient data is private to the reader
+    # on a laptop's 1366-px screen the image keeps at least 500 px beside the study list and the assistant or report
+    # (an unwrapped reliability line once widened the right dock to 712 px and left the image 270)
+    least = 500 if "1366x768" in request.node.name else 650
+    assert seen["image_width_answer"] >= least and seen["image_width_report"] >= least, seen
     assert len(result["screenshots"]) >= 8
     for name in result["screenshots"]:
         assert (out / name).stat().st_size > 10_000  # a real picture of the screen, not an empty file
