@@ -56,6 +56,7 @@ from inference.types import STEP_NAMES
 from ui.actions import append_text
 from ui.assistant.controller import AssistantController
 from ui.assistant.reliability_panel import ReliabilityPanel
+from ui.flow_layout import FlowLayout
 from ui.viewer.viewport import Viewport
 
 #: reliability tier → row tint in the findings list (light, text stays readable)
@@ -201,8 +202,7 @@ class AssistantPanel(QWidget):
         self.cancel_button = QPushButton("Cancel")
         self.cancel_button.clicked.connect(self.controller.cancel)
         self.presets: list[QPushButton] = []
-        presets = QHBoxLayout()
-        presets.setSpacing(4)
+        presets = FlowLayout(spacing=4)  # wraps onto a second row in a narrow dock instead of widening it
         for label, question in PRESET_QUESTIONS:
             b = QPushButton(label)
             b.setToolTip(question)
@@ -210,7 +210,6 @@ class AssistantPanel(QWidget):
             b.clicked.connect(lambda _=False, q=question: self.ask(q))
             presets.addWidget(b)
             self.presets.append(b)
-        presets.addStretch(1)
         self.warning = QLabel()
         self.warning.setObjectName("guardrailWarning")
         self.warning.setWordWrap(True)
