@@ -23,6 +23,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from app.assistant.ask import AssistantAnswer, Finding
 from app.assistant.evidence import (
     FramePixels,
@@ -39,14 +41,14 @@ from app.dicom.model import FrameRef, Volume, Window
 from app.models.registry import ModelRegistry
 from inference.parsing import Grounding
 from inference.phrases import phrase_key, sentence_with, strip_grounding
-from inference.prompts import Task
+from inference.prompts import Task, build_prompt
 from inference.reliability.boxes import BoxResult, GroundingProbe
 from inference.reliability.checks import GUARDRAIL, NEGATIVE, STEPS, Check, not_checked
 from inference.reliability.decomposition import DraftFinding
 from inference.reliability.scoring import Reliability, State, Tier, thresholds_for
 from inference.reliability.tiers import finalize
 from inference.resources import DEMO_MODEL_DIR
-from inference.types import Engine, ReasoningStep
+from inference.types import ChatRequest, Engine, ReasoningStep
 
 log = logging.getLogger(__name__)
 
@@ -166,11 +168,6 @@ def open_engine(choice: ModelChoice, device: str = "auto", quantization: str = "
 def read_system_prompt(engine: Engine) -> None:
     """Have a local engine read the assistant's system prompt now (every question begins with it: ~350
     tokens), so the reader's first question does not wait for it. Never fails a load."""
-    import numpy as np
-
-    from inference.prompts import build_prompt
-    from inference.types import ChatRequest
-
     try:
         system = build_prompt(Task.REASONING).system
         engine.read_ahead(ChatRequest(prompt="", image=np.zeros((28, 28, 3), np.uint8), system=system,

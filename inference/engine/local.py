@@ -498,9 +498,9 @@ class LocalEngine:
         head = min(int(stops[0]) if len(stops) else shortest, length - 1)
         return (head, pads) if head >= HEAD_CACHE_MIN_TOKENS else None
 
-    def _head_cache(self, head: torch.Tensor, rows: int) -> Any:
-        """A fresh cache holding ``head``'s keys and values for ``rows`` rows: read once per distinct head
-        (kept for the next :data:`HEAD_CACHE_ENTRIES` heads), copied for each use. Under the model lock."""
+    def _kept_head(self, head: torch.Tensor) -> Any:
+        """``head``'s keys and values, read once per distinct head and kept for the next
+        :data:`HEAD_CACHE_ENTRIES` heads (the one kept copy: never handed out). Under the model lock."""
         key = tuple(head.tolist())
         kept = self._heads.get(key)
         if kept is None:
@@ -511,7 +511,12 @@ class LocalEngine:
                 self._heads.popitem(last=False)
         else:
             self._heads.move_to_end(key)
-        cache = copy.deepcopy(kept)
+        return kept
+
+    def _head_cache(self, head: torch.Tensor, rows: int) -> Any:
+        """A fresh cache holding ``head``'s keys and values for ``rows`` rows (:meth:`_kept_head`, copied for
+        this use). Under the model lock."""
+        cache = copy.deepcopy(self._kept_head(head))
         if rows > 1:
             cache.batch_repeat_interleave(rows)
         return cache
@@ -573,7 +578,7 @@ class LocalEngine:
             found = self._shared_head(inputs["input_ids"], inputs["attention_mask"])
             if found is None:
                 return False
-            self._head_cache(inputs["input_ids"][0, :found[0]], 1)
+            self._kept_head(inputs["input_ids"][0, :found[0]])
         return True
 
     def _generate_kwargs(self, inputs: dict[str, torch.Tensor]) -> dict[str, Any]:

@@ -246,8 +246,7 @@ class StudyTableModel(QAbstractTableModel):
         if c == ACCESSION:
             return r.accession
         if c == DATE:
-            t = r.time[:4]
-            return display_date(r.date) + (f" {t[:2]}:{t[2:4]}" if len(t) == 4 and t.isdigit() else "")
+            return date_time_text(r.date, r.time)
         if c == MODALITIES:
             return "/".join(r.modalities)
         if c == DESCRIPTION:
@@ -296,10 +295,15 @@ def make_table(model: StudyTableModel, parent: QWidget) -> tuple[QTableView, QSo
     return view, proxy
 
 
-#: What the columns sized from the font must show whole: a study date with its time; the AI column's dot
-#: with its common states ("not assessed" may be elided there: its tooltip says it)
-_DATE_SAMPLE = "2026-12-31 23:59"
-_AI_SAMPLES = ("running…", "no lesion", "amber", "queued")
+def date_time_text(date: str, time: str) -> str:
+    """A study's DICOM date and time as the list shows them: ``2025-01-01 12:00`` (the time when it has one)."""
+    t = time[:4]
+    return display_date(date) + (f" {t[:2]}:{t[2:4]}" if len(t) == 4 and t.isdigit() else "")
+
+
+#: The table's viewport in the narrowest dock the main window gives the study list (370 px, less its frame,
+#: margins and vertical scroll bar)
+DOCK_VIEWPORT = 340
 
 
 def column_widths(view: QTableView) -> dict[int, int]:
@@ -309,15 +313,13 @@ def column_widths(view: QTableView) -> dict[int, int]:
     metrics = view.fontMetrics()
     pad = 2 * view.style().pixelMetric(QStyle.PixelMetric.PM_FocusFrameHMargin, None, view) + 12
     dot = view.style().pixelMetric(QStyle.PixelMetric.PM_SmallIconSize, None, view) + 4
-    ai = max(metrics.horizontalAdvance(t) for t in _AI_SAMPLES) + dot + pad
-    date = metrics.horizontalAdvance(_DATE_SAMPLE) + pad
+    # the AI column's common states whole beside their dot ("not assessed" may be elided: its tooltip says it)
+    states = [StudyRow(uid="", ai_state=a, tier=t).ai_text() for a, t in
+              (("running", ""), ("queued", ""), ("done", ""), ("done", "amber"))]
+    ai = max(metrics.horizontalAdvance(t) for t in states) + dot + pad
+    date = metrics.horizontalAdvance(date_time_text("20261231", "235959")) + pad
     return {AI: ai, PATIENT: max(110, DOCK_VIEWPORT - ai - date), DATE: date, REPORT: 60, ACCESSION: 90,
             PATIENT_ID: 90, MODALITIES: 70, DESCRIPTION: 150, COUNTS: 90}
-
-
-#: The table's viewport in the narrowest dock the main window gives the study list (370 px, less its frame,
-#: margins and vertical scroll bar)
-DOCK_VIEWPORT = 340
 
 
 def _selected_uids(view: QTableView) -> list[str]:
