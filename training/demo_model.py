@@ -315,6 +315,10 @@ def skeleton_from(folder: Path, init: Path, spec: SpecSection, name: str) -> Pat
             "text_heads": text["num_attention_heads"], "text_kv_heads": text["num_key_value_heads"],
             "text_intermediate": text["intermediate_size"]}
     differ = {k: (v, getattr(spec, k)) for k, v in have.items() if v != getattr(spec, k)}
+    deeper = {}
+    for k in ("vision_layers", "text_layers"):   # a deeper model: whole multiples of the trained depth are grown into
+        if k in differ and differ[k][1] > differ[k][0] and differ[k][1] % differ[k][0] == 0:
+            deeper[k] = differ.pop(k)[1]
     grow = differ.pop("image_size", None)
     if grow and (spec.image_size <= grow[0] or spec.image_size % grow[0]):
         differ["image_size"] = grow   # only a larger tile, a whole multiple of the trained one, is grown into
@@ -330,12 +334,64 @@ def skeleton_from(folder: Path, init: Path, spec: SpecSection, name: str) -> Pat
     tiny = TinySpec(**{k: v for k, v in asdict(spec).items() if k in TinySpec.__dataclass_fields__})
     if grow:
         cfg = grow_tile(folder, spec.image_size, image_tokens_per_tile(tiny, cfg.get("downsample_ratio", 0.5)))
+    if deeper:
+        cfg = grow_depth(folder, deeper.get("vision_layers", have["vision_layers"]),
+                         deeper.get("text_layers", have["text_layers"]), spec.seed)
     build_image_processor(tiny).save_pretrained(folder)
     (folder / "processor_config.json").write_text(json.dumps(
         {"processor_class": "InternVLProcessor", "image_seq_length": cfg["image_seq_length"]}, indent=2))
     (folder / "model_card.json").write_text(json.dumps({"name": f"{name} (from {init.name})", "trained": False}))
     log.info("skeleton: copied from %s (max_tiles %d)", init, spec.max_tiles)
     return folder
+
+
+def grow_depth(folder: Path, vision_layers: int, text_layers: int, seed: int = 0) -> dict:
+    """The model in ``folder`` made deeper without changing what it computes (issue #14, run 12: the trained
+    model does not fit its own training slices -- mean IoU 0.07 on them -- so it lacks capacity, not data).
+    Each trained layer is followed by ``new // old - 1`` new ones, freshly initialised (InternVL's own
+    initialisation, seeded) except that they add nothing yet: a vision layer's layer-scale factors
+    (``lambda_1``, ``lambda_2``) and a language layer's output projections (``o_proj``, ``down_proj``) start at
+    zero, so every new layer passes its input through unchanged and the grown model answers exactly as the
+    trained one; training then opens them. Returns the new config."""
+    import torch
+    from transformers import InternVLConfig, InternVLForConditionalGeneration
+
+    trained = InternVLForConditionalGeneration.from_pretrained(folder, dtype=torch.float32)
+    cfg = json.loads((folder / "config.json").read_text())
+    old_v, old_t = cfg["vision_config"]["num_hidden_layers"], cfg["text_config"]["num_hidden_layers"]
+    for new, old in ((vision_layers, old_v), (text_layers, old_t)):
+        if new < old or new % old:
+            raise XMedError(f"grow_depth: {new} layers is not a whole multiple of the trained {old}.")
+    cfg["vision_config"]["num_hidden_layers"] = vision_layers
+    cfg["text_config"]["num_hidden_layers"] = text_layers
+    cfg["text_config"].pop("layer_types", None)   # rebuilt for the new depth
+    torch.manual_seed(seed)
+    grown = InternVLForConditionalGeneration(InternVLConfig(**cfg)).to(torch.float32)
+    old_layers = (trained.model.vision_tower.encoder.layer, trained.model.language_model.layers)
+    new_layers = (grown.model.vision_tower.encoder.layer, grown.model.language_model.layers)
+    with torch.no_grad():
+        for olds, news in zip(old_layers, new_layers):
+            step = len(news) // len(olds)
+            for i, layer in enumerate(news):
+                if i % step == 0:   # a trained layer, at its new place
+                    layer.load_state_dict(olds[i // step].state_dict())
+                    continue
+                for name, param in layer.named_parameters():
+                    if name in ("lambda_1", "lambda_2") or name.endswith(("o_proj.weight", "down_proj.weight")):
+                        param.zero_()
+        placed = {id(p) for layers in new_layers for p in layers.parameters()}
+        params = dict(grown.named_parameters())
+        for name, param in trained.named_parameters():
+            if ".layer." in name or ".layers." in name:
+                continue
+            params[name].copy_(param)
+        assert all(id(p) in placed or n in dict(trained.named_parameters()) for n, p in params.items())
+    grown.generation_config = trained.generation_config
+    grown.save_pretrained(folder)
+    cfg = json.loads((folder / "config.json").read_text())
+    log.info("skeleton: grown from %d + %d to %d + %d layers (vision + language)", old_v, old_t, vision_layers,
+             text_layers)
+    return cfg
 
 
 def grow_tile(folder: Path, image_size: int, image_tokens: int) -> dict:

@@ -376,3 +376,46 @@ def test_shifted_slices_are_the_study_moved_with_their_boxes(tmp_path):
     assert "--shift 32" in section.config(CorpusSection(), 1, 2, train=True).cli_flags()
     with pytest.raises(Exception, match="shift"):
         StudyCorpusConfig(shift=200)
+
+
+def test_a_trained_model_grows_deeper_answering_exactly_as_before(tmp_path):
+    """skeleton_from with more layers (run 12: the trained model underfits its own training slices): each
+    trained layer is followed by new ones that add nothing yet (zero layer scale in the vision tower, zero
+    output projections in the language model), so the grown model's logits are the trained model's; training
+    then moves them (their gradients are not zero); a depth that is not a larger whole multiple is refused."""
+    import torch
+    from transformers import InternVLForConditionalGeneration
+
+    from inference.errors import XMedError
+    from training.demo_model import SpecSection, build_skeleton, skeleton_from
+
+    spec = SpecSection(vocab_size=300, text_hidden=32, text_layers=2, text_intermediate=64, vision_hidden=32,
+                       vision_layers=1, vision_intermediate=64, image_size=56, patch_size=14, max_tiles=1)
+    base = build_skeleton(tmp_path / "base", spec, ["a mass in the right lung 12 mm"], "base")
+    a = InternVLForConditionalGeneration.from_pretrained(base).eval()
+    with torch.no_grad():   # a skeleton's layer scales are 0.1 and its projections random: make them matter
+        for p in a.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    a.save_pretrained(base)
+    grown = skeleton_from(tmp_path / "grown", base,
+                          SpecSection(**{**spec.__dict__, "vision_layers": 3, "text_layers": 4}), "grown")
+    cfg = json.loads((grown / "config.json").read_text())
+    assert cfg["vision_config"]["num_hidden_layers"] == 3 and cfg["text_config"]["num_hidden_layers"] == 4
+    b = InternVLForConditionalGeneration.from_pretrained(grown).eval()
+    assert len(b.model.vision_tower.encoder.layer) == 3 and len(b.model.language_model.layers) == 4
+    torch.manual_seed(3)
+    ids = torch.randint(10, 250, (1, 30))
+    ids[0, 2:6] = a.config.image_token_id
+    pixels = torch.randn(1, 3, 56, 56)
+    with torch.no_grad():
+        want = a(input_ids=ids, pixel_values=pixels).logits
+        assert torch.allclose(want, b(input_ids=ids, pixel_values=pixels).logits, atol=1e-5)
+    new_v, new_t = b.model.vision_tower.encoder.layer[1], b.model.language_model.layers[1]
+    assert not new_v.lambda_1.any() and not new_t.self_attn.o_proj.weight.any()
+    assert new_t.self_attn.q_proj.weight.abs().sum() > 0   # fresh, not zero: training can open the layer
+    b.train()
+    b(input_ids=ids, pixel_values=pixels, labels=ids).loss.backward()
+    assert new_v.lambda_1.grad.abs().sum() > 0 and new_t.self_attn.o_proj.weight.grad.abs().sum() > 0
+    for layers in ({"vision_layers": 2, "text_layers": 3}, {"text_layers": 1}):
+        with pytest.raises(XMedError, match="layers"):
+            skeleton_from(tmp_path / "bad", base, SpecSection(**{**spec.__dict__, **layers}), "bad")
