@@ -68,6 +68,7 @@ class SpecSection:
     patch_size: int = 28
     max_tiles: int = 1
     seed: int = 0
+    downsample_ratio: float = 0.5   # InternVL's pixel shuffle (run 13: 0.25 -- a finer patch grid, as many tokens)
 
 
 @dataclass
@@ -313,7 +314,7 @@ def skeleton_from(folder: Path, init: Path, spec: SpecSection, name: str) -> Pat
             "image_size": vision["image_size"][0], "patch_size": vision["patch_size"][0],
             "text_hidden": text["hidden_size"], "text_layers": text["num_hidden_layers"],
             "text_heads": text["num_attention_heads"], "text_kv_heads": text["num_key_value_heads"],
-            "text_intermediate": text["intermediate_size"]}
+            "text_intermediate": text["intermediate_size"], "downsample_ratio": cfg.get("downsample_ratio", 0.5)}
     differ = {k: (v, getattr(spec, k)) for k, v in have.items() if v != getattr(spec, k)}
     deeper = {}
     for k in ("vision_layers", "text_layers"):   # a deeper model: whole multiples of the trained depth are grown into
@@ -322,6 +323,10 @@ def skeleton_from(folder: Path, init: Path, spec: SpecSection, name: str) -> Pat
     grow = differ.pop("image_size", None)
     if grow and (spec.image_size <= grow[0] or spec.image_size % grow[0]):
         differ["image_size"] = grow   # only a larger tile, a whole multiple of the trained one, is grown into
+    ratio = differ.pop("downsample_ratio", None)
+    if ratio and not (grow and "image_size" not in differ
+                      and abs(spec.image_size * spec.downsample_ratio - grow[0] * ratio[0]) < 1e-6):
+        differ["downsample_ratio"] = ratio   # a finer shuffle only with a tile grown so the tokens stay as many
     if differ:
         raise XMedError("init_from: the model's sizes differ from spec: "
                         + ", ".join(f"{k} {a} != {b}" for k, (a, b) in differ.items()))
@@ -333,7 +338,7 @@ def skeleton_from(folder: Path, init: Path, spec: SpecSection, name: str) -> Pat
             shutil.copy2(init / f, folder / f)
     tiny = TinySpec(**{k: v for k, v in asdict(spec).items() if k in TinySpec.__dataclass_fields__})
     if grow:
-        cfg = grow_tile(folder, spec.image_size, image_tokens_per_tile(tiny, cfg.get("downsample_ratio", 0.5)))
+        cfg = grow_tile(folder, spec.image_size, image_tokens_per_tile(tiny), spec.downsample_ratio)
     if deeper:
         cfg = grow_depth(folder, deeper.get("vision_layers", have["vision_layers"]),
                          deeper.get("text_layers", have["text_layers"]), spec.seed)
@@ -394,11 +399,18 @@ def grow_depth(folder: Path, vision_layers: int, text_layers: int, seed: int = 0
     return cfg
 
 
-def grow_tile(folder: Path, image_size: int, image_tokens: int) -> dict:
+def grow_tile(folder: Path, image_size: int, image_tokens: int, downsample_ratio: float | None = None) -> dict:
     """The model in ``folder`` made to read ``image_size``-px tiles: its absolute position embeddings resized
     bicubically to the finer patch grid (the resize InternVL's vision embeddings do on the fly,
     ``InternVLVisionEmbeddings.interpolate_pos_encoding``, done once and stored, so the weights match the
-    config), config ``image_size`` and ``image_seq_length`` to match. Returns the new config."""
+    config), config ``image_size`` and ``image_seq_length`` to match. Returns the new config.
+
+    With a smaller ``downsample_ratio`` (run 13: 0.5 -> 0.25 as the tile grows from 224 to 448 px) the image
+    tokens stay as many and where they were -- the language model reads the same 4 x 4 grid -- and each joins
+    the 4 x 4 finer patches that cover what its 2 x 2 patches covered: the projector's first layer (and its
+    layer norm) gives each finer patch its parent patch's weights, divided among the patches that share it
+    (:func:`_spread_projector`), so a tile whose finer patches read as their parents would be projected as
+    before."""
     import torch
     from safetensors.torch import load_file, save_file
 
@@ -412,6 +424,10 @@ def grow_tile(folder: Path, image_size: int, image_tokens: int) -> dict:
     grid = torch.nn.functional.interpolate(grid, size=(new_side, new_side), mode="bicubic", align_corners=False)
     weights[key] = torch.cat([pos[:, :1], grid.permute(0, 2, 3, 1).reshape(1, new_side * new_side, -1)],
                              dim=1).contiguous()
+    old_ratio = float(cfg.get("downsample_ratio", 0.5))
+    if downsample_ratio is not None and abs(downsample_ratio - old_ratio) > 1e-9:
+        _spread_projector(weights, side, new_side, old_ratio, downsample_ratio)
+        cfg["downsample_ratio"] = downsample_ratio
     save_file(weights, folder / "model.safetensors", metadata={"format": "pt"})
     cfg["vision_config"]["image_size"] = [image_size, image_size]
     cfg["image_seq_length"] = image_tokens
@@ -419,6 +435,56 @@ def grow_tile(folder: Path, image_size: int, image_tokens: int) -> dict:
     log.info("skeleton: tile grown from %d to %d px (%d x %d patches, %d image tokens)",
              side * cfg["vision_config"]["patch_size"][0], image_size, new_side, new_side, image_tokens)
     return cfg
+
+
+def _shuffled_patches(side: int, ratio: float) -> dict[tuple[int, int], list[tuple[int, int]]]:
+    """Which patches (row, column of the patch grid, as the vision tower's output is laid out) InternVL's pixel
+    shuffle joins into each image token, in the order of the token's channel blocks: read off the model's own
+    ``pixel_shuffle`` applied to a grid that holds each patch's position."""
+    import torch
+    from transformers.models.internvl.modeling_internvl import InternVLModel
+
+    grid = torch.zeros(1, side, side, 2)
+    grid[0, :, :, 0] = torch.arange(side).view(-1, 1)
+    grid[0, :, :, 1] = torch.arange(side).view(1, -1)
+    # channels 2 per patch: the shuffle moves whole channel vectors, so the positions travel with them
+    out = InternVLModel.pixel_shuffle(None, grid, ratio)
+    return {(a, b): [(int(v[0]), int(v[1])) for v in out[0, a, b].view(-1, 2)]
+            for a in range(out.shape[1]) for b in range(out.shape[2])}
+
+
+def _spread_projector(weights: dict, side: int, new_side: int, old_ratio: float, new_ratio: float) -> None:
+    """The projector's layer norm and first linear layer remapped from ``old_ratio`` on a ``side`` grid to
+    ``new_ratio`` on a ``new_side`` grid with the same tokens (see :func:`grow_tile`): the channel block of a
+    finer patch takes its parent's block (parent = the coarse patch covering it); the linear weights are divided
+    by the number of finer patches per parent, so patches that read as their parent sum to the parent's term."""
+    import torch
+
+    old, new = _shuffled_patches(side, old_ratio), _shuffled_patches(new_side, new_ratio)
+    if old.keys() != new.keys():
+        raise XMedError("grow_tile: a finer pixel shuffle must keep the image tokens' grid.")
+    scale = new_side // side
+    norm_w = next(k for k in weights if k.endswith("multi_modal_projector.layer_norm.weight"))
+    prefix = norm_w[: -len("layer_norm.weight")]
+    g, b, w1 = (weights[prefix + n] for n in ("layer_norm.weight", "layer_norm.bias", "linear_1.weight"))
+    c = g.shape[0] // len(next(iter(old.values())))
+    per_token = len(next(iter(new.values())))
+    ng, nb, nw = torch.empty(per_token * c), torch.empty(per_token * c), torch.empty(w1.shape[0], per_token * c)
+    layout = None
+    for token, patches in new.items():
+        block_of = {p: n for n, p in enumerate(old[token])}
+        parents = [block_of.get((i // scale, j // scale)) for i, j in patches]
+        if None in parents:
+            raise XMedError("grow_tile: a finer patch's parent is not in its token.")
+        if layout is None:
+            layout = parents
+        elif parents != layout:   # the channel layout is the same for every token, or one remap cannot serve all
+            raise XMedError("grow_tile: the pixel shuffle's channel layout differs between tokens.")
+    for m, n in enumerate(layout):
+        ng[m * c:(m + 1) * c], nb[m * c:(m + 1) * c] = g[n * c:(n + 1) * c], b[n * c:(n + 1) * c]
+        nw[:, m * c:(m + 1) * c] = w1[:, n * c:(n + 1) * c] / (scale * scale)
+    weights[prefix + "layer_norm.weight"], weights[prefix + "layer_norm.bias"] = ng, nb
+    weights[prefix + "linear_1.weight"] = nw.contiguous()
 
 
 # ----------------------------------------------------------------------------- the recipe

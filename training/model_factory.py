@@ -83,6 +83,8 @@ class TinySpec:
     #: Embedding rows when larger than the tokenizer (real models pad their vocabulary).
     model_vocab: int | None = None
     use_mean_pooling: bool = True  # InternViT has no final layer norm
+    #: InternVL's pixel shuffle: each image token joins (1 / ratio)^2 neighbouring patches (InternVL2: 0.5)
+    downsample_ratio: float = 0.5
 
 
 def build_tokenizer(spec: TinySpec = TinySpec(), corpus: str = _CORPUS) -> PreTrainedTokenizerFast:
@@ -113,9 +115,10 @@ def build_tokenizer(spec: TinySpec = TinySpec(), corpus: str = _CORPUS) -> PreTr
     )
 
 
-def image_tokens_per_tile(spec: TinySpec, downsample_ratio: float = 0.5) -> int:
+def image_tokens_per_tile(spec: TinySpec, downsample_ratio: float | None = None) -> int:
+    ratio = spec.downsample_ratio if downsample_ratio is None else downsample_ratio
     side = spec.image_size // spec.patch_size
-    return int(side * side * downsample_ratio * downsample_ratio)
+    return int(side * side * ratio * ratio)
 
 
 def build_config(tokenizer: PreTrainedTokenizerFast, spec: TinySpec = TinySpec()) -> InternVLConfig:
@@ -147,7 +150,7 @@ def build_config(tokenizer: PreTrainedTokenizerFast, spec: TinySpec = TinySpec()
         ),
         image_token_id=tokenizer.convert_tokens_to_ids("<IMG_CONTEXT>"),
         image_seq_length=image_tokens_per_tile(spec),
-        downsample_ratio=0.5,
+        downsample_ratio=spec.downsample_ratio,
         tie_word_embeddings=False,
     )
 

@@ -419,3 +419,51 @@ def test_a_trained_model_grows_deeper_answering_exactly_as_before(tmp_path):
     for layers in ({"vision_layers": 2, "text_layers": 3}, {"text_layers": 1}):
         with pytest.raises(XMedError, match="layers"):
             skeleton_from(tmp_path / "bad", base, SpecSection(**{**spec.__dict__, **layers}), "bad")
+
+
+def test_a_trained_model_grows_a_finer_patch_grid_under_the_same_image_tokens(tmp_path):
+    """skeleton_from with a larger tile and a smaller pixel shuffle ratio (run 13: 224 px at 0.5 -> 448 px at
+    0.25): the language model reads as many image tokens as before, each now joining 4 x 4 finer patches; the
+    projector gives each finer patch its parent's weights, shared out, so finer patches that read as their
+    parents are projected exactly as the parents were. A ratio that changes the number of tokens is refused."""
+    import torch
+    from transformers import InternVLForConditionalGeneration
+
+    from inference.errors import XMedError
+    from training.demo_model import SpecSection, build_skeleton, skeleton_from
+
+    spec = SpecSection(vocab_size=300, text_hidden=32, text_layers=1, text_intermediate=64, vision_hidden=32,
+                       vision_layers=1, vision_intermediate=64, image_size=56, patch_size=14, max_tiles=1)
+    base = build_skeleton(tmp_path / "base", spec, ["a mass in the right lung 12 mm"], "base")
+    a = InternVLForConditionalGeneration.from_pretrained(base).eval()
+    with torch.no_grad():   # a skeleton's layer norm is all ones: make each channel block differ
+        for p in a.model.multi_modal_projector.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    a.save_pretrained(base)
+    finer = SpecSection(**{**spec.__dict__, "image_size": 112, "downsample_ratio": 0.25})
+    grown = skeleton_from(tmp_path / "grown", base, finer, "grown")
+    cfg = json.loads((grown / "config.json").read_text())
+    assert cfg["downsample_ratio"] == 0.25 and cfg["image_seq_length"] == 4   # 4 x 4 patches / 4 before, 8 x 8 / 16
+    assert json.loads((grown / "processor_config.json").read_text())["image_seq_length"] == 4
+    b = InternVLForConditionalGeneration.from_pretrained(grown).eval()
+    torch.manual_seed(5)
+    coarse = torch.randn(2, 4, 4, 32)   # vision features on the trained 4 x 4 grid
+    fine = coarse.repeat_interleave(2, 1).repeat_interleave(2, 2)   # each finer patch reads as its parent
+
+    def projected(model, features, ratio):
+        x = model.model.pixel_shuffle(features, ratio)
+        return model.model.multi_modal_projector(x.reshape(features.shape[0], -1, x.shape[-1]))
+
+    with torch.no_grad():
+        want, got = projected(a, coarse, 0.5), projected(b, fine, 0.25)
+        assert torch.allclose(want, got, atol=1e-5)
+        shuffled = coarse.clone()
+        shuffled[:, 0, 0] = shuffled[:, 3, 3]   # a different patch in the first token changes it
+        assert not torch.allclose(projected(b, shuffled.repeat_interleave(2, 1).repeat_interleave(2, 2), 0.25)[:, 0],
+                                  want[:, 0], atol=1e-3)
+    ids = torch.randint(10, 250, (1, 12))
+    ids[0, 2:6] = b.config.image_token_id
+    with torch.no_grad():   # the grown model runs as a whole: 112-px tiles, 4 image tokens
+        assert b(input_ids=ids, pixel_values=torch.randn(1, 3, 112, 112)).logits.shape[:2] == (1, 12)
+    with pytest.raises(XMedError, match="downsample_ratio"):   # 8 x 8 patches at 0.5: 16 tokens, not 4
+        skeleton_from(tmp_path / "bad", base, SpecSection(**{**spec.__dict__, "downsample_ratio": 0.25}), "bad")
