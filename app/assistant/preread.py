@@ -3,8 +3,9 @@
 Qt-free, so the viewer, ``xmedgpt preread`` and ``xmedgpt eval-volume`` drive the same code.
 
 **Stage 1 — sweep** (:func:`sweep`). Every slice is rendered with the window a reader would use for
-it and asked the short "locate every lesion" prompt (``resources/prompts/preread.txt``; not the
-five-step chain). Windows come from the slice's Hounsfield units (:func:`choose_windows`): the share
+it and asked the short "locate every lesion" prompt (``resources/prompts/preread.txt``, without a
+system prompt: the grounding question the model learnt and ``xmedgpt eval`` asks; not the five-step
+chain). Windows come from the slice's Hounsfield units (:func:`choose_windows`): the share
 of the body (pixels above −500 HU, each row filled between its first and last body pixel) that is
 air-filled lung (−950…−500 HU). A slice with at least ``lung_min`` lung is read in the lung window
 (W 1500 / L −600), one with less in the soft-tissue window (W 400 / L 40); slices in between
@@ -60,7 +61,7 @@ from app.dicom.model import Volume, Window
 from inference.imaging import ImageSpec, ModelImage, prepare_model_image
 from inference.parsing import parse_answer
 from inference.phrases import sentence_with, strip_grounding
-from inference.prompts import ImageContext, Task, load_template
+from inference.prompts import Task, load_template
 from inference.types import Box, ChatRequest, Engine, Generation
 
 log = logging.getLogger(__name__)
@@ -380,14 +381,17 @@ def _encodes_ahead(engine: Engine) -> bool:
     return callable(getattr(engine, "encode", None)) and callable(getattr(engine, "generate_encoded", None))
 
 
-def sweep_prompt(volume: Volume) -> tuple[str, str]:
-    """(system, user) of the sweep: the product's system prompt and the short locate-every-lesion prompt."""
-    series = volume.series
-    ctx = ImageContext(modality=series.modality, body_part=series.body_part, description=series.description).line()
-    guardrail = load_template("guardrail").safe_substitute()
-    system = load_template("system").safe_substitute(guardrail=guardrail)
-    user = load_template("preread").safe_substitute(context=ctx).strip()
-    return system, user
+def sweep_prompt(volume: Volume) -> tuple[str | None, str]:
+    """(system, user) of the sweep: no system prompt, and the grounding question as the model learnt it
+    (``resources/prompts/preread.txt``, the question ``xmedgpt eval`` scores grounding with), so the pre-read
+    finds what the grounding evaluation measures. The sweep's text is never shown -- only its boxes are kept,
+    and each lesion is then read with the product's system prompt and guardrail (stage 3). Asked under the
+    system prompt with the series' context line, the committed demo model drew 87 false candidates on nine
+    studies instead of 24 at about the same CPM (0.29 against 0.30), and run 13's model (docs/demo-512-run-12.md)
+    reached a CPM of 0.12 instead of 0.35: there it answers "No pulmonary nodule or mass.", a line of its
+    five-step reasoning."""
+    del volume  # the question is the same for every series; the windows carry what differs
+    return None, load_template("preread").safe_substitute().strip()
 
 
 def sweep(

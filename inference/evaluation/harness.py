@@ -39,6 +39,7 @@ from inference.errors import XMedError
 from inference.evaluation import metrics as ev
 from inference.evaluation.sizes import size_bucket
 from inference.parsing import parse_answer
+from inference.prompts import load_template
 from inference.resources import DEMO_MODEL_DIR
 from inference.types import Box, ChatRequest, Engine
 from inference.zoom import zoom_ground
@@ -311,8 +312,9 @@ def evaluate(engine: Engine, data: Path, options: Options = Options()) -> dict:
 
 # ----------------------------------------------------------------------------- in-memory examples
 
-#: the grounding question asked of in-memory examples (the phantom corpus's first grounding prompt)
-GROUNDING_PROMPT = "Locate every lesion in this image and give its bounding box."
+#: the grounding question asked of in-memory examples (the phantom corpus's first grounding prompt): the series
+#: pre-read's sweep asks the same (resources/prompts/preread.txt), so this evaluation measures what it finds
+GROUNDING_PROMPT = load_template("preread").safe_substitute().strip()
 EXAMPLE_TASKS = ("grounding", "reasoning")
 
 
