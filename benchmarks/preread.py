@@ -111,7 +111,7 @@ def _child(args: argparse.Namespace) -> None:
     all_requests = sum(len(choose_windows(volume.values(k))[0]) for k in range(n))
     out: dict = {"mode": args.child, "slices": len(subset), "series_slices": n, "series_requests": all_requests}
     if args.child == "compare":
-        system, user = sweep_prompt(volume)
+        system, user = sweep_prompt()
         plain = Assistant(engine, image_spec=spec, max_new_tokens=96)
         same = Assistant(_SweepPrompted(engine, system, user), image_spec=spec, max_new_tokens=96)
 

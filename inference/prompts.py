@@ -108,6 +108,13 @@ def load_template(name: str, directory: Path | None = None) -> Template:
     return _read(Path(directory or PROMPTS_DIR), name)
 
 
+def grounding_question() -> str:
+    """The plain grounding question (``resources/prompts/preread.txt``, asked without a system prompt): the phantom
+    corpus's first grounding prompt, which the series pre-read's sweep asks of every slice and ``xmedgpt eval``
+    scores grounding with, so the evaluation measures what the pre-read finds."""
+    return load_template("preread").safe_substitute().strip()
+
+
 def step_outline() -> str:
     """The five headings as the reasoning prompt lists them (and the parser reads them)."""
     return "\n".join(f"Step {i}: {name}" for i, name in enumerate(STEP_NAMES, 1))

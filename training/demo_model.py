@@ -385,12 +385,10 @@ def grow_depth(folder: Path, vision_layers: int, text_layers: int, seed: int = 0
                     if name in ("lambda_1", "lambda_2") or name.endswith(("o_proj.weight", "down_proj.weight")):
                         param.zero_()
         placed = {id(p) for layers in new_layers for p in layers.parameters()}
-        params = dict(grown.named_parameters())
-        for name, param in trained.named_parameters():
-            if ".layer." in name or ".layers." in name:
-                continue
-            params[name].copy_(param)
-        assert all(id(p) in placed or n in dict(trained.named_parameters()) for n, p in params.items())
+        trained_params = dict(trained.named_parameters())
+        for name, param in grown.named_parameters():   # everything outside the layers, as trained
+            if id(param) not in placed:
+                param.copy_(trained_params[name])
     grown.generation_config = trained.generation_config
     grown.save_pretrained(folder)
     cfg = json.loads((folder / "config.json").read_text())
@@ -399,7 +397,7 @@ def grow_depth(folder: Path, vision_layers: int, text_layers: int, seed: int = 0
     return cfg
 
 
-def grow_tile(folder: Path, image_size: int, image_tokens: int, downsample_ratio: float | None = None) -> dict:
+def grow_tile(folder: Path, image_size: int, image_tokens: int, downsample_ratio: float) -> dict:
     """The model in ``folder`` made to read ``image_size``-px tiles: its absolute position embeddings resized
     bicubically to the finer patch grid (the resize InternVL's vision embeddings do on the fly,
     ``InternVLVisionEmbeddings.interpolate_pos_encoding``, done once and stored, so the weights match the
@@ -425,7 +423,7 @@ def grow_tile(folder: Path, image_size: int, image_tokens: int, downsample_ratio
     weights[key] = torch.cat([pos[:, :1], grid.permute(0, 2, 3, 1).reshape(1, new_side * new_side, -1)],
                              dim=1).contiguous()
     old_ratio = float(cfg.get("downsample_ratio", 0.5))
-    if downsample_ratio is not None and abs(downsample_ratio - old_ratio) > 1e-9:
+    if abs(downsample_ratio - old_ratio) > 1e-9:
         _spread_projector(weights, side, new_side, old_ratio, downsample_ratio)
         cfg["downsample_ratio"] = downsample_ratio
     save_file(weights, folder / "model.safetensors", metadata={"format": "pt"})

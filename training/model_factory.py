@@ -115,10 +115,9 @@ def build_tokenizer(spec: TinySpec = TinySpec(), corpus: str = _CORPUS) -> PreTr
     )
 
 
-def image_tokens_per_tile(spec: TinySpec, downsample_ratio: float | None = None) -> int:
-    ratio = spec.downsample_ratio if downsample_ratio is None else downsample_ratio
+def image_tokens_per_tile(spec: TinySpec) -> int:
     side = spec.image_size // spec.patch_size
-    return int(side * side * ratio * ratio)
+    return int(side * side * spec.downsample_ratio * spec.downsample_ratio)
 
 
 def build_config(tokenizer: PreTrainedTokenizerFast, spec: TinySpec = TinySpec()) -> InternVLConfig:

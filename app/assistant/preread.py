@@ -61,7 +61,7 @@ from app.dicom.model import Volume, Window
 from inference.imaging import ImageSpec, ModelImage, prepare_model_image
 from inference.parsing import parse_answer
 from inference.phrases import sentence_with, strip_grounding
-from inference.prompts import Task, load_template
+from inference.prompts import Task, grounding_question
 from inference.types import Box, ChatRequest, Engine, Generation
 
 log = logging.getLogger(__name__)
@@ -381,17 +381,16 @@ def _encodes_ahead(engine: Engine) -> bool:
     return callable(getattr(engine, "encode", None)) and callable(getattr(engine, "generate_encoded", None))
 
 
-def sweep_prompt(volume: Volume) -> tuple[str | None, str]:
+def sweep_prompt() -> tuple[str | None, str]:
     """(system, user) of the sweep: no system prompt, and the grounding question as the model learnt it
-    (``resources/prompts/preread.txt``, the question ``xmedgpt eval`` scores grounding with), so the pre-read
+    (:func:`inference.prompts.grounding_question`, which ``xmedgpt eval`` scores grounding with), so the pre-read
     finds what the grounding evaluation measures. The sweep's text is never shown -- only its boxes are kept,
     and each lesion is then read with the product's system prompt and guardrail (stage 3). Asked under the
     system prompt with the series' context line, the committed demo model drew 87 false candidates on nine
     studies instead of 24 at about the same CPM (0.29 against 0.30), and run 13's model (docs/demo-512-run-12.md)
     reached a CPM of 0.12 instead of 0.35: there it answers "No pulmonary nodule or mass.", a line of its
     five-step reasoning."""
-    del volume  # the question is the same for every series; the windows carry what differs
-    return None, load_template("preread").safe_substitute().strip()
+    return None, grounding_question()
 
 
 def sweep(
@@ -419,7 +418,7 @@ def sweep(
     spec = image_spec or Assistant(engine).image_spec
     ks = list(range(len(volume))) if slices is None else list(slices)
     ks = [k for k in ks if k not in volume.frame_problems and (volume.loaded == 0 or k < volume.loaded)]
-    system, user = sweep_prompt(volume)
+    system, user = sweep_prompt()
     plan: list[tuple[int, Window]] = []
     chosen: dict[int, list[str]] = {}
     fractions: dict[int, float] = {}

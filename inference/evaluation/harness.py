@@ -39,7 +39,7 @@ from inference.errors import XMedError
 from inference.evaluation import metrics as ev
 from inference.evaluation.sizes import size_bucket
 from inference.parsing import parse_answer
-from inference.prompts import load_template
+from inference.prompts import grounding_question
 from inference.resources import DEMO_MODEL_DIR
 from inference.types import Box, ChatRequest, Engine
 from inference.zoom import zoom_ground
@@ -312,9 +312,9 @@ def evaluate(engine: Engine, data: Path, options: Options = Options()) -> dict:
 
 # ----------------------------------------------------------------------------- in-memory examples
 
-#: the grounding question asked of in-memory examples (the phantom corpus's first grounding prompt): the series
-#: pre-read's sweep asks the same (resources/prompts/preread.txt), so this evaluation measures what it finds
-GROUNDING_PROMPT = load_template("preread").safe_substitute().strip()
+#: the grounding question asked of in-memory examples (the phantom corpus's first grounding prompt; the series
+#: pre-read's sweep asks the same, so this evaluation measures what it finds)
+GROUNDING_PROMPT = grounding_question()
 EXAMPLE_TASKS = ("grounding", "reasoning")
 
 

@@ -467,3 +467,14 @@ def test_a_trained_model_grows_a_finer_patch_grid_under_the_same_image_tokens(tm
         assert b(input_ids=ids, pixel_values=torch.randn(1, 3, 112, 112)).logits.shape[:2] == (1, 12)
     with pytest.raises(XMedError, match="downsample_ratio"):   # 8 x 8 patches at 0.5: 16 tokens, not 4
         skeleton_from(tmp_path / "bad", base, SpecSection(**{**spec.__dict__, "downsample_ratio": 0.25}), "bad")
+
+
+def test_the_sweep_asks_the_grounding_question_the_corpus_teaches():
+    """The pre-read's sweep and xmedgpt eval ask the phantom corpus's first grounding prompt, word for word, with no
+    system prompt (issue #15: asked under the system prompt, a model trained further answered a line of its
+    five-step reasoning instead of boxing)."""
+    from app.assistant.preread import sweep_prompt
+    from inference.evaluation.harness import GROUNDING_PROMPT
+    from training.phantom_text import GROUNDING_PROMPTS
+
+    assert sweep_prompt() == (None, GROUNDING_PROMPTS[0]) and GROUNDING_PROMPT == GROUNDING_PROMPTS[0]
