@@ -20,8 +20,8 @@ window exposes it as ``main_window.assistant`` (see
 - ``reliability_ready(object)``: an :class:`app.assistant.session.ReliabilityResult`
   (the Reliability, the answer and context, and per-phrase (score, tier) in
   ``by_phrase``, keyed by :func:`inference.phrases.phrase_key`); a check stopped
-  because a new question was asked arrives too, with state CANCELLED — compare
-  ``result.context`` with the latest ``asking`` context; findings the guardrail
+  by Cancel arrives with state CANCELLED, one stopped because a new question was
+  asked does not arrive at all (whenever its thread finishes); findings the guardrail
   flags are at most amber;
 - ``busy_changed(bool)``.
 
@@ -170,6 +170,7 @@ class AssistantController(QObject):
         self.indicator = choice.reason if not choice.available else choice.label()
         self.last_answer: AnswerResult | None = None
         self.last_reliability: ReliabilityResult | None = None
+        self._context: AskContext | None = None  # the question asked last
         self._loader: ModelLoadWorker | None = None
         self._reload = False
         self._ask: AskWorker | None = None
@@ -250,6 +251,7 @@ class AssistantController(QObject):
         w.done.connect(self._answered)
         w.failed.connect(self._ask_failed)
         self._ask = w
+        self._context = context
         self.asking.emit(context)
         self._start(w)
         self.busy_changed.emit(True)
@@ -293,6 +295,8 @@ class AssistantController(QObject):
         self._start(w)
 
     def _checked(self, result: ReliabilityResult) -> None:
+        if result.context is not self._context:
+            return  # the stopped check of an earlier question: a newer one was asked (its result may come late)
         self.last_reliability = result
         self.reliability_ready.emit(result)
 
