@@ -57,7 +57,9 @@ from ui.viewer.viewport import Viewport
 
 PREFIX = "preread:"  # overlay ids: "preread:<lesion id>:<slice>"
 SOURCE = "preread"
-COLUMNS = ("Lesion", "Location", "Size (mm)", "Slices", "Tier")
+#: short headers, numbers without decimals, the key slice in the detail line: at the dock's default width the
+#: Location column -- what a reader scans the list by -- is wide enough to read
+COLUMNS = ("#", "Location", "mm", "Images", "Tier")
 COL_ID, COL_LOCATION, COL_SIZE, COL_SLICES, COL_TIER = range(len(COLUMNS))
 #: reliability tier → (background, text) of the tier cell: the report's dark tints with light text, every
 #: pair at least 4.5:1 (WCAG AA; the tests check it); "" is a lesion whose reliability was not assessed
@@ -105,9 +107,9 @@ class _LesionItem(QTreeWidgetItem):
 
 
 def slices_text(lesion: Candidate) -> str:
-    """1-based, as the viewer numbers the images: "18", or "17–19 (18)" with the key slice in brackets."""
+    """1-based, as the viewer numbers the images: "18", or "17–19" (the key slice is in the detail line)."""
     first, last = lesion.slices
-    return f"{first + 1}" if first == last else f"{first + 1}–{last + 1} ({lesion.key_slice + 1})"
+    return f"{first + 1}" if first == last else f"{first + 1}–{last + 1}"
 
 
 def location_text(lesion: Candidate) -> str:
@@ -196,8 +198,8 @@ class PrereadPanel(QWidget):
         header.setSectionResizeMode(COL_LOCATION, QHeaderView.ResizeMode.Stretch)
         for col in (COL_ID, COL_SIZE, COL_SLICES, COL_TIER):
             header.setSectionResizeMode(col, QHeaderView.ResizeMode.ResizeToContents)
-        tips = {COL_SIZE: "Longest axial diameter, mm", COL_SLICES: "Images it spans (1-based); key slice in "
-                "brackets", COL_TIER: "Reliability: green consistent, amber check, red unreliable"}
+        tips = {COL_ID: "Lesion, in the AI's order; ✓ when it is in the report",
+                COL_SIZE: "Longest axial diameter, mm", COL_SLICES: "Images it spans (1-based)", COL_TIER: "Reliability: green consistent, amber check, red unreliable"}
         for col, tip in tips.items():
             self.lesions.headerItem().setToolTip(col, tip)
         self.lesions.setSortingEnabled(True)  # a header click sorts (by size, images, tier); Lesion: the AI's order
@@ -431,7 +433,7 @@ class PrereadPanel(QWidget):
             tier = lesion_tier(lesion)
             item.setText(COL_ID, lesion.id + (ACCEPTED_MARK if lesion.id in taken else ""))
             item.setText(COL_LOCATION, location_text(lesion))
-            item.setText(COL_SIZE, f"{lesion.diameter_mm:.1f}")
+            item.setText(COL_SIZE, f"{lesion.diameter_mm:.0f}")
             item.setText(COL_SLICES, slices_text(lesion))
             item.setText(COL_TIER, f"● {TIER_WORD[tier]}")
             number = lesion.id[1:] if lesion.id[:1].isalpha() else lesion.id
@@ -445,7 +447,9 @@ class PrereadPanel(QWidget):
             for col in (COL_SIZE, COL_SLICES):
                 item.setTextAlignment(col, Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
             tip = description_text(lesion) or lesion.phrase
-            item.setToolTip(COL_LOCATION, tip)
+            item.setToolTip(COL_LOCATION, f"{location_text(lesion)}: {tip}" if tip else location_text(lesion))
+            item.setToolTip(COL_SIZE, f"{lesion.diameter_mm:.1f} mm")
+            item.setToolTip(COL_SLICES, f"Images {slices_text(lesion)}, key image {lesion.key_slice + 1}")
             item.setToolTip(COL_ID, "In the report" if lesion.id in taken else "Not in the report")
 
     def item_of(self, lesion_id: str) -> QTreeWidgetItem | None:

@@ -49,7 +49,7 @@ VOLUME_CACHE = 4
 #: images at least 60% of its width (RadiAnt, OHIF and Horos leave them about two thirds). The
 #: right-hand column is as wide as its widest panel needs (the assistant's, ~420 px, today).
 LEFT_DOCK_WIDTH = 200
-RIGHT_DOCK_WIDTH = 330
+RIGHT_DOCK_WIDTH = 380  # the pre-read list shows "Right upper abdomen" whole beside size, images and tier
 
 
 class MainWindow(QMainWindow):

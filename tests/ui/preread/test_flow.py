@@ -174,9 +174,13 @@ def test_preread_lists_lesions_jumps_draws_boxes_and_accepts_into_the_report(qtb
     assert "6 lesions found" in panel.status.text()
     mass = next(les for les in run.lesions if les.slices == (16, 18))  # L3, the 32 mm right lower lobe mass
     row = panel.item_of(mass.id)
-    assert row.text(1) == "Right lung" and row.text(2) == f"{mass.diameter_mm:.1f}"
+    assert row.text(1) == "Right lung" and row.text(2) == f"{mass.diameter_mm:.0f}"
+    # at the dock's default width the Location column shows the longest location whole, not "…"
+    longest = max((panel.lesions.fontMetrics().horizontalAdvance(panel.item_of(les.id).text(1)) for les in run.lesions))
+    assert panel.lesions.columnWidth(1) >= longest + 8, (panel.lesions.columnWidth(1), longest)
     assert abs(mass.diameter_mm - 32) < 3
-    assert row.text(3) == "17–19 (18)" and mass.key_slice == 17
+    assert row.text(3) == "17–19" and mass.key_slice == 17
+    assert "key image 18" in row.toolTip(3)
     assert row.text(4) == "● green" and row.background(4).color() == TIER_TINT["green"]
     liver = next(les for les in run.lesions if les.slices == (25, 27))  # split check answers: not green
     assert panel.item_of(liver.id).text(4) in ("● amber", "● red")
