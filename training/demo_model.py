@@ -173,6 +173,10 @@ class DemoConfig:
         "app_vqa": 0.25})
     reasoning_mix: dict[str, float] = field(default_factory=lambda: {
         "phantom_reasoning": 1, "app_reasoning": 1, "phantom_grounding": 0.5})
+    #: the corpus's DPO pair files the DPO stage reads: "preference" (five-step chains: box errors and
+    #: self-contradictions; runs 1-13c) and/or "grounding_preference" (the grounding question: invented, moved
+    #: or missed boxes -- the pre-read sweep's mistakes; study corpora only); two or more are pooled
+    dpo_sets: list[str] = field(default_factory=lambda: ["preference"])
     threads: int = 0
     #: start from this trained model folder (its weights and tokenizer; same sizes as ``spec``, whose
     #: ``max_tiles`` it gets) instead of a random skeleton: what it already knows is kept ("" = random)
@@ -548,7 +552,7 @@ def run_recipe(config: DemoConfig, stop_after: str | None = None) -> Path:
 
     def dpo_stage(base: Path) -> Path:
         out = work / "dpo"
-        overrides = [f"model.path={base}", f"data.meta={train_dir / 'preference.jsonl'}",
+        overrides = [f"model.path={base}", f"data.meta={_preference_file(train_dir, config.dpo_sets)}",
                      f"train.output_dir={out}", *config.stage_overrides.get("dpo", [])]
         commands.append(_command("training.dpo", config.dpo_config, overrides))
         if not state.done("dpo"):
@@ -589,6 +593,20 @@ def run_recipe(config: DemoConfig, stop_after: str | None = None) -> Path:
     commands.append(eval_cmd)
     stage("eval", lambda: _finish(config, dpo_final, eval_dir, state, commands))
     return Path(config.out)
+
+
+def _preference_file(train_dir: Path, sets: Sequence[str]) -> Path:
+    """The DPO stage's pairs: ``preference.jsonl`` itself, or ``preference_mix.jsonl`` pooling ``sets``."""
+    if list(sets) == ["preference"]:
+        return train_dir / "preference.jsonl"
+    missing = [name for name in sets if not (train_dir / f"{name}.jsonl").is_file()]
+    if not sets or missing:
+        raise XMedError(f"The corpus in {train_dir} has no {', '.join(f'{m}.jsonl' for m in missing) or 'pair set'}"
+                        " for the DPO stage (a corpus written before it existed: write it again, same seed).")
+    out = train_dir / "preference_mix.jsonl"
+    out.write_text("".join((train_dir / f"{name}.jsonl").read_text(encoding="utf-8") for name in sets),
+                   encoding="utf-8")
+    return out
 
 
 def _card(final: Path) -> dict:

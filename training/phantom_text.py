@@ -299,6 +299,16 @@ def rejected_reasoning(case: PhantomCase, rng: np.random.Generator,
     return kind, join_steps(steps)
 
 
+def rejected_grounding(case: PhantomCase, rng: np.random.Generator) -> tuple[str, str]:
+    """(error kind, rejected answer) for a DPO pair on the grounding question, whose chosen answer is
+    :func:`grounding_answer` of the truth: a lesion invented where there is none (the only kind on a
+    lesion-free slice: the pre-read sweep's false positives), or a box moved off its lesion or a lesion
+    left out (its misses)."""
+    kinds = ["hallucinated_lesion"] + (["wrong_box", "missed_lesion"] if case.lesions else [])
+    kind = str(rng.choice(kinds))
+    return kind, grounding_answer(_box_error(case, kind, rng))
+
+
 def _box_error(case: PhantomCase, kind: str, rng: np.random.Generator) -> list[LesionTruth]:
     """The wrong lesion list of one box error (the same edits as :func:`corrupt`)."""
     lesions = list(case.lesions)

@@ -31,7 +31,10 @@ the validators and ``xmedgpt eval --data DIR`` read them unchanged): ``images/NN
 the slice crosses but does not show in that window), ``grounding.jsonl``, ``vqa.jsonl``,
 ``report.jsonl``, ``reasoning.jsonl`` (the five steps built from the same lesion list by
 :mod:`training.phantom_text`), ``preference.jsonl`` (box errors and self-contradicting chains,
-:data:`training.phantoms.ALL_PREFERENCE_ERRORS`), ``meta.json``, ``manifest.json``.
+:data:`training.phantoms.ALL_PREFERENCE_ERRORS`), ``grounding_preference.jsonl`` (DPO pairs on the
+grounding question: the true boxes against an invented lesion, a moved box or a missed lesion,
+:func:`training.phantom_text.rejected_grounding`; drawn apart, so the other files' bytes do not depend
+on it), ``meta.json``, ``manifest.json``.
 
 Study ``j`` and radiograph ``i`` depend only on ``(seed, j)`` / ``(seed, i)`` and the options:
 the same command writes the same bytes.
@@ -373,7 +376,7 @@ def write_study_corpus(out: Path | str, cfg: StudyCorpusConfig,
     out = Path(out)
     (out / "images").mkdir(parents=True, exist_ok=True)
     files: dict[str, list[dict]] = {name: [] for name in ("annotations", "grounding", "vqa", "report", "reasoning",
-                                                          "preference")}
+                                                          "preference", "grounding_preference")}
     stats: dict[str, dict[str, int]] = {"kinds": {}, "windows": {}, "lesions": {}, "sizes": {}}
     skipped: dict[str, int] = {}
     errors = tuple(cfg.preference_errors)
@@ -392,8 +395,9 @@ def write_study_corpus(out: Path | str, cfg: StudyCorpusConfig,
         ann["source"] = source
         ann["hidden_lesions"] = [t.to_dict() for t in hidden]
         files["annotations"].append(ann)
-        files["grounding"].append(_conversation(
-            image, str(rng.choice(txt.GROUNDING_PROMPTS)).format(desc=desc), txt.grounding_answer(case.lesions)))
+        grounding_prompt = str(rng.choice(txt.GROUNDING_PROMPTS)).format(desc=desc)
+        grounding = txt.grounding_answer(case.lesions)
+        files["grounding"].append(_conversation(image, grounding_prompt, grounding))
         files["report"].append(_conversation(image, str(rng.choice(txt.REPORT_PROMPTS)).format(desc=desc),
                                              txt.findings_and_impression(case, case.lesions)))
         prompt = str(rng.choice(txt.REASONING_PROMPTS)).format(desc=desc)
@@ -405,6 +409,9 @@ def write_study_corpus(out: Path | str, cfg: StudyCorpusConfig,
             error, rejected = txt.rejected_reasoning(case, rng, errors)
             files["preference"].append({"image": image, "prompt": f"<image>\n{prompt}", "chosen": chosen,
                                         "rejected": rejected, "error": error})
+        kind, wrong = txt.rejected_grounding(case, np.random.default_rng([cfg.seed, index, 3]))  # own draws
+        files["grounding_preference"].append({"image": image, "prompt": f"<image>\n{grounding_prompt}",
+                                              "chosen": grounding, "rejected": wrong, "error": kind})
         bump("kinds", case.kind)
         bump("windows", source.get("window", "radiograph"))
         bump("lesions", str(len(case.lesions)))

@@ -135,6 +135,32 @@ def test_preference_pairs_reject_contradicting_chains_and_wrong_boxes(corpus):
             assert rejected[5] != chosen[5]
 
 
+def test_grounding_pairs_reject_invented_moved_and_missed_boxes_under_the_grounding_question(corpus):
+    """The pre-read sweep's mistakes as DPO pairs: on a lesion-free slice the only rejected answer is an invented
+    lesion; where there are lesions, a moved box or a missed lesion too. Same prompt as the SFT grounding record."""
+    pairs = _records(corpus, "grounding_preference")
+    grounding = {r["image"]: r for r in _records(corpus, "grounding")}
+    truth = {a["image"]: a["lesions"] for a in _records(corpus, "annotations")}
+    assert len(pairs) == len(grounding) and {p["error"] for p in pairs} == {"hallucinated_lesion", "wrong_box",
+                                                                             "missed_lesion"}
+    for p in pairs:
+        conv = grounding[p["image"]]["conversations"]
+        assert p["prompt"] == conv[0]["value"] and p["chosen"] == conv[1]["value"] != p["rejected"]
+        chosen = [b for g in parse_answer(p["chosen"]).phrases for b in g.boxes]
+        rejected = [b for g in parse_answer(p["rejected"]).phrases for b in g.boxes]
+        true_boxes = {tuple(t["box_1000"]) for t in truth[p["image"]]}
+        assert {(b.x0, b.y0, b.x1, b.y1) for b in chosen} == true_boxes
+        if not true_boxes:
+            assert p["error"] == "hallucinated_lesion" and len(rejected) == 1
+        if p["error"] == "hallucinated_lesion":  # the true boxes, and one that touches none of them
+            assert len(rejected) == len(chosen) + 1
+            assert all(rejected[-1].iou(b) == 0.0 for b in chosen)
+        elif p["error"] == "missed_lesion":
+            assert len(rejected) == len(chosen) - 1
+        else:
+            assert len(rejected) == len(chosen) and rejected != chosen
+
+
 @pytest.mark.parametrize("error", txt.CHAIN_ERRORS)
 def test_each_chain_error_contradicts_step_2_or_breaks_the_chain(error):
     from app.synthetic.cases import make_case
@@ -478,3 +504,17 @@ def test_the_sweep_asks_the_grounding_question_the_corpus_teaches():
     from training.phantom_text import GROUNDING_PROMPTS
 
     assert sweep_prompt() == (None, GROUNDING_PROMPTS[0]) and GROUNDING_PROMPT == GROUNDING_PROMPTS[0]
+
+
+def test_the_dpo_stage_pools_the_pair_sets_the_recipe_names(tmp_path):
+    from inference.errors import XMedError
+    from training.demo_model import DemoConfig, _preference_file
+
+    (tmp_path / "preference.jsonl").write_text('{"a": 1}\n{"a": 2}\n')
+    assert DemoConfig().dpo_sets == ["preference"]
+    assert _preference_file(tmp_path, ["preference"]) == tmp_path / "preference.jsonl"  # runs 1-13c: unchanged
+    with pytest.raises(XMedError, match="grounding_preference.jsonl"):
+        _preference_file(tmp_path, ["preference", "grounding_preference"])  # a corpus written before it existed
+    (tmp_path / "grounding_preference.jsonl").write_text('{"g": 1}\n')
+    pooled = _preference_file(tmp_path, ["preference", "grounding_preference"])
+    assert [json.loads(x) for x in pooled.read_text().splitlines()] == [{"a": 1}, {"a": 2}, {"g": 1}]
