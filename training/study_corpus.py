@@ -32,8 +32,8 @@ the slice crosses but does not show in that window), ``grounding.jsonl``, ``vqa.
 ``report.jsonl``, ``reasoning.jsonl`` (the five steps built from the same lesion list by
 :mod:`training.phantom_text`), ``preference.jsonl`` (box errors and self-contradicting chains,
 :data:`training.phantoms.ALL_PREFERENCE_ERRORS`), ``grounding_preference.jsonl`` (DPO pairs on the
-grounding question: the true boxes against an invented lesion, a moved box or a missed lesion,
-:func:`training.phantom_text.rejected_grounding`; drawn apart, so the other files' bytes do not depend
+grounding question: the true boxes against an invented lesion, a moved box or a missed lesion --
+never against the empty answer itself, :func:`training.phantom_text.rejected_grounding`; drawn apart, so the other files' bytes do not depend
 on it), ``meta.json``, ``manifest.json``.
 
 Study ``j`` and radiograph ``i`` depend only on ``(seed, j)`` / ``(seed, i)`` and the options:
@@ -409,9 +409,10 @@ def write_study_corpus(out: Path | str, cfg: StudyCorpusConfig,
             error, rejected = txt.rejected_reasoning(case, rng, errors)
             files["preference"].append({"image": image, "prompt": f"<image>\n{prompt}", "chosen": chosen,
                                         "rejected": rejected, "error": error})
-        kind, wrong = txt.rejected_grounding(case, np.random.default_rng([cfg.seed, index, 3]))  # own draws
-        files["grounding_preference"].append({"image": image, "prompt": f"<image>\n{grounding_prompt}",
-                                              "chosen": grounding, "rejected": wrong, "error": kind})
+        pair = txt.rejected_grounding(case, np.random.default_rng([cfg.seed, index, 3]))  # its own draws
+        if pair is not None:
+            files["grounding_preference"].append({"image": image, "prompt": f"<image>\n{grounding_prompt}",
+                                                  "chosen": grounding, "rejected": pair[1], "error": pair[0]})
         bump("kinds", case.kind)
         bump("windows", source.get("window", "radiograph"))
         bump("lesions", str(len(case.lesions)))

@@ -141,8 +141,10 @@ def test_grounding_pairs_reject_invented_moved_and_missed_boxes_under_the_ground
     pairs = _records(corpus, "grounding_preference")
     grounding = {r["image"]: r for r in _records(corpus, "grounding")}
     truth = {a["image"]: a["lesions"] for a in _records(corpus, "annotations")}
-    assert len(pairs) == len(grounding) and {p["error"] for p in pairs} == {"hallucinated_lesion", "wrong_box",
-                                                                             "missed_lesion"}
+    assert {p["error"] for p in pairs} == {"hallucinated_lesion", "wrong_box", "missed_lesion"}
+    lesion_free = [r for r in grounding.values() if not truth[r["image"]]]
+    assert lesion_free and len(lesion_free) + 10 < len(pairs) < len(grounding)  # one per lesion-free slice, most
+    assert all(p["rejected"] != "No lesion is seen." for p in pairs)  # never the empty answer itself (run 13d)
     for p in pairs:
         conv = grounding[p["image"]]["conversations"]
         assert p["prompt"] == conv[0]["value"] and p["chosen"] == conv[1]["value"] != p["rejected"]
@@ -156,7 +158,7 @@ def test_grounding_pairs_reject_invented_moved_and_missed_boxes_under_the_ground
             assert len(rejected) == len(chosen) + 1
             assert all(rejected[-1].iou(b) == 0.0 for b in chosen)
         elif p["error"] == "missed_lesion":
-            assert len(rejected) == len(chosen) - 1
+            assert len(rejected) == len(chosen) - 1 >= 1
         else:
             assert len(rejected) == len(chosen) and rejected != chosen
 
