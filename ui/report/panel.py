@@ -37,6 +37,7 @@ from PySide6.QtCore import QSignalBlocker, Qt, QTimer, Signal
 from PySide6.QtGui import QBrush, QColor, QGuiApplication, QTextCursor
 from PySide6.QtWidgets import (
     QFormLayout,
+    QFrame,
     QHBoxLayout,
     QLabel,
     QListView,
@@ -45,6 +46,7 @@ from PySide6.QtWidgets import (
     QMessageBox,
     QPlainTextEdit,
     QPushButton,
+    QScrollArea,
     QTextEdit,
     QVBoxLayout,
     QWidget,
@@ -214,7 +216,10 @@ class ReportPanel(QWidget):
         addendum = QHBoxLayout()
         addendum.addWidget(self.addendum_button)
         addendum.addWidget(self.sign_addendum_button)
-        layout = QVBoxLayout(self)
+        # the report scrolls inside its dock (on a 1366x768 screen it is taller than the dock: unscrolled, it made
+        # the window 836 px high, its bottom off the screen); Sign and why it cannot be signed stay below it
+        body = QWidget()
+        layout = QVBoxLayout(body)
         layout.addWidget(self.header)
         layout.addWidget(self.status_line)
         layout.addLayout(sections)
@@ -230,12 +235,23 @@ class ReportPanel(QWidget):
         decide_sentence.addWidget(self.reject_sentence_button)
         layout.addLayout(decide_sentence)
         layout.addWidget(self.impression)
-        layout.addLayout(actions)
         layout.addWidget(self.export_button)
-        layout.addWidget(self.blockers)
         layout.addWidget(self.addenda_view)
         layout.addWidget(self.addendum_text)
         layout.addLayout(addendum)
+        self.scroll = QScrollArea()
+        self.scroll.setWidgetResizable(True)
+        self.scroll.setFrameShape(QFrame.Shape.NoFrame)
+        self.scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self.scroll.setWidget(body)
+        outer = QVBoxLayout(self)
+        outer.setContentsMargins(0, 0, 0, 0)
+        outer.addWidget(self.scroll, 1)
+        footer = QVBoxLayout()
+        footer.setContentsMargins(9, 0, 9, 9)
+        footer.addWidget(self.blockers)
+        footer.addLayout(actions)
+        outer.addLayout(footer)
 
         self._unsubscribe = report.subscribe(self._on_edit)
         self.destroyed.connect(lambda *_: self._unsubscribe())

@@ -77,6 +77,26 @@ class Reader:
 
         return self.qt(pos)
 
+    def wheel_into_view(self, scroll_fn: Callable, span_fn: Callable) -> None:
+        """Turn the mouse wheel over a scroll area (as a reader does on a small screen) until ``span_fn()``, a
+        (top, bottom) in global pixels, lies inside its viewport; at most 40 notches."""
+        def where():
+            from PySide6.QtCore import QPoint
+
+            view = scroll_fn().viewport()
+            top = view.mapToGlobal(QPoint(0, 0)).y()
+            centre = view.mapToGlobal(QPoint(view.width() // 2, view.height() // 2))
+            return top, top + view.height(), centre.x(), centre.y(), *span_fn()
+
+        for _ in range(40):
+            top, bottom, x, y, a, b = self.qt(where)
+            if a >= top and b <= bottom:
+                return
+            self.xdo("mousemove", "--sync", str(x), str(y))
+            self.xdo("click", "5" if b > bottom else "4")  # wheel down / up
+            time.sleep(0.05)
+        raise TimeoutError("the wheel did not bring the target into view")
+
     def click(self, widget_fn: Callable, fx: float = 0.5, fy: float = 0.5) -> None:
         x, y = self.centre_of(widget_fn, fx, fy)
         self.xdo("mousemove", "--sync", str(x), str(y))
@@ -204,6 +224,8 @@ def read_the_study(r: Reader) -> None:
     r.seen["reliability_text"] = r.qt(lambda: win.assistant_panel.reliability.score.text())
     r.shot("answer")
     r.seen["image_width_answer"] = r.qt(lambda: win.grid.width())  # the docks leave the image its room
+    r.seen["window_height_answer"] = r.qt(lambda: (win.frameGeometry().height(),
+                                                   win.screen().availableGeometry().height()))
 
     # the report: decide on every AI finding, add a sentence to the impression, sign
     r.qt(lambda: (win.report.dock.show(), win.report.dock.raise_()))
@@ -214,27 +236,34 @@ def read_the_study(r: Reader) -> None:
     count = r.qt(lambda: panel().findings.count())
     r.seen["ai_findings"] = count
     for row in range(count):
+        r.wheel_into_view(lambda: panel().scroll, lambda row=row: _item_span(panel().findings, row))
         x, y = r.qt(lambda row=row: _item_centre(panel().findings, row))
         r.xdo("mousemove", "--sync", str(x), str(y))
         r.xdo("click", "1")
         r.wait(f"finding {row + 1} selected", lambda row=row: panel().findings.currentRow() == row)
         if r.qt(lambda: panel().reject_button.isEnabled()):
+            r.wheel_into_view(lambda: panel().scroll, lambda: _widget_span(panel().reject_button))
             r.click(lambda: panel().reject_button)
     # Issue #13.7: the AI's impression sentences are proposals; those the rejected findings did not take
     # with them are rejected one click each
     r.seen["ai_sentences"] = r.qt(lambda: [(x.text, x.status.value) for x in panel().report.ai_sentences])
     for row in range(r.qt(lambda: panel().ai_sentences.count())):
+        r.wheel_into_view(lambda: panel().scroll, lambda row=row: _item_span(panel().ai_sentences, row))
         x, y = r.qt(lambda row=row: _item_centre(panel().ai_sentences, row))
         r.xdo("mousemove", "--sync", str(x), str(y))
         r.xdo("click", "1")
         r.wait(f"AI sentence {row + 1} selected", lambda row=row: panel().ai_sentences.currentRow() == row)
         if r.qt(lambda: panel().current_sentence().status.value == "proposed"):
+            r.wheel_into_view(lambda: panel().scroll, lambda: _widget_span(panel().reject_sentence_button))
             r.click(lambda: panel().reject_sentence_button)
+    r.wheel_into_view(lambda: panel().scroll, lambda: _widget_span(panel().impression))
     r.click(lambda: panel().impression, 0.5, 0.5)
     r.key("ctrl+End")
     r.type(" No acute abnormality reported by the reader.")
     r.shot("report-edited")
     r.seen["image_width_report"] = r.qt(lambda: win.grid.width())
+    r.seen["window_height_report"] = r.qt(lambda: (win.frameGeometry().height(),
+                                                   win.screen().availableGeometry().height()))
     r.wait("Sign enabled", lambda: panel().sign_button.isEnabled(), timeout=30)
     r.click(lambda: panel().sign_button)
     # the confirmation: the reader presses the Sign button of the dialog (Tab to it, Enter would cancel)
@@ -246,6 +275,18 @@ def read_the_study(r: Reader) -> None:
     paths = r.qt(lambda: [str(p) for p in win.report.last_export.paths])
     r.seen["exports"] = [{"path": p, "mode": oct(os.stat(p).st_mode & 0o777)} for p in paths]
     r.shot("signed")
+
+
+def _item_span(list_widget, row: int) -> tuple[int, int]:
+    rect = list_widget.visualItemRect(list_widget.item(row))
+    return (list_widget.viewport().mapToGlobal(rect.topLeft()).y(),
+            list_widget.viewport().mapToGlobal(rect.bottomLeft()).y())
+
+
+def _widget_span(widget) -> tuple[int, int]:
+    from PySide6.QtCore import QPoint
+
+    return widget.mapToGlobal(QPoint(0, 0)).y(), widget.mapToGlobal(QPoint(0, widget.height())).y()
 
 
 def _item_centre(list_widget, row: int) -> tuple[int, int]:

@@ -88,6 +88,11 @@ def test_a_scripted_reading_in_a_real_window(xvfb, tmp_path, output_dir, request
     # in one row held the assistant's dock at 455 px: 529)
     least = 580 if "1366x768" in request.node.name else 780
     assert seen["image_width_answer"] >= least and seen["image_width_report"] >= least, seen
+    # and the window stays on the screen once an answer and a draft report fill the docks (the report, unscrolled,
+    # once made it 836 px high on the laptop's 768: the status bar and the image's bottom corners off the screen)
+    for key in ("window_height_answer", "window_height_report"):
+        height, screen = seen[key]
+        assert height <= screen, (key, seen[key])
     assert len(result["screenshots"]) >= 8
     for name in result["screenshots"]:
         assert (out / name).stat().st_size > 10_000  # a real picture of the screen, not an empty file
