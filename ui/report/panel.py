@@ -33,7 +33,7 @@ viewport for a new finding; ``export_draft()``: write the draft's SR and PDF now
 
 from __future__ import annotations
 
-from PySide6.QtCore import QSignalBlocker, Qt, QTimer, Signal
+from PySide6.QtCore import QSignalBlocker, QSize, Qt, QTimer, Signal
 from PySide6.QtGui import QBrush, QColor, QGuiApplication, QTextCursor
 from PySide6.QtWidgets import (
     QFormLayout,
@@ -103,6 +103,24 @@ def _short_editor(placeholder: str, lines: int) -> QPlainTextEdit:
     edit.setTabChangesFocus(True)
     edit.setMaximumHeight(edit.fontMetrics().lineSpacing() * lines + 14)
     return edit
+
+
+class _VerticalScroll(QScrollArea):
+    """Scrolls up and down only: as wide as its content needs (nothing cut off at the right in a narrow dock),
+    as short as the dock allows."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.setWidgetResizable(True)
+        self.setFrameShape(QFrame.Shape.NoFrame)
+        self.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+
+    def minimumSizeHint(self) -> QSize:
+        hint = super().minimumSizeHint()
+        inner = self.widget()
+        if inner is None:
+            return hint
+        return QSize(inner.minimumSizeHint().width() + self.verticalScrollBar().sizeHint().width(), hint.height())
 
 
 class ReportPanel(QWidget):
@@ -239,10 +257,7 @@ class ReportPanel(QWidget):
         layout.addWidget(self.addenda_view)
         layout.addWidget(self.addendum_text)
         layout.addLayout(addendum)
-        self.scroll = QScrollArea()
-        self.scroll.setWidgetResizable(True)
-        self.scroll.setFrameShape(QFrame.Shape.NoFrame)
-        self.scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self.scroll = _VerticalScroll()
         self.scroll.setWidget(body)
         outer = QVBoxLayout(self)
         outer.setContentsMargins(0, 0, 0, 0)

@@ -342,4 +342,6 @@ def test_findings_rows_wrap_and_show_their_whole_text(qtbot, output_dir):
         assert rect.height() >= needed.height(), (row, rect, needed)  # wrapped, all lines shown
         assert r.findings[row].text in item.toolTip() and "reliability" in item.toolTip()
     assert "reliability green 0.38" in view.item(0).toolTip()
+    # the panel scrolls up and down only: nothing is cut off at the right of a narrow dock
+    assert w.scroll.viewport().width() >= w.scroll.widget().minimumSizeHint().width()
     w.grab().save(str(output_dir / "report_panel_narrow.png"))
