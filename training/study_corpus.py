@@ -33,8 +33,8 @@ the slice crosses but does not show in that window), ``grounding.jsonl``, ``vqa.
 :mod:`training.phantom_text`), ``preference.jsonl`` (box errors and self-contradicting chains,
 :data:`training.phantoms.ALL_PREFERENCE_ERRORS`), ``grounding_preference.jsonl`` (DPO pairs on the
 grounding question: the true boxes against an invented lesion, a moved box or a missed lesion --
-never against the empty answer itself, :func:`training.phantom_text.rejected_grounding`; drawn apart, so the other files' bytes do not depend
-on it), ``meta.json``, ``manifest.json``.
+never against the empty answer itself, :func:`training.phantom_text.rejected_grounding`; drawn apart,
+so the other files' bytes do not depend on it), ``meta.json``, ``manifest.json``.
 
 Study ``j`` and radiograph ``i`` depend only on ``(seed, j)`` / ``(seed, i)`` and the options:
 the same command writes the same bytes.

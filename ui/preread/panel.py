@@ -199,7 +199,8 @@ class PrereadPanel(QWidget):
         for col in (COL_ID, COL_SIZE, COL_SLICES, COL_TIER):
             header.setSectionResizeMode(col, QHeaderView.ResizeMode.ResizeToContents)
         tips = {COL_ID: "Lesion, in the AI's order; ✓ when it is in the report",
-                COL_SIZE: "Longest axial diameter, mm", COL_SLICES: "Images it spans (1-based)", COL_TIER: "Reliability: green consistent, amber check, red unreliable"}
+                COL_SIZE: "Longest axial diameter, mm", COL_SLICES: "Images it spans (1-based)",
+                COL_TIER: "Reliability: green consistent, amber check, red unreliable"}
         for col, tip in tips.items():
             self.lesions.headerItem().setToolTip(col, tip)
         self.lesions.setSortingEnabled(True)  # a header click sorts (by size, images, tier); Lesion: the AI's order
