@@ -78,6 +78,10 @@ SWEEP_TOKENS = 96  # a few boxes: "<ref>…</ref><box>[[…]]</box>" is about 25
 #: a sweep box this many times longer than wide is no lesion's (nodules, masses and cysts are roundish): the demo
 #: model now and then writes a strip from the body's edge down the lung (20 × 190 mm), listed as a 190 mm "mass"
 MAX_BOX_ASPECT = 4.0
+#: what every pre-read result says (panel, PDF): a short list, or none, is the AI's, not an all-clear (the demo
+#: model finds about a third of the lesions, README's FROC table)
+MISSES_LESIONS = "The AI can miss lesions: read every slice."
+NOT_A_NEGATIVE_READ = f"This is not a negative read. {MISSES_LESIONS}"
 
 
 class PrereadError(XMedError):

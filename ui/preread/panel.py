@@ -41,7 +41,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from app.assistant.preread import Candidate
+from app.assistant.preread import MISSES_LESIONS, NOT_A_NEGATIVE_READ, Candidate
 from app.core.names import approximate_ml
 from app.dicom.model import Volume
 from app.report.from_preread import (
@@ -88,10 +88,15 @@ IDLE_HINT = ("Pre-read the series on screen: the AI goes through every slice and
              "look at. Nothing goes into the report until you accept it.")
 
 
+def _caveat(n: int) -> str:
+    """What follows every result line: a list is what to look at first, none is not an all-clear."""
+    return f"Click one to see it. {MISSES_LESIONS}" if n else NOT_A_NEGATIVE_READ
+
+
 def _run_summary(run: PrereadRun) -> str:
     n = len(run.lesions)
     found = f"{n} lesion{'s' if n != 1 else ''}" if n else "No lesion"
-    return f"{found} in {series_name(run.volume)}" + (". Click one to see it." if n else ".")
+    return f"{found} in {series_name(run.volume)}. {_caveat(n)}"
 
 
 class _LesionItem(QTreeWidgetItem):
@@ -353,9 +358,7 @@ class PrereadPanel(QWidget):
         n = len(run.lesions)
         t = run.result.timing.get("total_s", 0.0)
         found = f"{n} lesion{'s' if n != 1 else ''} found" if n else "No lesion found"
-        text = f"{found} in {series_name(run.volume)} ({t:.0f} s). Click one to see it."
-        if not n:
-            text = f"{found} in {series_name(run.volume)} ({t:.0f} s)."
+        text = f"{found} in {series_name(run.volume)} ({t:.0f} s). {_caveat(n)}"
         self.refresh()
         if self.run is not run:
             text += " Show that series to see its list."
@@ -367,8 +370,7 @@ class PrereadPanel(QWidget):
         n = len(run.lesions)
         found = f"{n} lesion{'s' if n != 1 else ''}" if n else "No lesion"
         self.refresh()
-        self._say(f"{found} from the pre-read {run.origin} in {series_name(run.volume)}"
-                  + (". Click one to see it." if n else "."))
+        self._say(f"{found} from the pre-read {run.origin} in {series_name(run.volume)}. {_caveat(n)}")
         self.sync_all()
         self._sync_buttons()
 

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from app.assistant.preread import MISSES_LESIONS, NOT_A_NEGATIVE_READ
 from app.core.names import approximate_ml, window_name
 from app.core.paths import write_private
 from app.dicom.display import render
@@ -308,10 +309,12 @@ def _summary(doc: _Document, document: Mapping, header: Mapping[str, str]) -> No
     page.rule()
     lesions = list(document.get("lesions") or [])
     if not lesions:
-        page.text("No lesion was found in this series.", size=12, bold=True)
+        page.text("The AI found no lesion in this series.", size=12, bold=True)
+        page.paragraph(NOT_A_NEGATIVE_READ, size=10, bold=True, colour=TIER_COLOURS["amber"])
         return
     page.text(f"{len(lesions)} lesion{'s' if len(lesions) != 1 else ''} (image numbers as the viewer shows them)",
               size=12, bold=True)
+    page.paragraph(MISSES_LESIONS, size=10, colour=MUTED)
     columns = [("Lesion", 0.0), ("Location", 50.0), ("Size (mm)", 215.0), ("Images", 280.0), ("Tier", 390.0)]
     for title, x in columns:
         page.text(title, size=9, bold=True, x=x, advance=False)

@@ -84,7 +84,8 @@ def test_writes_the_lesion_json_and_a_valid_sr(study, scripted, tmp_path, capsys
         assert diam.value == pytest.approx(les["diameter_mm"], abs=0.01) and diam.unit.value == "mm"
         (vol,) = g.get_measurements(name=codes.SCT.Volume)
         assert vol.value == pytest.approx(les["volume_ml"], abs=0.001) and vol.unit.value == "mL"
-    assert "lesion(s)" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "lesion(s)" in printed and "The AI can miss lesions: read every slice." in printed
 
 
 def test_eval_volume_reports_froc_and_time_per_volume(study, scripted, tmp_path, capsys):

@@ -115,7 +115,7 @@ def test_writer_without_lesions_and_with_odd_characters(tmp_path):
     pdf = write_preread_pdf(tmp_path / "none.pdf", doc, header={"Patient": "Zoë Ünal (ID 7)"})
     assert pdf_pages(pdf.read_bytes()) == 1
     text = pdf_text(pdf)
-    assert "No lesion was found" in text and "Zoë Ünal" in text
+    assert "The AI found no lesion" in text and "not a negative read" in text and "Zoë Ünal" in text
     lesion = {"id": "P1", "slices": [4, 4], "key_slice": 4, "box_pixels": {"x0": 10, "y0": 12, "x1": 30, "y1": 28},
               "diameter_mm": 8.04, "location": "left lung", "window": "lung",
               "description": "Nodule ≥ 8 mm (" + "very " * 200 + "long) with a \\ backslash.",

@@ -171,7 +171,7 @@ def test_preread_lists_lesions_jumps_draws_boxes_and_accepts_into_the_report(qtb
     run = ctl.result_for(vp.volume)
     assert run is not None and panel.run is run
     assert panel.lesions.topLevelItemCount() == len(run.lesions) == len(truth["lesions"]) == 6
-    assert "6 lesions found" in panel.status.text()
+    assert "6 lesions found" in panel.status.text() and "The AI can miss lesions: read every slice." in panel.status.text()
     mass = next(les for les in run.lesions if les.slices == (16, 18))  # L3, the 32 mm right lower lobe mass
     row = panel.item_of(mass.id)
     assert row.text(1) == "Right lung" and row.text(2) == f"{mass.diameter_mm:.0f}"
@@ -311,6 +311,21 @@ def test_a_cancelled_run_lists_nothing_and_the_next_one_runs(qtbot, tmp_path):
         engine.delay = 0.0
         run_preread(qtbot, win)
         assert panel.lesions.topLevelItemCount() == 6
+    finally:
+        ctl.shutdown()
+
+
+def test_a_preread_that_finds_nothing_says_it_is_not_a_negative_read(qtbot, tmp_path):
+    """An empty list is the AI's, not an all-clear: the line says to read every slice (a list says so too)."""
+    win, engine = open_with_preread(qtbot, tmp_path)
+    panel, ctl = win.preread_panel, win.preread
+    try:
+        engine.answers.clear()  # the sweep is told "No lesion is seen." on every slice
+        run_preread(qtbot, win)
+        assert panel.lesions.topLevelItemCount() == 0
+        text = panel.status.text()
+        assert text.startswith("No lesion found in ") and "This is not a negative read." in text, text
+        assert text.endswith("The AI can miss lesions: read every slice."), text
     finally:
         ctl.shutdown()
 
@@ -600,4 +615,5 @@ def test_the_status_line_follows_the_series_on_screen(qtbot, win, tmp_path):
     win.open_paths([SAMPLE])  # back: its pre-read is listed again, and the line says so
     qtbot.waitUntil(lambda: panel.lesions.topLevelItemCount() > 0, timeout=30_000)
     n = panel.lesions.topLevelItemCount()
-    assert re.fullmatch(rf"{n} lesions? in .+\. Click one to see it\.", panel.status.text()), panel.status.text()
+    assert re.fullmatch(rf"{n} lesions? in .+\. Click one to see it\. The AI can miss lesions: read every slice\.",
+                        panel.status.text()), panel.status.text()
