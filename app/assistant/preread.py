@@ -84,6 +84,11 @@ MISSES_LESIONS = "The AI can miss lesions: read every slice."
 NOT_A_NEGATIVE_READ = f"This is not a negative read. {MISSES_LESIONS}"
 
 
+def misses_caveat(found: int) -> str:
+    """The sentence after a pre-read's count: an empty list is not a negative read, a list may be short."""
+    return MISSES_LESIONS if found else NOT_A_NEGATIVE_READ
+
+
 class PrereadError(XMedError):
     pass
 

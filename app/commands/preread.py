@@ -29,7 +29,7 @@ import logging
 import sys
 from pathlib import Path
 
-from app.assistant.preread import MISSES_LESIONS, NOT_A_NEGATIVE_READ, PrereadOptions, preread
+from app.assistant.preread import PrereadOptions, misses_caveat, preread
 from app.assistant.session import frame_ref
 from app.commands.analyze import QUANTIZATIONS, load_engine, resolve_model
 from app.core.errors import XMedError
@@ -145,7 +145,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"wrote {', '.join(map(str, written)) or 'nothing'}: {len(out.lesions)} lesion(s) of "
           f"{len(out.candidates)} candidate(s) from {out.engine}; {int(t['slices'])} slices in "
           f"{int(t['batches'])} batches, sweep {t['sweep_s']:.1f} s, reasoning {t['reasoning_s']:.1f} s, "
-          f"total {t['total_s']:.1f} s. {NOT_A_NEGATIVE_READ if not out.lesions else MISSES_LESIONS}")
+          f"total {t['total_s']:.1f} s. {misses_caveat(len(out.lesions))}")
     return 0
 
 

@@ -41,7 +41,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from app.assistant.preread import MISSES_LESIONS, NOT_A_NEGATIVE_READ, Candidate
+from app.assistant.preread import Candidate, misses_caveat
 from app.core.names import approximate_ml
 from app.dicom.model import Volume
 from app.report.from_preread import (
@@ -90,7 +90,7 @@ IDLE_HINT = ("Pre-read the series on screen: the AI goes through every slice and
 
 def _caveat(n: int) -> str:
     """What follows every result line: a list is what to look at first, none is not an all-clear."""
-    return f"Click one to see it. {MISSES_LESIONS}" if n else NOT_A_NEGATIVE_READ
+    return ("Click one to see it. " if n else "") + misses_caveat(n)
 
 
 def _run_summary(run: PrereadRun) -> str:
