@@ -604,8 +604,9 @@ def _preference_file(train_dir: Path, sets: Sequence[str]) -> Path:
         raise XMedError(f"The corpus in {train_dir} has no {', '.join(f'{m}.jsonl' for m in missing) or 'pair set'}"
                         " for the DPO stage (a corpus written before it existed: write it again, same seed).")
     out = train_dir / "preference_mix.jsonl"
-    out.write_text("".join((train_dir / f"{name}.jsonl").read_text(encoding="utf-8") for name in sets),
-                   encoding="utf-8")
+    text = "".join((train_dir / f"{name}.jsonl").read_text(encoding="utf-8") for name in sets)
+    if not out.is_file() or out.read_text(encoding="utf-8") != text:  # a resumed recipe leaves it untouched
+        out.write_text(text, encoding="utf-8")
     return out
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import re
 from pathlib import Path
 
@@ -520,3 +521,9 @@ def test_the_dpo_stage_pools_the_pair_sets_the_recipe_names(tmp_path):
     (tmp_path / "grounding_preference.jsonl").write_text('{"g": 1}\n')
     pooled = _preference_file(tmp_path, ["preference", "grounding_preference"])
     assert [json.loads(x) for x in pooled.read_text().splitlines()] == [{"a": 1}, {"a": 2}, {"g": 1}]
+    stamp = pooled.stat().st_mtime_ns
+    os.utime(pooled, ns=(stamp - 10**9, stamp - 10**9))  # a resumed recipe: the same pairs, left as they are
+    assert _preference_file(tmp_path, ["preference", "grounding_preference"]).stat().st_mtime_ns == stamp - 10**9
+    (tmp_path / "grounding_preference.jsonl").write_text('{"g": 2}\n')  # rewritten corpus: pooled again
+    _preference_file(tmp_path, ["preference", "grounding_preference"])
+    assert pooled.read_text().splitlines()[-1] == '{"g": 2}'
