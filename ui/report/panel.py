@@ -123,6 +123,21 @@ class _VerticalScroll(QScrollArea):
         return QSize(inner.minimumSizeHint().width() + self.verticalScrollBar().sizeHint().width(), hint.height())
 
 
+class _ShortList(QListWidget):
+    """A list that asks for the height of its rows, up to ``most`` px, and at least its minimum: inside the
+    scrolling report the body is laid out at its preferred height, and a list's default (192 px, also when
+    empty) made a 1600x1000 window's report scroll; the findings list takes whatever height is left (its
+    stretch)."""
+
+    def __init__(self, most: int = 0) -> None:
+        super().__init__()
+        self._most = most
+
+    def sizeHint(self) -> QSize:
+        rows = sum(self.sizeHintForRow(r) for r in range(self.count())) + 2 * self.frameWidth()
+        return QSize(super().sizeHint().width(), max(self.minimumHeight(), min(rows, self._most)))
+
+
 class ReportPanel(QWidget):
     finding_selected = Signal(str, int)
     signed = Signal()
@@ -154,7 +169,7 @@ class ReportPanel(QWidget):
             edit.setObjectName(f"section_{name}")
             edit.textChanged.connect(lambda name=name: self._typed("section", name))
             self.sections[name] = edit
-        self.findings = QListWidget()
+        self.findings = _ShortList()
         self.findings.setWordWrap(True)  # long findings wrap to the panel's width ...
         self.findings.setResizeMode(QListView.ResizeMode.Adjust)  # ... again whenever it changes
         self.findings.setTextElideMode(Qt.TextElideMode.ElideRight)  # ... and a row taller than the list ends in "…"
@@ -178,7 +193,7 @@ class ReportPanel(QWidget):
         self.export_button.clicked.connect(lambda: (self.commit_pending(), self.export_draft.emit()))
         # the AI's impression: proposals, sentence by sentence
         self.ai_sentences_label = QLabel("AI impression — proposals: accept or reject each sentence")
-        self.ai_sentences = QListWidget()
+        self.ai_sentences = _ShortList(most=150)
         self.ai_sentences.setObjectName("ai_sentences")
         self.ai_sentences.setWordWrap(True)
         self.ai_sentences.setResizeMode(QListView.ResizeMode.Adjust)
@@ -449,6 +464,7 @@ class ReportPanel(QWidget):
                 self.ai_sentences.addItem(self._sentence_item(x))
             if r.ai_sentences:
                 self.ai_sentences.setCurrentRow(min(max(row, 0), len(r.ai_sentences) - 1))
+        self.ai_sentences.updateGeometry()  # its rows are its preferred height
         shown = bool(r.ai_sentences)
         for w in (self.ai_sentences_label, self.ai_sentences, self.accept_sentence_button,
                   self.reject_sentence_button):

@@ -345,3 +345,29 @@ def test_findings_rows_wrap_and_show_their_whole_text(qtbot, output_dir):
     # the panel scrolls up and down only: nothing is cut off at the right of a narrow dock
     assert w.scroll.viewport().width() >= w.scroll.widget().minimumSizeHint().width()
     w.grab().save(str(output_dir / "report_panel_narrow.png"))
+
+
+def test_the_lists_give_way_before_the_report_scrolls(qtbot):
+    """At 1600x1000 the report dock (~760 px) scrolled with three AI sentences and no finding: the body was laid
+    out at the lists' default height (192 px each). Now the AI impression list is as tall as its rows, the
+    findings list takes what is left, and only a dock too short for the lists' minimum scrolls."""
+    from app.report.draft import AiSentence
+
+    r = DraftReport(study=StudyContext("1.2.3", modality="CT"), provenance=Provenance("m", "1"))
+    r.add_ai_sentences([AiSentence(f"s{i}", text) for i, text in enumerate(
+        ["No pulmonary nodule or mass.", "The remaining lung parenchyma is clear.", "No focal lesion."])])
+    w = ReportPanel(r, reader_name="Smith^Jane")
+    qtbot.addWidget(w)
+    w.setStyleSheet(STYLE.read_text(encoding="utf-8"))
+    w.resize(360, 800)  # the dock's height in a 1600x1000 window
+    w.show()
+    qtbot.waitExposed(w)
+    QApplication.processEvents()
+    bar = w.scroll.verticalScrollBar()
+    assert bar.maximum() == 0, (bar.maximum(), w.scroll.widget().sizeHint())
+    rows = w.ai_sentences
+    assert sum(rows.visualItemRect(rows.item(i)).height() for i in range(rows.count())) <= rows.viewport().height()
+    assert w.findings.height() > w.findings.minimumHeight()  # the slack went to the findings list
+    w.resize(360, 520)  # a laptop's dock: the findings list shrinks to its minimum, then the report scrolls
+    QApplication.processEvents()
+    assert w.findings.height() == w.findings.minimumHeight() and bar.maximum() > 0
