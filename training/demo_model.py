@@ -184,6 +184,9 @@ class DemoConfig:
     #: the questions of the app-prompt reasoning set: "default" (runs 1-5: "Analyse this image." only) or "all"
     #: (inference.prompts.REASONING_QUESTIONS, every question the workstation sends; run 5b)
     app_questions: str = "default"
+    #: what the model cannot do that its card's own measurements do not show (measured elsewhere, e.g. with
+    #: training.position_probe): sentences for the card's "What it cannot do"
+    known_limits: list[str] = field(default_factory=list)
 
 
 # ----------------------------------------------------------------------------- corpora
@@ -684,7 +687,7 @@ def _mix_meta(train_dir: Path, name: str, mix: dict[str, float], app_questions: 
 
 def _finish(config: DemoConfig, trained: Path, eval_dir: Path, state: RecipeState, commands: list[str]) -> dict:
     """Copy the model to ``config.out``, evaluate it on the held-out phantoms, write the model cards."""
-    from inference.evaluation.harness import Options, format_table, run_eval
+    from inference.evaluation.harness import Options, run_eval
 
     out = Path(config.out)
     if out.exists():
@@ -732,9 +735,10 @@ def _finish(config: DemoConfig, trained: Path, eval_dir: Path, state: RecipeStat
         "metrics_default_sizes": default_sizes,
         "metrics_sample_study": sample_study,
         "reliability_calibration": calibration,
+        "known_limits": list(config.known_limits),
     }
     (out / "model_card.json").write_text(json.dumps(card, indent=2) + "\n")
-    (out / "MODEL_CARD.md").write_text(_markdown(card, format_table(metrics)) + _sample_study_markdown(sample_study))
+    write_card_markdown(out)
     return {"size_bytes": size, "mean_iou": (metrics.get("localization") or {}).get("mean_iou")}
 
 
@@ -780,6 +784,64 @@ def sample_study_eval(config: DemoConfig, model: Path, folder: Path, commands: l
                         "lesion_sections": study.lesions_on_slices}
     metrics["table"] = format_table(metrics)
     return metrics
+
+
+def write_card_markdown(folder: Path) -> Path:
+    """``MODEL_CARD.md`` from the folder's ``model_card.json`` (the recipe's last step; again by hand with
+    ``python -m training.demo_model --card DIR`` when the rendering changes)."""
+    from inference.evaluation.harness import format_table
+
+    card = json.loads((folder / "model_card.json").read_text())
+    path = folder / "MODEL_CARD.md"
+    path.write_text(_markdown(card, format_table(card["metrics"])) + _sample_study_markdown(card.get("metrics_sample_study"))
+                    + _limits_markdown(card))
+    return path
+
+
+#: Issue #14's bars for the demo model (its proof): grounding mean IoU for lesions >= 10 mm and 6-10 mm, lesion-free
+#: slices called empty, five-step answers contradicting themselves.
+BARS = {"iou_10mm": 0.5, "iou_small": 0.3, "empty": 0.9, "contradictions": 0.05}
+
+
+def card_limits(card: dict) -> list[str]:
+    """What the model still cannot do, in words, from its card's own measurements against :data:`BARS` (the
+    held-out slices and the sample study), plus the recipe's ``known_limits`` (measured elsewhere)."""
+    out: list[str] = []
+    loc = (card.get("metrics") or {}).get("localization") or {}
+    buckets = loc.get("per_bucket") or {}
+
+    def iou(name: str) -> float | None:
+        b = buckets.get(name) or {}
+        return b.get("mean_iou") if b.get("n") else None
+
+    low = [(name, v) for name in ("medium", "large") if (v := iou(name)) is not None and v < BARS["iou_10mm"]]
+    if low:
+        out.append("Boxes lesions of 10 mm and more loosely: held-out mean IoU "
+                   + ", ".join(f"{v:.2f} ({'10-20' if n == 'medium' else '>= 20'} mm)" for n, v in low)
+                   + f" against the {BARS['iou_10mm']:.1f} asked for (XMedGPT: 0.703 on its own data).")
+    small = iou("small")
+    if small is not None and small < BARS["iou_small"]:
+        out.append(f"Finds almost no lesion under 10 mm (held-out mean IoU {small:.2f}; asked for: "
+                   f"{BARS['iou_small']:.1f}).")
+    empty = loc.get("empty_correct")
+    if empty is not None and empty < BARS["empty"]:
+        out.append(f"Calls only {empty:.0%} of lesion-free slices empty (asked for: {BARS['empty']:.0%}).")
+    rate = ((card.get("metrics") or {}).get("reasoning_consistency") or {}).get("contradiction_rate")
+    if rate is not None and rate > BARS["contradictions"]:
+        out.append(f"Contradicts itself in {rate:.0%} of its five-step answers (asked for: at most "
+                   f"{BARS['contradictions']:.0%}).")
+    blind = [g for g, r in sorted(((card.get("metrics_sample_study") or {}).get("per_group") or {}).items())
+             if (r.get("localization") or {}).get("lesions") and not (r.get("localization") or {}).get("mean_iou")]
+    if blind:
+        out.append(f"Boxes no lesion of the sample study in the {', '.join(blind)} window"
+                   f"{'s' if len(blind) > 1 else ''}.")
+    out.extend(card.get("known_limits") or [])
+    out.append("Trained and measured on synthetic phantoms only: it has never seen a patient's image.")
+    return out
+
+
+def _limits_markdown(card: dict) -> str:
+    return "\n## What it cannot do\n\n" + "".join(f"- {line}\n" for line in card_limits(card))
 
 
 def _sample_study_markdown(metrics: dict | None) -> str:
@@ -869,10 +931,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--work-dir", help="work folder for corpora and checkpoints (default: the config's)")
     parser.add_argument("--stop-after", choices=STAGES, help="stop after this stage (continue later)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--card", type=Path, metavar="MODEL_DIR",
+                        help="only write MODEL_DIR/MODEL_CARD.md again from its model_card.json")
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.card is not None:
+        if not (args.card / "model_card.json").is_file():
+            sys.stderr.write(f"demo_model: {args.card} has no model_card.json (not a model built by this recipe).\n")
+            return 1
+        sys.stdout.write(f"{write_card_markdown(args.card)}\n")
+        return 0
     try:
         import yaml
 

@@ -67,6 +67,10 @@ def test_micro_recipe_runs_end_to_end_and_resumes(tmp_path):
     assert all(18.0 <= les["size_mm"] <= 40.5 for les in lesions)  # a slice may cut a lesion below its diameter
     assert card["metrics_default_sizes"]["images"] == 2 and "localization" in card["metrics_default_sizes"]
     assert "Outside the training sizes" in (out / "MODEL_CARD.md").read_text()
+    # what it cannot do, from its own measurements (a 2-step micro model is under every bar)
+    card_text = (out / "MODEL_CARD.md").read_text()
+    assert "## What it cannot do" in card_text and "synthetic phantoms only" in card_text
+    assert card["known_limits"] == []
     # the model's own reliability tiers, from a third seed, are what the viewer will use with it
     from inference.reliability.scoring import load_thresholds, thresholds_for
 
@@ -174,3 +178,48 @@ def test_committed_demo_model_carries_its_own_reliability_calibration():
     assert thresholds_for(None) == load_thresholds(CALIBRATION_FILE) and not thresholds_for(None).calibrated
     card = json.loads((DEMO / "reliability_calibration.json").read_text())
     assert card["metrics"]["per_estimator"]["confidence_weighted"]["n"] >= 500
+
+
+def test_the_card_says_what_the_model_cannot_do_from_its_own_measurements(tmp_path, capsys):
+    """Issue #14: the model card says what the model still cannot do -- each of the issue's bars it misses, the
+    sample-study windows where it boxes nothing, and the recipe's known limits measured elsewhere; a model that
+    clears a bar gets no sentence for it."""
+    from training.demo_model import BARS, card_limits
+
+    def card(medium, large, small, empty, contradictions, liver_iou, known=()):
+        loc = {"per_bucket": {"small": {"n": 5, "mean_iou": small}, "medium": {"n": 5, "mean_iou": medium},
+                              "large": {"n": 5, "mean_iou": large}}, "empty_correct": empty}
+        return {"metrics": {"localization": loc, "reasoning_consistency": {"contradiction_rate": contradictions}},
+                "metrics_sample_study": {"per_group": {
+                    "liver": {"localization": {"lesions": 4, "mean_iou": liver_iou}},
+                    "lung": {"localization": {"lesions": 4, "mean_iou": 0.4}}}},
+                "known_limits": list(known)}
+
+    weak = card_limits(card(0.04, 0.33, 0.0, 0.85, 0.08, 0.0, known=["Misses the sample's mass."]))
+    text = " ".join(weak)
+    assert "0.04 (10-20 mm), 0.33 (>= 20 mm) against the 0.5" in text
+    assert "under 10 mm (held-out mean IoU 0.00" in text and "85% of lesion-free slices" in text
+    assert "in 8% of its five-step answers" in text and "in the liver window." in text and "lung" not in text
+    assert weak[-2] == "Misses the sample's mass." and "synthetic phantoms only" in weak[-1]
+    strong = card_limits(card(0.6, 0.7, 0.35, 0.95, 0.02, 0.3))
+    assert len(strong) == 1 and "synthetic phantoms only" in strong[0]  # every bar cleared: only the caveat
+    assert BARS == {"iou_10mm": 0.5, "iou_small": 0.3, "empty": 0.9, "contradictions": 0.05}
+    # the card is written again from model_card.json (the recipe's last step, or by hand)
+    folder = tmp_path / "m"
+    folder.mkdir()
+    assert main(["--card", str(folder)]) == 1 and "no model_card.json" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not (DEMO / "model_card.json").is_file(), reason="the demo model is not built (make demo-model)")
+def test_the_committed_card_is_its_model_card_json_rendered(tmp_path):
+    """MODEL_CARD.md is written from model_card.json, never by hand: its "What it cannot do" names the sample's
+    missed mass (a known limit) and the bars the committed model misses."""
+    import shutil
+
+    from training.demo_model import write_card_markdown
+
+    for name in ("model_card.json", "MODEL_CARD.md"):
+        shutil.copy2(DEMO / name, tmp_path / name)
+    assert write_card_markdown(tmp_path).read_text() == (DEMO / "MODEL_CARD.md").read_text()
+    text = (DEMO / "MODEL_CARD.md").read_text()
+    assert "## What it cannot do" in text and "32 mm right lower lobe mass" in text
