@@ -97,14 +97,16 @@ def table(results: Sequence[dict]) -> str:
 
     row("seeds " + " / ".join(str(s) for s in GROUNDING_SEEDS) + ": mean IoU",
         lambda r: " / ".join(f"{r[f's{s}']['mean_iou']:.3f}" for s in GROUNDING_SEEDS))
-    row("large lesions (>= 20 mm): mean IoU", lambda r: " / ".join(f"{r[f's{s}']['large']:.3f}" for s in GROUNDING_SEEDS))
-    row("lesion-free slice-windows called empty", lambda r: f"{min(r[f's{s}']['empty'] for s in GROUNDING_SEEDS):.2f}–"
-        f"{max(r[f's{s}']['empty'] for s in GROUNDING_SEEDS):.2f}")
+    row("large lesions (>= 20 mm): mean IoU",
+        lambda r: " / ".join(f"{r[f's{s}']['large']:.3f}" for s in GROUNDING_SEEDS))
+    row("lesion-free slice-windows called empty",
+        lambda r: f"{min(r[f's{s}']['empty'] for s in GROUNDING_SEEDS):.2f}–"
+                  f"{max(r[f's{s}']['empty'] for s in GROUNDING_SEEDS):.2f}")
     for name, seeds in FROC_SETS.items():
         row(f"pre-read CPM ({seeds[0]}–{seeds[-1]}); false positives",
             lambda r, n=name: f"{r[n]['cpm']:.3f}; {r[n]['false_positives']}")
     row("seed 1000's 32 mm mass, lung window, moved " + " / ".join(f"{s:+d}" for s in PROBE_SHIFTS) + " px: IoU",
-        lambda r: " ".join(f"{r['probe'].get(s, r['probe'].get(str(s), 0.0)):.2f}" for s in PROBE_SHIFTS))
+        lambda r: " ".join(f"{r['probe'][s]:.2f}" if s in r["probe"] else "-" for s in PROBE_SHIFTS))
     return "\n".join(lines)
 
 

@@ -793,8 +793,8 @@ def write_card_markdown(folder: Path) -> Path:
 
     card = json.loads((folder / "model_card.json").read_text())
     path = folder / "MODEL_CARD.md"
-    path.write_text(_markdown(card, format_table(card["metrics"])) + _sample_study_markdown(card.get("metrics_sample_study"))
-                    + _limits_markdown(card))
+    path.write_text(_markdown(card, format_table(card["metrics"]))
+                    + _sample_study_markdown(card.get("metrics_sample_study")) + _limits_markdown(card))
     return path
 
 

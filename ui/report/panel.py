@@ -134,8 +134,11 @@ class _ShortList(QListWidget):
         self._most = most
 
     def sizeHint(self) -> QSize:
+        least = self.minimumHeight()
+        if self._most <= least:  # the findings list: its minimum whatever its rows (no need to measure them)
+            return QSize(super().sizeHint().width(), least)
         rows = sum(self.sizeHintForRow(r) for r in range(self.count())) + 2 * self.frameWidth()
-        return QSize(super().sizeHint().width(), max(self.minimumHeight(), min(rows, self._most)))
+        return QSize(super().sizeHint().width(), max(least, min(rows, self._most)))
 
 
 class ReportPanel(QWidget):

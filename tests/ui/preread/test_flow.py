@@ -171,7 +171,8 @@ def test_preread_lists_lesions_jumps_draws_boxes_and_accepts_into_the_report(qtb
     run = ctl.result_for(vp.volume)
     assert run is not None and panel.run is run
     assert panel.lesions.topLevelItemCount() == len(run.lesions) == len(truth["lesions"]) == 6
-    assert "6 lesions found" in panel.status.text() and "The AI can miss lesions: read every slice." in panel.status.text()
+    status = panel.status.text()
+    assert "6 lesions found" in status and "The AI can miss lesions: read every slice." in status
     mass = next(les for les in run.lesions if les.slices == (16, 18))  # L3, the 32 mm right lower lobe mass
     row = panel.item_of(mass.id)
     assert row.text(1) == "Right lung" and row.text(2) == f"{mass.diameter_mm:.0f}"
