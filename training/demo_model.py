@@ -46,7 +46,7 @@ from training.config import apply_overrides, from_dict, load_config, seed_everyt
 log = logging.getLogger(__name__)
 
 REPO = ROOT
-STAGES = ("phantoms", "skeleton", "sft", "reasoning", "dpo", "eval")
+STAGES = ("phantoms", "vision", "skeleton", "sft", "reasoning", "dpo", "eval")
 MAX_MODEL_BYTES = 50 * 1024 * 1024
 
 
@@ -155,6 +155,23 @@ class EvalSection:
 
 
 @dataclass
+class VisionSection:
+    """Dense pretraining of a new vision tower (training.vision_pretrain) before stage 1, when ``minutes`` > 0:
+    the tower reads ``image_size``-px tiles in ``patch_size``-px patches, is trained on the training corpus's boxes
+    for ``minutes`` (resumable), and replaces ``init_from``'s tower (training.demo_model.transplant_vision), its
+    patches joined ``spec.downsample_ratio`` to a side into image tokens. ``spec`` then describes the model
+    after the transplant."""
+
+    minutes: float = 0.0
+    image_size: int = 224
+    patch_size: int = 14
+    batch: int = 32
+    lr: float = 1.0e-3
+    seed: int = 0
+    eval_limit: int = 3000
+
+
+@dataclass
 class DemoConfig:
     work_dir: str = "checkpoints/demo-recipe"
     out: str = "resources/models/demo"
@@ -163,6 +180,7 @@ class DemoConfig:
     study: StudySection = field(default_factory=StudySection)
     eval: EvalSection = field(default_factory=EvalSection)
     spec: SpecSection = field(default_factory=SpecSection)
+    vision: VisionSection = field(default_factory=VisionSection)
     sft_config: str = "training/configs/sft_stage1_demo.yaml"
     reasoning_config: str = "training/configs/sft_reasoning_demo.yaml"
     dpo_config: str = "training/configs/dpo_demo.yaml"
@@ -442,6 +460,65 @@ def grow_tile(folder: Path, image_size: int, image_tokens: int, downsample_ratio
     return cfg
 
 
+def _repo_path(path: str | Path) -> Path:
+    return Path(path) if Path(path).is_absolute() else REPO / path
+
+
+def transplant_vision(folder: Path, init: Path, tower: Path, downsample_ratio: float, seed: int = 0) -> dict:
+    """A demo model in ``folder`` that reads images with the vision tower saved in ``tower`` (an
+    ``InternVLVisionModel``, e.g. :mod:`training.vision_pretrain`'s dense-pretrained one) and writes with the
+    language model of the trained model ``init``: its language model, embeddings, head, tokenizer and chat
+    template are kept; the vision config and weights are the tower's; the projector is kept when its shapes still
+    fit (same width and patches per token) and drawn afresh otherwise. The image processor's tile and the image
+    token count follow the tower (``image_seq_length`` = (tile / patch x ``downsample_ratio``)²). Returns the config."""
+    from safetensors.torch import load_file
+    from transformers import InternVLConfig, InternVLForConditionalGeneration
+
+    from training.model_factory import TinySpec, build_image_processor
+
+    init, tower, folder = Path(init), Path(tower), Path(folder)
+    for need in (init / "config.json", tower / "config.json"):
+        if not need.is_file():
+            raise XMedError(f"transplant_vision: no model at {need.parent}.")
+    cfg = json.loads((init / "config.json").read_text())
+    vision = json.loads((tower / "config.json").read_text())
+    side = vision["image_size"][0] // vision["patch_size"][0]
+    tokens_side = side * downsample_ratio
+    if abs(tokens_side - round(tokens_side)) > 1e-9 or round(tokens_side) < 1:
+        raise XMedError(f"transplant_vision: a {side} x {side} patch grid does not shuffle by {downsample_ratio}.")
+    cfg["vision_config"] = {k: v for k, v in vision.items() if k not in ("architectures", "transformers_version")}
+    cfg["downsample_ratio"] = downsample_ratio
+    cfg["image_seq_length"] = round(tokens_side) ** 2
+    torch.manual_seed(seed)
+    model = InternVLForConditionalGeneration(InternVLConfig(**cfg)).eval()
+    old = InternVLForConditionalGeneration.from_pretrained(init, dtype=torch.float32, local_files_only=True)
+    mine = model.state_dict()
+    kept = {k: v for k, v in old.state_dict().items()
+            if not k.startswith("model.vision_tower.") and k in mine and mine[k].shape == v.shape}
+    model.load_state_dict(kept, strict=False)
+    tower_weights = load_file(tower / "model.safetensors")
+    model.model.vision_tower.load_state_dict(tower_weights, strict=True)
+    folder.mkdir(parents=True, exist_ok=True)
+    model.generation_config = old.generation_config
+    model.save_pretrained(folder, safe_serialization=True)
+    for f in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "special_tokens_map.json"):
+        if (init / f).is_file():
+            shutil.copy2(init / f, folder / f)
+    image_size = vision["image_size"][0]
+    pre = json.loads((init / "preprocessor_config.json").read_text()) if (init / "preprocessor_config.json").is_file() \
+        else {}
+    build_image_processor(TinySpec(image_size=image_size, patch_size=vision["patch_size"][0],
+                                   max_tiles=int(pre.get("max_patches", 1)))).save_pretrained(folder)
+    (folder / "processor_config.json").write_text(json.dumps(
+        {"processor_class": "InternVLProcessor", "image_seq_length": cfg["image_seq_length"]}, indent=2))
+    projector = sorted({k.split(".")[2] for k in mine if k.startswith("model.multi_modal_projector.")
+                        and k not in kept})
+    log.info("transplant: %s's language model reads %s's %d x %d patches as %d image tokens (projector %s)",
+             init.name, tower.name, side, side, cfg["image_seq_length"],
+             "drawn afresh: " + ", ".join(projector) if projector else "kept")
+    return cfg
+
+
 def _shuffled_patches(side: int, ratio: float) -> dict[tuple[int, int], list[tuple[int, int]]]:
     """Which patches (row, column of the patch grid, as the vision tower's output is laid out) InternVL's pixel
     shuffle joins into each image token, in the order of the token's channel blocks: read off the model's own
@@ -529,9 +606,27 @@ def run_recipe(config: DemoConfig, stop_after: str | None = None) -> Path:
                 "train_lesions_per_image": a["lesions_per_image"], "eval_lesions_per_image": b["lesions_per_image"],
                 **({"train_windows": a["windows"], "train_size_classes": a["size_classes"]} if "windows" in a else {})}
 
+    def vision_stage() -> dict:
+        from training.vision_pretrain import pretrain
+
+        v = config.vision
+        result = pretrain(train_dir, work / "vision", _repo_path(config.init_from), image_size=v.image_size,
+                          patch=v.patch_size, eval_dir=eval_dir, eval_limit=v.eval_limit, minutes=v.minutes,
+                          batch=v.batch, lr=v.lr, seed=v.seed)
+        return {"vision": {k: result[k] for k in ("steps", "trained_min", "grid", "held_out")}}
+
     def skeleton_stage() -> dict:
         if skeleton.exists():
             shutil.rmtree(skeleton)
+        if config.init_from and config.vision.minutes > 0:
+            transplant_vision(skeleton, _repo_path(config.init_from), work / "vision" / "vision_tower",
+                              config.spec.downsample_ratio, config.spec.seed)
+            import hashlib
+
+            weights = hashlib.sha256((_repo_path(config.init_from) / "model.safetensors").read_bytes()).hexdigest()
+            return {"init_from": config.init_from, "init_sha256": weights,
+                    "vision_tower": str(work / "vision" / "vision_tower"),
+                    "vocabulary": json.loads((skeleton / "config.json").read_text())["text_config"]["vocab_size"]}
         if config.init_from:
             skeleton_from(skeleton, Path(config.init_from), config.spec, config.name)
             import hashlib
@@ -570,12 +665,30 @@ def run_recipe(config: DemoConfig, stop_after: str | None = None) -> Path:
     commands.append(corpus_command(config, eval_dir, config.eval.n, config.eval.seed))
     if stop_after == "phantoms":
         return work
+    if config.vision.minutes > 0:
+        if not config.init_from:
+            raise XMedError("vision.minutes: a pretrained tower is transplanted into init_from; set init_from.")
+        if (config.vision.image_size, config.vision.patch_size) != (config.spec.image_size, config.spec.patch_size):
+            raise XMedError("vision: image_size and patch_size must be spec's (spec describes the model after the "
+                            "transplant).")
+        stage("vision", vision_stage)
+        v = config.vision
+        commands.append(f"python -m training.vision_pretrain --corpus {train_dir} --eval {eval_dir} --out "
+                        f"{work / 'vision'} --like {config.init_from} --image-size {v.image_size} --patch "
+                        f"{v.patch_size} --minutes {v.minutes:g} --batch {v.batch} --lr {v.lr:g} --seed {v.seed}")
+    if stop_after == "vision":
+        return work
     stage("skeleton", skeleton_stage)
     if config.init_from:
         sha = state.data["stages"]["skeleton"].get("init_sha256", "?")
-        commands.append(f"# the starting model: {config.init_from} (model.safetensors sha256 {sha}) with "
-                        f"{config.spec.image_size}-px tiles, max_tiles {config.spec.max_tiles} "
-                        "(training.demo_model.skeleton_from)")
+        if config.vision.minutes > 0:
+            commands.append(f"# the starting model: the language model of {config.init_from} (model.safetensors "
+                            f"sha256 {sha}) reading the pretrained tower's {config.spec.image_size}-px tiles "
+                            "(training.demo_model.transplant_vision)")
+        else:
+            commands.append(f"# the starting model: {config.init_from} (model.safetensors sha256 {sha}) with "
+                            f"{config.spec.image_size}-px tiles, max_tiles {config.spec.max_tiles} "
+                            "(training.demo_model.skeleton_from)")
     if stop_after == "skeleton":
         return work
     sft_final = sft_stage("sft", config.sft_config, skeleton, _mix_meta(train_dir, "meta_stage1.json",
