@@ -52,15 +52,19 @@ class Corpus:
 
 def load_corpus(folder: Path, size: int, limit: int | None = None) -> Corpus:
     """The phantom corpus in ``folder`` (its ``annotations.jsonl``) at ``size`` x ``size`` px, as the processor
-    resizes a one-tile image (bicubic, aspect not kept). Cached beside the annotations per size and limit."""
+    resizes a one-tile image (bicubic, aspect not kept). Cached beside the annotations per size and limit (read
+    again when the annotations file changed)."""
     import torch
     from PIL import Image
 
     folder = Path(folder)
     cache = folder / f"dense-{size}-{limit or 'all'}.pt"
+    stat = (folder / "annotations.jsonl").stat()
+    source = [stat.st_size, stat.st_mtime_ns]  # a corpus written again is read again
     if cache.is_file():
         d = torch.load(cache)
-        return Corpus(d["images"], d["lesions"])
+        if d.get("source") == source:
+            return Corpus(d["images"], d["lesions"])
     images, lesions = [], []
     with (folder / "annotations.jsonl").open(encoding="utf-8") as fh:
         for i, line in enumerate(fh):
@@ -74,7 +78,7 @@ def load_corpus(folder: Path, size: int, limit: int | None = None) -> Corpus:
             lesions.append([((b[0] / w, b[1] / h, b[2] / w, b[3] / h), float(les["size_mm"]))
                             for les in a.get("lesions", []) for b in [les["box"]]])
     out = Corpus(torch.stack(images), lesions)
-    torch.save({"images": out.images, "lesions": out.lesions}, cache)
+    torch.save({"images": out.images, "lesions": out.lesions, "source": source}, cache)
     return out
 
 

@@ -57,6 +57,13 @@ def test_the_corpus_loads_as_the_processor_sizes_it(corpus):
     assert any(not les for les in loaded.lesions)  # lesion-free slices stay in, with no target
     assert (corpus / "dense-56-all.pt").is_file()  # cached for the next run
     assert torch.equal(vp.load_corpus(corpus, 56).images, loaded.images)
+    # a corpus written again (here: one slice fewer) is read again, not taken from the cache
+    lines = (corpus / "annotations.jsonl").read_text().splitlines(keepends=True)
+    (corpus / "annotations.jsonl").write_text("".join(lines[:-1]))
+    try:
+        assert len(vp.load_corpus(corpus, 56).lesions) == len(lines) - 1
+    finally:
+        (corpus / "annotations.jsonl").write_text("".join(lines))
 
 
 def test_the_detector_learns_the_boxes_it_is_shown_and_a_resumed_run_is_the_run_it_continues(
