@@ -618,21 +618,21 @@ def run_recipe(config: DemoConfig, stop_after: str | None = None) -> Path:
     def skeleton_stage() -> dict:
         if skeleton.exists():
             shutil.rmtree(skeleton)
-        if config.init_from and config.vision.minutes > 0:
-            transplant_vision(skeleton, _repo_path(config.init_from), work / "vision" / "vision_tower",
-                              config.spec.downsample_ratio, config.spec.seed)
-            import hashlib
-
-            weights = hashlib.sha256((_repo_path(config.init_from) / "model.safetensors").read_bytes()).hexdigest()
-            return {"init_from": config.init_from, "init_sha256": weights,
-                    "vision_tower": str(work / "vision" / "vision_tower"),
-                    "vocabulary": json.loads((skeleton / "config.json").read_text())["text_config"]["vocab_size"]}
         if config.init_from:
-            skeleton_from(skeleton, Path(config.init_from), config.spec, config.name)
             import hashlib
 
-            weights = hashlib.sha256((skeleton / "model.safetensors").read_bytes()).hexdigest()
-            return {"init_from": config.init_from, "init_sha256": weights,
+            extra, hashed = {}, skeleton / "model.safetensors"
+            if config.vision.minutes > 0:
+                init = _repo_path(config.init_from)
+                transplant_vision(skeleton, init, work / "vision" / "vision_tower", config.spec.downsample_ratio,
+                                  config.spec.seed)
+                (skeleton / "model_card.json").write_text(json.dumps(
+                    {"name": f"{config.name} (from {init.name}'s language model)", "trained": False}))
+                extra, hashed = {"vision_tower": str(work / "vision" / "vision_tower")}, init / "model.safetensors"
+            else:
+                skeleton_from(skeleton, Path(config.init_from), config.spec, config.name)
+            weights = hashlib.sha256(hashed.read_bytes()).hexdigest()
+            return {"init_from": config.init_from, "init_sha256": weights, **extra,
                     "vocabulary": json.loads((skeleton / "config.json").read_text())["text_config"]["vocab_size"]}
         build_skeleton(skeleton, config.spec, corpus_text(train_dir), config.name)
         return {"vocabulary": json.loads((skeleton / "config.json").read_text())["text_config"]["vocab_size"]}

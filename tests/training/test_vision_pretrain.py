@@ -143,6 +143,7 @@ def test_the_recipe_pretrains_a_tower_transplants_it_and_trains_stage_1_through_
     assert state["skeleton"]["vision_tower"].endswith("vision_tower")
     cfg = json.loads((work / "skeleton" / "config.json").read_text())
     assert cfg["vision_config"]["image_size"] == [112, 112] and cfg["image_seq_length"] == 4
+    assert json.loads((work / "skeleton" / "model_card.json").read_text())["trained"] is False
     tower = load_file(work / "vision" / "vision_tower" / "model.safetensors")
     skeleton = InternVLForConditionalGeneration.from_pretrained(work / "skeleton").state_dict()
     assert all(torch.equal(skeleton[f"model.vision_tower.{k}"], v) for k, v in tower.items())
