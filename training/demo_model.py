@@ -470,7 +470,8 @@ def transplant_vision(folder: Path, init: Path, tower: Path, downsample_ratio: f
     language model of the trained model ``init``: its language model, embeddings, head, tokenizer and chat
     template are kept; the vision config and weights are the tower's; the projector is kept when its shapes still
     fit (same width and patches per token) and drawn afresh otherwise. The image processor's tile and the image
-    token count follow the tower (``image_seq_length`` = (tile / patch x ``downsample_ratio``)²). Returns the config."""
+    token count follow the tower (``image_seq_length`` = (tile / patch x ``downsample_ratio``)²).
+    Returns the config."""
     from safetensors.torch import load_file
     from transformers import InternVLConfig, InternVLForConditionalGeneration
 

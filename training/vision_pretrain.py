@@ -126,7 +126,8 @@ def iou(a: Sequence[float], b: Sequence[float]) -> float:
 
 
 def score(predicted: Sequence[Sequence[Sequence[float]]], lesions) -> dict:
-    """Per size bucket: lesions, mean best IoU, share with IoU ≥ 0.5; lesion-free images with no box; boxes on them."""
+    """Per size bucket: lesions, mean best IoU, share with IoU ≥ 0.5; lesion-free images left with no box, and the
+    boxes drawn on them."""
     per: dict[str, list[float]] = {name: [] for name in BUCKET_NAMES}
     empty = called_empty = false_boxes = 0
     for boxes, truth in zip(predicted, lesions):

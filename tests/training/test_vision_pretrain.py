@@ -117,7 +117,8 @@ def test_a_transplanted_model_reads_through_the_new_tower_and_writes_with_the_ol
     inputs = engine.encode([ChatRequest(prompt="Where?", image=image)])
     tokens = int((inputs["input_ids"] == engine.model.config.image_token_id).sum())
     assert tokens and tokens % 4 == 0  # 4 per tile (the tiny model tiles up to 6 + a thumbnail)
-    assert engine.generate(ChatRequest(prompt="Where?", image=image, max_new_tokens=4)).finish_reason in {"stop", "length"}
+    answer = engine.generate(ChatRequest(prompt="Where?", image=image, max_new_tokens=4))
+    assert answer.finish_reason in {"stop", "length"}
     with pytest.raises(Exception, match="does not shuffle"):
         transplant_vision(tmp_path / "bad", tiny_model_dir, tmp_path / "tower", 0.3)
 
