@@ -50,6 +50,11 @@ STAGES = ("phantoms", "vision", "skeleton", "sft", "reasoning", "dpo", "eval")
 MAX_MODEL_BYTES = 50 * 1024 * 1024
 
 
+def _repo_path(path: str | Path) -> Path:
+    """A path from a config: absolute as given, else under the repository."""
+    return Path(path) if Path(path).is_absolute() else REPO / path
+
+
 @dataclass
 class SpecSection:
     """Model sizes (training.model_factory.TinySpec fields)."""
@@ -294,11 +299,20 @@ def build_demo_tokenizer(lines: Sequence[str], vocab_size: int):
         chat_template=CHAT_TEMPLATE, padding_side="left", model_max_length=4096)
 
 
+def _save_processor_files(folder: Path, tiny, image_seq_length: int) -> None:
+    """The image processor of ``tiny`` (a TinySpec: tile, tiles) and the processor config with its token count."""
+    from training.model_factory import build_image_processor
+
+    build_image_processor(tiny).save_pretrained(folder)
+    (folder / "processor_config.json").write_text(json.dumps(
+        {"processor_class": "InternVLProcessor", "image_seq_length": image_seq_length}, indent=2))
+
+
 def build_skeleton(folder: Path, spec: SpecSection, lines: Sequence[str], name: str) -> Path:
     """Tokenizer trained on the corpus + randomly initialised InternVL (model_factory's config and processor)."""
     from transformers import InternVLForConditionalGeneration
 
-    from training.model_factory import TinySpec, build_config, build_image_processor
+    from training.model_factory import TinySpec, build_config
 
     tiny = TinySpec(**{k: v for k, v in asdict(spec).items() if k in TinySpec.__dataclass_fields__})
     torch.manual_seed(spec.seed)
@@ -312,9 +326,7 @@ def build_skeleton(folder: Path, spec: SpecSection, lines: Sequence[str], name: 
     folder.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(folder, safe_serialization=True)
     tokenizer.save_pretrained(folder)
-    build_image_processor(tiny).save_pretrained(folder)
-    (folder / "processor_config.json").write_text(json.dumps(
-        {"processor_class": "InternVLProcessor", "image_seq_length": config.image_seq_length}, indent=2))
+    _save_processor_files(folder, tiny, config.image_seq_length)
     (folder / "model_card.json").write_text(json.dumps({"name": f"{name} (untrained)", "trained": False}))
     n_params = sum(p.numel() for p in model.parameters())
     log.info("skeleton: %d parameters, vocabulary %d", n_params, len(tokenizer))
@@ -327,9 +339,9 @@ def skeleton_from(folder: Path, init: Path, spec: SpecSection, name: str) -> Pat
     larger tile (``spec.image_size`` a multiple of the model's, same patch size): then the vision tower's
     position embeddings are resized to the finer patch grid (:func:`grow_tile`) and every tile gives more
     image tokens."""
-    from training.model_factory import TinySpec, build_image_processor, image_tokens_per_tile
+    from training.model_factory import TinySpec, image_tokens_per_tile
 
-    init = Path(init) if Path(init).is_absolute() else REPO / init
+    init = _repo_path(init)
     if not (init / "config.json").is_file():
         raise XMedError(f"init_from: no model at {init}.")
     cfg = json.loads((init / "config.json").read_text())
@@ -367,9 +379,7 @@ def skeleton_from(folder: Path, init: Path, spec: SpecSection, name: str) -> Pat
     if deeper:
         cfg = grow_depth(folder, deeper.get("vision_layers", have["vision_layers"]),
                          deeper.get("text_layers", have["text_layers"]), spec.seed)
-    build_image_processor(tiny).save_pretrained(folder)
-    (folder / "processor_config.json").write_text(json.dumps(
-        {"processor_class": "InternVLProcessor", "image_seq_length": cfg["image_seq_length"]}, indent=2))
+    _save_processor_files(folder, tiny, cfg["image_seq_length"])
     (folder / "model_card.json").write_text(json.dumps({"name": f"{name} (from {init.name})", "trained": False}))
     log.info("skeleton: copied from %s (max_tiles %d)", init, spec.max_tiles)
     return folder
@@ -460,11 +470,8 @@ def grow_tile(folder: Path, image_size: int, image_tokens: int, downsample_ratio
     return cfg
 
 
-def _repo_path(path: str | Path) -> Path:
-    return Path(path) if Path(path).is_absolute() else REPO / path
-
-
-def transplant_vision(folder: Path, init: Path, tower: Path, downsample_ratio: float, seed: int = 0) -> dict:
+def transplant_vision(folder: Path, init: Path, tower: Path, downsample_ratio: float, seed: int = 0,
+                      name: str = "") -> dict:
     """A demo model in ``folder`` that reads images with the vision tower saved in ``tower`` (an
     ``InternVLVisionModel``, e.g. :mod:`training.vision_pretrain`'s dense-pretrained one) and writes with the
     language model of the trained model ``init``: its language model, embeddings, head, tokenizer and chat
@@ -475,7 +482,7 @@ def transplant_vision(folder: Path, init: Path, tower: Path, downsample_ratio: f
     from safetensors.torch import load_file
     from transformers import InternVLConfig, InternVLForConditionalGeneration
 
-    from training.model_factory import TinySpec, build_image_processor
+    from training.model_factory import TinySpec
 
     init, tower, folder = Path(init), Path(tower), Path(folder)
     for need in (init / "config.json", tower / "config.json"):
@@ -505,13 +512,12 @@ def transplant_vision(folder: Path, init: Path, tower: Path, downsample_ratio: f
     for f in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "special_tokens_map.json"):
         if (init / f).is_file():
             shutil.copy2(init / f, folder / f)
-    image_size = vision["image_size"][0]
     pre = json.loads((init / "preprocessor_config.json").read_text()) if (init / "preprocessor_config.json").is_file() \
         else {}
-    build_image_processor(TinySpec(image_size=image_size, patch_size=vision["patch_size"][0],
-                                   max_tiles=int(pre.get("max_patches", 1)))).save_pretrained(folder)
-    (folder / "processor_config.json").write_text(json.dumps(
-        {"processor_class": "InternVLProcessor", "image_seq_length": cfg["image_seq_length"]}, indent=2))
+    _save_processor_files(folder, TinySpec(image_size=vision["image_size"][0], patch_size=vision["patch_size"][0],
+                                           max_tiles=int(pre.get("max_patches", 1))), cfg["image_seq_length"])
+    (folder / "model_card.json").write_text(json.dumps(
+        {"name": f"{name or init.name} (from {init.name}'s language model)", "trained": False}))
     projector = sorted({k.split(".")[2] for k in mine if k.startswith("model.multi_modal_projector.")
                         and k not in kept})
     log.info("transplant: %s's language model reads %s's %d x %d patches as %d image tokens (projector %s)",
@@ -626,9 +632,7 @@ def run_recipe(config: DemoConfig, stop_after: str | None = None) -> Path:
             if config.vision.minutes > 0:
                 init = _repo_path(config.init_from)
                 transplant_vision(skeleton, init, work / "vision" / "vision_tower", config.spec.downsample_ratio,
-                                  config.spec.seed)
-                (skeleton / "model_card.json").write_text(json.dumps(
-                    {"name": f"{config.name} (from {init.name}'s language model)", "trained": False}))
+                                  config.spec.seed, config.name)
                 extra, hashed = {"vision_tower": str(work / "vision" / "vision_tower")}, init / "model.safetensors"
             else:
                 skeleton_from(skeleton, Path(config.init_from), config.spec, config.name)
@@ -644,8 +648,7 @@ def run_recipe(config: DemoConfig, stop_after: str | None = None) -> Path:
                      *config.stage_overrides.get(name, [])]
         commands.append(_command("training.sft", cfg_path, overrides))
         if not state.done(name):
-            cfg = load_config(REPO / cfg_path if not Path(cfg_path).is_absolute() else cfg_path, SFTConfig,
-                              overrides)
+            cfg = load_config(_repo_path(cfg_path), SFTConfig, overrides)
             stage(name, lambda: _card(train_sft(cfg, resume=True)), config=cfg_path, overrides=overrides)
         return out / "final"
 
@@ -655,7 +658,7 @@ def run_recipe(config: DemoConfig, stop_after: str | None = None) -> Path:
                      f"train.output_dir={out}", *config.stage_overrides.get("dpo", [])]
         commands.append(_command("training.dpo", config.dpo_config, overrides))
         if not state.done("dpo"):
-            path = REPO / config.dpo_config if not Path(config.dpo_config).is_absolute() else config.dpo_config
+            path = _repo_path(config.dpo_config)
             cfg = load_config(path, DPOConfig, overrides)
             stage("dpo", lambda: _card(train_dpo(cfg, resume=True)), config=config.dpo_config, overrides=overrides)
         return out / "final"

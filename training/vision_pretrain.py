@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from inference.evaluation.sizes import BUCKET_NAMES, size_bucket
+from inference.types import Box
 
 log = logging.getLogger(__name__)
 
@@ -117,14 +118,6 @@ def decode(out, threshold: float = 0.5) -> list[list[tuple[float, float, float, 
     return boxes
 
 
-def iou(a: Sequence[float], b: Sequence[float]) -> float:
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
-
-
 def score(predicted: Sequence[Sequence[Sequence[float]]], lesions) -> dict:
     """Per size bucket: lesions, mean best IoU, share with IoU ≥ 0.5; lesion-free images left with no box, and the
     boxes drawn on them."""
@@ -137,7 +130,7 @@ def score(predicted: Sequence[Sequence[Sequence[float]]], lesions) -> dict:
             false_boxes += len(boxes)
             continue
         for box, mm in truth:
-            per[size_bucket(mm)].append(max((iou(box, p) for p in boxes), default=0.0))
+            per[size_bucket(mm)].append(max((Box(*box).iou(Box(*p)) for p in boxes), default=0.0))
     every = [v for vs in per.values() for v in vs]
     out = {name: {"lesions": len(vs), "mean_iou": round(float(np.mean(vs)), 4) if vs else None,
                   "acc_at_0_5": round(float(np.mean(np.array(vs) >= 0.5)), 4) if vs else None}

@@ -13,6 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from inference.types import Box
 from training import vision_pretrain as vp
 from training.study_corpus import StudyCorpusConfig, write_study_corpus
 
@@ -41,7 +42,8 @@ def test_targets_decode_back_to_the_boxes_they_were_made_from():
     assert scored["medium"]["lesions"] == 1 and scored["small"]["lesions"] == 1
     # a box drawn beside the lesion scores its overlap, none scores 0, a box on an empty image is a false box
     scored = vp.score([[(0.2, 0.2, 0.4, 0.35)], [(0.5, 0.5, 0.6, 0.6)]], [lesions[0][:1], []])
-    assert scored["all"]["mean_iou"] == pytest.approx(vp.iou((0.10, 0.20, 0.30, 0.35), (0.2, 0.2, 0.4, 0.35)), abs=1e-4)
+    beside = Box(0.10, 0.20, 0.30, 0.35).iou(Box(0.2, 0.2, 0.4, 0.35))
+    assert scored["all"]["mean_iou"] == pytest.approx(beside, abs=1e-4)
     assert scored["empty"]["called_empty"] == 0.0 and scored["empty"]["false_boxes_per_image"] == 1.0
 
 
