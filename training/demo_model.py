@@ -165,7 +165,9 @@ class VisionSection:
     the tower reads ``image_size``-px tiles in ``patch_size``-px patches, is trained on the training corpus's boxes
     for ``minutes`` (resumable), and replaces ``init_from``'s tower (training.demo_model.transplant_vision), its
     patches joined ``spec.downsample_ratio`` to a side into image tokens. ``spec`` then describes the model
-    after the transplant."""
+    after the transplant. ``readout`` "token" also trains a projector-shaped head on the image tokens, which
+    becomes the new projector's first layers; ``init_tower`` starts the tower from a saved one (e.g. an earlier
+    run's ``vision/vision_tower``); ``position`` also trains each patch to say its own place on the grid."""
 
     minutes: float = 0.0
     image_size: int = 224
@@ -174,6 +176,9 @@ class VisionSection:
     lr: float = 1.0e-3
     seed: int = 0
     eval_limit: int = 3000
+    readout: str = "cell"
+    init_tower: str = ""
+    position: bool = False
 
 
 @dataclass
@@ -471,13 +476,16 @@ def grow_tile(folder: Path, image_size: int, image_tokens: int, downsample_ratio
 
 
 def transplant_vision(folder: Path, init: Path, tower: Path, downsample_ratio: float, seed: int = 0,
-                      name: str = "") -> dict:
+                      name: str = "", token_head: Path | None = None) -> dict:
     """A demo model in ``folder`` that reads images with the vision tower saved in ``tower`` (an
     ``InternVLVisionModel``, e.g. :mod:`training.vision_pretrain`'s dense-pretrained one) and writes with the
     language model of the trained model ``init``: its language model, embeddings, head, tokenizer and chat
     template are kept; the vision config and weights are the tower's; the projector is kept when its shapes still
     fit (same width and patches per token) and drawn afresh otherwise. The image processor's tile and the image
     token count follow the tower (``image_seq_length`` = (tile / patch x ``downsample_ratio``)²).
+    ``token_head``: the token head trained with the tower (:mod:`training.vision_pretrain`'s ``token_head.pt``);
+    its layer norm and first linear layer become the projector's, so the language model starts from tokens whose
+    projector already says where a lesion is (only the projector's last layer is drawn afresh).
     Returns the config."""
     from safetensors.torch import load_file
     from transformers import InternVLConfig, InternVLForConditionalGeneration
@@ -506,6 +514,18 @@ def transplant_vision(folder: Path, init: Path, tower: Path, downsample_ratio: f
     model.load_state_dict(kept, strict=False)
     tower_weights = load_file(tower / "model.safetensors")
     model.model.vision_tower.load_state_dict(tower_weights, strict=True)
+    if token_head is not None:
+        head = torch.load(token_head, weights_only=True)
+        projector = model.model.multi_modal_projector
+        for part in ("layer_norm", "linear_1"):
+            mine_part = getattr(projector, part)
+            got = {k[len(part) + 1:]: v for k, v in head.items() if k.startswith(part + ".")}
+            if {k: tuple(v.shape) for k, v in got.items()} != {k: tuple(v.shape) for k, v in
+                                                               mine_part.state_dict().items()}:
+                raise XMedError(f"transplant_vision: {token_head} does not fit the projector "
+                                f"(ratio {downsample_ratio}, width {projector.linear_1.out_features}).")
+            mine_part.load_state_dict(got)
+            kept.update({f"model.multi_modal_projector.{part}.{k}": v for k, v in got.items()})
     folder.mkdir(parents=True, exist_ok=True)
     model.generation_config = old.generation_config
     model.save_pretrained(folder, safe_serialization=True)
@@ -522,7 +542,8 @@ def transplant_vision(folder: Path, init: Path, tower: Path, downsample_ratio: f
                         and k not in kept})
     log.info("transplant: %s's language model reads %s's %d x %d patches as %d image tokens (projector %s)",
              init.name, tower.name, side, side, cfg["image_seq_length"],
-             "drawn afresh: " + ", ".join(projector) if projector else "kept")
+             "drawn afresh: " + ", ".join(projector) if projector else
+             "layer norm and first layer from the token head" if token_head is not None else "kept")
     return cfg
 
 
@@ -619,8 +640,10 @@ def run_recipe(config: DemoConfig, stop_after: str | None = None) -> Path:
         v = config.vision
         result = pretrain(train_dir, work / "vision", _repo_path(config.init_from), image_size=v.image_size,
                           patch=v.patch_size, eval_dir=eval_dir, eval_limit=v.eval_limit, minutes=v.minutes,
-                          batch=v.batch, lr=v.lr, seed=v.seed)
-        return {"vision": {k: result[k] for k in ("steps", "trained_min", "grid", "held_out")}}
+                          batch=v.batch, lr=v.lr, seed=v.seed, readout=v.readout,
+                          ratio=config.spec.downsample_ratio,
+                          init_tower=_repo_path(v.init_tower) if v.init_tower else None, position=v.position)
+        return {"vision": {k: result[k] for k in ("steps", "trained_min", "grid", "readout", "held_out")}}
 
     def skeleton_stage() -> dict:
         if skeleton.exists():
@@ -631,8 +654,9 @@ def run_recipe(config: DemoConfig, stop_after: str | None = None) -> Path:
             extra, hashed = {}, skeleton / "model.safetensors"
             if config.vision.minutes > 0:
                 init = _repo_path(config.init_from)
+                head = work / "vision" / "token_head.pt" if config.vision.readout == "token" else None
                 transplant_vision(skeleton, init, work / "vision" / "vision_tower", config.spec.downsample_ratio,
-                                  config.spec.seed, config.name)
+                                  config.spec.seed, config.name, token_head=head)
                 extra, hashed = {"vision_tower": str(work / "vision" / "vision_tower")}, init / "model.safetensors"
             else:
                 skeleton_from(skeleton, Path(config.init_from), config.spec, config.name)
@@ -675,11 +699,19 @@ def run_recipe(config: DemoConfig, stop_after: str | None = None) -> Path:
         if (config.vision.image_size, config.vision.patch_size) != (config.spec.image_size, config.spec.patch_size):
             raise XMedError("vision: image_size and patch_size must be spec's (spec describes the model after the "
                             "transplant).")
+        from training.vision_pretrain import READOUTS
+
+        if config.vision.readout not in READOUTS:
+            raise XMedError(f"vision.readout {config.vision.readout!r}: one of {', '.join(READOUTS)}.")
         stage("vision", vision_stage)
         v = config.vision
         commands.append(f"python -m training.vision_pretrain --corpus {train_dir} --eval {eval_dir} --out "
                         f"{work / 'vision'} --like {config.init_from} --image-size {v.image_size} --patch "
-                        f"{v.patch_size} --minutes {v.minutes:g} --batch {v.batch} --lr {v.lr:g} --seed {v.seed}")
+                        f"{v.patch_size} --minutes {v.minutes:g} --batch {v.batch} --lr {v.lr:g} --seed {v.seed}"
+                        + (f" --readout {v.readout} --ratio {config.spec.downsample_ratio:g}"
+                           if v.readout != "cell" else "")
+                        + (f" --init-tower {v.init_tower}" if v.init_tower else "")
+                        + (" --position" if v.position else ""))
     if stop_after == "vision":
         return work
     stage("skeleton", skeleton_stage)

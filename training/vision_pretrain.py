@@ -41,6 +41,10 @@ log = logging.getLogger(__name__)
 
 #: Lesion-centre cells are rare (about one in 300 on the demo grid): their objectness loss is weighted up.
 POSITIVE_WEIGHT = 10.0
+#: What is trained on the tower's output: "cell", a per-patch head (centre offset and size in the patch); "token",
+#: that plus a head shaped as the demo model's projector on the image tokens the language model reads, which says
+#: per token whether a lesion's centre lies in it and its box in image coordinates.
+READOUTS = ("cell", "token")
 
 
 @dataclass
@@ -100,6 +104,39 @@ def targets(lesions: Sequence[Sequence[tuple[tuple[float, float, float, float], 
     return obj, reg
 
 
+def token_targets(lesions: Sequence[Sequence[tuple[tuple[float, float, float, float], float]]], side: int):
+    """Per image and image token (``side`` x ``side`` of them, row-major as the language model reads them):
+    objectness (1 where a lesion's centre lies in the token) and there the box (x0, y0, x1, y1 in 0..1 of the
+    image); of two centres in one token, the larger lesion's."""
+    import torch
+
+    obj = torch.zeros(len(lesions), side * side)
+    reg = torch.zeros(len(lesions), side * side, 4)
+    area = torch.zeros(len(lesions), side * side)
+    for i, items in enumerate(lesions):
+        for (x0, y0, x1, y1), _ in items:
+            gx, gy = min(int((x0 + x1) / 2 * side), side - 1), min(int((y0 + y1) / 2 * side), side - 1)
+            k = gy * side + gx
+            if (x1 - x0) * (y1 - y0) > area[i, k]:
+                obj[i, k], area[i, k] = 1.0, (x1 - x0) * (y1 - y0)
+                reg[i, k] = torch.tensor([x0, y0, x1, y1])
+    return obj, reg
+
+
+def decode_tokens(out, threshold: float = 0.5) -> list[list[tuple[float, float, float, float]]]:
+    """Boxes (0..1) from the token head's output (N x tokens x 5): every token whose objectness clears it."""
+    import torch
+
+    boxes = []
+    for o in out:
+        found = []
+        for k in torch.where(torch.sigmoid(o[:, 0]) >= threshold)[0]:
+            x0, y0, x1, y1 = o[k, 1:].tolist()
+            found.append((min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1)))
+        boxes.append(found)
+    return boxes
+
+
 def decode(out, threshold: float = 0.5) -> list[list[tuple[float, float, float, float]]]:
     """Boxes (0..1) from the head's output (N x G x G x 5): every cell whose objectness clears ``threshold``."""
     import torch
@@ -142,10 +179,48 @@ def score(predicted: Sequence[Sequence[Sequence[float]]], lesions) -> dict:
     return out
 
 
-class DenseDetector:
-    """An ``InternVLVisionModel`` and a per-patch head (objectness, offset x/y, log width/height)."""
+class TokenHead:
+    """A head on the image tokens shaped as InternVL's projector up to its hidden layer -- layer norm over the
+    pixel-shuffled token, linear to ``width`` (the language model's width), GELU -- then a linear readout (token
+    objectness, box in image coordinates). Its norm and first layer become the demo model's projector
+    (:func:`training.demo_model.transplant_vision`), so what the language model first reads is, along straight
+    lines, whether a lesion lies in the token and where in the image it is."""
 
-    def __init__(self, vision_config: dict, mean: Sequence[float], std: Sequence[float], seed: int = 0) -> None:
+    def __init__(self, hidden: int, ratio: float, width: int) -> None:
+        import torch
+
+        self.ratio = ratio
+        channels = hidden * int(round(1 / ratio)) ** 2
+        self.layer_norm = torch.nn.LayerNorm(channels)
+        self.linear_1 = torch.nn.Linear(channels, width)
+        self.readout = torch.nn.Linear(width, 5)
+
+    def modules(self):
+        return [self.layer_norm, self.linear_1, self.readout]
+
+    def __call__(self, patches, grid: int):
+        import torch.nn.functional as F
+        from transformers.models.internvl.modeling_internvl import InternVLModel
+
+        x = InternVLModel.pixel_shuffle(None, patches.reshape(patches.shape[0], grid, grid, -1), self.ratio)
+        x = x.reshape(patches.shape[0], -1, x.shape[-1])
+        return self.readout(F.gelu(self.linear_1(self.layer_norm(x))))
+
+    def state_dict(self) -> dict:
+        return {f"{name}.{k}": v for name, m in zip(("layer_norm", "linear_1", "readout"), self.modules())
+                for k, v in m.state_dict().items()}
+
+    def load_state_dict(self, state: dict) -> None:
+        for name, m in zip(("layer_norm", "linear_1", "readout"), self.modules()):
+            m.load_state_dict({k[len(name) + 1:]: v for k, v in state.items() if k.startswith(name + ".")})
+
+
+class DenseDetector:
+    """An ``InternVLVisionModel`` and a per-patch head (objectness, offset x/y, log width/height); with
+    ``token_head`` = (pixel-shuffle ratio, language model width), also a :class:`TokenHead` on the image tokens."""
+
+    def __init__(self, vision_config: dict, mean: Sequence[float], std: Sequence[float], seed: int = 0,
+                 token_head: tuple[float, int] | None = None, position: bool = False) -> None:
         import torch
         from transformers import InternVLVisionConfig, InternVLVisionModel
 
@@ -157,40 +232,69 @@ class DenseDetector:
         self.grid = self.config.image_size[0] // self.config.patch_size[0]
         self.mean = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
+        self.tokens = TokenHead(hidden, *token_head) if token_head else None
+        # ``position``: every patch also says where it is -- trained for offsets alone, the tower forgets its
+        # position embeddings, and no head can say where in the image a lesion is (docs/demo-512-run-18.md)
+        self.where = torch.nn.Linear(hidden, 2) if position else None
+        rows = (torch.arange(self.grid, dtype=torch.float32) + 0.5) / self.grid
+        self.position = torch.stack(torch.meshgrid(rows, rows, indexing="ij")[::-1], dim=-1).view(-1, 2)  # x, y
 
     def parameters(self):
-        return list(self.tower.parameters()) + list(self.head.parameters())
+        extra = [p for m in [*(self.tokens.modules() if self.tokens else []), *([self.where] if self.where else [])]
+                 for p in m.parameters()]
+        return list(self.tower.parameters()) + list(self.head.parameters()) + extra
 
     def train(self, on: bool = True) -> None:
         self.tower.train(on)
         self.head.train(on)
 
-    def __call__(self, images):
+    def forward(self, images, where: bool = False):
+        """The per-patch head's output (N x G x G x 5) and, with a token head, its output (N x tokens x 5); with
+        ``where``, also each patch's own position as it reads it (N x G² x 2, x and y in 0..1; None without
+        ``position``)."""
         x = images.float()[:, None].expand(-1, 3, -1, -1) / 255.0
         x = (x - self.mean) / self.std
         h = self.tower(pixel_values=x).last_hidden_state[:, 1:]  # the class token is not a patch
-        return self.head(h).view(images.shape[0], self.grid, self.grid, 5)
+        cells = self.head(h).view(images.shape[0], self.grid, self.grid, 5)
+        out = cells, (self.tokens(h, self.grid) if self.tokens else None)
+        return (*out, self.where(h) if self.where is not None else None) if where else out
+
+    def __call__(self, images):
+        return self.forward(images)[0]
 
 
-def loss(out, obj, reg):
+def loss(out, obj, reg, scale: float = 1.0):
+    """Objectness (binary cross-entropy, positives weighted up) plus the box numbers' smooth L1 where a lesion is,
+    the numbers multiplied by ``scale`` first."""
     import torch
     import torch.nn.functional as F
 
     lo = F.binary_cross_entropy_with_logits(out[..., 0], obj, pos_weight=torch.tensor(POSITIVE_WEIGHT))
     m = obj > 0
-    return lo + (F.smooth_l1_loss(out[..., 1:][m], reg[m]) if bool(m.any()) else out.sum() * 0.0)
+    return lo + (F.smooth_l1_loss(out[..., 1:][m] * scale, reg[m] * scale) if bool(m.any()) else out.sum() * 0.0)
+
+
+def position_loss(where, position, scale: float):
+    """Smooth L1 between each patch's stated position and its place on the grid, in patches."""
+    import torch.nn.functional as F
+
+    return F.smooth_l1_loss(where * scale, position.expand_as(where) * scale)
 
 
 def evaluate(det: DenseDetector, corpus: Corpus, batch: int = 64, threshold: float = 0.5) -> dict:
+    """The held-out corpus scored by the per-patch head and, where there is one, by the token head (``tokens``)."""
     import torch
 
     det.train(False)
-    predicted = []
+    cells, tokens = [], []
     with torch.inference_mode():
         for s in range(0, len(corpus.lesions), batch):
-            predicted.extend(decode(det(corpus.images[s:s + batch]), threshold))
+            c, t = det.forward(corpus.images[s:s + batch])
+            cells.extend(decode(c, threshold))
+            if t is not None:
+                tokens.extend(decode_tokens(t, threshold))
     det.train(True)
-    return score(predicted, corpus.lesions)
+    return {**score(cells, corpus.lesions), **({"tokens": score(tokens, corpus.lesions)} if det.tokens else {})}
 
 
 def vision_config_like(model: Path, image_size: int, patch: int, layers: int | None = None) -> dict:
@@ -211,8 +315,14 @@ def processor_stats(model: Path) -> tuple[list[float], list[float]]:
 def pretrain(corpus_dir: Path, out: Path, like: Path, *, image_size: int, patch: int, layers: int | None = None,
              eval_dir: Path | None = None, eval_limit: int = 3000, minutes: float | None = None,
              steps: int | None = None, batch: int = 32, lr: float = 1e-3, seed: int = 0, save_every: int = 500,
-             eval_every: int = 1000) -> dict:
-    """Train (or continue) the dense detector; writes ``out/vision_tower`` and ``out/result.json``."""
+             eval_every: int = 1000, readout: str = "cell", ratio: float = 0.25,
+             init_tower: Path | None = None, position: bool = False) -> dict:
+    """Train (or continue) the dense detector; writes ``out/vision_tower`` and ``out/result.json``.
+
+    ``readout`` "token" also trains a :class:`TokenHead` on the image tokens (``ratio``: the pixel shuffle's
+    downsample ratio) and saves it as ``out/token_head.pt``. ``init_tower``: start the tower from a saved
+    ``InternVLVisionModel`` (fresh heads). ``position``: a linear head on each patch also says the patch's own
+    place on the grid (keeps the position embeddings' signal in the tower's output)."""
     import torch
 
     if minutes is None and steps is None:
@@ -220,14 +330,30 @@ def pretrain(corpus_dir: Path, out: Path, like: Path, *, image_size: int, patch:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     mean, std = processor_stats(like)
-    det = DenseDetector(vision_config_like(like, image_size, patch, layers), mean, std, seed)
+    if readout not in READOUTS:
+        raise ValueError(f"readout {readout!r}: one of {', '.join(READOUTS)}")
+    width = json.loads((Path(like) / "config.json").read_text())["text_config"]["hidden_size"]
+    det = DenseDetector(vision_config_like(like, image_size, patch, layers), mean, std, seed,
+                        token_head=(ratio, width) if readout == "token" else None, position=position)
+    if init_tower is not None:
+        from safetensors.torch import load_file
+
+        det.tower.load_state_dict(load_file(Path(init_tower) / "model.safetensors"), strict=True)
     opt = torch.optim.AdamW(det.parameters(), lr=lr, weight_decay=0.01)
     step, trained_s = 0, 0.0
     ckpt = out / "checkpoint.pt"
     if ckpt.is_file():
         state = torch.load(ckpt, weights_only=False)
+        if state.get("readout", "cell") != readout or ("where" in state) != position:
+            raise ValueError(f"{ckpt} was trained with readout {state.get('readout', 'cell')!r}"
+                             f"{' and position' if 'where' in state else ''}, not {readout!r}"
+                             f"{' and position' if position else ''}")
         det.tower.load_state_dict(state["tower"])
         det.head.load_state_dict(state["head"])
+        if det.tokens:
+            det.tokens.load_state_dict(state["tokens"])
+        if det.where is not None:
+            det.where.load_state_dict(state["where"])
         opt.load_state_dict(state["optimizer"])
         step, trained_s = state["step"], state["trained_s"]
         torch.set_rng_state(state["torch_rng"])
@@ -238,6 +364,8 @@ def pretrain(corpus_dir: Path, out: Path, like: Path, *, image_size: int, patch:
     train = load_corpus(corpus_dir, image_size)
     held = load_corpus(eval_dir, image_size, eval_limit) if eval_dir else None
     obj, reg = targets(train.lesions, det.grid)
+    side = round(det.grid * ratio)
+    tobj, treg = token_targets(train.lesions, side) if det.tokens else (None, None)
     log.info("dense pretraining: %d images, grid %d x %d, %d lesion cells; step %d", len(train.lesions), det.grid,
              det.grid, int(obj.sum()), step)
     metrics = (out / "metrics.jsonl").open("a", encoding="utf-8")
@@ -245,7 +373,9 @@ def pretrain(corpus_dir: Path, out: Path, like: Path, *, image_size: int, patch:
     def save() -> None:
         tmp = ckpt.with_suffix(".tmp")
         torch.save({"tower": det.tower.state_dict(), "head": det.head.state_dict(), "optimizer": opt.state_dict(),
-                    "step": step, "trained_s": trained_s, "torch_rng": torch.get_rng_state(),
+                    "step": step, "trained_s": trained_s, "torch_rng": torch.get_rng_state(), "readout": readout,
+                    **({"tokens": det.tokens.state_dict()} if det.tokens else {}),
+                    **({"where": det.where.state_dict()} if det.where is not None else {}),
                     "py_rng": random.getstate()}, tmp)
         tmp.replace(ckpt)
 
@@ -256,7 +386,12 @@ def pretrain(corpus_dir: Path, out: Path, like: Path, *, image_size: int, patch:
         if (steps is not None and step >= steps) or (minutes is not None and trained_s >= minutes * 60):
             break
         idx = torch.tensor([random.randrange(len(train.lesions)) for _ in range(batch)])
-        value = loss(det(train.images[idx]), obj[idx], reg[idx])
+        cells, tokens, where = det.forward(train.images[idx], where=True)
+        value = loss(cells, obj[idx], reg[idx])
+        if tokens is not None:  # box numbers and positions in 0..1 of the image, counted in patches as offsets are
+            value = value + loss(tokens, tobj[idx], treg[idx], scale=float(det.grid))
+        if where is not None:
+            value = value + position_loss(where, det.position, float(det.grid))
         opt.zero_grad()
         value.backward()
         opt.step()
@@ -274,8 +409,12 @@ def pretrain(corpus_dir: Path, out: Path, like: Path, *, image_size: int, patch:
     metrics.close()
     det.tower.save_pretrained(out / "vision_tower", safe_serialization=True)
     torch.save(det.head.state_dict(), out / "dense_head.pt")
+    if det.tokens:
+        torch.save(det.tokens.state_dict(), out / "token_head.pt")
     result = {"corpus": str(corpus_dir), "images": len(train.lesions), "image_size": image_size, "patch": patch,
-              "grid": det.grid, "steps": step, "batch": batch, "lr": lr, "seed": seed,
+              "grid": det.grid, "steps": step, "batch": batch, "lr": lr, "seed": seed, "readout": readout,
+              **({"ratio": ratio} if det.tokens else {}), **({"position": True} if position else {}),
+              **({"init_tower": str(init_tower)} if init_tower is not None else {}),
               "trained_min": round(trained_s / 60, 1),
               "held_out": ({"corpus": str(eval_dir), "images": len(held.lesions), **evaluate(det, held)}
                            if held is not None else None)}
@@ -298,6 +437,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--readout", choices=READOUTS, default="cell",
+                   help="token: also train a projector-shaped head on the image tokens (box in image coordinates)")
+    p.add_argument("--ratio", type=float, default=0.25, help="the pixel shuffle's downsample ratio (--readout token)")
+    p.add_argument("--init-tower", type=Path, help="start from this saved vision tower (fresh heads)")
+    p.add_argument("--position", action="store_true", help="also train each patch to say its place on the grid")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("-v", "--verbose", action="store_true")
     args = p.parse_args(argv)
@@ -311,7 +455,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     result = pretrain(args.corpus, args.out, args.like, image_size=args.image_size, patch=args.patch,
                       layers=args.layers or None, eval_dir=args.eval_dir, eval_limit=args.eval_limit,
-                      minutes=args.minutes, steps=args.steps, batch=args.batch, lr=args.lr, seed=args.seed)
+                      minutes=args.minutes, steps=args.steps, batch=args.batch, lr=args.lr, seed=args.seed,
+                      readout=args.readout, ratio=args.ratio, init_tower=args.init_tower, position=args.position)
     print(json.dumps(result, indent=2))
     return 0
 

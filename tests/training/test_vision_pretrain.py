@@ -47,6 +47,29 @@ def test_targets_decode_back_to_the_boxes_they_were_made_from():
     assert scored["empty"]["called_empty"] == 0.0 and scored["empty"]["false_boxes_per_image"] == 1.0
 
 
+def test_token_targets_say_each_token_s_lesion_box_in_image_coordinates():
+    # two centres in the first of 2 x 2 tokens (the larger lesion's box kept), one in the last, none in the others
+    lesions = [[((0.05, 0.05, 0.15, 0.15), 8.0), ((0.10, 0.10, 0.40, 0.45), 30.0), ((0.6, 0.7, 0.9, 0.8), 20.0)],
+               []]
+    obj, reg = vp.token_targets(lesions, 2)
+    assert obj.tolist() == [[1, 0, 0, 1], [0, 0, 0, 0]]
+    assert reg[0, 0].tolist() == pytest.approx([0.10, 0.10, 0.40, 0.45])
+    logits = torch.cat([(obj * 40 - 20)[..., None], reg], dim=-1)
+    boxes = vp.decode_tokens(logits)
+    assert boxes[1] == [] and len(boxes[0]) == 2
+    assert np.allclose(boxes[0][1], (0.6, 0.7, 0.9, 0.8))
+    # the token order is InternVL's: token k holds the patches of row k // side, column k % side
+    from training.demo_model import _shuffled_patches
+
+    layout = _shuffled_patches(8, 0.25)
+    assert {p[0] // 4 for p in layout[(1, 0)]} == {1} and {p[1] // 4 for p in layout[(1, 0)]} == {0}
+    # and each patch's own position, which the token head's tower is also trained to say, in the tower's order
+    det = vp.DenseDetector(vp.vision_config_like(Path(__file__).resolve().parents[2] / "resources" / "models" / "demo",
+                                                 56, 14), [0.5] * 3, [0.5] * 3, token_head=(0.5, 16), position=True)
+    assert det.position.tolist() == [[(c + 0.5) / 4, (r + 0.5) / 4] for r in range(4) for c in range(4)]
+    assert float(vp.position_loss(det.position[None], det.position, 4.0)) == 0.0
+
+
 def test_the_corpus_loads_as_the_processor_sizes_it(corpus):
     loaded = vp.load_corpus(corpus, 56)
     anns = [json.loads(x) for x in (corpus / "annotations.jsonl").read_text().splitlines()]
@@ -87,6 +110,44 @@ def test_the_detector_learns_the_boxes_it_is_shown_and_a_resumed_run_is_the_run_
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     rows = [json.loads(x) for x in (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if "loss" in r] == [100, 200, 300]
+
+
+def test_the_token_head_learns_the_boxes_and_becomes_the_projector(corpus, tiny_model_dir, tmp_path):
+    from transformers import InternVLForConditionalGeneration
+
+    from training.demo_model import transplant_vision
+
+    kw = dict(image_size=56, patch=14, eval_dir=corpus, batch=8, lr=3e-3, seed=3, save_every=10, ratio=0.5)
+    before = vp.pretrain(corpus, tmp_path / "none", tiny_model_dir, steps=1, readout="token", **kw)["held_out"]
+    learnt = vp.pretrain(corpus, tmp_path / "tok", tiny_model_dir, steps=300, readout="token", position=True, **kw)
+    tokens = learnt["held_out"]["tokens"]
+    assert learnt["readout"] == "token" and learnt["position"] and (tmp_path / "tok" / "token_head.pt").is_file()
+    assert tokens["all"]["mean_iou"] > max(0.3, 4 * (before["tokens"]["all"]["mean_iou"] or 0))
+    # the tower was also taught where each patch is: its position head says so
+    det = vp.DenseDetector(vp.vision_config_like(tiny_model_dir, 56, 14), *vp.processor_stats(tiny_model_dir),
+                           token_head=(0.5, 32), position=True)
+    state = torch.load(tmp_path / "tok" / "checkpoint.pt", weights_only=False)
+    det.tower.load_state_dict(state["tower"])
+    det.where.load_state_dict(state["where"])
+    with torch.inference_mode():
+        where = det.forward(vp.load_corpus(corpus, 56).images[:4], where=True)[2]
+    assert float((where - det.position).abs().mean()) < 0.1  # a quarter of a patch on a 4 x 4 grid is 0.0625
+    # a run continued with another readout, or without the position head, is refused rather than mixed
+    with pytest.raises(ValueError, match="readout"):
+        vp.pretrain(corpus, tmp_path / "tok", tiny_model_dir, steps=310, readout="cell", position=True, **kw)
+    with pytest.raises(ValueError, match="position"):
+        vp.pretrain(corpus, tmp_path / "tok", tiny_model_dir, steps=310, readout="token", **kw)
+    # the head's norm and first layer are the new projector's; its last layer is drawn afresh
+    cfg = transplant_vision(tmp_path / "model", tiny_model_dir, tmp_path / "tok" / "vision_tower", 0.5,
+                            token_head=tmp_path / "tok" / "token_head.pt")
+    assert cfg["image_seq_length"] == 4
+    head = torch.load(tmp_path / "tok" / "token_head.pt")
+    model = InternVLForConditionalGeneration.from_pretrained(tmp_path / "model").state_dict()
+    for k in ("layer_norm.weight", "layer_norm.bias", "linear_1.weight", "linear_1.bias"):
+        assert torch.equal(model[f"model.multi_modal_projector.{k}"], head[k])
+    with pytest.raises(Exception, match="does not fit the projector"):
+        transplant_vision(tmp_path / "bad", tiny_model_dir, tmp_path / "tok" / "vision_tower", 0.25,
+                          token_head=tmp_path / "tok" / "token_head.pt")
 
 
 def test_a_transplanted_model_reads_through_the_new_tower_and_writes_with_the_old_language_model(
@@ -140,8 +201,10 @@ def test_the_recipe_pretrains_a_tower_transplants_it_and_trains_stage_1_through_
     args = ["--config", str(micro), "--work-dir", str(work), "--out", str(tmp_path / "demo"),
             "--set", f"init_from={base}", "--set", "vision.minutes=0.02", "--set", "vision.image_size=112",
             "--set", "spec.image_size=112", "--set", "spec.downsample_ratio=0.25"]
-    assert recipe([*args, "--stop-after", "sft"]) == 0
+    assert recipe([*args, "--set", "vision.readout=token", "--stop-after", "sft"]) == 0
     state = json.loads((work / "recipe_state.json").read_text())["stages"]
+    assert state["vision"]["vision"]["readout"] == "token"
+    head = torch.load(work / "vision" / "token_head.pt")
     assert state["vision"]["vision"]["grid"] == 8 and state["vision"]["vision"]["steps"] > 0
     assert state["skeleton"]["vision_tower"].endswith("vision_tower")
     cfg = json.loads((work / "skeleton" / "config.json").read_text())
@@ -150,12 +213,15 @@ def test_the_recipe_pretrains_a_tower_transplants_it_and_trains_stage_1_through_
     tower = load_file(work / "vision" / "vision_tower" / "model.safetensors")
     skeleton = InternVLForConditionalGeneration.from_pretrained(work / "skeleton").state_dict()
     assert all(torch.equal(skeleton[f"model.vision_tower.{k}"], v) for k, v in tower.items())
+    assert torch.equal(skeleton["model.multi_modal_projector.linear_1.weight"], head["linear_1.weight"])
     # stage 1 trained the transplanted model (the tower frozen or not, as the sft overrides say)
     assert (work / "sft" / "final" / "model.safetensors").is_file()
     # the vision stage is done: running again does not train the tower again
     before = (work / "vision" / "checkpoint.pt").stat().st_mtime_ns
-    assert recipe([*args, "--stop-after", "sft"]) == 0
+    assert recipe([*args, "--set", "vision.readout=token", "--stop-after", "sft"]) == 0
     assert (work / "vision" / "checkpoint.pt").stat().st_mtime_ns == before
+    assert recipe([*args, "--work-dir", str(tmp_path / "w3"), "--set", "vision.readout=grid",
+                   "--stop-after", "vision"]) == 1
     # a tower whose tile the spec does not describe is refused, in words
     assert recipe([*args, "--work-dir", str(tmp_path / "w2"), "--set", "spec.image_size=56",
                    "--stop-after", "vision"]) == 1
