@@ -191,12 +191,10 @@ class TokenHead:
 
         self.ratio = ratio
         channels = hidden * int(round(1 / ratio)) ** 2
-        self.layer_norm = torch.nn.LayerNorm(channels)
-        self.linear_1 = torch.nn.Linear(channels, width)
-        self.readout = torch.nn.Linear(width, 5)
-
-    def modules(self):
-        return [self.layer_norm, self.linear_1, self.readout]
+        # named as the projector's parts, so the state dict's keys are the projector's
+        self.parts = torch.nn.ModuleDict({"layer_norm": torch.nn.LayerNorm(channels),
+                                          "linear_1": torch.nn.Linear(channels, width),
+                                          "readout": torch.nn.Linear(width, 5)})
 
     def __call__(self, patches, grid: int):
         import torch.nn.functional as F
@@ -204,15 +202,17 @@ class TokenHead:
 
         x = InternVLModel.pixel_shuffle(None, patches.reshape(patches.shape[0], grid, grid, -1), self.ratio)
         x = x.reshape(patches.shape[0], -1, x.shape[-1])
-        return self.readout(F.gelu(self.linear_1(self.layer_norm(x))))
+        p = self.parts
+        return p["readout"](F.gelu(p["linear_1"](p["layer_norm"](x))))
+
+    def parameters(self):
+        return self.parts.parameters()
 
     def state_dict(self) -> dict:
-        return {f"{name}.{k}": v for name, m in zip(("layer_norm", "linear_1", "readout"), self.modules())
-                for k, v in m.state_dict().items()}
+        return self.parts.state_dict()
 
     def load_state_dict(self, state: dict) -> None:
-        for name, m in zip(("layer_norm", "linear_1", "readout"), self.modules()):
-            m.load_state_dict({k[len(name) + 1:]: v for k, v in state.items() if k.startswith(name + ".")})
+        self.parts.load_state_dict(state)
 
 
 class DenseDetector:
@@ -240,24 +240,22 @@ class DenseDetector:
         self.position = torch.stack(torch.meshgrid(rows, rows, indexing="ij")[::-1], dim=-1).view(-1, 2)  # x, y
 
     def parameters(self):
-        extra = [p for m in [*(self.tokens.modules() if self.tokens else []), *([self.where] if self.where else [])]
-                 for p in m.parameters()]
-        return list(self.tower.parameters()) + list(self.head.parameters()) + extra
+        return [*self.tower.parameters(), *self.head.parameters(), *(self.tokens.parameters() if self.tokens else []),
+                *(self.where.parameters() if self.where is not None else [])]
 
     def train(self, on: bool = True) -> None:
         self.tower.train(on)
         self.head.train(on)
 
-    def forward(self, images, where: bool = False):
-        """The per-patch head's output (N x G x G x 5) and, with a token head, its output (N x tokens x 5); with
-        ``where``, also each patch's own position as it reads it (N x G² x 2, x and y in 0..1; None without
-        ``position``)."""
+    def forward(self, images):
+        """The per-patch head's output (N x G x G x 5), the token head's (N x tokens x 5) and each patch's own
+        position as it reads it (N x G² x 2, x and y in 0..1); None for a head the detector does not have."""
         x = images.float()[:, None].expand(-1, 3, -1, -1) / 255.0
         x = (x - self.mean) / self.std
         h = self.tower(pixel_values=x).last_hidden_state[:, 1:]  # the class token is not a patch
         cells = self.head(h).view(images.shape[0], self.grid, self.grid, 5)
-        out = cells, (self.tokens(h, self.grid) if self.tokens else None)
-        return (*out, self.where(h) if self.where is not None else None) if where else out
+        return (cells, self.tokens(h, self.grid) if self.tokens else None,
+                self.where(h) if self.where is not None else None)
 
     def __call__(self, images):
         return self.forward(images)[0]
@@ -289,7 +287,7 @@ def evaluate(det: DenseDetector, corpus: Corpus, batch: int = 64, threshold: flo
     cells, tokens = [], []
     with torch.inference_mode():
         for s in range(0, len(corpus.lesions), batch):
-            c, t = det.forward(corpus.images[s:s + batch])
+            c, t, _ = det.forward(corpus.images[s:s + batch])
             cells.extend(decode(c, threshold))
             if t is not None:
                 tokens.extend(decode_tokens(t, threshold))
@@ -386,7 +384,7 @@ def pretrain(corpus_dir: Path, out: Path, like: Path, *, image_size: int, patch:
         if (steps is not None and step >= steps) or (minutes is not None and trained_s >= minutes * 60):
             break
         idx = torch.tensor([random.randrange(len(train.lesions)) for _ in range(batch)])
-        cells, tokens, where = det.forward(train.images[idx], where=True)
+        cells, tokens, where = det.forward(train.images[idx])
         value = loss(cells, obj[idx], reg[idx])
         if tokens is not None:  # box numbers and positions in 0..1 of the image, counted in patches as offsets are
             value = value + loss(tokens, tobj[idx], treg[idx], scale=float(det.grid))

@@ -130,7 +130,7 @@ def test_the_token_head_learns_the_boxes_and_becomes_the_projector(corpus, tiny_
     det.tower.load_state_dict(state["tower"])
     det.where.load_state_dict(state["where"])
     with torch.inference_mode():
-        where = det.forward(vp.load_corpus(corpus, 56).images[:4], where=True)[2]
+        where = det.forward(vp.load_corpus(corpus, 56).images[:4])[2]
     assert float((where - det.position).abs().mean()) < 0.1  # a quarter of a patch on a 4 x 4 grid is 0.0625
     # a run continued with another readout, or without the position head, is refused rather than mixed
     with pytest.raises(ValueError, match="readout"):
