@@ -195,7 +195,8 @@ class DemoConfig:
     reasoning_config: str = "training/configs/sft_reasoning_demo.yaml"
     dpo_config: str = "training/configs/dpo_demo.yaml"
     stage_overrides: dict[str, list[str]] = field(default_factory=dict)  # stage → extra "section.key=value"
-    #: repeat factors per phantom dataset: localization is the hard skill, so grounding dominates stage 1
+    #: repeat factors per phantom dataset: localization is the hard skill, so grounding dominates stage 1;
+    #: ``phantom_grounding_empty`` (:data:`EMPTY_GROUNDING`) repeats the lesion-free grounding answers on top
     stage1_mix: dict[str, float] = field(default_factory=lambda: {
         "phantom_grounding": 10, "phantom_reasoning": 0.25, "phantom_vqa": 0.5, "phantom_report": 0.5,
         "app_vqa": 0.25})
@@ -820,11 +821,33 @@ def write_app_prompt_sets(train_dir: Path, questions: str = "default") -> dict[s
     return entries
 
 
+#: a set drawn from the corpus's own files when a mix names it: the grounding answers on lesion-free slices ("No
+#: lesion is seen."), so a mix can show them more often than the corpus's draw did (docs/demo-512-run-19.md)
+EMPTY_GROUNDING = "phantom_grounding_empty"
+
+
+def write_empty_grounding_set(train_dir: Path) -> dict:
+    """``grounding_empty.jsonl``: the grounding records whose slice has no lesion (``annotations.jsonl``); returns
+    its meta entry."""
+    empty = set()
+    for line in (train_dir / "annotations.jsonl").read_text(encoding="utf-8").splitlines():
+        a = json.loads(line)
+        if not a.get("lesions"):
+            empty.add(a["image"])
+    rows = [line for line in (train_dir / "grounding.jsonl").read_text(encoding="utf-8").splitlines()
+            if json.loads(line)["image"] in empty]
+    (train_dir / "grounding_empty.jsonl").write_text("".join(r + "\n" for r in rows), encoding="utf-8")
+    return {EMPTY_GROUNDING: {"root": ".", "annotation": "grounding_empty.jsonl", "data_augment": False,
+                              "repeat_time": 1, "length": len(rows)}}
+
+
 def _mix_meta(train_dir: Path, name: str, mix: dict[str, float], app_questions: str = "default") -> Path:
     """A meta file over the corpus's datasets with the recipe's repeat factors (0 leaves a set out)."""
     meta = json.loads((train_dir / "meta.json").read_text())
     if any(k.startswith("app_") for k in mix):
         meta.update(write_app_prompt_sets(train_dir, app_questions))
+    if mix.get(EMPTY_GROUNDING, 0) > 0:
+        meta.update(write_empty_grounding_set(train_dir))
     unknown = set(mix) - set(meta)
     if unknown:
         raise XMedError(f"The phantom corpus has no dataset(s) {', '.join(sorted(unknown))}.")

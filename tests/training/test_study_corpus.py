@@ -527,3 +527,31 @@ def test_the_dpo_stage_pools_the_pair_sets_the_recipe_names(tmp_path):
     (tmp_path / "grounding_preference.jsonl").write_text('{"g": 2}\n')  # rewritten corpus: pooled again
     _preference_file(tmp_path, ["preference", "grounding_preference"])
     assert pooled.read_text().splitlines()[-1] == '{"g": 2}'
+
+
+def test_a_mix_can_show_the_lesion_free_grounding_answers_more_often(corpus, tmp_path):
+    import shutil
+
+    from inference.errors import XMedError
+    from training.data import load_samples
+    from training.demo_model import EMPTY_GROUNDING, _mix_meta
+
+    work = tmp_path / "train"
+    shutil.copytree(corpus, work)
+    meta = _mix_meta(work, "meta_mix.json", {"phantom_grounding": 1, EMPTY_GROUNDING: 2})
+    entries = json.loads(meta.read_text())
+    assert set(entries) == {"phantom_grounding", EMPTY_GROUNDING} and entries[EMPTY_GROUNDING]["repeat_time"] == 2
+    # the set is the corpus's own grounding records on the slices whose truth has no lesion, and nothing else
+    free = {a["image"] for a in _records(work, "annotations") if not a["lesions"]}
+    empty = _records(work, "grounding_empty")
+    grounding = _records(work, "grounding")
+    assert empty and len(empty) == sum(r["image"] in free for r in grounding) < len(grounding)
+    assert all(r["image"] in free and "<box>" not in r["conversations"][1]["value"] for r in empty)
+    validate_jsonl(work / "grounding_empty.jsonl", "conversation", root=work)
+    # loaded through the meta file: lesion-free answers three times as often as the corpus drew them
+    samples = load_samples(meta)
+    assert len(samples) == len(grounding) + 2 * len(empty)
+    # without the name the meta file is the corpus's sets only; a name the corpus lacks is refused
+    assert EMPTY_GROUNDING not in json.loads(_mix_meta(work, "m2.json", {"phantom_grounding": 1}).read_text())
+    with pytest.raises(XMedError, match="phantom_nothing"):
+        _mix_meta(work, "m3.json", {"phantom_nothing": 1})
