@@ -46,7 +46,7 @@ from training.config import apply_overrides, from_dict, load_config, seed_everyt
 log = logging.getLogger(__name__)
 
 REPO = ROOT
-STAGES = ("phantoms", "vision", "skeleton", "sft", "reasoning", "dpo", "eval")
+STAGES = ("phantoms", "vision", "skeleton", "sft", "reasoning", "dpo", "grounding", "eval")
 MAX_MODEL_BYTES = 50 * 1024 * 1024
 
 
@@ -206,6 +206,11 @@ class DemoConfig:
     #: self-contradictions; runs 1-13c) and/or "grounding_preference" (the grounding question: invented, moved
     #: or missed boxes -- the pre-read sweep's mistakes; study corpora only); two or more are pooled
     dpo_sets: list[str] = field(default_factory=lambda: ["preference"])
+    #: a last SFT stage after DPO ("grounding", the SFT config, ``stage_overrides["grounding"]``) on these sets, e.g.
+    #: ``{phantom_grounding: 1, phantom_grounding_empty: 2}``: the five-step chains and DPO take back the empty
+    #: answers a grounding stage taught, a few hundred steps at the end give them back (run 24,
+    #: docs/demo-512-run-19.md); empty: no such stage (runs 1-23)
+    grounding_mix: dict[str, float] = field(default_factory=dict)
     threads: int = 0
     #: start from this trained model folder (its weights and tokenizer; same sizes as ``spec``, whose
     #: ``max_tiles`` it gets) instead of a random skeleton: what it already knows is kept ("" = random)
@@ -736,15 +741,20 @@ def run_recipe(config: DemoConfig, stop_after: str | None = None) -> Path:
     reasoning_final = sft_stage("reasoning", config.reasoning_config, sft_final, reasoning_meta)
     if stop_after == "reasoning":
         return work
-    dpo_final = dpo_stage(reasoning_final)
+    final = dpo_stage(reasoning_final)
     if stop_after == "dpo":
+        return work
+    if config.grounding_mix:
+        final = sft_stage("grounding", config.sft_config, final,
+                          _mix_meta(train_dir, "meta_grounding_final.json", config.grounding_mix, config.app_questions))
+    if stop_after == "grounding":
         return work
     eval_cmd = (f"xmedgpt eval --data {eval_dir} --model {config.out} --json {Path(config.out) / 'eval.json'}"
                 f" --samples {config.eval.samples} --tasks {','.join(config.eval.tasks)}"
                 + (f" --limit {config.eval.limit}" if config.eval.limit else "")
                 + (f" --max-new-tokens {config.eval.max_new_tokens}" if config.eval.max_new_tokens else ""))
     commands.append(eval_cmd)
-    stage("eval", lambda: _finish(config, dpo_final, eval_dir, state, commands))
+    stage("eval", lambda: _finish(config, final, eval_dir, state, commands))
     return Path(config.out)
 
 

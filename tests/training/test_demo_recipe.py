@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from inference.engine.local import LocalEngine
 from inference.types import ChatRequest
@@ -82,6 +83,30 @@ def test_micro_recipe_runs_end_to_end_and_resumes(tmp_path):
     assert engine.describe().startswith("XMedGPT demo (micro test)")
     assert engine.generate(ChatRequest(prompt="Is there a lesion?", max_new_tokens=3)).finish_reason in ("stop",
                                                                                                           "length")
+
+
+def test_a_recipe_can_end_with_a_grounding_stage_that_shows_the_lesion_free_answers_again(tmp_path):
+    from safetensors.torch import load_file
+
+    work, out = tmp_path / "work", tmp_path / "demo"
+    args = ["--config", str(MICRO), "--work-dir", str(work), "--out", str(out),
+            "--set", "grounding_mix={phantom_grounding: 1, phantom_grounding_empty: 2}",
+            "--set", "stage_overrides.grounding=[train.max_steps=2, train.lr=1.0e-2]"]
+    assert main([*args, "--stop-after", "grounding"]) == 0
+    state = json.loads((work / "recipe_state.json").read_text())
+    assert list(state["stages"]) == ["phantoms", "skeleton", "sft", "reasoning", "dpo", "grounding"]
+    # it trains the DPO stage's model on the grounding answers, the lesion-free ones three times over
+    stage = state["stages"]["grounding"]
+    assert stage["global_step"] == 2 and f"model.path={work / 'dpo' / 'final'}" in stage["overrides"]
+    meta = json.loads((work / "phantoms-train" / "meta_grounding_final.json").read_text())
+    assert {k: v["repeat_time"] for k, v in meta.items()} == {"phantom_grounding": 1, "phantom_grounding_empty": 2}
+    assert main(args) == 0  # the card is the grounding stage's model, and its commands say how it was made
+    trained = load_file(work / "grounding" / "final" / "model.safetensors")
+    shipped, before = load_file(out / "model.safetensors"), load_file(work / "dpo" / "final" / "model.safetensors")
+    assert all(torch.equal(shipped[k], trained[k]) for k in trained)
+    assert any(not torch.equal(trained[k], before[k]) for k in trained)
+    card = json.loads((out / "model_card.json").read_text())
+    assert any("meta_grounding_final.json" in c for c in card["commands"])
 
 
 def test_held_out_seed_must_differ(tmp_path):
