@@ -826,9 +826,13 @@ def write_app_prompt_sets(train_dir: Path, questions: str = "default") -> dict[s
     entries = {}
     for name, records in sets.items():
         (train_dir / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
-        entries[name] = {"root": ".", "annotation": f"{name}.jsonl", "data_augment": False, "repeat_time": 1,
-                         "length": len(records)}
+        entries[name] = _meta_entry(f"{name}.jsonl", len(records))
     return entries
+
+
+def _meta_entry(annotation: str, length: int) -> dict:
+    """A meta file's entry for a set the recipe writes beside the corpus's own (repeat factor 1 until a mix sets it)."""
+    return {"root": ".", "annotation": annotation, "data_augment": False, "repeat_time": 1, "length": length}
 
 
 #: a set drawn from the corpus's own files when a mix names it: the grounding answers on lesion-free slices ("No
@@ -847,8 +851,7 @@ def write_empty_grounding_set(train_dir: Path) -> dict:
     rows = [line for line in (train_dir / "grounding.jsonl").read_text(encoding="utf-8").splitlines()
             if json.loads(line)["image"] in empty]
     (train_dir / "grounding_empty.jsonl").write_text("".join(r + "\n" for r in rows), encoding="utf-8")
-    return {EMPTY_GROUNDING: {"root": ".", "annotation": "grounding_empty.jsonl", "data_augment": False,
-                              "repeat_time": 1, "length": len(rows)}}
+    return {EMPTY_GROUNDING: _meta_entry("grounding_empty.jsonl", len(rows))}
 
 
 def _mix_meta(train_dir: Path, name: str, mix: dict[str, float], app_questions: str = "default") -> Path:
