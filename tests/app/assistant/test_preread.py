@@ -442,13 +442,19 @@ def _sweep_key(sw) -> tuple:
 class EncodingTruthEngine(TruthEngine):
     """The truth engine split like the local engine: ``encode`` (recording its thread) + ``generate_encoded``."""
 
-    def __init__(self, *args, fail_encode_batch: int | None = None, delay: float = 0.0,
+    def __init__(self, *args, fail_encode_slices: Sequence[int] = (), fail_window: Window = LUNG, delay: float = 0.0,
                  answer_first_after_encodes: int = 0, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.encode_threads: list[str] = []  # in the order encode was called
         self.encoder_of: dict[tuple, str] = {}  # a batch's image keys → the thread that encoded it
         self.answered: list[tuple] = []  # the image keys of each batch answered, in order
-        self.fail_encode_batch = fail_encode_batch
+        # encoding a batch that holds one of these slices (rendered in ``fail_window``) fails, whichever thread
+        # gets to it and in whatever order the batches are encoded; ``failed_in``: the thread it failed in
+        volume = args[0]
+        self.fail_keys = {_image_key(prepare_model_image(render(volume, k, fail_window), SPEC,
+                                                         pixel_spacing=volume.geometry.spacing).rgb)
+                          for k in fail_encode_slices}
+        self.failed_in: str | None = None
         self.delay = delay  # seconds per answered batch
         # the first batch is answered once this many batches were handed to encode (bounded): the producer, which
         # encodes the next batch while one is answered, gets there first even on a busy machine
@@ -460,7 +466,8 @@ class EncodingTruthEngine(TruthEngine):
             self.encode_threads.append(threading.current_thread().name)
             self.encoder_of[tuple(_image_key(r.image) for r in requests)] = threading.current_thread().name
             self._encoded.notify_all()
-        if self.fail_encode_batch is not None and len(self.encode_threads) - 1 == self.fail_encode_batch:
+        if any(_image_key(r.image) in self.fail_keys for r in requests):
+            self.failed_in = threading.current_thread().name
             raise XMedError("The image handed to the model must be RGB, 8 bits per channel.")
         return {"keys": [_image_key(r.image) for r in requests], "on_device": on_device}
 
@@ -701,14 +708,17 @@ def test_an_error_while_preparing_surfaces_where_its_batch_is_due(study, spy_ren
 @pytest.mark.parametrize("prefetch", [True, False])
 def test_an_error_while_encoding_surfaces_with_its_message(study, prefetch):
     _, vol, truth = study
-    # the producer encodes batch 2 while batch 1 is answered (without prefetch, the caller after it)
-    engine = EncodingTruthEngine(vol, truth, fail_encode_batch=1, answer_first_after_encodes=2 if prefetch else 0)
+    # the producer encodes batch 2 (slices 14-17) while batch 1 is answered (without prefetch, the caller after it);
+    # on a busy machine the caller may encode batch 1 after the producer encoded batch 2: the failure follows the
+    # batch, not the order of the calls
+    engine = EncodingTruthEngine(vol, truth, fail_encode_slices=range(14, 18),
+                                 answer_first_after_encodes=2 if prefetch else 0)
     seen: list[tuple[int, int]] = []
     with pytest.raises(XMedError, match=r"^The image handed to the model must be RGB, 8 bits per channel\.$"):
         sweep(engine, vol, slices=range(10, 30), batch_size=4, image_spec=SPEC, windows=lambda v, k: [LUNG],
               progress=lambda d, t: seen.append((d, t)), prefetch=prefetch)
     assert engine.batches == [4] and seen == [(0, 20), (4, 20)]
-    assert engine.encode_threads[-1] == (PRODUCER if prefetch else threading.current_thread().name)
+    assert engine.failed_in == (PRODUCER if prefetch else threading.current_thread().name)
     assert not _producers()
 
 
