@@ -40,10 +40,17 @@ a ring around it, full score from 10 HU), and the list is ranked again.
 existing :class:`~app.assistant.ask.Assistant` runs the five-step grounded reasoning and
 :func:`app.assistant.session.check_answer` the reliability pass, so every lesion carries its own tier,
 score and checks (of the reasoning's finding whose box matches the candidate, else of the answer).
+
+**The list** holds the candidates with boxes on at least ``min_slices`` slices whose score reaches the model's
+**operating point** (:class:`OperatingPoint`, the model folder's ``preread_operating_point.json``, fitted by
+``xmedgpt eval-volume --fit-operating-point FP`` at FP false positives per volume; every candidate when the
+folder has none), best first, at most ``max_lesions``; stage 3 reads those. The result says how many candidates
+fell below the point; the FROC of ``xmedgpt eval-volume`` still ranks every candidate.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import re
@@ -51,11 +58,13 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
 from app.assistant.ask import Assistant, AssistantAnswer
 from app.core.errors import XMedError
+from app.core.paths import write_atomic
 from app.dicom.display import render
 from app.dicom.model import Volume, Window
 from inference.imaging import ImageSpec, ModelImage, prepare_model_image
@@ -87,6 +96,14 @@ NOT_A_NEGATIVE_READ = f"This is not a negative read. {MISSES_LESIONS}"
 def misses_caveat(found: int) -> str:
     """The sentence after a pre-read's count: an empty list is not a negative read, a list may be short."""
     return MISSES_LESIONS if found else NOT_A_NEGATIVE_READ
+
+
+def below_point_note(below: int, min_score: float | None) -> str:
+    """What a result says when its operating point left candidates out ("" when none was)."""
+    if not below or min_score is None:
+        return ""
+    return (f"{below} weaker candidate{'s' if below != 1 else ''} (score under {min_score:.2f}, the model's operating "
+            f"point) {'are' if below != 1 else 'is'} not listed.")
 
 
 class PrereadError(XMedError):
@@ -889,11 +906,64 @@ def reason(
 # ----------------------------------------------------------------------------- the whole pre-read
 
 
+#: a model folder's pre-read operating point, written by ``xmedgpt eval-volume --fit-operating-point``
+OPERATING_POINT_FILE = "preread_operating_point.json"
+
+
+@dataclass(frozen=True)
+class OperatingPoint:
+    """The candidate score from which the pre-read lists a lesion (a CAD system's operating point): fitted per model
+    on sample studies at a chosen number of false positives per volume, so a model that draws many weak boxes lists
+    the few it is surest of. Candidates below it are not listed, reasoned or reported (the FROC still counts them)."""
+
+    min_score: float
+    source: str  # the file it was read from, or "options"
+    fp_per_volume: float | None = None  # the false positives per volume it was fitted for
+
+    def to_json(self) -> dict:
+        return {"min_score": round(self.min_score, 6), "source": self.source, "fp_per_volume": self.fp_per_volume}
+
+
+def operating_point_for(model_folder: str | Path | None) -> OperatingPoint | None:
+    """The model folder's :data:`OPERATING_POINT_FILE`, None when it has none (every candidate is then listed).
+    PrereadError with one line when the file is there but damaged."""
+    if not model_folder:
+        return None
+    path = Path(model_folder) / OPERATING_POINT_FILE
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        score = float(data["min_score"])
+        rate = data.get("fp_per_volume")
+        rate = None if rate is None else float(rate)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise PrereadError(f"The model's pre-read operating point ({path.name}) is damaged: fit it again with "
+                           f"'xmedgpt eval-volume --fit-operating-point' ({type(exc).__name__}).") from None
+    if not (math.isfinite(score) and 0.0 <= score <= 1.0):
+        raise PrereadError(f"The model's pre-read operating point ({path.name}) is damaged: min_score {score!r} is "
+                           "not a score from 0 to 1.")
+    return OperatingPoint(score, str(path), rate)
+
+
+def write_operating_point(path: Path, fitted: dict, fp_per_volume: float, data: str, model: str) -> None:
+    """Write an operating point file: the threshold, the rate it was fitted for and what it measured there."""
+    doc = {"min_score": fitted["min_score"], "fp_per_volume": fp_per_volume, "model": model, "fitted_on": data,
+           "measured": {k: v for k, v in fitted.items() if k != "min_score"},
+           "rule": "the pre-read lists a candidate when its score is at least min_score (xmedgpt eval-volume "
+                   "--fit-operating-point: the lowest threshold with at most fp_per_volume false positives per "
+                   "volume on the studies it was fitted on)"}
+    write_atomic(Path(path), json.dumps(doc, indent=2) + "\n", mode=0o644)
+
+
 @dataclass
 class PrereadOptions:
     batch_size: int = 16
     max_lesions: int = 10  # reasoned and reported, best score first
     min_slices: int = 1  # a candidate needs boxes on at least this many slices to be reported
+    #: a candidate needs at least this score to be listed; None: the model folder's operating point
+    #: (:data:`OPERATING_POINT_FILE`), none when it has no such file
+    min_score: float | None = None
     reasoning: bool = True  # stage 3
     reliability: bool = True
     n_samples: int = 5
@@ -909,9 +979,11 @@ class Preread:
     engine: str
     sweep: SweepResult
     candidates: list[Candidate]  # every candidate after NMS, best first (for FROC)
-    lesions: list[Candidate]  # reported: min_slices, max_lesions; reasoned in stage 3
+    lesions: list[Candidate]  # reported: min_slices, operating point, max_lesions; reasoned in stage 3
     timing: dict[str, float]
     cancelled: bool = False
+    operating_point: OperatingPoint | None = None
+    below_operating_point: int = 0  # candidates with enough slices not listed because they score below it
 
     def to_json(self) -> dict:
         per_slice = [{"slice": k, "windows": ws, "lung_fraction": None if k not in self.sweep.lung_fractions
@@ -925,6 +997,8 @@ class Preread:
             "model": {"id": self.model, "engine": self.engine},
             "lesions": [c.to_json() for c in self.lesions],
             "candidates": len(self.candidates),
+            "operating_point": None if self.operating_point is None else self.operating_point.to_json(),
+            "below_operating_point": self.below_operating_point,
             "windows": {"rule": "lung window where lung (-950..-500 HU) is >= 15% of the body section, both "
                                 "from 3% to 15%, soft tissue below", "counts": counts, "slices": per_slice},
             "timing": {k: round(v, 3) for k, v in self.timing.items()},
@@ -966,8 +1040,16 @@ def from_json(document: dict, volume: Volume) -> Preread:
     timing = {str(k): float(v) for k, v in (document.get("timing") or {}).items() if isinstance(v, (int, float))}
     sweep_result = SweepResult([d for c in lesions for d in c.detections.values()], {}, {}, 0, 0,
                                timing.get("sweep_s", 0.0))
+    point = document.get("operating_point")
+    try:
+        point = None if not isinstance(point, dict) else OperatingPoint(
+            float(point["min_score"]), str(point.get("source") or ""),
+            None if point.get("fp_per_volume") is None else float(point["fp_per_volume"]))
+        below = int(document.get("below_operating_point") or 0)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise PrereadError(f"The saved pre-read is damaged ({type(exc).__name__}: {exc}).") from None
     return Preread(volume.series.uid, str(model.get("id") or ""), str(model.get("engine") or ""), sweep_result,
-                   list(lesions), lesions, timing, bool(document.get("cancelled")))
+                   list(lesions), lesions, timing, bool(document.get("cancelled")), point, below)
 
 
 def preread(
@@ -991,7 +1073,11 @@ def preread(
     t1 = time.perf_counter()
     say("link")
     candidates = rank_by_contrast(volume, link(volume, sw.detections))
-    lesions = [c for c in candidates if len(c.detections) >= options.min_slices][: options.max_lesions]
+    point = (OperatingPoint(options.min_score, "options") if options.min_score is not None
+             else operating_point_for(getattr(engine, "folder", None)))
+    enough = [c for c in candidates if len(c.detections) >= options.min_slices]
+    above = [c for c in enough if point is None or c.score >= point.min_score]
+    lesions = above[: options.max_lesions]
     t2 = time.perf_counter()
     cancelled = sw.cancelled
     fractions = dict(sw.lung_fractions)  # the regions' cache (the sweep's own stays as measured, for its JSON)
@@ -1009,4 +1095,5 @@ def preread(
     t3 = time.perf_counter()
     timing = {"sweep_s": t1 - t0, "link_s": t2 - t1, "reasoning_s": t3 - t2, "total_s": t3 - t0,
               "slices": float(len(sw.windows)), "requests": float(sw.requests), "batches": float(sw.batches)}
-    return Preread(volume.series.uid, engine.model_id, engine.describe(), sw, candidates, lesions, timing, cancelled)
+    return Preread(volume.series.uid, engine.model_id, engine.describe(), sw, candidates, lesions, timing, cancelled,
+                   point, len(enough) - len(above))

@@ -10,7 +10,8 @@ lesion's key slice. ``--json`` writes::
                   "box_pixels": {"x0","y0","x1","y1"} (key slice), "boxes": {slice: box},
                   "center_patient_mm": [x, y, z], "diameter_mm", "volume_ml", "score", "window",
                   "phrase", "location", "description", "reliability": {"tier", "score", "checks", …}}],
-     "candidates", "windows": {"rule", "counts", "slices": [{"slice", "windows", "lung_fraction"}]},
+     "candidates", "operating_point": {"min_score", "source", "fp_per_volume"} | null, "below_operating_point",
+     "windows": {"rule", "counts", "slices": [{"slice", "windows", "lung_fraction"}]},
      "timing": {"sweep_s", "link_s", "reasoning_s", "total_s", …}, "cancelled"}
 
 ``--sr`` writes the lesions as a draft TID 1500 measurement SR
@@ -19,6 +20,10 @@ every slice of its range). ``--pdf`` writes a summary page (patient, series, mod
 lesions) and one page per lesion (location, size, images, tier, checks, description, the key slice in
 its window with the lesion's box and a zoomed view), Qt-free (:mod:`app.report.export.preread_pdf`),
 so it works headless. The AI request and output go into the audit trail, as for ``analyze``.
+
+The list holds the candidates scoring at least the model's operating point (its folder's
+``preread_operating_point.json``; ``--min-score S`` instead); how many fell below it is said on stderr, in the
+JSON and in the PDF.
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ import logging
 import sys
 from pathlib import Path
 
-from app.assistant.preread import PrereadOptions, misses_caveat, preread
+from app.assistant.preread import PrereadOptions, below_point_note, misses_caveat, preread
 from app.assistant.session import frame_ref
 from app.commands.analyze import QUANTIZATIONS, load_engine, resolve_model
 from app.core.errors import XMedError
@@ -69,6 +74,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=16, help="slices per forward pass in the sweep (default 16)")
     p.add_argument("--max-lesions", type=int, default=10, help="lesions reasoned about and reported (default 10)")
     p.add_argument("--min-slices", type=int, default=1, help="a lesion needs boxes on this many slices (default 1)")
+    p.add_argument("--min-score", type=float, default=None, metavar="S",
+                   help="list candidates scoring at least S (default: the model's operating point, "
+                        "preread_operating_point.json in its folder; 0 lists every candidate)")
     p.add_argument("--no-reasoning", action="store_true", help="sweep and link only (no five-step reasoning)")
     p.add_argument("--no-reliability", action="store_true", help="skip the reliability pass")
     p.add_argument("--reliability-samples", type=int, default=5, metavar="N", help="answers per question (5)")
@@ -81,6 +89,8 @@ def run(args: argparse.Namespace) -> int:
         raise XMedError("Say what to write: --json OUT, --sr OUT.dcm and/or --pdf OUT.pdf")
     if args.batch_size < 1 or args.max_lesions < 0 or args.min_slices < 1:
         raise XMedError("--batch-size and --min-slices must be at least 1, --max-lesions at least 0")
+    if args.min_score is not None and not 0.0 <= args.min_score <= 1.0:
+        raise XMedError("--min-score must be a score from 0 to 1")
     folder = resolve_model(args.model)
     settings = Settings.load()
     audit = AuditLog(settings.audit_log_path())
@@ -93,6 +103,7 @@ def run(args: argparse.Namespace) -> int:
     engine, spec = load_engine(folder, args.device, args.quantization)
     study = study_context(result, series)
     options = PrereadOptions(batch_size=args.batch_size, max_lesions=args.max_lesions, min_slices=args.min_slices,
+                             min_score=args.min_score,
                              reasoning=not args.no_reasoning, reliability=not args.no_reliability,
                              n_samples=args.reliability_samples, n_questions=args.reliability_questions)
     state = {"stage": "sweep"}
@@ -108,6 +119,9 @@ def run(args: argparse.Namespace) -> int:
     out = preread(engine, volume, options, image_spec=spec, study_description=study.study_description,
                   progress=progress, stage=stage)
     document = out.to_json()
+    note = below_point_note(out.below_operating_point, out.operating_point.min_score if out.operating_point else None)
+    if note:
+        sys.stderr.write(note + "\n")
     document["model_folder"] = str(folder)
     document["series"] = {"uid": series.uid, "number": series.number, "description": series.description,
                           "modality": series.modality, "slices": len(volume)}

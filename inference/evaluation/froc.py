@@ -167,3 +167,66 @@ def format_table(overall: FrocResult, by_size: dict[str, FrocResult] | None = No
     lines.append(f"(sensitivity at 1/8 … 8 false positives per volume; {overall.volumes} volume(s), "
                  f"{overall.false_positives} false positive(s) in all)")
     return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- operating point
+
+
+@dataclass(frozen=True)
+class OperatingPointResult:
+    """What a score threshold keeps over matched volumes: candidates with score ≥ ``min_score`` are listed."""
+
+    min_score: float
+    volumes: int
+    lesions: int
+    sensitivity: float | None  # lesions hit by a listed candidate / all lesions (None without lesions)
+    false_positives: int  # listed candidates that hit no lesion
+    by_size: dict[str, float | None] = field(default_factory=dict)  # bucket → sensitivity
+
+    @property
+    def fp_per_volume(self) -> float:
+        return self.false_positives / self.volumes if self.volumes else 0.0
+
+    def to_json(self) -> dict:
+        return {"min_score": round(self.min_score, 6), "volumes": self.volumes, "lesions": self.lesions,
+                "sensitivity": _r(self.sensitivity), "false_positives": self.false_positives,
+                "fp_per_volume": round(self.fp_per_volume, 4), "by_size": {b: _r(s) for b, s in self.by_size.items()}}
+
+
+def at_threshold(matches: Sequence[VolumeMatch], min_score: float) -> OperatingPointResult:
+    """Sensitivity (overall and per size bucket) and false positives of the candidates scoring ≥ ``min_score``."""
+    pairs = [(s, b) for m in matches for s, b in zip(m.lesion_scores, m.buckets or [""] * len(m.lesion_scores))]
+
+    def sensitivity(keep: Callable[[str], bool]) -> float | None:
+        chosen = [s for s, b in pairs if keep(b)]
+        return sum(1 for s in chosen if s is not None and s >= min_score) / len(chosen) if chosen else None
+
+    fps = sum(1 for m in matches for s in m.fp_scores if s >= min_score)
+    return OperatingPointResult(float(min_score), len(matches), len(pairs), sensitivity(lambda b: True), fps,
+                                {name: sensitivity(lambda b, name=name: b == name) for name in BUCKET_NAMES})
+
+
+def fit_operating_point(matches: Sequence[VolumeMatch], fp_per_volume: float) -> OperatingPointResult:
+    """The lowest score threshold whose false positives per volume stay at most ``fp_per_volume``: every
+    distinct score is tried, highest first (tied scores enter together); the threshold is set halfway between the
+    last score kept and the next one down (0 when every candidate is kept), so a new volume's candidate scoring
+    like either is not decided by rounding. ValueError when even the best-scoring candidates draw more false
+    positives than that (a list that would always be empty is no operating point)."""
+    if fp_per_volume < 0:
+        raise ValueError("fp_per_volume must be at least 0")
+    n_vol = len(matches)
+    if n_vol == 0:
+        raise ValueError("no volumes to fit an operating point on")
+    scores = sorted({s for m in matches for s in (*m.fp_scores, *(x for x in m.lesion_scores if x is not None))},
+                    reverse=True)
+    kept = None
+    for i, t in enumerate(scores):
+        if sum(1 for m in matches for s in m.fp_scores if s >= t) / n_vol > fp_per_volume + 1e-12:
+            break
+        kept = i
+    if kept is None:
+        raise ValueError(f"even the best-scoring candidates draw more than {fp_per_volume:g} false positives per "
+                         "volume")
+    lower = scores[kept + 1] if kept + 1 < len(scores) else None
+    threshold = 0.0 if lower is None else (scores[kept] + lower) / 2.0
+    return at_threshold(matches, threshold)

@@ -41,7 +41,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from app.assistant.preread import Candidate, misses_caveat
+from app.assistant.preread import Candidate, below_point_note, misses_caveat
 from app.core.names import approximate_ml
 from app.dicom.model import Volume
 from app.report.from_preread import (
@@ -96,7 +96,9 @@ def _caveat(n: int) -> str:
 def _run_summary(run: PrereadRun) -> str:
     n = len(run.lesions)
     found = f"{n} lesion{'s' if n != 1 else ''}" if n else "No lesion"
-    return f"{found} in {series_name(run.volume)}. {_caveat(n)}"
+    point = run.result.operating_point
+    note = below_point_note(run.result.below_operating_point, point.min_score if point is not None else None)
+    return f"{found} in {series_name(run.volume)}. {_caveat(n)}" + (f" {note}" if note else "")
 
 
 class _LesionItem(QTreeWidgetItem):

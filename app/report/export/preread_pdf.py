@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from app.assistant.preread import MISSES_LESIONS, NOT_A_NEGATIVE_READ
+from app.assistant.preread import MISSES_LESIONS, NOT_A_NEGATIVE_READ, below_point_note
 from app.core.names import approximate_ml, window_name
 from app.core.paths import write_private
 from app.dicom.display import render
@@ -303,6 +303,11 @@ def _summary(doc: _Document, document: Mapping, header: Mapping[str, str]) -> No
     windows = document.get("windows") or {}
     if windows.get("rule"):
         page.paragraph(f"Windows: {windows['rule']}", size=9, colour=MUTED)
+    point = document.get("operating_point")
+    note = below_point_note(int(document.get("below_operating_point") or 0),
+                            float(point["min_score"]) if isinstance(point, Mapping) and "min_score" in point else None)
+    if note:
+        page.paragraph(note, size=9, colour=MUTED)
     if document.get("cancelled"):
         page.paragraph("The pre-read was cancelled before it finished: the list may be incomplete.", size=10,
                        bold=True, colour=TIER_COLOURS["red"])

@@ -359,6 +359,49 @@ def test_a_saved_preread_reads_back_onto_its_series_and_nothing_else(study, tmp_
             from_json(bad, vol)
 
 
+def test_the_list_keeps_the_candidates_at_or_above_the_models_operating_point(study, tmp_path):
+    """A model folder's preread_operating_point.json sets the score a candidate needs to be listed (and reasoned):
+    the weaker ones stay in the candidates (the FROC ranks them all), their count is said and saved; an explicit
+    min_score wins over the file; a damaged file is one clear error, not a crash or a silent full list."""
+    import json
+
+    from app.assistant.preread import OPERATING_POINT_FILE, PrereadError, below_point_note, from_json
+
+    _, vol, truth = study
+    engine = TruthEngine(vol, truth, extra_slice=10)  # one made-up box: a one-slice candidate
+    options = PrereadOptions(batch_size=8, reasoning=False)
+    everything = preread(engine, vol, options, image_spec=SPEC)
+    assert everything.operating_point is None and everything.below_operating_point == 0
+    scores = sorted({round(c.score, 6) for c in everything.candidates})
+    assert len(scores) >= 2 and len(everything.lesions) == min(10, len(everything.candidates))
+    cut = (scores[0] + scores[1]) / 2  # leaves out the weakest candidate(s)
+    weak = sum(1 for c in everything.candidates if c.score < cut)
+    engine.folder = tmp_path
+    (tmp_path / OPERATING_POINT_FILE).write_text(json.dumps({"min_score": cut, "fp_per_volume": 1.0}))
+    out = preread(engine, vol, options, image_spec=SPEC)
+    assert len(out.candidates) == len(everything.candidates)  # all still ranked for the FROC
+    assert out.lesions and all(c.score >= cut for c in out.lesions)
+    assert out.below_operating_point == weak >= 1
+    assert len(out.lesions) == min(10, len(out.candidates) - weak)
+    doc = json.loads(json.dumps(out.to_json()))
+    assert doc["operating_point"] == {"min_score": round(cut, 6), "source": str(tmp_path / OPERATING_POINT_FILE),
+                                      "fp_per_volume": 1.0}
+    assert doc["below_operating_point"] == weak
+    note = below_point_note(weak, cut)
+    assert note.startswith(f"{weak} weaker candidate") and f"{cut:.2f}" in note and below_point_note(0, cut) == ""
+    doc["series"] = {"uid": vol.series.uid, "slices": len(vol)}
+    back = from_json(doc, vol)  # the pre-read on arrival's file keeps it
+    assert back.operating_point.min_score == pytest.approx(cut) and back.below_operating_point == weak
+    # an explicit min_score (xmedgpt preread --min-score 0) lists every candidate again
+    again = preread(engine, vol, PrereadOptions(batch_size=8, reasoning=False, min_score=0.0), image_spec=SPEC)
+    assert len(again.lesions) == len(everything.lesions) and again.below_operating_point == 0
+    assert again.operating_point.source == "options"
+    for damaged in ("{not json", json.dumps({"fp_per_volume": 1}), json.dumps({"min_score": 7})):
+        (tmp_path / OPERATING_POINT_FILE).write_text(damaged)
+        with pytest.raises(PrereadError, match="operating point .* is damaged"):
+            preread(engine, vol, options, image_spec=SPEC)
+
+
 def test_a_preread_run_in_the_viewer_is_kept_with_its_study(study, tmp_path):
     """The reader's own pre-read is kept as one on arrival is: its document beside theirs, a done job (the study
     list's AI state and worst tier), read back when the study is opened again ("in the viewer"), and the

@@ -101,6 +101,41 @@ def test_eval_volume_reports_froc_and_time_per_volume(study, scripted, tmp_path,
     assert "CPM" in printed and "time per volume" in printed
 
 
+def test_eval_volume_fits_an_operating_point_into_the_model_folder_and_measures_it_after(study, scripted, tmp_path,
+                                                                                          monkeypatch, capsys):
+    """--fit-operating-point FP writes the lowest candidate score with at most FP false positives per volume into the
+    model folder; eval-volume then measures the model there too, and the pre-read lists only what reaches it."""
+    from app.assistant.preread import OPERATING_POINT_FILE
+
+    model, truth = scripted
+    volume = load_series(scan([study]).all_series()[0])
+    monkeypatch.setattr(eval_volume, "load_engine",
+                        lambda folder, device, quantization: (TruthEngine(volume, truth, extra_slice=12), SPEC))
+    fitted = tmp_path / "fit.json"
+    assert main(["eval-volume", "--data", str(study), "--model", str(model), "--json", str(fitted),
+                 "--fit-operating-point", "0"]) == 0
+    printed = capsys.readouterr().out
+    assert "operating point fitted at 0 FP/volume" in printed and "written to" in printed
+    point = json.loads((model / OPERATING_POINT_FILE).read_text())
+    assert point["fp_per_volume"] == 0 and point["measured"]["false_positives"] == 0 and point["min_score"] > 0
+    assert point["fitted_on"] == str(study)
+    assert json.loads(fitted.read_text())["froc"]["false_positives"] == 1  # the FROC still counts every candidate
+    out = tmp_path / "again.json"
+    assert main(["eval-volume", "--data", str(study), "--model", str(model), "--json", str(out)]) == 0
+    assert "at the model's operating point (score >= " in capsys.readouterr().out
+    doc = json.loads(out.read_text())
+    assert doc["operating_point"]["false_positives"] == 0 and doc["operating_point"]["min_score"] == point["min_score"]
+    assert doc["operating_point"]["sensitivity"] == point["measured"]["sensitivity"]
+    assert main(["eval-volume", "--data", str(study), "--model", str(model), "--out", str(tmp_path / "x.json")]) == 1
+    assert "give --fit-operating-point" in capsys.readouterr().err
+
+
+def test_a_min_score_outside_0_to_1_is_refused(study, scripted, tmp_path, capsys):
+    model, _ = scripted
+    code = main(["preread", str(study), "--model", str(model), "--json", str(tmp_path / "p.json"), "--min-score", "2"])
+    assert code == 1 and "--min-score must be a score from 0 to 1" in capsys.readouterr().err
+
+
 def test_nothing_to_write_is_an_error(study, scripted, capsys):
     model, _ = scripted
     assert main(["preread", str(study), "--model", str(model)]) != 0
