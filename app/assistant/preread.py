@@ -45,7 +45,8 @@ score and checks (of the reasoning's finding whose box matches the candidate, el
 **operating point** (:class:`OperatingPoint`, the model folder's ``preread_operating_point.json``, fitted by
 ``xmedgpt eval-volume --fit-operating-point FP`` at FP false positives per volume; every candidate when the
 folder has none), best first, at most ``max_lesions``; stage 3 reads those. The result says how many candidates
-fell below the point; the FROC of ``xmedgpt eval-volume`` still ranks every candidate.
+fell below the point and keeps the best of them (``weaker``: located, not reasoned) for a reader who asks to see
+them; the FROC of ``xmedgpt eval-volume`` still ranks every candidate.
 """
 
 from __future__ import annotations
@@ -984,6 +985,9 @@ class Preread:
     cancelled: bool = False
     operating_point: OperatingPoint | None = None
     below_operating_point: int = 0  # candidates with enough slices not listed because they score below it
+    #: the best of those (at most ``max_lesions``, best first, located but not reasoned): what the reader can ask to
+    #: see ("Show weaker candidates" in the viewer)
+    weaker: list[Candidate] = field(default_factory=list)
 
     def to_json(self) -> dict:
         per_slice = [{"slice": k, "windows": ws, "lung_fraction": None if k not in self.sweep.lung_fractions
@@ -999,6 +1003,7 @@ class Preread:
             "candidates": len(self.candidates),
             "operating_point": None if self.operating_point is None else self.operating_point.to_json(),
             "below_operating_point": self.below_operating_point,
+            "weaker": [c.to_json() for c in self.weaker],
             "windows": {"rule": "lung window where lung (-950..-500 HU) is >= 15% of the body section, both "
                                 "from 3% to 15%, soft tissue below", "counts": counts, "slices": per_slice},
             "timing": {k: round(v, 3) for k, v in self.timing.items()},
@@ -1017,8 +1022,10 @@ def from_json(document: dict, volume: Volume) -> Preread:
         raise PrereadError(f"The saved pre-read read {series.get('slices')} slices; this series has {len(volume)} "
                            "now (pre-read it again).")
     lesions: list[Candidate] = []
+    weaker: list[Candidate] = []
     try:
-        for les in document.get("lesions") or []:
+        for les, into in [(x, lesions) for x in document.get("lesions") or []] + \
+                [(x, weaker) for x in document.get("weaker") or []]:
             window, phrase, score = str(les.get("window") or ""), str(les.get("phrase") or "lesion"), float(les["score"])
             detections = {}
             for k, b in (les.get("boxes") or {}).items():
@@ -1029,7 +1036,7 @@ def from_json(document: dict, volume: Volume) -> Preread:
             key = int(les["key_slice"])
             if key not in detections:
                 raise PrereadError(f"Lesion {les.get('id')}: no box on its key slice.")
-            lesions.append(Candidate(
+            into.append(Candidate(
                 str(les["id"]), detections, np.asarray(les["center_patient_mm"], dtype=float),
                 float(les["diameter_mm"]), float(les["volume_ml"]), score, key, None, les.get("reliability"),
                 str(les.get("location") or ""), str(les.get("description") or ""),
@@ -1049,7 +1056,7 @@ def from_json(document: dict, volume: Volume) -> Preread:
     except (KeyError, TypeError, ValueError) as exc:
         raise PrereadError(f"The saved pre-read is damaged ({type(exc).__name__}: {exc}).") from None
     return Preread(volume.series.uid, str(model.get("id") or ""), str(model.get("engine") or ""), sweep_result,
-                   list(lesions), lesions, timing, bool(document.get("cancelled")), point, below)
+                   lesions + weaker, lesions, timing, bool(document.get("cancelled")), point, below, weaker)
 
 
 def preread(
@@ -1078,6 +1085,7 @@ def preread(
     enough = [c for c in candidates if len(c.detections) >= options.min_slices]
     above = [c for c in enough if point is None or c.score >= point.min_score]
     lesions = above[: options.max_lesions]
+    weaker = [c for c in enough if point is not None and c.score < point.min_score][: options.max_lesions]
     t2 = time.perf_counter()
     cancelled = sw.cancelled
     fractions = dict(sw.lung_fractions)  # the regions' cache (the sweep's own stays as measured, for its JSON)
@@ -1089,11 +1097,11 @@ def preread(
                progress=progress, reliability=options.reliability, batch_size=options.reasoning_batch,
                lung_fractions=fractions)
         cancelled = bool(cancel and cancel())
-    for c in lesions:
+    for c in lesions + weaker:
         if not c.location:
             c.location = location_of(volume, c, fractions)
     t3 = time.perf_counter()
     timing = {"sweep_s": t1 - t0, "link_s": t2 - t1, "reasoning_s": t3 - t2, "total_s": t3 - t0,
               "slices": float(len(sw.windows)), "requests": float(sw.requests), "batches": float(sw.batches)}
     return Preread(volume.series.uid, engine.model_id, engine.describe(), sw, candidates, lesions, timing, cancelled,
-                   point, len(enough) - len(above))
+                   point, len(enough) - len(above), weaker)

@@ -132,7 +132,10 @@ def run(args: argparse.Namespace) -> int:
     audit.ai_output(study.study_uid, model_id=out.model, weights_sha256=weights,
                     text=json.dumps(document["lesions"], ensure_ascii=False),
                     boxes=[{"lesion": les["id"], "frame": les["key_slice"], "box_pixels": les["box_pixels"],
-                            "sop_instance_uid": sops[les["key_slice"]]} for les in document["lesions"]],
+                            "sop_instance_uid": sops[les["key_slice"]],
+                            **({"below_operating_point": True} if weak else {})}
+                           for les, weak in [(x, False) for x in document["lesions"]]
+                           + [(x, True) for x in document["weaker"]]],
                     engine=out.engine, source="xmedgpt preread")
     written: list[Path] = []
     if args.json_out is not None:

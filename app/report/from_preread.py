@@ -247,11 +247,14 @@ def audit_preread(audit: AuditLog, study_uid: str, document: Mapping, volume: Vo
     model_id = model.get("id", "") if isinstance(model, Mapping) else str(model)
     engine = model.get("engine", "") if isinstance(model, Mapping) else ""
     lesions = list(document.get("lesions") or [])
+    weaker = list(document.get("weaker") or [])  # under the operating point: shown only when the reader asks
     audit.ai_request(study_uid, model_id=model_id, weights_sha256=weights_sha256, prompt="series pre-read",
                      image={"series_uid": document.get("series_uid", volume.series.uid), "slices": len(volume)},
                      source=source)
     audit.ai_output(study_uid, model_id=model_id, weights_sha256=weights_sha256,
                     text=json.dumps(lesions, ensure_ascii=False),
                     boxes=[{"lesion": les["id"], "frame": les["key_slice"], "box_pixels": les["box_pixels"],
-                            "sop_instance_uid": refs(les["key_slice"]).sop_instance_uid} for les in lesions],
+                            "sop_instance_uid": refs(les["key_slice"]).sop_instance_uid,
+                            **({"below_operating_point": True} if les in weaker else {})}
+                           for les in lesions + weaker],
                     engine=engine, source=source, cancelled=bool(document.get("cancelled")))

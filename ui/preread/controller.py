@@ -76,6 +76,8 @@ class PrereadRun:
     #: where a pre-read not run in this window comes from, as the panel says it ("on arrival, 19:09"); "" for
     #: one run here
     origin: str = ""
+    #: the reader asked to see the candidates under the model's operating point too ("Show weaker candidates")
+    show_weaker: bool = False
 
     @property
     def series_uid(self) -> str:
@@ -83,10 +85,14 @@ class PrereadRun:
 
     @property
     def lesions(self) -> list[Candidate]:
-        return self.result.lesions
+        """The lesions the list shows: the pre-read's, then its weaker candidates when the reader asked for them."""
+        return self.result.lesions + (self.result.weaker if self.show_weaker else [])
+
+    def is_weaker(self, lesion: Candidate) -> bool:
+        return any(c is lesion for c in self.result.weaker)
 
     def lesion(self, lesion_id: str) -> Candidate | None:
-        return next((c for c in self.result.lesions if c.id == lesion_id), None)
+        return next((c for c in self.lesions if c.id == lesion_id), None)
 
 
 class PrereadWorker(QThread):

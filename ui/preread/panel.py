@@ -30,6 +30,7 @@ from PySide6.QtCore import Qt, Signal
 from PySide6.QtGui import QBrush, QColor
 from PySide6.QtWidgets import (
     QAbstractItemView,
+    QCheckBox,
     QHBoxLayout,
     QHeaderView,
     QLabel,
@@ -94,11 +95,16 @@ def _caveat(n: int) -> str:
 
 
 def _run_summary(run: PrereadRun) -> str:
-    n = len(run.lesions)
+    n = len(run.result.lesions)  # the listed ones, whether the weaker candidates are shown or not
     found = f"{n} lesion{'s' if n != 1 else ''}" if n else "No lesion"
+    return f"{found} in {series_name(run.volume)}. {_caveat(n)}" + _point_note(run)
+
+
+def _point_note(run: PrereadRun) -> str:
+    """" 4 weaker candidates (score under 0.21, the model's operating point) are not listed." or ""."""
     point = run.result.operating_point
     note = below_point_note(run.result.below_operating_point, point.min_score if point is not None else None)
-    return f"{found} in {series_name(run.volume)}. {_caveat(n)}" + (f" {note}" if note else "")
+    return f" {note}" if note else ""
 
 
 class _LesionItem(QTreeWidgetItem):
@@ -124,10 +130,19 @@ def location_text(lesion: Candidate) -> str:
     return loc[:1].upper() + loc[1:] if loc else "—"
 
 
-def box_label(lesion: Candidate, accepted: bool = False) -> str:
-    """``P1 · 12 mm · green`` on the image (``P1 · 12 mm · accepted`` once in the report)."""
-    tail = "accepted" if accepted else (lesion_tier(lesion) or "not assessed")
+def box_label(lesion: Candidate, accepted: bool = False, weaker: bool = False) -> str:
+    """``P1 · 12 mm · green`` on the image (``P1 · 12 mm · accepted`` once in the report, ``P7 · 9 mm · weaker``
+    for a candidate under the model's operating point that the reader asked to see)."""
+    tail = "accepted" if accepted else ("weaker" if weaker else (lesion_tier(lesion) or "not assessed"))
     return f"{lesion.id} · {lesion.diameter_mm:.0f} mm · {tail}"
+
+
+WEAKER_TIP = ("Under the model's operating point: the AI is less sure of it than of the listed lesions, and it was "
+              "not reasoned about or checked")
+
+
+def weaker_text(n: int) -> str:
+    return f"Show {n} weaker candidate{'s' if n != 1 else ''} (under the model's operating point)"
 
 
 def series_name(volume: Volume) -> str:
@@ -214,6 +229,13 @@ class PrereadPanel(QWidget):
         self.lesions.sortByColumn(COL_ID, Qt.SortOrder.AscendingOrder)
         self.lesions.currentItemChanged.connect(lambda cur, _prev: self._current_changed(cur))
         self.lesions.itemClicked.connect(lambda item, _col: self.show_lesion(item.data(COL_ID, Qt.ItemDataRole.UserRole)))
+        self.weaker_box = QCheckBox(weaker_text(0))
+        self.weaker_box.setObjectName("prereadWeaker")
+        self.weaker_box.setToolTip("Also list the candidates scoring under the model's operating point (fitted at "
+                                   "about one false positive per volume): more lesions and more boxes on nothing, "
+                                   "none of them reasoned about or checked")
+        self.weaker_box.toggled.connect(self.show_weaker)
+        self.weaker_box.hide()
         self.detail = QLabel("")
         self.detail.setObjectName("prereadDetail")
         self.detail.setWordWrap(True)
@@ -242,6 +264,7 @@ class PrereadPanel(QWidget):
         layout.addLayout(bar)
         layout.addWidget(self.status)
         layout.addWidget(self.lesions, stretch=1)
+        layout.addWidget(self.weaker_box)
         layout.addWidget(self.detail)
         layout.addLayout(buttons)
         self._sync_buttons()
@@ -360,7 +383,7 @@ class PrereadPanel(QWidget):
         n = len(run.lesions)
         t = run.result.timing.get("total_s", 0.0)
         found = f"{n} lesion{'s' if n != 1 else ''} found" if n else "No lesion found"
-        text = f"{found} in {series_name(run.volume)} ({t:.0f} s). {_caveat(n)}"
+        text = f"{found} in {series_name(run.volume)} ({t:.0f} s). {_caveat(n)}" + _point_note(run)
         self.refresh()
         if self.run is not run:
             text += " Show that series to see its list."
@@ -372,7 +395,8 @@ class PrereadPanel(QWidget):
         n = len(run.lesions)
         found = f"{n} lesion{'s' if n != 1 else ''}" if n else "No lesion"
         self.refresh()
-        self._say(f"{found} from the pre-read {run.origin} in {series_name(run.volume)}. {_caveat(n)}")
+        self._say(f"{found} from the pre-read {run.origin} in {series_name(run.volume)}. {_caveat(n)}"
+                  + _point_note(run))
         self.sync_all()
         self._sync_buttons()
 
@@ -400,6 +424,12 @@ class PrereadPanel(QWidget):
         else:
             self.series_label.setText(f"{series_name(volume)}: pre-read by {run.result.model}"
                                       + (f" {run.origin}" if run.origin else ""))
+        weaker = len(run.result.weaker) if run is not None else 0
+        self.weaker_box.blockSignals(True)
+        self.weaker_box.setText(weaker_text(weaker))
+        self.weaker_box.setChecked(bool(run is not None and run.show_weaker))
+        self.weaker_box.setVisible(weaker > 0)
+        self.weaker_box.blockSignals(False)
         if run is self.run and self.lesions.topLevelItemCount() == len(run.lesions if run else []):
             self._update_rows()
             return
@@ -436,11 +466,12 @@ class PrereadPanel(QWidget):
             if lesion is None:
                 continue
             tier = lesion_tier(lesion)
+            weaker = self.run.is_weaker(lesion)
             item.setText(COL_ID, lesion.id + (ACCEPTED_MARK if lesion.id in taken else ""))
             item.setText(COL_LOCATION, location_text(lesion))
             item.setText(COL_SIZE, f"{lesion.diameter_mm:.0f}")
             item.setText(COL_SLICES, slices_text(lesion))
-            item.setText(COL_TIER, f"● {TIER_WORD[tier]}")
+            item.setText(COL_TIER, "○ weaker" if weaker else f"● {TIER_WORD[tier]}")
             number = lesion.id[1:] if lesion.id[:1].isalpha() else lesion.id
             keys = {COL_ID: int(number) if number.isdigit() else 0, COL_LOCATION: location_text(lesion).lower(),
                     COL_SIZE: float(lesion.diameter_mm), COL_SLICES: lesion.slices[0] * 10_000 + lesion.slices[1],
@@ -456,6 +487,8 @@ class PrereadPanel(QWidget):
             item.setToolTip(COL_SIZE, f"{lesion.diameter_mm:.1f} mm")
             item.setToolTip(COL_SLICES, f"Images {slices_text(lesion)}, key image {lesion.key_slice + 1}")
             item.setToolTip(COL_ID, "In the report" if lesion.id in taken else "Not in the report")
+            if weaker:
+                item.setToolTip(COL_TIER, WEAKER_TIP)
 
     def item_of(self, lesion_id: str) -> QTreeWidgetItem | None:
         for i in range(self.lesions.topLevelItemCount()):
@@ -541,6 +574,8 @@ class PrereadPanel(QWidget):
         score = rel.get("score")
         reliability = (f"{tier} ({float(score):.2f})" if tier and isinstance(score, (int, float))
                        else TIER_WORD[tier])
+        if self.run is not None and self.run.is_weaker(lesion):
+            reliability = f"not assessed — {WEAKER_TIP[0].lower()}{WEAKER_TIP[1:]}"
         failed = [check_sentence(Check(str(c.get("name") or "check"), c.get("passed"), str(c.get("detail") or "")))
                   for c in rel.get("checks") or [] if not c.get("passed")]
         first, last = lesion.slices
@@ -579,7 +614,7 @@ class PrereadPanel(QWidget):
         if run is not None and vp.volume is not None:
             taken = self.accepted.get(run.series_uid, {})
             for lesion in run.lesions:
-                label = box_label(lesion, lesion.id in taken)
+                label = box_label(lesion, lesion.id in taken, run.is_weaker(lesion))
                 for k, det in lesion.detections.items():
                     if k < len(vp.volume):
                         wanted[f"{PREFIX}{lesion.id}:{k}"] = (k, det.box, label)
@@ -592,6 +627,17 @@ class PrereadPanel(QWidget):
                 ov.add_box(k, box, label, source=SOURCE, box_id=box_id, editable=False)
             elif ov.label_of(box_id) != label:
                 ov.set_label(box_id, label)
+
+    def show_weaker(self, on: bool) -> None:
+        """List (and draw) the pre-read's candidates under the model's operating point too, or hide them again."""
+        if self.run is None or self.run.show_weaker == bool(on):
+            return
+        self.run.show_weaker = bool(on)
+        self.refresh()
+        self.sync_all()
+        n = len(self.run.result.weaker)
+        self._say(f"Showing {n} weaker candidate{'s' if n != 1 else ''}: not reasoned about or checked." if on
+                  else _run_summary(self.run))
 
     # ------------------------------------------------------------------ into the report
     def accept_selected(self, *_args) -> str | None:

@@ -383,6 +383,9 @@ def test_the_list_keeps_the_candidates_at_or_above_the_models_operating_point(st
     assert out.lesions and all(c.score >= cut for c in out.lesions)
     assert out.below_operating_point == weak >= 1
     assert len(out.lesions) == min(10, len(out.candidates) - weak)
+    # the weaker ones are kept for a reader who asks to see them: best first, located, not reasoned
+    assert [c.id for c in out.weaker] == [c.id for c in out.candidates if c.score < cut][:10]
+    assert all(c.location and c.answer is None and c.reliability is None for c in out.weaker)
     doc = json.loads(json.dumps(out.to_json()))
     assert doc["operating_point"] == {"min_score": round(cut, 6), "source": str(tmp_path / OPERATING_POINT_FILE),
                                       "fp_per_volume": 1.0}
@@ -392,6 +395,7 @@ def test_the_list_keeps_the_candidates_at_or_above_the_models_operating_point(st
     doc["series"] = {"uid": vol.series.uid, "slices": len(vol)}
     back = from_json(doc, vol)  # the pre-read on arrival's file keeps it
     assert back.operating_point.min_score == pytest.approx(cut) and back.below_operating_point == weak
+    assert [c.to_json() for c in back.weaker] == doc["weaker"] and len(doc["weaker"]) == len(out.weaker)
     # an explicit min_score (xmedgpt preread --min-score 0) lists every candidate again
     again = preread(engine, vol, PrereadOptions(batch_size=8, reasoning=False, min_score=0.0), image_spec=SPEC)
     assert len(again.lesions) == len(everything.lesions) and again.below_operating_point == 0

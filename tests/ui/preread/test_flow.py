@@ -99,14 +99,15 @@ def reference_thresholds(monkeypatch):
     monkeypatch.setattr(session, "thresholds_for", lambda _folder: Thresholds(green=0.7, amber=0.4))
 
 
-def open_with_preread(qtbot, tmp_path, delay: float = 0.0) -> tuple[MainWindow, SampleEngine]:
+def open_with_preread(qtbot, tmp_path, delay: float = 0.0,
+                      options: PrereadOptions = OPTIONS) -> tuple[MainWindow, SampleEngine]:
     from app.dicom.loader import load_series
     from app.dicom.scan import scan
 
     volume = load_series(scan([SAMPLE]).all_series()[0])
     engine = SampleEngine(volume, load_ground_truth(SAMPLE), delay)
     win = open_sample(qtbot, settings_in(tmp_path), engine, tmp_path)  # the assistant on the engine, the report
-    install_preread(win, options=OPTIONS)  # the pre-read on the assistant's engine
+    install_preread(win, options=options)  # the pre-read on the assistant's engine
     qtbot.wait(50)  # the dock tabs are laid out
     win.preread_panel.parentWidget().raise_()  # its tab, in front of the assistant's
     qtbot.waitUntil(lambda: not win.preread_panel.visibleRegion().isEmpty(), timeout=5000)
@@ -618,3 +619,50 @@ def test_the_status_line_follows_the_series_on_screen(qtbot, win, tmp_path):
     n = panel.lesions.topLevelItemCount()
     assert re.fullmatch(rf"{n} lesions? in .+\. Click one to see it\. The AI can miss lesions: read every slice\.",
                         panel.status.text()), panel.status.text()
+
+
+def test_weaker_candidates_under_the_operating_point_are_shown_only_when_the_reader_asks(qtbot, tmp_path, output_dir):
+    """With an operating point the list holds the lesions the AI is surest of; the rest are one click away: "Show N
+    weaker candidates" lists them marked "weaker" (not reasoned, not checked) with their boxes, unticking hides them
+    again, and the reader can still take one into the report."""
+    win, _ = open_with_preread(qtbot, tmp_path, options=PrereadOptions(batch_size=4, n_samples=3, n_questions=1,
+                                                                      min_score=0.6))
+    try:
+        panel, vp = win.preread_panel, win.grid.active
+        run_preread(qtbot, win)
+        run = win.preread.result_for(vp.volume)
+        listed, weaker = list(run.result.lesions), list(run.result.weaker)
+        assert listed and weaker and len(listed) + len(weaker) == 6  # the sample's six lesions, three-slice ones first
+        assert all(les.slices[0] < les.slices[1] for les in listed) and all(les.score < 0.6 for les in weaker)
+        assert panel.lesions.topLevelItemCount() == len(listed)
+        assert f"{len(weaker)} weaker candidates" in panel.status.text() and "not listed" in panel.status.text()
+        assert panel.weaker_box.isVisible() and not panel.weaker_box.isChecked()
+        assert panel.weaker_box.text() == f"Show {len(weaker)} weaker candidates (under the model's operating point)"
+        assert not any(i.startswith(f"{PREFIX}{les.id}:") for les in weaker for i in vp.overlays.ids())
+        # the audit trail has every box the AI can show, the weaker ones marked so
+        records = [r for _n, r, _err in read_records(tmp_path / "audit.jsonl") if r is not None]
+        (output,) = [r for r in records if r.action == "ai.output" and r.data.get("source") == "viewer pre-read"]
+        marked = [b["lesion"] for b in output.data["boxes"] if b.get("below_operating_point")]
+        assert marked == [les.id for les in weaker] and len(output.data["boxes"]) == 6
+
+        qtbot.mouseClick(panel.weaker_box, Qt.MouseButton.LeftButton, pos=QPoint(8, panel.weaker_box.height() // 2))
+        assert panel.weaker_box.isChecked() and panel.lesions.topLevelItemCount() == 6
+        weak = weaker[0]
+        row = panel.item_of(weak.id)
+        assert row.text(4) == "○ weaker" and "not reasoned about or checked" in row.toolTip(4)
+        k = next(iter(weak.detections))
+        assert vp.overlays.label_of(f"{PREFIX}{weak.id}:{k}").endswith("· weaker")
+        click_row(qtbot, panel, weak.id)
+        assert vp.slice_index == weak.key_slice and "not assessed — under the model's operating point" in \
+            panel.detail.text()
+        qtbot.wait(50)
+        win.grab().save(str(output_dir / "preread_weaker.png"))
+        panel.accept_button.click()  # the reader's call: a weaker candidate can go into the report too
+        report = win.report.session.report
+        assert report is not None and len(report.findings) == 1 and report.findings[0].boxes[0].slice_index == k
+
+        panel.weaker_box.setChecked(False)
+        assert panel.lesions.topLevelItemCount() == len(listed)
+        assert not any(i.startswith(f"{PREFIX}{les.id}:") for les in weaker for i in vp.overlays.ids())
+    finally:
+        win.preread.shutdown()
