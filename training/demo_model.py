@@ -156,6 +156,14 @@ class EvalSection:
     sample_windows: list[str] = field(default_factory=list)
     sample_slices: int = 60
     sample_seed: int = 600
+    #: the series pre-read's operating point (app.assistant.preread): fitted at ``preread_fp`` false positives per
+    #: volume on ``xmedgpt sample`` studies of ``preread_fit_seeds`` (``preread_slices`` slices each), written as the
+    #: model's preread_operating_point.json, then measured on studies of ``preread_held_seeds`` ([]: skip)
+    preread_fit_seeds: list[int] = field(default_factory=list)
+    preread_held_seeds: list[int] = field(default_factory=list)
+    preread_slices: int = 120
+    preread_size: int = 512
+    preread_fp: float = 1.0
     device: str = "cpu"  # where the held-out evaluation runs (cpu | cuda | auto)
 
 
@@ -890,6 +898,7 @@ def _finish(config: DemoConfig, trained: Path, eval_dir: Path, state: RecipeStat
     default_sizes = default_sizes_eval(config, out, eval_dir.parent / "phantoms-default-sizes", commands)
     sample_study = sample_study_eval(config, out, eval_dir.parent / "sample-study", commands)
     calibration = calibrate_reliability(config, out, eval_dir.parent, commands)
+    preread = preread_eval(config, out, eval_dir.parent / "preread", commands)
     wall = state.wall_s + (time.monotonic() - start)
     n_params = sum(p.numel() for p in __import__("transformers").InternVLForConditionalGeneration
                    .from_pretrained(out).parameters())
@@ -921,6 +930,7 @@ def _finish(config: DemoConfig, trained: Path, eval_dir: Path, state: RecipeStat
         "metrics_sample_study": sample_study,
         "reliability_calibration": calibration,
         "known_limits": list(config.known_limits),
+        **({"preread": preread} if preread else {}),
     }
     (out / "model_card.json").write_text(json.dumps(card, indent=2) + "\n")
     write_card_markdown(out)
@@ -946,6 +956,19 @@ def default_sizes_eval(config: DemoConfig, model: Path, folder: Path, commands: 
     options = Options(samples=0, tasks=("grounding",), max_new_tokens=config.eval.max_new_tokens or None)
     metrics = run_eval(model, folder, options, device=config.eval.device, quantization="none")
     return {"seed": seed, "images": config.eval.default_sizes_n, "localization": metrics.get("localization")}
+
+
+def preread_eval(config: DemoConfig, model: Path, folder: Path, commands: list[str]) -> dict | None:
+    """The series pre-read's operating point, fitted and measured on ``xmedgpt sample`` studies (the card's "Series
+    pre-read" section; :func:`training.preread_point.fit_and_measure`); None without ``eval.preread_fit_seeds``."""
+    from training.preread_point import fit_and_measure
+
+    e = config.eval
+    if not e.preread_fit_seeds:
+        return None
+    return fit_and_measure(model, folder, e.preread_fit_seeds, e.preread_held_seeds, slices=e.preread_slices,
+                           size=e.preread_size, fp_per_volume=e.preread_fp, device=e.device, model_label=config.out,
+                           commands=commands)
 
 
 def sample_study_eval(config: DemoConfig, model: Path, folder: Path, commands: list[str]) -> dict | None:
@@ -979,8 +1002,30 @@ def write_card_markdown(folder: Path) -> Path:
     card = json.loads((folder / "model_card.json").read_text())
     path = folder / "MODEL_CARD.md"
     path.write_text(_markdown(card, format_table(card["metrics"]))
-                    + _sample_study_markdown(card.get("metrics_sample_study")) + _limits_markdown(card))
+                    + _sample_study_markdown(card.get("metrics_sample_study")) + _preread_markdown(card.get("preread"))
+                    + _limits_markdown(card))
     return path
+
+
+def _preread_markdown(preread: dict | None) -> str:
+    """The card's series pre-read section: its operating point (``preread_operating_point.json``) and what the
+    pre-read lists there on studies it was not fitted on (``xmedgpt eval-volume``, written into the card)."""
+    if not preread:
+        return ""
+    point = preread["operating_point"]
+    fit = point["measured"]
+    per = "false positive" + ("" if point["fp_per_volume"] == 1 else "s")
+    rows = "".join(
+        f"| {m['data']} | {m['lesions']} | {m['cpm']:.3f} | {m['sensitivity']:.3f} | "
+        f"{m['by_size']['medium']:.3f} / {m['by_size']['large']:.3f} | {m['fp_per_volume']:.2f} |\n"
+        for m in preread.get("measured") or [])
+    return (f"\n## Series pre-read\n\nOperating point (`preread_operating_point.json`): the pre-read lists a "
+            f"candidate scoring >= {point['min_score']:.4f}, the lowest score with at most {point['fp_per_volume']:g} "
+            f"{per} per volume on {point['fitted_on']} (there: sensitivity {fit['sensitivity']:.3f}, "
+            f"{fit['fp_per_volume']:.2f} false positives per volume).\n\n"
+            "| studies (120 slices each) | lesions | CPM (every candidate) | sensitivity at the operating point | "
+            "medium / large | false positives per volume listed |\n|---|---|---|---|---|---|\n" + rows
+            + ("\n```bash\n" + "\n".join(preread["commands"]) + "\n```\n" if preread.get("commands") else ""))
 
 
 #: Issue #14's bars for the demo model (its proof): grounding mean IoU for lesions >= 10 mm and 6-10 mm, lesion-free
@@ -1118,10 +1163,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--card", type=Path, metavar="MODEL_DIR",
                         help="only write MODEL_DIR/MODEL_CARD.md again from its model_card.json")
+    parser.add_argument("--mix-meta", nargs=3, metavar=("TRAIN_DIR", "NAME", "SET=REPEAT,…"),
+                        help="only write TRAIN_DIR/NAME: a meta file over a recipe corpus's sets with these repeat "
+                             "factors, as the recipe's mixes (e.g. phantom_grounding=1,phantom_grounding_empty=2)")
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.mix_meta is not None:
+        train_dir, name, spec = args.mix_meta
+        try:
+            mix = {k.strip(): float(v) for k, v in (part.split("=", 1) for part in spec.split(",") if part.strip())}
+            if not mix or Path(name).name != name:
+                raise ValueError
+        except ValueError:
+            sys.stderr.write("demo_model: --mix-meta TRAIN_DIR NAME SET=REPEAT[,SET=REPEAT…] (NAME a file name)\n")
+            return 1
+        try:
+            sys.stdout.write(f"{_mix_meta(Path(train_dir), name, mix)}\n")
+        except (XMedError, OSError) as exc:
+            sys.stderr.write(f"demo_model: {exc}\n")
+            return 1
+        return 0
     if args.card is not None:
         if not (args.card / "model_card.json").is_file():
             sys.stderr.write(f"demo_model: {args.card} has no model_card.json (not a model built by this recipe).\n")

@@ -104,6 +104,39 @@ def _progress(name: str):
     return report
 
 
+def preread_cases(engine, spec, studies: list[Path], options: PrereadOptions, series_choice: str = "0",
+                  progress: bool = True) -> tuple[list[VolumeCase], list[dict]]:
+    """Pre-read each study's series and match every candidate to its ground truth: the FROC's cases, and one
+    summary per volume (lesions hit, candidates, false positives, seconds)."""
+    cases: list[VolumeCase] = []
+    volumes: list[dict] = []
+    for folder in studies:
+        truth = load_ground_truth(folder)
+        series = pick_series(scan([folder]).all_series(), series_choice)
+        t0 = time.perf_counter()
+        volume = load_series(series)
+        out = preread(engine, volume, options, image_spec=spec, progress=_progress(folder.name) if progress else None)
+        seconds = time.perf_counter() - t0
+        lesions = [TrueLesion(tuple(les["center_patient_mm"]), float(les["size_mm"]), les["id"])
+                   for les in truth["lesions"]]
+        preds = [Prediction(tuple(float(v) for v in c.center_mm), c.score) for c in out.candidates]
+        case = VolumeCase(folder.name, lesions, preds)
+        cases.append(case)
+        m = match_volume(case)
+        volumes.append({
+            "id": folder.name, "path": str(folder), "series_uid": series.uid, "slices": len(volume),
+            "lesions": [{"id": t.id, "size_mm": t.size_mm, "bucket": t.bucket, "found": s is not None,
+                         "score": s} for t, s in zip(lesions, m.lesion_scores)],
+            "candidates": len(preds), "false_positives": len(m.fp_scores),
+            "seconds": round(seconds, 3), "sweep_s": round(out.timing["sweep_s"], 3),
+        })
+        if progress:
+            sys.stderr.write(f"{folder.name}: {len(preds)} candidates, "
+                             f"{sum(s is not None for s in m.lesion_scores)}/{len(lesions)} lesions hit, "
+                             f"{seconds:.1f} s\n")
+    return cases, volumes
+
+
 def _point_line(what: str, r: OperatingPointResult) -> str:
     sizes = ", ".join(f"{b} {s:.3f}" for b, s in r.by_size.items() if s is not None)
     sens = "-" if r.sensitivity is None else f"{r.sensitivity:.3f}"
@@ -123,32 +156,8 @@ def run(args: argparse.Namespace) -> int:
     point = None if args.fit_operating_point is not None else operating_point_for(args.model)
     engine, spec = load_engine(Path(args.model), args.device, args.quantization)
     options = PrereadOptions(batch_size=args.batch_size, reasoning=args.reasoning, reliability=False)
-    cases: list[VolumeCase] = []
-    volumes: list[dict] = []
     started = time.perf_counter()
-    for folder in studies:
-        truth = load_ground_truth(folder)
-        result = scan([folder])
-        series = pick_series(result.all_series(), args.series)
-        t0 = time.perf_counter()
-        volume = load_series(series)
-        out = preread(engine, volume, options, image_spec=spec, progress=_progress(folder.name))
-        seconds = time.perf_counter() - t0
-        lesions = [TrueLesion(tuple(les["center_patient_mm"]), float(les["size_mm"]), les["id"])
-                   for les in truth["lesions"]]
-        preds = [Prediction(tuple(float(v) for v in c.center_mm), c.score) for c in out.candidates]
-        case = VolumeCase(folder.name, lesions, preds)
-        cases.append(case)
-        m = match_volume(case)
-        volumes.append({
-            "id": folder.name, "path": str(folder), "series_uid": series.uid, "slices": len(volume),
-            "lesions": [{"id": t.id, "size_mm": t.size_mm, "bucket": t.bucket, "found": s is not None,
-                         "score": s} for t, s in zip(lesions, m.lesion_scores)],
-            "candidates": len(preds), "false_positives": len(m.fp_scores),
-            "seconds": round(seconds, 3), "sweep_s": round(out.timing["sweep_s"], 3),
-        })
-        sys.stderr.write(f"{folder.name}: {len(preds)} candidates, "
-                         f"{sum(s is not None for s in m.lesion_scores)}/{len(lesions)} lesions hit, {seconds:.1f} s\n")
+    cases, volumes = preread_cases(engine, spec, studies, options, args.series)
     overall = froc(cases)
     by_size = froc_by_size(cases)
     matches = [match_volume(c) for c in cases]

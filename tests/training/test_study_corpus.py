@@ -555,3 +555,12 @@ def test_a_mix_can_show_the_lesion_free_grounding_answers_more_often(corpus, tmp
     assert EMPTY_GROUNDING not in json.loads(_mix_meta(work, "m2.json", {"phantom_grounding": 1}).read_text())
     with pytest.raises(XMedError, match="phantom_nothing"):
         _mix_meta(work, "m3.json", {"phantom_nothing": 1})
+    # the same from the command line (the chain to the committed model writes its meta files so)
+    from training.demo_model import main as demo_main
+
+    assert demo_main(["--mix-meta", str(work), "m4.json", f"phantom_grounding=1,{EMPTY_GROUNDING}=2"]) == 0
+    assert json.loads((work / "m4.json").read_text()) == entries
+    for bad in ("phantom_grounding", "x=y", ""):
+        assert demo_main(["--mix-meta", str(work), "m5.json", bad]) == 1
+    assert demo_main(["--mix-meta", str(work), "../m5.json", "phantom_grounding=1"]) == 1
+    assert demo_main(["--mix-meta", str(work), "m5.json", "phantom_nothing=1"]) == 1 and not (work / "m5.json").exists()
