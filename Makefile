@@ -24,7 +24,7 @@ help:
 	@echo "make run         set up and open the viewer on the bundled sample study"
 	@echo "make test        set up and run the whole test suite"
 	@echo "make benchmarks  run the speed/memory benchmarks (tables for the README)"
-	@echo "make demo-model  retrain the embedded demo model from scratch (2 CPU cores, about five and a half hours; resumable)"
+	@echo "make demo-model  retrain the embedded demo model from scratch (2 CPU cores, about seven and a half hours; resumable)"
 	@echo "make installer   build the Linux desktop bundle (build/installer/*.tar.gz)"
 	@echo "make installer-test  build, install into an empty folder and run the bundled app"
 
@@ -52,7 +52,8 @@ DEMO_WORK ?= checkpoints/demo-recipe
 # the 224-px phantom model, issue #14 run 4's two recipes on 512-px study slices (docs/demo-512-run-4-thumb.md), then
 # run 5's continuation and phase 2 (docs/demo-512-run-5.md), then run 6's continuation and run 6b's phase 2
 # (docs/demo-512-run-6.md), then run 7's (docs/demo-512-run-7.md), then run 9's moved slices and run 9b's gentler
-# phase 2 (docs/demo-512-run-9.md); each step resumes where it stopped
+# phase 2 (docs/demo-512-run-9.md), then runs 17-18's dense tower, run 22 and run 27 (the committed model,
+# training/launch/demo_model_run27.sh, docs/demo-512-run-27.md); each step resumes where it stopped
 DEMO_224 = checkpoints/demo-224
 DEMO_RUN4 = checkpoints/demo-512-run4
 DEMO_512 = training.demo_model --config training/configs/demo_model_512_thumb.yaml --set init_from=$(DEMO_224) --stop-after sft -v
@@ -68,11 +69,13 @@ DEMO_RUN7_PHASE2 = training.demo_model --config training/configs/demo_model_512_
 DEMO_RUN7_OUT = checkpoints/demo-512-run7-phase2
 DEMO_RUN9 = training.demo_model --config training/configs/demo_model_512_run9.yaml --set init_from=$(DEMO_RUN7_OUT) --stop-after sft -v
 DEMO_RUN9_PHASE2 ?= training/configs/demo_model_512_run9b_phase2.yaml
+DEMO_RUN9B_OUT = checkpoints/demo-512-run9b
 DEMO_STEPS = $(PY) -m training.demo_model --config training/configs/demo_model.yaml --work-dir $(DEMO_WORK) --out $(DEMO_224) -v \
 	&& $(PY) -m $(DEMO_512) && $(PY) -m $(DEMO_512_PHASE2) && $(PY) -m $(DEMO_RUN5) && $(PY) -m $(DEMO_RUN5_PHASE2) \
 	&& $(PY) -m $(DEMO_RUN6) && $(PY) -m $(DEMO_RUN6_PHASE2) \
 	&& $(PY) -m $(DEMO_RUN7) && $(PY) -m $(DEMO_RUN7_PHASE2) \
-	&& $(PY) -m $(DEMO_RUN9) && $(PY) -m training.demo_model --config $(DEMO_RUN9_PHASE2) --out resources/models/demo -v
+	&& $(PY) -m $(DEMO_RUN9) && $(PY) -m training.demo_model --config $(DEMO_RUN9_PHASE2) --out $(DEMO_RUN9B_OUT) -v \
+	&& PY=$(PY) bash training/launch/demo_model_run27.sh $(DEMO_RUN9B_OUT) resources/models/demo
 
 demo-model: $(STAMP)
 	rm -rf $(DEMO_WORK) $(DEMO_224) $(DEMO_RUN4) checkpoints/demo-recipe-512-thumb checkpoints/demo-recipe-512-thumb-phase2 \
@@ -80,7 +83,8 @@ demo-model: $(STAMP)
 		$(DEMO_RUN5_OUT) checkpoints/demo-recipe-512-run6 checkpoints/demo-recipe-512-run6-phase2 \
 		checkpoints/demo-recipe-512-run6b-phase2 $(DEMO_RUN6_OUT) checkpoints/demo-recipe-512-run7 \
 		checkpoints/demo-recipe-512-run7-phase2 $(DEMO_RUN7_OUT) checkpoints/demo-recipe-512-run9 \
-		checkpoints/demo-recipe-512-run9b-phase2
+		checkpoints/demo-recipe-512-run9b-phase2 $(DEMO_RUN9B_OUT) checkpoints/demo-recipe-512-run17 checkpoints/run18 \
+		checkpoints/run22 checkpoints/demo-recipe-512-run27
 	$(DEMO_STEPS)
 
 demo-model-resume: $(STAMP)
