@@ -666,3 +666,52 @@ def test_weaker_candidates_under_the_operating_point_are_shown_only_when_the_rea
         assert not any(i.startswith(f"{PREFIX}{les.id}:") for les in weaker for i in vp.overlays.ids())
     finally:
         win.preread.shutdown()
+
+
+@pytest.mark.slow
+def test_the_demo_model_pre_reads_the_bundled_sample_as_a_new_user_sees_it(qtbot, tmp_path, output_dir):
+    """What `make run` shows a new user: the committed demo model pre-reads the bundled sample in the real window.
+    Its candidates there score under its operating point, so the list is empty and says so, never as an all-clear;
+    "Show weaker candidates" brings up the 24 mm liver lesion and the 32 mm right lower lobe mass among them, and a
+    click shows the mass's box on its slice (test-output/preread_demo_model_sample.png)."""
+    import math
+
+    from app.assistant.preread import operating_point_for
+    from inference.engine.local import LocalEngine
+    from inference.resources import DEMO_MODEL_DIR
+
+    engine = LocalEngine.from_folder(DEMO_MODEL_DIR, device="cpu", quantization="none")
+    point = operating_point_for(DEMO_MODEL_DIR)
+    assert point is not None
+    win = open_sample(qtbot, settings_in(tmp_path), engine, tmp_path)
+    install_preread(win, options=PrereadOptions(n_samples=3, n_questions=1))  # min_score: the model's own point
+    try:
+        qtbot.wait(50)
+        panel, vp = win.preread_panel, win.grid.active
+        panel.parentWidget().raise_()
+        qtbot.waitUntil(lambda: not panel.visibleRegion().isEmpty(), timeout=5000)
+        run_preread(qtbot, win)
+        run = win.preread.result_for(vp.volume)
+        assert run.result.operating_point.min_score == point.min_score
+        truth = {les["id"]: les for les in load_ground_truth(SAMPLE)["lesions"]}
+
+        def hits(c, lesion_id: str) -> bool:
+            t = truth[lesion_id]
+            return math.dist(c.center_mm, t["center_patient_mm"]) <= t["size_mm"] / 2 + 5
+
+        listed, weaker = run.result.lesions, run.result.weaker
+        status = panel.status.text()
+        if not listed:  # as measured on 2026-12-08 (docs/demo-512-run-27.md): nothing over the point
+            assert "No lesion found" in status and "This is not a negative read." in status
+        assert f"{len(weaker)} weaker candidate" in status and panel.weaker_box.isVisible()
+        panel.weaker_box.setChecked(True)
+        shown = listed + weaker
+        mass = next(c for c in shown if hits(c, "L3"))  # the 32 mm right lower lobe mass
+        assert any(hits(c, "L5") for c in shown)  # the 24 mm liver lesion
+        click_row(qtbot, panel, mass.id)
+        assert vp.slice_index == mass.key_slice and 16 <= mass.key_slice <= 18
+        assert f"{PREFIX}{mass.id}:{mass.key_slice}" in vp.overlays.visible_ids()
+        qtbot.wait(50)
+        win.grab().save(str(output_dir / "preread_demo_model_sample.png"))
+    finally:
+        win.preread.shutdown()
