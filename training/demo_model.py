@@ -1023,7 +1023,7 @@ def _preread_markdown(preread: dict | None) -> str:
             f"candidate scoring >= {point['min_score']:.4f}, the lowest score with at most {point['fp_per_volume']:g} "
             f"{per} per volume on {point['fitted_on']} (there: sensitivity {fit['sensitivity']:.3f}, "
             f"{fit['fp_per_volume']:.2f} false positives per volume).\n\n"
-            "| studies (120 slices each) | lesions | CPM (every candidate) | sensitivity at the operating point | "
+            "| studies | lesions | CPM (every candidate) | sensitivity at the operating point | "
             "medium / large | false positives per volume listed |\n|---|---|---|---|---|---|\n" + rows
             + ("\n```bash\n" + "\n".join(preread["commands"]) + "\n```\n" if preread.get("commands") else ""))
 
