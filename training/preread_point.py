@@ -8,7 +8,6 @@ at it on the held seeds' studies. The same as ``xmedgpt eval-volume --fit-operat
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -49,7 +48,8 @@ def fit_and_measure(model: Path, folder: Path, fit_seeds: Sequence[int], held_se
     fitted = fit_operating_point([match_volume(c) for c in fit_cases], fp_per_volume).to_json()
     fitted_on = (f"{len(fit_seeds)} studies written by 'xmedgpt sample --slices {slices} --seed S', "
                  f"S = {_seed_span(fit_seeds)}")
-    write_operating_point(model / "preread_operating_point.json", fitted, fp_per_volume, fitted_on, engine.describe())
+    point = write_operating_point(model / "preread_operating_point.json", fitted, fp_per_volume, fitted_on,
+                                  engine.describe())
     commands.append(f"xmedgpt eval-volume --data {folder / 'fit'} --model {label} "
                     f"--fit-operating-point {fp_per_volume:g}")
     measured = []
@@ -58,6 +58,5 @@ def fit_and_measure(model: Path, folder: Path, fit_seeds: Sequence[int], held_se
         at = at_threshold([match_volume(c) for c in cases], fitted["min_score"]).to_json()
         measured.append({"data": f"seeds {_seed_span(held_seeds)}", "cpm": froc(cases).cpm, **at})
         commands.append(f"xmedgpt eval-volume --data {folder / 'held'} --model {label}")
-    point = json.loads((model / "preread_operating_point.json").read_text())
     return {"operating_point": {k: point[k] for k in ("min_score", "fp_per_volume", "fitted_on", "measured")},
             "measured": measured}

@@ -964,14 +964,16 @@ def operating_point_for(model_folder: str | Path | None) -> OperatingPoint | Non
     return OperatingPoint(score, str(path), rate)
 
 
-def write_operating_point(path: Path, fitted: dict, fp_per_volume: float, data: str, model: str) -> None:
-    """Write an operating point file: the threshold, the rate it was fitted for and what it measured there."""
+def write_operating_point(path: Path, fitted: dict, fp_per_volume: float, data: str, model: str) -> dict:
+    """Write an operating point file: the threshold, the rate it was fitted for and what it measured there; returns
+    what it wrote."""
     doc = {"min_score": fitted["min_score"], "fp_per_volume": fp_per_volume, "model": model, "fitted_on": data,
            "measured": {k: v for k, v in fitted.items() if k != "min_score"},
            "rule": "the pre-read lists a candidate when its score is at least min_score (xmedgpt eval-volume "
                    "--fit-operating-point: the lowest threshold with at most fp_per_volume false positives per "
                    "volume on the studies it was fitted on)"}
     write_atomic(Path(path), json.dumps(doc, indent=2) + "\n", mode=0o644)
+    return doc
 
 
 @dataclass

@@ -48,6 +48,7 @@ from app.models.registry import weights_sha256
 from app.report.audit import AuditLog
 from app.report.export.preread_pdf import volume_key_images, write_preread_pdf
 from app.report.export.sr import SrOptions, export_preread_sr, read_sources
+from app.report.from_preread import audit_preread
 from app.report.session import study_context
 
 log = logging.getLogger(__name__)
@@ -127,16 +128,7 @@ def run(args: argparse.Namespace) -> int:
                           "modality": series.modality, "slices": len(volume)}
     weights = _weights(folder)
     sops = [frame_ref(volume, k).sop_instance_uid for k in range(len(volume))]
-    audit.ai_request(study.study_uid, model_id=out.model, weights_sha256=weights, prompt="series pre-read",
-                     image={"series_uid": series.uid, "slices": len(volume)}, source="xmedgpt preread")
-    audit.ai_output(study.study_uid, model_id=out.model, weights_sha256=weights,
-                    text=json.dumps(document["lesions"], ensure_ascii=False),
-                    boxes=[{"lesion": les["id"], "frame": les["key_slice"], "box_pixels": les["box_pixels"],
-                            "sop_instance_uid": sops[les["key_slice"]],
-                            **({"below_operating_point": True} if weak else {})}
-                           for les, weak in [(x, False) for x in document["lesions"]]
-                           + [(x, True) for x in document["weaker"]]],
-                    engine=out.engine, source="xmedgpt preread")
+    audit_preread(audit, study.study_uid, document, volume, source="xmedgpt preread", weights_sha256=weights)
     written: list[Path] = []
     if args.json_out is not None:
         write_atomic(args.json_out, json.dumps(document, indent=2, ensure_ascii=False) + "\n", mode=0o644)

@@ -241,7 +241,9 @@ def accept_lesions(session: ReportSession, lesions: Sequence[Lesion], volume: Vo
 
 def audit_preread(audit: AuditLog, study_uid: str, document: Mapping, volume: Volume, *,
                   source: str = "viewer pre-read", weights_sha256: str = "") -> None:
-    """Record a pre-read (``Preread.to_json()``) as an AI request and its output, as ``xmedgpt preread`` does."""
+    """Record a pre-read (``Preread.to_json()``) as an AI request and its output, for the viewer and
+    ``xmedgpt preread`` alike; the weaker candidates' boxes (under the operating point) are marked
+    ``below_operating_point``."""
     refs = frame_refs(volume)
     model = document.get("model") or {}
     model_id = model.get("id", "") if isinstance(model, Mapping) else str(model)
@@ -255,6 +257,6 @@ def audit_preread(audit: AuditLog, study_uid: str, document: Mapping, volume: Vo
                     text=json.dumps(lesions, ensure_ascii=False),
                     boxes=[{"lesion": les["id"], "frame": les["key_slice"], "box_pixels": les["box_pixels"],
                             "sop_instance_uid": refs(les["key_slice"]).sop_instance_uid,
-                            **({"below_operating_point": True} if les in weaker else {})}
-                           for les in lesions + weaker],
+                            **({"below_operating_point": True} if weak else {})}
+                           for les, weak in [(x, False) for x in lesions] + [(x, True) for x in weaker]],
                     engine=engine, source=source, cancelled=bool(document.get("cancelled")))

@@ -86,6 +86,19 @@ def test_writes_the_lesion_json_and_a_valid_sr(study, scripted, tmp_path, capsys
         assert vol.value == pytest.approx(les["volume_ml"], abs=0.001) and vol.unit.value == "mL"
     printed = capsys.readouterr().out
     assert "lesion(s)" in printed and "The AI can miss lesions: read every slice." in printed
+    # the audit trail: the request and the output, one box per lesion on its key slice (as the viewer records it)
+    from app.core.settings import Settings
+    from app.report.audit import read_records
+
+    records = [r for _n, r, _e in read_records(Settings.load().audit_log_path()) if r is not None]
+    (request,) = [r for r in records if r.action == "ai.request" and r.data.get("source") == "xmedgpt preread"]
+    (output,) = [r for r in records if r.action == "ai.output" and r.data.get("source") == "xmedgpt preread"]
+    assert request.data["image"] == {"series_uid": doc["series_uid"], "slices": 40}
+    assert output.data["model_id"] == "truth-engine" and json.loads(output.data["text"]) == lesions
+    sops = {int(p.stem[2:]) - 1: pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID
+            for p in study.glob("CT*.dcm")}
+    assert [(b["lesion"], b["frame"], b["sop_instance_uid"]) for b in output.data["boxes"]] == \
+        [(les["id"], les["key_slice"], sops[les["key_slice"]]) for les in lesions]
 
 
 def test_eval_volume_reports_froc_and_time_per_volume(study, scripted, tmp_path, capsys):
