@@ -94,7 +94,7 @@ def _say_job(db, job: Job) -> None:
     if job.state == "running":
         _say(f"pre-read started: {label} ({job.instances} images)")
     elif job.state == "done":
-        found = "no lesion found" if not job.lesions else f"{job.lesions} lesion(s)"
+        found = "no lesion listed (not a negative read)" if not job.lesions else f"{job.lesions} lesion(s)"
         _say(f"pre-read done: {label}: {found}" + (f", worst tier {job.tier}" if job.tier else ""))
     elif job.state == "failed":
         _say(f"pre-read failed: {label}: {job.error}")

@@ -63,5 +63,5 @@ def run(args: argparse.Namespace) -> int:
 def _ai(s) -> str:
     """The AI pre-read state as the study list shows it: ``done red``, ``queued``, ``failed``…"""
     if s.ai_state == "done":
-        return f"done {s.ai_worst_tier or 'no lesion'}"
+        return f"done {s.ai_worst_tier or 'none listed'}"
     return "" if s.ai_state == "none" else s.ai_state

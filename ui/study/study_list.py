@@ -139,7 +139,9 @@ class StudyRow:
 
     def ai_text(self) -> str:
         if self.ai_state == "done":
-            return {"": "no lesion", "none": "not assessed"}.get(self.tier, self.tier)  # beside its tier's dot
+            # beside its tier's dot; an empty list is not an all-clear (the model's operating point may have left
+            # weaker candidates out, and the AI misses lesions), so it does not say "no lesion"
+            return {"": "none listed", "none": "not assessed"}.get(self.tier, self.tier)
         return AI_TEXT.get(self.ai_state, self.ai_state)
 
     def counts_text(self) -> str:
@@ -220,7 +222,8 @@ class StudyTableModel(QAbstractTableModel):
             if c == AI:
                 return {"queued": "Waiting for the AI pre-read", "running": "The AI is reading this study",
                         "failed": "The AI pre-read failed for a series (see the pre-read queue)",
-                        "done": f"AI pre-read done; worst reliability: {r.tier or 'no lesion found'}"}.get(r.ai_state)
+                        "done": (f"AI pre-read done; worst reliability: {r.tier}" if r.tier else
+                                 "AI pre-read done; it listed no lesion. This is not a negative read.")}.get(r.ai_state)
             if c == COUNTS and r.state in ("incomplete", "receiving"):
                 return "Not all images are here yet: retrieve the study again to complete it."
             if c in (PATIENT, DATE):  # the narrow dock shows these two: which study is it?

@@ -332,7 +332,7 @@ def test_listen_preread_reads_an_arriving_study_with_the_demo_model(home, tmp_pa
     assert order == sorted(order), text
     assert "4 new; study complete; pre-read queued" in lines[order[0]], text
     n = doc["lesions"] and len(doc["lesions"])
-    assert (f"{n} lesion(s)" if n else "no lesion found") in lines[order[2]], text
+    assert (f"{n} lesion(s)" if n else "no lesion listed (not a negative read)") in lines[order[2]], text
     records = [json.loads(line) for line in (home / "data" / "audit" / "audit.jsonl").read_text().splitlines()]
     outputs = [r for r in records if r["action"] == "ai.output"]
     assert outputs and outputs[0]["study_uid"] == uid and outputs[0]["data"]["source"] == "pre-read on arrival"

@@ -121,7 +121,7 @@ def test_the_narrow_dock_shows_the_ai_state_patient_and_whole_date(qtbot, servic
     row = tab.uids().index("1.2.3.20")
     date = tab.proxy.index(row, DATE).data()
     assert date.endswith(" 23:59") and metrics.horizontalAdvance(date) + 8 <= view.columnWidth(DATE)
-    for text in ("running…", "no lesion", "amber"):
+    for text in ("running…", "none listed", "amber"):
         assert metrics.horizontalAdvance(text) + 16 + 8 <= view.columnWidth(AI)
     assert view.columnWidth(AI) + view.columnWidth(PATIENT) + view.columnWidth(DATE) <= DOCK_VIEWPORT
     assert view.columnWidth(PATIENT) >= 110
@@ -472,7 +472,7 @@ def test_a_study_pushed_to_the_viewers_listener_is_preread_and_shows_its_dot(qtb
         uids = tab.uids()
         return tab.proxy.index(uids.index(uid), AI).data() if uid in uids else ""
 
-    qtbot.waitUntil(lambda: ai_text() in ("green", "amber", "red", "no lesion", "not assessed"), timeout=60_000)
+    qtbot.waitUntil(lambda: ai_text() in ("green", "amber", "red", "none listed", "not assessed"), timeout=60_000)
     study = studies.db.get(uid)
     assert study.origin == "received" and study.ai_state == "done" and study.ai_worst_tier in ("red", "amber", "green")
     row = tab.uids().index(uid)
