@@ -1060,7 +1060,7 @@ def from_json(document: dict, volume: Volume) -> Preread:
                 float(les["diameter_mm"]), float(les["volume_ml"]), score, key, None, les.get("reliability"),
                 str(les.get("location") or ""), str(les.get("description") or ""),
                 None if les.get("contrast_hu") is None else float(les["contrast_hu"])))
-    except (KeyError, TypeError, ValueError) as exc:
+    except (AttributeError, KeyError, TypeError, ValueError) as exc:  # e.g. a lesion that is not an object
         raise PrereadError(f"The saved pre-read is damaged ({type(exc).__name__}: {exc}).") from None
     model = document.get("model") or {}
     timing = {str(k): float(v) for k, v in (document.get("timing") or {}).items() if isinstance(v, (int, float))}

@@ -371,7 +371,8 @@ def test_a_saved_preread_reads_back_onto_its_series_and_nothing_else(study, tmp_
     with pytest.raises(PrereadError, match="pre-read it again"):
         from_json(shorter, vol)
     for damage in (lambda d: d["lesions"][0].pop("key_slice"), lambda d: d["lesions"][0].update(score="x"),
-                   lambda d: d["lesions"][0]["boxes"].update({"999": d["lesions"][0]["box_pixels"]})):
+                   lambda d: d["lesions"][0]["boxes"].update({"999": d["lesions"][0]["box_pixels"]}),
+                   lambda d: d.update(lesions="P1"), lambda d: d.update(weaker=[7])):
         bad = copy.deepcopy(doc)
         damage(bad)
         with pytest.raises(PrereadError):
